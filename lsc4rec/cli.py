@@ -1,0 +1,148 @@
+"""The ``lsc4rec`` command: the one edge where arguments are read and errors become one clear line.
+
+It is the composition root: sub-commands import their room (``clients``, ``llm_cloud``) lazily, inside the
+command, so ``lsc4rec --help`` stays fast and the core keeps no import-time dependency on the rooms.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lsc4rec.config import RunConfig, load_config
+from lsc4rec.errors import LSC4RecError
+
+app = typer.Typer(
+    help="LSC4Rec: a cloud LLM and federated small recommendation models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
+srm_app = typer.Typer(help="Small recommendation models (centralized baseline).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(srm_app, name="srm")
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with run settings.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
+]
+DataDirOpt = Annotated[
+    str | None, typer.Option("--data-dir", help="Root of the raw data (else $LSC4REC_DATA_DIR).")
+]
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+def build_config(config: Path | None, overrides: list[str] | None, **flat: object) -> RunConfig:
+    """The effective config: file, then ``--set`` pairs, then the named options that were given."""
+    pairs = list(overrides or []) + [f"{key}={value}" for key, value in flat.items() if value is not None]
+    return load_config(config, pairs)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: Annotated[
+        str, typer.Option(help="ml-latest-small, beauty, toys, or a path.")
+    ] = "ml-latest-small",
+    kcore: Annotated[int | None, typer.Option(help="k-core filter (default 5).")] = None,
+    numbering: Annotated[str | None, typer.Option(help="random | sequential item numbering.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the prepared .npz (default: the cache).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Read, k-core filter and number a dataset; save it as .npz and print its statistics."""
+    from lsc4rec.data.prepared import prepare
+
+    cfg = build_config(
+        config,
+        overrides,
+        **{
+            "data.dataset": dataset,
+            "data.kcore": kcore,
+            "data.numbering": numbering,
+            "data.data_dir": data_dir,
+        },
+    )
+    dataset_obj, path = prepare(cfg.data, cfg.seed, out)
+    table = Table(title=f"{cfg.data.dataset} ({cfg.data.kcore}-core, {cfg.data.numbering} numbering)")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in dataset_obj.stats().items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"prepared dataset: {path}")
+
+
+@srm_app.command("train")
+def srm_train(
+    dataset: Annotated[str | None, typer.Option(help="ml-latest-small, beauty, toys, or a path.")] = None,
+    model: Annotated[str | None, typer.Option(help="sasrec | gru4rec | din.")] = None,
+    loss: Annotated[str | None, typer.Option(help="ce | bce.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Upper bound on epochs.")] = None,
+    out: Annotated[str | None, typer.Option(help="Folder under which the run folder is made.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train an SRM on every user's device view, early-stop on validation, evaluate on test (full catalogue)."""
+    from clients.central import train_central
+
+    cfg = build_config(
+        config,
+        overrides,
+        **{
+            "data.dataset": dataset,
+            "srm.model": model,
+            "srm.loss": loss,
+            "train.epochs": epochs,
+            "out_dir": out,
+            "data.data_dir": data_dir,
+        },
+    )
+    result = train_central(cfg)
+    console.print_json(json.dumps(result["test"]))
+    console.print(f"run folder: {result['run_dir']}")
+
+
+def _mount_llm() -> None:
+    """Mount ``lsc4rec llm ...`` from the cloud room when it is installed alongside."""
+    try:
+        from llm_cloud.cli import app as llm_app
+    except ImportError:
+        return
+    app.add_typer(llm_app, name="llm", help="The cloud LLM: train, evaluate, serve.")
+
+
+def main() -> None:
+    """Entry point: run the command; an ``LSC4RecError`` is one line on stderr and exit status 2."""
+    _mount_llm()
+    try:
+        app()
+    except LSC4RecError as exc:
+        if _state["debug"]:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""One typed run configuration: code defaults < TOML file < ``--set key=value`` overrides.
+
+Every component reads its own sub-config from this tree; Flower's ``run_config`` (a flat mapping with dotted
+keys such as ``"srm.hidden"``) is read once into the same tree with :meth:`RunConfig.from_flat`. An unknown key
+is an error that names it. The effective config is written into every run folder and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsc4rec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how it is filtered and numbered, and the temporal protocol (DESIGN.md section 2)."""
+
+    dataset: str = "ml-latest-small"  # ml-latest-small | beauty | toys | a path to a file or folder
+    data_dir: str = ""  # root of the raw data; empty: $LSC4REC_DATA_DIR, else the per-user cache
+    kcore: int = 5  # keep users and items with at least this many interactions (iterated to a fixpoint)
+    numbering: str = "random"  # random | sequential; P5's own ids leak order, so random is the default
+    lag: int = 2  # interactions the cloud has not yet seen at serving time (the paper's dcc_t2)
+    max_len: int = 50  # history length the models read (newest items kept)
+
+    def __post_init__(self) -> None:
+        _check(self.kcore >= 1, "data.kcore", "must be >= 1", self.kcore)
+        _check(
+            self.numbering in ("random", "sequential"),
+            "data.numbering",
+            "must be random|sequential",
+            self.numbering,
+        )
+        _check(self.lag >= 0, "data.lag", "must be >= 0", self.lag)
+        _check(self.max_len >= 2, "data.max_len", "must be >= 2", self.max_len)
+
+
+@dataclass(frozen=True)
+class SRMConfig:
+    """Small recommendation model (clients/srm): architecture and loss."""
+
+    model: str = "sasrec"  # sasrec | gru4rec | din
+    hidden: int = 64  # D, embedding and hidden size
+    layers: int = 2  # transformer blocks (SASRec) or GRU layers (GRU4Rec)
+    heads: int = 1  # attention heads (SASRec)
+    dropout: float = 0.2  # dropout on embeddings and blocks
+    max_len: int = 50  # T, positions the model can read (SASRec's positional table)
+    loss: str = (
+        "ce"  # ce: softmax cross-entropy (full, or sampled when num_negatives > 0); bce: SASRec's loss
+    )
+    num_negatives: int = 0  # ce: 0 = full softmax, else shared sampled negatives; bce: negatives per positive
+
+    def __post_init__(self) -> None:
+        _check(
+            self.model in ("sasrec", "gru4rec", "din"), "srm.model", "must be sasrec|gru4rec|din", self.model
+        )
+        _check(self.loss in ("ce", "bce"), "srm.loss", "must be ce|bce", self.loss)
+        _check(
+            self.hidden >= 1 and self.hidden % self.heads == 0,
+            "srm.hidden",
+            "must be positive and divisible by srm.heads",
+            self.hidden,
+        )
+        _check(0.0 <= self.dropout < 1.0, "srm.dropout", "must be in [0, 1)", self.dropout)
+        _check(self.num_negatives >= 0, "srm.num_negatives", "must be >= 0", self.num_negatives)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of the SRM (centralized baseline and on-device training)."""
+
+    epochs: int = 200  # upper bound; early stopping on validation NDCG@10 usually ends sooner
+    batch_size: int = 256  # sequences per step
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    patience: int = 5  # evaluations without validation improvement before stopping
+    eval_every: int = 1  # epochs between validation evaluations
+    max_minutes: float = 0.0  # wall-clock cap on training (0 = none)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1", self.batch_size)
+        _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The cloud's item-token LLM (llm_cloud): how it is built, trained and served."""
+
+    base: str = "scratch"  # scratch | path to a Hugging Face causal-LM folder or a .gguf file
+    template: str = "items"  # items: item tokens only | titles: titles interleaved with item tokens
+    hidden: int = 128  # scratch: hidden size (head_dim = hidden / heads must be 64 for vLLM's CPU attention)
+    layers: int = 2  # scratch: decoder layers
+    heads: int = 2  # scratch: attention heads
+    dropout: float = 0.1  # scratch: dropout on token embeddings and attention weights
+    max_len: int = 50  # newest history items put into a prompt
+    epochs: int = 50  # upper bound; early stopping on the cloud-view validation item ends sooner
+    batch_size: int = 64  # sequences per step
+    lr: float = 2e-3  # AdamW learning rate (scratch); LoRA runs usually want about 2e-4
+    patience: int = 3  # epochs without validation improvement before stopping
+    weight_decay: float = 0.0  # AdamW weight decay
+    label_smoothing: float = 0.0  # cross-entropy label smoothing over the item tokens
+    max_minutes: float = 0.0  # wall-clock cap on training (0 = none); the best epoch so far is kept
+    lora_r: int = 16  # pretrained base: LoRA rank
+    lora_alpha: int = 32  # pretrained base: LoRA scaling numerator
+    k: int = 50  # candidate list length K the cloud returns
+
+    def __post_init__(self) -> None:
+        _check(self.template in ("items", "titles"), "llm.template", "must be items|titles", self.template)
+        _check(self.k >= 1, "llm.k", "must be >= 1", self.k)
+        _check(
+            self.hidden >= 1 and self.hidden % self.heads == 0,
+            "llm.hidden",
+            "must be positive and divisible by llm.heads (vLLM's CPU attention wants head_dim 64)",
+            self.hidden,
+        )
+        _check(0.0 <= self.dropout < 1.0, "llm.dropout", "must be in [0, 1)", self.dropout)
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            "llm.label_smoothing",
+            "must be in [0, 1)",
+            self.label_smoothing,
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run: seed, output folder, and one sub-config per component."""
+
+    seed: int = 0  # seeds numpy, torch and every sampler
+    out_dir: str = "runs"  # run folders are created below this directory
+    data: DataConfig = field(default_factory=DataConfig)
+    srm: SRMConfig = field(default_factory=SRMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+    @classmethod
+    def from_flat(cls, flat: typing.Mapping[str, Any]) -> RunConfig:
+        """Build from a flat mapping of dotted keys (Flower's ``run_config``, parsed ``--set`` pairs)."""
+        return _replace_flat(cls(), dict(flat))
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flatten to dotted keys, the form Flower's ``run_config`` and ``--set`` use."""
+        return _flatten(dataclasses.asdict(self))
+
+    def override(self, pairs: typing.Iterable[str]) -> RunConfig:
+        """Apply ``key=value`` strings (command-line ``--set``); values are parsed by the field's type."""
+        flat: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ConfigError(pair, "an override must look like key=value, for example srm.hidden=64.")
+            flat[key.strip()] = value.strip()
+        return _replace_flat(self, flat)
+
+    def save(self, path: str | Path) -> None:
+        """Write the effective config as JSON (into a run folder or checkpoint)."""
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
+    """Code defaults, then the TOML file at ``path`` (if any), then ``key=value`` overrides."""
+    config = RunConfig()
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file {path} does not exist.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML ({exc}).") from None
+        config = _replace_flat(config, _flatten(table))
+    return config.override(overrides)
+
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(key, f"{rule}, got {value!r}.")
+
+
+def _flatten(tree: typing.Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _replace_flat(obj: Any, flat: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with the dotted keys in ``flat`` (relative to ``prefix``) set."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    mine = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+    for key in list(mine):
+        head = key.split(".", 1)[0]
+        if head not in fields:
+            known = ", ".join(sorted(prefix + name for name in fields))
+            raise ConfigError(prefix + key, f"is not a known key. Known keys here: {known}.")
+    for name in fields:
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            sub = {k: v for k, v in mine.items() if k.startswith(name + ".")}
+            if sub:
+                changes[name] = _replace_flat(
+                    value, {prefix + k: v for k, v in sub.items()}, f"{prefix}{name}."
+                )
+        elif name in mine:
+            changes[name] = _coerce(prefix + name, mine[name], hints[name])
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` (from TOML, Flower or a command line string) to the field's declared type."""
+    if isinstance(hint, types.UnionType):
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be of type {hint.__name__}, got {value!r}.") from None

@@ -1,0 +1,68 @@
+"""Reader for RecBole atomic files: ``<name>.inter`` (tab-separated, typed header) and optional ``<name>.item``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from lsc4rec.data.interactions import Interactions
+from lsc4rec.errors import DataFormatError
+
+
+def read_atomic(path: str | Path) -> Interactions:
+    """Read ``user_id:token``, ``item_id:token`` and, if present, ``timestamp:float`` from a ``.inter`` file.
+
+    Without a timestamp column the file order is the time. Titles come from ``title:token_seq`` (or
+    ``movie_title:token_seq``) in the ``.item`` file beside it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.inter"))
+        if not found:
+            raise DataFormatError(path, "holds no .inter file. Give a RecBole atomic .inter file.")
+        path = found[0]
+    if not path.is_file():
+        raise DataFormatError(path, "file not found.")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = [h.split(":")[0].strip() for h in next(reader, [])]
+        for needed in ("user_id", "item_id"):
+            if needed not in header:
+                raise DataFormatError(path, f"header must have a {needed}:token column, got {header}.", 1)
+        iu, ii = header.index("user_id"), header.index("item_id")
+        it = header.index("timestamp") if "timestamp" in header else None
+        users, items, times = [], [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(
+                    path, f"expected {len(header)} tab-separated fields, got {len(row)}.", line_no
+                )
+            users.append(row[iu])
+            items.append(row[ii])
+            try:
+                times.append(float(row[it]) if it is not None else float(line_no))
+            except ValueError:
+                raise DataFormatError(
+                    path, f"timestamp must be a number, got {row[it]!r}.", line_no
+                ) from None
+    if not users:
+        raise DataFormatError(path, "holds no interactions.")
+    return Interactions(np.array(users), np.array(items), np.array(times), str(path), _read_titles(path))
+
+
+def _read_titles(inter: Path) -> dict[str, str]:
+    item_file = inter.with_suffix(".item")
+    if not item_file.is_file():
+        return {}
+    with item_file.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = [h.split(":")[0].strip() for h in next(reader, [])]
+        title = next((c for c in ("title", "movie_title") if c in header), None)
+        if "item_id" not in header or title is None:
+            return {}
+        ii, ti = header.index("item_id"), header.index(title)
+        return {row[ii]: row[ti] for row in reader if len(row) == len(header)}

@@ -1,0 +1,63 @@
+"""Reader for MovieLens CSV releases (``ratings.csv`` and, for titles, ``movies.csv``)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from lsc4rec.data.interactions import Interactions
+from lsc4rec.errors import DataFormatError
+
+RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+
+
+def read_movielens(folder: str | Path) -> Interactions:
+    """Read ``ratings.csv`` (every rating is an interaction) and the titles from ``movies.csv`` if present.
+
+    Ratings are implicit feedback here, as in the LSC4Rec and SASRec protocols; order is by timestamp.
+    """
+    folder = Path(folder)
+    ratings = folder / "ratings.csv"
+    if not ratings.is_file():
+        raise DataFormatError(ratings, "file not found. Put MovieLens ratings.csv (and movies.csv) there.")
+    users, items, times = [], [], []
+    with ratings.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header[:4]) != RATINGS_COLUMNS:
+            raise DataFormatError(
+                ratings, f"header must start with {','.join(RATINGS_COLUMNS)}, got {header}.", 1
+            )
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 4:
+                raise DataFormatError(ratings, f"expected 4 columns, got {len(row)}.", line)
+            user, item, _, stamp = (value.strip() for value in row[:4])
+            if not (user.isdigit() and item.isdigit()):
+                raise DataFormatError(
+                    ratings, f"userId and movieId must be integers, got {user!r}, {item!r}.", line
+                )
+            try:
+                times.append(float(stamp))
+            except ValueError:
+                raise DataFormatError(ratings, f"timestamp must be a number, got {stamp!r}.", line) from None
+            users.append(user)
+            items.append(item)
+    if not users:
+        raise DataFormatError(ratings, "has a header but no ratings.")
+    return Interactions(np.array(users), np.array(items), np.array(times), str(ratings), _read_titles(folder))
+
+
+def _read_titles(folder: Path) -> dict[str, str]:
+    movies = folder / "movies.csv"
+    if not movies.is_file():
+        return {}
+    with movies.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["movieId", "title"]:
+            raise DataFormatError(movies, f"header must start with movieId,title, got {header}.", 1)
+        return {row[0].strip(): row[1].strip() for row in reader if len(row) >= 2}

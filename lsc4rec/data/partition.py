@@ -1,0 +1,22 @@
+"""Partitioning users onto federation nodes: one user per device, or edge boxes of several users."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lsc4rec.errors import ConfigError
+
+
+def partition_users(num_users: int, num_nodes: int, seed: int = 0) -> list[np.ndarray]:
+    """Assign users to ``num_nodes`` nodes by a seeded shuffle and near-equal contiguous chunks.
+
+    ``num_nodes == num_users`` gives one user per node (a device); fewer nodes give edge boxes holding
+    ``ceil(num_users / num_nodes)`` or one fewer users. Every user lands on exactly one node.
+    """
+    if not 1 <= num_nodes <= num_users:
+        raise ConfigError(
+            "federation.num_nodes",
+            f"must be in [1, {num_users}] (one user at least per node), got {num_nodes}.",
+        )
+    order = np.random.default_rng(seed).permutation(num_users)
+    return [np.sort(chunk) for chunk in np.array_split(order, num_nodes)]

@@ -1,0 +1,88 @@
+"""Where raw data lives and which reader reads it.
+
+Resolution order for the data root: an explicit ``data_dir`` (``--data-dir``), else ``$LSC4REC_DATA_DIR``, else a
+per-user cache (``$XDG_CACHE_HOME/lsc4rec/data``). MovieLens latest-small is downloaded from GroupLens into the
+cache when it is missing and the machine is online; every other miss is a clear message naming the folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from lsc4rec.data.atomic import read_atomic
+from lsc4rec.data.interactions import Interactions
+from lsc4rec.data.movielens import read_movielens
+from lsc4rec.data.p5 import read_p5
+from lsc4rec.errors import DataFormatError
+
+# Named datasets: folder below the data root, and the reader for it.
+NAMED = {
+    "ml-latest-small": ("ml-latest-small", read_movielens),
+    "beauty": ("p5/beauty", read_p5),
+    "toys": ("p5/toys", read_p5),
+}
+MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+
+
+def cache_dir() -> Path:
+    """Per-user cache for downloads, prepared datasets and trained checkpoints."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lsc4rec"
+
+
+def data_root(data_dir: str | Path | None = None) -> Path:
+    """The raw-data root, by the resolution order in the module docstring."""
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get("LSC4REC_DATA_DIR"):
+        return Path(os.environ["LSC4REC_DATA_DIR"])
+    return cache_dir() / "data"
+
+
+def read_dataset(dataset: str, data_dir: str | Path | None = None) -> Interactions:
+    """Read a named dataset (``ml-latest-small``, ``beauty``, ``toys``) or a path to a supported file/folder."""
+    if dataset in NAMED:
+        folder, reader = NAMED[dataset]
+        path = data_root(data_dir) / folder
+        if dataset == "ml-latest-small" and not (path / "ratings.csv").exists():
+            _download_movielens(path)
+        if not path.exists():
+            raise DataFormatError(
+                path,
+                f"dataset {dataset!r} not found. Put its files in this folder, or point "
+                "--data-dir / LSC4REC_DATA_DIR at the folder that holds it.",
+            )
+        return reader(path)
+    path = Path(dataset)
+    if not path.exists():
+        names = ", ".join(NAMED)
+        raise DataFormatError(path, f"is neither a known dataset ({names}) nor an existing path.")
+    if path.suffix == ".inter" or (path.is_dir() and any(path.glob("*.inter"))):
+        return read_atomic(path)
+    if path.name == "sequential_data.txt" or (path / "sequential_data.txt").exists():
+        return read_p5(path)
+    if path.name == "ratings.csv" or (path / "ratings.csv").exists():
+        return read_movielens(path if path.is_dir() else path.parent)
+    raise DataFormatError(path, "has no ratings.csv, sequential_data.txt or .inter file to read.")
+
+
+def _download_movielens(target: Path) -> None:
+    """Fetch ml-latest-small from GroupLens into ``target``; on failure say where to put the files."""
+    try:
+        with urllib.request.urlopen(MOVIELENS_URL, timeout=30) as response:
+            archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    except OSError as exc:
+        raise DataFormatError(
+            target,
+            f"MovieLens latest-small is not here and could not be downloaded ({exc}). "
+            f"Unzip {MOVIELENS_URL} into this folder, or set LSC4REC_DATA_DIR.",
+        ) from None
+    target.mkdir(parents=True, exist_ok=True)
+    for member in archive.namelist():
+        name = Path(member).name
+        if name.endswith((".csv", ".txt")):
+            (target / name).write_bytes(archive.read(member))

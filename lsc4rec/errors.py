@@ -1,0 +1,42 @@
+"""The project's error tree: raised inside, converted once at the edge (CLI, HTTP, Flower reply).
+
+Messages follow one form: "<field> must be <rule>, got <value>. <what to do>."
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LSC4RecError(Exception):
+    """Base of every error the project raises on purpose; the CLI prints it as one line."""
+
+
+class ConfigError(LSC4RecError):
+    """A configuration key is unknown or its value is invalid."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config {key}: {message}")
+
+
+class DataFormatError(LSC4RecError):
+    """A data file is missing, malformed, or yields nothing usable."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None) -> None:
+        self.path = Path(path)
+        self.line = line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class ProtocolError(LSC4RecError):
+    """A device <-> cloud message violates the wire schema or its limits."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class CloudUnavailableError(LSC4RecError):
+    """The candidate service could not be reached or answered with a server error."""

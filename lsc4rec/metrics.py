@@ -1,0 +1,56 @@
+"""HR, NDCG and MRR at cut-offs over ranked lists, with pessimistic ties.
+
+Every metric here is computed from the 0-based rank of the target: the number of items scored at least as high
+as the target, other than the target itself (so a tie ranks the target after every item with an equal score).
+A target absent from the ranked list has rank ``inf`` and counts as a miss at every cut-off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+CUTOFFS = (1, 5, 10, 20)
+
+
+def target_ranks(scores: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+    """0-based pessimistic rank of ``scores[b, target_index[b]]`` in each row of ``scores`` [B, N].
+
+    ``target_index[b] < 0`` marks a target outside the list: its rank is ``inf``. Scores of ``-inf`` (excluded
+    items) never outrank a finite target.
+    """
+    rows = torch.arange(scores.shape[0])
+    present = target_index >= 0
+    target_scores = scores[rows, target_index.clamp(min=0)]
+    at_least = (scores >= target_scores[:, None]).sum(dim=1) - 1
+    return torch.where(present, at_least.double(), torch.full_like(at_least, math.inf, dtype=torch.float64))
+
+
+def metrics_from_ranks(
+    ranks: np.ndarray | torch.Tensor, cutoffs: Iterable[int] = CUTOFFS
+) -> dict[str, float]:
+    """Mean HR@k, NDCG@k and MRR@k over users, from 0-based ranks (``inf`` = miss)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("metrics need at least one ranked target.")
+    out: dict[str, float] = {}
+    for k in cutoffs:
+        hit = ranks < k
+        safe = np.where(hit, ranks, 0.0)
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(safe + 2.0), 0.0).mean())
+        out[f"mrr@{k}"] = float(np.where(hit, 1.0 / (safe + 1.0), 0.0).mean())
+    return out
+
+
+def list_ranks(ranked_items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each target in already-ranked item lists [B, K] (``inf`` where absent).
+
+    For lists whose order is final (no scores left to tie); used for the LLM's candidate lists.
+    """
+    hits = ranked_items == targets[:, None]
+    found = hits.any(axis=1)
+    return np.where(found, hits.argmax(axis=1).astype(np.float64), np.inf)

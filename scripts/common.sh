@@ -1,0 +1,33 @@
+# Sourced by run_federation.sh, run_tests.sh and .ci/run: environment and the one-time bootstrap of .venv.
+# Installs torch first, pinned to the local CPU build (ENVIRONMENT.md), so that nothing fetches another torch.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${LSC4REC_VENV:-$ROOT/.venv}"
+TORCH_PIN="torch==2.13.0"
+
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 TOKENIZERS_PARALLELISM=false
+# The shared datasets beside a checkout are the default data root; an explicit setting wins.
+if [ -z "${LSC4REC_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
+  export LSC4REC_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
+fi
+
+bootstrap() {
+  # Create or update .venv when pyproject.toml changed since the last install (a hash is kept in the venv).
+  local stamp="$VENV/.lsc4rec-installed" want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  local python="${PYTHON:-python3}"
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: Python 3.11 or newer is needed as '$python'. Set PYTHON=/path/to/python3.11." >&2
+    return 1
+  fi
+  echo "==> setting up $VENV (first run: a few minutes)"
+  [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV" || return 1
+  "$VENV/bin/python" -m pip install -q --upgrade pip || return 1
+  "$VENV/bin/python" -m pip install -q "$TORCH_PIN" || return 1
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" || return 1
+  echo "$want" > "$stamp"
+}

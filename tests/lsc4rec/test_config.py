@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from lsc4rec.config import RunConfig, load_config
+from lsc4rec.errors import ConfigError
+
+
+def test_layers_defaults_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('seed = 7\n[srm]\nhidden = 32\nmodel = "gru4rec"\n')
+    cfg = load_config(path, ["srm.hidden=16", "data.lag=1"])
+    assert (cfg.seed, cfg.srm.model, cfg.srm.hidden, cfg.data.lag) == (7, "gru4rec", 16, 1)
+    assert cfg.train == RunConfig().train
+
+
+def test_flat_roundtrip_matches_flower_run_config() -> None:
+    cfg = RunConfig().override(["train.lr=0.01", "srm.dropout=0.5"])
+    assert RunConfig.from_flat(cfg.to_flat()) == cfg
+    assert cfg.to_flat()["srm.dropout"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("pair", "match"),
+    [
+        ("srm.unknown=1", "srm.unknown: is not a known key"),
+        ("nothing=1", "nothing: is not a known key"),
+        ("srm.hidden=wide", "srm.hidden: must be of type int"),
+        ("srm.model=bert", "srm.model: must be sasrec|gru4rec|din"),
+        ("data.numbering=alphabetic", "data.numbering"),
+        ("srm.hidden", "must look like key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RunConfig().override([pair])
+
+
+def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("seed = = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")

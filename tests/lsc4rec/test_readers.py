@@ -1,0 +1,141 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsc4rec.data import build_dataset, read_dataset
+from lsc4rec.data.atomic import read_atomic
+from lsc4rec.data.movielens import read_movielens
+from lsc4rec.data.p5 import read_p5
+from lsc4rec.errors import DataFormatError
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n1,20,3.0,3\n2,10,5.0,1\n")
+    write(tmp_path / "movies.csv", 'movieId,title,genres\n10,"Heat (1995)",Action\n20,Up (2009),Animation\n')
+    raw = read_movielens(tmp_path)
+    assert raw.users.tolist() == ["1", "1", "2"]
+    assert raw.times.tolist() == [5.0, 3.0, 1.0]
+    assert raw.titles == {"10": "Heat (1995)", "20": "Up (2009)"}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("user,item,rating,time\n1,2,3,4\n", "header must start with userId"),
+        (
+            "userId,movieId,rating,timestamp\n1,abc,3,4\n",
+            r"ratings.csv:2: userId and movieId must be integers",
+        ),
+        ("userId,movieId,rating,timestamp\n1,2,3,yesterday\n", r":2: timestamp must be a number"),
+        ("userId,movieId,rating,timestamp\n1,2\n", r":2: expected 4 columns"),
+        ("userId,movieId,rating,timestamp\n", "no ratings"),
+    ],
+)
+def test_movielens_bad_files_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
+    write(tmp_path / "ratings.csv", text)
+    with pytest.raises(DataFormatError, match=match):
+        read_movielens(tmp_path)
+
+
+def test_movielens_missing_file_says_where(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match=r"ratings\.csv: file not found"):
+        read_movielens(tmp_path)
+
+
+def test_p5_reads_order_as_time(tmp_path: Path) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 6 7\n2 6 5\n")
+    raw = read_p5(tmp_path)
+    assert raw.items.tolist() == ["5", "6", "7", "6", "5"]
+    assert raw.times.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_p5_rejects_non_numeric_and_lone_user(tmp_path: Path) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 x\n")
+    with pytest.raises(
+        DataFormatError, match=r"sequential_data.txt:1: ids must be non-negative integers, got 'x'"
+    ):
+        read_p5(tmp_path)
+    write(tmp_path / "sequential_data.txt", "1 5\n2\n")
+    with pytest.raises(DataFormatError, match=r":2: a line must hold a user id and at least one item"):
+        read_p5(tmp_path)
+
+
+def test_p5_checks_datamaps(tmp_path: Path) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 6\n")
+    write(tmp_path / "datamaps.json", '{"id2item": {"5": "A"}}')
+    with pytest.raises(DataFormatError, match="id2item lacks 1 item ids"):
+        read_p5(tmp_path)
+    write(tmp_path / "datamaps.json", "{not json")
+    with pytest.raises(DataFormatError, match="not valid JSON"):
+        read_p5(tmp_path)
+
+
+def test_atomic_reads_inter_and_item_titles(tmp_path: Path) -> None:
+    write(tmp_path / "toy.inter", "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t2\nu1\ti2\t1\n")
+    write(tmp_path / "toy.item", "item_id:token\ttitle:token_seq\ni1\tFirst\ni2\tSecond\n")
+    raw = read_atomic(tmp_path / "toy.inter")
+    assert raw.items.tolist() == ["i1", "i2"]
+    assert raw.times.tolist() == [2.0, 1.0]
+    assert raw.titles == {"i1": "First", "i2": "Second"}
+
+
+def test_atomic_bad_header_and_row(tmp_path: Path) -> None:
+    write(tmp_path / "a.inter", "uid:token\titem_id:token\nu\ti\n")
+    with pytest.raises(DataFormatError, match="user_id:token column"):
+        read_atomic(tmp_path / "a.inter")
+    write(tmp_path / "b.inter", "user_id:token\titem_id:token\nu\ti\textra\n")
+    with pytest.raises(DataFormatError, match=r"b.inter:2: expected 2 tab-separated fields"):
+        read_atomic(tmp_path / "b.inter")
+
+
+def test_read_dataset_dispatches_paths_and_rejects_unknown(tmp_path: Path) -> None:
+    write(tmp_path / "p5" / "sequential_data.txt", "1 5 6\n")
+    assert len(read_dataset(str(tmp_path / "p5"))) == 2
+    with pytest.raises(DataFormatError, match="neither a known dataset"):
+        read_dataset(str(tmp_path / "nothing"))
+    with pytest.raises(DataFormatError, match="dataset 'beauty' not found"):
+        read_dataset("beauty", tmp_path)
+
+
+def test_build_dataset_kcore_time_ties_and_numbering(tmp_path: Path) -> None:
+    # user 1 rates items 30 and 20 at the same time: ties are broken by item id (20 before 30).
+    lines = ["userId,movieId,rating,timestamp"]
+    lines += [f"1,{i},4,{t}" for i, t in [(30, 5), (20, 5), (10, 1)]]
+    lines += [f"2,{i},4,{t}" for i, t in [(10, 1), (20, 2), (30, 3)]]
+    lines += ["3,99,4,1"]  # item 99 and user 3 fall out of the 2-core
+    write(tmp_path / "ratings.csv", "\n".join(lines) + "\n")
+    raw = read_movielens(tmp_path)
+    seq = build_dataset(raw, kcore=2, numbering="sequential")
+    assert seq.num_users == 2 and seq.num_items == 3
+    assert seq.item_ids.tolist() == ["10", "20", "30"]
+    assert seq.sequence(0).tolist() == [1, 2, 3]
+    shuffled = build_dataset(raw, kcore=2, numbering="random", seed=3)
+    decoded = [shuffled.item_ids[i - 1] for i in shuffled.sequence(0)]
+    assert decoded == ["10", "20", "30"]  # numbering changes ids, never order
+    with pytest.raises(DataFormatError, match="no interactions survive 5-core"):
+        build_dataset(raw, kcore=5)
+
+
+def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n")
+    seq = build_dataset(read_p5(tmp_path), kcore=1, numbering="random", seed=1)
+    loaded = type(seq).load(seq.save(tmp_path / "out" / "d.npz"))
+    assert np.array_equal(loaded.items, seq.items) and loaded.meta == seq.meta
+    assert loaded.stats()["interactions"] == 6
+    write(tmp_path / "bad.npz", "garbage")
+    with pytest.raises(DataFormatError, match="is not a prepared dataset"):
+        type(seq).load(tmp_path / "bad.npz")
+
+
+def test_shared_movielens_has_titles(data_root: Path) -> None:
+    seq = build_dataset(read_dataset("ml-latest-small", data_root), kcore=5)
+    stats = seq.stats()
+    assert (stats["users"], stats["items"], stats["interactions"]) == (610, 3650, 90274)
+    assert seq.has_titles
