@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -20,32 +21,19 @@ from clients.training import fit
 from lsc4rec.config import RunConfig
 from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.data.split import Stage, TemporalSplit
-from lsc4rec.floors import ItemTransition, MostPopular
-from lsc4rec.metrics import metrics_from_ranks
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.floors import reference_floors
 from lsc4rec.runs import make_run_dir, seed_everything, write_json
-from lsc4rec.scoring import Scorer, full_catalogue_ranks
+from lsc4rec.scoring import evaluate_full
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_full(scorer: Scorer, split: TemporalSplit, stage: Stage, max_len: int) -> dict[str, float]:
-    """HR/NDCG/MRR of ``scorer`` on the ``stage`` target from the device view, over the full catalogue."""
-    ranks = full_catalogue_ranks(scorer, split.views(stage, "device"), split.targets(stage), max_len)
-    return metrics_from_ranks(ranks)
-
-
-def evaluate_floors(split: TemporalSplit, max_len: int) -> dict[str, dict[str, float]]:
-    """Test metrics of the most-popular and item-transition floors, fitted on the SRM training sequences."""
-    train = [split.srm_train_sequence(u) for u in range(split.num_users)]
-    n = split.dataset.num_items
-    return {
-        name: evaluate_full(floor, split, "test", max_len)
-        for name, floor in (
-            ("most-popular", MostPopular(train, n)),
-            ("item-transition", ItemTransition(train, n)),
-        )
-    }
+def evaluation_users(num_users: int, sample: int, seed: int) -> np.ndarray:
+    """All users, or a seeded sample of ``sample`` of them (sorted) when ``0 < sample < num_users``."""
+    if 0 < sample < num_users:
+        return np.sort(np.random.default_rng(seed).choice(num_users, sample, replace=False))
+    return np.arange(num_users)
 
 
 def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
@@ -61,13 +49,15 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         w for u in range(split.num_users) for w in windows(split.srm_train_sequence(u), srm_config.max_len)
     ]
 
+    users = evaluation_users(split.num_users, config.train.eval_users, config.seed)
+
     def valid_ndcg(m: torch.nn.Module) -> float:
         m.eval()
-        return evaluate_full(m, split, "valid", srm_config.max_len)["ndcg@10"]
+        return evaluate_full(m, split, "valid", srm_config.max_len, users)["ndcg@10"]
 
     started = time.perf_counter()
     result = fit(model, sequences, valid_ndcg, config.train, config.seed, progress)
-    test = evaluate_full(model, split, "test", srm_config.max_len)
+    test = evaluate_full(model, split, "test", srm_config.max_len, users)
     report = {
         "protocol": {
             "dataset": config.data.dataset,
@@ -86,7 +76,8 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         "seconds_per_epoch": result.seconds / max(result.epochs_run, 1),
         "wall_seconds": time.perf_counter() - started,
         "test": test,
-        "floors": evaluate_floors(split, srm_config.max_len),
+        "evaluated_users": len(users),
+        "floors": reference_floors(split, srm_config.max_len, users),
         "history": result.history,
         "run_dir": str(run_dir),
     }

@@ -33,9 +33,10 @@ def train_epoch(
 ) -> float:
     """One pass over ``sequences`` in a seeded random order; returns the mean batch loss.
 
-    Each sequence trains every position (targets x_2 … x_m). ``hard_negatives[i]`` [K] are extra negatives
-    for the last position of sequence ``i`` (the LLM's list for that prefix). ``proximal`` adds a penalty
-    (FedProx's ``μ/2 ||w - w_global||²``) to every batch loss.
+    A sequence trains every position (targets x_2 … x_m), unless ``hard_negatives[i]`` is non-empty: then it
+    is a collaborative example that trains only its last position, against those extra negatives (the LLM's
+    list for that prefix) as well as the usual ones. ``proximal`` adds a penalty (FedProx's
+    ``μ/2 ||w - w_global||²``) to every batch loss.
     """
     model.train()
     losses = []
@@ -43,7 +44,9 @@ def train_epoch(
         batch = next_item_batch([sequences[i] for i in index], model.config.max_len)
         if hard_negatives is not None:
             lists = [hard_negatives[i] for i in index]
-            batch["hard_negatives"] = left_pad(lists, max(len(h) for h in lists))
+            batch["hard_negatives"] = left_pad(lists, max(1, *(len(h) for h in lists)))
+            collaborative = torch.tensor([len(h) > 0 for h in lists])
+            batch["target"][collaborative, :-1] = 0
         loss = model.loss(batch)
         if proximal is not None:
             loss = loss + proximal()
@@ -54,8 +57,60 @@ def train_epoch(
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _length_bucketed_batches(sequences: Sequence[np.ndarray], batch_size: int,
-                             rng: np.random.Generator) -> list[np.ndarray]:
+def proximal_term(model: torch.nn.Module, mu: float) -> Callable[[], torch.Tensor]:
+    """FedProx's ``μ/2 · ||w - w_global||²`` against the weights ``model`` holds now (the global model)."""
+    anchor = [p.detach().clone() for p in model.parameters()]
+
+    def penalty() -> torch.Tensor:
+        return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+
+    return penalty
+
+
+def local_train(
+    model: SequentialRecommender,
+    sequences: Sequence[np.ndarray],
+    hard_negatives: Sequence[np.ndarray] | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    mu: float = 0.0,
+) -> float:
+    """Train ``model`` in place for ``epochs`` local epochs with a fresh Adam; returns the last epoch's loss.
+
+    ``mu > 0`` adds FedProx's proximal term towards the weights the model started from (the global model).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    proximal = proximal_term(model, mu) if mu > 0 else None
+    rng = np.random.default_rng(seed)
+    loss = float("nan")
+    for _ in range(epochs):
+        loss = train_epoch(model, sequences, optimizer, batch_size, rng, hard_negatives, proximal)
+    return loss
+
+
+def adapt(
+    model: SequentialRecommender, sequences: Sequence[np.ndarray], steps: int, lr: float, seed: int
+) -> SequentialRecommender:
+    """Adaptive re-training: a personal copy of ``model`` fine-tuned for ``steps`` steps on ``sequences``.
+
+    The device calls it with its newest interactions after receiving the global model; the global model
+    itself is left untouched. ``steps = 0`` returns an unchanged copy.
+    """
+    personal = copy.deepcopy(model)
+    if steps > 0 and any(len(s) >= 2 for s in sequences):
+        optimizer = torch.optim.Adam(personal.parameters(), lr=lr)
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            train_epoch(personal, sequences, optimizer, len(sequences), rng)
+    personal.eval()
+    return personal
+
+
+def _length_bucketed_batches(
+    sequences: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Seeded random batches of similar-length sequences, in random order.
 
     Shuffled, cut into pools of 32 batches, each pool sorted by length: a batch is as wide as its longest

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.scoring import evaluate_full
+
 
 class MostPopular:
     """Scores every item by its count in the training sequences (the same list for every user)."""
@@ -54,3 +57,25 @@ class ItemTransition(MostPopular):
 
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return torch.gather(self.score_all(history), 1, candidates)
+
+
+def reference_floors(
+    split: TemporalSplit, max_len: int, users: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
+    """Test NDCG@10 and HR@10 of both floors, fitted on the SRM training sequences, from both queries.
+
+    Keys ``fresh-…`` query with the device view, ``stale-…`` with the cloud view (ℓ items behind); ranking is
+    over the full catalogue with history items excluded.
+    """
+    train = [split.srm_train_sequence(u) for u in range(split.num_users)]
+    n = split.dataset.num_items
+    out = {}
+    for name, floor in (
+        ("most-popular", MostPopular(train, n)),
+        ("item-transition", ItemTransition(train, n)),
+    ):
+        out[name] = {}
+        for query, side in (("fresh", "device"), ("stale", "cloud")):
+            metrics = evaluate_full(floor, split, "test", max_len, users, side)
+            out[name].update({f"{query}-ndcg@10": metrics["ndcg@10"], f"{query}-hr@10": metrics["hr@10"]})
+    return out

@@ -8,13 +8,14 @@ the fused device ranking all speak it, so they are evaluated by the same code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from lsc4rec.data.batching import left_pad
-from lsc4rec.metrics import target_ranks
+from lsc4rec.data.split import Stage, TemporalSplit
+from lsc4rec.metrics import metrics_from_ranks, target_ranks
 
 
 class Scorer(Protocol):
@@ -26,21 +27,47 @@ class Scorer(Protocol):
 
 
 @torch.no_grad()
+def catalogue_scores(scorer: Scorer, histories: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
+    """Scores of every item [B, N + 1], with each whole history and the padding id at ``-inf``.
+
+    The whole history (not only the newest ``max_len`` items the model reads) is excluded, as in RecBole's
+    full-sort evaluation: an item the user already has is never recommended again.
+    """
+    scores = scorer.score_all(left_pad(histories, max_len)).float().clone()
+    for row, seq in enumerate(histories):
+        scores[row, torch.from_numpy(np.asarray(seq, dtype=np.int64))] = -torch.inf
+    scores[:, 0] = -torch.inf
+    return scores
+
+
 def full_catalogue_ranks(
     scorer: Scorer, histories: Sequence[np.ndarray], targets: np.ndarray, max_len: int, batch_size: int = 512
 ) -> np.ndarray:
-    """0-based pessimistic rank of each target among all items, history items excluded (leave-one-out).
-
-    The whole history (not only the newest ``max_len`` items the model reads) is excluded, as in RecBole's
-    full-sort evaluation.
-    """
+    """0-based pessimistic rank of each target among all items, history items excluded (leave-one-out)."""
     ranks = []
     for start in range(0, len(histories), batch_size):
-        chunk = histories[start : start + batch_size]
-        scores = scorer.score_all(left_pad(chunk, max_len)).float().clone()
-        for row, seq in enumerate(chunk):
-            scores[row, torch.from_numpy(np.asarray(seq, dtype=np.int64))] = -torch.inf
-        scores[:, 0] = -torch.inf
+        scores = catalogue_scores(scorer, histories[start : start + batch_size], max_len)
         target = torch.from_numpy(np.asarray(targets[start : start + batch_size], dtype=np.int64))
         ranks.append(target_ranks(scores, target).numpy())
     return np.concatenate(ranks)
+
+
+def evaluate_full(
+    scorer: Scorer,
+    split: TemporalSplit,
+    stage: Stage,
+    max_len: int,
+    users: np.ndarray | None = None,
+    side: Literal["device", "cloud"] = "device",
+) -> dict[str, float]:
+    """HR/NDCG/MRR of ``scorer`` on the ``stage`` target over the full catalogue, history excluded.
+
+    ``side`` picks the query: the fresh device view (default) or the stale cloud view. ``users`` restricts the
+    evaluation to those users (default: all).
+    """
+    users = np.arange(split.num_users) if users is None else users
+    view = split.device_view if side == "device" else split.cloud_view
+    ranks = full_catalogue_ranks(
+        scorer, [view(u, stage) for u in users], split.targets(stage)[users], max_len
+    )
+    return metrics_from_ranks(ranks)

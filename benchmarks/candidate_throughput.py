@@ -1,0 +1,132 @@
+"""Candidate throughput: the service on the transformers engine, the service on the vLLM engine, and vLLM direct.
+
+One checkpoint, K = 50, histories of 50 random items, batch sizes 1, 32 and 256. For each setting: histories per
+second and p50/p95 latency of one HTTP call. "vllm direct" posts a prebuilt ``/v1/completions`` body straight to
+the vLLM server (what the service sends, built once outside the timed loop); the service's overhead at a batch
+size is its p50 latency over vLLM direct's, minus one.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/candidate_throughput.py --checkpoint CKPT --json FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from llm_cloud.engines.vllm_engine import VLLMEngine
+from llm_cloud.processes import start_service
+from llm_cloud.templates import PromptTemplate
+from llm_cloud.vllm_server import start_vllm
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure(call: Callable[[], None], batch: int, seconds: float, min_calls: int = 5) -> dict[str, float]:
+    """Time ``call`` (one warm-up first) until ``seconds`` have passed and ``min_calls`` were made."""
+    call()
+    latencies, started = [], time.perf_counter()
+    while len(latencies) < min_calls or time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t0)
+    lat = np.array(latencies)
+    return {
+        "batch": batch,
+        "calls": len(lat),
+        "histories_per_s": batch * len(lat) / lat.sum(),
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p95_ms": 1e3 * float(np.percentile(lat, 95)),
+    }
+
+
+def service_call(client: httpx.Client, body: dict) -> Callable[[], None]:
+    def call() -> None:
+        reply = client.post("/v1/candidates", json=body)
+        reply.raise_for_status()
+
+    return call
+
+
+def vllm_direct_call(
+    client: httpx.Client, engine: VLLMEngine, histories: list[list[int]], k: int
+) -> Callable:
+    body = engine.completion_body(histories, k, [set(h) for h in histories])
+
+    def call() -> None:
+        reply = client.post("/v1/completions", json=body)
+        reply.raise_for_status()
+        reply.json()
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--batches", default="1,32,256")
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--history", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per setting")
+    parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-throughput"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    template = PromptTemplate.from_pretrained(args.checkpoint)
+    rng = np.random.default_rng(0)
+    batches = [int(b) for b in args.batches.split(",")]
+    pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(batches))]
+    pool = [h.tolist() for h in pool]
+    rows = []
+    with start_vllm(args.checkpoint, free_port(), args.log_dir / "vllm.log") as vllm:
+        setups = {
+            "service+transformers": ["--engine", "transformers"],
+            "service+vllm": ["--engine", "vllm", "--vllm-url", vllm.url],
+        }
+        for name, extra in setups.items():
+            with (
+                start_service(
+                    ["--checkpoint", str(args.checkpoint), *extra], free_port(), args.log_dir / f"{name}.log"
+                ) as service,
+                httpx.Client(base_url=service.url, timeout=300) as client,
+            ):
+                for batch in batches:
+                    body = {"histories": pool[:batch], "k": args.k}
+                    rows.append({"setup": name, **measure(service_call(client, body), batch, args.seconds)})
+        engine = VLLMEngine(args.checkpoint, vllm.url)
+        with httpx.Client(base_url=vllm.url, timeout=300) as client:
+            for batch in batches:
+                call = vllm_direct_call(client, engine, pool[:batch], args.k)
+                rows.append({"setup": "vllm direct", **measure(call, batch, args.seconds)})
+    direct = {r["batch"]: r["p50_ms"] for r in rows if r["setup"] == "vllm direct"}
+    for row in rows:
+        row["overhead_vs_vllm_direct"] = row["p50_ms"] / direct[row["batch"]] - 1.0
+    print(f"{'setup':22} {'batch':>5} {'hist/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'vs direct':>9}")
+    for r in rows:
+        print(
+            f"{r['setup']:22} {r['batch']:>5} {r['histories_per_s']:>9.1f} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
+            f"{100 * r['overhead_vs_vllm_direct']:>8.1f}%"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {"checkpoint": str(args.checkpoint), "k": args.k, "history": args.history, "rows": rows},
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

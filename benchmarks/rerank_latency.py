@@ -1,0 +1,77 @@
+"""Latency of reranking one candidate list on the device: one user, history 50, K = 50, one CPU thread.
+
+The SRM scores the K candidates of the cloud's list given the fresh history (the device's per-request work).
+Weights are random: latency does not depend on them. Example:
+
+    python benchmarks/rerank_latency.py --json runs/bench/rerank_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from clients.srm import SRMConfig, build_srm
+from lsc4rec.tables import report
+
+
+def measure(
+    model: torch.nn.Module, history: torch.Tensor, candidates: torch.Tensor, repeats: int
+) -> np.ndarray:
+    """Milliseconds of ``repeats`` calls of ``model.score`` after a warm-up."""
+    timings = []
+    with torch.inference_mode():
+        for _ in range(50):
+            model.score(history, candidates)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.score(history, candidates)
+            timings.append((time.perf_counter() - start) * 1e3)
+    return np.array(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "din"])
+    parser.add_argument("--items", type=int, default=12101, help="catalogue size N (Beauty's by default)")
+    parser.add_argument("--history", type=int, default=50)
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--json", help="write the table as JSON to this file")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    history = torch.randint(1, args.items + 1, (1, args.history))
+    candidates = torch.randint(1, args.items + 1, (1, args.k))
+    rows = []
+    for name in args.models:
+        model = build_srm(SRMConfig(model=name, hidden=args.hidden, max_len=args.history), args.items).eval()
+        ms = measure(model, history, candidates, args.repeats)
+        rows.append(
+            {
+                "model": name,
+                "p50 ms": float(np.percentile(ms, 50)),
+                "p95 ms": float(np.percentile(ms, 95)),
+                "mean ms": float(ms.mean()),
+                "calls": args.repeats,
+            }
+        )
+    setting = {"history": args.history, "k": args.k, "hidden": args.hidden, "threads": 1, "items": args.items}
+    report(
+        f"Rerank latency, one user (T={args.history}, K={args.k}, D={args.hidden}, 1 thread)",
+        rows,
+        ["model", "p50 ms", "p95 ms", "mean ms", "calls"],
+        args.json,
+        {"setting": setting},
+    )
+
+
+if __name__ == "__main__":
+    main()

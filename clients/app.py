@@ -1,0 +1,180 @@
+"""The Flower ClientApp: one node (a device, or an edge box of several users) of the federation.
+
+``train``: collaborative training of the global SRM on the node's private sequences, with the cloud's lists as
+hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (rerank,
+fuse, gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.cloud import CandidateLists, CloudClient, ListCache
+from clients.inference import collaborative_inference
+from clients.node import NodeData, load_node
+from clients.srm import SequentialRecommender, build_srm
+from clients.training import adapt, local_train
+from lsc4rec import records
+from lsc4rec.config import RunConfig
+from lsc4rec.data.split import Stage
+from lsc4rec.metrics import metrics_from_ranks
+from lsc4rec.outcomes import StageOutcome
+from lsc4rec.scoring import catalogue_scores, full_catalogue_ranks
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global SRM on the node's sequences; reply weights, example count and metrics."""
+    cfg, node, model = _setup(msg, context)
+    fed = cfg.federation
+    cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    fallbacks_before = cache.fallbacks
+    sequences = node.training_windows(model.config.max_len)
+    negatives = [np.zeros(0, np.int64)] * len(sequences)
+    if fed.collab_prefixes > 0:
+        users, examples, queries = node.collaborative_prefixes(fed.collab_prefixes)
+        lists = _fetch(cfg, cache, users, queries)
+        sequences += examples
+        negatives += [row[row > 0] for row in lists.items]
+    round_seed = (
+        cfg.seed + 1000 * int(msg.content[records.CONFIG].get(records.SERVER_ROUND, 0)) + context.node_id
+    )
+    loss = local_train(
+        model,
+        sequences,
+        negatives,
+        fed.local_epochs,
+        fed.local_batch_size,
+        fed.local_lr,
+        round_seed % 2**32,
+        mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
+    )
+    context.state[records.STATE_LISTS] = cache.to_record()
+    metrics = {
+        records.NUM_EXAMPLES: len(sequences),
+        records.TRAIN_LOSS: loss,
+        records.FALLBACKS: cache.fallbacks - fallbacks_before,
+    }
+    content = RecordDict(
+        {records.ARRAYS: ArrayRecord(model.state_dict()), records.METRICS: MetricRecord(metrics)}
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Adapt a personal copy, run collaborative inference on validation and test, reply the sums."""
+    cfg, node, model = _setup(msg, context)
+    fed = cfg.federation
+    tau = float(msg.content[records.CONFIG].get(records.TAU, 1.0))
+    cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    fallbacks_before = cache.fallbacks
+    alphas = np.linspace(0.0, 1.0, fed.alpha_steps + 1)
+    metrics: dict[str, float | list[float]] = {
+        records.NUM_EXAMPLES: len(node.users),
+        records.USERS: len(node.users),
+    }
+    for stage in ("valid", "test"):
+        personal = adapt(
+            model,
+            node.adaptation_windows(stage, model.config.max_len),
+            fed.adapt_steps,
+            fed.adapt_lr,
+            cfg.seed + context.node_id,
+        )
+        outcome = _collaborative_inference(cfg, node, cache, personal, stage, alphas, tau)
+        metrics.update(outcome.to_metrics(stage))
+        if stage == "valid":
+            metrics[records.HIST] = outcome.bin_count.tolist()
+        else:
+            metrics[records.REQUESTS] = outcome.requests
+            metrics[records.GLOBAL_NDCG] = _full_catalogue_ndcg_sum(model, node, stage)
+            metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)
+            context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
+    metrics[records.FALLBACKS] = cache.fallbacks - fallbacks_before
+    context.state[records.STATE_LISTS] = cache.to_record()
+    return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, SequentialRecommender]:
+    """The run config, the node's data and the global SRM from the message."""
+    cfg = RunConfig.from_flat(context.run_config)
+    torch.manual_seed(cfg.seed + context.node_id)
+    node = load_node(
+        cfg.data,
+        cfg.seed,
+        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
+    )
+    model = build_srm(dataclasses.replace(cfg.srm, max_len=cfg.data.max_len), node.num_items)
+    model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
+    return cfg, node, model
+
+
+def _fetch(cfg: RunConfig, cache: ListCache, users: list[int], histories: list[np.ndarray]) -> CandidateLists:
+    """Lists for ``histories`` from the node cache or the candidate service (missing rows on failure)."""
+    client = CloudClient(
+        cfg.federation.service_url, cfg.llm.k, cfg.federation.timeout_s, cfg.federation.retries
+    )
+    try:
+        return cache.fetch(client, users, histories)
+    finally:
+        client.close()
+
+
+def _collaborative_inference(
+    cfg: RunConfig,
+    node: NodeData,
+    cache: ListCache,
+    personal: SequentialRecommender,
+    stage: Stage,
+    alphas: np.ndarray,
+    tau: float,
+) -> StageOutcome:
+    """Stale list (held since the cloud last saw the user) and fresh list (a request) for every user.
+
+    Fallbacks: a stale list the cloud never delivered is replaced by the SRM's own top-K over the catalogue
+    (LLM scores flat, so fusion ranks by the SRM); a fresh list that cannot be had is the stale list again.
+    """
+    device, cloud, targets = node.views(stage)
+    users = [int(u) for u in node.users]
+    stale = _fetch(cfg, cache, users, cloud)
+    fresh = _fetch(cfg, cache, users, device)
+    if stale.missing.any():
+        rows = np.flatnonzero(stale.missing)
+        scores = catalogue_scores(personal, [device[r] for r in rows], cfg.data.max_len)
+        stale.items[rows] = torch.topk(scores, cfg.llm.k, dim=1).indices.numpy()
+        stale.scores[rows] = 0.0
+    fresh.items[fresh.missing], fresh.scores[fresh.missing] = (
+        stale.items[fresh.missing],
+        stale.scores[fresh.missing],
+    )
+    fed = cfg.federation
+    return collaborative_inference(
+        personal,
+        device,
+        torch.from_numpy(stale.items),
+        torch.from_numpy(stale.scores),
+        torch.from_numpy(fresh.items),
+        torch.from_numpy(fresh.scores),
+        targets,
+        alphas,
+        fed.bins,
+        fed.measure,
+        cfg.data.max_len,
+        tau,
+    )
+
+
+def _full_catalogue_ndcg_sum(model: SequentialRecommender, node: NodeData, stage: Stage) -> float:
+    """Sum over the node's users of full-catalogue NDCG@10 (the centralized baseline's protocol)."""
+    device, _, targets = node.views(stage)
+    ranks = full_catalogue_ranks(model, device, targets, model.config.max_len)
+    return metrics_from_ranks(ranks, cutoffs=(10,))["ndcg@10"] * len(ranks)

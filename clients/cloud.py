@@ -1,0 +1,155 @@
+"""The device's side of the candidate service: an HTTP client with timeouts, retries, a cache and fallbacks.
+
+The device never imports the cloud's code: it speaks only the wire schema of ``lsc4rec.protocol``. Lists are
+cached per (user, prefix length): a list made from a prefix never changes while the cloud's model is the same,
+so each is asked for once per node and kept in Flower's node state between rounds. When the service cannot be
+reached the device keeps going: a missing list is reported as a fallback and the caller decides (serve the
+cached stale list instead of a fresh one; rank with the SRM alone; train without hard negatives).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from lsc4rec.errors import CloudUnavailableError, ProtocolError
+from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, CandidateRequest, CandidateResponse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CandidateLists:
+    """Lists for a batch: ``items`` [B, K] (0 = empty slot), ``scores`` [B, K] (-inf at empty slots).
+
+    ``missing[b]`` is True where no list could be had (the row is empty); the caller falls back.
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    missing: np.ndarray
+
+    @classmethod
+    def empty(cls, rows: int, k: int) -> CandidateLists:
+        return cls(np.zeros((rows, k), np.int64), np.full((rows, k), -np.inf), np.ones(rows, bool))
+
+
+class CloudClient:
+    """Batched ``POST /v1/candidates`` with a timeout, bounded retries and exponential back-off.
+
+    A 4xx answer means the device sent something the schema forbids: it is raised as ``ProtocolError`` at
+    once (retrying cannot help). Connection failures, timeouts and 5xx answers are retried ``retries`` times,
+    then raised as ``CloudUnavailableError``.
+    """
+
+    def __init__(
+        self, url: str, k: int, timeout_s: float = 20.0, retries: int = 2, api_key: str = ""
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url = url.rstrip("/") + "/v1/candidates"
+        self.k = k
+        self.retries = retries
+        self.http = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Ranked items and scores [B, K] for each history (newest ``MAX_HISTORY`` items sent)."""
+        items = np.zeros((len(histories), self.k), np.int64)
+        scores = np.full((len(histories), self.k), -np.inf)
+        for start in range(0, len(histories), MAX_BATCH):
+            chunk = [np.asarray(h[-MAX_HISTORY:]).tolist() for h in histories[start : start + MAX_BATCH]]
+            answer = self._post(CandidateRequest(histories=chunk, k=self.k))
+            for row, ranked in enumerate(answer.lists, start=start):
+                items[row, : len(ranked.items)] = ranked.items
+                scores[row, : len(ranked.scores)] = ranked.scores
+        return items, scores
+
+    def _post(self, request: CandidateRequest) -> CandidateResponse:
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.post(
+                    self.url, content=request.model_dump_json(), headers={"Content-Type": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return CandidateResponse.model_validate_json(response.content)
+                if response.status_code < 500:
+                    raise ProtocolError(
+                        "request",
+                        f"the candidate service refused it ({response.status_code}): {response.text[:300]}",
+                    )
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise CloudUnavailableError(
+            f"candidate service at {self.url} unavailable after {self.retries + 1} "
+            f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check --url."
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@dataclass
+class ListCache:
+    """Candidate lists keyed by (user, prefix length), storable in Flower's node state (``context.state``)."""
+
+    lists: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    fallbacks: int = 0  # lists that could not be had from the cloud (cumulative on this node)
+
+    def fetch(
+        self, client: CloudClient, users: Sequence[int], prefixes: Sequence[np.ndarray]
+    ) -> CandidateLists:
+        """Lists for ``prefixes`` of ``users``: from the cache, else one batched request for the rest.
+
+        When the cloud is down the rows it should have filled are returned ``missing`` and counted.
+        """
+        keys = [(int(u), len(p)) for u, p in zip(users, prefixes, strict=True)]
+        out = CandidateLists.empty(len(keys), client.k)
+        todo = [i for i, key in enumerate(keys) if key not in self.lists]
+        if todo:
+            try:
+                items, scores = client.candidates([prefixes[i] for i in todo])
+            except CloudUnavailableError as exc:
+                log.warning("%s; serving %d lists from fallbacks", exc, len(todo))
+                self.fallbacks += len(todo)
+            else:
+                for row, i in enumerate(todo):
+                    self.lists[keys[i]] = (items[row], scores[row])
+        for i, key in enumerate(keys):
+            if key in self.lists:
+                cached_items, cached_scores = self.lists[key]
+                width = min(client.k, len(cached_items))
+                out.items[i, :width], out.scores[i, :width] = cached_items[:width], cached_scores[:width]
+                out.missing[i] = False
+        return out
+
+    def to_record(self) -> ArrayRecord:
+        keys = np.array(list(self.lists), dtype=np.int64).reshape(-1, 2)
+        items = np.stack([v[0] for v in self.lists.values()]) if self.lists else np.zeros((0, 1), np.int64)
+        scores = np.stack([v[1] for v in self.lists.values()]) if self.lists else np.zeros((0, 1))
+        return ArrayRecord(
+            {
+                "keys": Array(keys),
+                "items": Array(items),
+                "scores": Array(scores),
+                "fallbacks": Array(np.array([self.fallbacks])),
+            }
+        )
+
+    @classmethod
+    def from_record(cls, record: ArrayRecord | None) -> ListCache:
+        if record is None:
+            return cls()
+        keys, items, scores = (record[name].numpy() for name in ("keys", "items", "scores"))
+        lists = {(int(u), int(n)): (items[i], scores[i]) for i, (u, n) in enumerate(keys)}
+        return cls(lists, int(record["fallbacks"].numpy()[0]))

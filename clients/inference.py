@@ -1,0 +1,145 @@
+"""Collaborative inference on the device: SRM rerank of the cloud's list, fusion, disagreement, request gate.
+
+The device holds a candidate list the cloud made from its stale view of the user (DESIGN.md section 2); the SRM
+scores that list with the fresh device history; the fused ranking is served; when the LLM's and the SRM's
+orders of the list disagree beyond the fleet threshold tau, the device requests a fresh list. Here both lists
+are evaluated for every user so that one pass yields every request policy's curve (``lsc4rec.outcomes``).
+Shape letters: B users, T history length, K candidates, A alphas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from clients.srm import SequentialRecommender
+from lsc4rec.data.batching import left_pad
+from lsc4rec.metrics import metrics_from_ranks
+from lsc4rec.outcomes import CUTOFF, StageOutcome
+from lsc4rec.ranking import disagreement, fuse, list_ranks
+
+
+def drop_seen(
+    items: torch.Tensor, scores: torch.Tensor, histories: Sequence[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad out (item 0, score ``-inf``) the list items [B, K] already in each device history, keeping order.
+
+    A list made from the cloud's stale view may hold items the user has since consumed on the device; they
+    are not recommendable. Slots are padded in place rather than compacted, so positions stay comparable.
+    """
+    seen = torch.stack(
+        [
+            torch.isin(row, torch.as_tensor(np.asarray(h, dtype=np.int64)))
+            for row, h in zip(items, histories, strict=True)
+        ]
+    )  # [B, K]
+    return items.masked_fill(seen, 0), scores.masked_fill(seen, -torch.inf)
+
+
+def rerank(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    items: torch.Tensor,
+    max_len: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """SRM scores [B, K] of the list ``items`` [B, K] given each device history, ``-inf`` at padding (item 0).
+
+    Runs in eval mode (no dropout) and restores the model's previous mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(histories), batch_size):
+            batch = items[start : start + batch_size]
+            scores = model.score(left_pad(histories[start : start + batch_size], max_len), batch)
+            chunks.append(scores.float().masked_fill(batch == 0, -torch.inf))
+    model.train(was_training)
+    return torch.cat(chunks) if chunks else items.new_empty(items.shape, dtype=torch.float32)
+
+
+def gate(disagreement_scores: torch.Tensor | np.ndarray, tau: float) -> np.ndarray:
+    """Request mask [B]: a device asks the cloud for a fresh list when its disagreement exceeds ``tau``."""
+    return np.asarray(disagreement_scores) > tau
+
+
+def _sums(ranks: np.ndarray) -> tuple[float, float]:
+    """Sums over users of NDCG@CUTOFF and HR@CUTOFF from ranks [U] (0 for no users)."""
+    if ranks.size == 0:
+        return 0.0, 0.0
+    means = metrics_from_ranks(ranks, cutoffs=(CUTOFF,))
+    return means[f"ndcg@{CUTOFF}"] * ranks.size, means[f"hr@{CUTOFF}"] * ranks.size
+
+
+def collaborative_inference(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    stale_items: torch.Tensor,
+    stale_scores: torch.Tensor,
+    fresh_items: torch.Tensor,
+    fresh_scores: torch.Tensor,
+    targets: np.ndarray,
+    alphas: Sequence[float],
+    bins: int = 50,
+    measure: str = "displacement",
+    max_len: int = 50,
+    tau: float = 1.0,
+) -> StageOutcome:
+    """Evaluate fused ranking with the stale and the fresh list for every user and alpha.
+
+    Parameters
+    ----------
+    histories
+        Device views (fresh histories), one per user.
+    stale_items, stale_scores
+        [B, K] the list the cloud made from its stale view, with the LLM's scores (``-inf`` at padding).
+    fresh_items, fresh_scores
+        [B, K] the list a request would bring (made from the device view).
+    targets
+        [B] the next item of each user; a target outside a list is a miss (ranking is over the list).
+    alphas
+        The A fusion weights to evaluate.
+    bins, measure
+        The disagreement histogram (equal bins over [0, 1]) and measure (``lsc4rec.ranking.disagreement``).
+    tau
+        The live request threshold: ``requests`` counts users with stale-list disagreement > tau.
+
+    Returns
+    -------
+    StageOutcome
+        Sums over the B users; seen items are dropped from both lists first.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    edges = np.linspace(0.0, 1.0, bins + 1)  # [bins + 1]
+    lists = {}
+    for name, items, scores in (("stale", stale_items, stale_scores), ("fresh", fresh_items, fresh_scores)):
+        items, scores = drop_seen(items, scores, histories)
+        lists[name] = (items, scores, rerank(model, histories, items, max_len))
+    _, stale_llm, stale_srm = lists["stale"]
+    score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
+    bin_of = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, bins - 1)  # [B]
+    in_bin = [bin_of == b for b in range(bins)]
+    sums = {key: np.zeros(len(alphas)) for key in ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")}
+    by_bin = {name: np.zeros((len(alphas), bins)) for name in ("stale", "fresh")}
+    recall = {}
+    for name, (items, llm, srm) in lists.items():
+        recall[name] = float(np.isfinite(list_ranks(llm, items, targets).numpy()).sum())
+        for a, alpha in enumerate(alphas):
+            ranks = list_ranks(fuse(llm, srm, alpha), items, targets).numpy()  # [B]
+            sums[f"{name}_ndcg"][a], sums[f"{name}_hr"][a] = _sums(ranks)
+            by_bin[name][a] = [_sums(ranks[mask])[0] for mask in in_bin]
+    return StageOutcome(
+        alphas=tuple(float(a) for a in alphas),
+        bin_edges=edges,
+        users=len(targets),
+        stale_recall=recall["stale"],
+        fresh_recall=recall["fresh"],
+        bin_count=np.bincount(bin_of, minlength=bins).astype(float),
+        bin_stale_ndcg=by_bin["stale"],
+        bin_fresh_ndcg=by_bin["fresh"],
+        requests=int(gate(score, tau).sum()),
+        **sums,
+    )

@@ -1,0 +1,170 @@
+"""What a node reports about collaborative inference, and the request-policy curves computed from it.
+
+A node cannot send per-user results (privacy, size), so it reports sums that merge by addition across nodes:
+NDCG@10 / HR@10 of the fused ranking at each fusion weight alpha, with the stale list (the one the device
+holds) and with a fresh list (the one a request to the cloud would bring), in total and per bin of the stale
+list's disagreement score. From the merged sums the server draws, without any second pass over the devices,
+the NDCG@10 of every request policy against its request rate: random requests and disagreement-gated ones
+(LSC4Rec calibrates its gate by a second manual pass; DESIGN.md section 6). Shape letters: A alphas, bins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+CUTOFF = 10  # the cut-off of every NDCG / HR summed here
+_TOTALS = ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")  # [A] each
+_ARRAYS = (*_TOTALS, "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg")
+_SCALARS = ("users", "stale_recall", "fresh_recall", "requests")
+
+
+@dataclass
+class StageOutcome:
+    """Sums over one stage's users (validation or test) of one node, or of the merged fleet.
+
+    Attributes
+    ----------
+    alphas
+        The A fusion weights evaluated (1 = LLM-only, 0 = SRM-only).
+    bin_edges
+        [bins + 1] equal-width edges over [0, 1] of the disagreement histogram.
+    users
+        Users summed.
+    stale_ndcg, stale_hr, fresh_ndcg, fresh_hr
+        [A] sums of NDCG@10 / HR@10 of the fused ranking of the stale resp. fresh list.
+    stale_recall, fresh_recall
+        Users whose target is in the stale resp. fresh list (the ceiling of any reranking).
+    bin_count
+        [bins] users by the disagreement of their STALE list: what the device holds when it decides.
+    bin_stale_ndcg, bin_fresh_ndcg
+        [A, bins] the NDCG@10 sums split by those bins.
+    requests
+        Users whose stale-list disagreement exceeded the live threshold tau (the requests actually made).
+    """
+
+    alphas: tuple[float, ...]
+    bin_edges: np.ndarray
+    users: int
+    stale_ndcg: np.ndarray
+    stale_hr: np.ndarray
+    fresh_ndcg: np.ndarray
+    fresh_hr: np.ndarray
+    stale_recall: float
+    fresh_recall: float
+    bin_count: np.ndarray
+    bin_stale_ndcg: np.ndarray
+    bin_fresh_ndcg: np.ndarray
+    requests: int = 0
+
+    def merge(self, other: StageOutcome) -> StageOutcome:
+        """The outcome of both user sets: every sum added; alphas and bins must agree."""
+        if tuple(self.alphas) != tuple(other.alphas) or not np.array_equal(self.bin_edges, other.bin_edges):
+            raise ValueError(
+                f"outcomes must share alphas and bin edges, got {self.alphas} / {len(self.bin_edges) - 1} bins "
+                f"and {other.alphas} / {len(other.bin_edges) - 1} bins. Evaluate every node with one config."
+            )
+        summed = {name: getattr(self, name) + getattr(other, name) for name in (*_ARRAYS, *_SCALARS)}
+        return replace(self, **summed)
+
+    @classmethod
+    def sum(cls, outcomes: Iterable[StageOutcome]) -> StageOutcome:
+        """Merge any number of outcomes (at least one)."""
+        outcomes = list(outcomes)
+        if not outcomes:
+            raise ValueError("outcomes must hold at least one outcome, got none.")
+        total = outcomes[0]
+        for outcome in outcomes[1:]:
+            total = total.merge(outcome)
+        return total
+
+    def to_metrics(self, prefix: str) -> dict[str, float | list[float]]:
+        """Flat Flower ``MetricRecord`` content: ``f"{prefix}-stale-ndcg"`` etc.; [A, bins] arrays row-major."""
+        out: dict[str, float | list[float]] = {
+            f"{prefix}-alphas": [float(a) for a in self.alphas],
+            f"{prefix}-bin-edges": self.bin_edges.astype(float).tolist(),
+        }
+        for name in _SCALARS:
+            out[_key(prefix, name)] = float(getattr(self, name))
+        for name in _ARRAYS:
+            out[_key(prefix, name)] = np.asarray(getattr(self, name), dtype=float).ravel().tolist()
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, object], prefix: str) -> StageOutcome:
+        """Inverse of ``to_metrics``; ``metrics`` may hold other keys (other prefixes, ``num-examples``)."""
+        alphas = tuple(float(a) for a in metrics[f"{prefix}-alphas"])  # type: ignore[attr-defined]
+        edges = np.asarray(metrics[f"{prefix}-bin-edges"], dtype=float)
+        shapes = {"bin_count": (len(edges) - 1,)}
+        shapes.update({name: (len(alphas),) for name in _TOTALS})
+        shapes.update({name: (len(alphas), len(edges) - 1) for name in ("bin_stale_ndcg", "bin_fresh_ndcg")})
+        values: dict[str, object] = {
+            name: np.asarray(metrics[_key(prefix, name)], dtype=float).reshape(shapes[name])
+            for name in _ARRAYS
+        }
+        for name in _SCALARS:
+            value = float(metrics[_key(prefix, name)])  # type: ignore[arg-type]
+            values[name] = round(value) if name in ("users", "requests") else value
+        return cls(alphas=alphas, bin_edges=edges, **values)  # type: ignore[arg-type]
+
+    def means(self) -> dict[str, np.ndarray]:
+        """Per-alpha means [A] over users: ``stale-ndcg``, ``stale-hr``, ``fresh-ndcg``, ``fresh-hr``."""
+        if self.users < 1:
+            raise ValueError("means need at least one user, got 0.")
+        return {name.replace("_", "-"): getattr(self, name) / self.users for name in _TOTALS}
+
+    def best_alpha(self) -> int:
+        """Index of the alpha with the best stale-list NDCG@10 (the first on ties).
+
+        Call it on the VALIDATION outcome only and apply the index to test: choosing on test leaks.
+        """
+        return int(np.argmax(self.stale_ndcg))
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}-{name.replace('_', '-')}"
+
+
+def threshold_for_budget(bin_count: np.ndarray, bin_edges: np.ndarray, budget: float) -> float:
+    """The threshold tau such that the share of users with disagreement > tau equals ``budget``.
+
+    Users are taken as spread uniformly inside each bin, so the share above tau falls linearly across a bin
+    and tau lands between edges. Where several tau give the budget (empty bins), the highest is returned:
+    budget 0 gives 1.0 (never request); budget 1 gives ``bin_edges[0] - 1`` (below every score: always).
+    With no users, tau is 1.0.
+    """
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")
+    counts = np.asarray(bin_count, dtype=float)  # [bins]
+    edges = np.asarray(bin_edges, dtype=float)  # [bins + 1]
+    if budget >= 1.0:
+        return float(edges[0] - 1.0)
+    above = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # [bins + 1]: users above edge j
+    wanted = budget * above[0]
+    j = int(np.flatnonzero(above >= wanted)[-1])  # the highest edge with at least the budget above it
+    if j == len(counts):
+        return float(edges[-1])
+    return float(edges[j] + (above[j] - wanted) / counts[j] * (edges[j + 1] - edges[j]))
+
+
+def random_policy(outcome: StageOutcome, alpha_index: int, rate: float) -> float:
+    """Expected mean NDCG@10 when a random share ``rate`` of users request a fresh list."""
+    means = outcome.means()
+    return float((1.0 - rate) * means["stale-ndcg"][alpha_index] + rate * means["fresh-ndcg"][alpha_index])
+
+
+def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[float, float]:
+    """(request rate, mean NDCG@10) when users whose stale-list disagreement exceeds ``tau`` request.
+
+    The boundary bin requests the share of it above tau, its gain taken as uniform across the bin. The rate is
+    what that request set costs. Calibrate ``tau`` on the validation histogram
+    (:func:`threshold_for_budget`) and apply it to the test outcome, as the fleet does live.
+    """
+    edges = outcome.bin_edges
+    share = np.clip((edges[1:] - tau) / np.diff(edges), 0.0, 1.0)  # [bins]: requested part of each bin
+    gain = outcome.bin_fresh_ndcg[alpha_index] - outcome.bin_stale_ndcg[alpha_index]  # [bins]
+    users = max(outcome.users, 1)
+    rate = float((share * outcome.bin_count).sum() / users)
+    return rate, float((outcome.stale_ndcg[alpha_index] + (share * gain).sum()) / users)

@@ -1,0 +1,58 @@
+"""The device <-> cloud wire schema: one request and one response model, and the limits both sides enforce.
+
+The device sends a batch of histories (item ids 1..N, oldest first) and K; the cloud answers one ranked list of
+K items with their scores (log-probabilities of the cloud LLM over item tokens) per history. Items in the
+history, and in the optional per-history ``exclude`` list, are never returned. Unknown fields are rejected
+(``extra="forbid"``) so that a typo is an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+MAX_BATCH = 512  # histories per request; larger batches must be split by the client
+MAX_HISTORY = 512  # items per history and per exclusion list (devices send their newest items)
+MAX_K = 200  # longest candidate list the cloud returns
+
+ItemId = Annotated[StrictInt, Field(ge=1)]
+
+
+class CandidateRequest(BaseModel):
+    """A batch of histories to turn into candidate lists of length ``k``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    histories: list[Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)]] = Field(
+        min_length=1, max_length=MAX_BATCH
+    )
+    k: StrictInt = Field(ge=1, le=MAX_K)
+    exclude: list[Annotated[list[ItemId], Field(max_length=MAX_HISTORY)]] | None = None
+
+    @model_validator(mode="after")
+    def _exclude_matches_histories(self) -> CandidateRequest:
+        if self.exclude is not None and len(self.exclude) != len(self.histories):
+            raise ValueError(
+                f"exclude must hold one list per history ({len(self.histories)}), "
+                f"got {len(self.exclude)}. Send one (possibly empty) list per history or omit it."
+            )
+        return self
+
+
+class CandidateList(BaseModel):
+    """One ranked list: ``items[i]`` has score ``scores[i]``, best first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[int]
+    scores: list[float]
+
+
+class CandidateResponse(BaseModel):
+    """One list per request history, in request order, and the name of the model that made them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lists: list[CandidateList]
+    model: str

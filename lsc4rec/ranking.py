@@ -1,0 +1,157 @@
+"""Score normalisation, fusion and disagreement between two rankings of the same candidate list.
+
+Conventions: a candidate list is ``items`` [B, K] (item ids, 0 = padding slot) with ``scores`` [B, K]
+(``-inf`` at padding). The LLM's scores are log-probabilities (negative, spread over a few nats); the SRM's are
+unbounded dot-product logits. Their scales differ per model and per row, so they are normalised per row over
+the real slots before they are fused (as LSC4Rec, Lv et al. KDD 2025, fuses normalised scores).
+Every function accepts torch tensors or numpy arrays and returns torch tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lsc4rec.metrics import target_ranks
+
+NORMALIZATIONS = ("minmax", "softmax", "rank")
+MEASURES = ("displacement", "kendall", "topk")
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _real(scores: torch.Tensor) -> torch.Tensor:
+    """Mask [B, K] of the real slots: finite scores (padding holds ``-inf``)."""
+    return torch.isfinite(scores)
+
+
+def normalize(scores: ArrayLike, method: str = "minmax") -> torch.Tensor:
+    """Map each row's real scores [B, K] onto [0, 1] so that two models' scores can be added.
+
+    Parameters
+    ----------
+    scores
+        [B, K] scores, ``-inf`` at padding.
+    method
+        ``"minmax"`` (default): ``(s - min) / (max - min)``; keeps the score gaps, the paper's choice.
+        ``"softmax"``: the row's probabilities over the list; sensible for log-probabilities, but saturates
+        for peaked SRM logits. ``"rank"``: ``1 - rank / (n - 1)`` (ties share the best rank); discards the
+        gaps, robust to outliers.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, K] float64, ``-inf`` at padding. A row whose real scores are all equal (one real item included)
+        maps them to 1.0, never NaN: such a row carries no order, and a constant leaves the fused order to
+        the other model.
+    """
+    scores = torch.as_tensor(scores).double()
+    real = _real(scores)
+    if method == "minmax":
+        lo = scores.masked_fill(~real, torch.inf).amin(dim=1, keepdim=True)
+        hi = scores.masked_fill(~real, -torch.inf).amax(dim=1, keepdim=True)
+        span = hi - lo
+        value = torch.where(span > 0, (scores - lo) / span, torch.ones_like(scores))
+    elif method == "softmax":
+        value = torch.softmax(scores.masked_fill(~real.any(dim=1, keepdim=True), 0.0), dim=1)
+    elif method == "rank":
+        better = (scores[:, None, :] > scores[:, :, None]) & real[:, None, :]  # [B, K, K]: j beats i
+        n = real.sum(dim=1, keepdim=True)
+        value = 1.0 - better.sum(dim=2).double() / (n - 1).clamp(min=1)
+    else:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}.")
+    return value.masked_fill(~real, -torch.inf)
+
+
+def fuse(llm_scores: ArrayLike, srm_scores: ArrayLike, alpha: float, method: str = "minmax") -> torch.Tensor:
+    """Final scores [B, K] = ``alpha * norm(llm) + (1 - alpha) * norm(srm)``, ``-inf`` at padding.
+
+    ``alpha = 1`` ranks in the LLM's order, ``alpha = 0`` in the SRM's (DESIGN.md section 5). A slot is real
+    only where both scores are finite.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
+    llm, srm = normalize(llm_scores, method), normalize(srm_scores, method)
+    real = _real(llm) & _real(srm)
+    fused = alpha * llm.masked_fill(~real, 0.0) + (1.0 - alpha) * srm.masked_fill(~real, 0.0)
+    return fused.masked_fill(~real, -torch.inf)
+
+
+def _ordinal_ranks(
+    llm_scores: ArrayLike, srm_scores: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """0-based ranks [B, K] of each slot under both models, and the mask [B, K] of real slots.
+
+    Ties are broken by list position (the LLM's emission order), so ranks are a permutation of 0..n-1 over
+    the real slots; padding (non-finite in either model) ranks after them.
+    """
+    llm, srm = torch.as_tensor(llm_scores).double(), torch.as_tensor(srm_scores).double()
+    real = _real(llm) & _real(srm)
+
+    def rank(scores: torch.Tensor) -> torch.Tensor:
+        order = torch.argsort(scores.masked_fill(~real, -torch.inf), dim=1, descending=True, stable=True)
+        return torch.argsort(order, dim=1, stable=True)
+
+    return rank(llm), rank(srm), real
+
+
+def rank_displacement(llm_scores: ArrayLike, srm_scores: ArrayLike) -> torch.Tensor:
+    """Mean absolute rank displacement of the list's items between the two orders, in [0, 1] [B].
+
+    LSC4Rec's consistency score is ``mean_i |rank_llm(i) - rank_srm(i)|``; here it is divided by its maximum
+    over permutations of the row's n real items, ``floor(n^2 / 2) / n`` (the reversal), so that lists of
+    different real lengths share one threshold. 0 when n <= 1.
+    """
+    r_llm, r_srm, real = _ordinal_ranks(llm_scores, srm_scores)
+    n = real.sum(dim=1)
+    total = ((r_llm - r_srm).abs() * real).sum(dim=1).double()
+    return total / (n * n // 2).clamp(min=1)
+
+
+def kendall_distance(llm_scores: ArrayLike, srm_scores: ArrayLike) -> torch.Tensor:
+    """Fraction of the real item pairs the two orders rank differently (Kendall tau distance) [B]; 0 when n < 2."""
+    r_llm, r_srm, real = _ordinal_ranks(llm_scores, srm_scores)
+    n = real.sum(dim=1)
+    pairs = real[:, :, None] & real[:, None, :]  # [B, K, K]
+    llm_before = r_llm[:, :, None] < r_llm[:, None, :]
+    srm_after = r_srm[:, :, None] > r_srm[:, None, :]
+    discordant = (pairs & llm_before & srm_after).sum(dim=(1, 2)).double()
+    return discordant / (n * (n - 1) // 2).clamp(min=1)
+
+
+def topk_overlap_distance(llm_scores: ArrayLike, srm_scores: ArrayLike, k: int = 10) -> torch.Tensor:
+    """``1 - |top-k(llm) ∩ top-k(srm)| / k`` [B], with k capped at the row's real length n (0 when n = 0)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k!r}.")
+    r_llm, r_srm, real = _ordinal_ranks(llm_scores, srm_scores)
+    kept = real.sum(dim=1).clamp(max=k)
+    shared = ((r_llm < kept[:, None]) & (r_srm < kept[:, None])).sum(dim=1).double()
+    return 1.0 - shared / kept.clamp(min=1)
+
+
+def disagreement(
+    llm_scores: ArrayLike, srm_scores: ArrayLike, measure: str = "displacement", k: int = 10
+) -> torch.Tensor:
+    """Disagreement [B] in [0, 1] (higher = the SRM reorders the LLM's list more) by ``measure``.
+
+    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``).
+    """
+    if measure == "displacement":
+        return rank_displacement(llm_scores, srm_scores)
+    if measure == "kendall":
+        return kendall_distance(llm_scores, srm_scores)
+    if measure == "topk":
+        return topk_overlap_distance(llm_scores, srm_scores, k)
+    raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}.")
+
+
+def list_ranks(scores: ArrayLike, items: ArrayLike, targets: ArrayLike) -> torch.Tensor:
+    """Pessimistic 0-based rank [B] (float64) of each target within its scored list; ``inf`` if not in it.
+
+    A target sitting in a slot whose score is ``-inf`` (a padded or dropped slot) counts as absent.
+    """
+    scores = torch.as_tensor(scores).double()
+    items, targets = torch.as_tensor(items).long(), torch.as_tensor(targets).long()
+    hits = (items == targets[:, None]) & (items != 0) & _real(scores)  # [B, K]
+    index = torch.where(hits.any(dim=1), hits.int().argmax(dim=1), -1)
+    return target_ranks(scores, index)

@@ -1,0 +1,26 @@
+"""Keys of the Flower records devices and server exchange (kebab-case, defined once for both sides)."""
+
+ARRAYS = "arrays"  # ArrayRecord: the SRM weights (global in instructions, local in train replies)
+CONFIG = "config"  # ConfigRecord of an instruction
+METRICS = "metrics"  # MetricRecord of a reply
+
+NUM_EXAMPLES = "num-examples"  # weight of a reply in FedAvg: training sequences, or users evaluated
+TRAIN_LOSS = "train-loss"  # mean local training loss of the last local epoch
+FALLBACKS = "cloud-fallbacks"  # lists the node could not get from the cloud this round
+SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
+FINAL = "final"  # config: the final evaluation over every node (the report's figures)
+
+TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
+HIST = "disagreement-hist"  # node metric: users per disagreement bin of the validation lists
+REQUESTS = "requests"  # node metric: test users whose disagreement exceeded the tau they were sent
+USERS = "users"  # node metric: users evaluated (the histogram's total)
+REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
+NEXT_TAU = "next-request-tau"  # metric: the tau calibrated from this round, sent with the next one
+
+# Full-catalogue NDCG@10 sums over the node's test users, for holding the federated SRM against the central one.
+GLOBAL_NDCG = "test-global-ndcg-sum"  # the global model, as received
+PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-training
+
+# State kept on the node between rounds (context.state), never sent.
+STATE_LISTS = "llm-lists"
+STATE_PERSONAL = "personal-srm"

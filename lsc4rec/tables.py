@@ -1,0 +1,38 @@
+"""Figures as a rich table on the terminal and the same figures as JSON (benchmarks and command output)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lsc4rec.runs import write_json
+
+
+def report(
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    json_path: str | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Print ``rows`` (dicts) as a table of ``columns``; with ``json_path`` also write rows and ``extra``."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("dataset", "model", "loss", "engine") else "right"
+        )
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    Console().print(table)
+    if json_path:
+        write_json(Path(json_path), {"title": title, **(extra or {}), "rows": list(rows)})
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return "" if value is None else str(value)

@@ -1,0 +1,1 @@
+"""The Flower ServerApp: rounds, checkpoints, the final evaluation over every node, and the run report."""

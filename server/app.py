@@ -1,0 +1,198 @@
+"""The Flower ServerApp: read the run config once, run the rounds, checkpoint, evaluate every node, report.
+
+Strategy: Flower's FedAvg (or FedProx / FedAdam), wrapped by the update guard (non-finite and oversized updates
+are rejected and counted) and the request budget (the fleet threshold τ for cloud requests). The nodes report
+sums, so evaluation metrics are added up, not averaged (``strategies.sums``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from clients.srm import build_srm
+from lsc4rec import records
+from lsc4rec.config import RunConfig
+from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.floors import reference_floors
+from lsc4rec.outcomes import StageOutcome
+from lsc4rec.runs import make_run_dir, seed_everything
+from server.checkpoint import latest_checkpoint, save_checkpoint
+from server.report import append_round, final_figures, write_report
+from strategies import RequestBudget, UpdateGuard
+from strategies.sums import sum_metrics
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federation described by ``context.run_config`` and write its report."""
+    cfg = RunConfig.from_flat(context.run_config)
+    fed = cfg.federation
+    run_dir = Path(fed.run_dir) if fed.run_dir else make_run_dir(cfg.out_dir, "federation")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    seed_everything(cfg.seed)
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    nodes = fed.num_nodes or split.num_users
+    _wait_for_nodes(grid, nodes)
+    start_round, arrays, tau = _starting_point(cfg, run_dir, split.dataset.num_items)
+    strategy = RequestBudget(
+        UpdateGuard(_inner_strategy(cfg, nodes), fed.max_update_norm or None),
+        fed.budget,
+        fed.bins,
+        initial_tau=tau,
+    )
+    started = time.perf_counter()
+    if fed.rounds > start_round:
+        result = strategy.start(
+            grid,
+            arrays,
+            num_rounds=fed.rounds - start_round,
+            timeout=3600,
+            evaluate_fn=_checkpointer(run_dir, strategy, start_round),
+        )
+        arrays = result.arrays
+        for record in _round_records(result, start_round):
+            append_round(run_dir, record)
+    final = _final_evaluation(grid, arrays, strategy.tau, fed.rounds)
+    valid, test = StageOutcome.from_metrics(final, "valid"), StageOutcome.from_metrics(final, "test")
+    users = max(test.users, 1)
+    extra = {
+        "federated SRM full-catalogue ndcg@10 (global)": final[records.GLOBAL_NDCG] / users,
+        "federated SRM full-catalogue ndcg@10 (personal)": final[records.PERSONAL_NDCG] / users,
+        "final request tau": strategy.tau,
+        "final realized request rate": final[records.REQUESTS] / users,
+        "cloud fallbacks (final evaluation)": float(final[records.FALLBACKS]),
+        "rejected updates": float(sum(strategy.strategy.rejected_total.values())),
+        "federation seconds": time.perf_counter() - started,
+    }
+    figures = final_figures(valid, test, reference_floors(split, cfg.data.max_len), extra)
+    summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))
+    log.warning("report written: %s", summary)
+
+
+def _wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
+    """Wait until the fleet the config describes is connected; a clear error instead of waiting forever."""
+    deadline = time.monotonic() + timeout_s
+    while (connected := len(list(grid.get_node_ids()))) < nodes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"federation.num_nodes expects {nodes} nodes, but only {connected} connected after "
+                f"{timeout_s:.0f} s. Start that many supernodes (or set num-supernodes to match)."
+            )
+        time.sleep(1.0)
+
+
+def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int, ArrayRecord, float]:
+    """(rounds done, global weights, τ): from the newest checkpoint when resuming, else a fresh SRM."""
+    if cfg.federation.resume and (found := latest_checkpoint(run_dir)) is not None:
+        log.warning("resuming from round %d of %s", found[0], run_dir)
+        return found
+    model = build_srm(dataclasses.replace(cfg.srm, max_len=cfg.data.max_len), num_items)
+    return 0, ArrayRecord(model.state_dict()), 1.0
+
+
+def _inner_strategy(cfg: RunConfig, nodes: int) -> Strategy:
+    """Flower's own strategy named by ``federation.strategy``, sized to the fleet, summing evaluations."""
+    fed = cfg.federation
+    common: dict[str, Any] = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": fed.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": nodes,
+        "evaluate_metrics_aggr_fn": sum_metrics,
+    }
+    if fed.strategy == "fedprox":
+        return FedProx(proximal_mu=fed.proximal_mu, **common)
+    if fed.strategy == "fedadam":
+        return FedAdam(eta=fed.server_lr, **common)
+    return FedAvg(**common)
+
+
+def _checkpointer(run_dir: Path, strategy: RequestBudget, offset: int) -> Callable[[int, ArrayRecord], None]:
+    """Flower's ``evaluate_fn`` hook, called after every round: checkpoint the global SRM and τ."""
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round > 0:
+            save_checkpoint(run_dir, offset + server_round, arrays, strategy.tau)
+
+    return after_round
+
+
+def _round_records(result: Any, offset: int) -> list[dict[str, Any]]:
+    """One JSON line per round: training and (summed) validation figures, τ and the realized rate."""
+    out = []
+    for server_round, train in sorted(result.train_metrics_clientapp.items()):
+        record: dict[str, Any] = {
+            "round": offset + server_round,
+            **{f"train-{k}": v for k, v in train.items()},
+        }
+        evaluation = result.evaluate_metrics_clientapp.get(server_round)
+        if evaluation is not None and evaluation.get("valid-users", 0) > 0:
+            valid = StageOutcome.from_metrics(evaluation, "valid")
+            record["valid-fused-ndcg@10"] = float(valid.means()["stale-ndcg"][valid.best_alpha()])
+            record["valid-users"] = valid.users
+            for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
+                if key in evaluation:
+                    record[key] = evaluation[key]
+        out.append(record)
+    return out
+
+
+def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, rounds: int) -> MetricRecord:
+    """Evaluate the final global SRM on every node (adaptation, collaborative inference); sum the replies."""
+    config = ConfigRecord({records.TAU: tau, records.FINAL: True, records.SERVER_ROUND: rounds})
+    messages = [
+        Message(
+            RecordDict({records.ARRAYS: arrays, records.CONFIG: config}),
+            dst_node_id=node,
+            message_type=MessageType.EVALUATE,
+        )
+        for node in grid.get_node_ids()
+    ]
+    replies = [r for r in grid.send_and_receive(messages, timeout=3600) if not r.has_error()]
+    if len(replies) < len(messages):
+        log.warning(
+            "final evaluation: %d of %d nodes failed; the report covers the rest",
+            len(messages) - len(replies),
+            len(messages),
+        )
+    return sum_metrics([r.content for r in replies])
+
+
+def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
+    fed = cfg.federation
+    return {
+        "dataset": cfg.data.dataset,
+        "k-core": cfg.data.kcore,
+        "numbering": cfg.data.numbering,
+        "lag": cfg.data.lag,
+        "K": cfg.llm.k,
+        "srm": cfg.srm.model,
+        "loss": cfg.srm.loss,
+        "nodes": nodes,
+        "rounds": fed.rounds,
+        "strategy": fed.strategy,
+        "budget": fed.budget,
+        "measure": fed.measure,
+        "ranking": "over the candidate list (targets outside it are misses)",
+    }

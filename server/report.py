@@ -1,0 +1,165 @@
+"""The run report: ``metrics.jsonl`` per round, ``final.json``, ``summary.md`` and PNG plots.
+
+Every figure is on the test target with the fusion weight α chosen on validation; request thresholds are
+calibrated on the validation disagreement histogram and applied to test, as the fleet does live.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from lsc4rec.outcomes import StageOutcome, gated_policy, random_policy, threshold_for_budget
+from lsc4rec.runs import write_json
+
+BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def append_round(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one round's figures to ``metrics.jsonl``."""
+    with (run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def final_figures(
+    valid: StageOutcome, test: StageOutcome, floors: dict[str, dict[str, float]], extra: dict[str, float]
+) -> dict[str, Any]:
+    """The report's numbers: rankings at the validation-chosen α and every request policy at each budget."""
+    best = valid.best_alpha()
+    means = test.means()
+    alphas = list(test.alphas)
+    one, zero = alphas.index(1.0), alphas.index(0.0)
+
+    def row(name: str, lst: str, index: int, floor_query: str) -> dict[str, Any]:
+        return {
+            "ranking": name,
+            "list": lst,
+            "alpha": alphas[index],
+            "ndcg@10": float(means[f"{lst}-ndcg"][index]),
+            "hr@10": float(means[f"{lst}-hr"][index]),
+            **{f"{floor} floor": v[f"{floor_query}-ndcg@10"] for floor, v in floors.items()},
+        }
+
+    rows = []
+    for lst, query in (("stale", "stale"), ("fresh", "fresh")):
+        rows += [
+            row("LLM-only", lst, one, query),
+            row("SRM-only", lst, zero, query),
+            row("fused", lst, best, query),
+        ]
+    policies = []
+    for budget in BUDGETS:
+        tau = threshold_for_budget(valid.bin_count, valid.bin_edges, budget)
+        rate, gated = gated_policy(test, best, tau)
+        floor_at = {
+            f"{floor} floor": (1 - budget) * v["stale-ndcg@10"] + budget * v["fresh-ndcg@10"]
+            for floor, v in floors.items()
+        }
+        policies.append(
+            {
+                "budget": budget,
+                "random ndcg@10": random_policy(test, best, budget),
+                "gate tau": tau,
+                "gated rate": rate,
+                "gated ndcg@10": gated,
+                "random ndcg@10 at gated rate": random_policy(test, best, rate),
+                **floor_at,
+            }
+        )
+    return {
+        "alpha": alphas[best],
+        "alphas": alphas,
+        "users": test.users,
+        "recall@k": {"stale": test.stale_recall / test.users, "fresh": test.fresh_recall / test.users},
+        "valid": {"fused ndcg@10": float(valid.means()["stale-ndcg"][best])},
+        "rankings": rows,
+        "policies": policies,
+        "floors": floors,
+        **extra,
+    }
+
+
+def write_report(
+    run_dir: Path, figures: dict[str, Any], rounds: list[dict[str, Any]], protocol: dict[str, Any]
+) -> Path:
+    """Write ``final.json``, ``summary.md`` and the plots; return the summary's path."""
+    write_json(run_dir / "final.json", {"protocol": protocol, **figures})
+    _plot_rounds(run_dir / "validation_per_round.png", rounds)
+    _plot_policies(run_dir / "ndcg_vs_request_rate.png", figures)
+    summary = run_dir / "summary.md"
+    summary.write_text(summary_markdown(figures, protocol))
+    return summary
+
+
+def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
+    """The headline tables as Markdown (also printed by run_federation.sh)."""
+    lines = [
+        "# LSC4Rec federation: results",
+        "",
+        "Protocol: " + ", ".join(f"{k} {v}" for k, v in protocol.items()),
+        "",
+        f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}. "
+        f"Recall@K of the stale list {figures['recall@k']['stale']:.4f}, of the fresh list "
+        f"{figures['recall@k']['fresh']:.4f} (the ceiling of any reranking).",
+        "",
+        "## Rankings (test, over the candidate list; the floors rank the full catalogue from the same query: the "
+        "cloud view for the stale list, the device view for the fresh one)",
+        "",
+    ]
+    lines += _markdown_table(figures["rankings"])
+    lines += [
+        "",
+        "## Request policies (test, fused at α; random is the expectation, gated uses the τ "
+        "calibrated on validation)",
+        "",
+    ]
+    lines += _markdown_table(figures["policies"])
+    extra = {k: v for k, v in figures.items() if isinstance(v, int | float) and k not in ("alpha", "users")}
+    if extra:
+        lines += ["", "## Other figures", ""] + [f"- {k}: {v:.4f}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    columns = list(rows[0])
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows
+    ]
+
+
+def _plot_rounds(path: Path, rounds: list[dict[str, Any]]) -> None:
+    points = [(r["round"], r["valid-fused-ndcg@10"]) for r in rounds if "valid-fused-ndcg@10" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o")
+    ax.set(xlabel="round", ylabel="validation NDCG@10 (fused, sampled nodes)", title="Validation per round")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
+    policies = figures["policies"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(
+        [p["budget"] for p in policies], [p["random ndcg@10"] for p in policies], marker="o", label="random"
+    )
+    ax.plot(
+        [p["gated rate"] for p in policies], [p["gated ndcg@10"] for p in policies], marker="s", label="gated"
+    )
+    ax.set(
+        xlabel="realized request rate", ylabel="test NDCG@10 (fused)", title="NDCG@10 against request rate"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,139 @@
+"""A strategy wrapper that validates SRM updates before any aggregator sees them.
+
+One diverged or malicious device can ruin a weighted mean: a NaN spreads to every weight, a huge update drags
+the average away. ``UpdateGuard`` wraps any Flower strategy (FedAvg, FedProx, FedAdam...), rejects such
+replies, logs and counts them, and hands the rest to the inner strategy, like Flower's own DP wrappers
+(``flwr.serverapp.strategy.dp_fixed_clipping``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
+REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_update_norm
+REJECTED_MALFORMED = (
+    "rejected-malformed"  # not one ArrayRecord shaped like the global one, or no positive weight
+)
+REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
+
+
+class UpdateGuard(Strategy):
+    """Reject non-finite, oversized and malformed train replies, then delegate to ``strategy``.
+
+    Parameters
+    ----------
+    strategy
+        The aggregator of the kept replies; every other call is delegated to it unchanged.
+    max_update_norm
+        Largest accepted L2 norm of a client's update over all arrays; ``None`` = no bound.
+    weighted_by_key
+        The MetricRecord key holding the reply's example count (Flower's ``num-examples``).
+
+    Attributes
+    ----------
+    rejected_total
+        Rejections of the whole run by reason (the ``REASONS`` keys).
+    rejected_by_round
+        Rejections by round and reason; the round's counts are also added to the train MetricRecord.
+    """
+
+    def __init__(
+        self, strategy: Strategy, max_update_norm: float | None = None, weighted_by_key: str = "num-examples"
+    ) -> None:
+        if max_update_norm is not None and not max_update_norm > 0:
+            raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}.")
+        self.strategy = strategy
+        self.max_update_norm = max_update_norm
+        self.weighted_by_key = weighted_by_key
+        self.rejected_total: Counter[str] = Counter()
+        self.rejected_by_round: dict[int, dict[str, int]] = {}
+        self._global: dict[str, np.ndarray] = {}
+
+    def summary(self) -> None:
+        """Log the guard's settings, then the inner strategy's."""
+        log(
+            INFO,
+            "\t├──> Update guard: max update norm %s, weight key '%s'",
+            self.max_update_norm,
+            self.weighted_by_key,
+        )
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global arrays the updates are measured from, then delegate."""
+        self._global = {key: array.numpy() for key, array in arrays.items()}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the replies that pass every check; ``(None, None)`` when none is left."""
+        counts = dict.fromkeys(REASONS, 0)
+        kept = []
+        for reply in replies:
+            reason = None if reply.has_error() else self._rejection(reply)
+            if reason is None:
+                kept.append(reply)  # error replies go on: the inner strategy logs them as failures
+                continue
+            counts[reason] += 1
+            log(
+                WARNING,
+                "aggregate_train: round %d, node %d rejected: %s",
+                server_round,
+                reply.metadata.src_node_id,
+                reason,
+            )
+        self.rejected_by_round[server_round] = counts
+        self.rejected_total.update(counts)
+        if all(reply.has_error() for reply in kept):  # nothing left to aggregate
+            return None, None
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        metrics = MetricRecord() if metrics is None else metrics
+        for reason, count in counts.items():
+            metrics[reason] = count
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Delegate."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def _rejection(self, reply: Message) -> str | None:
+        """The reason to reject ``reply``, or ``None`` to keep it."""
+        content = reply.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            return REJECTED_MALFORMED
+        weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
+        if not isinstance(weight, int | float) or not weight > 0:
+            return REJECTED_MALFORMED
+        arrays = {key: array.numpy() for key, array in next(iter(content.array_records.values())).items()}
+        shapes = {key: a.shape for key, a in arrays.items()}
+        if self._global and shapes != {key: a.shape for key, a in self._global.items()}:
+            return REJECTED_MALFORMED
+        if not all(np.isfinite(a).all() for a in arrays.values()):
+            return REJECTED_NONFINITE
+        if self.max_update_norm is not None:
+            if not self._global:
+                raise RuntimeError("aggregate_train needs the global arrays: call configure_train first.")
+            squares = sum(
+                float(np.sum((a.astype(np.float64) - self._global[k]) ** 2)) for k, a in arrays.items()
+            )
+            if np.sqrt(squares) > self.max_update_norm:
+                return REJECTED_NORM
+        return None

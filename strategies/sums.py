@@ -1,0 +1,44 @@
+"""Aggregating the nodes' evaluation replies by addition (they report sums, not means).
+
+Flower's FedAvg averages metrics weighted by ``num-examples``, which is right for a loss and wrong for counts
+and sums. The nodes report collaborative-inference outcomes as sums (``lsc4rec.outcomes.StageOutcome``) and
+counts, so the fleet's figure is their sum: pass :func:`sum_metrics` as FedAvg's ``evaluate_metrics_aggr_fn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+
+from lsc4rec.outcomes import StageOutcome
+
+OUTCOME_MARK = "-alphas"  # every StageOutcome in a record carries f"{prefix}-alphas"
+
+
+def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+    """Sum every metric of ``replies`` (lists elementwise); merge StageOutcomes with ``StageOutcome.sum``.
+
+    ``weighted_by_key`` is accepted for Flower's signature; sums need no weights.
+    """
+    metrics = [m for reply in replies for m in reply.metric_records.values()]
+    if not metrics:
+        return MetricRecord()
+    prefixes = [key[: -len(OUTCOME_MARK)] for key in metrics[0] if key.endswith(OUTCOME_MARK)]
+    merged: dict = {}
+    for prefix in prefixes:
+        merged.update(
+            StageOutcome.sum(StageOutcome.from_metrics(m, prefix) for m in metrics).to_metrics(prefix)
+        )
+    for key in metrics[0]:
+        if key in merged:
+            continue
+        values = [m[key] for m in metrics if key in m]
+        total = np.sum([np.asarray(v, dtype=float) for v in values], axis=0)
+        merged[key] = total.tolist() if isinstance(values[0], list) else _scalar(total, values[0])
+    return MetricRecord(merged)
+
+
+def _scalar(total: np.ndarray, example: object) -> int | float:
+    return int(total) if isinstance(example, int) else float(total)

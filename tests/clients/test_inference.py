@@ -1,0 +1,155 @@
+"""Tests of device-side collaborative inference with a tiny real SRM and hand-made candidate lists."""
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from clients.inference import collaborative_inference, drop_seen, gate, rerank
+from clients.srm import SequentialRecommender, SRMConfig, build_srm
+from lsc4rec.ranking import disagreement
+
+NUM_ITEMS, K, MAX_LEN = 40, 12, 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> SequentialRecommender:
+    torch.manual_seed(0)
+    config = SRMConfig(model="sasrec", hidden=8, layers=1, max_len=MAX_LEN, dropout=0.1)
+    return build_srm(config, NUM_ITEMS)
+
+
+def histories() -> list[np.ndarray]:
+    return [
+        np.array([1, 2, 3]),
+        np.array([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]),
+        np.array([14]),
+        np.array([2, 3]),
+    ]
+
+
+def llm_list(first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list of K items ``first..first+K-1`` in LLM order (descending log-probabilities) per user."""
+    items = torch.stack([torch.arange(first + u, first + u + K) for u in range(4)])
+    return items, -torch.arange(K, dtype=torch.float32).expand(4, K) * 0.3 - 1.0
+
+
+def ndcg_sum(ranks: list[float]) -> float:
+    return sum(1.0 / math.log2(r + 2) for r in ranks if r < 10)
+
+
+def srm_order_rank(
+    model: SequentialRecommender, history: np.ndarray, items: torch.Tensor, target: int
+) -> float:
+    """Independent reference: rank of ``target`` among the real items when sorted by the SRM alone."""
+    model.eval()
+    with torch.no_grad():
+        scores = model.score(torch.as_tensor(history[-MAX_LEN:])[None], items[None])[0]
+    real = items != 0
+    if not (items == target).any():
+        return math.inf
+    target_score = scores[items == target][0]
+    return float(((scores >= target_score) & real).sum() - 1)
+
+
+def test_drop_seen_pads_history_items_in_place() -> None:
+    items = torch.tensor([[3, 9, 1, 7], [5, 6, 0, 8]])
+    scores = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-1.0, -2.0, -torch.inf, -3.0]])
+    kept_items, kept_scores = drop_seen(items, scores, [np.array([1, 3]), np.array([8])])
+    assert kept_items.tolist() == [[0, 9, 0, 7], [5, 6, 0, 0]]
+    assert kept_scores.tolist() == [[-math.inf, -2.0, -math.inf, -4.0], [-1.0, -2.0, -math.inf, -math.inf]]
+    assert items[0, 0] == 3  # inputs untouched
+
+
+def test_rerank_scores_real_slots_masks_padding_and_restores_mode(model: SequentialRecommender) -> None:
+    items = torch.tensor([[5, 0, 7], [9, 10, 0]])
+    model.train()
+    scores = rerank(model, [np.array([1, 2]), np.array([3])], items, MAX_LEN)
+    assert model.training
+    assert torch.isinf(scores[0, 1]) and torch.isinf(scores[1, 2]) and torch.isfinite(scores[0, [0, 2]]).all()
+    model.eval()
+    with torch.no_grad():
+        expected = model.score(torch.tensor([[1, 2]]), torch.tensor([[5, 7]]))
+    assert torch.allclose(scores[0, [0, 2]], expected[0])
+
+
+def test_collaborative_inference_alpha_one_reproduces_llm_ranks(model: SequentialRecommender) -> None:
+    stale_items, stale_scores = llm_list(3)  # user 0 has seen 3: dropped, the rest shifts up one place
+    fresh_items, fresh_scores = llm_list(20)
+    targets = np.array([5, 15, 25, 39])  # user 3's target is in neither list: a miss
+    outcome = collaborative_inference(
+        model,
+        histories(),
+        stale_items,
+        stale_scores,
+        fresh_items,
+        fresh_scores,
+        targets,
+        (0.0, 1.0),
+        max_len=MAX_LEN,
+    )
+    # LLM order ranks among kept items: stale user0 5 at 1 (3 dropped); user1 15 at 11 (4..13 seen -> 14,15: 1);
+    # user2 25 absent from 5..16; fresh: user0 absent, user1 15 absent (21..32), user2 25 at 3.
+    assert outcome.stale_ndcg[1] == pytest.approx(ndcg_sum([1.0, 1.0]))
+    assert outcome.fresh_ndcg[1] == pytest.approx(ndcg_sum([3.0]))
+    assert outcome.stale_hr[1] == 2 and outcome.fresh_hr[1] == 1
+    assert outcome.stale_recall == 2 and outcome.fresh_recall == 1 and outcome.users == 4
+
+
+def test_collaborative_inference_alpha_zero_reproduces_srm_ranks(model: SequentialRecommender) -> None:
+    stale_items, stale_scores = llm_list(3)
+    fresh_items, fresh_scores = llm_list(20)
+    targets = np.array([12, 15, 30, 10])
+    outcome = collaborative_inference(
+        model,
+        histories(),
+        stale_items,
+        stale_scores,
+        fresh_items,
+        fresh_scores,
+        targets,
+        (0.0, 1.0),
+        max_len=MAX_LEN,
+    )
+    kept, _ = drop_seen(stale_items, stale_scores, histories())
+    ranks = [srm_order_rank(model, h, kept[u], int(targets[u])) for u, h in enumerate(histories())]
+    assert outcome.stale_ndcg[0] == pytest.approx(ndcg_sum(ranks))
+    assert outcome.stale_ndcg[0] != pytest.approx(outcome.stale_ndcg[1])  # the SRM order is not the LLM's
+    fresh = [srm_order_rank(model, h, fresh_items[u], int(targets[u])) for u, h in enumerate(histories())]
+    assert outcome.fresh_ndcg[0] == pytest.approx(ndcg_sum(fresh))
+
+
+def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
+    model: SequentialRecommender,
+) -> None:
+    stale_items, stale_scores = llm_list(3)
+    fresh_items, fresh_scores = llm_list(20)
+    args = (
+        model,
+        histories(),
+        stale_items,
+        stale_scores,
+        fresh_items,
+        fresh_scores,
+        np.array([5, 15, 25, 39]),
+    )
+    outcome = collaborative_inference(*args, (0.5,), bins=4, max_len=MAX_LEN, tau=0.2)
+    kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
+    score = disagreement(kept_scores, rerank(model, histories(), kept_items, MAX_LEN)).numpy()
+    assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()
+    assert outcome.requests == int((score > 0.2).sum())
+    np.testing.assert_allclose(outcome.bin_stale_ndcg.sum(1), outcome.stale_ndcg)
+
+
+def test_gate_requests_above_threshold_only() -> None:
+    assert gate(torch.tensor([0.1, 0.5, 0.7]), 0.5).tolist() == [False, False, True]

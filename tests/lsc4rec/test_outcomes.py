@@ -1,0 +1,133 @@
+"""Tests of the mergeable collaborative-inference outcome and the request-policy curves drawn from it."""
+
+import numpy as np
+import pytest
+from flwr.app import MetricRecord
+
+from lsc4rec.outcomes import StageOutcome, gated_policy, random_policy, threshold_for_budget
+
+ALPHAS = (0.0, 0.5, 1.0)
+
+
+def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, bins: int) -> StageOutcome:
+    """Outcome of users with disagreement ``score`` [U] and per-alpha NDCG@10 ``stale``/``fresh`` [U, A]."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    bin_of = np.minimum((score * bins).astype(int), bins - 1)
+    one_hot = np.eye(bins)[bin_of]  # [U, bins]
+    return StageOutcome(
+        alphas=ALPHAS,
+        bin_edges=edges,
+        users=len(score),
+        stale_ndcg=stale.sum(0),
+        stale_hr=(stale > 0).sum(0).astype(float),
+        fresh_ndcg=fresh.sum(0),
+        fresh_hr=(fresh > 0).sum(0).astype(float),
+        stale_recall=float((stale > 0).any(1).sum()),
+        fresh_recall=float((fresh > 0).any(1).sum()),
+        bin_count=one_hot.sum(0),
+        bin_stale_ndcg=stale.T @ one_hot,
+        bin_fresh_ndcg=fresh.T @ one_hot,
+        requests=int((score > 0.5).sum()),
+    )
+
+
+def random_users(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    score = (rng.permutation(1000)[:n] + 0.5) / 1000  # distinct, one per bin of a 1000-bin histogram
+    stale = rng.uniform(size=(n, len(ALPHAS))) * (rng.uniform(size=(n, 1)) < 0.3)
+    fresh = rng.uniform(size=(n, len(ALPHAS))) * (rng.uniform(size=(n, 1)) < 0.6)
+    return score, stale, fresh
+
+
+def test_threshold_for_budget_uniform_histogram_meets_budget() -> None:
+    edges = np.linspace(0.0, 1.0, 51)
+    assert threshold_for_budget(np.full(50, 10.0), edges, 0.05) == pytest.approx(0.95)
+    assert threshold_for_budget(np.full(50, 10.0), edges, 0.2) == pytest.approx(0.8)
+
+
+def test_threshold_for_budget_hand_histogram_interpolates_and_takes_highest_tau() -> None:
+    counts, edges = np.array([4.0, 0.0, 2.0, 2.0]), np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert threshold_for_budget(counts, edges, 0.25) == pytest.approx(0.75)
+    assert threshold_for_budget(counts, edges, 0.375) == pytest.approx(0.625)  # half of bin 2 above
+    assert threshold_for_budget(counts, edges, 0.5) == pytest.approx(0.5)  # bin 1 empty: highest tau
+    assert threshold_for_budget(counts, edges, 0.75) == pytest.approx(0.125)
+
+
+def test_threshold_for_budget_extremes_never_and_always() -> None:
+    counts, edges = np.array([0.0, 3.0, 0.0]), np.linspace(0.0, 1.0, 4)
+    assert threshold_for_budget(counts, edges, 0.0) == 1.0
+    assert threshold_for_budget(counts, edges, 1.0) < 0.0
+    assert threshold_for_budget(np.zeros(3), edges, 0.3) == 1.0
+    with pytest.raises(ValueError, match="budget must be in"):
+        threshold_for_budget(counts, edges, 1.5)
+
+
+def test_gated_policy_fine_bins_equals_brute_force_per_user() -> None:
+    score, stale, fresh = random_users(200, seed=0)
+    outcome = outcome_from_users(score, stale, fresh, bins=1000)
+    order = np.argsort(-score)
+    for budget in (0.0, 0.05, 0.1, 0.2, 0.5, 1.0):
+        asked = order[: round(budget * len(score))]
+        for a in range(len(ALPHAS)):
+            expected = stale[:, a].copy()
+            expected[asked] = fresh[asked, a]
+            tau = threshold_for_budget(outcome.bin_count, outcome.bin_edges, budget)
+            rate, ndcg = gated_policy(outcome, a, tau)
+            assert rate == pytest.approx(budget)
+            assert ndcg == pytest.approx(expected.mean())
+
+
+def test_gated_policy_coarse_bins_splits_boundary_bin_proportionally() -> None:
+    # Two bins: 2 users in [0, .5) with gain 0, 2 users in [.5, 1] with total gain 1.
+    score = np.array([0.1, 0.2, 0.6, 0.9])
+    stale = np.zeros((4, 3))
+    fresh = np.array([[0.0] * 3, [0.0] * 3, [0.4] * 3, [0.6] * 3])
+    outcome = outcome_from_users(score, stale, fresh, bins=2)
+    rate, ndcg = gated_policy(outcome, 1, 0.75)  # half of the top bin: half its gain
+    assert rate == pytest.approx(0.25) and ndcg == pytest.approx(0.5 / 4)
+
+
+def test_random_policy_interpolates_stale_and_fresh_means() -> None:
+    score, stale, fresh = random_users(50, seed=1)
+    outcome = outcome_from_users(score, stale, fresh, bins=10)
+    expected = 0.8 * stale[:, 2].mean() + 0.2 * fresh[:, 2].mean()
+    assert random_policy(outcome, 2, 0.2) == pytest.approx(expected)
+
+
+def test_stage_outcome_merge_is_addition_of_user_sets() -> None:
+    score, stale, fresh = random_users(60, seed=2)
+    parts = [outcome_from_users(score[s], stale[s], fresh[s], bins=10) for s in (slice(0, 25), slice(25, 60))]
+    whole = outcome_from_users(score, stale, fresh, bins=10)
+    merged = StageOutcome.sum(parts)
+    assert merged.users == 60 and merged.requests == whole.requests
+    for name in ("stale_ndcg", "fresh_hr", "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(whole, name))
+    assert merged.fresh_recall == whole.fresh_recall
+    assert parts[0].users == 25  # merging leaves its inputs alone
+
+
+def test_stage_outcome_merge_mismatched_bins_raises() -> None:
+    score, stale, fresh = random_users(10, seed=3)
+    with pytest.raises(ValueError, match="must share alphas and bin edges"):
+        outcome_from_users(score, stale, fresh, 10).merge(outcome_from_users(score, stale, fresh, 5))
+
+
+def test_stage_outcome_metrics_round_trip_through_flower_record() -> None:
+    score, stale, fresh = random_users(30, seed=4)
+    outcome = outcome_from_users(score, stale, fresh, bins=10)
+    metrics = outcome.to_metrics("valid")
+    assert "valid-stale-ndcg" in metrics and "valid-bin-fresh-ndcg" in metrics
+    record = MetricRecord({**metrics, "num-examples": 30})  # accepted by Flower as-is
+    back = StageOutcome.from_metrics(record, "valid")
+    assert back.alphas == ALPHAS and back.users == 30 and back.requests == outcome.requests
+    for name in ("stale_hr", "bin_count", "bin_stale_ndcg", "bin_edges"):
+        np.testing.assert_allclose(getattr(back, name), getattr(outcome, name))
+
+
+def test_stage_outcome_means_and_best_alpha_use_stale_ndcg() -> None:
+    score = np.array([0.1, 0.9])
+    stale = np.array([[0.1, 0.5, 0.3], [0.1, 0.3, 0.2]])
+    fresh = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    outcome = outcome_from_users(score, stale, fresh, bins=4)
+    np.testing.assert_allclose(outcome.means()["stale-ndcg"], [0.1, 0.4, 0.25])
+    assert outcome.best_alpha() == 1

@@ -1,0 +1,103 @@
+"""Tests of UpdateGuard around Flower's real FedAvg, on replies built the way Flower builds them."""
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from strategies.guards import REJECTED_MALFORMED, REJECTED_NONFINITE, REJECTED_NORM, UpdateGuard
+
+GLOBAL = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
+
+
+class FakeGrid:
+    """The part of a Grid that FedAvg's node sampling uses."""
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12, 13]
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instruction messages take run and node ids from the task identity the ServerApp runtime sets."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def arrays(offset: float, nan: bool = False) -> ArrayRecord:
+    values = {key: value + offset for key, value in GLOBAL.items()}
+    if nan:
+        values["b"][1] = np.nan
+    return ArrayRecord({key: Array(value) for key, value in values.items()})
+
+
+def reply(node: int, record: ArrayRecord, metrics: dict) -> Message:
+    instruction = Message(
+        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
+    )
+    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=instruction)
+
+
+def guard(max_update_norm: float | None = 5.0) -> UpdateGuard:
+    strategy = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=max_update_norm)
+    messages = list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid()))
+    assert len(messages) == 3 and messages[0].content["arrays"]["w"].numpy().shape == (2, 2)
+    return strategy
+
+
+def test_update_guard_kept_replies_give_example_weighted_mean() -> None:
+    strategy = guard()
+    replies = [
+        reply(11, arrays(1.0), {"num-examples": 10, "loss": 2.0}),
+        reply(12, arrays(1.5), {"num-examples": 30, "loss": 1.0}),
+    ]
+    aggregated, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), (10 * 1.0 + 30 * 1.5) / 40))
+    assert metrics["loss"] == pytest.approx((10 * 2.0 + 30 * 1.0) / 40)
+    assert metrics[REJECTED_NONFINITE] == 0 and metrics[REJECTED_NORM] == 0
+
+
+def test_update_guard_nan_and_oversized_replies_rejected_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strategy = guard(max_update_norm=5.0)
+    replies = [
+        reply(11, arrays(1.0), {"num-examples": 10}),  # norm sqrt(7) ~ 2.6: kept
+        reply(12, arrays(1.0, nan=True), {"num-examples": 10}),
+        reply(13, arrays(2.0), {"num-examples": 10}),  # norm sqrt(28) ~ 5.3 > 5
+    ]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        aggregated, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(aggregated["b"].numpy(), np.ones(3))  # only the first reply
+    assert metrics[REJECTED_NONFINITE] == 1 and metrics[REJECTED_NORM] == 1
+    assert "node 12 rejected: rejected-nonfinite" in caplog.text
+    strategy.aggregate_train(
+        2, [reply(13, arrays(3.0), {"num-examples": 5}), reply(11, arrays(0.5), {"num-examples": 5})]
+    )
+    assert strategy.rejected_by_round[2][REJECTED_NORM] == 1
+    assert strategy.rejected_total[REJECTED_NORM] == 2 and strategy.rejected_total[REJECTED_NONFINITE] == 1
+
+
+def test_update_guard_no_norm_bound_keeps_large_updates() -> None:
+    aggregated, metrics = guard(max_update_norm=None).aggregate_train(
+        1, [reply(11, arrays(100.0), {"num-examples": 1})]
+    )
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 100.0))
+    assert metrics[REJECTED_NORM] == 0
+
+
+def test_update_guard_missing_or_zero_examples_and_wrong_shapes_rejected() -> None:
+    strategy = guard()
+    wrong_shape = ArrayRecord(
+        {"w": Array(np.zeros(4, dtype=np.float32)), "b": Array(np.zeros(3, dtype=np.float32))}
+    )
+    replies = [
+        reply(11, arrays(1.0), {"loss": 1.0}),
+        reply(12, arrays(1.0), {"num-examples": 0}),
+        reply(13, wrong_shape, {"num-examples": 4}),
+    ]
+    assert strategy.aggregate_train(1, replies) == (None, None)  # none left: no aggregate
+    assert strategy.rejected_by_round[1][REJECTED_MALFORMED] == 3
