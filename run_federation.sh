@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The README's main command. Bootstraps .venv on first use, prepares the embedded default dataset and runs
-# the centralized SRM pipeline on it (the federation replaces this step when it lands). Options go to
-# `lsc4rec srm train` (see `lsc4rec srm train --help`).
+# The README's main command: the whole federation on one machine, end to end.
+#
+#   ./run_federation.sh [--dataset ml-latest-small|beauty|toys|PATH] [--srm sasrec|gru4rec|din] [--rounds R]
+#                       [--nodes N (0 = one user per node)] [--fraction F] [--lag L] [--k K] [--budget B]
+#                       [--seed S] [--out DIR] [--engine transformers|vllm] [--set key=value ...]
+#
+# Bootstraps .venv on first use, prepares the data, trains the cloud LLM unless a checkpoint for the same data
+# and settings is cached, starts the candidate service, runs the Flower simulation (`flwr run`, one supernode
+# per node), stops every process it started and prints the report. See `lsc4rec federate --help`.
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 bootstrap
 cd "$ROOT"
-"$VENV/bin/lsc4rec" data prepare --dataset "${DATASET:-ml-latest-small}"
-exec "$VENV/bin/lsc4rec" srm train --dataset "${DATASET:-ml-latest-small}" "$@"
+exec "$VENV/bin/lsc4rec" federate "$@"

@@ -120,6 +120,51 @@ def srm_train(
     console.print(f"run folder: {result['run_dir']}")
 
 
+@app.command("federate")
+def federate(
+    dataset: Annotated[str | None, typer.Option(help="ml-latest-small, beauty, toys, or a path.")] = None,
+    srm: Annotated[str | None, typer.Option(help="sasrec | gru4rec | din.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Nodes (edge boxes); 0 = one user per node.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of nodes trained per round.")] = None,
+    lag: Annotated[int | None, typer.Option(help="Interactions the cloud is behind.")] = None,
+    k: Annotated[int | None, typer.Option(help="Candidate list length K.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Target request rate, e.g. 0.05.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of everything.")] = None,
+    out: Annotated[str | None, typer.Option(help="Folder under which the run folder is made.")] = None,
+    engine: Annotated[
+        str, typer.Option(help="transformers | vllm (vLLM runs in its own venv).")
+    ] = "transformers",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Run the whole federation: data, cloud LLM, candidate service, Flower simulation, report."""
+    from lsc4rec.runs import make_run_dir
+    from server.launch import run_federation
+
+    if engine not in ("transformers", "vllm"):
+        raise typer.BadParameter(f"must be transformers or vllm, got {engine!r}.", param_hint="--engine")
+    named = {
+        "data.dataset": dataset,
+        "srm.model": srm,
+        "federation.rounds": rounds,
+        "federation.num_nodes": nodes,
+        "federation.fraction_train": fraction,
+        "data.lag": lag,
+        "llm.k": k,
+        "federation.budget": budget,
+        "seed": seed,
+        "out_dir": out,
+        "data.data_dir": data_dir,
+    }
+    cfg = build_config(config, overrides, **named)
+    run_dir = make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
+    summary = run_federation(cfg, run_dir, engine)
+    console.print(summary.read_text())
+    console.print(f"report: {run_dir} (summary.md, final.json, metrics.jsonl, *.png)")
+
+
 def _mount_llm() -> None:
     """Mount ``lsc4rec llm ...`` from the cloud room when it is installed alongside."""
     try:

@@ -42,3 +42,15 @@ def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_flower_run_config_in_pyproject_matches_code_defaults() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from flwr.common.config import flatten_dict
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    flower = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    assert flower == RunConfig().to_flat()
+    assert RunConfig.from_flat(flower) == RunConfig()

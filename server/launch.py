@@ -1,0 +1,152 @@
+"""Launching a whole federation on one machine: data, the cloud LLM, the candidate service, Flower.
+
+What ``run_federation.sh`` runs: prepare the dataset; train the item-token LLM unless a checkpoint for the same
+data and settings is cached; start the candidate service (transformers engine, or vLLM in its own venv); start
+a simulation SuperLink and ``flwr run`` the app with one supernode per node; stop every process it started (by
+process group, in ``finally``); return the report's path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from llm_cloud.processes import ManagedServer, spawn_server, start_service
+from lsc4rec.config import RunConfig
+from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.sources import cache_dir
+from lsc4rec.errors import LSC4RecError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FEDERATION = "lsc4rec-sim"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def llm_checkpoint(cfg: RunConfig) -> Path:
+    """The cached LLM checkpoint for these data and LLM settings; trained on first use (cloud view only)."""
+    key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.llm), cfg.seed], sort_keys=True)
+    folder = (
+        cache_dir()
+        / "llm"
+        / f"{cfg.data.dataset.replace('/', '_')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    )
+    if (folder / "model.safetensors").exists():
+        print(f"==> LLM checkpoint (cached): {folder}", flush=True)
+        return folder
+    from llm_cloud.train import train_llm
+
+    print(f"==> training the cloud LLM (first run for these settings): {folder}", flush=True)
+    train_llm(cfg, load_or_prepare(cfg.data, cfg.seed), folder)
+    return folder
+
+
+@contextmanager
+def candidate_service(
+    cfg: RunConfig, checkpoint: Path, engine: str, run_dir: Path
+) -> Iterator[ManagedServer]:
+    """The candidate service on 127.0.0.1 (and vLLM behind it for ``engine == "vllm"``), stopped on exit."""
+    with ExitStack() as stack:
+        args = ["--checkpoint", str(checkpoint), "--engine", engine]
+        if engine == "vllm":
+            from llm_cloud.vllm_server import start_vllm
+
+            vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log"))
+            args += ["--vllm-url", vllm.url]
+        print("==> starting the candidate service", flush=True)
+        yield stack.enter_context(start_service(args, free_port(), run_dir / "service.log"))
+
+
+@contextmanager
+def simulation_superlink(run_dir: Path) -> Iterator[dict[str, str]]:
+    """A SuperLink in simulation mode with its own FLWR_HOME; yields the environment for ``flwr run``."""
+    home = run_dir / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()  # one HTTP port serves the Control, Fleet and runtime APIs
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "127.0.0.1:{port}"\n'
+        "insecure = true\n"
+    )
+    bin_dir = str(Path(sys.executable).parent)  # the SuperLink spawns flower-superexec from PATH
+    env = {
+        "FLWR_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [
+        str(Path(bin_dir) / "flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(home / "state.db"),
+    ]
+    with spawn_server(command, f"http://127.0.0.1:{port}", "/health", run_dir / "superlink.log", env, 120.0):
+        yield env
+
+
+def run_federation(cfg: RunConfig, run_dir: Path, engine: str = "transformers") -> Path:
+    """Run the whole pipeline of the module docstring; return ``summary.md``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_or_prepare(cfg.data, cfg.seed)
+    nodes = cfg.federation.num_nodes or dataset.num_users
+    checkpoint = llm_checkpoint(cfg)
+    with (
+        candidate_service(cfg, checkpoint, engine, run_dir) as service,
+        simulation_superlink(run_dir) as env,
+    ):
+        cfg = cfg.override(
+            [f"federation.service_url={service.url}", f"federation.run_dir={run_dir.resolve()}"]
+        )
+        run_config = run_dir / "run_config.toml"
+        run_config.write_text(_toml(cfg.to_flat()))
+        print(
+            f"==> federation: {nodes} supernodes, {cfg.federation.rounds} rounds (Flower simulation)",
+            flush=True,
+        )
+        command = [
+            str(Path(sys.executable).parent / "flwr"),
+            "run",
+            str(REPO_ROOT),
+            FEDERATION,
+            "--stream",
+            "--run-config",
+            str(run_config),
+            "--federation-config",
+            f"num-supernodes={nodes} client-resources-num-cpus=1",
+        ]
+        finished = subprocess.run(command, env={**os.environ, **env}, check=False)
+        if finished.returncode != 0:
+            raise LSC4RecError(
+                f"flwr run exited with code {finished.returncode}; see the log above and "
+                f"{run_dir / 'superlink.log'}."
+            )
+    summary = run_dir / "summary.md"
+    if not summary.exists():
+        raise LSC4RecError(
+            f"the federation ended without a report in {run_dir}; see {run_dir / 'superlink.log'}."
+        )
+    return summary
+
+
+def _toml(flat: dict[str, object]) -> str:
+    """Flat dotted keys as TOML (Flower flattens nested tables back into the same keys)."""
+    return "".join(f'"{key}" = {json.dumps(value)}\n' for key, value in flat.items())
