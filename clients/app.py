@@ -106,6 +106,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, SequentialRecommender]:
     """The run config, the node's data and the global SRM from the message."""
     cfg = RunConfig.from_flat(context.run_config)
+    torch.set_num_threads(cfg.federation.client_threads)
     torch.manual_seed(cfg.seed + context.node_id)
     node = load_node(
         cfg.data,

@@ -157,6 +157,7 @@ class FederationConfig:
     service_url: str = "http://127.0.0.1:8800"  # the candidate service
     timeout_s: float = 20.0  # per request to the candidate service
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
+    client_threads: int = 1  # torch threads per node: device models are tiny, and many nodes share few cores
     run_dir: str = ""  # the run folder (checkpoints, report); set by run_federation.sh
     resume: bool = False  # continue from the newest checkpoint in run_dir
 

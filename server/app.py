@@ -139,7 +139,7 @@ def _round_records(result: Any, offset: int) -> list[dict[str, Any]]:
     for server_round, train in sorted(result.train_metrics_clientapp.items()):
         record: dict[str, Any] = {
             "round": offset + server_round,
-            **{f"train-{k}": v for k, v in train.items()},
+            **{k if k.startswith("train-") else f"train-{k}": v for k, v in train.items()},
         }
         evaluation = result.evaluate_metrics_clientapp.get(server_round)
         if evaluation is not None and evaluation.get("valid-users", 0) > 0:

@@ -1,0 +1,86 @@
+"""The real ServerApp and ClientApp over the in-process grid, with the real candidate service on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clients.app import app as client_app
+from llm_cloud.processes import start_service
+from lsc4rec.config import RunConfig
+from server.app import app as server_app
+from server.inprocess import InProcessGrid, run_in_process
+from server.launch import free_port
+from tests.server.conftest import NODES
+
+
+def run(cfg: RunConfig, run_dir: Path, url: str, *extra: str) -> InProcessGrid:
+    cfg = cfg.override([f"federation.run_dir={run_dir}", f"federation.service_url={url}", *extra])
+    return run_in_process(server_app, client_app, NODES, cfg.to_flat())
+
+
+def rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_federation_trains_checkpoints_and_reports(
+    federation_config: RunConfig, service: str, tmp_path: Path
+) -> None:
+    run(federation_config, tmp_path, service, "federation.rounds=4", "federation.fraction_train=1.0")
+    history = rounds(tmp_path)
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["train-loss"] < history[0]["train-loss"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.safetensors")) == [
+        f"round-000{i}.safetensors" for i in range(1, 5)
+    ]
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["users"] == 24 and 0.0 <= final["alpha"] <= 1.0
+    assert [p["budget"] for p in final["policies"]] == [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
+    assert final["policies"][0]["gated rate"] == 0.0 and final["policies"][-1]["gated rate"] == 1.0
+    assert {"most-popular", "item-transition"} <= set(final["floors"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| fused | stale |" in summary and "item-transition floor" in summary
+    assert (tmp_path / "validation_per_round.png").stat().st_size > 0
+    assert (tmp_path / "ndcg_vs_request_rate.png").stat().st_size > 0
+
+
+def test_federation_resumes_from_last_checkpoint(
+    federation_config: RunConfig, service: str, tmp_path: Path
+) -> None:
+    run(federation_config, tmp_path, service, "federation.rounds=2")
+    first = (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes()
+    run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
+    assert [r["round"] for r in rounds(tmp_path)] == [1, 2, 3]
+    assert (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes() == first
+    assert (tmp_path / "checkpoints" / "round-0003.safetensors").exists()
+
+
+def test_federation_survives_dead_service_and_crashed_node(
+    federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The service dies after the first round's messages: rounds complete, fallbacks are counted."""
+    server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
+
+    class StopsServiceGrid(InProcessGrid):
+        calls = 0
+
+        def send_and_receive(self, messages, *, timeout=None):
+            self.calls += 1
+            if self.calls == 2:  # after round 1's training, before its evaluation
+                server.stop()
+                self.down.add(next(iter(self.contexts)))  # and one node crashes for good
+            return super().send_and_receive(messages, timeout=timeout)
+
+    import server.inprocess as inprocess
+
+    original = inprocess.InProcessGrid
+    inprocess.InProcessGrid = StopsServiceGrid
+    try:
+        run(federation_config, tmp_path, server.url, "federation.rounds=2")
+    finally:
+        inprocess.InProcessGrid = original
+        server.stop()
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["cloud fallbacks (final evaluation)"] > 0
+    assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
+    assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
