@@ -1,0 +1,29 @@
+"""One real Flower simulation end to end: SuperLink, `flwr run`, Ray supernodes, the real service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lsc4rec.config import RunConfig
+from server.launch import run_federation
+
+
+@pytest.mark.slow
+def test_flwr_run_simulation_writes_report_and_stops_its_processes(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    cfg = federation_config.override(["federation.num_nodes=3", "federation.rounds=2", "llm.epochs=2"])
+    summary = run_federation(cfg, tmp_path / "run")
+    assert "| fused | stale |" in summary.read_text()
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in history] == [1, 2]
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["users"] == 24
+    # every process the launcher started is gone: the SuperLink's port no longer answers
+    config = (tmp_path / "run" / "flwr-home" / "config.toml").read_text()
+    address = config.split('address = "')[1].split('"')[0]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{address}/health", timeout=2.0)
