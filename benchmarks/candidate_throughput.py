@@ -32,22 +32,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure(call: Callable[[], None], batch: int, seconds: float, min_calls: int = 5) -> dict[str, float]:
-    """Time ``call`` (one warm-up first) until ``seconds`` have passed and ``min_calls`` were made."""
-    call()
-    latencies, started = [], time.perf_counter()
-    while len(latencies) < min_calls or time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
+def measure(
+    calls: dict[str, Callable[[], None]], batch: int, seconds: float, min_calls: int = 5
+) -> list[dict]:
+    """Time each of ``calls`` (one warm-up each) in turns until ``seconds`` have passed and ``min_calls`` were made.
+
+    Alternating the setups call by call exposes them to the same background load, which on a shared machine
+    matters more than any other source of noise.
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
         call()
-        latencies.append(time.perf_counter() - t0)
-    lat = np.array(latencies)
-    return {
-        "batch": batch,
-        "calls": len(lat),
-        "histories_per_s": batch * len(lat) / lat.sum(),
-        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-        "p95_ms": 1e3 * float(np.percentile(lat, 95)),
-    }
+    started = time.perf_counter()
+    while min(map(len, latencies.values())) < min_calls or time.perf_counter() - started < seconds:
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            latencies[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, values in latencies.items():
+        lat = np.array(values)
+        rows.append(
+            {
+                "setup": name,
+                "batch": batch,
+                "calls": len(lat),
+                "histories_per_s": batch * len(lat) / lat.sum(),
+                "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+                "p95_ms": 1e3 * float(np.percentile(lat, 95)),
+            }
+        )
+    return rows
 
 
 def service_call(client: httpx.Client, body: dict) -> Callable[[], None]:
@@ -88,26 +103,36 @@ def main() -> None:
     pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(batches))]
     pool = [h.tolist() for h in pool]
     rows = []
-    with start_vllm(args.checkpoint, free_port(), args.log_dir / "vllm.log") as vllm:
-        setups = {
-            "service+transformers": ["--engine", "transformers"],
-            "service+vllm": ["--engine", "vllm", "--vllm-url", vllm.url],
-        }
-        for name, extra in setups.items():
-            with (
-                start_service(
-                    ["--checkpoint", str(args.checkpoint), *extra], free_port(), args.log_dir / f"{name}.log"
-                ) as service,
-                httpx.Client(base_url=service.url, timeout=300) as client,
-            ):
-                for batch in batches:
-                    body = {"histories": pool[:batch], "k": args.k}
-                    rows.append({"setup": name, **measure(service_call(client, body), batch, args.seconds)})
+    with (
+        start_vllm(args.checkpoint, free_port(), args.log_dir / "vllm.log") as vllm,
+        start_service(
+            ["--checkpoint", str(args.checkpoint), "--engine", "transformers"],
+            free_port(),
+            args.log_dir / "service-transformers.log",
+        ) as on_transformers,
+        start_service(
+            ["--checkpoint", str(args.checkpoint), "--engine", "vllm", "--vllm-url", vllm.url],
+            free_port(),
+            args.log_dir / "service-vllm.log",
+        ) as on_vllm,
+        httpx.Client(base_url=on_transformers.url, timeout=300) as transformers_client,
+        httpx.Client(base_url=on_vllm.url, timeout=300) as service_client,
+        httpx.Client(base_url=vllm.url, timeout=300) as vllm_client,
+    ):
         engine = VLLMEngine(args.checkpoint, vllm.url)
-        with httpx.Client(base_url=vllm.url, timeout=300) as client:
-            for batch in batches:
-                call = vllm_direct_call(client, engine, pool[:batch], args.k)
-                rows.append({"setup": "vllm direct", **measure(call, batch, args.seconds)})
+        for batch in batches:
+            body = {"histories": pool[:batch], "k": args.k}
+            rows += measure(
+                {"service+transformers": service_call(transformers_client, body)}, batch, args.seconds
+            )
+            rows += measure(
+                {
+                    "service+vllm": service_call(service_client, body),
+                    "vllm direct": vllm_direct_call(vllm_client, engine, pool[:batch], args.k),
+                },
+                batch,
+                args.seconds,
+            )
     direct = {r["batch"]: r["p50_ms"] for r in rows if r["setup"] == "vllm direct"}
     for row in rows:
         row["overhead_vs_vllm_direct"] = row["p50_ms"] / direct[row["batch"]] - 1.0
