@@ -7,8 +7,6 @@ fuse, gate) on validation and test, replied as mergeable sums (``lsc4rec.outcome
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -114,7 +112,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, Sequent
         int(context.node_config["partition-id"]),
         int(context.node_config["num-partitions"]),
     )
-    model = build_srm(dataclasses.replace(cfg.srm, max_len=cfg.data.max_len), node.num_items)
+    model = build_srm(cfg.srm, node.num_items)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
     return cfg, node, model
 
@@ -150,7 +148,7 @@ def _collaborative_inference(
     fresh = _fetch(cfg, cache, users, device)
     if stale.missing.any():
         rows = np.flatnonzero(stale.missing)
-        scores = catalogue_scores(personal, [device[r] for r in rows], cfg.data.max_len)
+        scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)
         stale.items[rows] = torch.topk(scores, cfg.llm.k, dim=1).indices.numpy()
         stale.scores[rows] = 0.0
     fresh.items[fresh.missing], fresh.scores[fresh.missing] = (
@@ -169,7 +167,7 @@ def _collaborative_inference(
         alphas,
         fed.bins,
         fed.measure,
-        cfg.data.max_len,
+        cfg.srm.max_len,
         tau,
     )
 

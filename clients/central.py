@@ -7,7 +7,6 @@ evaluated beside it under the same protocol.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -41,7 +40,7 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     seed_everything(config.seed)
     dataset = load_or_prepare(config.data, config.seed)
     split = TemporalSplit(dataset, config.data.lag)
-    srm_config = dataclasses.replace(config.srm, max_len=config.data.max_len)
+    srm_config = config.srm
     model = build_srm(srm_config, dataset.num_items)
     run_dir = make_run_dir(config.out_dir, f"srm-{config.data.dataset}-{srm_config.model}-{srm_config.loss}")
     config.save(run_dir / "config.json")

@@ -28,7 +28,6 @@ class DataConfig:
     kcore: int = 5  # keep users and items with at least this many interactions (iterated to a fixpoint)
     numbering: str = "random"  # random | sequential; P5's own ids leak order, so random is the default
     lag: int = 2  # interactions the cloud has not yet seen at serving time (the paper's dcc_t2)
-    max_len: int = 50  # history length the models read (newest items kept)
 
     def __post_init__(self) -> None:
         _check(self.kcore >= 1, "data.kcore", "must be >= 1", self.kcore)
@@ -39,7 +38,6 @@ class DataConfig:
             self.numbering,
         )
         _check(self.lag >= 0, "data.lag", "must be >= 0", self.lag)
-        _check(self.max_len >= 2, "data.max_len", "must be >= 2", self.max_len)
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,11 @@ class SRMConfig:
     heads: int = 1  # attention heads (SASRec)
     dropout: float = 0.2  # dropout on embeddings and blocks
     max_len: int = 50  # T, positions the model can read (SASRec's positional table)
-    loss: str = (
-        "ce"  # ce: softmax cross-entropy (full, or sampled when num_negatives > 0); bce: SASRec's loss
+    # ce: softmax cross-entropy (full, or sampled when num_negatives > 0); bce: SASRec's loss
+    loss: str = "ce"
+    num_negatives: int = (
+        0  # ce: 0 = full softmax (DIN: 100 sampled), else shared negatives; bce: per positive
     )
-    num_negatives: int = 0  # ce: 0 = full softmax, else shared sampled negatives; bce: negatives per positive
 
     def __post_init__(self) -> None:
         _check(
@@ -69,6 +68,8 @@ class SRMConfig:
             self.hidden,
         )
         _check(0.0 <= self.dropout < 1.0, "srm.dropout", "must be in [0, 1)", self.dropout)
+        _check(self.layers >= 1, "srm.layers", "must be >= 1", self.layers)
+        _check(self.max_len >= 1, "srm.max_len", "must be >= 1", self.max_len)
         _check(self.num_negatives >= 0, "srm.num_negatives", "must be >= 0", self.num_negatives)
 
 

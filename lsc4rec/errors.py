@@ -12,8 +12,8 @@ class LSC4RecError(Exception):
     """Base of every error the project raises on purpose; the CLI prints it as one line."""
 
 
-class ConfigError(LSC4RecError):
-    """A configuration key is unknown or its value is invalid."""
+class ConfigError(LSC4RecError, ValueError):
+    """A configuration key is unknown or its value is invalid (a ``ValueError`` too, for library callers)."""
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key

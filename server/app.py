@@ -7,7 +7,6 @@ sums, so evaluation metrics are added up, not averaged (``strategies.sums``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -79,7 +78,7 @@ def main(grid: Grid, context: Context) -> None:
         "rejected updates": float(sum(strategy.strategy.rejected_total.values())),
         "federation seconds": time.perf_counter() - started,
     }
-    figures = final_figures(valid, test, reference_floors(split, cfg.data.max_len), extra)
+    figures = final_figures(valid, test, reference_floors(split, cfg.srm.max_len), extra)
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))
     log.warning("report written: %s", summary)
 
@@ -101,7 +100,7 @@ def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int,
     if cfg.federation.resume and (found := latest_checkpoint(run_dir)) is not None:
         log.warning("resuming from round %d of %s", found[0], run_dir)
         return found
-    model = build_srm(dataclasses.replace(cfg.srm, max_len=cfg.data.max_len), num_items)
+    model = build_srm(cfg.srm, num_items)
     return 0, ArrayRecord(model.state_dict()), 1.0
 
 

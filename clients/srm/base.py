@@ -7,47 +7,12 @@ scored per position.
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODELS = ("sasrec", "gru4rec", "din")
-LOSSES = ("ce", "bce")
-
-
-@dataclass(frozen=True)
-class SRMConfig:
-    """Hyper-parameters of one SRM; frozen so a config can key caches and be logged as-is."""
-
-    model: str = "sasrec"  # architecture: one of MODELS
-    hidden: int = 64  # D: item embedding and user representation width
-    layers: int = 2  # transformer blocks (sasrec), GRU layers (gru4rec), scoring-MLP hidden layers (din)
-    heads: int = 1  # attention heads of sasrec; must divide hidden
-    dropout: float = 0.2  # dropout on embeddings and hidden layers, in [0, 1)
-    max_len: int = 50  # longest history accepted; sasrec's positional table has this many rows
-    # "ce": softmax cross-entropy over the catalogue (or sampled softmax, see num_negatives);
-    # "bce": binary cross-entropy of the target against random negatives, as in SASRec and LSC4Rec.
-    loss: str = "ce"
-    # ce: 0 = full softmax, > 0 = that many uniform negatives shared by the batch (din uses 100 when 0,
-    # a full softmax is unaffordable for it); bce: negatives per position, 0 means 1.
-    num_negatives: int = 0
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("model", self.model in MODELS, f"one of {MODELS}"),
-            ("hidden", self.hidden > 0, "> 0"),
-            ("layers", self.layers > 0, "> 0"),
-            ("heads", self.heads > 0 and self.hidden % self.heads == 0, "> 0 and divide hidden"),
-            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
-            ("max_len", self.max_len > 0, "> 0"),
-            ("loss", self.loss in LOSSES, f"one of {LOSSES}"),
-            ("num_negatives", self.num_negatives >= 0, ">= 0"),
-        )
-        for field, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{field} must be {rule}, got {getattr(self, field)!r}.")
+from lsc4rec.config import SRMConfig
 
 
 class SequentialRecommender(nn.Module, ABC):

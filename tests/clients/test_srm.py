@@ -48,11 +48,13 @@ def left_pad(history: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def test_config_rejects_invalid_values() -> None:
-    with pytest.raises(ValueError, match=r"model must be one of .*, got 'bert'\."):
+    with pytest.raises(ValueError, match=r"srm.model: must be sasrec\|gru4rec\|din, got 'bert'\."):
         SRMConfig(model="bert")
-    with pytest.raises(ValueError, match=r"heads must be > 0 and divide hidden, got 3\."):
+    with pytest.raises(
+        ValueError, match=r"srm.hidden: must be positive and divisible by srm.heads, got 64\."
+    ):
         SRMConfig(hidden=64, heads=3)
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1\.0\."):
+    with pytest.raises(ValueError, match=r"srm.dropout: must be in \[0, 1\), got 1\.0\."):
         SRMConfig(dropout=1.0)
 
 
