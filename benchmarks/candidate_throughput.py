@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,15 +20,9 @@ import httpx
 import numpy as np
 
 from llm_cloud.engines.vllm_engine import VLLMEngine
-from llm_cloud.processes import start_service
+from llm_cloud.processes import free_port, start_service
 from llm_cloud.templates import PromptTemplate
 from llm_cloud.vllm_server import start_vllm
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def measure(

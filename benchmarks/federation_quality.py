@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 from clients.app import app as client_app
-from llm_cloud.processes import start_service
+from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.runs import make_run_dir
 from lsc4rec.tables import report
 from server.app import app as server_app
 from server.inprocess import run_in_process
-from server.launch import free_port, llm_checkpoint
+from server.launch import llm_checkpoint
 
 # Per-dataset federation settings: ML runs one user per device; Beauty's 22k users sit on 100 edge boxes.
 SETTINGS = {

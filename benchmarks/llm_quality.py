@@ -22,25 +22,21 @@ from llm_cloud.train import train_llm
 from lsc4rec.config import load_config
 from lsc4rec.data import TemporalSplit
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.floors import ItemTransition, MostPopular
-from lsc4rec.metrics import metrics_from_ranks
-from lsc4rec.scoring import full_catalogue_ranks
+from lsc4rec.floors import reference_floors
 
 COLUMNS = ("ndcg@10", "hr@10", "recall@50")
 
 
 def floor_rows(split: TemporalSplit, max_len: int, k: int) -> dict[str, dict[str, dict[str, float]]]:
-    sequences = [split.srm_train_sequence(u) for u in range(split.num_users)]
-    targets = split.targets("test")
-    rows = {}
-    for name, floor in (("MostPopular", MostPopular), ("ItemTransition", ItemTransition)):
-        scorer = floor(sequences, split.dataset.num_items)
-        rows[name] = {}
-        for query, side in (("stale", "cloud"), ("fresh", "device")):
-            ranks = full_catalogue_ranks(scorer, split.views("test", side), targets, max_len)
-            m = metrics_from_ranks(ranks, (10, k))
-            rows[name][query] = {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], f"recall@{k}": m[f"hr@{k}"]}
-    return rows
+    """Both floors from both queries, with recall@K (= HR@K over the full catalogue) beside NDCG/HR@10."""
+    floors = reference_floors(split, max_len, cutoffs=(10, k))
+    return {
+        name: {
+            query: {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], f"recall@{k}": m[f"hr@{k}"]}
+            for query, m in by_query.items()
+        }
+        for name, by_query in floors.items()
+    }
 
 
 def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int) -> dict:
@@ -54,7 +50,7 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int) -> dict:
     trained = json.loads((checkpoint / "train_result.json").read_text())
     llm = evaluate_engine(make_engine("transformers", checkpoint), dataset, config.data.lag, k)
     rows = {"LLM (scratch, over its list)": {q: {c: llm[q][c] for c in COLUMNS} for q in llm}}
-    rows.update(floor_rows(TemporalSplit(dataset, config.data.lag), config.data.max_len, k))
+    rows.update(floor_rows(TemporalSplit(dataset, config.data.lag), config.srm.max_len, k))
     return {
         "dataset": name,
         "kcore": 5,

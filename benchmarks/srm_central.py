@@ -72,8 +72,9 @@ def main() -> None:
                             "dataset": dataset,
                             "model": f"{floor} (floor)",
                             "users": result["evaluated_users"],
-                            "hr@10": metrics["fresh-hr@10"],
-                            "ndcg@10": metrics["fresh-ndcg@10"],
+                            "hr@10": metrics["fresh"]["hr@10"],
+                            "ndcg@10": metrics["fresh"]["ndcg@10"],
+                            "mrr@10": metrics["fresh"]["mrr@10"],
                         }
                     )
                 floors_done = True

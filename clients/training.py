@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from clients.srm import SequentialRecommender
 from lsc4rec.config import TrainConfig
-from lsc4rec.data.batching import left_pad, next_item_batch
+from lsc4rec.data.batching import left_pad, length_bucketed_batches, next_item_batch
 
 ValidFn = Callable[[SequentialRecommender], float]
 
@@ -40,7 +40,10 @@ def train_epoch(
     """
     model.train()
     losses = []
-    for index in _length_bucketed_batches(sequences, batch_size, rng):
+    lengths = np.array([len(seq) for seq in sequences])
+    usable = np.flatnonzero(lengths >= 2)  # a sequence of one item has no next-item target
+    for batch in length_bucketed_batches(lengths[usable], batch_size, rng):
+        index = usable[batch]
         batch = next_item_batch([sequences[i] for i in index], model.config.max_len)
         if hard_negatives is not None:
             lists = [hard_negatives[i] for i in index]
@@ -106,26 +109,6 @@ def adapt(
             train_epoch(personal, sequences, optimizer, len(sequences), rng)
     personal.eval()
     return personal
-
-
-def _length_bucketed_batches(
-    sequences: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Seeded random batches of similar-length sequences, in random order.
-
-    Shuffled, cut into pools of 32 batches, each pool sorted by length: a batch is as wide as its longest
-    sequence, so on short-sequence data (Amazon: median 6 items) this avoids most padded computation while
-    keeping batches random.
-    """
-    lengths = np.array([len(s) for s in sequences])
-    order = rng.permutation(np.flatnonzero(lengths >= 2))
-    pool = 32 * batch_size
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = order[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 @dataclass

@@ -60,22 +60,23 @@ class ItemTransition(MostPopular):
 
 
 def reference_floors(
-    split: TemporalSplit, max_len: int, users: np.ndarray | None = None
-) -> dict[str, dict[str, float]]:
-    """Test NDCG@10 and HR@10 of both floors, fitted on the SRM training sequences, from both queries.
+    split: TemporalSplit,
+    max_len: int,
+    users: np.ndarray | None = None,
+    cutoffs: tuple[int, ...] = (1, 5, 10, 20),
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Test metrics of both floors, fitted on the SRM training sequences, from both queries.
 
-    Keys ``fresh-…`` query with the device view, ``stale-…`` with the cloud view (ℓ items behind); ranking is
-    over the full catalogue with history items excluded.
+    ``out[floor]["fresh"]`` queries with the device view, ``out[floor]["stale"]`` with the cloud view (ℓ items
+    behind); ranking is over the full catalogue with history items excluded.
     """
     train = [split.srm_train_sequence(u) for u in range(split.num_users)]
     n = split.dataset.num_items
-    out = {}
-    for name, floor in (
-        ("most-popular", MostPopular(train, n)),
-        ("item-transition", ItemTransition(train, n)),
-    ):
-        out[name] = {}
-        for query, side in (("fresh", "device"), ("stale", "cloud")):
-            metrics = evaluate_full(floor, split, "test", max_len, users, side)
-            out[name].update({f"{query}-ndcg@10": metrics["ndcg@10"], f"{query}-hr@10": metrics["hr@10"]})
-    return out
+    floors = (("most-popular", MostPopular(train, n)), ("item-transition", ItemTransition(train, n)))
+    return {
+        name: {
+            query: evaluate_full(floor, split, "test", max_len, users, side, cutoffs)
+            for query, side in (("fresh", "device"), ("stale", "cloud"))
+        }
+        for name, floor in floors
+    }

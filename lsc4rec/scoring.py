@@ -59,6 +59,7 @@ def evaluate_full(
     max_len: int,
     users: np.ndarray | None = None,
     side: Literal["device", "cloud"] = "device",
+    cutoffs: tuple[int, ...] = (1, 5, 10, 20),
 ) -> dict[str, float]:
     """HR/NDCG/MRR of ``scorer`` on the ``stage`` target over the full catalogue, history excluded.
 
@@ -70,4 +71,4 @@ def evaluate_full(
     ranks = full_catalogue_ranks(
         scorer, [view(u, stage) for u in users], split.targets(stage)[users], max_len
     )
-    return metrics_from_ranks(ranks)
+    return metrics_from_ranks(ranks, cutoffs)

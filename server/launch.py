@@ -12,14 +12,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from llm_cloud.processes import ManagedServer, spawn_server, start_service
+from llm_cloud.processes import ManagedServer, free_port, spawn_server, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.sources import cache_dir
@@ -27,13 +26,6 @@ from lsc4rec.errors import LSC4RecError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FEDERATION = "lsc4rec-sim"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def llm_checkpoint(cfg: RunConfig) -> Path:

@@ -43,7 +43,7 @@ def final_figures(
             "alpha": alphas[index],
             "ndcg@10": float(means[f"{lst}-ndcg"][index]),
             "hr@10": float(means[f"{lst}-hr"][index]),
-            **{f"{floor} floor": v[f"{floor_query}-ndcg@10"] for floor, v in floors.items()},
+            **{f"{floor} floor": v[floor_query]["ndcg@10"] for floor, v in floors.items()},
         }
 
     rows = []
@@ -58,7 +58,7 @@ def final_figures(
         tau = threshold_for_budget(valid.bin_count, valid.bin_edges, budget)
         rate, gated = gated_policy(test, best, tau)
         floor_at = {
-            f"{floor} floor": (1 - budget) * v["stale-ndcg@10"] + budget * v["fresh-ndcg@10"]
+            f"{floor} floor": (1 - budget) * v["stale"]["ndcg@10"] + budget * v["fresh"]["ndcg@10"]
             for floor, v in floors.items()
         }
         policies.append(

@@ -1,15 +1,20 @@
-"""Shared fixtures: the data root, small prepared datasets, and an isolated environment for every test run."""
+"""Shared fixtures: the data root, an isolated environment, a synthetic catalogue, a tiny LLM and its service."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from llm_cloud.processes import free_port, start_service
+from llm_cloud.train import train_llm
+from lsc4rec.config import RunConfig
 from lsc4rec.data.dataset import SequenceDataset
+from lsc4rec.data.prepared import load_or_prepare
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -51,3 +56,90 @@ def make_dataset(sequences: list[list[int]], num_items: int | None = None) -> Se
         np.array([""] * n),
         {"name": "synthetic"},
     )
+
+
+# A learnable synthetic catalogue and a tiny cloud LLM: the LLM, device and federation tests share them.
+NUM_ITEMS = 40
+TINY_SETTINGS = [
+    "llm.hidden=64",
+    "llm.heads=1",
+    "llm.layers=1",
+    "llm.epochs=4",
+    "llm.batch_size=16",
+    "llm.lr=0.01",
+    "llm.max_len=20",
+    "llm.dropout=0.0",
+    "data.lag=2",
+]
+
+
+def synthetic_dataset(num_users: int = 60, num_items: int = NUM_ITEMS, seed: int = 0) -> SequenceDataset:
+    """Users walk the catalogue in steps of one (item i is followed by i + 1, wrapping): easy to learn."""
+    rng = np.random.default_rng(seed)
+    sequences = []
+    for _ in range(num_users):
+        start, length = rng.integers(num_items), rng.integers(8, 15)
+        sequences.append((start + np.arange(length)) % num_items + 1)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
+    return SequenceDataset(
+        np.concatenate(sequences).astype(np.int64),
+        offsets,
+        np.array([f"u{u}" for u in range(num_users)]),
+        np.array([str(i) for i in range(num_items)]),
+        np.array([f"Item number {i}" for i in range(1, num_items + 1)]),
+        {"name": "synthetic", "kcore": 1, "numbering": "sequential", "seed": seed},
+    )
+
+
+NODES = 4
+FEDERATION_SETTINGS = [
+    "data.kcore=1",
+    "data.numbering=sequential",
+    "srm.max_len=20",
+    "srm.hidden=32",
+    "llm.k=10",
+    f"federation.num_nodes={NODES}",
+    "federation.fraction_train=0.5",
+    "federation.fraction_evaluate=0.5",
+    "federation.bins=10",
+    "federation.local_lr=0.005",
+    "federation.timeout_s=5",
+    "federation.retries=1",
+]
+
+
+@pytest.fixture(scope="session")
+def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A P5-format file of 24 users walking a 40-item catalogue (item i is followed by i + 1)."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    dataset = synthetic_dataset(num_users=24, seed=1)
+    lines = [" ".join(map(str, [u + 1, *dataset.sequence(u)])) for u in range(dataset.num_users)]
+    (folder / "sequential_data.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def federation_config(synthetic_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
+    return RunConfig().override([*TINY_SETTINGS, *FEDERATION_SETTINGS, f"data.dataset={synthetic_folder}"])
+
+
+@pytest.fixture(scope="session")
+def federation_checkpoint(federation_config: RunConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fed-ckpt") / "llm"
+    train_llm(
+        federation_config,
+        load_or_prepare(federation_config.data, federation_config.seed),
+        out,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def service(federation_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real candidate service (transformers engine) on 127.0.0.1, stopped by process group."""
+    log = tmp_path_factory.mktemp("fed-service") / "service.log"
+    with start_service(
+        ["--checkpoint", str(federation_checkpoint), "--engine", "transformers"], free_port(), log
+    ) as s:
+        yield s.url

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from clients.cloud import CloudClient, ListCache
+from llm_cloud.processes import free_port
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
-from server.launch import free_port
 
 
 def test_cloud_client_dead_service_raises_after_bounded_retries() -> None:

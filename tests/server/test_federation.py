@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 from clients.app import app as client_app
-from llm_cloud.processes import start_service
+from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
 from server.app import app as server_app
 from server.inprocess import InProcessGrid, run_in_process
-from server.launch import free_port
-from tests.server.conftest import NODES
+from tests.conftest import NODES
 
 
 def run(cfg: RunConfig, run_dir: Path, url: str, *extra: str) -> InProcessGrid:

@@ -1,0 +1,154 @@
+"""``lsc4rec llm ...``: train, evaluate and serve the cloud LLM, and run vLLM beside it.
+
+Heavy modules (torch, transformers, FastAPI) are imported inside the commands so that ``--help`` stays fast.
+Errors are :class:`~lsc4rec.errors.LSC4RecError` subclasses, printed as one line by the top-level wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
+
+Checkpoint = Annotated[
+    Path, typer.Option("--checkpoint", help="Checkpoint folder written by `lsc4rec llm train`.")
+]
+Data = Annotated[Path, typer.Option("--data", help="Prepared dataset (.npz) from `lsc4rec data prepare`.")]
+
+
+@app.command()
+def train(
+    data: Data,
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")],
+    base: Annotated[
+        str | None, typer.Option("--base", help="scratch, or a HF model folder or .gguf file.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML run config.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value, e.g. llm.epochs=5.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train the item-token LLM on the cloud view of DATA and save the best epoch to OUT."""
+    from llm_cloud.train import train_llm
+    from lsc4rec.config import load_config
+    from lsc4rec.data import SequenceDataset
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    pairs = list(overrides or []) + ([f"llm.base={base}"] if base else [])
+    result = train_llm(load_config(config, pairs), SequenceDataset.load(data), out, progress=not quiet)
+    typer.echo(
+        f"saved {result.checkpoint}: best epoch {result.best_epoch}, valid NDCG@10 "
+        f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Checkpoint,
+    data: Data,
+    lag: Annotated[
+        int | None, typer.Option("--lag", help="Default: the lag the checkpoint was trained with.")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="Candidate list length K.")] = 50,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
+) -> None:
+    """Stale and fresh LLM-only metrics on the test target (ranking over the K-list)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llm_cloud.engines import make_engine
+    from llm_cloud.evaluate import evaluate_engine
+    from llm_cloud.model import RUN_CONFIG_FILE
+    from lsc4rec.data import SequenceDataset
+
+    if lag is None:
+        lag = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())["data"]["lag"]
+    metrics = evaluate_engine(make_engine("transformers", checkpoint), SequenceDataset.load(data), lag, k)
+    report = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "lag": lag,
+        "k": k,
+        "ranking": "over the LLM list",
+        "metrics": metrics,
+    }
+    table = Table(title=f"{checkpoint.name} on {data.name} (lag {lag}, K {k}, ranking over the list)")
+    names = list(next(iter(metrics.values())))
+    table.add_column("query")
+    for name in names:
+        table.add_column(name, justify="right")
+    for query, values in metrics.items():
+        table.add_row(query, *(f"{values[n]:.4f}" for n in names))
+    Console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command()
+def serve(
+    checkpoint: Checkpoint,
+    engine: Annotated[str, typer.Option("--engine", help="transformers | vllm")] = "transformers",
+    vllm_url: Annotated[
+        str | None, typer.Option("--vllm-url", help="vLLM server serving CHECKPOINT.")
+    ] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="LSC4REC_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    ] = None,
+) -> None:
+    """Serve POST /v1/candidates, GET /healthz and GET /metrics."""
+    import uvicorn
+
+    from llm_cloud.engines import make_engine
+    from llm_cloud.service import create_app
+
+    candidate_engine = make_engine(engine, checkpoint, vllm_url)
+    try:
+        uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning")
+    finally:
+        candidate_engine.close()
+
+
+@app.command("vllm-serve")
+def vllm_serve(
+    checkpoint: Checkpoint,
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    log: Annotated[Path, typer.Option("--log", help="Where vLLM's output goes.")] = Path("runs/vllm.log"),
+) -> None:
+    """Start vLLM on CHECKPOINT (in the vLLM venv), wait until ready, and keep it up until Ctrl-C."""
+    from llm_cloud.vllm_server import start_vllm
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with start_vllm(checkpoint, port, log, host) as server:
+        typer.echo(f"vLLM ready at {server.url} (log: {log}); Ctrl-C stops it")
+        try:
+            while server.process.poll() is None:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command("make-vllm-venv")
+def make_vllm_venv() -> None:
+    """Create the vLLM venv (scripts/make_vllm_venv.sh; location: $LSC4REC_VLLM_VENV or .venv-vllm)."""
+    from llm_cloud.vllm_server import REPO_ROOT
+
+    code = subprocess.call(["bash", str(REPO_ROOT / "scripts" / "make_vllm_venv.sh")], env=dict(os.environ))
+    if code:
+        raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,39 @@
+"""The one interface every candidate engine implements (the service only talks to this)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+Candidates = list[tuple[list[int], list[float]]]  # per history: (items best first, their scores)
+
+
+class EngineError(RuntimeError):
+    """The engine could not answer (backend down, timed out, malformed reply); the service maps it to 503."""
+
+
+class CandidateEngine(ABC):
+    """Turns histories into ranked candidate lists; the same checkpoint gives the same lists on every engine.
+
+    Attributes
+    ----------
+    num_items:
+        N: valid item ids are 1..N.
+    model_name:
+        Name reported in responses (the checkpoint folder's name).
+    """
+
+    num_items: int
+    model_name: str
+
+    @abstractmethod
+    def candidates(
+        self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> Candidates:
+        """Per history the ``k`` most likely next items (never one of its history or ``exclude`` items).
+
+        Scores are log-probabilities renormalised over the item tokens. Raises :class:`EngineError`.
+        """
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need not override it
+        """Release what the engine holds (connections, threads)."""

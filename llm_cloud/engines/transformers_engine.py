@@ -1,0 +1,29 @@
+"""In-process engine: the checkpoint loaded with transformers, one batched forward pass per request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from llm_cloud.engines.base import CandidateEngine, Candidates
+from llm_cloud.model import ItemTokenLM
+
+
+class TransformersEngine(CandidateEngine):
+    """Serves ``checkpoint`` on the CPU (or wherever torch runs) with :meth:`ItemTokenLM.top_k`.
+
+    Forward passes are serialised by a lock: concurrent requests would only split the same cores.
+    """
+
+    def __init__(self, checkpoint: str | Path) -> None:
+        self.lm = ItemTokenLM.from_pretrained(checkpoint)
+        self.num_items = self.lm.num_items
+        self.model_name = Path(checkpoint).name
+        self._lock = threading.Lock()
+
+    def candidates(
+        self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> Candidates:
+        with self._lock:
+            return self.lm.top_k(histories, k, exclude)

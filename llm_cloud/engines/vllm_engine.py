@@ -1,0 +1,98 @@
+"""vLLM engine: an httpx client of vLLM's OpenAI-compatible server (``/v1/completions``).
+
+Each history becomes a prompt of token ids (the checkpoint's template); vLLM generates one token greedily and
+returns the top ``logprobs`` tokens. The server runs with ``--logprobs-mode processed_logprobs``, so those are
+log-probabilities after the request's logit processors. Restricting to items:
+
+- ``logit_bias`` of -100 on the few non-item tokens (the scratch vocabulary has four), which leaves the item
+  log-probabilities renormalised over items to within e^-100 and costs almost nothing per request;
+- ``allowed_token_ids`` listing the item range when the vocabulary has many non-item tokens (a pretrained
+  base), which ENVIRONMENT.md measured at about a third of the throughput for 10,000 items.
+
+Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusion set of the batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError
+from llm_cloud.templates import PromptTemplate
+from lsc4rec.protocol import MAX_HISTORY, MAX_K
+
+MAX_BIASED_TOKENS = 64  # above this many non-item tokens an allow-list of items is cheaper than a bias table
+MAX_LOGPROBS = MAX_K + 2 * MAX_HISTORY  # what the server must allow: K plus a full history and exclusion list
+TOKEN_ID_PREFIX = "token_id:"  # keys of top_logprobs with return_tokens_as_token_ids
+
+
+class VLLMEngine(CandidateEngine):
+    """Asks the vLLM server at ``url`` for candidate lists.
+
+    The server must serve ``checkpoint`` under the folder's name (``--served-model-name``), as
+    :func:`llm_cloud.vllm_server.start_vllm` does.
+    """
+
+    def __init__(self, checkpoint: str | Path, url: str, timeout_s: float = 60.0) -> None:
+        self.template = PromptTemplate.from_pretrained(checkpoint)
+        self.num_items = self.template.num_items
+        self.model_name = Path(checkpoint).name
+        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+        vocab_size = json.loads(Path(checkpoint, "config.json").read_text())["vocab_size"]
+        first, last = self.template.first_item_token, self.template.first_item_token + self.num_items
+        others = [t for t in range(vocab_size) if not first <= t < last]
+        if len(others) <= MAX_BIASED_TOKENS:
+            self._restriction: dict[str, Any] = {"logit_bias": {str(t): -100.0 for t in others}}
+        else:
+            self._restriction = {"allowed_token_ids": list(range(first, last))}
+
+    def candidates(
+        self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> Candidates:
+        banned = [
+            set(h) | set(exclude[row] if exclude is not None else ()) for row, h in enumerate(histories)
+        ]
+        choices = self._post(self.completion_body(histories, k, banned))
+        if len(choices) != len(histories):
+            raise EngineError(f"vLLM returned {len(choices)} choices for {len(histories)} prompts.")
+        return [self._ranked(choice, k, banned[row]) for row, choice in enumerate(choices)]
+
+    def completion_body(self, histories: Sequence[Sequence[int]], k: int, banned: Sequence[set[int]]) -> dict:
+        """The ``/v1/completions`` request: one greedy token, enough logprobs to drop ``banned`` and keep K."""
+        logprobs = min(k + max(len(b) for b in banned), self.num_items)
+        return {
+            "model": self.model_name,
+            "prompt": [self.template.encode(h) for h in histories],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": logprobs,
+            "return_tokens_as_token_ids": True,
+            **self._restriction,
+        }
+
+    def _post(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            reply = self._client.post("/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"vLLM server at {self._client.base_url} unreachable: {exc}") from exc
+        if reply.status_code != 200:
+            raise EngineError(f"vLLM server answered {reply.status_code}: {reply.text[:300]}")
+        return sorted(reply.json()["choices"], key=lambda c: c["index"])
+
+    def _ranked(self, choice: dict[str, Any], k: int, banned: set[int]) -> tuple[list[int], list[float]]:
+        """The top-K items of one choice's logprobs, non-item tokens and ``banned`` items dropped."""
+        offset = 1 - self.template.first_item_token  # token id -> item id
+        pairs = [
+            (int(key[len(TOKEN_ID_PREFIX) :]) + offset, score)
+            for key, score in choice["logprobs"]["top_logprobs"][0].items()
+        ]
+        pairs = [(item, score) for item, score in pairs if 0 < item <= self.num_items and item not in banned]
+        pairs.sort(key=lambda pair: -pair[1])
+        return [item for item, _ in pairs[:k]], [float(score) for _, score in pairs[:k]]
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,46 @@
+"""LLM-only evaluation on the test target: stale (cloud view) and fresh (device view) queries.
+
+The ranking is over the LLM's list of K (a target missing from the list is a miss), as in the paper; recall@K
+of the stale list caps everything the device can do with it (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from llm_cloud.engines import CandidateEngine
+from lsc4rec.data import SequenceDataset, TemporalSplit
+from lsc4rec.metrics import list_ranks, metrics_from_ranks
+
+CUTOFFS = (5, 10, 20)
+QUERIES = {"stale": "cloud", "fresh": "device"}  # query name -> view of the test history
+
+
+def evaluate_engine(
+    engine: CandidateEngine, dataset: SequenceDataset, lag: int, k: int = 50, batch_size: int = 256
+) -> dict[str, dict[str, float]]:
+    """HR/NDCG/MRR@{5,10,20} and recall@K for the stale and the fresh query of every user."""
+    split = TemporalSplit(dataset, lag)
+    targets = split.targets("test")
+    return {
+        name: list_metrics(engine, split.views("test", side), targets, k, batch_size)
+        for name, side in QUERIES.items()
+    }
+
+
+def list_metrics(
+    engine: CandidateEngine,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    k: int,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Metrics of the target's rank in the engine's K-list for each history."""
+    lists = []
+    for start in range(0, len(histories), batch_size):
+        chunk = [h.tolist() for h in histories[start : start + batch_size]]
+        lists += [items + [0] * (k - len(items)) for items, _ in engine.candidates(chunk, k)]
+    ranks = list_ranks(np.array(lists), targets)
+    return {**metrics_from_ranks(ranks, CUTOFFS), f"recall@{k}": float(np.isfinite(ranks).mean())}

@@ -1,0 +1,112 @@
+"""The candidate service (FastAPI): validate, call ``engine.candidates``, map the result. It only routes.
+
+``POST /v1/candidates`` takes a :class:`~lsc4rec.protocol.CandidateRequest` and answers a
+:class:`~lsc4rec.protocol.CandidateResponse`; ``GET /healthz``; ``GET /metrics`` (Prometheus text). Every error
+is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
+:data:`STATUS`: malformed JSON 400, wrong API key 401, schema or item-id violations 422, engine failure 503.
+Client input never gets a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from llm_cloud.engines import CandidateEngine, EngineError
+from llm_cloud.prometheus import ServiceMetrics
+from lsc4rec.errors import ProtocolError
+from lsc4rec.protocol import CandidateList, CandidateRequest, CandidateResponse
+
+CANDIDATES_PATH = "/v1/candidates"
+STATUS = {"invalid_json": 400, "unauthorized": 401, "invalid_request": 422, "engine": 503}
+
+
+def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
+    """The service over ``engine``; with ``api_key`` set, candidate requests need ``Authorization: Bearer <key>``."""
+    app = FastAPI(title="LSC4Rec candidate service")
+    metrics = ServiceMetrics()
+
+    def error(kind: str, field: str, message: str) -> JSONResponse:
+        metrics.error(kind)
+        return JSONResponse({"error": {"field": field, "message": message}}, status_code=STATUS[kind])
+
+    @app.middleware("http")
+    async def authorize_and_time(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path != CANDIDATES_PATH:
+            return await call_next(request)
+        started = time.perf_counter()
+        sent = request.headers.get("authorization", "")
+        if api_key and not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
+            response = error(
+                "unauthorized",
+                "Authorization",
+                "must be 'Bearer <api key>' with the service's key. "
+                "Pass the key the service was started with.",
+            )
+        else:
+            response = await call_next(request)
+        metrics.observe(response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+        if first["type"] == "json_invalid":
+            return error("invalid_json", "body", f"must be valid JSON, got a parse error ({first['msg']}).")
+        return error("invalid_request", field, f"{first['msg']} (got {_short(first.get('input'))}).")
+
+    @app.exception_handler(ProtocolError)
+    async def protocol(_: Request, exc: ProtocolError) -> JSONResponse:
+        return error("invalid_request", exc.field, str(exc).removeprefix(f"{exc.field}: "))
+
+    @app.exception_handler(EngineError)
+    async def engine_down(_: Request, exc: EngineError) -> JSONResponse:
+        return error("engine", "engine", f"the candidate engine failed: {exc}. Retry later.")
+
+    @app.post(CANDIDATES_PATH, response_model=CandidateResponse)
+    def candidates(request: CandidateRequest) -> Response:
+        _check_items(request.histories, "histories", engine.num_items)
+        _check_items(request.exclude or [], "exclude", engine.num_items)
+        lists = engine.candidates(request.histories, request.k, request.exclude)
+        metrics.served(len(lists), sum(len(items) for items, _ in lists))
+        response = CandidateResponse(
+            lists=[CandidateList(items=i, scores=s) for i, s in lists], model=engine.model_name
+        )
+        # Serialised by pydantic directly: FastAPI's response_model path re-validates and encodes in Python,
+        # which measured ~90 ms at batch 256 against ~5 ms here (the schema stays in the OpenAPI docs).
+        return Response(response.model_dump_json(), media_type="application/json")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "model": engine.model_name, "num_items": engine.num_items}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> str:
+        return metrics.render()
+
+    return app
+
+
+def _check_items(rows: list[list[int]], name: str, num_items: int) -> None:
+    """Every id in 1..N (the schema already bounds it below); the first offender is named."""
+    for r, row in enumerate(rows):
+        for c, item in enumerate(row):
+            if item > num_items:
+                raise ProtocolError(
+                    f"{name}.{r}.{c}",
+                    f"must be an item id in 1..{num_items}, got {item}. "
+                    "Send ids of the catalogue this model was trained on.",
+                )
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

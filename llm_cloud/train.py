@@ -1,0 +1,167 @@
+"""Training the item-token LM on the cloud view only (DESIGN.md section 2).
+
+Targets are the items of ``split.llm_train_sequence(u)`` (x_1 … x_{n-3-ℓ}); the held-out newest item of the
+cloud view at validation time, ``split.llm_valid_target(u)``, drives early stopping (NDCG@10 of the top-10 list
+made from the training sequence, history items excluded, exactly as served). Neither x_{n-1}, x_n nor the
+fresh window is ever a target. Users with short sequences contribute what they have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from llm_cloud.model import ItemTokenLM, build_pretrained, build_scratch
+from lsc4rec.config import RunConfig
+from lsc4rec.data import SequenceDataset, TemporalSplit
+from lsc4rec.data.batching import length_bucketed_batches
+from lsc4rec.metrics import list_ranks, metrics_from_ranks
+from lsc4rec.runs import seed_everything
+
+log = logging.getLogger(__name__)
+TRAIN_LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """What training produced: where the checkpoint is and how validation went."""
+
+    checkpoint: str
+    best_epoch: int
+    best_valid_ndcg10: float
+    seconds: float
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_llm(
+    config: RunConfig, dataset: SequenceDataset, out: str | Path, progress: bool = True
+) -> TrainResult:
+    """Build the LM from ``config.llm``, train it on the cloud view of ``dataset``, save the best epoch to ``out``."""
+    started = time.monotonic()
+    seed_everything(config.seed)
+    llm = config.llm
+    split = TemporalSplit(dataset, config.data.lag)
+    if llm.base == "scratch":
+        lm = build_scratch(llm, dataset.num_items)
+    else:
+        lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
+    _add_embedding_dropout(lm, llm.dropout)
+    examples = training_examples(lm, [split.llm_train_sequence(u) for u in range(split.num_users)])
+    valid_histories = [split.llm_train_sequence(u).tolist() for u in range(split.num_users)]
+    valid_targets = np.array([split.llm_valid_target(u) for u in range(split.num_users)])
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=llm.lr, weight_decay=llm.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    best, best_state, best_epoch, stale, epochs = -1.0, None, 0, 0, []
+    for epoch in range(1, llm.epochs + 1):
+        loss = _train_epoch(
+            lm, examples, optimizer, llm.batch_size, llm.label_smoothing, rng, progress, epoch
+        )
+        valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
+        epochs.append(
+            {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
+        )
+        log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f", epoch, loss, valid)
+        if valid > best:
+            best, best_epoch, stale = valid, epoch, 0
+            best_state = copy.deepcopy(lm.model.state_dict())
+        else:
+            stale += 1
+        out_of_time = llm.max_minutes > 0 and time.monotonic() - started > 60 * llm.max_minutes
+        if stale >= llm.patience or out_of_time:
+            break
+    lm.model.load_state_dict(best_state)
+    lm.model.eval()
+    folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
+    Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, epochs)
+    Path(folder, "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def training_examples(lm: ItemTokenLM, sequences: Sequence[np.ndarray]) -> list[list[int]]:
+    """Token-id prompts covering every target once: windows of ``max_len + 1`` items ending at the newest.
+
+    Each window is a prompt of the template, so a target sees at most ``max_len`` items of context, as served.
+    """
+    width = lm.template.max_len + 1
+    examples = []
+    for seq in sequences:
+        for end in range(len(seq), 0, -width):
+            examples.append(lm.template.encode_all(seq[max(0, end - width) : end].tolist()))
+    return examples
+
+
+def sequence_loss(lm: ItemTokenLM, batch: list[list[int]], label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean next-item cross-entropy over the item tokens, at every position whose next token is an item."""
+    width = max(len(ids) for ids in batch)
+    ids = torch.full((len(batch), width), lm.template.pad_token, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        ids[row, : len(example)] = torch.tensor(example)
+        mask[row, : len(example)] = 1
+    hidden = lm.hidden_states(ids[:, :-1], mask[:, :-1])
+    nxt = ids[:, 1:]
+    first = lm.template.first_item_token
+    labelled = mask[:, 1:].bool() & (nxt >= first) & (nxt < first + lm.num_items)
+    logits = lm.item_logits(hidden[labelled])
+    return F.cross_entropy(logits.float(), nxt[labelled] - first, label_smoothing=label_smoothing)
+
+
+def validation_ndcg10(
+    lm: ItemTokenLM, histories: Sequence[list[int]], targets: np.ndarray, batch_size: int
+) -> float:
+    """NDCG@10 of the top-10 list for each held-out target, history items excluded (the served ranking)."""
+    lm.model.eval()
+    lists = []
+    for start in range(0, len(histories), batch_size):
+        lists += [
+            items + [0] * (10 - len(items))
+            for items, _ in lm.top_k(histories[start : start + batch_size], 10)
+        ]
+    return metrics_from_ranks(list_ranks(np.array(lists), targets), cutoffs=(10,))["ndcg@10"]
+
+
+def _train_epoch(
+    lm: ItemTokenLM,
+    examples: list[list[int]],
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    label_smoothing: float,
+    rng: np.random.Generator,
+    progress: bool,
+    epoch: int,
+) -> float:
+    lm.model.train()
+    batches = [
+        [examples[i] for i in index]
+        for index in length_bucketed_batches([len(e) for e in examples], batch_size, rng, pool_batches=50)
+    ]
+    total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    for batch in bar:
+        loss = sequence_loss(lm, batch, label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in lm.model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return total / max(1, len(batches))
+
+
+def _add_embedding_dropout(lm: ItemTokenLM, p: float) -> None:
+    """Dropout on the token embeddings while training (Llama has none of its own; the hook is not saved)."""
+    if p > 0:
+        lm.model.get_input_embeddings().register_forward_hook(
+            lambda module, _, out: F.dropout(out, p, module.training)
+        )

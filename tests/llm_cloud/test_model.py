@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_cloud.model import ItemTokenLM, build_scratch
+from llm_cloud.templates import PromptTemplate
+from llm_cloud.train import training_examples
+from lsc4rec.config import LLMConfig
+from lsc4rec.data import TemporalSplit
+from lsc4rec.errors import ConfigError
+
+HISTORIES = [
+    [1, 2, 3],
+    [5],
+    [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28],
+]
+
+
+def test_scratch_vocabulary_is_items_plus_four_specials() -> None:
+    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1), 30)
+    assert lm.model.config.vocab_size == 34
+    assert lm.model.config.hidden_size // lm.model.config.num_attention_heads == 64  # vLLM CPU attention
+    assert lm.tokenizer.convert_tokens_to_ids("<item_7>") == lm.template.item_token(7) == 7
+
+
+def test_scratch_titles_template_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"llm\.template"):
+        build_scratch(LLMConfig(template="titles"), 30)
+
+
+def test_checkpoint_reloads_with_from_pretrained_and_same_lists(tiny_checkpoint) -> None:
+    lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
+    files = {p.name for p in tiny_checkpoint.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "item_map.json",
+        "lsc4rec_template.json",
+        "lsc4rec_config.json",
+    } <= files
+    plain = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ids = tokenizer("<bos> <item_1> <item_2>", return_tensors="pt").input_ids
+    assert ids.tolist() == [[lm.template.prefix[0], 1, 2]]
+    with torch.no_grad():
+        logits = plain(ids).logits[0, -1, 1 : 1 + lm.num_items]
+    expected = torch.log_softmax(logits, -1)
+    assert torch.allclose(lm.item_log_probs([[1, 2]])[0], expected, atol=1e-5)
+
+
+def test_top_k_never_returns_history_excluded_or_non_item_tokens(tiny_checkpoint) -> None:
+    lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
+    exclude = [[4, 6], [], [1]]
+    for history, extra, (items, scores) in zip(
+        HISTORIES, exclude, lm.top_k(HISTORIES, 40, exclude), strict=True
+    ):
+        assert len(items) == lm.num_items - len(set(history) | set(extra))
+        assert not (set(items) & (set(history) | set(extra)))
+        assert all(1 <= i <= lm.num_items for i in items)
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_top_k_batched_equals_unbatched(tiny_checkpoint) -> None:
+    lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
+    batched = lm.top_k(HISTORIES, 10)
+    for history, (items, scores) in zip(HISTORIES, batched, strict=True):
+        single_items, single_scores = lm.top_k([history], 10)[0]
+        assert items == single_items
+        np.testing.assert_allclose(scores, single_scores, atol=1e-5)
+
+
+def test_trained_model_learns_the_next_item_pattern(tiny_checkpoint) -> None:
+    lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
+    items, _ = lm.top_k([[10, 11, 12]], 3)[0]
+    assert 13 in items
+    log = [json.loads(line) for line in (tiny_checkpoint / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_training_examples_use_only_the_llm_training_sequence(tiny_dataset, tiny_config) -> None:
+    lm = build_scratch(tiny_config.llm, tiny_dataset.num_items)
+    split = TemporalSplit(tiny_dataset, tiny_config.data.lag)
+    for user in range(split.num_users):
+        seq = split.llm_train_sequence(user)
+        tokens = [t for ex in training_examples(lm, [seq]) for t in ex if lm.template.is_item_token(t)]
+        assert sorted(tokens) == sorted(seq.tolist())
+        assert len(seq) == len(tiny_dataset.sequence(user)) - 3 - tiny_config.data.lag
+
+
+def test_titles_template_puts_title_tokens_between_items() -> None:
+    template = PromptTemplate(
+        "titles",
+        3,
+        first_item_token=100,
+        max_len=2,
+        prefix=[1],
+        separator=[9],
+        title_tokens=[[11], [21, 22], [31]],
+    )
+    assert template.encode([1, 2, 3]) == [1, 101, 21, 22, 9, 102, 31, 9]
+    assert template.max_prompt_tokens() == 1 + 2 * 4

@@ -1,0 +1,99 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from llm_cloud.model import ItemTokenLM
+from llm_cloud.processes import free_port, start_service
+from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K, CandidateResponse
+from tests.conftest import NUM_ITEMS
+from tests.llm_cloud.conftest import API_KEY
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def post(url: str, body, headers=AUTH, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/candidates", json=body, headers=headers, timeout=30, **kwargs)
+
+
+def test_service_happy_path_returns_the_models_lists(service_url, tiny_checkpoint) -> None:
+    body = {"histories": [[1, 2, 3], [10]], "k": 5, "exclude": [[4], []]}
+    reply = post(service_url, body)
+    assert reply.status_code == 200, reply.text
+    response = CandidateResponse.model_validate(reply.json())
+    expected = ItemTokenLM.from_pretrained(tiny_checkpoint).top_k(body["histories"], 5, body["exclude"])
+    assert [lst.items for lst in response.lists] == [items for items, _ in expected]
+    assert response.model == tiny_checkpoint.name
+    assert 4 not in response.lists[0].items
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"histories": [[1, NUM_ITEMS + 1]], "k": 5}, "histories.0.1"),
+        ({"histories": [[0]], "k": 5}, "histories.0.0"),
+        ({"histories": [[-3]], "k": 5}, "histories.0.0"),
+        ({"histories": [[1]], "k": 5, "exclude": [[NUM_ITEMS + 7]]}, "exclude.0.0"),
+        ({"histories": [[1]], "k": 5, "exclude": [[], []]}, "body"),
+        ({"histories": [[]], "k": 5}, "histories.0"),
+        ({"histories": [], "k": 5}, "histories"),
+        ({"histories": [[1]], "k": 0}, "k"),
+        ({"histories": [[1]], "k": MAX_K + 1}, "k"),
+        ({"histories": [[1]], "k": "5"}, "k"),
+        ({"histories": [[1.5]], "k": 5}, "histories.0.0"),
+        ({"histories": [[1]] * (MAX_BATCH + 1), "k": 5}, "histories"),
+        ({"histories": [[1] * (MAX_HISTORY + 1)], "k": 5}, "histories.0"),
+        ({"histories": [[1]], "k": 5, "temperature": 2}, "temperature"),
+        ({"k": 5}, "histories"),
+        ([1, 2], "body"),
+    ],
+)
+def test_service_bad_input_is_422_naming_the_field(service_url, body, field) -> None:
+    reply = post(service_url, body)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["field"] == field
+
+
+def test_service_malformed_json_is_400(service_url) -> None:
+    reply = httpx.post(
+        f"{service_url}/v1/candidates",
+        content=b'{"histories": [[1, 2]',
+        timeout=10,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert reply.status_code == 400
+    assert reply.json()["error"]["field"] == "body"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}])
+def test_service_wrong_api_key_is_401(service_url, headers) -> None:
+    reply = post(service_url, {"histories": [[1]], "k": 5}, headers=headers)
+    assert reply.status_code == 401
+    assert reply.json()["error"]["field"] == "Authorization"
+
+
+def test_service_concurrent_clients_get_their_own_answers(service_url) -> None:
+    bodies = [{"histories": [[i, i + 1]], "k": 3} for i in range(1, 30)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda b: post(service_url, b), bodies))
+    assert all(r.status_code == 200 for r in replies)
+    alone = [post(service_url, b).json()["lists"] for b in bodies[:5]]
+    assert [r.json()["lists"] for r in replies[:5]] == alone
+
+
+def test_service_health_and_metrics(service_url) -> None:
+    health = httpx.get(f"{service_url}/healthz").json()
+    assert health["status"] == "ok" and health["num_items"] == NUM_ITEMS
+    post(service_url, {"histories": [[1]], "k": 4})
+    text = httpx.get(f"{service_url}/metrics").text
+    assert 'lsc4rec_requests_total{status="200"}' in text
+    assert "lsc4rec_items_served_total" in text
+    assert 'lsc4rec_request_latency_seconds_bucket{le="+Inf"}' in text
+
+
+def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path) -> None:
+    args = ["--checkpoint", str(tiny_checkpoint), "--engine", "vllm", "--vllm-url", "http://127.0.0.1:9"]
+    with start_service(args, free_port(), tmp_path / "service.log") as server:
+        reply = post(server.url, {"histories": [[1]], "k": 3}, headers={})
+    assert reply.status_code == 503
+    assert "unreachable" in reply.json()["error"]["message"]

