@@ -135,7 +135,12 @@ def main() -> None:
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parser.parse_args()
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
-    central = {k: float(v) for k, v in (pair.split("=", 1) for pair in args.central)}
+    central = {
+        row["dataset"]: row["ndcg@10"]
+        for path in args.central
+        for row in json.loads(Path(path).read_text())["rows"]
+        if row["model"] == "sasrec-ce"
+    }
     rows, runs = [], {}
     for dataset in args.datasets:
         final = run_dataset(dataset, args.overrides, checkpoints.get(dataset), Path(args.out))

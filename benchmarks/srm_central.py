@@ -19,7 +19,7 @@ RUNS = {
     "sasrec-ce": ["srm.model=sasrec", "srm.loss=ce"],
     "sasrec-bce": ["srm.model=sasrec", "srm.loss=bce", "train.lr=0.001"],
     "gru4rec-ce": ["srm.model=gru4rec", "srm.loss=ce", "srm.layers=1"],
-    "din-ce": ["srm.model=din", "srm.loss=ce", "train.eval_users=2000"],
+    "din-ce": ["srm.model=din", "srm.loss=ce", "train.eval_users=256"],
 }
 PER_DATASET = {"beauty": ["srm.dropout=0.5"], "toys": ["srm.dropout=0.5"]}
 
