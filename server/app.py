@@ -11,10 +11,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
@@ -31,8 +33,32 @@ from server.report import append_round, final_figures, write_report
 from strategies import RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
 
-log = logging.getLogger(__name__)
 app = ServerApp()
+
+
+class _ShortLines(logging.Filter):
+    """Flower logs whole MetricRecords (histograms of hundreds of numbers) every round; keep the log readable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return len(record.getMessage()) <= 300
+
+
+def _sum_and_report(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Sum the nodes' evaluation sums (``strategies.sums``) and log the round's validation figure in one line."""
+    metrics = sum_metrics(replies, weighted_by_key)
+    if metrics.get("valid-users", 0) > 0:
+        valid = StageOutcome.from_metrics(metrics, "valid")
+        best = valid.best_alpha()
+        log(
+            INFO,
+            "validation on %d sampled users: fused NDCG@10 %.4f (α %.1f), LLM-only %.4f, SRM-only %.4f",
+            valid.users,
+            valid.means()["stale-ndcg"][best],
+            valid.alphas[best],
+            valid.means()["stale-ndcg"][-1],
+            valid.means()["stale-ndcg"][0],
+        )
+    return metrics
 
 
 @app.main()
@@ -40,6 +66,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federation described by ``context.run_config`` and write its report."""
     cfg = RunConfig.from_flat(context.run_config)
     fed = cfg.federation
+    logging.getLogger("flwr").addFilter(_ShortLines())
     run_dir = Path(fed.run_dir) if fed.run_dir else make_run_dir(cfg.out_dir, "federation")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
@@ -80,7 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     }
     figures = final_figures(valid, test, reference_floors(split, cfg.srm.max_len), extra)
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))
-    log.warning("report written: %s", summary)
+    log(INFO, "report written: %s", summary)
 
 
 def _wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
@@ -98,7 +125,7 @@ def _wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
 def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int, ArrayRecord, float]:
     """(rounds done, global weights, τ): from the newest checkpoint when resuming, else a fresh SRM."""
     if cfg.federation.resume and (found := latest_checkpoint(run_dir)) is not None:
-        log.warning("resuming from round %d of %s", found[0], run_dir)
+        log(INFO, "resuming from round %d of %s", found[0], run_dir)
         return found
     model = build_srm(cfg.srm, num_items)
     return 0, ArrayRecord(model.state_dict()), 1.0
@@ -113,7 +140,7 @@ def _inner_strategy(cfg: RunConfig, nodes: int) -> Strategy:
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
         "min_available_nodes": nodes,
-        "evaluate_metrics_aggr_fn": sum_metrics,
+        "evaluate_metrics_aggr_fn": _sum_and_report,
     }
     if fed.strategy == "fedprox":
         return FedProx(proximal_mu=fed.proximal_mu, **common)
@@ -170,7 +197,8 @@ def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, rounds: int) 
     ]
     replies = [r for r in grid.send_and_receive(messages, timeout=3600) if not r.has_error()]
     if len(replies) < len(messages):
-        log.warning(
+        log(
+            WARNING,
             "final evaluation: %d of %d nodes failed; the report covers the rest",
             len(messages) - len(replies),
             len(messages),
