@@ -109,7 +109,7 @@ class LLMConfig:
     patience: int = 3  # epochs without validation improvement before stopping
     weight_decay: float = 0.0  # AdamW weight decay
     label_smoothing: float = 0.0  # cross-entropy label smoothing over the item tokens
-    max_minutes: float = 0.0  # wall-clock cap on training (0 = none); the best epoch so far is kept
+    max_minutes: float = 5.0  # wall-clock cap on training (0 = none); the best epoch so far is kept
     lora_r: int = 16  # pretrained base: LoRA rank
     lora_alpha: int = 32  # pretrained base: LoRA scaling numerator
     k: int = 50  # candidate list length K the cloud returns
