@@ -54,8 +54,10 @@ def candidate_service(
     with ExitStack() as stack:
         args = ["--checkpoint", str(checkpoint), "--engine", engine]
         if engine == "vllm":
-            from llm_cloud.vllm_server import start_vllm
+            from llm_cloud.vllm_server import start_vllm, vllm_unavailable_reason
 
+            if (reason := vllm_unavailable_reason()) is not None:
+                raise LSC4RecError(f"--engine vllm: {reason}. Create it with `lsc4rec llm make-vllm-venv`.")
             vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log"))
             args += ["--vllm-url", vllm.url]
         print("==> starting the candidate service", flush=True)
