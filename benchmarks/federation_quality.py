@@ -25,20 +25,22 @@ from server.app import app as server_app
 from server.inprocess import run_in_process
 from server.launch import llm_checkpoint
 
-# Per-dataset federation settings: ML runs one user per device; Beauty's 22k users sit on 100 edge boxes.
+# Per-dataset federation settings: MovieLens on 20 edge boxes (about 30 users each), Beauty on 100 (about 224).
 SETTINGS = {
     "ml-latest-small": [
+        "federation.num_nodes=20",
         "federation.rounds=20",
-        "federation.fraction_train=0.3",
-        "federation.fraction_evaluate=0.1",
+        "federation.fraction_train=0.5",
+        "federation.fraction_evaluate=0.2",
         "federation.local_epochs=2",
         "federation.local_lr=0.005",
+        "federation.local_batch_size=32",
     ],
     "beauty": [
         "federation.num_nodes=100",
-        "federation.rounds=12",
+        "federation.rounds=10",
         "federation.fraction_train=0.5",
-        "federation.fraction_evaluate=0.1",
+        "federation.fraction_evaluate=0.05",
         "federation.local_epochs=2",
         "federation.local_lr=0.005",
         "srm.dropout=0.5",

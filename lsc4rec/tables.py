@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ def report(
         )
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    Console().print(table)
+    # Piped or redirected output keeps whole numbers: rich would otherwise squeeze columns to 80 characters.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     if json_path:
         write_json(Path(json_path), {"title": title, **(extra or {}), "rows": list(rows)})
 
