@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 from lsc4rec.config import DataConfig
 from lsc4rec.data.dataset import SequenceDataset, build_dataset
-from lsc4rec.data.sources import cache_dir, read_dataset
+from lsc4rec.data.sources import NAMED, cache_dir, read_dataset
 
 
 def prepared_name(data: DataConfig, seed: int) -> str:
-    """File name that encodes everything the prepared dataset depends on."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.dataset).name if "/" in data.dataset else data.dataset)
+    """File name that encodes everything the prepared dataset depends on.
+
+    A dataset given as a path also gets a short hash of its resolved location, so two folders with the same
+    name never share a cached file.
+    """
+    if data.dataset in NAMED:
+        stem = data.dataset
+    else:
+        where = hashlib.sha1(str(Path(data.dataset).resolve()).encode()).hexdigest()[:8]
+        stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(data.dataset).name)}-{where}"
     return f"{stem}-k{data.kcore}-{data.numbering}-s{seed}.npz"
 
 

@@ -1,0 +1,45 @@
+"""The `lsc4rec` command turns bad input into one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lsc4rec.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "prepare", "--dataset", "/nonexistent/folder"], "is neither a known dataset"),
+        (["data", "prepare", "--set", "srm.wings=2"], "srm.wings: is not a known key"),
+        (["data", "prepare", "--kcore", "0"], "data.kcore: must be >= 1"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    done = lsc4rec(*args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_malformed_file_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.0,soon\n")
+    done = lsc4rec("data", "prepare", "--dataset", str(tmp_path))
+    assert done.returncode == 2
+    assert f"{tmp_path / 'ratings.csv'}:2: timestamp must be a number" in done.stderr
+
+
+def test_cli_prepare_prints_statistics(tmp_path: Path) -> None:
+    (tmp_path / "sequential_data.txt").write_text("".join(f"{u} 1 2 3 4 5\n" for u in range(1, 7)))
+    done = lsc4rec("data", "prepare", "--dataset", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "interactions" in done.stdout and "30" in done.stdout
+    assert list((tmp_path / "out").glob("*.npz"))
