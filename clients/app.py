@@ -114,7 +114,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, Sequent
     )
     model = build_srm(cfg.srm, node.num_items)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
-    return cfg, node, model
+    return cfg, node, model.eval()  # training switches to train mode itself; evaluation must not drop out
 
 
 def _fetch(cfg: RunConfig, cache: ListCache, users: list[int], histories: list[np.ndarray]) -> CandidateLists:

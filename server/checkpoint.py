@@ -9,6 +9,9 @@ import torch
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file, save_file
 
+from clients.srm import SequentialRecommender, build_srm
+from lsc4rec.config import RunConfig
+
 
 def save_checkpoint(run_dir: Path, server_round: int, arrays: ArrayRecord, tau: float) -> Path:
     """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, request threshold)."""
@@ -32,3 +35,13 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, ArrayRecord, float] | None:
         state: dict[str, torch.Tensor] = load_file(path)
         return int(meta["round"]), ArrayRecord(state), float(meta["request-tau"])
     return None
+
+
+def load_global_srm(cfg: RunConfig, num_items: int, run_dir: Path) -> SequentialRecommender:
+    """The newest checkpointed global SRM of ``run_dir``, in eval mode (for evaluation outside the federation)."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}; run the federation first.")
+    model = build_srm(cfg.srm, num_items)
+    model.load_state_dict(found[1].to_torch_state_dict())
+    return model.eval()

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
+from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.scoring import evaluate_full
 from server.app import app as server_app
+from server.checkpoint import load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
 from tests.conftest import NODES
 
@@ -41,6 +47,13 @@ def test_federation_trains_checkpoints_and_reports(
     assert "| fused | stale |" in summary and "item-transition floor" in summary
     assert (tmp_path / "validation_per_round.png").stat().st_size > 0
     assert (tmp_path / "ndcg_vs_request_rate.png").stat().st_size > 0
+    # the nodes' full-catalogue figure of the global SRM equals a central evaluation of the final checkpoint
+    split = TemporalSplit(
+        load_or_prepare(federation_config.data, federation_config.seed), federation_config.data.lag
+    )
+    model = load_global_srm(federation_config, split.dataset.num_items, tmp_path)
+    central = evaluate_full(model, split, "test", federation_config.srm.max_len)["ndcg@10"]
+    assert final["federated SRM full-catalogue ndcg@10 (global)"] == pytest.approx(central, abs=1e-9)
 
 
 def test_federation_resumes_from_last_checkpoint(
