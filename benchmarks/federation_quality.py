@@ -19,9 +19,12 @@ from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.split import TemporalSplit
 from lsc4rec.runs import make_run_dir
+from lsc4rec.scoring import evaluate_full
 from lsc4rec.tables import report
 from server.app import app as server_app
+from server.checkpoint import load_global_srm
 from server.inprocess import run_in_process
 from server.launch import llm_checkpoint
 
@@ -59,14 +62,27 @@ def run_dataset(dataset: str, overrides: list[str], checkpoint: str | None, out:
         cfg = cfg.override([f"federation.service_url={service.url}", f"federation.run_dir={run_dir}"])
         run_in_process(server_app, client_app, nodes, cfg.to_flat())
     final = json.loads((run_dir / "final.json").read_text())
-    return {**final, "run_dir": str(run_dir), "wall_seconds": time.perf_counter() - started, "config": cfg}
+    return {
+        **final,
+        "central evaluation of the final checkpoint": central_ndcg(cfg, run_dir),
+        "run_dir": str(run_dir),
+        "wall_seconds": time.perf_counter() - started,
+        "config": cfg,
+    }
+
+
+def central_ndcg(cfg: RunConfig, run_dir: Path) -> float:
+    """Test NDCG@10 of the final global SRM over the full catalogue, every user: the central baseline's protocol."""
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    model = load_global_srm(cfg, split.dataset.num_items, run_dir)
+    return evaluate_full(model, split, "test", cfg.srm.max_len)["ndcg@10"]
 
 
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     """Table rows: the rankings at the chosen α, then each request policy, with the checks of the issue."""
     rankings = {(r["ranking"], r["list"]): r for r in final["rankings"]}
     fused, llm, srm = (rankings[(name, "stale")]["ndcg@10"] for name in ("fused", "LLM-only", "SRM-only"))
-    fed = final["federated SRM full-catalogue ndcg@10 (global)"]
+    fed = final["central evaluation of the final checkpoint"]
     rows = [
         {
             "dataset": dataset,
@@ -124,6 +140,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "beauty"])
+    parser.add_argument("--report-only", help="RUN_DIR of a finished federation: recompute its table only")
     parser.add_argument(
         "--checkpoint", action="append", default=[], help="DATASET=CKPT: an LLM checkpoint to use"
     )
@@ -144,6 +161,14 @@ def main() -> None:
         if row["model"] == "sasrec-ce"
     }
     rows, runs = [], {}
+    if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
+        run_dir = Path(args.report_only)
+        cfg = RunConfig.load(run_dir / "config.json")
+        final = json.loads((run_dir / "final.json").read_text())
+        final["central evaluation of the final checkpoint"] = central_ndcg(cfg, run_dir)
+        runs[cfg.data.dataset] = {"run_dir": str(run_dir), "config": cfg.to_flat()}
+        rows += rows_for(cfg.data.dataset, final, central.get(cfg.data.dataset))
+        args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(dataset, args.overrides, checkpoints.get(dataset), Path(args.out))
         cfg: RunConfig = final.pop("config")

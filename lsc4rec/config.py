@@ -234,6 +234,11 @@ class RunConfig:
         """Write the effective config as JSON (into a run folder or checkpoint)."""
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """Read a config written by :meth:`save`."""
+        return cls.from_flat(_flatten(json.loads(Path(path).read_text())))
+
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
     """Code defaults, then the TOML file at ``path`` (if any), then ``key=value`` overrides."""
