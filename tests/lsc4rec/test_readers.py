@@ -139,3 +139,24 @@ def test_shared_movielens_has_titles(data_root: Path) -> None:
     stats = seq.stats()
     assert (stats["users"], stats["items"], stats["interactions"]) == (610, 3650, 90274)
     assert seq.has_titles
+
+
+def test_missing_movielens_download_failure_says_where_to_put_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lsc4rec.data.sources as sources
+
+    monkeypatch.setattr(sources, "MOVIELENS_URL", "http://127.0.0.1:9/ml-latest-small.zip")  # nothing listens
+    with pytest.raises(DataFormatError, match=r"could not be downloaded .* Unzip .* into this folder"):
+        read_dataset("ml-latest-small", tmp_path)
+
+
+def test_data_root_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lsc4rec.data.sources import data_root
+
+    monkeypatch.setenv("LSC4REC_DATA_DIR", str(tmp_path / "env"))
+    assert data_root(tmp_path / "explicit") == tmp_path / "explicit"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv("LSC4REC_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_root() == tmp_path / "cache" / "lsc4rec" / "data"
