@@ -160,7 +160,9 @@ def federate(
         "data.data_dir": data_dir,
     }
     cfg = build_config(config, overrides, **named)
-    run_dir = make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
+    # An explicit federation.run_dir (with federation.resume=true) continues that run; else a new folder.
+    given = cfg.federation.run_dir
+    run_dir = Path(given) if given else make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
     summary = run_federation(cfg, run_dir, engine)
     console.print(summary.read_text())
     console.print(f"report: {run_dir} (summary.md, final.json, metrics.jsonl, *.png)")
