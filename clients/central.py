@@ -7,7 +7,6 @@ evaluated beside it under the same protocol.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -24,8 +23,6 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
 from lsc4rec.runs import make_run_dir, seed_everything, write_json
 from lsc4rec.scoring import evaluate_full
-
-log = logging.getLogger(__name__)
 
 
 def evaluation_users(num_users: int, sample: int, seed: int) -> np.ndarray:

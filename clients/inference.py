@@ -18,7 +18,7 @@ from clients.srm import SequentialRecommender
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.outcomes import CUTOFF, StageOutcome
-from lsc4rec.ranking import disagreement, fuse, list_ranks
+from lsc4rec.ranking import disagreement, fuse, scored_list_ranks
 
 
 def drop_seen(
@@ -126,9 +126,9 @@ def collaborative_inference(
     by_bin = {name: np.zeros((len(alphas), bins)) for name in ("stale", "fresh")}
     recall = {}
     for name, (items, llm, srm) in lists.items():
-        recall[name] = float(np.isfinite(list_ranks(llm, items, targets).numpy()).sum())
+        recall[name] = float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for a, alpha in enumerate(alphas):
-            ranks = list_ranks(fuse(llm, srm, alpha), items, targets).numpy()  # [B]
+            ranks = scored_list_ranks(fuse(llm, srm, alpha), items, targets).numpy()  # [B]
             sums[f"{name}_ndcg"][a], sums[f"{name}_hr"][a] = _sums(ranks)
             by_bin[name][a] = [_sums(ranks[mask])[0] for mask in in_bin]
     return StageOutcome(

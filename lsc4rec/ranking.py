@@ -145,7 +145,7 @@ def disagreement(
     raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}.")
 
 
-def list_ranks(scores: ArrayLike, items: ArrayLike, targets: ArrayLike) -> torch.Tensor:
+def scored_list_ranks(scores: ArrayLike, items: ArrayLike, targets: ArrayLike) -> torch.Tensor:
     """Pessimistic 0-based rank [B] (float64) of each target within its scored list; ``inf`` if not in it.
 
     A target sitting in a slot whose score is ``-inf`` (a padded or dropped slot) counts as absent.

@@ -44,6 +44,26 @@ def llm_list(first: int) -> tuple[torch.Tensor, torch.Tensor]:
     return items, -torch.arange(K, dtype=torch.float32).expand(4, K) * 0.3 - 1.0
 
 
+def infer(
+    model: SequentialRecommender, targets: np.ndarray, alphas: tuple[float, ...] = (0.0, 1.0), **kwargs
+):
+    """Collaborative inference of the four test users: stale list from item 3 on, fresh list from item 20 on."""
+    stale_items, stale_scores = llm_list(3)
+    fresh_items, fresh_scores = llm_list(20)
+    return collaborative_inference(
+        model,
+        histories(),
+        stale_items,
+        stale_scores,
+        fresh_items,
+        fresh_scores,
+        targets,
+        alphas,
+        max_len=MAX_LEN,
+        **kwargs,
+    )
+
+
 def ndcg_sum(ranks: list[float]) -> float:
     return sum(1.0 / math.log2(r + 2) for r in ranks if r < 10)
 
@@ -84,20 +104,8 @@ def test_rerank_scores_real_slots_masks_padding_and_restores_mode(model: Sequent
 
 
 def test_collaborative_inference_alpha_one_reproduces_llm_ranks(model: SequentialRecommender) -> None:
-    stale_items, stale_scores = llm_list(3)  # user 0 has seen 3: dropped, the rest shifts up one place
-    fresh_items, fresh_scores = llm_list(20)
-    targets = np.array([5, 15, 25, 39])  # user 3's target is in neither list: a miss
-    outcome = collaborative_inference(
-        model,
-        histories(),
-        stale_items,
-        stale_scores,
-        fresh_items,
-        fresh_scores,
-        targets,
-        (0.0, 1.0),
-        max_len=MAX_LEN,
-    )
+    # stale list from item 3: user 0 has seen 3, dropped, the rest shifts up one place
+    outcome = infer(model, np.array([5, 15, 25, 39]))  # user 3's target is in neither list: a miss
     # LLM order ranks among kept items: stale user0 5 at 1 (3 dropped); user1 15 at 11 (4..13 seen -> 14,15: 1);
     # user2 25 absent from 5..16; fresh: user0 absent, user1 15 absent (21..32), user2 25 at 3.
     assert outcome.stale_ndcg[1] == pytest.approx(ndcg_sum([1.0, 1.0]))
@@ -108,19 +116,9 @@ def test_collaborative_inference_alpha_one_reproduces_llm_ranks(model: Sequentia
 
 def test_collaborative_inference_alpha_zero_reproduces_srm_ranks(model: SequentialRecommender) -> None:
     stale_items, stale_scores = llm_list(3)
-    fresh_items, fresh_scores = llm_list(20)
+    fresh_items, _ = llm_list(20)
     targets = np.array([12, 15, 30, 10])
-    outcome = collaborative_inference(
-        model,
-        histories(),
-        stale_items,
-        stale_scores,
-        fresh_items,
-        fresh_scores,
-        targets,
-        (0.0, 1.0),
-        max_len=MAX_LEN,
-    )
+    outcome = infer(model, targets)
     kept, _ = drop_seen(stale_items, stale_scores, histories())
     ranks = [srm_order_rank(model, h, kept[u], int(targets[u])) for u, h in enumerate(histories())]
     assert outcome.stale_ndcg[0] == pytest.approx(ndcg_sum(ranks))
@@ -133,17 +131,7 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     model: SequentialRecommender,
 ) -> None:
     stale_items, stale_scores = llm_list(3)
-    fresh_items, fresh_scores = llm_list(20)
-    args = (
-        model,
-        histories(),
-        stale_items,
-        stale_scores,
-        fresh_items,
-        fresh_scores,
-        np.array([5, 15, 25, 39]),
-    )
-    outcome = collaborative_inference(*args, (0.5,), bins=4, max_len=MAX_LEN, tau=0.2)
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.2)
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
     score = disagreement(kept_scores, rerank(model, histories(), kept_items, MAX_LEN)).numpy()
     assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()

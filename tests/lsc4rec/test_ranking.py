@@ -11,9 +11,9 @@ from lsc4rec.ranking import (
     disagreement,
     fuse,
     kendall_distance,
-    list_ranks,
     normalize,
     rank_displacement,
+    scored_list_ranks,
     topk_overlap_distance,
 )
 
@@ -113,5 +113,5 @@ def test_disagreement_dispatches_and_rejects_unknown_measure() -> None:
 def test_list_ranks_pessimistic_and_absent_or_padded_targets_miss() -> None:
     scores = torch.tensor([[0.9, 0.5, 0.5, -INF], [0.9, 0.5, -INF, -INF], [0.1, 0.2, 0.3, 0.4]])
     items = torch.tensor([[7, 8, 9, 0], [7, 8, 9, 0], [1, 2, 3, 4]])
-    ranks = list_ranks(scores, items, torch.tensor([8, 9, 5]))
+    ranks = scored_list_ranks(scores, items, torch.tensor([8, 9, 5]))
     assert ranks.tolist() == [2.0, INF, INF]
