@@ -31,13 +31,11 @@ from server.launch import llm_checkpoint
 # Per-dataset federation settings: MovieLens on 20 edge boxes (about 30 users each), Beauty on 100 (about 224).
 SETTINGS = {
     "ml-latest-small": [
-        "federation.num_nodes=20",
-        "federation.rounds=20",
+        "federation.num_nodes=10",
+        "federation.rounds=30",
         "federation.fraction_train=0.5",
         "federation.fraction_evaluate=0.2",
-        "federation.local_epochs=2",
-        "federation.local_lr=0.005",
-        "federation.local_batch_size=32",
+        "federation.local_epochs=3",
     ],
     "beauty": [
         "federation.num_nodes=100",
@@ -45,7 +43,6 @@ SETTINGS = {
         "federation.fraction_train=0.5",
         "federation.fraction_evaluate=0.05",
         "federation.local_epochs=2",
-        "federation.local_lr=0.005",
         "srm.dropout=0.5",
     ],
 }

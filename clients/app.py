@@ -53,6 +53,7 @@ def train(msg: Message, context: Context) -> Message:
         fed.local_lr,
         round_seed % 2**32,
         mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
+        hard_weight=fed.collab_weight,
     )
     context.state[records.STATE_LISTS] = cache.to_record()
     metrics = {

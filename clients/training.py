@@ -30,12 +30,13 @@ def train_epoch(
     rng: np.random.Generator,
     hard_negatives: Sequence[np.ndarray] | None = None,
     proximal: Callable[[], torch.Tensor] | None = None,
+    hard_weight: float = 1.0,
 ) -> float:
     """One pass over ``sequences`` in a seeded random order; returns the mean batch loss.
 
     A sequence trains every position (targets x_2 … x_m), unless ``hard_negatives[i]`` is non-empty: then it
     is a collaborative example that trains only its last position, against those extra negatives (the LLM's
-    list for that prefix) as well as the usual ones. ``proximal`` adds a penalty (FedProx's
+    list for that prefix, weighted by ``hard_weight``) as well as the usual ones. ``proximal`` adds a penalty (FedProx's
     ``μ/2 ||w - w_global||²``) to every batch loss.
     """
     model.train()
@@ -50,7 +51,7 @@ def train_epoch(
             batch["hard_negatives"] = left_pad(lists, max(1, *(len(h) for h in lists)))
             collaborative = torch.tensor([len(h) > 0 for h in lists])
             batch["target"][collaborative, :-1] = 0
-        loss = model.loss(batch)
+        loss = model.loss(batch, hard_weight=hard_weight)
         if proximal is not None:
             loss = loss + proximal()
         optimizer.zero_grad()
@@ -79,17 +80,21 @@ def local_train(
     lr: float,
     seed: int,
     mu: float = 0.0,
+    hard_weight: float = 1.0,
 ) -> float:
     """Train ``model`` in place for ``epochs`` local epochs with a fresh Adam; returns the last epoch's loss.
 
-    ``mu > 0`` adds FedProx's proximal term towards the weights the model started from (the global model).
+    ``mu > 0`` adds FedProx's proximal term towards the weights the model started from (the global model);
+    ``hard_weight`` scales the collaborative hard-negative term (see :func:`train_epoch`).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     proximal = proximal_term(model, mu) if mu > 0 else None
     rng = np.random.default_rng(seed)
     loss = float("nan")
     for _ in range(epochs):
-        loss = train_epoch(model, sequences, optimizer, batch_size, rng, hard_negatives, proximal)
+        loss = train_epoch(
+            model, sequences, optimizer, batch_size, rng, hard_negatives, proximal, hard_weight
+        )
     return loss
 
 

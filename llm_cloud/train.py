@@ -4,6 +4,11 @@ Targets are the items of ``split.llm_train_sequence(u)`` (x_1 … x_{n-3-ℓ}); 
 cloud view at validation time, ``split.llm_valid_target(u)``, drives early stopping (NDCG@10 of the top-10 list
 made from the training sequence, history items excluded, exactly as served). Neither x_{n-1}, x_n nor the
 fresh window is ever a target. Users with short sequences contribute what they have.
+
+After early stopping, ``llm.refit_epochs`` more epochs continue from the best epoch on the whole cloud view at
+validation time (x_1 … x_{n-2-ℓ}): the held-out item is the newest interaction the cloud has seen, the one
+closest to what it will be asked about, so selecting the epoch count on it and then learning from it wastes
+nothing (the usual train-then-refit practice; no validation figure exists for those epochs).
 """
 
 from __future__ import annotations
@@ -81,6 +86,14 @@ def train_llm(
         if stale >= llm.patience or out_of_time:
             break
     lm.model.load_state_dict(best_state)
+    if llm.refit_epochs > 0:
+        seen = training_examples(lm, [split.cloud_view(u, "valid") for u in range(split.num_users)])
+        for refit in range(1, llm.refit_epochs + 1):
+            loss = _train_epoch(
+                lm, seen, optimizer, llm.batch_size, llm.label_smoothing, rng, progress, f"refit {refit}"
+            )
+            epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
+            log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
     folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
     Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
@@ -140,7 +153,7 @@ def _train_epoch(
     label_smoothing: float,
     rng: np.random.Generator,
     progress: bool,
-    epoch: int,
+    epoch: int | str,
 ) -> float:
     lm.model.train()
     batches = [

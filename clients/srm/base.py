@@ -68,7 +68,9 @@ class SequentialRecommender(nn.Module, ABC):
         scores = self._score_catalogue(self._last_states(history))  # [B, N]
         return torch.cat([scores.new_full((scores.size(0), 1), float("-inf")), scores], dim=1)
 
-    def loss(self, batch: dict[str, Tensor], negatives: Tensor | None = None) -> Tensor:
+    def loss(
+        self, batch: dict[str, Tensor], negatives: Tensor | None = None, hard_weight: float = 1.0
+    ) -> Tensor:
         """Mean next-item loss over the non-padding targets of ``batch``.
 
         Parameters
@@ -83,6 +85,8 @@ class SequentialRecommender(nn.Module, ABC):
             Pre-drawn negatives replacing the uniform draw (custom samplers, reproducible tests): ce takes
             ``[M]`` shared by all positions (and then always uses the sampled softmax), bce takes
             ``[B, T, n]``, one set per position.
+        hard_weight
+            Weight of the hard-negative term against the next-item loss (0 drops it).
 
         Returns
         -------
@@ -111,10 +115,11 @@ class SequentialRecommender(nn.Module, ABC):
                 raise ValueError(f"negatives must be [B, T, n] for bce, got shape {tuple(negatives.shape)}.")
             loss = self._binary_cross_entropy(states, positives, negatives)
         hard = batch.get("hard_negatives")
-        if hard is not None:
+        if hard is not None and hard_weight > 0:
             last = (cols == history.size(1) - 1).nonzero(as_tuple=True)[0]  # indices into P
             if last.numel() > 0:
-                loss = loss + self._hard_negative_loss(states[last], positives[last], hard[rows[last]])
+                hard_loss = self._hard_negative_loss(states[last], positives[last], hard[rows[last]])
+                loss = loss + hard_weight * hard_loss
         return loss
 
     def _position_states(self, history: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

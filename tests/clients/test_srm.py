@@ -146,6 +146,19 @@ def test_hard_negative_equal_to_target_is_ignored(name: str, loss: str) -> None:
     assert model.loss({**batch, "hard_negatives": hard}, negatives) > plain
 
 
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_hard_weight_scales_the_hard_negative_term(loss: str) -> None:
+    model = make_model("sasrec", loss=loss).eval()
+    batch = training_batch()
+    negatives = torch.arange(1, 6) if loss == "ce" else torch.randint(1, NUM_ITEMS + 1, (4, 10, 2))
+    plain = model.loss(batch, negatives)
+    with_hard = {**batch, "hard_negatives": torch.randint(1, NUM_ITEMS + 1, (4, 6))}
+    term = model.loss(with_hard, negatives) - plain
+    assert term > 0
+    torch.testing.assert_close(model.loss(with_hard, negatives, hard_weight=0.0), plain)
+    torch.testing.assert_close(model.loss(with_hard, negatives, hard_weight=0.1), plain + 0.1 * term)
+
+
 def test_negatives_with_wrong_shape_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"negatives must be \[M\] for ce"):
         make_model("sasrec").loss(training_batch(), torch.ones(4, 2, dtype=torch.long))

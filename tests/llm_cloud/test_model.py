@@ -73,12 +73,14 @@ def test_top_k_batched_equals_unbatched(tiny_checkpoint) -> None:
         np.testing.assert_allclose(scores, single_scores, atol=1e-5)
 
 
-def test_trained_model_learns_the_next_item_pattern(tiny_checkpoint) -> None:
+def test_trained_model_learns_the_next_item_pattern(tiny_checkpoint, tiny_config) -> None:
     lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
     items, _ = lm.top_k([[10, 11, 12]], 3)[0]
     assert 13 in items
     log = [json.loads(line) for line in (tiny_checkpoint / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"]
+    refits = [entry["refit"] for entry in log if "refit" in entry]
+    assert refits == list(range(1, tiny_config.llm.refit_epochs + 1)) and refits
 
 
 def test_training_examples_use_only_the_llm_training_sequence(tiny_dataset, tiny_config) -> None:
