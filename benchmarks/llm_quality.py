@@ -6,6 +6,11 @@ query (cloud view at test) and the fresh query (device view at test). The LLM is
 floors (MostPopular, ItemTransition fitted on the SRM training sequences) over the full catalogue with history
 items excluded. For NDCG/HR@10 the two coincide (the list is the top-K of the same exclusion-masked ranking).
 
+The floors are fitted on the SRM training sequences (x_1 … x_{n-2}), data the cloud never sees. With
+``--same-data`` two more rows are fitted on exactly the cloud's data (x_1 … x_{n-2-ℓ}, what the LLM learns
+from, refit included): ItemTransition, and SASRec with the central SRM recipe (cross-entropy, early stopping
+on the LLM's own held-out item). They separate what the model achieves from what the cloud's stale data allows.
+
     PYTHONPATH=. .venv/bin/python benchmarks/llm_quality.py --json runs/bench/llm_quality.json
 """
 
@@ -16,13 +21,20 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from clients.srm import build_srm
+from clients.training import fit
 from llm_cloud.engines import make_engine
 from llm_cloud.evaluate import evaluate_engine
 from llm_cloud.train import train_llm
-from lsc4rec.config import load_config
+from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data import TemporalSplit
+from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.floors import reference_floors
+from lsc4rec.floors import ItemTransition, reference_floors
+from lsc4rec.metrics import metrics_from_ranks
+from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 
 COLUMNS = ("ndcg@10", "hr@10", "recall@50")
 
@@ -39,7 +51,35 @@ def floor_rows(split: TemporalSplit, max_len: int, k: int) -> dict[str, dict[str
     }
 
 
-def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int) -> dict:
+def same_data_rows(config: RunConfig, split: TemporalSplit, k: int) -> dict[str, dict[str, dict[str, float]]]:
+    """ItemTransition and SASRec fitted on the cloud's data only (see the module docstring)."""
+    seen = [split.cloud_view(u, "valid") for u in range(split.num_users)]
+    train = [split.llm_train_sequence(u) for u in range(split.num_users)]
+    has_valid = np.flatnonzero([len(h) > 0 for h in train])
+    valid_targets = np.array([split.llm_valid_target(u) for u in has_valid])
+    max_len = config.srm.max_len
+
+    def valid_ndcg(model) -> float:
+        model.eval()
+        ranks = full_catalogue_ranks(model, [train[u] for u in has_valid], valid_targets, max_len)
+        return metrics_from_ranks(ranks, (10,))["ndcg@10"]
+
+    sasrec = build_srm(config.srm, split.dataset.num_items)
+    sequences = [w for seq in train for w in windows(seq, max_len)]
+    fit(sasrec, sequences, valid_ndcg, config.train, config.seed)
+    rows = {}
+    for name, scorer in (
+        ("item-transition, cloud's data", ItemTransition(seen, split.dataset.num_items)),
+        ("SASRec-CE, cloud's data", sasrec),
+    ):
+        rows[name] = {}
+        for query, side in (("stale", "cloud"), ("fresh", "device")):
+            m = evaluate_full(scorer, split, "test", max_len, side=side, cutoffs=(10, k))
+            rows[name][query] = {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], f"recall@{k}": m[f"hr@{k}"]}
+    return rows
+
+
+def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int, same_data: bool) -> dict:
     config = load_config(
         None, [f"data.dataset={name}", "data.kcore=5", "data.numbering=random", "data.lag=2", *overrides]
     )
@@ -50,7 +90,10 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int) -> dict:
     trained = json.loads((checkpoint / "train_result.json").read_text())
     llm = evaluate_engine(make_engine("transformers", checkpoint), dataset, config.data.lag, k)
     rows = {"LLM (scratch, over its list)": {q: {c: llm[q][c] for c in COLUMNS} for q in llm}}
-    rows.update(floor_rows(TemporalSplit(dataset, config.data.lag), config.srm.max_len, k))
+    split = TemporalSplit(dataset, config.data.lag)
+    rows.update(floor_rows(split, config.srm.max_len, k))
+    if same_data:
+        rows.update(same_data_rows(config, split, k))
     return {
         "dataset": name,
         "kcore": 5,
@@ -68,14 +111,14 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
-    header = f"{'dataset':16} {'model':30} " + " ".join(
+    header = f"{'dataset':16} {'model':32} " + " ".join(
         f"{q}_{c:>9}" for q in ("stale", "fresh") for c in COLUMNS
     )
     print(header)
     for result in results:
         for model, queries in result["rows"].items():
             cells = " ".join(f"{queries[q][c]:>15.4f}" for q in ("stale", "fresh") for c in COLUMNS)
-            print(f"{result['dataset']:16} {model:30} {cells}")
+            print(f"{result['dataset']:16} {model:32} {cells}")
 
 
 def main() -> None:
@@ -85,10 +128,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="training key=value")
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--same-data", action="store_true", help="add ItemTransition and SASRec fitted on the cloud's data"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    results = [run_dataset(name, args.out_dir, args.overrides, args.k) for name in args.datasets.split(",")]
+    results = [
+        run_dataset(name, args.out_dir, args.overrides, args.k, args.same_data)
+        for name in args.datasets.split(",")
+    ]
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
