@@ -28,14 +28,14 @@ from server.checkpoint import load_global_srm
 from server.inprocess import run_in_process
 from server.launch import llm_checkpoint
 
-# Per-dataset federation settings: MovieLens on 20 edge boxes (about 30 users each), Beauty on 100 (about 224).
+# Per-dataset federation settings: MovieLens on 10 edge boxes (about 61 users each), Beauty on 100 (about 224).
 SETTINGS = {
     "ml-latest-small": [
         "federation.num_nodes=10",
-        "federation.rounds=30",
-        "federation.fraction_train=0.5",
+        "federation.rounds=40",
+        "federation.fraction_train=1.0",
         "federation.fraction_evaluate=0.2",
-        "federation.local_epochs=3",
+        "federation.local_epochs=2",
     ],
     "beauty": [
         "federation.num_nodes=100",
