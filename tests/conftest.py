@@ -102,7 +102,7 @@ FEDERATION_SETTINGS = [
     "federation.fraction_train=0.5",
     "federation.fraction_evaluate=0.5",
     "federation.bins=10",
-    "federation.local_lr=0.005",
+    "federation.local_epochs=1",
     "federation.timeout_s=5",
     "federation.retries=1",
 ]
