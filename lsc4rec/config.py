@@ -145,7 +145,9 @@ class FederationConfig:
     proximal_mu: float = 0.0  # FedProx μ (used by fedprox; 0 disables the proximal term)
     server_lr: float = 0.01  # FedAdam's server learning rate η
     max_update_norm: float = 0.0  # reject updates with ||w_node - w_global|| above this (0: no bound)
-    local_epochs: int = 5  # passes over the node's training sequences per round (a device holds a few sequences)
+    local_epochs: int = (
+        5  # passes over the node's training sequences per round (a device holds a few sequences)
+    )
     local_batch_size: int = 32  # sequences per local step
     local_lr: float = 5e-3  # local Adam learning rate (a fresh Adam each round; 1e-3 barely moved the SRM)
     collab_prefixes: int = 3  # newest training prefixes per user trained against the LLM's list (0: none)
