@@ -107,7 +107,7 @@ class LLMConfig:
     batch_size: int = 64  # sequences per step
     lr: float = 2e-3  # AdamW learning rate (scratch); LoRA runs usually want about 2e-4
     patience: int = 3  # epochs without validation improvement before stopping
-    refit_epochs: int = 1  # after early stopping: epochs on the whole cloud view, held-out item included
+    refit_epochs: int = 1  # after early stopping (and max_minutes): epochs on the whole cloud view
     weight_decay: float = 0.0  # AdamW weight decay
     label_smoothing: float = 0.0  # cross-entropy label smoothing over the item tokens
     max_minutes: float = 5.0  # wall-clock cap on training (0 = none); the best epoch so far is kept
@@ -118,6 +118,7 @@ class LLMConfig:
     def __post_init__(self) -> None:
         _check(self.template in ("items", "titles"), "llm.template", "must be items|titles", self.template)
         _check(self.k >= 1, "llm.k", "must be >= 1", self.k)
+        _check(self.refit_epochs >= 0, "llm.refit_epochs", "must be >= 0", self.refit_epochs)
         _check(
             self.hidden >= 1 and self.hidden % self.heads == 0,
             "llm.hidden",
@@ -145,9 +146,7 @@ class FederationConfig:
     proximal_mu: float = 0.0  # FedProx μ (used by fedprox; 0 disables the proximal term)
     server_lr: float = 0.01  # FedAdam's server learning rate η
     max_update_norm: float = 0.0  # reject updates with ||w_node - w_global|| above this (0: no bound)
-    local_epochs: int = (
-        5  # passes over the node's training sequences per round (a device holds a few sequences)
-    )
+    local_epochs: int = 5  # passes over the node's sequences per round (a device holds only a few)
     local_batch_size: int = 32  # sequences per local step
     local_lr: float = 5e-3  # local Adam learning rate (a fresh Adam each round; 1e-3 barely moved the SRM)
     collab_prefixes: int = 3  # newest training prefixes per user trained against the LLM's list (0: none)
