@@ -28,6 +28,8 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("srm.hidden=wide", "srm.hidden: must be of type int"),
         ("srm.model=bert", "srm.model: must be sasrec|gru4rec|din"),
         ("data.numbering=alphabetic", "data.numbering"),
+        ("federation.collab_weight=-0.5", "federation.collab_weight: must be >= 0"),
+        ("llm.refit_epochs=-1", "llm.refit_epochs: must be >= 0"),
         ("srm.hidden", "must look like key=value"),
     ],
 )
