@@ -52,7 +52,10 @@ def run_dataset(dataset: str, overrides: list[str], checkpoint: str | None, out:
     """One federation on ``dataset``; returns its final figures with the run folder and wall time."""
     cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
     nodes = cfg.federation.num_nodes or load_or_prepare(cfg.data, cfg.seed).num_users
-    run_dir = make_run_dir(out, f"federation-{dataset}")
+    # --set federation.resume=true --set federation.run_dir=DIR continues that run (more rounds, same folder)
+    run_dir = (
+        Path(cfg.federation.run_dir) if cfg.federation.resume else make_run_dir(out, f"federation-{dataset}")
+    )
     ckpt = Path(checkpoint) if checkpoint else llm_checkpoint(cfg)
     started = time.perf_counter()
     with start_service(["--checkpoint", str(ckpt)], free_port(), run_dir / "service.log") as service:
