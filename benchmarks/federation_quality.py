@@ -53,6 +53,10 @@ def run_dataset(dataset: str, overrides: list[str], checkpoint: str | None, out:
     cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
     nodes = cfg.federation.num_nodes or load_or_prepare(cfg.data, cfg.seed).num_users
     # --set federation.resume=true --set federation.run_dir=DIR continues that run (more rounds, same folder)
+    if cfg.federation.resume and not Path(cfg.federation.run_dir, "checkpoints").is_dir():
+        raise SystemExit(
+            "federation.resume=true needs federation.run_dir=DIR, a run folder with checkpoints/."
+        )
     run_dir = (
         Path(cfg.federation.run_dir) if cfg.federation.resume else make_run_dir(out, f"federation-{dataset}")
     )

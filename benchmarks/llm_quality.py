@@ -43,12 +43,14 @@ def floor_rows(split: TemporalSplit, max_len: int, k: int) -> dict[str, dict[str
     """Both floors from both queries, with recall@K (= HR@K over the full catalogue) beside NDCG/HR@10."""
     floors = reference_floors(split, max_len, cutoffs=(10, k))
     return {
-        name: {
-            query: {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], f"recall@{k}": m[f"hr@{k}"]}
-            for query, m in by_query.items()
-        }
+        name: {query: table_columns(m, k) for query, m in by_query.items()}
         for name, by_query in floors.items()
     }
+
+
+def table_columns(metrics: dict[str, float], k: int) -> dict[str, float]:
+    """The table's columns from full-catalogue metrics at cutoffs (10, K): recall@K is HR@K there."""
+    return {"ndcg@10": metrics["ndcg@10"], "hr@10": metrics["hr@10"], f"recall@{k}": metrics[f"hr@{k}"]}
 
 
 def same_data_rows(config: RunConfig, split: TemporalSplit, k: int) -> dict[str, dict[str, dict[str, float]]]:
@@ -72,10 +74,10 @@ def same_data_rows(config: RunConfig, split: TemporalSplit, k: int) -> dict[str,
         ("item-transition, cloud's data", ItemTransition(seen, split.dataset.num_items)),
         ("SASRec-CE, cloud's data", sasrec),
     ):
-        rows[name] = {}
-        for query, side in (("stale", "cloud"), ("fresh", "device")):
-            m = evaluate_full(scorer, split, "test", max_len, side=side, cutoffs=(10, k))
-            rows[name][query] = {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], f"recall@{k}": m[f"hr@{k}"]}
+        rows[name] = {
+            query: table_columns(evaluate_full(scorer, split, "test", max_len, side=side, cutoffs=(10, k)), k)
+            for query, side in (("stale", "cloud"), ("fresh", "device"))
+        }
     return rows
 
 
