@@ -160,6 +160,7 @@ def _collaborative_inference(
     return collaborative_inference(
         personal,
         device,
+        cloud,
         torch.from_numpy(stale.items),
         torch.from_numpy(stale.scores),
         torch.from_numpy(fresh.items),

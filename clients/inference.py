@@ -1,8 +1,9 @@
 """Collaborative inference on the device: SRM rerank of the cloud's list, fusion, disagreement, request gate.
 
 The device holds a candidate list the cloud made from its stale view of the user (DESIGN.md section 2); the SRM
-scores that list with the fresh device history; the fused ranking is served; when the LLM's and the SRM's
-orders of the list disagree beyond the fleet threshold tau, the device requests a fresh list. Here both lists
+scores that list with the fresh device history; the fused ranking is served; when the request signal (by
+default the SRM's drift since the list was made; or the paper's disagreement of the LLM's and the SRM's orders
+of the list) exceeds the fleet threshold tau, the device requests a fresh list. Here both lists
 are evaluated for every user so that one pass yields every request policy's curve (``lsc4rec.outcomes``).
 Shape letters: B users, T history length, K candidates, A alphas.
 """
@@ -18,7 +19,8 @@ from clients.srm import SequentialRecommender
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.outcomes import CUTOFF, StageOutcome
-from lsc4rec.ranking import disagreement, fuse, scored_list_ranks
+from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, topk_drift
+from lsc4rec.scoring import catalogue_scores
 
 
 def drop_seen(
@@ -61,6 +63,35 @@ def rerank(
     return torch.cat(chunks) if chunks else items.new_empty(items.shape, dtype=torch.float32)
 
 
+def srm_drift(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    cloud_histories: Sequence[np.ndarray],
+    k: int,
+    max_len: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """The request signal ``drift`` [B] in [0, 1]: how far the newest interactions moved the SRM's own top-k.
+
+    The device's list was made from the cloud view; the interactions since then are what the list cannot know.
+    The SRM ranks the catalogue twice, from the device view and from the cloud view (both without the items
+    the user has now consumed), and :func:`lsc4rec.ranking.topk_drift` measures how new the fresh top-k is.
+    A large drift means the user moved on since the list was made, so a fresh list is likely to hold the next
+    item; on Beauty and MovieLens it predicts that gain better than the LLM-vs-SRM orders of the list
+    (BENCHMARKS.md).
+    """
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(histories), batch_size):
+            now = catalogue_scores(model, histories[start : start + batch_size], max_len)  # [b, N + 1]
+            before = catalogue_scores(model, cloud_histories[start : start + batch_size], max_len)
+            chunks.append(topk_drift(now, before.masked_fill(torch.isinf(now), -torch.inf), k))
+    model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
+
+
 def gate(disagreement_scores: torch.Tensor | np.ndarray, tau: float) -> np.ndarray:
     """Request mask [B]: a device asks the cloud for a fresh list when its disagreement exceeds ``tau``."""
     return np.asarray(disagreement_scores) > tau
@@ -77,6 +108,7 @@ def _sums(ranks: np.ndarray) -> tuple[float, float]:
 def collaborative_inference(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
+    cloud_histories: Sequence[np.ndarray],
     stale_items: torch.Tensor,
     stale_scores: torch.Tensor,
     fresh_items: torch.Tensor,
@@ -84,7 +116,7 @@ def collaborative_inference(
     targets: np.ndarray,
     alphas: Sequence[float],
     bins: int = 50,
-    measure: str = "displacement",
+    measure: str = "drift",
     max_len: int = 50,
     tau: float = 1.0,
 ) -> StageOutcome:
@@ -94,6 +126,8 @@ def collaborative_inference(
     ----------
     histories
         Device views (fresh histories), one per user.
+    cloud_histories
+        Cloud views (what the stale list was made from), one per user; the ``drift`` measure compares them.
     stale_items, stale_scores
         [B, K] the list the cloud made from its stale view, with the LLM's scores (``-inf`` at padding).
     fresh_items, fresh_scores
@@ -103,7 +137,8 @@ def collaborative_inference(
     alphas
         The A fusion weights to evaluate.
     bins, measure
-        The disagreement histogram (equal bins over [0, 1]) and measure (``lsc4rec.ranking.disagreement``).
+        The disagreement histogram (equal bins over [0, 1]) and measure: ``"drift"`` (:func:`srm_drift`, over
+        the list length K) or an order measure of :func:`lsc4rec.ranking.disagreement`.
     tau
         The live request threshold: ``requests`` counts users with stale-list disagreement > tau.
 
@@ -118,8 +153,11 @@ def collaborative_inference(
     for name, items, scores in (("stale", stale_items, stale_scores), ("fresh", fresh_items, fresh_scores)):
         items, scores = drop_seen(items, scores, histories)
         lists[name] = (items, scores, rerank(model, histories, items, max_len))
-    _, stale_llm, stale_srm = lists["stale"]
-    score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
+    if measure == "drift":
+        score = srm_drift(model, histories, cloud_histories, stale_items.shape[1], max_len).numpy()  # [B]
+    else:
+        _, stale_llm, stale_srm = lists["stale"]
+        score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
     bin_of = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, bins - 1)  # [B]
     in_bin = [bin_of == b for b in range(bins)]
     sums = {key: np.zeros(len(alphas)) for key in ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")}

@@ -157,7 +157,10 @@ class FederationConfig:
     adapt_lr: float = 5e-4  # adaptive re-training learning rate
     budget: float = 0.05  # target fleet request rate the server calibrates the gate to
     bins: int = 50  # bins of the disagreement histograms the nodes report
-    measure: str = "displacement"  # disagreement measure: displacement | kendall | topk (top-10 overlap)
+    # request signal: drift (how far the interactions the cloud has not seen moved the SRM's own top-K over the
+    # catalogue; beats random requests on validation, BENCHMARKS.md) | the LLM-vs-SRM orders of the list:
+    # displacement (the paper's) | kendall | topk (top-10 overlap)
+    measure: str = "drift"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
     service_url: str = "http://127.0.0.1:8800"  # the candidate service
@@ -189,9 +192,9 @@ class FederationConfig:
         )
         _check(0.0 <= self.budget <= 1.0, "federation.budget", "must be in [0, 1]", self.budget)
         _check(
-            self.measure in ("displacement", "kendall", "topk"),
+            self.measure in ("drift", "displacement", "kendall", "topk"),
             "federation.measure",
-            "must be displacement|kendall|topk",
+            "must be drift|displacement|kendall|topk",
             self.measure,
         )
         _check(

@@ -15,7 +15,7 @@ import torch
 from lsc4rec.metrics import target_ranks
 
 NORMALIZATIONS = ("minmax", "softmax", "rank")
-MEASURES = ("displacement", "kendall", "topk")
+MEASURES = ("drift", "displacement", "kendall", "topk")
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -129,12 +129,31 @@ def topk_overlap_distance(llm_scores: ArrayLike, srm_scores: ArrayLike, k: int =
     return 1.0 - shared / kept.clamp(min=1)
 
 
+def topk_drift(now_scores: ArrayLike, before_scores: ArrayLike, k: int) -> torch.Tensor:
+    """How much of the top-k under ``now_scores`` [B, N] is new against the top-k under ``before_scores`` [B].
+
+    ``1 - sum_i w_i [item i of the now top-k is in the before top-k] / sum_i w_i``, with DCG weights
+    ``w_i = 1 / log2(i + 2)`` so that a changed head counts more than a changed tail; 0 = the same set, 1 =
+    disjoint. ``k`` is capped at N. Items at ``-inf`` in ``now_scores`` should be ``-inf`` in both.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k!r}.")
+    now, before = torch.as_tensor(now_scores), torch.as_tensor(before_scores)
+    k = min(k, now.shape[1])
+    now_top, before_top = now.topk(k, dim=1).indices, before.topk(k, dim=1).indices  # [B, k]
+    kept = (now_top[:, :, None] == before_top[:, None, :]).any(dim=2).double()  # [B, k]
+    weights = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2.0)  # [k]
+    return 1.0 - (kept * weights).sum(dim=1) / weights.sum()
+
+
 def disagreement(
     llm_scores: ArrayLike, srm_scores: ArrayLike, measure: str = "displacement", k: int = 10
 ) -> torch.Tensor:
     """Disagreement [B] in [0, 1] (higher = the SRM reorders the LLM's list more) by ``measure``.
 
-    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``).
+    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The fleet default, ``"drift"``,
+    needs the SRM's catalogue scores rather than the list's, so the device computes it itself
+    (``clients.inference.srm_drift``).
     """
     if measure == "displacement":
         return rank_displacement(llm_scores, srm_scores)
@@ -142,6 +161,8 @@ def disagreement(
         return kendall_distance(llm_scores, srm_scores)
     if measure == "topk":
         return topk_overlap_distance(llm_scores, srm_scores, k)
+    if measure == "drift":
+        raise ValueError("drift compares the SRM's catalogue rankings, not the list's: use topk_drift.")
     raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}.")
 
 

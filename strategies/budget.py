@@ -1,8 +1,8 @@
 """A strategy wrapper that calibrates the fleet's request threshold tau to a request budget.
 
 Each cloud request costs LLM compute, so the fleet's request rate is a budget (e.g. 5 % of users). Devices
-request when the disagreement between the LLM's and the SRM's order of their list exceeds tau. Every evaluate
-round the nodes report a fixed-bin histogram of their users' disagreement scores and how many requests the
+request when their request signal (``federation.measure``, a score in [0, 1]) exceeds tau. Every evaluate
+round the nodes report a fixed-bin histogram of their users' signal scores and how many requests the
 current tau caused; the server adds the histograms up, sets tau so that the expected rate meets the budget,
 and sends it with the next round (DESIGN.md section 6). This replaces the paper's manual two-pass calibration.
 """

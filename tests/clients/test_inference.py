@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.inference import collaborative_inference, drop_seen, gate, rerank
+from clients.inference import collaborative_inference, drop_seen, gate, rerank, srm_drift
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
 from lsc4rec.ranking import disagreement
 
@@ -38,6 +38,11 @@ def histories() -> list[np.ndarray]:
     ]
 
 
+def cloud_views() -> list[np.ndarray]:
+    """What the cloud had seen of each user: the histories without their newest interactions (lag 2)."""
+    return [h[:-2] if len(h) > 2 else h[:1] for h in histories()]
+
+
 def llm_list(first: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A list of K items ``first..first+K-1`` in LLM order (descending log-probabilities) per user."""
     items = torch.stack([torch.arange(first + u, first + u + K) for u in range(4)])
@@ -53,6 +58,7 @@ def infer(
     return collaborative_inference(
         model,
         histories(),
+        cloud_views(),
         stale_items,
         stale_scores,
         fresh_items,
@@ -131,7 +137,7 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     model: SequentialRecommender,
 ) -> None:
     stale_items, stale_scores = llm_list(3)
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.2)
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.2, measure="displacement")
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
     score = disagreement(kept_scores, rerank(model, histories(), kept_items, MAX_LEN)).numpy()
     assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()
@@ -141,3 +147,29 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
 
 def test_gate_requests_above_threshold_only() -> None:
     assert gate(torch.tensor([0.1, 0.5, 0.7]), 0.5).tolist() == [False, False, True]
+
+
+def test_srm_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
+    model: SequentialRecommender,
+) -> None:
+    drift = srm_drift(model, histories(), cloud_views(), K, MAX_LEN)
+    assert drift.shape == (4,) and ((drift >= 0) & (drift <= 1)).all()
+    assert drift[2] == 0.0  # user 2's cloud view is its whole history: nothing new, same top-k
+    assert srm_drift(model, histories(), histories(), K, MAX_LEN).eq(0).all()
+    # user 1 by hand: the SRM's top-K from both views, the device history excluded from both
+    model.eval()
+    with torch.no_grad():
+        now = model.score_all(torch.as_tensor(histories()[1][-MAX_LEN:])[None])[0]
+        before = model.score_all(torch.as_tensor(cloud_views()[1][-MAX_LEN:])[None])[0]
+    seen = torch.tensor([0, *histories()[1]])
+    now[seen], before[seen] = -torch.inf, -torch.inf
+    new = ~torch.isin(now.topk(K).indices, before.topk(K).indices)
+    weights = 1 / torch.log2(torch.arange(K) + 2.0)
+    assert drift[1].item() == pytest.approx(float((new * weights).sum() / weights.sum()))
+
+
+def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.05)
+    drift = srm_drift(model, histories(), cloud_views(), K, MAX_LEN).numpy()
+    assert outcome.bin_count.tolist() == np.histogram(drift, bins=4, range=(0, 1))[0].tolist()
+    assert outcome.requests == int((drift > 0.05).sum())

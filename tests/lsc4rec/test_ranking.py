@@ -14,6 +14,7 @@ from lsc4rec.ranking import (
     normalize,
     rank_displacement,
     scored_list_ranks,
+    topk_drift,
     topk_overlap_distance,
 )
 
@@ -102,12 +103,30 @@ def test_topk_overlap_distance_counts_shared_top_items() -> None:
     assert topk_overlap_distance(llm, srm, k=10).item() == 0.0  # k capped at the 5 real items
 
 
+def test_topk_drift_weights_the_changed_head_more() -> None:
+    before = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]] * 3)  # top-3 {0, 1, 2}
+    now = torch.tensor(
+        [
+            [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # the same top-3
+            [0.0, 4.0, 3.0, 2.0, 1.0, 5.0],  # new item 5 at the head: top-3 (5, 1, 2)
+            [5.0, 4.0, 0.0, 2.0, 1.0, 3.0],  # new item 5 third: top-3 (0, 1, 5)
+        ]
+    )
+    w = [1.0, 1 / np.log2(3), 0.5]
+    drift = topk_drift(now, before, k=3)
+    assert drift.tolist() == pytest.approx([0.0, w[0] / sum(w), w[2] / sum(w)])
+    assert topk_drift(now, -now, k=3).tolist() == pytest.approx([1.0, 1.0, 1.0])  # disjoint top-3
+    assert topk_drift(now, before, k=50)[1].item() == 0.0  # k capped at the catalogue: same set
+
+
 def test_disagreement_dispatches_and_rejects_unknown_measure() -> None:
     llm, srm = torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[1.0, 3.0, 2.0]])
     assert torch.equal(disagreement(llm, srm, "kendall"), kendall_distance(llm, srm))
     assert torch.equal(disagreement(llm, srm), rank_displacement(llm, srm))
     with pytest.raises(ValueError, match="measure must be one of"):
         disagreement(llm, srm, "spearman")
+    with pytest.raises(ValueError, match="use topk_drift"):
+        disagreement(llm, srm, "drift")
 
 
 def test_list_ranks_pessimistic_and_absent_or_padded_targets_miss() -> None:
