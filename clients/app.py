@@ -16,7 +16,7 @@ from clients.cloud import CandidateLists, CloudClient, ListCache
 from clients.inference import collaborative_inference
 from clients.node import NodeData, load_node
 from clients.srm import SequentialRecommender, build_srm
-from clients.training import adapt, local_train
+from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
 from lsc4rec import records
 from lsc4rec.config import RunConfig
 from lsc4rec.data.split import Stage
@@ -44,17 +44,22 @@ def train(msg: Message, context: Context) -> Message:
     round_seed = (
         cfg.seed + 1000 * int(msg.content[records.CONFIG].get(records.SERVER_ROUND, 0)) + context.node_id
     )
+    optimizer = torch.optim.Adam(model.parameters(), lr=fed.local_lr)
+    if fed.keep_optimizer and records.STATE_OPTIMIZER in context.state:
+        load_optimizer_arrays(optimizer, context.state[records.STATE_OPTIMIZER].to_torch_state_dict())
     loss = local_train(
         model,
         sequences,
         negatives,
         fed.local_epochs,
         fed.local_batch_size,
-        fed.local_lr,
+        optimizer,
         round_seed % 2**32,
         mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
         hard_weight=fed.collab_weight,
     )
+    if fed.keep_optimizer:
+        context.state[records.STATE_OPTIMIZER] = ArrayRecord(optimizer_arrays(optimizer))
     context.state[records.STATE_LISTS] = cache.to_record()
     metrics = {
         records.NUM_EXAMPLES: len(sequences),

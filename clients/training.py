@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,17 +77,16 @@ def local_train(
     hard_negatives: Sequence[np.ndarray] | None,
     epochs: int,
     batch_size: int,
-    lr: float,
+    optimizer: torch.optim.Optimizer,
     seed: int,
     mu: float = 0.0,
     hard_weight: float = 1.0,
 ) -> float:
-    """Train ``model`` in place for ``epochs`` local epochs with a fresh Adam; returns the last epoch's loss.
+    """Train ``model`` in place for ``epochs`` local epochs with ``optimizer``; returns the last epoch's loss.
 
     ``mu > 0`` adds FedProx's proximal term towards the weights the model started from (the global model);
     ``hard_weight`` scales the collaborative hard-negative term (see :func:`train_epoch`).
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     proximal = proximal_term(model, mu) if mu > 0 else None
     rng = np.random.default_rng(seed)
     loss = float("nan")
@@ -96,6 +95,29 @@ def local_train(
             model, sequences, optimizer, batch_size, rng, hard_negatives, proximal, hard_weight
         )
     return loss
+
+
+def optimizer_arrays(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state (Adam: step, moments) as flat named tensors ``"<param>.<key>"``.
+
+    An edge box keeps it in its node state between rounds, so that its next local epochs continue Adam's
+    moment estimates instead of restarting them: a fresh Adam's first steps move every weight by about the
+    learning rate whatever its gradient, noise that FedAvg then averages in (BENCHMARKS.md).
+    """
+    return {
+        f"{index}.{key}": torch.as_tensor(value)
+        for index, state in optimizer.state_dict()["state"].items()
+        for key, value in state.items()
+    }
+
+
+def load_optimizer_arrays(optimizer: torch.optim.Optimizer, arrays: Mapping[str, torch.Tensor]) -> None:
+    """Inverse of :func:`optimizer_arrays` into an optimizer over the same parameters (hyperparameters kept)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in arrays.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({**optimizer.state_dict(), "state": state})
 
 
 def adapt(

@@ -148,7 +148,10 @@ class FederationConfig:
     max_update_norm: float = 0.0  # reject updates with ||w_node - w_global|| above this (0: no bound)
     local_epochs: int = 5  # passes over the node's sequences per round (a device holds only a few)
     local_batch_size: int = 32  # sequences per local step
-    local_lr: float = 5e-3  # local Adam learning rate (a fresh Adam each round; 1e-3 barely moved the SRM)
+    local_lr: float = 5e-3  # local Adam learning rate (1e-3 barely moved the SRM)
+    # keep each node's Adam state between rounds (edge boxes; costs 2x the SRM's size per node, so off for
+    # one-user devices, which train a few times per run); off: a fresh Adam each round
+    keep_optimizer: bool = False
     collab_prefixes: int = 3  # newest training prefixes per user trained against the LLM's list (0: none)
     # weight of the listwise term "target above the LLM's candidates"; at 1 it costs the SRM full-catalogue
     # quality (the candidates are good items), at 0.1 the collaborative examples help it (BENCHMARKS.md)

@@ -24,3 +24,4 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
 STATE_PERSONAL = "personal-srm"
+STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state

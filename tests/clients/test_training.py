@@ -1,0 +1,30 @@
+"""Tests of local training's optimizer state, which an edge box keeps between rounds."""
+
+import copy
+
+import numpy as np
+import torch
+
+from clients.srm import SRMConfig, build_srm
+from clients.training import load_optimizer_arrays, local_train, optimizer_arrays
+
+
+def test_restored_adam_state_continues_exactly_where_it_stopped() -> None:
+    torch.manual_seed(0)
+    model = build_srm(SRMConfig(hidden=8, layers=1, max_len=6, dropout=0.0), 20)
+    sequences = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8, 9]), np.array([3, 4, 5, 6, 7, 8])]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    local_train(model, sequences, None, 2, 2, optimizer, seed=0)
+    arrays = optimizer_arrays(optimizer)
+    assert {name.split(".", 1)[1] for name in arrays} == {"step", "exp_avg", "exp_avg_sq"}
+
+    restored = copy.deepcopy(model)  # a new round: the same weights in a freshly built optimizer
+    fresh = copy.deepcopy(model)
+    kept_optimizer = torch.optim.Adam(restored.parameters(), lr=1e-2)
+    load_optimizer_arrays(kept_optimizer, {k: v.clone() for k, v in arrays.items()})
+    local_train(model, sequences, None, 1, 2, optimizer, seed=1)  # the uninterrupted run
+    local_train(restored, sequences, None, 1, 2, kept_optimizer, seed=1)
+    local_train(fresh, sequences, None, 1, 2, torch.optim.Adam(fresh.parameters(), lr=1e-2), seed=1)
+    for a, b in zip(model.parameters(), restored.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(model.parameters(), fresh.parameters(), strict=True))
