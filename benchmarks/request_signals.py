@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from clients.inference import collaborative_inference
 from clients.node import NodeData, load_node
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
+from lsc4rec.data.split import Stage
 from lsc4rec.outcomes import StageOutcome, gated_policy, random_policy, threshold_for_budget
 from lsc4rec.ranking import MEASURES
 from lsc4rec.tables import report
@@ -31,15 +33,20 @@ from server.checkpoint import load_global_srm
 BUDGETS = (0.05, 0.1, 0.2)
 
 
-def stage_lists(
-    client: CloudClient, node: NodeData
-) -> dict[str, tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[tuple[np.ndarray, np.ndarray]]]]:
-    """Per stage: device views, cloud views, targets, and the (items, scores) of the stale and fresh lists."""
-    out = {}
-    for stage in ("valid", "test"):
-        device, cloud, targets = node.views(stage)
-        out[stage] = (device, cloud, targets, [client.candidates(cloud), client.candidates(device)])
-    return out
+class StageLists(NamedTuple):
+    """One stage's device views, cloud views and targets, and the stale and fresh lists as tensors [B, K]."""
+
+    device: list[np.ndarray]
+    cloud: list[np.ndarray]
+    targets: np.ndarray
+    lists: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # stale items, scores; fresh ...
+
+
+def stage_lists(client: CloudClient, node: NodeData, stage: Stage) -> StageLists:
+    """The lists the candidate service gives for the stale (cloud view) and fresh (device view) queries."""
+    device, cloud, targets = node.views(stage)
+    stale, fresh = client.candidates(cloud), client.candidates(device)
+    return StageLists(device, cloud, targets, tuple(torch.from_numpy(a) for a in (*stale, *fresh)))
 
 
 def rows_for(measure: str, valid: StageOutcome, test: StageOutcome) -> list[dict]:
@@ -84,24 +91,25 @@ def main() -> None:
     ) as svc:
         client = CloudClient(svc.url, cfg.llm.k, timeout_s=120.0)
         try:
-            lists = stage_lists(client, node)
+            lists = {stage: stage_lists(client, node, stage) for stage in ("valid", "test")}
         finally:
             client.close()
     rows = []
     for measure in MEASURES:
-        outcomes = {}
-        for stage, (device, cloud, targets, ((si, ss), (fi, fs))) in lists.items():
-            outcomes[stage] = collaborative_inference(
+        outcomes = {
+            stage: collaborative_inference(
                 model,
-                device,
-                cloud,
-                *(torch.from_numpy(a) for a in (si, ss, fi, fs)),
-                targets,
+                got.device,
+                got.cloud,
+                *got.lists,
+                got.targets,
                 alphas,
                 cfg.federation.bins,
                 measure,
                 cfg.srm.max_len,
             )
+            for stage, got in lists.items()
+        }
         rows += rows_for(measure, outcomes["valid"], outcomes["test"])
     columns = ["measure", "budget", "alpha"] + [
         f"{s} {c}" for s in ("valid", "test") for c in ("rate", "gated", "random", "gain")

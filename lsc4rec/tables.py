@@ -24,7 +24,8 @@ def report(
     table = Table(title=title)
     for column in columns:
         table.add_column(
-            column, justify="left" if column in ("dataset", "model", "loss", "engine") else "right"
+            column,
+            justify="left" if column in ("dataset", "model", "loss", "engine", "measure", "row") else "right",
         )
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
