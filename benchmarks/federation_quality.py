@@ -1,7 +1,7 @@
 """Federation quality on the paper protocol: LLM-only, SRM-only, fused, and request policies, beside the floors.
 
 Protocol: lag 2, K = 50, SASRec, random item numbering, 5-core; fusion weight α chosen on validation; the
-request threshold calibrated on the validation disagreement histogram; test figures rank over the candidate
+request threshold calibrated on the validation histogram of the request signal; test figures rank over the candidate
 list. The real ServerApp and ClientApp run over the in-process grid (the same messages and strategies as
 ``flwr run``, without Ray's start-up), against the real candidate service on 127.0.0.1. Example:
 
@@ -15,6 +15,9 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig, load_config
@@ -24,7 +27,7 @@ from lsc4rec.runs import make_run_dir
 from lsc4rec.scoring import evaluate_full
 from lsc4rec.tables import report
 from server.app import app as server_app
-from server.checkpoint import load_global_srm
+from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import llm_checkpoint
 
@@ -51,7 +54,9 @@ SETTINGS = {
 }
 
 
-def run_dataset(dataset: str, overrides: list[str], checkpoint: str | None, out: Path) -> dict:
+def run_dataset(
+    dataset: str, overrides: list[str], checkpoint: str | None, out: Path, select_users: int
+) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder and wall time."""
     cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
     nodes = cfg.federation.num_nodes or load_or_prepare(cfg.data, cfg.seed).num_users
@@ -71,25 +76,51 @@ def run_dataset(dataset: str, overrides: list[str], checkpoint: str | None, out:
     final = json.loads((run_dir / "final.json").read_text())
     return {
         **final,
-        "central evaluation of the final checkpoint": central_ndcg(cfg, run_dir),
+        "global SRM, central protocol": global_srm_figures(cfg, run_dir, select_users),
         "run_dir": str(run_dir),
         "wall_seconds": time.perf_counter() - started,
         "config": cfg,
     }
 
 
-def central_ndcg(cfg: RunConfig, run_dir: Path) -> float:
-    """Test NDCG@10 of the final global SRM over the full catalogue, every user: the central baseline's protocol."""
+def global_srm_figures(cfg: RunConfig, run_dir: Path, select_users: int) -> dict[str, float]:
+    """The global SRM under the central baseline's protocol (full catalogue, test NDCG@10 of every user).
+
+    Two models: the final round's, and the round with the best full-catalogue validation NDCG@10 on a seeded
+    sample of ``select_users`` users (0 = all), found over the per-round checkpoints. The central SRM keeps its
+    best validation epoch, so the second is the like-for-like comparison; neither choice looks at test.
+    """
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
-    model = load_global_srm(cfg, split.dataset.num_items, run_dir)
-    return evaluate_full(model, split, "test", cfg.srm.max_len)["ndcg@10"]
+    sample = np.arange(split.num_users)
+    if 0 < select_users < split.num_users:
+        sample = np.sort(np.random.default_rng(cfg.seed).choice(sample, select_users, replace=False))
+    rounds = sorted(complete_checkpoints(run_dir))
+    valid = {}
+    for r in tqdm(rounds, desc="validate each round's global SRM", unit="round"):
+        model = load_global_srm(cfg, split.dataset.num_items, run_dir, r)
+        valid[r] = evaluate_full(model, split, "valid", cfg.srm.max_len, sample, cutoffs=(10,))["ndcg@10"]
+    best = max(valid, key=lambda r: valid[r])
+
+    def test(server_round: int) -> float:
+        model = load_global_srm(cfg, split.dataset.num_items, run_dir, server_round)
+        return evaluate_full(model, split, "test", cfg.srm.max_len, cutoffs=(10,))["ndcg@10"]
+
+    return {
+        "final round": rounds[-1],
+        "final valid ndcg@10": valid[rounds[-1]],
+        "final test ndcg@10": test(rounds[-1]),
+        "best-validation round": best,
+        "best-validation valid ndcg@10": valid[best],
+        "best-validation test ndcg@10": test(best),
+        "validation users": len(sample),
+    }
 
 
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     """Table rows: the rankings at the chosen α, then each request policy, with the checks of the issue."""
     rankings = {(r["ranking"], r["list"]): r for r in final["rankings"]}
     fused, llm, srm = (rankings[(name, "stale")]["ndcg@10"] for name in ("fused", "LLM-only", "SRM-only"))
-    fed = final["central evaluation of the final checkpoint"]
+    fed = final["global SRM, central protocol"]
     rows = [
         {
             "dataset": dataset,
@@ -112,15 +143,20 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                 "popularity floor": p["most-popular floor"],
             }
         )
-    rows.append(
-        {
-            "dataset": dataset,
-            "row": "federated SRM, full catalogue (global)",
-            "ndcg@10": fed,
-            "central SRM": central,
-            "ratio": fed / central if central else None,
-        }
-    )
+    for label, key in (
+        (f"final round {fed['final round']}", "final"),
+        (f"round {fed['best-validation round']}, best validation", "best-validation"),
+    ):
+        rows.append(
+            {
+                "dataset": dataset,
+                "row": f"federated SRM, full catalogue ({label})",
+                "ndcg@10": fed[f"{key} test ndcg@10"],
+                "valid ndcg@10": fed[f"{key} valid ndcg@10"],
+                "central SRM": central,
+                "ratio": fed[f"{key} test ndcg@10"] / central if central else None,
+            }
+        )
     rows.append(
         {
             "dataset": dataset,
@@ -158,6 +194,12 @@ def main() -> None:
         "--set", dest="overrides", action="append", default=[], help="key=value for every run"
     )
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument(
+        "--select-users",
+        type=int,
+        default=5000,
+        help="users (seeded sample; 0 = all) whose validation picks the best round's global SRM",
+    )
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parser.parse_args()
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
@@ -172,12 +214,14 @@ def main() -> None:
         run_dir = Path(args.report_only)
         cfg = RunConfig.load(run_dir / "config.json")
         final = json.loads((run_dir / "final.json").read_text())
-        final["central evaluation of the final checkpoint"] = central_ndcg(cfg, run_dir)
+        final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users)
         runs[cfg.data.dataset] = {"run_dir": str(run_dir), "config": cfg.to_flat()}
         rows += rows_for(cfg.data.dataset, final, central.get(cfg.data.dataset))
         args.datasets = []
     for dataset in args.datasets:
-        final = run_dataset(dataset, args.overrides, checkpoints.get(dataset), Path(args.out))
+        final = run_dataset(
+            dataset, args.overrides, checkpoints.get(dataset), Path(args.out), args.select_users
+        )
         cfg: RunConfig = final.pop("config")
         runs[dataset] = {
             "run_dir": final["run_dir"],
@@ -190,6 +234,7 @@ def main() -> None:
         "row",
         "ndcg@10",
         "hr@10",
+        "valid ndcg@10",
         "random at same rate",
         "transition floor",
         "popularity floor",

@@ -24,24 +24,42 @@ def save_checkpoint(run_dir: Path, server_round: int, arrays: ArrayRecord, tau: 
     return path
 
 
+def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """The complete checkpoints of ``run_dir`` by round, oldest first (complete: its sidecar JSON is written)."""
+    found = {}
+    for path in sorted((run_dir / "checkpoints").glob("round-*.safetensors")):
+        sidecar = path.with_suffix(".json")
+        if sidecar.exists():
+            found[int(json.loads(sidecar.read_text())["round"])] = path
+    return found
+
+
+def read_checkpoint(path: Path) -> tuple[int, ArrayRecord, float]:
+    """(round, global weights, tau) of one checkpoint file."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    state: dict[str, torch.Tensor] = load_file(path)
+    return int(meta["round"]), ArrayRecord(state), float(meta["request-tau"])
+
+
 def latest_checkpoint(run_dir: Path) -> tuple[int, ArrayRecord, float] | None:
     """(round, global weights, tau) of the newest complete checkpoint in ``run_dir``, or None."""
-    folder = run_dir / "checkpoints"
-    for path in sorted(folder.glob("round-*.safetensors"), reverse=True):
-        sidecar = path.with_suffix(".json")
-        if not sidecar.exists():  # a checkpoint is complete once its sidecar is written
-            continue
-        meta = json.loads(sidecar.read_text())
-        state: dict[str, torch.Tensor] = load_file(path)
-        return int(meta["round"]), ArrayRecord(state), float(meta["request-tau"])
-    return None
+    found = complete_checkpoints(run_dir)
+    return read_checkpoint(found[max(found)]) if found else None
 
 
-def load_global_srm(cfg: RunConfig, num_items: int, run_dir: Path) -> SequentialRecommender:
-    """The newest checkpointed global SRM of ``run_dir``, in eval mode (for evaluation outside the federation)."""
-    found = latest_checkpoint(run_dir)
-    if found is None:
+def load_global_srm(
+    cfg: RunConfig, num_items: int, run_dir: Path, server_round: int | None = None
+) -> SequentialRecommender:
+    """The global SRM of ``run_dir`` after ``server_round`` (default: the newest), in eval mode.
+
+    For evaluation outside the federation: the central protocol on the federated model, or choosing a round.
+    """
+    found = complete_checkpoints(run_dir)
+    if not found:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}; run the federation first.")
+    chosen = max(found) if server_round is None else server_round
+    if chosen not in found:
+        raise FileNotFoundError(f"no checkpoint of round {chosen} in {run_dir / 'checkpoints'}.")
     model = build_srm(cfg.srm, num_items)
-    model.load_state_dict(found[1].to_torch_state_dict())
+    model.load_state_dict(read_checkpoint(found[chosen])[1].to_torch_state_dict())
     return model.eval()
