@@ -1,0 +1,31 @@
+"""Per-round checkpoints: only complete ones count, and any round can be loaded back."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from clients.srm import build_srm
+from lsc4rec.config import RunConfig
+from server.checkpoint import complete_checkpoints, latest_checkpoint, load_global_srm, save_checkpoint
+
+
+def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path) -> None:
+    cfg = RunConfig().override(["srm.hidden=8", "srm.layers=1", "srm.max_len=5"])
+    models = []
+    for server_round in (1, 2, 3):
+        torch.manual_seed(server_round)
+        models.append(build_srm(cfg.srm, 12))
+        save_checkpoint(tmp_path, server_round, ArrayRecord(models[-1].state_dict()), 0.5 + server_round)
+    (tmp_path / "checkpoints" / "round-0003.json").unlink()  # round 3 died before its sidecar was written
+    assert sorted(complete_checkpoints(tmp_path)) == [1, 2]
+    newest = latest_checkpoint(tmp_path)
+    assert newest is not None and newest[0] == 2 and newest[2] == 2.5
+    for server_round, expected in ((1, models[0]), (None, models[1])):
+        loaded = load_global_srm(cfg, 12, tmp_path, server_round)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), expected.parameters(), strict=True))
+    with pytest.raises(FileNotFoundError, match="no checkpoint of round 3"):
+        load_global_srm(cfg, 12, tmp_path, 3)
+    with pytest.raises(FileNotFoundError, match="run the federation first"):
+        load_global_srm(cfg, 12, tmp_path / "elsewhere")
