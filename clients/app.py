@@ -95,9 +95,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         )
         outcome = _collaborative_inference(cfg, node, cache, personal, stage, alphas, tau)
         metrics.update(outcome.to_metrics(stage))
-        if stage == "valid":
+        if stage == "test":  # the live lists: their signal histogram calibrates the fleet's tau
             metrics[records.HIST] = outcome.bin_count.tolist()
-        else:
             metrics[records.REQUESTS] = outcome.requests
             metrics[records.GLOBAL_NDCG] = _full_catalogue_ndcg_sum(model, node, stage)
             metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)

@@ -159,8 +159,8 @@ def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[f
     """(request rate, mean NDCG@10) when users whose stale-list disagreement exceeds ``tau`` request.
 
     The boundary bin requests the share of it above tau, its gain taken as uniform across the bin. The rate is
-    what that request set costs. Calibrate ``tau`` on the validation histogram
-    (:func:`threshold_for_budget`) and apply it to the test outcome, as the fleet does live.
+    what that request set costs. Calibrate ``tau`` on the same stage's histogram (:func:`threshold_for_budget`):
+    the signal needs no label, so the fleet calibrates on the lists it holds now, as it does live.
     """
     edges = outcome.bin_edges
     share = np.clip((edges[1:] - tau) / np.diff(edges), 0.0, 1.0)  # [bins]: requested part of each bin

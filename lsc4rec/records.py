@@ -11,7 +11,7 @@ SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
 FINAL = "final"  # config: the final evaluation over every node (the report's figures)
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
-HIST = "disagreement-hist"  # node metric: users per disagreement bin of the validation lists
+HIST = "disagreement-hist"  # node metric: users per request-signal bin of the live (test-time) lists
 REQUESTS = "requests"  # node metric: test users whose disagreement exceeded the tau they were sent
 USERS = "users"  # node metric: users evaluated (the histogram's total)
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau

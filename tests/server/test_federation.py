@@ -48,7 +48,8 @@ def test_federation_trains_checkpoints_and_reports(
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["users"] == 24 and 0.0 <= final["alpha"] <= 1.0
     assert [p["budget"] for p in final["policies"]] == [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
-    assert final["policies"][0]["gated rate"] == 0.0 and final["policies"][-1]["gated rate"] == 1.0
+    # tau is calibrated on the test-time signal histogram (no labels), so each budget is met exactly
+    assert [p["gated rate"] for p in final["policies"]] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.5, 1.0])
     assert {"most-popular", "item-transition"} <= set(final["floors"])
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor" in summary
