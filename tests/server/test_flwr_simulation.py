@@ -16,7 +16,15 @@ from server.launch import run_federation
 def test_flwr_run_simulation_writes_report_and_stops_its_processes(
     federation_config: RunConfig, tmp_path: Path
 ) -> None:
-    cfg = federation_config.override(["federation.num_nodes=3", "federation.rounds=2", "llm.epochs=2"])
+    cfg = federation_config.override(
+        [
+            "federation.num_nodes=3",
+            "federation.rounds=2",
+            "llm.epochs=2",
+            "federation.fraction_train=1.0",
+            "federation.keep_optimizer=true",  # node state carries an ArrayRecord between rounds in Flower
+        ]
+    )
     summary = run_federation(cfg, tmp_path / "run")
     assert "| fused | stale |" in summary.read_text()
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
