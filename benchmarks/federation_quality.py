@@ -41,6 +41,7 @@ SETTINGS = {
         "federation.fraction_evaluate=0.2",
         "federation.local_epochs=2",
         "federation.keep_optimizer=true",
+        "federation.measure=topk",  # the one signal ahead of random on ML validation (request_signals.py)
     ],
     "beauty": [
         "federation.num_nodes=10",
