@@ -77,8 +77,8 @@ def srm_drift(
     The SRM ranks the catalogue twice, from the device view and from the cloud view (both without the items
     the user has now consumed), and :func:`lsc4rec.ranking.topk_drift` measures how new the fresh top-k is.
     A large drift means the user moved on since the list was made, so a fresh list is likely to hold the next
-    item; on Beauty and MovieLens it predicts that gain better than the LLM-vs-SRM orders of the list
-    (BENCHMARKS.md).
+    item. On Beauty it predicts that gain better than the LLM-vs-SRM orders of the list; on MovieLens, whose
+    610 users make every such comparison noisy, validation prefers ``topk`` (BENCHMARKS.md).
     """
     was_training = model.training
     model.eval()
