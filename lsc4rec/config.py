@@ -150,7 +150,7 @@ class FederationConfig:
     local_batch_size: int = 32  # sequences per local step
     local_lr: float = 5e-3  # local Adam learning rate (1e-3 barely moved the SRM)
     # keep each node's Adam state between rounds (edge boxes; costs 2x the SRM's size per node, so off for
-    # one-user devices, which train a few times per run); off: a fresh Adam each round
+    # one-user devices, which train a few times per run; held in memory, so a resumed run starts it afresh)
     keep_optimizer: bool = False
     collab_prefixes: int = 3  # newest training prefixes per user trained against the LLM's list (0: none)
     # weight of the listwise term "target above the LLM's candidates"; at 1 it costs the SRM full-catalogue
