@@ -78,6 +78,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     run_dir = Path(args.run)
+    if not (run_dir / "config.json").is_file() or not Path(args.checkpoint, "config.json").is_file():
+        raise SystemExit(
+            "--run must be a federation's run folder (with config.json and checkpoints/) and --checkpoint "
+            f"an LLM checkpoint folder; got {run_dir} and {args.checkpoint}."
+        )
     cfg = RunConfig.load(run_dir / "config.json")
     everyone = load_node(cfg.data, cfg.seed, 0, 1)
     users = everyone.users
