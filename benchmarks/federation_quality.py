@@ -15,10 +15,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from clients.app import app as client_app
+from clients.central import evaluation_users
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.prepared import load_or_prepare
@@ -92,9 +92,7 @@ def global_srm_figures(cfg: RunConfig, run_dir: Path, select_users: int) -> dict
     best validation epoch, so the second is the like-for-like comparison; neither choice looks at test.
     """
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
-    sample = np.arange(split.num_users)
-    if 0 < select_users < split.num_users:
-        sample = np.sort(np.random.default_rng(cfg.seed).choice(sample, select_users, replace=False))
+    sample = evaluation_users(split.num_users, select_users, cfg.seed)
     rounds = sorted(complete_checkpoints(run_dir))
     valid = {}
     for r in tqdm(rounds, desc="validate each round's global SRM", unit="round"):
@@ -102,17 +100,23 @@ def global_srm_figures(cfg: RunConfig, run_dir: Path, select_users: int) -> dict
         valid[r] = evaluate_full(model, split, "valid", cfg.srm.max_len, sample, cutoffs=(10,))["ndcg@10"]
     best = max(valid, key=lambda r: valid[r])
 
-    def test(server_round: int) -> float:
-        model = load_global_srm(cfg, split.dataset.num_items, run_dir, server_round)
-        return evaluate_full(model, split, "test", cfg.srm.max_len, cutoffs=(10,))["ndcg@10"]
-
+    test = {  # one evaluation when the final round is the best one
+        r: evaluate_full(
+            load_global_srm(cfg, split.dataset.num_items, run_dir, r),
+            split,
+            "test",
+            cfg.srm.max_len,
+            cutoffs=(10,),
+        )["ndcg@10"]
+        for r in {rounds[-1], best}
+    }
     return {
         "final round": rounds[-1],
         "final valid ndcg@10": valid[rounds[-1]],
-        "final test ndcg@10": test(rounds[-1]),
+        "final test ndcg@10": test[rounds[-1]],
         "best-validation round": best,
         "best-validation valid ndcg@10": valid[best],
-        "best-validation test ndcg@10": test(best),
+        "best-validation test ndcg@10": test[best],
         "validation users": len(sample),
     }
 

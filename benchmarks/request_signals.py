@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from clients.central import evaluation_users
 from clients.cloud import CloudClient
 from clients.inference import collaborative_inference
 from clients.node import NodeData, load_node
@@ -84,11 +85,9 @@ def main() -> None:
             f"an LLM checkpoint folder; got {run_dir} and {args.checkpoint}."
         )
     cfg = RunConfig.load(run_dir / "config.json")
-    everyone = load_node(cfg.data, cfg.seed, 0, 1)
-    users = everyone.users
-    if 0 < args.users < len(users):
-        users = np.sort(np.random.default_rng(cfg.seed).choice(users, args.users, replace=False))
-    node = NodeData(everyone.split, users)
+    split = load_node(cfg.data, cfg.seed, 0, 1).split
+    users = evaluation_users(split.num_users, args.users, cfg.seed)
+    node = NodeData(split, users)
     model = load_global_srm(cfg, node.num_items, run_dir)
     alphas = np.linspace(0.0, 1.0, cfg.federation.alpha_steps + 1)
     with start_service(
