@@ -32,7 +32,8 @@ from server.inprocess import run_in_process
 from server.launch import llm_checkpoint
 
 # Per-dataset federation settings: 10 edge boxes each (MovieLens about 61 users per box, Beauty about 2,236),
-# every box trains every round and keeps its Adam state; the SRM is the central baseline's (same dropout).
+# every box trains every round and keeps its Adam state. Beauty's SRM keeps the default dropout 0.2: the central
+# baseline's 0.5 (benchmarks/srm_central.py) was tried and lost on validation fused NDCG (BENCHMARKS.md).
 SETTINGS = {
     "ml-latest-small": [
         "federation.num_nodes=10",
