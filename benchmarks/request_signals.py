@@ -1,6 +1,7 @@
 """Which request signal tells a device that a fresh list will help? Gated requests by each signal against random.
 
-For a finished federation (its final global SRM, no adaptation) and an LLM checkpoint served by the real
+For a finished federation (its final global SRM, no adaptation; or, with ``--srm``, a centrally trained SRM
+on the same data: what a central-quality model would give) and an LLM checkpoint served by the real
 candidate service, a seeded sample of users is evaluated as one node: stale and fresh lists, fusion at every
 α. For each signal (``federation.measure``: drift, displacement, kendall, topk) τ is calibrated at budgets of
 5, 10 and 20 % on that stage's histogram of the signal (it needs no label: the fleet does this live); α is
@@ -19,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from clients.central import evaluation_users
+from clients.central import evaluation_users, load_central_srm
 from clients.cloud import CloudClient
 from clients.inference import collaborative_inference
 from clients.node import NodeData, load_node
@@ -73,6 +74,9 @@ def main() -> None:
     )
     parser.add_argument("--run", required=True, help="a finished federation's run folder")
     parser.add_argument("--checkpoint", required=True, help="the LLM checkpoint the federation used")
+    parser.add_argument(
+        "--srm", help="a central SRM run folder (lsc4rec srm train) to use instead of the run's global SRM"
+    )
     parser.add_argument("--users", type=int, default=6000, help="seeded sample of users (0 = all)")
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parser.parse_args()
@@ -88,7 +92,14 @@ def main() -> None:
     split = load_node(cfg.data, cfg.seed, 0, 1).split
     users = evaluation_users(split.num_users, args.users, cfg.seed)
     node = NodeData(split, users)
-    model = load_global_srm(cfg, node.num_items, run_dir)
+    try:
+        model = (
+            load_central_srm(args.srm, cfg.data.dataset, node.num_items)
+            if args.srm
+            else load_global_srm(cfg, node.num_items, run_dir)
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(str(exc)) from None
     alphas = np.linspace(0.0, 1.0, cfg.federation.alpha_steps + 1)
     with start_service(
         ["--checkpoint", args.checkpoint], free_port(), run_dir / "signals-service.log"
@@ -123,7 +134,9 @@ def main() -> None:
         "lag": cfg.data.lag,
         "K": cfg.llm.k,
         "users": len(users),
-        "srm": f"{cfg.srm.model}, final global checkpoint of {run_dir}, no adaptation",
+        "srm": f"central SRM of {args.srm}"
+        if args.srm
+        else f"{cfg.srm.model}, final global checkpoint of {run_dir}, no adaptation",
         "ranking": "over the list; NDCG@10; tau from each stage's label-free signal histogram",
     }
     report(

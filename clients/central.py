@@ -7,16 +7,18 @@ evaluated beside it under the same protocol.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from clients.srm import build_srm
+from clients.srm import SequentialRecommender, build_srm
 from clients.training import fit
-from lsc4rec.config import RunConfig
+from lsc4rec.config import RunConfig, SRMConfig
 from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
@@ -80,3 +82,23 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     write_json(run_dir / "results.json", report)
     save_file(model.state_dict(), run_dir / "model.safetensors")
     return report
+
+
+def load_central_srm(run_dir: str | Path, dataset: str, num_items: int) -> SequentialRecommender:
+    """The SRM a :func:`train_central` run folder holds, in eval mode, checked to be trained on ``dataset``.
+
+    Only the folder's ``srm`` table is read (the architecture), so folders written by older versions, whose
+    other tables had keys since removed, still load.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a central SRM run folder (config.json and model.safetensors); "
+            "make one with `lsc4rec srm train`."
+        )
+    saved = json.loads((run_dir / "config.json").read_text())
+    if saved["data"]["dataset"] != dataset:
+        raise ValueError(f"{run_dir} holds an SRM trained on {saved['data']['dataset']}, not on {dataset}.")
+    model = build_srm(SRMConfig(**saved["srm"]), num_items)
+    model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    return model.eval()

@@ -1,14 +1,18 @@
-"""A short centralized training run on a slice of MovieLens beats the most-popular floor."""
+"""A short centralized training run on a slice of MovieLens beats the most-popular floor, and loads back."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from clients.central import train_central
+from clients.central import load_central_srm, train_central
 from lsc4rec.config import RunConfig
 from lsc4rec.data import build_dataset, read_dataset
+from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.scoring import evaluate_full
 
 
 def test_short_sasrec_run_beats_most_popular_on_movielens_slice(data_root: Path, tmp_path: Path) -> None:
@@ -36,3 +40,12 @@ def test_short_sasrec_run_beats_most_popular_on_movielens_slice(data_root: Path,
     popular = result["floors"]["most-popular"]["fresh"]["ndcg@10"]
     assert result["test"]["ndcg@10"] > popular, (result["test"]["ndcg@10"], popular)
     assert (Path(result["run_dir"]) / "results.json").exists()
+
+    # the saved folder loads back into the same model: the same test figure, from a fresh process's view
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    model = load_central_srm(result["run_dir"], cfg.data.dataset, split.dataset.num_items)
+    assert evaluate_full(model, split, "test", cfg.srm.max_len)["ndcg@10"] == result["test"]["ndcg@10"]
+    with pytest.raises(ValueError, match="not on beauty"):
+        load_central_srm(result["run_dir"], "beauty", split.dataset.num_items)
+    with pytest.raises(FileNotFoundError, match="lsc4rec srm train"):
+        load_central_srm(tmp_path, cfg.data.dataset, split.dataset.num_items)
