@@ -41,7 +41,7 @@ def test_short_sasrec_run_beats_most_popular_on_movielens_slice(data_root: Path,
     assert result["test"]["ndcg@10"] > popular, (result["test"]["ndcg@10"], popular)
     assert (Path(result["run_dir"]) / "results.json").exists()
 
-    # the saved folder loads back into the same model: the same test figure, from a fresh process's view
+    # the saved folder loads back into the same model: the same test figure
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     model = load_central_srm(result["run_dir"], cfg.data.dataset, split.dataset.num_items)
     assert evaluate_full(model, split, "test", cfg.srm.max_len)["ndcg@10"] == result["test"]["ndcg@10"]
