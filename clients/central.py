@@ -100,5 +100,11 @@ def load_central_srm(run_dir: str | Path, dataset: str, num_items: int) -> Seque
     if saved["data"]["dataset"] != dataset:
         raise ValueError(f"{run_dir} holds an SRM trained on {saved['data']['dataset']}, not on {dataset}.")
     model = build_srm(SRMConfig(**saved["srm"]), num_items)
-    model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    try:
+        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    except RuntimeError:  # shapes differ: the same dataset name, other data settings (k-core, lag, ...)
+        raise ValueError(
+            f"{run_dir} holds an SRM whose weights do not fit {num_items} items; was it trained with other "
+            "data settings?"
+        ) from None
     return model.eval()

@@ -47,5 +47,7 @@ def test_short_sasrec_run_beats_most_popular_on_movielens_slice(data_root: Path,
     assert evaluate_full(model, split, "test", cfg.srm.max_len)["ndcg@10"] == result["test"]["ndcg@10"]
     with pytest.raises(ValueError, match="not on beauty"):
         load_central_srm(result["run_dir"], "beauty", split.dataset.num_items)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_central_srm(result["run_dir"], cfg.data.dataset, split.dataset.num_items + 1)
     with pytest.raises(FileNotFoundError, match="lsc4rec srm train"):
         load_central_srm(tmp_path, cfg.data.dataset, split.dataset.num_items)
