@@ -142,9 +142,12 @@ class FederationConfig:
     rounds: int = 10  # server rounds (each: train on a sample of nodes, evaluate on a sample)
     fraction_train: float = 0.2  # share of nodes sampled for training each round
     fraction_evaluate: float = 0.1  # share of nodes sampled for the per-round validation
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam (Flower's own strategies)
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedavgm (Flower's own strategies)
     proximal_mu: float = 0.0  # FedProx μ (used by fedprox; 0 disables the proximal term)
-    server_lr: float = 0.01  # FedAdam's server learning rate η
+    # server learning rate: FedAdam's η, FedAvgM's step on the averaged update; 0 takes the strategy's usual
+    # value (server/app.py: 0.01 for FedAdam, 1.0 for FedAvgM, where 1.0 with no momentum is plain FedAvg)
+    server_lr: float = 0.0
+    server_momentum: float = 0.0  # FedAvgM's server momentum β (in server memory: a resumed run restarts it)
     max_update_norm: float = 0.0  # reject updates with ||w_node - w_global|| above this (0: no bound)
     local_epochs: int = 5  # passes over the node's sequences per round (a device holds only a few)
     local_batch_size: int = 32  # sequences per local step
@@ -188,10 +191,17 @@ class FederationConfig:
             self.fraction_evaluate,
         )
         _check(
-            self.strategy in ("fedavg", "fedprox", "fedadam"),
+            self.strategy in ("fedavg", "fedprox", "fedadam", "fedavgm"),
             "federation.strategy",
-            "must be fedavg|fedprox|fedadam",
+            "must be fedavg|fedprox|fedadam|fedavgm",
             self.strategy,
+        )
+        _check(self.server_lr >= 0, "federation.server_lr", "must be >= 0", self.server_lr)
+        _check(
+            0.0 <= self.server_momentum < 1.0,
+            "federation.server_momentum",
+            "must be in [0, 1)",
+            self.server_momentum,
         )
         _check(0.0 <= self.budget <= 1.0, "federation.budget", "must be in [0, 1]", self.budget)
         _check(

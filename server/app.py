@@ -1,6 +1,6 @@
 """The Flower ServerApp: read the run config once, run the rounds, checkpoint, evaluate every node, report.
 
-Strategy: Flower's FedAvg (or FedProx / FedAdam), wrapped by the update guard (non-finite and oversized updates
+Strategy: Flower's FedAvg (or FedProx / FedAdam / FedAvgM), wrapped by the update guard (non-finite and oversized updates
 are rejected and counted) and the request budget (the fleet threshold τ for cloud requests). The nodes report
 sums, so evaluation metrics are added up, not averaged (``strategies.sums``).
 """
@@ -18,7 +18,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
 from clients.srm import build_srm
 from lsc4rec import records
@@ -34,6 +34,10 @@ from strategies import RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
 
 app = ServerApp()
+
+# The server learning rate each strategy takes when ``federation.server_lr`` is 0: FedAdam's η (the value this
+# project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum).
+SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 
 
 class _ShortLines(logging.Filter):
@@ -76,7 +80,7 @@ def main(grid: Grid, context: Context) -> None:
     _wait_for_nodes(grid, nodes)
     start_round, arrays, tau = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
-        UpdateGuard(_inner_strategy(cfg, nodes), fed.max_update_norm or None),
+        UpdateGuard(flower_strategy(cfg, nodes), fed.max_update_norm or None),
         fed.budget,
         fed.bins,
         initial_tau=tau,
@@ -131,7 +135,7 @@ def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int,
     return 0, ArrayRecord(model.state_dict()), 1.0
 
 
-def _inner_strategy(cfg: RunConfig, nodes: int) -> Strategy:
+def flower_strategy(cfg: RunConfig, nodes: int) -> Strategy:
     """Flower's own strategy named by ``federation.strategy``, sized to the fleet, summing evaluations."""
     fed = cfg.federation
     common: dict[str, Any] = {
@@ -144,8 +148,11 @@ def _inner_strategy(cfg: RunConfig, nodes: int) -> Strategy:
     }
     if fed.strategy == "fedprox":
         return FedProx(proximal_mu=fed.proximal_mu, **common)
+    server_lr = fed.server_lr or SERVER_LR.get(fed.strategy, 0.0)
     if fed.strategy == "fedadam":
-        return FedAdam(eta=fed.server_lr, **common)
+        return FedAdam(eta=server_lr, **common)
+    if fed.strategy == "fedavgm":
+        return FedAvgM(server_learning_rate=server_lr, server_momentum=fed.server_momentum, **common)
     return FedAvg(**common)
 
 

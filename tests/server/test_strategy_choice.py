@@ -1,0 +1,73 @@
+"""The run config picks Flower's strategy: FedAvgM's server momentum really carries over between rounds."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+from flwr.supercore.task_identity import TaskIdentity
+
+from lsc4rec.config import RunConfig
+from lsc4rec.errors import ConfigError
+from server.app import flower_strategy
+
+
+class FakeGrid:
+    """The part of a Grid that FedAvg's node sampling uses."""
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12]
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instruction messages take run and node ids from the task identity the ServerApp runtime sets."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def weights(value: float) -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))})
+
+
+def replies(values: list[float]) -> list[Message]:
+    """Train replies from nodes 11, 12, ... holding ``values``, ten examples each."""
+    out = []
+    for node, value in enumerate(values, start=11):
+        instruction = Message(
+            RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
+        )
+        content = RecordDict({"arrays": weights(value), "metrics": MetricRecord({"num-examples": 10})})
+        out.append(Message(content, reply_to=instruction))
+    return out
+
+
+def one_round(strategy, server_round: int, start: ArrayRecord, values: list[float]) -> float:
+    list(strategy.configure_train(server_round, start, ConfigRecord(), FakeGrid()))
+    aggregated, _ = strategy.aggregate_train(server_round, replies(values))
+    return float(aggregated["w"].numpy()[0])
+
+
+def test_fedavgm_applies_server_momentum_to_the_averaged_update() -> None:
+    cfg = RunConfig().override(["federation.strategy=fedavgm", "federation.server_momentum=0.5"])
+    strategy = flower_strategy(cfg, nodes=2)
+    assert isinstance(strategy, FedAvgM) and strategy.server_learning_rate == 1.0
+    # round 1: the nodes move 0 -> mean(1, 3) = 2, so the pseudo-gradient is -2 and the step lands on 2
+    assert one_round(strategy, 1, weights(0.0), [1.0, 3.0]) == pytest.approx(2.0)
+    # round 2: the nodes move 2 -> 3 (pseudo-gradient -1); momentum adds 0.5 * -2, so the step is 2, not 1
+    assert one_round(strategy, 2, weights(2.0), [2.0, 4.0]) == pytest.approx(4.0)
+
+
+def test_strategy_defaults_and_explicit_server_lr() -> None:
+    assert type(flower_strategy(RunConfig(), nodes=2)) is FedAvg
+    fedadam = flower_strategy(RunConfig().override(["federation.strategy=fedadam"]), nodes=2)
+    assert isinstance(fedadam, FedAdam) and fedadam.eta == 0.01
+    explicit = RunConfig().override(["federation.strategy=fedavgm", "federation.server_lr=0.5"])
+    assert flower_strategy(explicit, nodes=2).server_learning_rate == 0.5
+
+
+@pytest.mark.parametrize(
+    "setting", ["federation.strategy=fedsgd", "federation.server_momentum=1.0", "federation.server_lr=-1"]
+)
+def test_bad_strategy_settings_name_the_field(setting: str) -> None:
+    with pytest.raises(ConfigError, match=setting.split("=")[0]):
+        RunConfig().override([setting])
