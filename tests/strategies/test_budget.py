@@ -4,26 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from lsc4rec import records
 from strategies.budget import RequestBudget
+from tests.strategies.conftest import FakeGrid
 
 BINS = 50
-
-
-class FakeGrid:
-    """The part of a Grid that FedAvg's node sampling uses."""
-
-    def get_node_ids(self) -> list[int]:
-        return [11, 12]
-
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction messages take run and node ids from the task identity the ServerApp runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 def evaluate_reply(node: int, hist: np.ndarray, requests: int, examples: int) -> Message:

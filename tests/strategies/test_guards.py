@@ -6,25 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from strategies.guards import REJECTED_MALFORMED, REJECTED_NONFINITE, REJECTED_NORM, UpdateGuard
+from tests.strategies.conftest import FakeGrid
 
 GLOBAL = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
-
-
-class FakeGrid:
-    """The part of a Grid that FedAvg's node sampling uses."""
-
-    def get_node_ids(self) -> list[int]:
-        return [11, 12, 13]
-
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction messages take run and node ids from the task identity the ServerApp runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 def arrays(offset: float, nan: bool = False) -> ArrayRecord:
@@ -43,7 +29,7 @@ def reply(node: int, record: ArrayRecord, metrics: dict) -> Message:
 
 def guard(max_update_norm: float | None = 5.0) -> UpdateGuard:
     strategy = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=max_update_norm)
-    messages = list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid()))
+    messages = list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid((11, 12, 13))))
     assert len(messages) == 3 and messages[0].content["arrays"]["w"].numpy().shape == (2, 2)
     return strategy
 

@@ -4,25 +4,11 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
-from flwr.supercore.task_identity import TaskIdentity
 
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import ConfigError
 from server.app import flower_strategy
-
-
-class FakeGrid:
-    """The part of a Grid that FedAvg's node sampling uses."""
-
-    def get_node_ids(self) -> list[int]:
-        return [11, 12]
-
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction messages take run and node ids from the task identity the ServerApp runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+from tests.strategies.conftest import FakeGrid
 
 
 def weights(value: float) -> ArrayRecord:
