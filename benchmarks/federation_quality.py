@@ -42,7 +42,6 @@ SETTINGS = {
         "federation.fraction_evaluate=0.2",
         "federation.local_epochs=2",
         "federation.keep_optimizer=true",
-        "federation.measure=topk",  # the one signal ahead of random on ML validation (request_signals.py)
     ],
     "beauty": [
         "federation.num_nodes=10",
@@ -139,11 +138,12 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
         }
         for r in final["rankings"]
     ]
+    signal = final.get("request signal", final["protocol"]["measure"])  # older reports lack the first
     for p in final["policies"]:
         rows.append(
             {
                 "dataset": dataset,
-                "row": f"budget {p['budget']:.0%}: gated (rate {p['gated rate']:.3f})",
+                "row": f"budget {p['budget']:.0%}: gated by {signal} (rate {p['gated rate']:.3f})",
                 "ndcg@10": p["gated ndcg@10"],
                 "random at same rate": p["random ndcg@10 at gated rate"],
                 "transition floor": p["item-transition floor"],

@@ -25,10 +25,9 @@ from clients.cloud import CloudClient
 from clients.inference import collaborative_inference
 from clients.node import NodeData, load_node
 from llm_cloud.processes import free_port, start_service
-from lsc4rec.config import RunConfig
+from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.split import Stage
-from lsc4rec.outcomes import StageOutcome, gated_policy, random_policy, threshold_for_budget
-from lsc4rec.ranking import MEASURES
+from lsc4rec.outcomes import StageOutcome, budget_point
 from lsc4rec.tables import report
 from server.checkpoint import load_global_srm
 
@@ -58,12 +57,11 @@ def rows_for(measure: str, valid: StageOutcome, test: StageOutcome) -> list[dict
     for budget in BUDGETS:
         row: dict = {"measure": measure, "budget": budget, "alpha": valid.alphas[alpha]}
         for name, outcome in (("valid", valid), ("test", test)):
-            tau = threshold_for_budget(outcome.bin_count, outcome.bin_edges, budget)  # label-free
-            rate, gated = gated_policy(outcome, alpha, tau)
-            row[f"{name} rate"] = rate
-            row[f"{name} gated"] = gated
-            row[f"{name} random"] = random_policy(outcome, alpha, rate)
-            row[f"{name} gain"] = gated - row[f"{name} random"]
+            point = budget_point(outcome, alpha, budget)  # tau from the label-free histogram
+            row[f"{name} rate"] = point.rate
+            row[f"{name} gated"] = point.gated
+            row[f"{name} random"] = point.random
+            row[f"{name} gain"] = point.gain
         rows.append(row)
     return rows
 
@@ -109,23 +107,21 @@ def main() -> None:
             lists = {stage: stage_lists(client, node, stage) for stage in ("valid", "test")}
         finally:
             client.close()
-    rows = []
-    for measure in MEASURES:
-        outcomes = {
-            stage: collaborative_inference(
-                model,
-                got.device,
-                got.cloud,
-                *got.lists,
-                got.targets,
-                alphas,
-                cfg.federation.bins,
-                measure,
-                cfg.srm.max_len,
-            )
-            for stage, got in lists.items()
-        }
-        rows += rows_for(measure, outcomes["valid"], outcomes["test"])
+    outcomes = {
+        stage: collaborative_inference(
+            model,
+            got.device,
+            got.cloud,
+            *got.lists,
+            got.targets,
+            alphas,
+            cfg.federation.bins,
+            MEASURES,
+            cfg.srm.max_len,
+        )
+        for stage, got in lists.items()
+    }
+    rows = [row for m in MEASURES for row in rows_for(m, outcomes["valid"][m], outcomes["test"][m])]
     columns = ["measure", "budget", "alpha"] + [
         f"{s} {c}" for s in ("valid", "test") for c in ("rate", "gated", "random", "gain")
     ]

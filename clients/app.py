@@ -78,6 +78,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, node, model = _setup(msg, context)
     fed = cfg.federation
     tau = float(msg.content[records.CONFIG].get(records.TAU, 1.0))
+    live = str(msg.content[records.CONFIG].get(records.MEASURE, fed.measures[0]))
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
     fallbacks_before = cache.fallbacks
     alphas = np.linspace(0.0, 1.0, fed.alpha_steps + 1)
@@ -93,11 +94,14 @@ def evaluate(msg: Message, context: Context) -> Message:
             fed.adapt_lr,
             cfg.seed + context.node_id,
         )
-        outcome = _collaborative_inference(cfg, node, cache, personal, stage, alphas, tau)
-        metrics.update(outcome.to_metrics(stage))
-        if stage == "test":  # the live lists: their signal histogram calibrates the fleet's tau
-            metrics[records.HIST] = outcome.bin_count.tolist()
-            metrics[records.REQUESTS] = outcome.requests
+        outcomes = _collaborative_inference(cfg, node, cache, personal, stage, alphas, live, tau)
+        for (
+            measure,
+            outcome,
+        ) in outcomes.items():  # the test histograms (live lists) calibrate the fleet's tau
+            metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
+        if stage == "test":
+            metrics[records.REQUESTS] = outcomes[live].requests
             metrics[records.GLOBAL_NDCG] = _full_catalogue_ndcg_sum(model, node, stage)
             metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)
             context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
@@ -140,8 +144,9 @@ def _collaborative_inference(
     personal: SequentialRecommender,
     stage: Stage,
     alphas: np.ndarray,
+    live: str,
     tau: float,
-) -> StageOutcome:
+) -> dict[str, StageOutcome]:
     """Stale list (held since the cloud last saw the user) and fresh list (a request) for every user.
 
     Fallbacks: a stale list the cloud never delivered is replaced by the SRM's own top-K over the catalogue
@@ -172,9 +177,10 @@ def _collaborative_inference(
         targets,
         alphas,
         fed.bins,
-        fed.measure,
+        fed.measures,
         cfg.srm.max_len,
         tau,
+        live,
     )
 
 

@@ -1,10 +1,11 @@
 """Collaborative inference on the device: SRM rerank of the cloud's list, fusion, disagreement, request gate.
 
 The device holds a candidate list the cloud made from its stale view of the user (DESIGN.md section 2); the SRM
-scores that list with the fresh device history; the fused ranking is served; when the request signal (by
-default the SRM's drift since the list was made; or the paper's disagreement of the LLM's and the SRM's orders
-of the list) exceeds the fleet threshold tau, the device requests a fresh list. Here both lists
-are evaluated for every user so that one pass yields every request policy's curve (``lsc4rec.outcomes``).
+scores that list with the fresh device history; the fused ranking is served; when the request signal (the
+SRM's drift since the list was made, or a disagreement of the LLM's and the SRM's orders of the list, such as
+the paper's) exceeds the fleet threshold tau, the device requests a fresh list. Here both lists are evaluated
+for every user, and binned by every signal asked for, so that one pass yields every request policy's curve
+(``lsc4rec.outcomes``) and the fleet can choose its signal.
 Shape letters: B users, T history length, K candidates, A alphas.
 """
 
@@ -116,18 +117,19 @@ def collaborative_inference(
     targets: np.ndarray,
     alphas: Sequence[float],
     bins: int = 50,
-    measure: str = "drift",
+    measures: Sequence[str] = ("drift",),
     max_len: int = 50,
     tau: float = 1.0,
-) -> StageOutcome:
-    """Evaluate fused ranking with the stale and the fresh list for every user and alpha.
+    live: str | None = None,
+) -> dict[str, StageOutcome]:
+    """Evaluate fused ranking with the stale and the fresh list for every user and alpha, binned by each signal.
 
     Parameters
     ----------
     histories
         Device views (fresh histories), one per user.
     cloud_histories
-        Cloud views (what the stale list was made from), one per user; the ``drift`` measure compares them.
+        Cloud views (what the stale list was made from), one per user; the ``drift`` signal compares them.
     stale_items, stale_scores
         [B, K] the list the cloud made from its stale view, with the LLM's scores (``-inf`` at padding).
     fresh_items, fresh_scores
@@ -136,48 +138,62 @@ def collaborative_inference(
         [B] the next item of each user; a target outside a list is a miss (ranking is over the list).
     alphas
         The A fusion weights to evaluate.
-    bins, measure
-        The disagreement histogram (equal bins over [0, 1]) and measure: ``"drift"`` (:func:`srm_drift`, over
-        the list length K) or an order measure of :func:`lsc4rec.ranking.disagreement`.
-    tau
-        The live request threshold: ``requests`` counts users with stale-list disagreement > tau.
+    bins, measures
+        The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
+        (:func:`srm_drift`, over the list length K) or an order measure of :func:`lsc4rec.ranking.disagreement`.
+    tau, live
+        The live gate: ``requests`` counts users whose ``live`` signal (default: the first) exceeds tau.
 
     Returns
     -------
-    StageOutcome
-        Sums over the B users; seen items are dropped from both lists first.
+    dict[str, StageOutcome]
+        One outcome per signal: sums over the B users (the same rankings, split by that signal's bins; only
+        the live signal's counts requests). Seen items are dropped from both lists first.
     """
+    live = live or measures[0]
+    if live not in measures:
+        raise ValueError(
+            f"the live signal {live!r} must be one of the measures evaluated, {tuple(measures)}."
+        )
     targets = np.asarray(targets, dtype=np.int64)
     edges = np.linspace(0.0, 1.0, bins + 1)  # [bins + 1]
     lists = {}
     for name, items, scores in (("stale", stale_items, stale_scores), ("fresh", fresh_items, fresh_scores)):
         items, scores = drop_seen(items, scores, histories)
         lists[name] = (items, scores, rerank(model, histories, items, max_len))
-    if measure == "drift":
-        score = srm_drift(model, histories, cloud_histories, stale_items.shape[1], max_len).numpy()  # [B]
-    else:
-        _, stale_llm, stale_srm = lists["stale"]
-        score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
-    bin_of = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, bins - 1)  # [B]
-    in_bin = [bin_of == b for b in range(bins)]
-    sums = {key: np.zeros(len(alphas)) for key in ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")}
-    by_bin = {name: np.zeros((len(alphas), bins)) for name in ("stale", "fresh")}
-    recall = {}
-    for name, (items, llm, srm) in lists.items():
-        recall[name] = float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
-        for a, alpha in enumerate(alphas):
-            ranks = scored_list_ranks(fuse(llm, srm, alpha), items, targets).numpy()  # [B]
-            sums[f"{name}_ndcg"][a], sums[f"{name}_hr"][a] = _sums(ranks)
-            by_bin[name][a] = [_sums(ranks[mask])[0] for mask in in_bin]
-    return StageOutcome(
-        alphas=tuple(float(a) for a in alphas),
-        bin_edges=edges,
-        users=len(targets),
-        stale_recall=recall["stale"],
-        fresh_recall=recall["fresh"],
-        bin_count=np.bincount(bin_of, minlength=bins).astype(float),
-        bin_stale_ndcg=by_bin["stale"],
-        bin_fresh_ndcg=by_bin["fresh"],
-        requests=int(gate(score, tau).sum()),
-        **sums,
-    )
+    ranks = {  # [A, B] rank of each user's target in the fused ranking of each list
+        name: np.stack([scored_list_ranks(fuse(llm, srm, a), items, targets).numpy() for a in alphas])
+        for name, (items, llm, srm) in lists.items()
+    }
+    sums = {}
+    for name, by_alpha in ranks.items():
+        sums[f"{name}_ndcg"], sums[f"{name}_hr"] = np.array([_sums(r) for r in by_alpha]).T
+    recall = {
+        name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
+        for name, (items, llm, _) in lists.items()
+    }
+    outcomes = {}
+    for measure in measures:
+        if measure == "drift":
+            score = srm_drift(model, histories, cloud_histories, stale_items.shape[1], max_len).numpy()  # [B]
+        else:
+            _, stale_llm, stale_srm = lists["stale"]
+            score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
+        bin_of = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, bins - 1)  # [B]
+        by_bin = {
+            name: np.array([[_sums(r[bin_of == b])[0] for b in range(bins)] for r in by_alpha])  # [A, bins]
+            for name, by_alpha in ranks.items()
+        }
+        outcomes[measure] = StageOutcome(
+            alphas=tuple(float(a) for a in alphas),
+            bin_edges=edges,
+            users=len(targets),
+            stale_recall=recall["stale"],
+            fresh_recall=recall["fresh"],
+            bin_count=np.bincount(bin_of, minlength=bins).astype(float),
+            bin_stale_ndcg=by_bin["stale"],
+            bin_fresh_ndcg=by_bin["fresh"],
+            requests=int(gate(score, tau).sum()) if measure == live else 0,
+            **sums,
+        )
+    return outcomes

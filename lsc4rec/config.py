@@ -18,6 +18,10 @@ from typing import Any
 
 from lsc4rec.errors import ConfigError
 
+# Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
+# the fleet's validation pick one (strategies.budget).
+MEASURES = ("drift", "displacement", "kendall", "topk")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -164,9 +168,10 @@ class FederationConfig:
     budget: float = 0.05  # target fleet request rate the server calibrates the gate to
     bins: int = 50  # bins of the disagreement histograms the nodes report
     # request signal: drift (how far the interactions the cloud has not seen moved the SRM's own top-K over the
-    # catalogue; beats random requests on validation, BENCHMARKS.md) | the LLM-vs-SRM orders of the list:
-    # displacement (the paper's) | kendall | topk (top-10 overlap)
-    measure: str = "drift"
+    # catalogue) | the LLM-vs-SRM orders of the list: displacement (the paper's) | kendall | topk (top-10
+    # overlap) | auto: nodes evaluate every signal and the server gates on the one that beats random requests
+    # by most on validation (which one does depends on the SRM, BENCHMARKS.md)
+    measure: str = "auto"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
     service_url: str = "http://127.0.0.1:8800"  # the candidate service
@@ -205,9 +210,9 @@ class FederationConfig:
         )
         _check(0.0 <= self.budget <= 1.0, "federation.budget", "must be in [0, 1]", self.budget)
         _check(
-            self.measure in ("drift", "displacement", "kendall", "topk"),
+            self.measure in (*MEASURES, "auto"),
             "federation.measure",
-            "must be drift|displacement|kendall|topk",
+            "must be " + "|".join((*MEASURES, "auto")),
             self.measure,
         )
         _check(
@@ -219,6 +224,11 @@ class FederationConfig:
         _check(self.collab_weight >= 0, "federation.collab_weight", "must be >= 0", self.collab_weight)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The request signals the nodes evaluate: all of them for ``auto``, else the configured one."""
+        return MEASURES if self.measure == "auto" else (self.measure,)
 
 
 @dataclass(frozen=True)

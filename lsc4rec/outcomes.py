@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -168,3 +169,36 @@ def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[f
     users = max(outcome.users, 1)
     rate = float((share * outcome.bin_count).sum() / users)
     return rate, float((outcome.stale_ndcg[alpha_index] + (share * gain).sum()) / users)
+
+
+class BudgetPoint(NamedTuple):
+    """The gate at one request budget: its label-free τ, the rate it realizes, and NDCG@10 against random."""
+
+    tau: float
+    rate: float
+    gated: float
+    random: float  # random requests at the same realized rate
+
+    @property
+    def gain(self) -> float:
+        return self.gated - self.random
+
+
+def budget_point(outcome: StageOutcome, alpha_index: int, budget: float) -> BudgetPoint:
+    """Gated requests at ``budget``, τ calibrated on this outcome's own histogram (the signal reads no label)."""
+    tau = threshold_for_budget(outcome.bin_count, outcome.bin_edges, budget)
+    rate, gated = gated_policy(outcome, alpha_index, tau)
+    return BudgetPoint(tau, rate, gated, random_policy(outcome, alpha_index, rate))
+
+
+def choose_measure(valid: Mapping[str, StageOutcome], budget: float) -> str:
+    """The request signal whose gate beats random requests by most at ``budget``, on VALIDATION outcomes.
+
+    ``valid`` maps each signal to its validation outcome (the same users and lists, binned by that signal).
+    Which signal predicts the gain of a fresh list depends on the SRM (BENCHMARKS.md), so the fleet picks it
+    from its own reports instead of a fixed setting. Ties (e.g. budget 0) go to the first signal.
+    """
+    if not valid:
+        raise ValueError("choose_measure needs at least one signal's outcome, got none.")
+    gains = {m: budget_point(o, o.best_alpha(), budget).gain for m, o in valid.items()}
+    return max(gains, key=lambda m: gains[m])

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lsc4rec.config import MEASURES
 from lsc4rec.metrics import target_ranks
 
 NORMALIZATIONS = ("minmax", "softmax", "rank")
-MEASURES = ("drift", "displacement", "kendall", "topk")
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -151,7 +151,7 @@ def disagreement(
 ) -> torch.Tensor:
     """Disagreement [B] in [0, 1] (higher = the SRM reorders the LLM's list more) by ``measure``.
 
-    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The fleet default, ``"drift"``,
+    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The fourth request signal, ``"drift"``,
     needs the SRM's catalogue scores rather than the list's, so the device computes it itself
     (``clients.inference.srm_drift``).
     """

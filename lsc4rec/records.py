@@ -11,7 +11,7 @@ SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
 FINAL = "final"  # config: the final evaluation over every node (the report's figures)
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
-HIST = "disagreement-hist"  # node metric: users per request-signal bin of the live (test-time) lists
+MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round
 REQUESTS = "requests"  # node metric: test users whose disagreement exceeded the tau they were sent
 USERS = "users"  # node metric: users evaluated (the histogram's total)
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
@@ -25,3 +25,8 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 STATE_LISTS = "llm-lists"
 STATE_PERSONAL = "personal-srm"
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
+
+
+def outcome_prefix(stage: str, measure: str) -> str:
+    """Key prefix of a node's collaborative-inference outcome (``lsc4rec.outcomes``) per stage and signal."""
+    return f"{stage}-{measure}"

@@ -22,11 +22,11 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
 from clients.srm import build_srm
 from lsc4rec import records
-from lsc4rec.config import RunConfig
+from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
-from lsc4rec.outcomes import StageOutcome
+from lsc4rec.outcomes import StageOutcome, budget_point, choose_measure
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
 from server.report import append_round, final_figures, write_report
@@ -50,8 +50,7 @@ class _ShortLines(logging.Filter):
 def _sum_and_report(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Sum the nodes' evaluation sums (``strategies.sums``) and log the round's validation figure in one line."""
     metrics = sum_metrics(replies, weighted_by_key)
-    if metrics.get("valid-users", 0) > 0:
-        valid = StageOutcome.from_metrics(metrics, "valid")
+    if (valid := _any_outcome(metrics, "valid")) is not None:
         best = valid.best_alpha()
         log(
             INFO,
@@ -83,6 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         UpdateGuard(flower_strategy(cfg, nodes), fed.max_update_norm or None),
         fed.budget,
         fed.bins,
+        fed.measures,
         initial_tau=tau,
     )
     started = time.perf_counter()
@@ -95,11 +95,12 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=_checkpointer(run_dir, strategy, start_round),
         )
         arrays = result.arrays
-        for record in _round_records(result, start_round):
+        for record in _round_records(result, start_round, strategy.measures_used):
             append_round(run_dir, record)
-    final = _final_evaluation(grid, arrays, strategy.tau, fed.rounds)
-    valid, test = StageOutcome.from_metrics(final, "valid"), StageOutcome.from_metrics(final, "test")
-    users = max(test.users, 1)
+    final = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds)
+    valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
+    measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
+    users = max(test[measure].users, 1)
     extra = {
         "federated SRM full-catalogue ndcg@10 (global)": final[records.GLOBAL_NDCG] / users,
         "federated SRM full-catalogue ndcg@10 (personal)": final[records.PERSONAL_NDCG] / users,
@@ -109,7 +110,11 @@ def main(grid: Grid, context: Context) -> None:
         "rejected updates": float(sum(strategy.strategy.rejected_total.values())),
         "federation seconds": time.perf_counter() - started,
     }
-    figures = final_figures(valid, test, reference_floors(split, cfg.srm.max_len), extra)
+    for m, outcome in valid.items():
+        point = budget_point(outcome, outcome.best_alpha(), fed.budget)
+        extra[f"validation gain of the {m} gate over random at the budget"] = point.gain
+    figures = final_figures(valid[measure], test[measure], reference_floors(split, cfg.srm.max_len), extra)
+    figures["request signal"] = measure
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))
     log(INFO, "report written: %s", summary)
 
@@ -166,8 +171,8 @@ def _checkpointer(run_dir: Path, strategy: RequestBudget, offset: int) -> Callab
     return after_round
 
 
-def _round_records(result: Any, offset: int) -> list[dict[str, Any]]:
-    """One JSON line per round: training and (summed) validation figures, τ and the realized rate."""
+def _round_records(result: Any, offset: int, measures_used: dict[int, str]) -> list[dict[str, Any]]:
+    """One JSON line per round: training and (summed) validation figures, the gate (signal, τ), its rate."""
     out = []
     for server_round, train in sorted(result.train_metrics_clientapp.items()):
         record: dict[str, Any] = {
@@ -175,10 +180,10 @@ def _round_records(result: Any, offset: int) -> list[dict[str, Any]]:
             **{k if k.startswith("train-") else f"train-{k}": v for k, v in train.items()},
         }
         evaluation = result.evaluate_metrics_clientapp.get(server_round)
-        if evaluation is not None and evaluation.get("valid-users", 0) > 0:
-            valid = StageOutcome.from_metrics(evaluation, "valid")
+        if evaluation is not None and (valid := _any_outcome(evaluation, "valid")) is not None:
             record["valid-fused-ndcg@10"] = float(valid.means()["stale-ndcg"][valid.best_alpha()])
             record["valid-users"] = valid.users
+            record[records.MEASURE] = measures_used.get(server_round, "")
             for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
                 if key in evaluation:
                     record[key] = evaluation[key]
@@ -186,14 +191,28 @@ def _round_records(result: Any, offset: int) -> list[dict[str, Any]]:
     return out
 
 
+def _outcome(metrics: MetricRecord, stage: str, measure: str) -> StageOutcome:
+    return StageOutcome.from_metrics(metrics, records.outcome_prefix(stage, measure))
+
+
+def _any_outcome(metrics: MetricRecord, stage: str) -> StageOutcome | None:
+    """The stage's outcome under any signal (rankings and totals are the same under each); None if absent."""
+    for measure in MEASURES:
+        if metrics.get(f"{records.outcome_prefix(stage, measure)}-users", 0) > 0:
+            return _outcome(metrics, stage, measure)
+    return None
+
+
 def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, rounds: int) -> MetricRecord:
+def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int) -> MetricRecord:
     """Evaluate the final global SRM on every node (adaptation, collaborative inference); sum the replies."""
-    config = ConfigRecord({records.TAU: tau, records.FINAL: True, records.SERVER_ROUND: rounds})
+    config = ConfigRecord(
+        {records.TAU: tau, records.MEASURE: measure, records.FINAL: True, records.SERVER_ROUND: rounds}
+    )
     messages = [
         Message(
             RecordDict({records.ARRAYS: arrays, records.CONFIG: config}),

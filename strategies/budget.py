@@ -1,15 +1,18 @@
-"""A strategy wrapper that calibrates the fleet's request threshold tau to a request budget.
+"""A strategy wrapper that calibrates the fleet's request threshold tau (and picks its signal) to a budget.
 
 Each cloud request costs LLM compute, so the fleet's request rate is a budget (e.g. 5 % of users). Devices
 request when their request signal (``federation.measure``, a score in [0, 1]) exceeds tau. Every evaluate
-round the nodes report a fixed-bin histogram of their users' signal scores and how many requests the
-current tau caused; the server adds the histograms up, sets tau so that the expected rate meets the budget,
-and sends it with the next round (DESIGN.md section 6). This replaces the paper's manual two-pass calibration.
+round the nodes report their collaborative-inference outcomes (``lsc4rec.outcomes``): sums binned by each
+signal they evaluated, and how many requests the current tau caused. The server adds them up, sets tau so
+that the expected rate on the test-time (live, label-free) histogram meets the budget, and sends it with the
+next round (DESIGN.md section 6); this replaces the paper's manual two-pass calibration. When the nodes
+evaluate several signals (``federation.measure = "auto"``), the server first picks the one whose gate beats
+random requests by most on the validation outcomes (:func:`lsc4rec.outcomes.choose_measure`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
 
 import numpy as np
@@ -19,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from lsc4rec import records
-from lsc4rec.outcomes import threshold_for_budget
+from lsc4rec.outcomes import StageOutcome, choose_measure, threshold_for_budget
 
 
 class RequestBudget(Strategy):
@@ -34,44 +37,63 @@ class RequestBudget(Strategy):
         Target share of users that request a fresh list per evaluation, in [0, 1].
     bins
         Equal-width bins over [0, 1] of the nodes' histograms; replies of another length are skipped.
-    initial_tau
-        Tau before the first calibration; 1.0 = no requests until the fleet has reported.
+    measures
+        The request signals the nodes evaluate; with more than one, each round's validation picks the live one.
+    initial_tau, initial_measure
+        Tau and signal before the first calibration; tau 1.0 = no requests until the fleet has reported.
 
     Attributes
     ----------
-    tau
-        The threshold sent with the next messages.
-    realized_rates
-        Fleet request rate by evaluate round, under the tau the nodes used in that round.
+    tau, measure
+        The threshold and signal sent with the next messages.
+    realized_rates, measures_used
+        Fleet request rate by evaluate round, and the signal that round's gate read.
     """
 
-    def __init__(self, strategy: Strategy, budget: float, bins: int = 50, initial_tau: float = 1.0) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        budget: float,
+        bins: int = 50,
+        measures: Sequence[str] = ("drift",),
+        initial_tau: float = 1.0,
+        initial_measure: str | None = None,
+    ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins!r}.")
+        if not measures or (initial_measure is not None and initial_measure not in measures):
+            raise ValueError(
+                f"initial_measure {initial_measure!r} must be one of measures {tuple(measures)}."
+            )
         self.strategy = strategy
         self.budget = budget
         self.bin_edges = np.linspace(0.0, 1.0, bins + 1)  # [bins + 1], as the nodes bin
+        self.measures = tuple(measures)
         self.tau = initial_tau
+        self.measure = initial_measure or self.measures[0]
         self.realized_rates: dict[int, float] = {}
+        self.measures_used: dict[int, str] = {}
 
     def summary(self) -> None:
         """Log the budget's settings, then the inner strategy's."""
         log(
             INFO,
-            "\t├──> Request budget: %.3f, %d bins, tau %.4f",
+            "\t├──> Request budget: %.3f, %d bins, tau %.4f, signal %s (of %s)",
             self.budget,
             len(self.bin_edges) - 1,
             self.tau,
+            self.measure,
+            ", ".join(self.measures),
         )
         self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the current tau with every training message (training data mirrors inference)."""
-        config[records.TAU] = self.tau
+        """Send the current gate with every training message (training data mirrors inference)."""
+        self._gate_into(config)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -83,58 +105,85 @@ class RequestBudget(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the current tau with every evaluation message: the nodes gate their requests with it."""
-        config[records.TAU] = self.tau
+        """Send the current gate with every evaluation message: the nodes gate their requests with it."""
+        self._gate_into(config)
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate, then merge the histograms by addition, recalibrate tau and report the realized rate."""
+        """Delegate, then merge the outcomes by addition, pick the signal, recalibrate tau, report the rate."""
         replies = list(replies)
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
-        hist, requests, users = self._merge(replies)
-        if hist is None:
+        merged, requests, users = self._merge(replies)
+        if "test" not in merged:
             return metrics
-        used, self.tau = self.tau, threshold_for_budget(hist, self.bin_edges, self.budget)
+        used_tau, used_measure = self.tau, self.measure
+        if len(self.measures) > 1 and "valid" in merged:
+            self.measure = choose_measure(merged["valid"], self.budget)
+        self.tau = threshold_for_budget(merged["test"][self.measure].bin_count, self.bin_edges, self.budget)
         metrics = MetricRecord() if metrics is None else metrics
-        metrics[records.HIST] = hist.tolist()
         metrics[records.REQUESTS] = requests
         metrics[records.USERS] = users
-        metrics[records.TAU] = used
+        metrics[records.TAU] = used_tau
         metrics[records.NEXT_TAU] = self.tau
+        self.measures_used[server_round] = used_measure
         if users > 0:
             self.realized_rates[server_round] = metrics[records.REALIZED_RATE] = requests / users
         log(
             INFO,
-            "request budget: round %d, tau %.4f -> %.4f, requests %d / %d",
+            "request budget: round %d, %s tau %.4f -> %s tau %.4f, requests %d / %d",
             server_round,
-            used,
+            used_measure,
+            used_tau,
+            self.measure,
             self.tau,
             requests,
             users,
         )
         return metrics
 
-    def _merge(self, replies: list[Message]) -> tuple[np.ndarray | None, float, float]:
-        """Fleet sums of the histograms [bins], requests and users (``None`` when no node sent a histogram)."""
-        hist, requests, users = None, 0.0, 0.0
+    def _gate_into(self, config: ConfigRecord) -> None:
+        config[records.TAU] = self.tau
+        config[records.MEASURE] = self.measure
+
+    def _merge(self, replies: list[Message]) -> tuple[dict[str, dict[str, StageOutcome]], float, float]:
+        """Fleet sums: outcomes by stage and signal, requests and users (no stage when no node reported one)."""
+        outcomes: dict[str, dict[str, list[StageOutcome]]] = {}
+        requests, users = 0.0, 0.0
         for reply in replies:
             if reply.has_error():
                 continue
             for record in reply.content.metric_records.values():
-                if records.HIST not in record:
+                found = self._outcomes(record, reply.metadata.src_node_id)
+                if found is None:
                     continue
-                counts = np.asarray(record[records.HIST], dtype=float)
-                if counts.shape != (len(self.bin_edges) - 1,):
-                    node, expected = reply.metadata.src_node_id, len(self.bin_edges) - 1
-                    log(
-                        WARNING,
-                        "request budget: node %d sent %d bins, expected %d; skipped",
-                        node,
-                        counts.size,
-                        expected,
-                    )
-                    continue
-                hist = counts if hist is None else hist + counts
+                for stage, by_measure in found.items():
+                    for measure, outcome in by_measure.items():
+                        outcomes.setdefault(stage, {}).setdefault(measure, []).append(outcome)
                 requests += float(record.get(records.REQUESTS, 0))
-                users += float(record.get(records.USERS, counts.sum()))
-        return hist, requests, users
+                users += float(found["test"][self.measure].users)
+        merged = {
+            stage: {m: StageOutcome.sum(parts) for m, parts in by_measure.items()}
+            for stage, by_measure in outcomes.items()
+        }
+        return merged, requests, users
+
+    def _outcomes(self, record: MetricRecord, node: int) -> dict[str, dict[str, StageOutcome]] | None:
+        """The record's outcomes by stage and signal; ``None`` (and a warning) unless it holds a usable set."""
+        found: dict[str, dict[str, StageOutcome]] = {}
+        for stage in ("valid", "test"):
+            prefixes = {m: records.outcome_prefix(stage, m) for m in self.measures}
+            if all(f"{p}-alphas" in record for p in prefixes.values()):
+                found[stage] = {m: StageOutcome.from_metrics(record, p) for m, p in prefixes.items()}
+        if "test" not in found:
+            return None
+        edges = next(iter(found["test"].values())).bin_edges
+        if not np.array_equal(edges, self.bin_edges):
+            log(
+                WARNING,
+                "request budget: node %d sent %d bins, expected %d; skipped",
+                node,
+                len(edges) - 1,
+                len(self.bin_edges) - 1,
+            )
+            return None
+        return found

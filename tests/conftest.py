@@ -15,6 +15,7 @@ from llm_cloud.train import train_llm
 from lsc4rec.config import RunConfig
 from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.outcomes import StageOutcome
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -143,3 +144,28 @@ def service(federation_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
         ["--checkpoint", str(federation_checkpoint), "--engine", "transformers"], free_port(), log
     ) as s:
         yield s.url
+
+
+ALPHAS = (0.0, 0.5, 1.0)  # fusion weights of the hand-built outcomes
+
+
+def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, bins: int) -> StageOutcome:
+    """Outcome of users with request signal ``score`` [U] and per-alpha NDCG@10 ``stale``/``fresh`` [U, A]."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    bin_of = np.minimum((score * bins).astype(int), bins - 1)
+    one_hot = np.eye(bins)[bin_of]  # [U, bins]
+    return StageOutcome(
+        alphas=ALPHAS,
+        bin_edges=edges,
+        users=len(score),
+        stale_ndcg=stale.sum(0),
+        stale_hr=(stale > 0).sum(0).astype(float),
+        fresh_ndcg=fresh.sum(0),
+        fresh_hr=(fresh > 0).sum(0).astype(float),
+        stale_recall=float((stale > 0).any(1).sum()),
+        fresh_recall=float((fresh > 0).any(1).sum()),
+        bin_count=one_hot.sum(0),
+        bin_stale_ndcg=stale.T @ one_hot,
+        bin_fresh_ndcg=fresh.T @ one_hot,
+        requests=int((score > 0.5).sum()),
+    )

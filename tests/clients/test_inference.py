@@ -9,6 +9,8 @@ import torch
 
 from clients.inference import collaborative_inference, drop_seen, gate, rerank, srm_drift
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
+from lsc4rec.config import MEASURES
+from lsc4rec.outcomes import StageOutcome
 from lsc4rec.ranking import disagreement
 
 NUM_ITEMS, K, MAX_LEN = 40, 12, 8
@@ -50,8 +52,12 @@ def llm_list(first: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def infer(
-    model: SequentialRecommender, targets: np.ndarray, alphas: tuple[float, ...] = (0.0, 1.0), **kwargs
-):
+    model: SequentialRecommender,
+    targets: np.ndarray,
+    alphas: tuple[float, ...] = (0.0, 1.0),
+    measures: tuple[str, ...] = ("drift",),
+    **kwargs,
+) -> dict[str, StageOutcome]:
     """Collaborative inference of the four test users: stale list from item 3 on, fresh list from item 20 on."""
     stale_items, stale_scores = llm_list(3)
     fresh_items, fresh_scores = llm_list(20)
@@ -65,6 +71,7 @@ def infer(
         fresh_scores,
         targets,
         alphas,
+        measures=measures,
         max_len=MAX_LEN,
         **kwargs,
     )
@@ -111,7 +118,7 @@ def test_rerank_scores_real_slots_masks_padding_and_restores_mode(model: Sequent
 
 def test_collaborative_inference_alpha_one_reproduces_llm_ranks(model: SequentialRecommender) -> None:
     # stale list from item 3: user 0 has seen 3, dropped, the rest shifts up one place
-    outcome = infer(model, np.array([5, 15, 25, 39]))  # user 3's target is in neither list: a miss
+    outcome = infer(model, np.array([5, 15, 25, 39]))["drift"]  # user 3's target is in neither list: a miss
     # LLM order ranks among kept items: stale user0 5 at 1 (3 dropped); user1 15 at 11 (4..13 seen -> 14,15: 1);
     # user2 25 absent from 5..16; fresh: user0 absent, user1 15 absent (21..32), user2 25 at 3.
     assert outcome.stale_ndcg[1] == pytest.approx(ndcg_sum([1.0, 1.0]))
@@ -124,7 +131,7 @@ def test_collaborative_inference_alpha_zero_reproduces_srm_ranks(model: Sequenti
     stale_items, stale_scores = llm_list(3)
     fresh_items, _ = llm_list(20)
     targets = np.array([12, 15, 30, 10])
-    outcome = infer(model, targets)
+    outcome = infer(model, targets)["drift"]
     kept, _ = drop_seen(stale_items, stale_scores, histories())
     ranks = [srm_order_rank(model, h, kept[u], int(targets[u])) for u, h in enumerate(histories())]
     assert outcome.stale_ndcg[0] == pytest.approx(ndcg_sum(ranks))
@@ -137,7 +144,9 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     model: SequentialRecommender,
 ) -> None:
     stale_items, stale_scores = llm_list(3)
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.2, measure="displacement")
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), ("displacement",), bins=4, tau=0.2)[
+        "displacement"
+    ]
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
     score = disagreement(kept_scores, rerank(model, histories(), kept_items, MAX_LEN)).numpy()
     assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()
@@ -169,7 +178,22 @@ def test_srm_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
 
 
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.05)
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.05)["drift"]
     drift = srm_drift(model, histories(), cloud_views(), K, MAX_LEN).numpy()
     assert outcome.bin_count.tolist() == np.histogram(drift, bins=4, range=(0, 1))[0].tolist()
     assert outcome.requests == int((drift > 0.05).sum())
+
+
+def test_collaborative_inference_bins_the_same_rankings_by_every_signal(model: SequentialRecommender) -> None:
+    targets = np.array([5, 15, 25, 39])
+    outcomes = infer(model, targets, (0.0, 0.5), MEASURES, bins=4, tau=0.05, live="kendall")
+    assert list(outcomes) == list(MEASURES)
+    for measure, outcome in outcomes.items():
+        alone = infer(model, targets, (0.0, 0.5), (measure,), bins=4, tau=0.05)[measure]
+        np.testing.assert_allclose(outcome.stale_ndcg, alone.stale_ndcg)
+        np.testing.assert_allclose(outcome.bin_count, alone.bin_count)
+        np.testing.assert_allclose(outcome.bin_fresh_ndcg, alone.bin_fresh_ndcg)
+        assert outcome.requests == (alone.requests if measure == "kendall" else 0)  # only the live gate asks
+    assert outcomes["drift"].bin_count.tolist() != outcomes["kendall"].bin_count.tolist()
+    with pytest.raises(ValueError, match="live signal 'topk' must be one of"):
+        infer(model, targets, measures=("drift",), live="topk")

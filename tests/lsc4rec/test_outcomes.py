@@ -4,31 +4,15 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord
 
-from lsc4rec.outcomes import StageOutcome, gated_policy, random_policy, threshold_for_budget
-
-ALPHAS = (0.0, 0.5, 1.0)
-
-
-def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, bins: int) -> StageOutcome:
-    """Outcome of users with disagreement ``score`` [U] and per-alpha NDCG@10 ``stale``/``fresh`` [U, A]."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    bin_of = np.minimum((score * bins).astype(int), bins - 1)
-    one_hot = np.eye(bins)[bin_of]  # [U, bins]
-    return StageOutcome(
-        alphas=ALPHAS,
-        bin_edges=edges,
-        users=len(score),
-        stale_ndcg=stale.sum(0),
-        stale_hr=(stale > 0).sum(0).astype(float),
-        fresh_ndcg=fresh.sum(0),
-        fresh_hr=(fresh > 0).sum(0).astype(float),
-        stale_recall=float((stale > 0).any(1).sum()),
-        fresh_recall=float((fresh > 0).any(1).sum()),
-        bin_count=one_hot.sum(0),
-        bin_stale_ndcg=stale.T @ one_hot,
-        bin_fresh_ndcg=fresh.T @ one_hot,
-        requests=int((score > 0.5).sum()),
-    )
+from lsc4rec.outcomes import (
+    StageOutcome,
+    budget_point,
+    choose_measure,
+    gated_policy,
+    random_policy,
+    threshold_for_budget,
+)
+from tests.conftest import ALPHAS, outcome_from_users
 
 
 def random_users(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,3 +115,32 @@ def test_stage_outcome_means_and_best_alpha_use_stale_ndcg() -> None:
     outcome = outcome_from_users(score, stale, fresh, bins=4)
     np.testing.assert_allclose(outcome.means()["stale-ndcg"], [0.1, 0.4, 0.25])
     assert outcome.best_alpha() == 1
+
+
+def test_budget_point_is_gate_at_label_free_tau_against_random_at_its_rate() -> None:
+    score, stale, fresh = random_users(200, seed=5)
+    outcome = outcome_from_users(score, stale, fresh, bins=1000)
+    point = budget_point(outcome, 1, 0.1)
+    assert point.tau == pytest.approx(threshold_for_budget(outcome.bin_count, outcome.bin_edges, 0.1))
+    assert (point.rate, point.gated) == pytest.approx(gated_policy(outcome, 1, point.tau))
+    assert point.random == pytest.approx(random_policy(outcome, 1, point.rate))
+    assert point.gain == pytest.approx(point.gated - point.random)
+
+
+def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:
+    # 100 users; a fresh list helps only the first ten. Signal "good" scores them highest, "bad" lowest.
+    rng = np.random.default_rng(6)
+    stale = np.zeros((100, len(ALPHAS)))
+    fresh = np.zeros((100, len(ALPHAS)))
+    fresh[:10] = 1.0
+    good = np.concatenate([rng.uniform(0.9, 1.0, 10), rng.uniform(0.0, 0.8, 90)])
+    bad = 1.0 - good
+    valid = {
+        name: outcome_from_users(score, stale, fresh, bins=50)
+        for name, score in (("bad", bad), ("good", good))
+    }
+    assert choose_measure(valid, 0.1) == "good"
+    assert budget_point(valid["good"], 0, 0.1).gain > 0 > budget_point(valid["bad"], 0, 0.1).gain
+    assert choose_measure(valid, 0.0) == "bad"  # no requests: every signal gains nothing, the first one stays
+    with pytest.raises(ValueError, match="at least one signal"):
+        choose_measure({}, 0.1)

@@ -9,7 +9,7 @@ import pytest
 
 from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
-from lsc4rec.config import RunConfig
+from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.scoring import evaluate_full
@@ -51,8 +51,12 @@ def test_federation_trains_checkpoints_and_reports(
     # tau is calibrated on the test-time signal histogram (no labels), so each budget is met exactly
     assert [p["gated rate"] for p in final["policies"]] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.5, 1.0])
     assert {"most-popular", "item-transition"} <= set(final["floors"])
+    # measure "auto": every signal is evaluated, the gate starts on drift and follows validation's choice
+    assert final["request signal"] in MEASURES and history[0]["request-signal"] == "drift"
+    assert all(f"validation gain of the {m} gate over random at the budget" in final for m in MEASURES)
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor" in summary
+    assert f"Request signal: {final['request signal']}" in summary
     assert (tmp_path / "validation_per_round.png").stat().st_size > 0
     assert (tmp_path / "ndcg_vs_request_rate.png").stat().st_size > 0
     # the nodes' full-catalogue figure of the global SRM equals a central evaluation of the final checkpoint

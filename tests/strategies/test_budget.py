@@ -1,4 +1,4 @@
-"""Tests of RequestBudget around Flower's real FedAvg: tau calibration on known histograms, config, rate."""
+"""Tests of RequestBudget around Flower's real FedAvg: tau and signal from known outcomes, config, rate."""
 
 import numpy as np
 import pytest
@@ -7,27 +7,52 @@ from flwr.serverapp.strategy import FedAvg
 
 from lsc4rec import records
 from strategies.budget import RequestBudget
+from tests.conftest import ALPHAS, outcome_from_users
 from tests.strategies.conftest import FakeGrid
 
 BINS = 50
 
 
-def evaluate_reply(node: int, hist: np.ndarray, requests: int, examples: int) -> Message:
+def users_of(hist: np.ndarray) -> np.ndarray:
+    """Signal scores of users spread as ``hist`` says: ``hist[b]`` users at the centre of bin b."""
+    return np.repeat((np.arange(len(hist)) + 0.5) / len(hist), hist.astype(int))
+
+
+def evaluate_reply(
+    node: int,
+    hist: np.ndarray,
+    requests: int,
+    examples: int,
+    measures: tuple[str, ...] = ("drift",),
+    helped: dict[str, np.ndarray] | None = None,
+) -> Message:
+    """A node's evaluate reply: every signal binned as ``hist`` says, on validation and test.
+
+    ``helped[m]`` marks the users (in ``hist`` order) whom a fresh list helps on validation when signal m
+    orders them: there, signal m's bins carry the gain; nobody gains on test or by default.
+    """
     instruction = Message(
         RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.EVALUATE
     )
-    metrics = {
-        records.HIST: hist.tolist(),
-        records.REQUESTS: requests,
-        records.USERS: int(hist.sum()),
-        "num-examples": examples,
-    }
+    score = users_of(hist)
+    zeros = np.zeros((len(score), len(ALPHAS)))
+    metrics: dict = {records.REQUESTS: requests, "num-examples": examples}
+    for measure in measures:
+        gain = zeros.copy()
+        if helped is not None and measure in helped:
+            gain[helped[measure]] = 1.0
+        for stage, fresh in (("valid", gain), ("test", zeros)):
+            outcome = outcome_from_users(score, zeros, fresh, BINS)
+            metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=instruction)
 
 
-def budget(value: float = 0.05) -> RequestBudget:
+def budget(value: float = 0.05, measures: tuple[str, ...] = ("drift",)) -> RequestBudget:
     return RequestBudget(
-        FedAvg(min_available_nodes=1, min_evaluate_nodes=1, min_train_nodes=1), budget=value, bins=BINS
+        FedAvg(min_available_nodes=1, min_evaluate_nodes=1, min_train_nodes=1),
+        budget=value,
+        bins=BINS,
+        measures=measures,
     )
 
 
@@ -39,9 +64,7 @@ def test_request_budget_uniform_histogram_gives_tau_meeting_budget() -> None:
     assert (
         metrics[records.NEXT_TAU] == pytest.approx(0.95) and metrics[records.TAU] == 1.0
     )  # round 1 ran with the initial tau
-    assert (
-        metrics[records.HIST] == [10.0] * BINS and metrics[records.USERS] == 500
-    )  # sums, not weighted means
+    assert metrics[records.USERS] == 500  # sums, not weighted means
 
 
 def test_request_budget_merges_histograms_by_addition_not_weighted_mean() -> None:
@@ -54,10 +77,11 @@ def test_request_budget_merges_histograms_by_addition_not_weighted_mean() -> Non
     assert strategy.tau == pytest.approx(0.99)
 
 
-def test_request_budget_sends_current_tau_in_train_and_evaluate_config() -> None:
+def test_request_budget_sends_current_tau_and_signal_in_train_and_evaluate_config() -> None:
     strategy = budget(0.2)
     first = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
     assert {m.content["config"][records.TAU] for m in first} == {1.0}
+    assert {m.content["config"][records.MEASURE] for m in first} == {"drift"}
     strategy.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 1.0), 0, 1)])
     for messages in (
         strategy.configure_train(2, ArrayRecord(), ConfigRecord(), FakeGrid()),
@@ -73,10 +97,24 @@ def test_request_budget_reports_realized_rate_of_the_round() -> None:
     replies = [evaluate_reply(11, np.full(BINS, 1.0), 7, 1), evaluate_reply(12, np.full(BINS, 1.0), 3, 1)]
     metrics = strategy.aggregate_evaluate(3, replies)
     assert metrics[records.REALIZED_RATE] == pytest.approx(10 / 100) and metrics[records.REQUESTS] == 10
-    assert strategy.realized_rates == {3: pytest.approx(0.1)}
+    assert strategy.realized_rates == {3: pytest.approx(0.1)} and strategy.measures_used == {3: "drift"}
 
 
-def test_request_budget_without_histograms_keeps_tau_and_inner_metrics() -> None:
+def test_request_budget_switches_to_the_signal_that_wins_on_validation() -> None:
+    # 100 users, two per bin. The ten a fresh list helps sit in the top bins under "kendall" and in the
+    # bottom bins under "drift": only kendall's gate finds them.
+    hist = np.full(BINS, 2.0)
+    helped = {"drift": np.arange(10), "kendall": np.arange(90, 100)}
+    strategy = budget(0.1, measures=("drift", "kendall"))
+    reply = evaluate_reply(11, hist, 0, 1, ("drift", "kendall"), helped)
+    strategy.aggregate_evaluate(1, [reply])
+    assert strategy.measure == "kendall" and strategy.measures_used == {1: "drift"}
+    assert strategy.tau == pytest.approx(0.9)
+    messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    assert {m.content["config"][records.MEASURE] for m in messages} == {"kendall"}
+
+
+def test_request_budget_skips_replies_with_other_bins_and_keeps_tau_without_outcomes() -> None:
     strategy = budget(0.1)
     instruction = Message(
         RecordDict({"config": ConfigRecord()}), dst_node_id=11, message_type=MessageType.EVALUATE
@@ -86,3 +124,11 @@ def test_request_budget_without_histograms_keeps_tau_and_inner_metrics() -> None
     assert (
         strategy.tau == 1.0 and metrics["loss"] == pytest.approx(0.5) and records.REALIZED_RATE not in metrics
     )
+    other = RequestBudget(FedAvg(min_available_nodes=1), budget=0.1, bins=10)
+    assert other.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 1.0), 0, 1)]) is not None
+    assert other.tau == 1.0  # 50 bins where 10 were expected: skipped
+
+
+def test_request_budget_rejects_an_initial_signal_it_does_not_evaluate() -> None:
+    with pytest.raises(ValueError, match="initial_measure 'topk' must be one of"):
+        RequestBudget(FedAvg(), budget=0.1, measures=("drift",), initial_measure="topk")
