@@ -95,10 +95,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             cfg.seed + context.node_id,
         )
         outcomes = _collaborative_inference(cfg, node, cache, personal, stage, alphas, live, tau)
-        for (
-            measure,
-            outcome,
-        ) in outcomes.items():  # the test histograms (live lists) calibrate the fleet's tau
+        # per signal: validation picks the fleet's signal, the test histograms (live lists) calibrate its tau
+        for measure, outcome in outcomes.items():
             metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
         if stage == "test":
             metrics[records.REQUESTS] = outcomes[live].requests
