@@ -78,6 +78,11 @@ def final_figures(
         "users": test.users,
         "recall@k": {"stale": test.stale_recall / test.users, "fresh": test.fresh_recall / test.users},
         "valid": {"fused ndcg@10": float(valid.means()["stale-ndcg"][best])},
+        # the whole α curve of the stale list, to see how flat the choice was (α is picked on validation only)
+        "fused ndcg@10 by alpha": {
+            "valid": valid.means()["stale-ndcg"].tolist(),
+            "test": means["stale-ndcg"].tolist(),
+        },
         "rankings": rows,
         "policies": policies,
         "floors": floors,

@@ -51,6 +51,10 @@ def test_federation_trains_checkpoints_and_reports(
     # tau is calibrated on the test-time signal histogram (no labels), so each budget is met exactly
     assert [p["gated rate"] for p in final["policies"]] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.5, 1.0])
     assert {"most-popular", "item-transition"} <= set(final["floors"])
+    curve, chosen = final["fused ndcg@10 by alpha"], final["alphas"].index(final["alpha"])
+    assert max(curve["valid"]) == pytest.approx(curve["valid"][chosen])  # α is validation's best
+    fused = next(r for r in final["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
+    assert curve["test"][chosen] == pytest.approx(fused["ndcg@10"])
     # measure "auto": every signal is evaluated, the gate starts on drift and follows validation's choice
     assert final["request signal"] in MEASURES and history[0]["request-signal"] == "drift"
     assert all(f"validation gain of the {m} gate over random at the budget" in final for m in MEASURES)
