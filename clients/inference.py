@@ -18,7 +18,7 @@ import torch
 
 from clients.srm import SequentialRecommender
 from lsc4rec.data.batching import left_pad
-from lsc4rec.metrics import metrics_from_ranks
+from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
 from lsc4rec.outcomes import CUTOFF, StageOutcome
 from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, topk_drift
 from lsc4rec.scoring import catalogue_scores
@@ -165,6 +165,7 @@ def collaborative_inference(
         name: np.stack([scored_list_ranks(fuse(llm, srm, a), items, targets).numpy() for a in alphas])
         for name, (items, llm, srm) in lists.items()
     }
+    per_user = {name: ndcg_per_user(by_alpha, CUTOFF) for name, by_alpha in ranks.items()}  # [A, B]
     sums = {}
     for name, by_alpha in ranks.items():
         sums[f"{name}_ndcg"], sums[f"{name}_hr"] = np.array([_sums(r) for r in by_alpha]).T
@@ -180,9 +181,9 @@ def collaborative_inference(
             _, stale_llm, stale_srm = lists["stale"]
             score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
         bin_of = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, bins - 1)  # [B]
-        by_bin = {
-            name: np.array([[_sums(r[bin_of == b])[0] for b in range(bins)] for r in by_alpha])  # [A, bins]
-            for name, by_alpha in ranks.items()
+        by_bin = {  # [A, bins]
+            name: np.stack([np.bincount(bin_of, weights=g, minlength=bins) for g in ndcg])
+            for name, ndcg in per_user.items()
         }
         outcomes[measure] = StageOutcome(
             alphas=tuple(float(a) for a in alphas),

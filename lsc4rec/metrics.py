@@ -41,9 +41,16 @@ def metrics_from_ranks(
         hit = ranks < k
         safe = np.where(hit, ranks, 0.0)
         out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(safe + 2.0), 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_per_user(ranks, k).mean())
         out[f"mrr@{k}"] = float(np.where(hit, 1.0 / (safe + 1.0), 0.0).mean())
     return out
+
+
+def ndcg_per_user(ranks: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Each user's NDCG@k from 0-based ranks (``inf`` = miss): what sums and histograms of NDCG add up."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < k
+    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0.0) + 2.0), 0.0)
 
 
 def list_ranks(ranked_items: np.ndarray, targets: np.ndarray) -> np.ndarray:
