@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from logging import INFO, WARNING
@@ -42,10 +43,17 @@ SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 
 
 class _ShortLines(logging.Filter):
-    """Flower logs whole MetricRecords (histograms of hundreds of numbers) every round; keep the log readable."""
+    """Keep the log readable: metrics.jsonl and final.json hold every figure.
+
+    Flower logs whole MetricRecords (histograms of hundreds of numbers) every round, and at the end the whole
+    history of them, one line of a pretty-printed dict per log record (tens of thousands of lines).
+    """
+
+    _DICT_LINE = re.compile(r"\t\s*(\{|'|\"|\d+: \{)")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return len(record.getMessage()) <= 300
+        message = record.getMessage()
+        return len(message) <= 300 and not self._DICT_LINE.match(message)
 
 
 def _sum_and_report(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:

@@ -1,0 +1,21 @@
+"""The ServerApp's log filter drops Flower's metric dumps and keeps the progress lines."""
+
+import logging
+
+from server.app import _ShortLines
+
+
+def kept(message: str) -> bool:
+    return _ShortLines().filter(logging.LogRecord("flwr", logging.INFO, "", 0, message, None, None))
+
+
+def test_metric_dumps_are_dropped_and_progress_kept() -> None:
+    dump = [
+        "\t{ 1: { 'cloud-fallbacks': '0.0000e+00',",
+        "\t       'rejected-malformed': '0',",
+        "\t  2: { 'cloud-fallbacks': '0.0000e+00',",
+        "\t            \"'2.2482e+00', '2.3485e+00', \"",
+        "Aggregated MetricRecord: " + "x" * 300,
+    ]
+    assert not any(kept(line) for line in dump)
+    assert all(kept(line) for line in ("[ROUND 2/10]", "Final results:", "\tGlobal Arrays:"))
