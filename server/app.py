@@ -86,13 +86,14 @@ def main(grid: Grid, context: Context) -> None:
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     nodes = fed.num_nodes or split.num_users
     _wait_for_nodes(grid, nodes)
-    start_round, arrays, tau = _starting_point(cfg, run_dir, split.dataset.num_items)
+    start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
         UpdateGuard(flower_strategy(cfg, nodes), fed.max_update_norm or None),
         fed.budget,
         fed.bins,
         fed.measures,
         initial_tau=tau,
+        initial_measure=measure if measure in fed.measures else None,  # a resumed run keeps its gate
     )
     started = time.perf_counter()
     if fed.rounds > start_round:
@@ -140,13 +141,13 @@ def _wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
         time.sleep(1.0)
 
 
-def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int, ArrayRecord, float]:
-    """(rounds done, global weights, τ): from the newest checkpoint when resuming, else a fresh SRM."""
+def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int, ArrayRecord, float, str]:
+    """(rounds done, global weights, τ, signal): from the newest checkpoint when resuming, else a fresh SRM."""
     if cfg.federation.resume and (found := latest_checkpoint(run_dir)) is not None:
         log(INFO, "resuming from round %d of %s", found[0], run_dir)
         return found
     model = build_srm(cfg.srm, num_items)
-    return 0, ArrayRecord(model.state_dict()), 1.0
+    return 0, ArrayRecord(model.state_dict()), 1.0, ""
 
 
 def flower_strategy(cfg: RunConfig, nodes: int) -> Strategy:
@@ -175,7 +176,7 @@ def _checkpointer(run_dir: Path, strategy: RequestBudget, offset: int) -> Callab
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round > 0:
-            save_checkpoint(run_dir, offset + server_round, arrays, strategy.tau)
+            save_checkpoint(run_dir, offset + server_round, arrays, strategy.tau, strategy.measure)
 
     return after_round
 

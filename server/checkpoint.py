@@ -13,14 +13,18 @@ from clients.srm import SequentialRecommender, build_srm
 from lsc4rec.config import RunConfig
 
 
-def save_checkpoint(run_dir: Path, server_round: int, arrays: ArrayRecord, tau: float) -> Path:
-    """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, request threshold)."""
+def save_checkpoint(
+    run_dir: Path, server_round: int, arrays: ArrayRecord, tau: float, measure: str = ""
+) -> Path:
+    """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, the request gate's τ and signal)."""
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{server_round:04d}.safetensors"
     state = {key: tensor.contiguous() for key, tensor in arrays.to_torch_state_dict().items()}
     save_file(state, path)
-    path.with_suffix(".json").write_text(json.dumps({"round": server_round, "request-tau": tau}) + "\n")
+    path.with_suffix(".json").write_text(
+        json.dumps({"round": server_round, "request-tau": tau, "request-signal": measure}) + "\n"
+    )
     return path
 
 
@@ -34,15 +38,15 @@ def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
     return found
 
 
-def read_checkpoint(path: Path) -> tuple[int, ArrayRecord, float]:
-    """(round, global weights, tau) of one checkpoint file."""
+def read_checkpoint(path: Path) -> tuple[int, ArrayRecord, float, str]:
+    """(round, global weights, tau, signal) of one checkpoint file (signal "" when it predates the field)."""
     meta = json.loads(path.with_suffix(".json").read_text())
     state: dict[str, torch.Tensor] = load_file(path)
-    return int(meta["round"]), ArrayRecord(state), float(meta["request-tau"])
+    return int(meta["round"]), ArrayRecord(state), float(meta["request-tau"]), meta.get("request-signal", "")
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, ArrayRecord, float] | None:
-    """(round, global weights, tau) of the newest complete checkpoint in ``run_dir``, or None."""
+def latest_checkpoint(run_dir: Path) -> tuple[int, ArrayRecord, float, str] | None:
+    """(round, global weights, tau, signal) of the newest complete checkpoint in ``run_dir``, or None."""
     found = complete_checkpoints(run_dir)
     return read_checkpoint(found[max(found)]) if found else None
 

@@ -17,11 +17,13 @@ def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path)
     for server_round in (1, 2, 3):
         torch.manual_seed(server_round)
         models.append(build_srm(cfg.srm, 12))
-        save_checkpoint(tmp_path, server_round, ArrayRecord(models[-1].state_dict()), 0.5 + server_round)
+        save_checkpoint(
+            tmp_path, server_round, ArrayRecord(models[-1].state_dict()), 0.5 + server_round, "kendall"
+        )
     (tmp_path / "checkpoints" / "round-0003.json").unlink()  # round 3 died before its sidecar was written
     assert sorted(complete_checkpoints(tmp_path)) == [1, 2]
     newest = latest_checkpoint(tmp_path)
-    assert newest is not None and newest[0] == 2 and newest[2] == 2.5
+    assert newest is not None and newest[0] == 2 and newest[2:] == (2.5, "kendall")
     for server_round, expected in ((1, models[0]), (None, models[1])):
         loaded = load_global_srm(cfg, 12, tmp_path, server_round)
         assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), expected.parameters(), strict=True))

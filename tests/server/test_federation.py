@@ -77,6 +77,8 @@ def test_federation_resumes_from_last_checkpoint(
 ) -> None:
     run(federation_config, tmp_path, service, "federation.rounds=2")
     first = (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes()
+    gate = json.loads((tmp_path / "checkpoints" / "round-0002.json").read_text())
+    assert gate["request-signal"] in MEASURES  # the gate resumes with its signal as well as its τ
     run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2, 3]
     assert (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes() == first
