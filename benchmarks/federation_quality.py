@@ -55,6 +55,9 @@ SETTINGS = {
         "federation.local_batch_size=128",  # the central recipe's batches: best fused validation NDCG
         "federation.keep_optimizer=true",
         "federation.collab_prefixes=1",
+        # item rows averaged by the boxes' item counts (strategies/item_rows.py): FedAvg's example weights
+        # dilute each item's update across the boxes that never saw it
+        "federation.item_weighted=true",
     ],
 }
 

@@ -69,6 +69,9 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {records.ARRAYS: ArrayRecord(model.state_dict()), records.METRICS: MetricRecord(metrics)}
     )
+    if fed.item_weighted:
+        counts = np.bincount(np.concatenate(sequences), minlength=node.num_items + 1).astype(np.float32)
+        content[records.ITEM_COUNTS] = ArrayRecord({"counts": torch.from_numpy(counts)})
     return Message(content, reply_to=msg)
 
 

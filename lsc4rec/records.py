@@ -1,6 +1,7 @@
 """Keys of the Flower records devices and server exchange (kebab-case, defined once for both sides)."""
 
 ARRAYS = "arrays"  # ArrayRecord: the SRM weights (global in instructions, local in train replies)
+ITEM_COUNTS = "item-counts"  # ArrayRecord of a train reply (federation.item_weighted): per-item counts
 CONFIG = "config"  # ConfigRecord of an instruction
 METRICS = "metrics"  # MetricRecord of a reply
 

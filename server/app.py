@@ -22,9 +22,9 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
-from clients.srm import build_srm
+from clients.srm import ITEM_ROWS, build_srm
 from lsc4rec import records
-from lsc4rec.config import MEASURES, RunConfig
+from lsc4rec.config import MEASURES, FederationConfig, RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
@@ -32,7 +32,7 @@ from lsc4rec.outcomes import StageOutcome, budget_point, choose_measure
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
 from server.report import append_round, final_figures, write_report
-from strategies import RequestBudget, UpdateGuard
+from strategies import ItemWeighting, RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
 
 app = ServerApp()
@@ -88,7 +88,7 @@ def main(grid: Grid, context: Context) -> None:
     _wait_for_nodes(grid, nodes)
     start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
-        UpdateGuard(flower_strategy(cfg, nodes), fed.max_update_norm or None),
+        _guarded(flower_strategy(cfg, nodes), fed),
         fed.budget,
         fed.bins,
         fed.measures,
@@ -169,6 +169,18 @@ def flower_strategy(cfg: RunConfig, nodes: int) -> Strategy:
     if fed.strategy == "fedavgm":
         return FedAvgM(server_learning_rate=server_lr, server_momentum=fed.server_momentum, **common)
     return FedAvg(**common)
+
+
+def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
+    """The update guard around ``aggregator``, with item-weighted rows in between when configured."""
+    if not fed.item_weighted:
+        return UpdateGuard(aggregator, fed.max_update_norm or None)
+    weighting = ItemWeighting(
+        aggregator, ITEM_ROWS, records.ITEM_COUNTS, records.ARRAYS, records.NUM_EXAMPLES
+    )
+    return UpdateGuard(
+        weighting, fed.max_update_norm or None, records.NUM_EXAMPLES, records.ARRAYS, (records.ITEM_COUNTS,)
+    )
 
 
 def _checkpointer(run_dir: Path, strategy: RequestBudget, offset: int) -> Callable[[int, ArrayRecord], None]:

@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import Strategy
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
 REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_update_norm
 REJECTED_MALFORMED = (
-    "rejected-malformed"  # not one ArrayRecord shaped like the global one, or no positive weight
+    "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, or no weight
 )
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
 
@@ -37,6 +37,11 @@ class UpdateGuard(Strategy):
         Largest accepted L2 norm of a client's update over all arrays; ``None`` = no bound.
     weighted_by_key
         The MetricRecord key holding the reply's example count (Flower's ``num-examples``).
+    arrayrecord_key
+        The reply's ArrayRecord holding the model (Flower's ``arrays``).
+    extra_records
+        Other ArrayRecords a reply may carry for the inner strategy (``ItemWeighting``'s item counts); a
+        reply with any other ArrayRecord is malformed.
 
     Attributes
     ----------
@@ -47,13 +52,20 @@ class UpdateGuard(Strategy):
     """
 
     def __init__(
-        self, strategy: Strategy, max_update_norm: float | None = None, weighted_by_key: str = "num-examples"
+        self,
+        strategy: Strategy,
+        max_update_norm: float | None = None,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        extra_records: tuple[str, ...] = (),
     ) -> None:
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}.")
         self.strategy = strategy
         self.max_update_norm = max_update_norm
         self.weighted_by_key = weighted_by_key
+        self.arrayrecord_key = arrayrecord_key
+        self.extra_records = extra_records
         self.rejected_total: Counter[str] = Counter()
         self.rejected_by_round: dict[int, dict[str, int]] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -117,12 +129,15 @@ class UpdateGuard(Strategy):
     def _rejection(self, reply: Message) -> str | None:
         """The reason to reject ``reply``, or ``None`` to keep it."""
         content = reply.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        names = set(content.array_records)
+        if self.arrayrecord_key not in names or not names <= {self.arrayrecord_key, *self.extra_records}:
+            return REJECTED_MALFORMED
+        if len(content.metric_records) != 1:
             return REJECTED_MALFORMED
         weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
         if not isinstance(weight, int | float) or not weight > 0:
             return REJECTED_MALFORMED
-        arrays = {key: array.numpy() for key, array in next(iter(content.array_records.values())).items()}
+        arrays = {key: array.numpy() for key, array in content.array_records[self.arrayrecord_key].items()}
         shapes = {key: a.shape for key, a in arrays.items()}
         if self._global and shapes != {key: a.shape for key, a in self._global.items()}:
             return REJECTED_MALFORMED

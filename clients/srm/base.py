@@ -14,6 +14,9 @@ from torch import Tensor, nn
 
 from lsc4rec.config import SRMConfig
 
+# The state-dict key of the item table (row i = item i, row 0 = padding; tied with the output layer).
+ITEM_ROWS = "item_embedding.weight"
+
 
 class SequentialRecommender(nn.Module, ABC):
     """Base of the SRMs: next-item scoring and the training losses, written once for all models.

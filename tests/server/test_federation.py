@@ -38,9 +38,11 @@ def test_federation_trains_checkpoints_and_reports(
         "federation.rounds=4",
         "federation.fraction_train=1.0",
         "federation.keep_optimizer=true",  # every node trains every round: its Adam state carries over
+        "federation.item_weighted=true",  # the nodes reply item counts beside their weights
     )
     history = rounds(tmp_path)
     assert [r["round"] for r in history] == [1, 2, 3, 4]
+    assert all(r["train-rejected-malformed"] == 0 for r in history)  # the counts record is expected
     assert history[-1]["train-loss"] < history[0]["train-loss"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.safetensors")) == [
         f"round-000{i}.safetensors" for i in range(1, 5)
