@@ -23,9 +23,10 @@ from flwr.serverapp.strategy import Strategy
 
 from lsc4rec import records
 from lsc4rec.outcomes import StageOutcome, choose_measure, threshold_for_budget
+from strategies.wrapper import StrategyWrapper
 
 
-class RequestBudget(Strategy):
+class RequestBudget(StrategyWrapper):
     """Keep the fleet's request rate at ``budget`` by calibrating tau on the merged histograms.
 
     Parameters
@@ -67,7 +68,7 @@ class RequestBudget(Strategy):
             raise ValueError(
                 f"initial_measure {initial_measure!r} must be one of measures {tuple(measures)}."
             )
-        self.strategy = strategy
+        super().__init__(strategy)
         self.budget = budget
         self.bin_edges = np.linspace(0.0, 1.0, bins + 1)  # [bins + 1], as the nodes bin
         self.measures = tuple(measures)
@@ -95,12 +96,6 @@ class RequestBudget(Strategy):
         """Send the current gate with every training message (training data mirrors inference)."""
         self._gate_into(config)
         return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Delegate."""
-        return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

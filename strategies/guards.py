@@ -18,6 +18,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.wrapper import StrategyWrapper
+
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
 REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_update_norm
 REJECTED_MALFORMED = (
@@ -26,7 +28,7 @@ REJECTED_MALFORMED = (
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
 
 
-class UpdateGuard(Strategy):
+class UpdateGuard(StrategyWrapper):
     """Reject non-finite, oversized and malformed train replies, then delegate to ``strategy``.
 
     Parameters
@@ -61,7 +63,7 @@ class UpdateGuard(Strategy):
     ) -> None:
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}.")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.max_update_norm = max_update_norm
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
@@ -115,16 +117,6 @@ class UpdateGuard(Strategy):
         for reason, count in counts.items():
             metrics[reason] = count
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     def _rejection(self, reply: Message) -> str | None:
         """The reason to reject ``reply``, or ``None`` to keep it."""

@@ -27,8 +27,10 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.wrapper import StrategyWrapper
 
-class ItemWeighting(Strategy):
+
+class ItemWeighting(StrategyWrapper):
     """Average ``rows_key`` row by row with the nodes' item counts, then delegate to ``strategy``.
 
     Parameters
@@ -53,7 +55,7 @@ class ItemWeighting(Strategy):
         arrayrecord_key: str = "arrays",
         weighted_by_key: str = "num-examples",
     ) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.rows_key = rows_key
         self.counts_key = counts_key
         self.arrayrecord_key = arrayrecord_key
@@ -81,16 +83,6 @@ class ItemWeighting(Strategy):
         if good and self._rows is not None:
             self._reweight(server_round, good)
         return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     def _reweight(self, server_round: int, replies: list[Message]) -> None:
         """Replace every reply's content by one without the counts and with its item rows rescaled."""
