@@ -164,8 +164,8 @@ class FederationConfig:
     # so it is for edge boxes of many users; on Beauty it lifted the federated SRM to central quality
     item_weighted: bool = False
     collab_prefixes: int = 3  # newest training prefixes per user trained against the LLM's list (0: none)
-    # weight of the listwise term "target above the LLM's candidates"; at 1 it costs the SRM full-catalogue
-    # quality (the candidates are good items), at 0.1 the collaborative examples help it (BENCHMARKS.md)
+    # weight of the listwise term "target above the LLM's candidates" (the candidates are good items, so a
+    # large weight costs the SRM full-catalogue quality; on Beauty even 0.1 did, BENCHMARKS.md)
     collab_weight: float = 0.1
     adapt_steps: int = 5  # adaptive re-training: steps of the personal copy on the newest interactions
     adapt_lr: float = 5e-4  # adaptive re-training learning rate
