@@ -85,7 +85,7 @@ class ItemWeighting(StrategyWrapper):
         return self.strategy.aggregate_train(server_round, replies)
 
     def _reweight(self, server_round: int, replies: list[Message]) -> None:
-        """Replace every reply's content by one without the counts and with its item rows rescaled."""
+        """Replace every reply's content by a copy without the counts and with its item rows rescaled."""
         assert self._rows is not None
         examples = np.array([self._examples(reply) for reply in replies], dtype=np.float64)
         share = examples / examples.sum()  # p_c, the inner strategy's weights
@@ -99,9 +99,8 @@ class ItemWeighting(StrategyWrapper):
             rescaled = (self._rows + scale * (rows - self._rows)).astype(rows.dtype)
             arrays = ArrayRecord({key: model[key] for key in model})
             arrays[self.rows_key] = Array(rescaled)
-            content = RecordDict({self.arrayrecord_key: arrays})
-            for name, record in reply.content.metric_records.items():
-                content[name] = record
+            content = RecordDict({k: r for k, r in reply.content.items() if k != self.counts_key})
+            content[self.arrayrecord_key] = arrays
             reply.content = content
 
     def _examples(self, reply: Message) -> float:
