@@ -5,6 +5,8 @@ For each dataset (5-core, random numbering, lag 2, K = 50): train the scratch it
 query (cloud view at test) and the fresh query (device view at test). The LLM is ranked over its K-list; the
 floors (MostPopular, ItemTransition fitted on the SRM training sequences) over the full catalogue with history
 items excluded. For NDCG/HR@10 the two coincide (the list is the top-K of the same exclusion-masked ranking).
+Every row is on the test target x_n except the LLM's second row, the same queries one step earlier (target
+x_{n-1}, never a training target of the LLM): compare LLM settings there, not on test.
 
 The floors are fitted on the SRM training sequences (x_1 … x_{n-2}), data the cloud never sees. With
 ``--same-data`` two more rows are fitted on exactly the cloud's data (x_1 … x_{n-2-ℓ}, what the LLM learns
@@ -37,6 +39,7 @@ from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 
 COLUMNS = ("ndcg@10", "hr@10", "recall@50")
+VALID_ROW = "LLM, validation target x_{n-1}"  # what LLM settings are chosen by (never a training target)
 
 
 def floor_rows(split: TemporalSplit, max_len: int, k: int) -> dict[str, dict[str, dict[str, float]]]:
@@ -90,8 +93,11 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int, same_dat
     if not (checkpoint / "train_result.json").exists():
         train_llm(config, dataset, checkpoint)
     trained = json.loads((checkpoint / "train_result.json").read_text())
-    llm = evaluate_engine(make_engine("transformers", checkpoint), dataset, config.data.lag, k)
-    rows = {"LLM (scratch, over its list)": {q: {c: llm[q][c] for c in COLUMNS} for q in llm}}
+    engine = make_engine("transformers", checkpoint)
+    rows = {}
+    for stage, row in (("test", "LLM (scratch, over its list)"), ("valid", VALID_ROW)):
+        llm = evaluate_engine(engine, dataset, config.data.lag, k, stage=stage)
+        rows[row] = {q: {c: llm[q][c] for c in COLUMNS} for q in llm}
     split = TemporalSplit(dataset, config.data.lag)
     rows.update(floor_rows(split, config.srm.max_len, k))
     if same_data:

@@ -1,7 +1,8 @@
-"""LLM-only evaluation on the test target: stale (cloud view) and fresh (device view) queries.
+"""LLM-only evaluation on the test (or validation) target: stale (cloud view) and fresh (device view) queries.
 
 The ranking is over the LLM's list of K (a target missing from the list is a miss), as in the paper; recall@K
-of the stale list caps everything the device can do with it (DESIGN.md section 2).
+of the stale list caps everything the device can do with it (DESIGN.md section 2). The validation target
+x_{n-1} is never a target of the LLM's training either, so its figures are the ones to choose LLM settings by.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from llm_cloud.engines import CandidateEngine
 from lsc4rec.data import SequenceDataset, TemporalSplit
+from lsc4rec.data.split import Stage
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
 
 CUTOFFS = (5, 10, 20)
@@ -19,13 +21,18 @@ QUERIES = {"stale": "cloud", "fresh": "device"}  # query name -> view of the tes
 
 
 def evaluate_engine(
-    engine: CandidateEngine, dataset: SequenceDataset, lag: int, k: int = 50, batch_size: int = 256
+    engine: CandidateEngine,
+    dataset: SequenceDataset,
+    lag: int,
+    k: int = 50,
+    batch_size: int = 256,
+    stage: Stage = "test",
 ) -> dict[str, dict[str, float]]:
-    """HR/NDCG/MRR@{5,10,20} and recall@K for the stale and the fresh query of every user."""
+    """HR/NDCG/MRR@{5,10,20} and recall@K for the stale and the fresh query of every user at ``stage``."""
     split = TemporalSplit(dataset, lag)
-    targets = split.targets("test")
+    targets = split.targets(stage)
     return {
-        name: list_metrics(engine, split.views("test", side), targets, k, batch_size)
+        name: list_metrics(engine, split.views(stage, side), targets, k, batch_size)
         for name, side in QUERIES.items()
     }
 

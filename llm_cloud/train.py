@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from llm_cloud.model import ItemTokenLM, build_pretrained, build_scratch
-from lsc4rec.config import RunConfig
+from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.data import SequenceDataset, TemporalSplit
 from lsc4rec.data.batching import length_bucketed_batches
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
@@ -69,9 +69,7 @@ def train_llm(
     rng = np.random.default_rng(config.seed)
     best, best_state, best_epoch, stale, epochs = -1.0, None, 0, 0, []
     for epoch in range(1, llm.epochs + 1):
-        loss = _train_epoch(
-            lm, examples, optimizer, llm.batch_size, llm.label_smoothing, rng, progress, epoch
-        )
+        loss = _train_epoch(lm, examples, optimizer, llm, rng, progress, epoch)
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
         epochs.append(
             {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
@@ -89,9 +87,7 @@ def train_llm(
     if llm.refit_epochs > 0:
         seen = training_examples(lm, [split.cloud_view(u, "valid") for u in range(split.num_users)])
         for refit in range(1, llm.refit_epochs + 1):
-            loss = _train_epoch(
-                lm, seen, optimizer, llm.batch_size, llm.label_smoothing, rng, progress, f"refit {refit}"
-            )
+            loss = _train_epoch(lm, seen, optimizer, llm, rng, progress, f"refit {refit}")
             epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
@@ -115,8 +111,15 @@ def training_examples(lm: ItemTokenLM, sequences: Sequence[np.ndarray]) -> list[
     return examples
 
 
-def sequence_loss(lm: ItemTokenLM, batch: list[list[int]], label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean next-item cross-entropy over the item tokens, at every position whose next token is an item."""
+def sequence_loss(
+    lm: ItemTokenLM, batch: list[list[int]], label_smoothing: float = 0.0, window: int = 1
+) -> torch.Tensor:
+    """Mean cross-entropy over the item tokens of each of the next ``window`` items, at every item position.
+
+    ``window = 1`` is the plain next-item loss. A wider window also asks each position for the items after the
+    next one (a dense all-action loss, as in PinnerFormer): the cloud's list is read ℓ + 1 interactions after
+    its history ends, so items a few steps ahead are what its candidates must contain.
+    """
     width = max(len(ids) for ids in batch)
     ids = torch.full((len(batch), width), lm.template.pad_token, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -127,8 +130,19 @@ def sequence_loss(lm: ItemTokenLM, batch: list[list[int]], label_smoothing: floa
     nxt = ids[:, 1:]
     first = lm.template.first_item_token
     labelled = mask[:, 1:].bool() & (nxt >= first) & (nxt < first + lm.num_items)
-    logits = lm.item_logits(hidden[labelled])
-    return F.cross_entropy(logits.float(), nxt[labelled] - first, label_smoothing=label_smoothing)
+    logits = lm.item_logits(hidden[labelled]).float()
+    # Row-major order: position j's d-th next item is label j + d when it lies in the same row.
+    labels, rows = nxt[labelled] - first, labelled.nonzero()[:, 0]
+    total, count = logits.new_zeros(()), 0
+    for d in range(min(window, len(labels))):
+        same = rows[d:] == rows[: len(rows) - d]
+        if same.any():
+            index = same.nonzero()[:, 0]
+            total = total + F.cross_entropy(
+                logits[index], labels[d:][index], label_smoothing=label_smoothing, reduction="sum"
+            )
+            count += len(index)
+    return total / max(1, count)
 
 
 def validation_ndcg10(
@@ -149,8 +163,7 @@ def _train_epoch(
     lm: ItemTokenLM,
     examples: list[list[int]],
     optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    label_smoothing: float,
+    llm: LLMConfig,
     rng: np.random.Generator,
     progress: bool,
     epoch: int | str,
@@ -158,11 +171,11 @@ def _train_epoch(
     lm.model.train()
     batches = [
         [examples[i] for i in index]
-        for index in length_bucketed_batches([len(e) for e in examples], batch_size, rng, pool_batches=50)
+        for index in length_bucketed_batches([len(e) for e in examples], llm.batch_size, rng, pool_batches=50)
     ]
     total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for batch in bar:
-        loss = sequence_loss(lm, batch, label_smoothing)
+        loss = sequence_loss(lm, batch, llm.label_smoothing, llm.target_window)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in lm.model.parameters() if p.requires_grad], 1.0)

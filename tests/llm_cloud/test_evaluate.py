@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from llm_cloud.engines import make_engine
@@ -19,12 +20,14 @@ def reference_ndcg10(lm: ItemTokenLM, histories, targets, k: int) -> float:
     return total / len(targets)
 
 
-def test_evaluate_matches_a_reference_computation(tiny_checkpoint, tiny_dataset) -> None:
-    metrics = evaluate_engine(make_engine("transformers", tiny_checkpoint), tiny_dataset, lag=2, k=20)
+@pytest.mark.parametrize("stage", ["test", "valid"])
+def test_evaluate_matches_a_reference_computation(tiny_checkpoint, tiny_dataset, stage) -> None:
+    engine = make_engine("transformers", tiny_checkpoint)
+    metrics = evaluate_engine(engine, tiny_dataset, lag=2, k=20, stage=stage)
     split = TemporalSplit(tiny_dataset, 2)
     lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
     for query, side in (("stale", "cloud"), ("fresh", "device")):
-        expected = reference_ndcg10(lm, split.views("test", side), split.targets("test"), 20)
+        expected = reference_ndcg10(lm, split.views(stage, side), split.targets(stage), 20)
         assert abs(metrics[query]["ndcg@10"] - expected) < 1e-9
         assert metrics[query]["recall@20"] >= metrics[query]["hr@20"] - 1e-12
     assert metrics["fresh"]["ndcg@10"] > metrics["stale"]["ndcg@10"]  # the stale view misses the lag window
