@@ -5,6 +5,8 @@ cloud view at validation time, ``split.llm_valid_target(u)``, drives early stopp
 made from the training sequence, history items excluded, exactly as served). Neither x_{n-1}, x_n nor the
 fresh window is ever a target. Users with short sequences contribute what they have.
 
+Each position's loss covers its next ``llm.target_window`` items (ℓ + 1 by default, see ``sequence_loss``).
+
 After early stopping, ``llm.refit_epochs`` more epochs continue from the best epoch on the whole cloud view at
 validation time (x_1 … x_{n-2-ℓ}): the held-out item is the newest interaction the cloud has seen, the one
 closest to what it will be asked about, so selecting the epoch count on it and then learning from it wastes
@@ -67,9 +69,11 @@ def train_llm(
     params = [p for p in lm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=llm.lr, weight_decay=llm.weight_decay)
     rng = np.random.default_rng(config.seed)
+    window = llm.target_window or config.data.lag + 1
+    log.info("each position learns its next %d items (llm.target_window)", window)
     best, best_state, best_epoch, stale, epochs = -1.0, None, 0, 0, []
     for epoch in range(1, llm.epochs + 1):
-        loss = _train_epoch(lm, examples, optimizer, llm, rng, progress, epoch)
+        loss = _train_epoch(lm, examples, optimizer, llm, window, rng, progress, epoch)
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
         epochs.append(
             {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
@@ -87,7 +91,7 @@ def train_llm(
     if llm.refit_epochs > 0:
         seen = training_examples(lm, [split.cloud_view(u, "valid") for u in range(split.num_users)])
         for refit in range(1, llm.refit_epochs + 1):
-            loss = _train_epoch(lm, seen, optimizer, llm, rng, progress, f"refit {refit}")
+            loss = _train_epoch(lm, seen, optimizer, llm, window, rng, progress, f"refit {refit}")
             epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
@@ -164,6 +168,7 @@ def _train_epoch(
     examples: list[list[int]],
     optimizer: torch.optim.Optimizer,
     llm: LLMConfig,
+    window: int,
     rng: np.random.Generator,
     progress: bool,
     epoch: int | str,
@@ -175,7 +180,7 @@ def _train_epoch(
     ]
     total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for batch in bar:
-        loss = sequence_loss(lm, batch, llm.label_smoothing, llm.target_window)
+        loss = sequence_loss(lm, batch, llm.label_smoothing, window)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in lm.model.parameters() if p.requires_grad], 1.0)

@@ -30,6 +30,7 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("data.numbering=alphabetic", "data.numbering"),
         ("federation.collab_weight=-0.5", "federation.collab_weight: must be >= 0"),
         ("llm.refit_epochs=-1", "llm.refit_epochs: must be >= 0"),
+        ("llm.target_window=-1", "llm.target_window: must be >= 0"),
         ("srm.hidden", "must look like key=value"),
     ],
 )
