@@ -134,18 +134,16 @@ def sequence_loss(
     nxt = ids[:, 1:]
     first = lm.template.first_item_token
     labelled = mask[:, 1:].bool() & (nxt >= first) & (nxt < first + lm.num_items)
-    logits = lm.item_logits(hidden[labelled]).float()
+    log_probs = F.log_softmax(lm.item_logits(hidden[labelled]).float(), dim=-1)  # once for every offset
+    smoothing = -log_probs.mean(dim=-1)  # cross-entropy against the uniform distribution, per position
     # Row-major order: position j's d-th next item is label j + d when it lies in the same row.
     labels, rows = nxt[labelled] - first, labelled.nonzero()[:, 0]
-    total, count = logits.new_zeros(()), 0
+    total, count = log_probs.new_zeros(()), 0
     for d in range(min(window, len(labels))):
-        same = rows[d:] == rows[: len(rows) - d]
-        if same.any():
-            index = same.nonzero()[:, 0]
-            total = total + F.cross_entropy(
-                logits[index], labels[d:][index], label_smoothing=label_smoothing, reduction="sum"
-            )
-            count += len(index)
+        index = (rows[d:] == rows[: len(rows) - d]).nonzero()[:, 0]
+        nll = -log_probs[index, labels[d:][index]]
+        total = total + ((1 - label_smoothing) * nll + label_smoothing * smoothing[index]).sum()
+        count += len(index)
     return total / max(1, count)
 
 

@@ -34,3 +34,19 @@ def test_windowed_loss_averages_every_future_item_within_its_own_sequence(window
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     if window > 1:  # the window adds terms: the loss differs from the next-item one
         assert got.item() != pytest.approx(sequence_loss(lm, batch).item(), rel=1e-4)
+
+
+def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy() -> None:
+    torch.manual_seed(0)
+    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1, max_len=10), 12)
+    lm.model.eval()
+    batch = [lm.template.encode_all(items) for items in BATCH_ITEMS]
+    with torch.no_grad():
+        logits, labels = [], []
+        for example in batch:
+            ids = torch.tensor([example])
+            logits.append(lm.item_logits(lm.hidden_states(ids, torch.ones_like(ids))[0, :-1]))
+            labels.append(ids[0, 1:] - lm.template.first_item_token)
+        want = F.cross_entropy(torch.cat(logits), torch.cat(labels), label_smoothing=0.1)
+        got = sequence_loss(lm, batch, label_smoothing=0.1)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
