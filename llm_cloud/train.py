@@ -47,6 +47,7 @@ class TrainResult:
     best_epoch: int
     best_valid_ndcg10: float
     seconds: float
+    target_window: int  # items each position learned (llm.target_window, with 0 resolved to ℓ + 1)
     epochs: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -97,7 +98,7 @@ def train_llm(
     lm.model.eval()
     folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
     Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
-    result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, epochs)
+    result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, epochs)
     Path(folder, "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 

@@ -81,6 +81,9 @@ def test_trained_model_learns_the_next_item_pattern(tiny_checkpoint, tiny_config
     assert log[-1]["loss"] < log[0]["loss"]
     refits = [entry["refit"] for entry in log if "refit" in entry]
     assert refits == list(range(1, tiny_config.llm.refit_epochs + 1)) and refits
+    result = json.loads((tiny_checkpoint / "train_result.json").read_text())
+    assert tiny_config.llm.target_window == 0  # the default: resolved to ℓ + 1
+    assert result["target_window"] == tiny_config.data.lag + 1 == 3
 
 
 def test_training_examples_use_only_the_llm_training_sequence(tiny_dataset, tiny_config) -> None:
