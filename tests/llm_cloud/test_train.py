@@ -9,6 +9,15 @@ from lsc4rec.config import LLMConfig
 BATCH_ITEMS = [[3, 1, 4, 1, 5], [9, 2]]
 
 
+@pytest.fixture(scope="module")
+def lm_and_batch():
+    """A small random scratch model (eval mode) and a batch of two prompts of unequal length."""
+    torch.manual_seed(0)
+    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1, max_len=10), 12)
+    lm.model.eval()
+    return lm, [lm.template.encode_all(items) for items in BATCH_ITEMS]
+
+
 def _hand_loss(lm, batch: list[list[int]], window: int) -> torch.Tensor:
     """The windowed loss written out one (prompt position, future item) pair at a time."""
     terms = []
@@ -23,11 +32,8 @@ def _hand_loss(lm, batch: list[list[int]], window: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("window", [1, 2, 3, 9])
-def test_windowed_loss_averages_every_future_item_within_its_own_sequence(window: int) -> None:
-    torch.manual_seed(0)
-    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1, max_len=10), 12)
-    lm.model.eval()
-    batch = [lm.template.encode_all(items) for items in BATCH_ITEMS]
+def test_windowed_loss_averages_every_future_item_within_its_own_sequence(lm_and_batch, window: int) -> None:
+    lm, batch = lm_and_batch
     with torch.no_grad():
         got = sequence_loss(lm, batch, window=window)
         want = _hand_loss(lm, batch, window)
@@ -36,11 +42,8 @@ def test_windowed_loss_averages_every_future_item_within_its_own_sequence(window
         assert got.item() != pytest.approx(sequence_loss(lm, batch).item(), rel=1e-4)
 
 
-def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy() -> None:
-    torch.manual_seed(0)
-    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1, max_len=10), 12)
-    lm.model.eval()
-    batch = [lm.template.encode_all(items) for items in BATCH_ITEMS]
+def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy(lm_and_batch) -> None:
+    lm, batch = lm_and_batch
     with torch.no_grad():
         logits, labels = [], []
         for example in batch:
