@@ -42,7 +42,7 @@ def train(msg: Message, context: Context) -> Message:
         sequences += examples
         negatives += [row[row > 0] for row in lists.items]
     round_seed = (
-        cfg.seed + 1000 * int(msg.content[records.CONFIG].get(records.SERVER_ROUND, 0)) + context.node_id
+        cfg.seed + 1000 * int(msg.content[records.CONFIG].get(records.SERVER_ROUND, 0)) + _partition(context)
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=fed.local_lr)
     if fed.keep_optimizer and records.STATE_OPTIMIZER in context.state:
@@ -95,7 +95,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             node.adaptation_windows(stage, model.config.max_len),
             fed.adapt_steps,
             fed.adapt_lr,
-            cfg.seed + context.node_id,
+            cfg.seed + _partition(context),
         )
         outcomes = _collaborative_inference(cfg, node, cache, personal, stage, alphas, live, tau)
         # per signal: validation picks the fleet's signal, the test histograms (live lists) calibrate its tau
@@ -111,17 +111,25 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server this node's partition id, by which it orders and samples the fleet (``server.fleet``)."""
+    return Message(
+        RecordDict({records.METRICS: MetricRecord({records.PARTITION: _partition(context)})}), reply_to=msg
+    )
+
+
+def _partition(context: Context) -> int:
+    """The node's partition id: seeds derive from it, not from the node id, which a simulation draws anew per run."""
+    return int(context.node_config["partition-id"])
+
+
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, SequentialRecommender]:
     """The run config, the node's data and the global SRM from the message."""
     cfg = RunConfig.from_flat(context.run_config)
     torch.set_num_threads(cfg.federation.client_threads)
-    torch.manual_seed(cfg.seed + context.node_id)
-    node = load_node(
-        cfg.data,
-        cfg.seed,
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
-    )
+    node = load_node(cfg.data, cfg.seed, _partition(context), int(context.node_config["num-partitions"]))
+    torch.manual_seed(cfg.seed + _partition(context))
     model = build_srm(cfg.srm, node.num_items)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
     return cfg, node, model.eval()  # training switches to train mode itself; evaluation must not drop out

@@ -9,6 +9,7 @@ NUM_EXAMPLES = "num-examples"  # weight of a reply in FedAvg: training sequences
 TRAIN_LOSS = "train-loss"  # mean local training loss of the last local epoch
 FALLBACKS = "cloud-fallbacks"  # lists the node could not get from the cloud this round
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
+PARTITION = "partition-id"  # query reply: the node's partition id (its users), for run-independent sampling
 FINAL = "final"  # config: the final evaluation over every node (the report's figures)
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round

@@ -31,6 +31,7 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import StageOutcome, budget_point, choose_measure
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
+from server.fleet import PartitionOrderedGrid, wait_for_nodes
 from server.report import append_round, final_figures, write_report
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
@@ -85,7 +86,8 @@ def main(grid: Grid, context: Context) -> None:
     seed_everything(cfg.seed)
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     nodes = fed.num_nodes or split.num_users
-    _wait_for_nodes(grid, nodes)
+    wait_for_nodes(grid, nodes)
+    grid = PartitionOrderedGrid.discover(grid)  # seeded node samples name the same users on every run
     start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
         _guarded(flower_strategy(cfg, nodes), fed),
@@ -127,18 +129,6 @@ def main(grid: Grid, context: Context) -> None:
     figures["request signal"] = measure
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))
     log(INFO, "report written: %s", summary)
-
-
-def _wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
-    """Wait until the fleet the config describes is connected; a clear error instead of waiting forever."""
-    deadline = time.monotonic() + timeout_s
-    while (connected := len(list(grid.get_node_ids()))) < nodes:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"federation.num_nodes expects {nodes} nodes, but only {connected} connected after "
-                f"{timeout_s:.0f} s. Start that many supernodes (or set num-supernodes to match)."
-            )
-        time.sleep(1.0)
 
 
 def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int, ArrayRecord, float, str]:

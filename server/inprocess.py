@@ -3,12 +3,13 @@
 Flower's Simulation Engine runs each ClientApp behind Ray and a SuperLink (tens of seconds to start); this grid
 calls the ClientApp directly with one persistent ``Context`` per node, so tests and quick benchmarks run the
 same strategy, messages and handlers in seconds. Node contexts carry ``partition-id`` / ``num-partitions``
-exactly as the Simulation Engine sets them. A ClientApp exception becomes an error reply, as in Flower.
+exactly as the Simulation Engine sets them; ``node_ids`` can stand in for the random ids it draws on every run.
+A ClientApp exception becomes an error reply, as in Flower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -25,19 +26,23 @@ class InProcessGrid(Grid):
     """Delivers each message to ``client_app`` under the destination node's context, in order."""
 
     def __init__(
-        self, client_app: ClientApp, num_nodes: int, run_config: Mapping[str, Any], run_id: int = 1
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: Mapping[str, Any],
+        run_id: int = 1,
+        node_ids: Sequence[int] | None = None,
     ) -> None:
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
+        ids = list(node_ids) if node_ids is not None else [FIRST_NODE_ID + i for i in range(num_nodes)]
+        if len(set(ids)) != num_nodes:
+            raise ValueError(f"node_ids must be {num_nodes} distinct ids, got {ids!r}.")
         self.contexts = {
-            FIRST_NODE_ID + i: Context(
-                run_id,
-                FIRST_NODE_ID + i,
-                {"partition-id": i, "num-partitions": num_nodes},
-                RecordDict(),
-                dict(run_config),
+            node: Context(
+                run_id, node, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), dict(run_config)
             )
-            for i in range(num_nodes)
+            for i, node in enumerate(ids)
         }
         self.down: set[int] = set()  # nodes that fail every message (crash tests)
 
@@ -61,7 +66,7 @@ class InProcessGrid(Grid):
         )
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return sorted(self.contexts)  # by id, as a SuperLink might: not necessarily in partition order
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("InProcessGrid answers in send_and_receive; push/pull are not needed.")
@@ -87,10 +92,14 @@ class InProcessGrid(Grid):
 
 
 def run_in_process(
-    server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: Mapping[str, Any]
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_nodes: int,
+    run_config: Mapping[str, Any],
+    node_ids: Sequence[int] | None = None,
 ) -> InProcessGrid:
     """Run ``server_app`` to completion over a fresh in-process grid of ``num_nodes`` nodes; return the grid."""
-    grid = InProcessGrid(client_app, num_nodes, run_config)
+    grid = InProcessGrid(client_app, num_nodes, run_config, node_ids=node_ids)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SERVER_NODE_ID
     context = Context(grid.run.run_id, SERVER_NODE_ID, {}, RecordDict(), dict(run_config))
     server_app(grid, context)

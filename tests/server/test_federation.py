@@ -19,9 +19,11 @@ from server.inprocess import InProcessGrid, run_in_process
 from tests.conftest import NODES
 
 
-def run(cfg: RunConfig, run_dir: Path, url: str, *extra: str) -> InProcessGrid:
+def run(
+    cfg: RunConfig, run_dir: Path, url: str, *extra: str, node_ids: list[int] | None = None
+) -> InProcessGrid:
     cfg = cfg.override([f"federation.run_dir={run_dir}", f"federation.service_url={url}", *extra])
-    return run_in_process(server_app, client_app, NODES, cfg.to_flat())
+    return run_in_process(server_app, client_app, NODES, cfg.to_flat(), node_ids)
 
 
 def rounds(run_dir: Path) -> list[dict]:
@@ -87,6 +89,19 @@ def test_federation_resumes_from_last_checkpoint(
     assert (tmp_path / "checkpoints" / "round-0003.safetensors").exists()
 
 
+def test_same_seed_same_run_whatever_the_node_ids(
+    federation_config: RunConfig, service: str, tmp_path: Path
+) -> None:
+    """Flower's simulation draws new node ids per run; half the nodes train per round, yet the runs agree."""
+    losses = []
+    for name, ids in (("first", [7, 3, 11, 5]), ("second", [20, 40, 10, 30])):
+        run(federation_config, tmp_path / name, service, "federation.rounds=3", node_ids=ids)
+        losses.append([r["train-loss"] for r in rounds(tmp_path / name)])
+    assert losses[0] == losses[1]
+    first, second = (tmp_path / n / "checkpoints" / "round-0003.safetensors" for n in ("first", "second"))
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_federation_survives_dead_service_and_crashed_node(
     federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -98,7 +113,7 @@ def test_federation_survives_dead_service_and_crashed_node(
 
         def send_and_receive(self, messages, *, timeout=None):
             self.calls += 1
-            if self.calls == 2:  # after round 1's training, before its evaluation
+            if self.calls == 3:  # after the partition query and round 1's training, before its evaluation
                 server.stop()
                 self.down.add(next(iter(self.contexts)))  # and one node crashes for good
             return super().send_and_receive(messages, timeout=timeout)

@@ -14,7 +14,7 @@ from server.launch import run_federation
 
 @pytest.mark.slow
 def test_flwr_run_simulation_writes_report_and_stops_its_processes(
-    federation_config: RunConfig, tmp_path: Path
+    federation_config: RunConfig, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     cfg = federation_config.override(
         [
@@ -27,6 +27,8 @@ def test_flwr_run_simulation_writes_report_and_stops_its_processes(
     )
     summary = run_federation(cfg, tmp_path / "run")
     assert "| fused | stale |" in summary.read_text()
+    # the ServerApp's log (streamed by `flwr run`): every supernode answered the partition query
+    assert "fleet: 3 of 3 nodes told their partition id" in capfd.readouterr().out
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in history] == [1, 2]
     assert json.loads((tmp_path / "run" / "final.json").read_text())["users"] == 24

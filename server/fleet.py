@@ -1,0 +1,102 @@
+"""The fleet as the server sees it: wait until it is connected, then list its nodes in a run-independent order.
+
+Flower's Simulation Engine gives the supernodes new random node ids on every run (flwrlabs/flower#3328). Its
+strategies sample ``random.sample(grid.get_node_ids(), n)``; with the seed fixed, that picks the same *positions*
+in the list on every run, but the positions hold other nodes, so two runs with one seed train different users.
+The server therefore asks every node its ``partition-id`` once (a query message; the ClientApp answers from its
+node config) and lists node ids in partition order, which is the same on every run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from lsc4rec import records
+
+
+def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
+    """Wait until the fleet the config describes is connected; a clear error instead of waiting forever."""
+    deadline = time.monotonic() + timeout_s
+    while (connected := len(list(grid.get_node_ids()))) < nodes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"federation.num_nodes expects {nodes} nodes, but only {connected} connected after "
+                f"{timeout_s:.0f} s. Start that many supernodes (or set num-supernodes to match)."
+            )
+        time.sleep(1.0)
+
+
+def partition_ids(grid: Grid, timeout_s: float = 600.0) -> dict[int, int]:
+    """Ask every connected node its partition id: {node id: partition id}; nodes that fail are left out."""
+    messages = [
+        Message(
+            RecordDict({records.CONFIG: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY
+        )
+        for node in grid.get_node_ids()
+    ]
+    found = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        if not reply.has_error():
+            found[reply.metadata.src_node_id] = int(reply.content[records.METRICS][records.PARTITION])
+    log(INFO, "fleet: %d of %d nodes told their partition id", len(found), len(messages))
+    if len(found) < len(messages):
+        log(
+            WARNING,
+            "%d of %d nodes did not tell their partition id; they are listed after the others, by node id, "
+            "so node sampling may differ between runs",
+            len(messages) - len(found),
+            len(messages),
+        )
+    return found
+
+
+class PartitionOrderedGrid(Grid):
+    """``grid`` with ``get_node_ids`` in partition order (unknown nodes last, by id); everything else delegated."""
+
+    def __init__(self, grid: Grid, partitions: dict[int, int]) -> None:
+        self.grid = grid
+        self.partitions = partitions
+
+    @classmethod
+    def discover(cls, grid: Grid) -> PartitionOrderedGrid:
+        """Ask the connected nodes their partition ids and order ``grid`` by them."""
+        return cls(grid, partition_ids(grid))
+
+    def get_node_ids(self) -> Iterable[int]:
+        unknown = len(self.partitions)  # after every known partition id
+        return sorted(self.grid.get_node_ids(), key=lambda node: (self.partitions.get(node, unknown), node))
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
