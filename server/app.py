@@ -31,7 +31,7 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import StageOutcome, budget_point, choose_measure
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
-from server.fleet import PartitionOrderedGrid, wait_for_nodes
+from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
 from server.report import append_round, final_figures, write_report
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
@@ -99,13 +99,14 @@ def main(grid: Grid, context: Context) -> None:
     )
     started = time.perf_counter()
     if fed.rounds > start_round:
-        result = strategy.start(
-            grid,
-            arrays,
-            num_rounds=fed.rounds - start_round,
-            timeout=3600,
-            evaluate_fn=_checkpointer(run_dir, strategy, start_round),
-        )
+        with seeded_node_sampling(cfg.seed + start_round):  # a resumed run draws anew, not round 1's sample
+            result = strategy.start(
+                grid,
+                arrays,
+                num_rounds=fed.rounds - start_round,
+                timeout=3600,
+                evaluate_fn=_checkpointer(run_dir, strategy, start_round),
+            )
         arrays = result.arrays
         for record in _round_records(result, start_round, strategy.measures_used):
             append_round(run_dir, record)

@@ -1,22 +1,29 @@
-"""The fleet as the server sees it: wait until it is connected, then list its nodes in a run-independent order.
+"""The fleet as the server sees it: wait until it is connected, then sample its nodes the same way on every run.
 
-Flower's Simulation Engine gives the supernodes new random node ids on every run (flwrlabs/flower#3328). Its
-strategies sample ``random.sample(grid.get_node_ids(), n)``; with the seed fixed, that picks the same *positions*
-in the list on every run, but the positions hold other nodes, so two runs with one seed train different users.
-The server therefore asks every node its ``partition-id`` once (a query message; the ClientApp answers from its
-node config) and lists node ids in partition order, which is the same on every run.
+Flower's strategies sample ``random.sample(grid.get_node_ids(), n)``. Two things keep a fixed seed from repeating
+that sample in Flower's Simulation Engine:
+
+- the supernodes get new random node ids on every run (flwrlabs/flower#3328), so the same positions in the list
+  hold other nodes. The server asks every node its ``partition-id`` once (a query message; the ClientApp answers
+  from its node config) and lists node ids in partition order (``PartitionOrderedGrid``);
+- Flower's own background threads in the ServerApp process (heartbeat and retry jitter) draw from the global
+  ``random`` module at moments that depend on timing, so seeding it does not fix the sampler's draws. The sampler
+  gets a generator of its own for the run (``seeded_node_sampling``).
 """
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import strategy_utils
 from flwr.supercore.run import Run
 
 from lsc4rec import records
@@ -32,6 +39,17 @@ def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
                 f"{timeout_s:.0f} s. Start that many supernodes (or set num-supernodes to match)."
             )
         time.sleep(1.0)
+
+
+@contextmanager
+def seeded_node_sampling(seed: int) -> Iterator[None]:
+    """Within the block, Flower's node sampler draws from ``random.Random(seed)``, which nothing else touches."""
+    shared = strategy_utils.random
+    strategy_utils.random = random.Random(seed)  # the module's only use of it is .sample
+    try:
+        yield
+    finally:
+        strategy_utils.random = shared
 
 
 def partition_ids(grid: Grid, timeout_s: float = 600.0) -> dict[int, int]:

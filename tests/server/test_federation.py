@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 
+import server.inprocess as inprocess
 from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
@@ -89,15 +91,23 @@ def test_federation_resumes_from_last_checkpoint(
     assert (tmp_path / "checkpoints" / "round-0003.safetensors").exists()
 
 
+class JitteryGrid(InProcessGrid):
+    """Draws from the global ``random`` module whenever it lists nodes, as Flower's heartbeat thread does."""
+
+    def get_node_ids(self) -> list[int]:
+        random.random()
+        return super().get_node_ids()
+
+
 def test_same_seed_same_run_whatever_the_node_ids(
-    federation_config: RunConfig, service: str, tmp_path: Path
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Flower's simulation draws new node ids per run; half the nodes train per round, yet the runs agree."""
-    losses = []
-    for name, ids in (("first", [7, 3, 11, 5]), ("second", [20, 40, 10, 30])):
-        run(federation_config, tmp_path / name, service, "federation.rounds=3", node_ids=ids)
-        losses.append([r["train-loss"] for r in rounds(tmp_path / name)])
-    assert losses[0] == losses[1]
+    """Flower's simulation draws new node ids per run and its threads draw from ``random``; the runs still agree."""
+    run(federation_config, tmp_path / "first", service, "federation.rounds=3", node_ids=[7, 3, 11, 5])
+    monkeypatch.setattr(inprocess, "InProcessGrid", JitteryGrid)
+    run(federation_config, tmp_path / "second", service, "federation.rounds=3", node_ids=[20, 40, 10, 30])
+    losses = [[r["train-loss"] for r in rounds(tmp_path / name)] for name in ("first", "second")]
+    assert losses[0] == losses[1]  # half the nodes train each round: the same half in both runs
     first, second = (tmp_path / n / "checkpoints" / "round-0003.safetensors" for n in ("first", "second"))
     assert first.read_bytes() == second.read_bytes()
 
@@ -117,8 +127,6 @@ def test_federation_survives_dead_service_and_crashed_node(
                 server.stop()
                 self.down.add(next(iter(self.contexts)))  # and one node crashes for good
             return super().send_and_receive(messages, timeout=timeout)
-
-    import server.inprocess as inprocess
 
     original = inprocess.InProcessGrid
     inprocess.InProcessGrid = StopsServiceGrid
