@@ -9,6 +9,9 @@ that sample in Flower's Simulation Engine:
 - Flower's own background threads in the ServerApp process (heartbeat and retry jitter) draw from the global
   ``random`` module at moments that depend on timing, so seeding it does not fix the sampler's draws. The sampler
   gets a generator of its own for the run (``seeded_node_sampling``).
+
+And the replies of a round arrive in whatever order the nodes finish; FedAvg's float sums depend on that order,
+so ``PartitionOrderedGrid`` hands them on in partition order too.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def partition_ids(grid: Grid, timeout_s: float = 600.0) -> dict[int, int]:
 
 
 class PartitionOrderedGrid(Grid):
-    """``grid`` with ``get_node_ids`` in partition order (unknown nodes last, by id); everything else delegated."""
+    """``grid`` with node ids and replies in partition order (unknown nodes last, by id); the rest delegated."""
 
     def __init__(self, grid: Grid, partitions: dict[int, int]) -> None:
         self.grid = grid
@@ -89,8 +92,7 @@ class PartitionOrderedGrid(Grid):
         return cls(grid, partition_ids(grid))
 
     def get_node_ids(self) -> Iterable[int]:
-        unknown = len(self.partitions)  # after every known partition id
-        return sorted(self.grid.get_node_ids(), key=lambda node: (self.partitions.get(node, unknown), node))
+        return sorted(self.grid.get_node_ids(), key=self._position)
 
     @property
     def run(self) -> Run:
@@ -111,4 +113,10 @@ class PartitionOrderedGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
+        """The replies in partition order, whatever order they arrived in: float sums (FedAvg) then repeat."""
+        replies = self.grid.send_and_receive(messages, timeout=timeout)
+        return sorted(replies, key=lambda reply: self._position(reply.metadata.src_node_id))
+
+    def _position(self, node: int) -> tuple[int, int]:
+        """Sort key of ``node``: its partition id, with unknown nodes after every known one, by node id."""
+        return self.partitions.get(node, len(self.partitions)), node
