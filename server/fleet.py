@@ -1,17 +1,16 @@
-"""The fleet as the server sees it: wait until it is connected, then sample its nodes the same way on every run.
+"""The fleet as the server sees it: wait until it is connected, then sample and aggregate it the same way every run.
 
-Flower's strategies sample ``random.sample(grid.get_node_ids(), n)``. Two things keep a fixed seed from repeating
-that sample in Flower's Simulation Engine:
+Three things kept a fixed seed from repeating a run in Flower's Simulation Engine:
 
-- the supernodes get new random node ids on every run (flwrlabs/flower#3328), so the same positions in the list
-  hold other nodes. The server asks every node its ``partition-id`` once (a query message; the ClientApp answers
-  from its node config) and lists node ids in partition order (``PartitionOrderedGrid``);
+- the supernodes get new random node ids on every run (flwrlabs/flower#3328), so the positions that Flower's
+  sampler draws (``random.sample(grid.get_node_ids(), n)``) hold other nodes. The server asks every node its
+  ``partition-id`` once (a query message; the ClientApp answers from its node config) and lists node ids in
+  partition order (``PartitionOrderedGrid``);
 - Flower's own background threads in the ServerApp process (heartbeat and retry jitter) draw from the global
   ``random`` module at moments that depend on timing, so seeding it does not fix the sampler's draws. The sampler
-  gets a generator of its own for the run (``seeded_node_sampling``).
-
-And the replies of a round arrive in whatever order the nodes finish; FedAvg's float sums depend on that order,
-so ``PartitionOrderedGrid`` hands them on in partition order too.
+  gets a generator of its own for the run (``seeded_node_sampling``);
+- the replies of a round arrive in whatever order the nodes finish, and FedAvg's float sums depend on that
+  order. ``PartitionOrderedGrid`` hands them on in partition order.
 """
 
 from __future__ import annotations

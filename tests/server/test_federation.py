@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from flwr.app import Message
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
@@ -98,8 +100,8 @@ class JitteryGrid(InProcessGrid):
         random.random()
         return super().get_node_ids()
 
-    def send_and_receive(self, messages, *, timeout=None):
-        return list(reversed(super().send_and_receive(messages, timeout=timeout)))
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return list(reversed(list(super().send_and_receive(messages, timeout=timeout))))
 
 
 def test_same_seed_same_run_whatever_the_node_ids(
@@ -117,7 +119,10 @@ def test_same_seed_same_run_whatever_the_node_ids(
 
 
 def test_federation_survives_dead_service_and_crashed_node(
-    federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path
+    federation_config: RunConfig,
+    federation_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The service dies after the first round's messages: rounds complete, fallbacks are counted."""
     server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
@@ -132,12 +137,10 @@ def test_federation_survives_dead_service_and_crashed_node(
                 self.down.add(next(iter(self.contexts)))  # and one node crashes for good
             return super().send_and_receive(messages, timeout=timeout)
 
-    original = inprocess.InProcessGrid
-    inprocess.InProcessGrid = StopsServiceGrid
+    monkeypatch.setattr(inprocess, "InProcessGrid", StopsServiceGrid)
     try:
         run(federation_config, tmp_path, server.url, "federation.rounds=2")
     finally:
-        inprocess.InProcessGrid = original
         server.stop()
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["cloud fallbacks (final evaluation)"] > 0
