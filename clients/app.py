@@ -128,8 +128,9 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, Sequent
     """The run config, the node's data and the global SRM from the message."""
     cfg = RunConfig.from_flat(context.run_config)
     torch.set_num_threads(cfg.federation.client_threads)
-    node = load_node(cfg.data, cfg.seed, _partition(context), int(context.node_config["num-partitions"]))
-    torch.manual_seed(cfg.seed + _partition(context))
+    partition = _partition(context)
+    node = load_node(cfg.data, cfg.seed, partition, int(context.node_config["num-partitions"]))
+    torch.manual_seed(cfg.seed + partition)
     model = build_srm(cfg.srm, node.num_items)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
     return cfg, node, model.eval()  # training switches to train mode itself; evaluation must not drop out
