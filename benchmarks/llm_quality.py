@@ -29,7 +29,7 @@ from clients.srm import build_srm
 from clients.training import fit
 from llm_cloud.engines import make_engine
 from llm_cloud.evaluate import evaluate_engine
-from llm_cloud.train import train_llm
+from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data import TemporalSplit
 from lsc4rec.data.batching import windows
@@ -90,9 +90,9 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int, same_dat
     )
     dataset = load_or_prepare(config.data, config.seed)
     checkpoint = out_dir / f"{name}-scratch"
-    if not (checkpoint / "train_result.json").exists():
+    if not (checkpoint / TRAIN_RESULT_FILE).exists():
         train_llm(config, dataset, checkpoint)
-    trained = json.loads((checkpoint / "train_result.json").read_text())
+    trained = json.loads((checkpoint / TRAIN_RESULT_FILE).read_text())
     engine = make_engine("transformers", checkpoint)
     rows = {}
     for stage, row in (("test", "LLM (scratch, over its list)"), ("valid", VALID_ROW)):

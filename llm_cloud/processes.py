@@ -6,6 +6,7 @@ that stopping one never leaves orphans and never touches other processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,15 +38,16 @@ class ManagedServer:
     process: subprocess.Popen
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+        The group is signalled even when its leader has already exited: vLLM's engine workers (or a crashed
+        service's children) can outlive it in the same group.
+        """
+        _signal_group(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        _signal_group(self.process.pid, signal.SIGKILL)  # whatever ignored SIGTERM, leader or not
+        self.process.wait()
 
     def __enter__(self) -> ManagedServer:
         return self
@@ -62,30 +64,57 @@ def spawn_server(
     env: dict[str, str] | None = None,
     ready_timeout_s: float = 300.0,
 ) -> ManagedServer:
-    """Start ``command`` in a new session (its own process group) and wait until ``url + health_path`` is 200."""
-    log = open(log_path, "w")  # noqa: SIM115 - the child keeps writing to it after this returns
-    process = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-    )
+    """Start ``command`` in a new session (its own process group) and wait until ``url + health_path`` is 200.
+
+    The new session keeps a terminal's Ctrl-C from reaching the server, so this function stops the group itself
+    if anything (a failed start, a timeout, Ctrl-C or SIGTERM during the wait) ends the wait early.
+    """
+    name = _program_name(command)
+    with open(log_path, "w") as log:  # the child holds its own copy of the file descriptor
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     server = ManagedServer(url, process)
-    deadline = time.monotonic() + ready_timeout_s
+    try:
+        _wait_until_healthy(process, url + health_path, ready_timeout_s, name, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_healthy(
+    process: subprocess.Popen, health_url: str, timeout_s: float, name: str, log_path: str | Path
+) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise CloudUnavailableError(
-                f"{command[2]} exited with code {process.returncode} before it was ready; see {log_path}."
+                f"{name} exited with code {process.returncode} before it was ready; see {log_path}."
             )
         try:
-            if httpx.get(url + health_path, timeout=2.0).status_code == 200:
-                return server
+            if httpx.get(health_url, timeout=2.0).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    server.stop()
-    raise CloudUnavailableError(f"{command[2]} was not ready after {ready_timeout_s:.0f} s; see {log_path}.")
+    raise CloudUnavailableError(f"{name} was not ready after {timeout_s:.0f} s; see {log_path}.")
+
+
+def _program_name(command: list[str]) -> str:
+    """What to call the server in messages: the module of ``python -m MODULE``, else the program's file name."""
+    if len(command) > 2 and command[1] == "-m":
+        return command[2]
+    return Path(command[0]).name
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
+        os.killpg(pgid, sig)
 
 
 def start_service(

@@ -37,6 +37,7 @@ from lsc4rec.runs import seed_everything
 
 log = logging.getLogger(__name__)
 TRAIN_LOG_FILE = "train_log.jsonl"
+TRAIN_RESULT_FILE = "train_result.json"  # written last: a folder without it is an interrupted training
 
 
 @dataclass
@@ -99,7 +100,7 @@ def train_llm(
     folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
     Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
     result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, epochs)
-    Path(folder, "train_result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    Path(folder, TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 

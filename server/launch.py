@@ -18,13 +18,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from llm_cloud.processes import ManagedServer, free_port, spawn_server, start_service
+from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port, spawn_server, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.errors import LSC4RecError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FEDERATION = "lsc4rec-sim"
 
 
@@ -36,10 +35,11 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
         / "llm"
         / f"{cfg.data.dataset.replace('/', '_')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     )
-    if (folder / "model.safetensors").exists():
+    from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
+
+    if (folder / TRAIN_RESULT_FILE).exists():  # written last, so an interrupted training is trained again
         print(f"==> LLM checkpoint (cached): {folder}", flush=True)
         return folder
-    from llm_cloud.train import train_llm
 
     print(f"==> training the cloud LLM (first run for these settings): {folder}", flush=True)
     train_llm(cfg, load_or_prepare(cfg.data, cfg.seed), folder)

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_cloud.model import ItemTokenLM, build_scratch
 from llm_cloud.templates import PromptTemplate
-from llm_cloud.train import training_examples
+from llm_cloud.train import TRAIN_RESULT_FILE, training_examples
 from lsc4rec.config import LLMConfig
 from lsc4rec.data import TemporalSplit
 from lsc4rec.errors import ConfigError
@@ -81,7 +81,7 @@ def test_trained_model_learns_the_next_item_pattern(tiny_checkpoint, tiny_config
     assert log[-1]["loss"] < log[0]["loss"]
     refits = [entry["refit"] for entry in log if "refit" in entry]
     assert refits == list(range(1, tiny_config.llm.refit_epochs + 1)) and refits
-    result = json.loads((tiny_checkpoint / "train_result.json").read_text())
+    result = json.loads((tiny_checkpoint / TRAIN_RESULT_FILE).read_text())
     assert tiny_config.llm.target_window == 0  # the default: resolved to ℓ + 1
     assert result["target_window"] == tiny_config.data.lag + 1 == 3
 

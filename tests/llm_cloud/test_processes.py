@@ -1,0 +1,90 @@
+"""Servers started as process groups never outlive a failed start, an interrupt or their own leader."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_cloud import processes
+from llm_cloud.processes import ManagedServer, free_port, spawn_server
+from lsc4rec.errors import CloudUnavailableError
+
+
+def _sleeper(pid_file: Path) -> str:
+    """Python source of a process that writes its pid to ``pid_file`` and sleeps (it never serves health)."""
+    return f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as stopped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return state.split()[1] not in ("Z", "X")
+
+
+def _pid_from(pid_file: Path) -> int:
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the test process never started"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def _wait_gone(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_a_server_that_never_gets_healthy_is_stopped_and_named(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    command = [sys.executable, "-c", _sleeper(pid_file)]
+    with pytest.raises(CloudUnavailableError, match=r"python\S* was not ready after 3 s"):
+        spawn_server(
+            command, f"http://127.0.0.1:{free_port()}", "/health", tmp_path / "log", ready_timeout_s=3
+        )
+    assert _wait_gone(_pid_from(pid_file))
+
+
+def test_an_interrupt_during_the_wait_stops_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C does not reach a new session: the waiting parent must stop the group before it lets go."""
+    pid_file = tmp_path / "pid"
+
+    def interrupted(*_: object) -> None:
+        _pid_from(pid_file)  # the server is up, not yet healthy
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(processes, "_wait_until_healthy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        spawn_server(
+            [sys.executable, "-c", _sleeper(pid_file)], "http://127.0.0.1:1", "/health", tmp_path / "log"
+        )
+    assert _wait_gone(_pid_from(pid_file))
+
+
+def test_stop_reaches_workers_whose_leader_has_exited(tmp_path: Path) -> None:
+    """Like vLLM's engine workers: the group outlives its leader, and stopping the server stops the group."""
+    pid_file = tmp_path / "pid"
+    leader = (
+        "import subprocess, sys; "
+        f"subprocess.Popen([sys.executable, '-c', {_sleeper(pid_file)!r}])"  # the leader exits at once
+    )
+    server = ManagedServer(
+        "http://127.0.0.1:1", subprocess.Popen([sys.executable, "-c", leader], start_new_session=True)
+    )
+    worker = _pid_from(pid_file)
+    server.process.wait(20)
+    assert _alive(worker)
+    server.stop()
+    assert _wait_gone(worker)
+    server.stop()  # stopping twice is harmless
