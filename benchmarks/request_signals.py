@@ -118,6 +118,7 @@ def main() -> None:
             cfg.federation.bins,
             MEASURES,
             cfg.srm.max_len,
+            norm=cfg.federation.norm,
         )
         for stage, got in lists.items()
     }

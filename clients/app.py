@@ -191,6 +191,7 @@ def _collaborative_inference(
         cfg.srm.max_len,
         tau,
         live,
+        fed.norm,
     )
 
 

@@ -121,6 +121,7 @@ def collaborative_inference(
     max_len: int = 50,
     tau: float = 1.0,
     live: str | None = None,
+    norm: str = "minmax",
 ) -> dict[str, StageOutcome]:
     """Evaluate fused ranking with the stale and the fresh list for every user and alpha, binned by each signal.
 
@@ -143,6 +144,8 @@ def collaborative_inference(
         (:func:`srm_drift`, over the list length K) or an order measure of :func:`lsc4rec.ranking.disagreement`.
     tau, live
         The live gate: ``requests`` counts users whose ``live`` signal (default: the first) exceeds tau.
+    norm
+        How both models' scores are normalised before fusion (:func:`lsc4rec.ranking.normalize`).
 
     Returns
     -------
@@ -162,7 +165,7 @@ def collaborative_inference(
         items, scores = drop_seen(items, scores, histories)
         lists[name] = (items, scores, rerank(model, histories, items, max_len))
     ranks = {  # [A, B] rank of each user's target in the fused ranking of each list
-        name: np.stack([scored_list_ranks(fuse(llm, srm, a), items, targets).numpy() for a in alphas])
+        name: np.stack([scored_list_ranks(fuse(llm, srm, a, norm), items, targets).numpy() for a in alphas])
         for name, (items, llm, srm) in lists.items()
     }
     per_user = {name: ndcg_per_user(by_alpha, CUTOFF) for name, by_alpha in ranks.items()}  # [A, B]

@@ -11,7 +11,7 @@ from clients.inference import collaborative_inference, drop_seen, gate, rerank, 
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
 from lsc4rec.config import MEASURES
 from lsc4rec.outcomes import StageOutcome
-from lsc4rec.ranking import disagreement
+from lsc4rec.ranking import disagreement, fuse
 
 NUM_ITEMS, K, MAX_LEN = 40, 12, 8
 
@@ -138,6 +138,45 @@ def test_collaborative_inference_alpha_zero_reproduces_srm_ranks(model: Sequenti
     assert outcome.stale_ndcg[0] != pytest.approx(outcome.stale_ndcg[1])  # the SRM order is not the LLM's
     fresh = [srm_order_rank(model, h, fresh_items[u], int(targets[u])) for u, h in enumerate(histories())]
     assert outcome.fresh_ndcg[0] == pytest.approx(ndcg_sum(fresh))
+
+
+def test_collaborative_inference_fuses_with_the_configured_normalisation(
+    model: SequentialRecommender,
+) -> None:
+    """``norm`` reaches the fusion: each user's target is the top of the rank-normalised fused list at α = 0.5.
+
+    The LLM's first item is far ahead of the rest, which min-max scaling keeps and rank scaling discards, so
+    the two fused lists differ in their top item for some user.
+    """
+    items, _ = llm_list(3)
+    scores = torch.cat(
+        [torch.full((4, 1), -0.1), -5.0 - 0.01 * torch.arange(K - 1.0).expand(4, K - 1)], dim=1
+    )
+    kept, llm = drop_seen(items, scores, histories())
+    srm = rerank(model, histories(), kept, MAX_LEN)
+    tops = {
+        norm: kept.gather(1, fuse(llm, srm, 0.5, norm).argmax(dim=1, keepdim=True))[:, 0].numpy()
+        for norm in ("rank", "minmax")
+    }
+    assert (tops["rank"] != tops["minmax"]).any(), "the test needs lists whose fused top depends on the norm"
+    ndcg = {
+        norm: collaborative_inference(
+            model,
+            histories(),
+            cloud_views(),
+            items,
+            scores,
+            items,
+            scores,
+            tops["rank"],
+            (0.5,),
+            max_len=MAX_LEN,
+            norm=norm,
+        )["drift"].stale_ndcg[0]
+        for norm in ("rank", "minmax")
+    }
+    assert ndcg["rank"] == pytest.approx(4.0)  # every user's target ranked first
+    assert ndcg["minmax"] < 4.0 - 1e-6  # and not under min-max scaling, the default
 
 
 def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
