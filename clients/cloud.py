@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import ssl
 import time
 from collections.abc import Sequence
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from pydantic import ValidationError
 
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
-from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, CandidateRequest, CandidateResponse
+from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, CandidateRequest, CandidateResponse
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,16 @@ def _tls_context() -> ssl.SSLContext:
 class CloudClient:
     """Batched ``POST /v1/candidates`` with a timeout, bounded retries and exponential back-off.
 
-    A 4xx answer means the device sent something the schema forbids: it is raised as ``ProtocolError`` at
-    once (retrying cannot help). Connection failures, timeouts and 5xx answers are retried ``retries`` times,
-    then raised as ``CloudUnavailableError``.
+    A 4xx answer means the device sent something the schema forbids, or the wrong key: it is raised as
+    ``ProtocolError`` at once (retrying cannot help). Connection failures, timeouts, 5xx answers and replies
+    that break the schema are retried ``retries`` times, then raised as ``CloudUnavailableError``. The bearer
+    key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
     """
 
     def __init__(
-        self, url: str, k: int, timeout_s: float = 20.0, retries: int = 2, api_key: str = ""
+        self, url: str, k: int, timeout_s: float = 20.0, retries: int = 2, api_key: str | None = None
     ) -> None:
+        api_key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = url.rstrip("/") + "/v1/candidates"
         self.k = k
@@ -76,6 +80,11 @@ class CloudClient:
         for start in range(0, len(histories), MAX_BATCH):
             chunk = [np.asarray(h[-MAX_HISTORY:]).tolist() for h in histories[start : start + MAX_BATCH]]
             answer = self._post(CandidateRequest(histories=chunk, k=self.k))
+            if len(answer.lists) != len(chunk) or any(len(r.items) > self.k for r in answer.lists):
+                raise CloudUnavailableError(
+                    f"candidate service at {self.url} answered {len(chunk)} histories with "
+                    f"{len(answer.lists)} lists, or lists longer than K = {self.k}; is it this project's service?"
+                )
             for row, ranked in enumerate(answer.lists, start=start):
                 items[row, : len(ranked.items)] = ranked.items
                 scores[row, : len(ranked.scores)] = ranked.scores
@@ -92,19 +101,25 @@ class CloudClient:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 400:
-                    return CandidateResponse.model_validate_json(response.content)
-                if response.status_code < 500:
+                    try:
+                        return CandidateResponse.model_validate_json(response.content)
+                    except ValidationError as exc:
+                        problem = (
+                            f"a reply outside the schema ({exc.error_count()} errors): {response.text[:200]}"
+                        )
+                elif response.status_code < 500:
                     raise ProtocolError(
                         "request",
                         f"the candidate service refused it ({response.status_code}): {response.text[:300]}",
                     )
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                else:
+                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
         raise CloudUnavailableError(
             f"candidate service at {self.url} unavailable after {self.retries + 1} "
-            f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check --url."
+            f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check federation.service_url."
         )
 
     def close(self) -> None:

@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from lsc4rec.protocol import API_KEY_ENV
+
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
 
 Checkpoint = Annotated[
@@ -104,7 +106,7 @@ def serve(
     port: Annotated[int, typer.Option("--port")] = 8080,
     api_key: Annotated[
         str | None,
-        typer.Option("--api-key", envvar="LSC4REC_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+        typer.Option("--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY'."),
     ] = None,
 ) -> None:
     """Serve POST /v1/candidates, GET /healthz and GET /metrics."""

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 MAX_BATCH = 512  # histories per request; larger batches must be split by the client
 MAX_HISTORY = 512  # items per history and per exclusion list (devices send their newest items)
 MAX_K = 200  # longest candidate list the cloud returns
+# The bearer key of a service started with one; the device reads it from its environment, never from the run
+# config (which is written into every run folder).
+API_KEY_ENV = "LSC4REC_API_KEY"
 
 ItemId = Annotated[StrictInt, Field(ge=1)]
 
@@ -47,6 +50,14 @@ class CandidateList(BaseModel):
 
     items: list[int]
     scores: list[float]
+
+    @model_validator(mode="after")
+    def _paired(self) -> CandidateList:
+        if len(self.items) != len(self.scores):
+            raise ValueError(
+                f"items ({len(self.items)}) and scores ({len(self.scores)}) must pair up one to one."
+            )
+        return self
 
 
 class CandidateResponse(BaseModel):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,12 @@ from lsc4rec.config import RunConfig
 from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.outcomes import StageOutcome
+from lsc4rec.protocol import API_KEY_ENV
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop(API_KEY_ENV, None)  # a key in the developer's shell would lock the tests' services
 
 # Test models are tiny: one thread avoids OpenMP spin-waiting when the two cores are shared.
 torch.set_num_threads(1)
@@ -169,3 +174,31 @@ def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, 
         bin_fresh_ndcg=fresh.T @ one_hot,
         requests=int((score > 0.5).sum()),
     )
+
+
+@contextmanager
+def answering_server(reply: bytes) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 that answers every POST with 200 and ``reply``; yields its URL.
+
+    It stands in for a broken or foreign service (a candidate service or vLLM) that the code must survive.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the name http.server dispatches to
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

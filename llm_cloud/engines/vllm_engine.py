@@ -59,7 +59,12 @@ class VLLMEngine(CandidateEngine):
         choices = self._post(self.completion_body(histories, k, banned))
         if len(choices) != len(histories):
             raise EngineError(f"vLLM returned {len(choices)} choices for {len(histories)} prompts.")
-        return [self._ranked(choice, k, banned[row]) for row, choice in enumerate(choices)]
+        try:
+            return [self._ranked(choice, k, banned[row]) for row, choice in enumerate(choices)]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a reply without the logprobs asked for
+            raise EngineError(
+                f"vLLM's reply lacks the expected logprobs ({type(exc).__name__}: {exc})."
+            ) from exc
 
     def completion_body(self, histories: Sequence[Sequence[int]], k: int, banned: Sequence[set[int]]) -> dict:
         """The ``/v1/completions`` request: one greedy token, enough logprobs to drop ``banned`` and keep K."""
@@ -81,7 +86,10 @@ class VLLMEngine(CandidateEngine):
             raise EngineError(f"vLLM server at {self._client.base_url} unreachable: {exc}") from exc
         if reply.status_code != 200:
             raise EngineError(f"vLLM server answered {reply.status_code}: {reply.text[:300]}")
-        return sorted(reply.json()["choices"], key=lambda c: c["index"])
+        try:
+            return sorted(reply.json()["choices"], key=lambda c: c["index"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineError(f"vLLM server sent a malformed reply: {reply.text[:300]}") from exc
 
     def _ranked(self, choice: dict[str, Any], k: int, banned: set[int]) -> tuple[list[int], list[float]]:
         """The top-K items of one choice's logprobs, non-item tokens and ``banned`` items dropped."""

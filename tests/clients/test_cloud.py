@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clients.cloud import CloudClient, ListCache
-from llm_cloud.processes import free_port
+from llm_cloud.processes import free_port, start_service
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
+from lsc4rec.protocol import API_KEY_ENV
+from tests.conftest import answering_server
 
 
 def test_cloud_client_dead_service_raises_after_bounded_retries() -> None:
@@ -59,3 +62,35 @@ def test_cloud_client_unknown_item_is_a_protocol_error(service: str) -> None:
     client = CloudClient(service, k=5)
     with pytest.raises(ProtocolError, match="refused it \\(4"):
         client.candidates([np.array([10_000])])
+
+
+def test_cloud_client_sends_the_key_from_the_environment(
+    federation_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lsc4rec llm serve`` and the devices read one variable, so a keyed service keeps serving its fleet."""
+    monkeypatch.setenv(API_KEY_ENV, "fleet-secret")
+    args = ["--checkpoint", str(federation_checkpoint)]
+    with start_service(args, free_port(), tmp_path / "service.log") as keyed:  # inherits the variable
+        items, _ = CloudClient(keyed.url, k=5).candidates([np.array([1, 2, 3])])
+        assert (items > 0).all()
+        with pytest.raises(ProtocolError, match="refused it \\(401"):
+            CloudClient(keyed.url, k=5, api_key="wrong").candidates([np.array([1, 2, 3])])
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (b'{"lists": [{"items": [4, 5], "scores": [-1.0]}], "model": "m"}', "outside the schema"),
+        (b"not json", "outside the schema"),
+        (b'{"lists": [], "model": "m"}', "answered 1 histories with 0 lists"),
+        (b'{"lists": [{"items": [4, 5, 6], "scores": [-1, -2, -3]}], "model": "m"}', "longer than K = 2"),
+    ],
+)
+def test_cloud_client_treats_a_reply_that_breaks_the_schema_as_unavailable(
+    reply: bytes, problem: str
+) -> None:
+    """The device falls back (``CloudUnavailableError``) instead of crashing on a broken or foreign service."""
+    with answering_server(reply) as url:
+        client = CloudClient(url, k=2, timeout_s=2.0, retries=0)
+        with pytest.raises(CloudUnavailableError, match=problem):
+            client.candidates([np.array([1, 2, 3])])

@@ -1,4 +1,5 @@
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K, CandidateResponse
-from tests.conftest import NUM_ITEMS
+from tests.conftest import NUM_ITEMS, answering_server
 from tests.llm_cloud.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -91,9 +92,21 @@ def test_service_health_and_metrics(service_url) -> None:
     assert 'lsc4rec_request_latency_seconds_bucket{le="+Inf"}' in text
 
 
-def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path) -> None:
-    args = ["--checkpoint", str(tiny_checkpoint), "--engine", "vllm", "--vllm-url", "http://127.0.0.1:9"]
-    with start_service(args, free_port(), tmp_path / "service.log") as server:
+@pytest.mark.parametrize(
+    ("vllm_reply", "problem"),
+    [
+        (None, "unreachable"),  # nothing listens there
+        (b"<html>busy</html>", "malformed reply"),
+        (b'{"choices": [{"index": 0, "text": "x"}]}', "lacks the expected logprobs"),
+    ],
+)
+def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, problem) -> None:
+    with ExitStack() as stack:
+        url = (
+            "http://127.0.0.1:9" if vllm_reply is None else stack.enter_context(answering_server(vllm_reply))
+        )
+        args = ["--checkpoint", str(tiny_checkpoint), "--engine", "vllm", "--vllm-url", url]
+        server = stack.enter_context(start_service(args, free_port(), tmp_path / "service.log"))
         reply = post(server.url, {"histories": [[1]], "k": 3}, headers={})
     assert reply.status_code == 503
-    assert "unreachable" in reply.json()["error"]["message"]
+    assert problem in reply.json()["error"]["message"]
