@@ -65,6 +65,7 @@ class SRMConfig:
             self.model in ("sasrec", "gru4rec", "din"), "srm.model", "must be sasrec|gru4rec|din", self.model
         )
         _check(self.loss in ("ce", "bce"), "srm.loss", "must be ce|bce", self.loss)
+        _check(self.heads >= 1, "srm.heads", "must be >= 1", self.heads)
         _check(
             self.hidden >= 1 and self.hidden % self.heads == 0,
             "srm.hidden",
@@ -94,6 +95,10 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1", self.batch_size)
         _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
+        _check(self.patience >= 1, "train.patience", "must be >= 1", self.patience)
+        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1", self.eval_every)
+        _check(self.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no cap)", self.max_minutes)
+        _check(self.eval_users >= 0, "train.eval_users", "must be >= 0 (0: all)", self.eval_users)
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,15 @@ class LLMConfig:
         _check(self.k >= 1, "llm.k", "must be >= 1", self.k)
         _check(self.target_window >= 0, "llm.target_window", "must be >= 0", self.target_window)
         _check(self.refit_epochs >= 0, "llm.refit_epochs", "must be >= 0", self.refit_epochs)
+        _check(self.epochs >= 1, "llm.epochs", "must be >= 1", self.epochs)
+        _check(self.batch_size >= 1, "llm.batch_size", "must be >= 1", self.batch_size)
+        _check(self.lr > 0, "llm.lr", "must be > 0", self.lr)
+        _check(self.patience >= 1, "llm.patience", "must be >= 1", self.patience)
+        _check(self.layers >= 1, "llm.layers", "must be >= 1", self.layers)
+        _check(self.max_len >= 1, "llm.max_len", "must be >= 1", self.max_len)
+        _check(self.max_minutes >= 0, "llm.max_minutes", "must be >= 0 (0: no cap)", self.max_minutes)
+        _check(self.lora_r >= 1, "llm.lora_r", "must be >= 1", self.lora_r)
+        _check(self.heads >= 1, "llm.heads", "must be >= 1", self.heads)
         _check(
             self.hidden >= 1 and self.hidden % self.heads == 0,
             "llm.hidden",
@@ -231,6 +245,24 @@ class FederationConfig:
             self.norm,
         )
         _check(self.collab_weight >= 0, "federation.collab_weight", "must be >= 0", self.collab_weight)
+        for key, value in (
+            ("proximal_mu", self.proximal_mu),
+            ("max_update_norm", self.max_update_norm),
+            ("collab_prefixes", self.collab_prefixes),
+            ("adapt_steps", self.adapt_steps),
+            ("adapt_lr", self.adapt_lr),
+            ("retries", self.retries),
+        ):
+            _check(value >= 0, f"federation.{key}", "must be >= 0", value)
+        for key, value in (
+            ("local_epochs", self.local_epochs),
+            ("local_batch_size", self.local_batch_size),
+            ("bins", self.bins),
+            ("client_threads", self.client_threads),
+        ):
+            _check(value >= 1, f"federation.{key}", "must be >= 1", value)
+        _check(self.local_lr > 0, "federation.local_lr", "must be > 0", self.local_lr)
+        _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
 
@@ -322,6 +354,15 @@ def _replace_flat(obj: Any, flat: dict[str, Any], prefix: str = "") -> Any:
         if head not in fields:
             known = ", ".join(sorted(prefix + name for name in fields))
             raise ConfigError(prefix + key, f"is not a known key. Known keys here: {known}.")
+        section = dataclasses.is_dataclass(getattr(obj, head))
+        if section and head == key:
+            raise ConfigError(
+                prefix + key, f"is a section: set one of its keys, e.g. {prefix}{head}.KEY=VALUE."
+            )
+        if not section and head != key:
+            raise ConfigError(
+                prefix + key, f"is not a known key: {prefix}{head} takes a value, not sub-keys."
+            )
     for name in fields:
         value = getattr(obj, name)
         if dataclasses.is_dataclass(value):

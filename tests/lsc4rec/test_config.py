@@ -32,6 +32,18 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("llm.refit_epochs=-1", "llm.refit_epochs: must be >= 0"),
         ("llm.target_window=-1", "llm.target_window: must be >= 0"),
         ("srm.hidden", "must look like key=value"),
+        # zeros that used to fail deep inside training (division by zero, an empty range step)
+        ("srm.heads=0", "srm.heads: must be >= 1"),
+        ("llm.heads=0", "llm.heads: must be >= 1"),
+        ("train.eval_every=0", "train.eval_every: must be >= 1"),
+        ("llm.epochs=0", "llm.epochs: must be >= 1"),
+        ("llm.batch_size=0", "llm.batch_size: must be >= 1"),
+        ("federation.local_batch_size=0", "federation.local_batch_size: must be >= 1"),
+        ("federation.bins=0", "federation.bins: must be >= 1"),
+        ("federation.timeout_s=0", "federation.timeout_s: must be > 0"),
+        # keys that used to be ignored without a word
+        ("seed.x=1", "seed.x: is not a known key: seed takes a value"),
+        ("data=3", "data: is a section"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
