@@ -21,6 +21,7 @@ from clients.app import app as client_app
 from clients.central import evaluation_users
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig, load_config
+from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.runs import make_run_dir
@@ -69,7 +70,7 @@ def run_dataset(
 ) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder and wall time."""
     cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
-    nodes = cfg.federation.num_nodes or load_or_prepare(cfg.data, cfg.seed).num_users
+    nodes = fleet_size(cfg.federation.num_nodes, load_or_prepare(cfg.data, cfg.seed).num_users)
     # --set federation.resume=true --set federation.run_dir=DIR continues that run (more rounds, same folder)
     if cfg.federation.resume and not Path(cfg.federation.run_dir, "checkpoints").is_dir():
         raise SystemExit(

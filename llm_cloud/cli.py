@@ -72,9 +72,10 @@ def evaluate(
     from llm_cloud.model import RUN_CONFIG_FILE
     from lsc4rec.data import SequenceDataset
 
+    engine = make_engine("transformers", checkpoint)  # checks the folder first
     if lag is None:
         lag = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())["data"]["lag"]
-    metrics = evaluate_engine(make_engine("transformers", checkpoint), SequenceDataset.load(data), lag, k)
+    metrics = evaluate_engine(engine, SequenceDataset.load(data), lag, k)
     report = {
         "checkpoint": str(checkpoint),
         "data": str(data),

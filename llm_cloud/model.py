@@ -139,15 +139,12 @@ class ItemTokenLM:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> ItemTokenLM:
         """Load a checkpoint written by :meth:`save_pretrained` (float32, eval mode)."""
-        folder = Path(folder)
-        if not Path(folder, ITEM_MAP_FILE).exists():
-            raise ConfigError(
-                "--checkpoint",
-                f"must be a folder written by `lsc4rec llm train`, got {folder}. Train one first.",
-            )
+        template = PromptTemplate.from_pretrained(
+            folder
+        )  # a ConfigError naming --checkpoint if it is not one
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        return cls(model, tokenizer, PromptTemplate.from_pretrained(folder))
+        return cls(model, tokenizer, template)
 
 
 def build_scratch(config: LLMConfig, num_items: int) -> ItemTokenLM:

@@ -141,11 +141,14 @@ def federate(
     overrides: SetOpt = None,
 ) -> None:
     """Run the whole federation: data, cloud LLM, candidate service, Flower simulation, report."""
+    from llm_cloud.engines import ENGINES
     from lsc4rec.runs import make_run_dir
     from server.launch import run_federation
 
-    if engine not in ("transformers", "vllm"):
-        raise typer.BadParameter(f"must be transformers or vllm, got {engine!r}.", param_hint="--engine")
+    if engine not in ENGINES:
+        raise typer.BadParameter(
+            f"must be one of {'|'.join(ENGINES)}, got {engine!r}.", param_hint="--engine"
+        )
     named = {
         "data.dataset": dataset,
         "srm.model": srm,

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 from clients.srm import ITEM_ROWS, build_srm
 from lsc4rec import records
 from lsc4rec.config import MEASURES, FederationConfig, RunConfig
+from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
@@ -85,7 +86,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg.save(run_dir / "config.json")
     seed_everything(cfg.seed)
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
-    nodes = fed.num_nodes or split.num_users
+    nodes = fleet_size(fed.num_nodes, split.num_users)
     wait_for_nodes(grid, nodes)
     grid = PartitionOrderedGrid.discover(grid)  # seeded node samples name the same users on every run
     start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port, spawn_server, start_service
 from lsc4rec.config import RunConfig
+from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.errors import LSC4RecError
@@ -101,7 +102,7 @@ def run_federation(cfg: RunConfig, run_dir: Path, engine: str = "transformers") 
     """Run the whole pipeline of the module docstring; return ``summary.md``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_or_prepare(cfg.data, cfg.seed)
-    nodes = cfg.federation.num_nodes or dataset.num_users
+    nodes = fleet_size(cfg.federation.num_nodes, dataset.num_users)
     checkpoint = llm_checkpoint(cfg)
     with (
         candidate_service(cfg, checkpoint, engine, run_dir) as service,

@@ -21,6 +21,11 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         (["data", "prepare", "--dataset", "/nonexistent/folder"], "is neither a known dataset"),
         (["data", "prepare", "--set", "srm.wings=2"], "srm.wings: is not a known key"),
         (["data", "prepare", "--kcore", "0"], "data.kcore: must be >= 1"),
+        (["llm", "serve", "--checkpoint", "/nonexistent/ckpt"], "--checkpoint: must be a folder written by"),
+        (
+            ["llm", "evaluate", "--checkpoint", "/nonexistent/ckpt", "--data", "/nonexistent/data.npz"],
+            "--checkpoint: must be a folder written by",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -5,6 +5,7 @@ import pytest
 
 from lsc4rec.data import TemporalSplit, partition_users
 from lsc4rec.data.batching import left_pad, next_item_batch, windows
+from lsc4rec.data.partition import fleet_size
 from lsc4rec.errors import ConfigError
 from tests.conftest import make_dataset
 
@@ -54,6 +55,12 @@ def test_partition_covers_every_user_once_and_is_seeded() -> None:
     assert [len(p) for p in partition_users(4, 4)] == [1, 1, 1, 1]
     with pytest.raises(ConfigError, match="num_nodes"):
         partition_users(3, 4)
+
+
+def test_fleet_size_zero_is_one_node_per_user_and_more_nodes_than_users_is_refused() -> None:
+    assert fleet_size(0, 610) == 610 and fleet_size(10, 610) == 10
+    with pytest.raises(ConfigError, match=r"federation.num_nodes: must be in \[1, 610\].*got 611"):
+        fleet_size(611, 610)
 
 
 def test_left_pad_and_next_item_batch() -> None:
