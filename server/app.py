@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,10 @@ from lsc4rec.outcomes import StageOutcome, budget_point, choose_measure
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
-from server.report import append_round, final_figures, write_report
+from server.report import ROUNDS_FILE, append_round, final_figures, write_report
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
+from strategies.wrapper import StrategyWrapper
 
 app = ServerApp()
 
@@ -99,18 +100,19 @@ def main(grid: Grid, context: Context) -> None:
         initial_measure=measure if measure in fed.measures else None,  # a resumed run keeps its gate
     )
     started = time.perf_counter()
+    if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
+        (run_dir / ROUNDS_FILE).unlink(missing_ok=True)
     if fed.rounds > start_round:
+        recorded = _RoundMetrics(strategy)
         with seeded_node_sampling(cfg.seed + start_round):  # a resumed run draws anew, not round 1's sample
-            result = strategy.start(
+            result = recorded.start(
                 grid,
                 arrays,
                 num_rounds=fed.rounds - start_round,
                 timeout=3600,
-                evaluate_fn=_checkpointer(run_dir, strategy, start_round),
+                evaluate_fn=_after_round(run_dir, recorded, strategy, start_round),
             )
         arrays = result.arrays
-        for record in _round_records(result, start_round, strategy.measures_used):
-            append_round(run_dir, record)
     final = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
@@ -175,34 +177,66 @@ def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
     )
 
 
-def _checkpointer(run_dir: Path, strategy: RequestBudget, offset: int) -> Callable[[int, ArrayRecord], None]:
-    """Flower's ``evaluate_fn`` hook, called after every round: checkpoint the global SRM and τ."""
+class _RoundMetrics(StrategyWrapper):
+    """Hold each round's aggregated training and validation metrics for the end-of-round hook."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__(strategy)
+        self.train: dict[int, MetricRecord | None] = {}
+        self.evaluate: dict[int, MetricRecord | None] = {}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Delegate, and keep the metrics."""
+        arrays, self.train[server_round] = self.strategy.aggregate_train(server_round, replies)
+        return arrays, self.train[server_round]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Delegate, and keep the metrics."""
+        self.evaluate[server_round] = self.strategy.aggregate_evaluate(server_round, replies)
+        return self.evaluate[server_round]
+
+
+def _after_round(
+    run_dir: Path, recorded: _RoundMetrics, budget: RequestBudget, offset: int
+) -> Callable[[int, ArrayRecord], None]:
+    """Flower's ``evaluate_fn`` hook, the last call of every round: the round's metrics line, then its checkpoint.
+
+    Both are on disk as soon as the round ends, so a crashed run loses at most the round in flight, and a
+    run resumed from the checkpoint keeps the figures of the rounds before it.
+    """
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round > 0:
-            save_checkpoint(run_dir, offset + server_round, arrays, strategy.tau, strategy.measure)
+            record = _round_record(
+                offset + server_round,
+                recorded.train.get(server_round),
+                recorded.evaluate.get(server_round),
+                budget.measures_used.get(server_round, ""),
+            )
+            append_round(run_dir, record)
+            save_checkpoint(run_dir, offset + server_round, arrays, budget.tau, budget.measure)
 
     return after_round
 
 
-def _round_records(result: Any, offset: int, measures_used: dict[int, str]) -> list[dict[str, Any]]:
-    """One JSON line per round: training and (summed) validation figures, the gate (signal, τ), its rate."""
-    out = []
-    for server_round, train in sorted(result.train_metrics_clientapp.items()):
-        record: dict[str, Any] = {
-            "round": offset + server_round,
-            **{k if k.startswith("train-") else f"train-{k}": v for k, v in train.items()},
-        }
-        evaluation = result.evaluate_metrics_clientapp.get(server_round)
-        if evaluation is not None and (valid := _any_outcome(evaluation, "valid")) is not None:
-            record["valid-fused-ndcg@10"] = float(valid.means()["stale-ndcg"][valid.best_alpha()])
-            record["valid-users"] = valid.users
-            record[records.MEASURE] = measures_used.get(server_round, "")
-            for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
-                if key in evaluation:
-                    record[key] = evaluation[key]
-        out.append(record)
-    return out
+def _round_record(
+    server_round: int, train: MetricRecord | None, evaluation: MetricRecord | None, measure: str
+) -> dict[str, Any]:
+    """One JSON line: training and (summed) validation figures, the gate (signal, τ), its realized rate."""
+    record: dict[str, Any] = {
+        "round": server_round,
+        **{k if k.startswith("train-") else f"train-{k}": v for k, v in (train or {}).items()},
+    }
+    if evaluation is not None and (valid := _any_outcome(evaluation, "valid")) is not None:
+        record["valid-fused-ndcg@10"] = float(valid.means()["stale-ndcg"][valid.best_alpha()])
+        record["valid-users"] = valid.users
+        record[records.MEASURE] = measure
+        for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
+            if key in evaluation:
+                record[key] = evaluation[key]
+    return record
 
 
 def _outcome(metrics: MetricRecord, stage: str, measure: str) -> StageOutcome:
@@ -218,8 +252,13 @@ def _any_outcome(metrics: MetricRecord, stage: str) -> StageOutcome | None:
 
 
 def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The per-round lines of ``run_dir``, one per round.
+
+    A round redone after a crash (resumed before that round's checkpoint was written) keeps its last line.
+    """
+    path = run_dir / ROUNDS_FILE
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return sorted({line["round"]: line for line in lines}.values(), key=lambda line: line["round"])
 
 
 def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int) -> MetricRecord:

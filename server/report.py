@@ -20,11 +20,12 @@ from lsc4rec.outcomes import StageOutcome, budget_point, random_policy
 from lsc4rec.runs import write_json
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round ends
 
 
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one round's figures to ``metrics.jsonl``."""
-    with (run_dir / "metrics.jsonl").open("a") as handle:
+    with (run_dir / ROUNDS_FILE).open("a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 

@@ -80,17 +80,38 @@ def test_federation_trains_checkpoints_and_reports(
     assert final["federated SRM full-catalogue ndcg@10 (global)"] == pytest.approx(central, abs=1e-9)
 
 
-def test_federation_resumes_from_last_checkpoint(
-    federation_config: RunConfig, service: str, tmp_path: Path
+class ServerCrash(RuntimeError):
+    pass
+
+
+def test_federation_crashed_mid_run_keeps_its_rounds_and_resumes(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run(federation_config, tmp_path, service, "federation.rounds=2")
+    """The server dies in round 3: rounds 1 and 2 are on disk (lines and checkpoints), and the run resumes."""
+
+    class CrashingGrid(InProcessGrid):
+        calls = 0
+
+        def send_and_receive(self, messages, *, timeout=None):
+            self.calls += 1
+            if self.calls == 6:  # the partition query, then training and validation of rounds 1 and 2
+                raise ServerCrash("the ServerApp died in round 3")
+            return super().send_and_receive(messages, timeout=timeout)
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashingGrid)
+    with pytest.raises(ServerCrash):
+        run(federation_config, tmp_path, service, "federation.rounds=3")
+    assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
+    assert all("valid-fused-ndcg@10" in r for r in rounds(tmp_path))
     first = (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes()
     gate = json.loads((tmp_path / "checkpoints" / "round-0002.json").read_text())
     assert gate["request-signal"] in MEASURES  # the gate resumes with its signal as well as its τ
+    monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
     run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2, 3]
     assert (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes() == first
     assert (tmp_path / "checkpoints" / "round-0003.safetensors").exists()
+    assert json.loads((tmp_path / "final.json").read_text())["users"] == 24
 
 
 class JitteryGrid(InProcessGrid):
