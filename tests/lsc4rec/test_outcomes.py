@@ -118,13 +118,17 @@ def test_stage_outcome_means_and_best_alpha_use_stale_ndcg() -> None:
 
 
 def test_budget_point_is_gate_at_label_free_tau_against_random_at_its_rate() -> None:
-    score, stale, fresh = random_users(200, seed=5)
-    outcome = outcome_from_users(score, stale, fresh, bins=1000)
-    point = budget_point(outcome, 1, 0.1)
-    assert point.tau == pytest.approx(threshold_for_budget(outcome.bin_count, outcome.bin_edges, 0.1))
-    assert (point.rate, point.gated) == pytest.approx(gated_policy(outcome, 1, point.tau))
-    assert point.random == pytest.approx(random_policy(outcome, 1, point.rate))
-    assert point.gain == pytest.approx(point.gated - point.random)
+    """Ten users, one per bin; a fresh list helps the two with the highest signal (0.9 and 0.7 over 0.1)."""
+    score = np.arange(10) / 10 + 0.05  # 0.05, 0.15, ..., 0.95
+    stale = np.full((10, len(ALPHAS)), 0.1)
+    fresh = stale.copy()
+    fresh[8:, 1] = [0.9, 0.7]
+    point = budget_point(outcome_from_users(score, stale, fresh, bins=10), 1, 0.2)
+    assert point.tau == pytest.approx(0.8)  # the two highest scores lie above it
+    assert point.rate == pytest.approx(0.2)
+    assert point.gated == pytest.approx((8 * 0.1 + 0.9 + 0.7) / 10)  # 0.24
+    assert point.random == pytest.approx(0.8 * 0.1 + 0.2 * 0.24)  # a random fifth gets the mean fresh list
+    assert point.gain == pytest.approx(0.24 - 0.128)
 
 
 def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -32,8 +33,10 @@ def test_flwr_run_simulation_writes_report_and_stops_its_processes(
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in history] == [1, 2]
     assert json.loads((tmp_path / "run" / "final.json").read_text())["users"] == 24
-    # every process the launcher started is gone: the SuperLink's port no longer answers
+    # every process the launcher started is gone: neither the SuperLink nor the candidate service answers
     config = (tmp_path / "run" / "flwr-home" / "config.toml").read_text()
     address = config.split('address = "')[1].split('"')[0]
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"http://{address}/health", timeout=2.0)
+    run_config = tomllib.loads((tmp_path / "run" / "run_config.toml").read_text())
+    for health in (f"http://{address}/health", f"{run_config['federation.service_url']}/healthz"):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(health, timeout=2.0)
