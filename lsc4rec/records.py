@@ -10,7 +10,6 @@ TRAIN_LOSS = "train-loss"  # mean local training loss of the last local epoch
 FALLBACKS = "cloud-fallbacks"  # lists the node could not get from the cloud this round
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
 PARTITION = "partition-id"  # query reply: the node's partition id (its users), for run-independent sampling
-FINAL = "final"  # config: the final evaluation over every node (the report's figures)
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round
@@ -25,7 +24,7 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
-STATE_PERSONAL = "personal-srm"
+STATE_PERSONAL = "personal-srm"  # the adapted copy: what the device serves its user until the next evaluation
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
 
 

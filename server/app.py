@@ -265,9 +265,7 @@ def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
 
 def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int) -> MetricRecord:
     """Evaluate the final global SRM on every node (adaptation, collaborative inference); sum the replies."""
-    config = ConfigRecord(
-        {records.TAU: tau, records.MEASURE: measure, records.FINAL: True, records.SERVER_ROUND: rounds}
-    )
+    config = ConfigRecord({records.TAU: tau, records.MEASURE: measure, records.SERVER_ROUND: rounds})
     messages = [
         Message(
             RecordDict({records.ARRAYS: arrays, records.CONFIG: config}),
