@@ -204,7 +204,10 @@ def main() -> None:
         "--checkpoint", action="append", default=[], help="DATASET=CKPT: an LLM checkpoint to use"
     )
     parser.add_argument(
-        "--central", action="append", default=[], help="DATASET=NDCG: central SRM test NDCG@10"
+        "--central",
+        action="append",
+        default=[],
+        help="JSON of benchmarks/srm_central.py: its SASRec-CE rows are the central SRM",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="key=value for every run"

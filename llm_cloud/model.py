@@ -4,7 +4,7 @@ Two ways to build one (DESIGN.md section 4):
 
 - :func:`build_scratch`: a small Llama config whose vocabulary is the N item tokens plus four specials
   (``<pad>`` = 0, items 1..N = tokens 1..N, then ``<bos>``, ``<eos>``, ``<unk>``), trained fully. A vocabulary that
-  is almost only items lets vLLM skip a long allow-list per request (ENVIRONMENT.md measured it 3x slower).
+  is almost only items lets vLLM skip a long allow-list per request (../shared/ENVIRONMENT.md measured it 3x slower).
 - :func:`build_pretrained`: a local Hugging Face causal LM folder or ``.gguf`` file, item tokens appended after
   its vocabulary, LoRA adapters (peft, ``bias="none"``, no ``modules_to_save``) on attention and MLP, and the new
   token rows trained through peft's ``trainable_token_indices``; merged before saving so vLLM serves it.

@@ -1,6 +1,6 @@
 """Starting and stopping ``vllm serve`` (its OpenAI-compatible server) in its own virtual environment.
 
-vLLM cannot share the project's environment (ENVIRONMENT.md), so it runs as a separate process group started
+vLLM cannot share the project's environment (../shared/ENVIRONMENT.md), so it runs as a separate process group started
 from ``.venv-vllm`` (see ``scripts/make_vllm_venv.sh``), is waited for on ``/health``, and is stopped by killing
 its whole process group (it spawns engine workers).
 """

@@ -201,7 +201,7 @@ class FederationConfig:
     timeout_s: float = 20.0  # per request to the candidate service
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
     client_threads: int = 1  # torch threads per node: device models are tiny, and many nodes share few cores
-    run_dir: str = ""  # the run folder (checkpoints, report); set by run_federation.sh
+    run_dir: str = ""  # the run folder (checkpoints, report); set by server/launch.py
     resume: bool = False  # continue from the newest checkpoint in run_dir
 
     def __post_init__(self) -> None:

@@ -1,5 +1,5 @@
-# Sourced by run_federation.sh, run_tests.sh and .ci/run: environment and the one-time bootstrap of .venv.
-# Installs torch first, pinned to the local CPU build (ENVIRONMENT.md), so that nothing fetches another torch.
+# Sourced by run_federation.sh and run_tests.sh (which .ci/run calls): environment and the one-time bootstrap of .venv.
+# Installs torch first, pinned to the local CPU build (../shared/ENVIRONMENT.md), so that nothing fetches another torch.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LSC4REC_VENV:-$ROOT/.venv}"

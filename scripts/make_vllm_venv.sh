@@ -23,7 +23,7 @@ fi
 # torch first: this exact pin resolves to the local CPU build; anything else pulls a multi-GB CUDA build.
 "$VENV/bin/pip" install torch==2.13.0
 "$VENV/bin/pip" install "$PACKAGE"
-# The PyPI builds of these break `import transformers` beside the CPU torch (ENVIRONMENT.md).
+# The PyPI builds of these break `import transformers` beside the CPU torch (../shared/ENVIRONMENT.md).
 "$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
 "$VENV/bin/python" -c "import vllm; print('vllm', vllm.__version__)"
 date -u > "$MARKER"

@@ -7,7 +7,7 @@ log-probabilities after the request's logit processors. Restricting to items:
 - ``logit_bias`` of -100 on the few non-item tokens (the scratch vocabulary has four), which leaves the item
   log-probabilities renormalised over items to within e^-100 and costs almost nothing per request;
 - ``allowed_token_ids`` listing the item range when the vocabulary has many non-item tokens (a pretrained
-  base), which ENVIRONMENT.md measured at about a third of the throughput for 10,000 items.
+  base), which ../shared/ENVIRONMENT.md measured at about a third of the throughput for 10,000 items.
 
 Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusion set of the batch.
 """
