@@ -41,7 +41,8 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     split = TemporalSplit(dataset, config.data.lag)
     srm_config = config.srm
     model = build_srm(srm_config, dataset.num_items)
-    run_dir = make_run_dir(config.out_dir, f"srm-{config.data.dataset}-{srm_config.model}-{srm_config.loss}")
+    name = f"srm-{Path(config.data.dataset).name}-{srm_config.model}-{srm_config.loss}"
+    run_dir = make_run_dir(config.out_dir, name)
     config.save(run_dir / "config.json")
     sequences = [
         w for u in range(split.num_users) for w in windows(split.srm_train_sequence(u), srm_config.max_len)
