@@ -92,12 +92,8 @@ class TrainConfig:
     eval_users: int = 0  # evaluate on a seeded sample of this many users (0 = all); for costly scorers (DIN)
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
-        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1", self.batch_size)
-        _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
-        _check(self.patience >= 1, "train.patience", "must be >= 1", self.patience)
+        _check_schedule("train", self)
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1", self.eval_every)
-        _check(self.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no cap)", self.max_minutes)
         _check(self.eval_users >= 0, "train.eval_users", "must be >= 0 (0: all)", self.eval_users)
 
 
@@ -133,13 +129,9 @@ class LLMConfig:
         _check(self.k >= 1, "llm.k", "must be >= 1", self.k)
         _check(self.target_window >= 0, "llm.target_window", "must be >= 0", self.target_window)
         _check(self.refit_epochs >= 0, "llm.refit_epochs", "must be >= 0", self.refit_epochs)
-        _check(self.epochs >= 1, "llm.epochs", "must be >= 1", self.epochs)
-        _check(self.batch_size >= 1, "llm.batch_size", "must be >= 1", self.batch_size)
-        _check(self.lr > 0, "llm.lr", "must be > 0", self.lr)
-        _check(self.patience >= 1, "llm.patience", "must be >= 1", self.patience)
+        _check_schedule("llm", self)
         _check(self.layers >= 1, "llm.layers", "must be >= 1", self.layers)
         _check(self.max_len >= 1, "llm.max_len", "must be >= 1", self.max_len)
-        _check(self.max_minutes >= 0, "llm.max_minutes", "must be >= 0 (0: no cap)", self.max_minutes)
         _check(self.lora_r >= 1, "llm.lora_r", "must be >= 1", self.lora_r)
         _check(self.heads >= 1, "llm.heads", "must be >= 1", self.heads)
         _check(
@@ -330,6 +322,18 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
 def _check(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(key, f"{rule}, got {value!r}.")
+
+
+def _check_schedule(section: str, config: TrainConfig | LLMConfig) -> None:
+    """The training schedule both the SRM's and the LLM's sections share."""
+    for key, value, ok, rule in (
+        ("epochs", config.epochs, config.epochs >= 1, "must be >= 1"),
+        ("batch_size", config.batch_size, config.batch_size >= 1, "must be >= 1"),
+        ("lr", config.lr, config.lr > 0, "must be > 0"),
+        ("patience", config.patience, config.patience >= 1, "must be >= 1"),
+        ("max_minutes", config.max_minutes, config.max_minutes >= 0, "must be >= 0 (0: no cap)"),
+    ):
+        _check(ok, f"{section}.{key}", rule, value)
 
 
 def _flatten(tree: typing.Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
