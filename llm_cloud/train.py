@@ -7,10 +7,11 @@ fresh window is ever a target. Users with short sequences contribute what they h
 
 Each position's loss covers its next ``llm.target_window`` items (ℓ + 1 by default, see ``sequence_loss``).
 
-After early stopping, ``llm.refit_epochs`` more epochs continue from the best epoch on the whole cloud view at
-validation time (x_1 … x_{n-2-ℓ}): the held-out item is the newest interaction the cloud has seen, the one
-closest to what it will be asked about, so selecting the epoch count on it and then learning from it wastes
-nothing (the usual train-then-refit practice; no validation figure exists for those epochs).
+After early stopping, ``llm.refit_epochs`` more epochs (none by default) can continue from the best epoch on the
+whole cloud view at validation time (x_1 … x_{n-2-ℓ}), so that the model also learns the newest interaction the
+cloud has seen. The price is the validation stage: its stale query ends on that very item, which the model then
+has trained on, while a test query (and every query in service) ends on an item it has not. Validation then
+flatters the LLM, and the fusion weight and request signal chosen there lean on it (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -75,6 +75,7 @@ TINY_SETTINGS = [
     "llm.lr=0.01",
     "llm.max_len=20",
     "llm.dropout=0.0",
+    "llm.refit_epochs=1",  # off by default; the tests train it
     "data.lag=2",
 ]
 
