@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -36,17 +36,26 @@ class ManagedServer:
 
     url: str
     process: subprocess.Popen
+    stopped: bool = field(default=False, init=False)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+        """Stop the server's whole process group: SIGTERM, then SIGKILL to what is left after ``grace_s``.
 
         The group is signalled even when its leader has already exited: vLLM's engine workers (or a crashed
-        service's children) can outlive it in the same group.
+        service's children) can outlive it in the same group. Only the first call signals, so a later one
+        never reaches a group id the system has since given to other processes.
         """
-        _signal_group(self.process.pid, signal.SIGTERM)
+        if self.stopped:
+            return
+        self.stopped = True
+        pgid = self.process.pid
+        deadline = time.monotonic() + grace_s
+        _signal_group(pgid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(grace_s)
-        _signal_group(self.process.pid, signal.SIGKILL)  # whatever ignored SIGTERM, leader or not
+        while _group_alive(pgid) and time.monotonic() < deadline:  # workers finishing their shutdown
+            time.sleep(0.1)
+        _signal_group(pgid, signal.SIGKILL)
         self.process.wait()
 
     def __enter__(self) -> ManagedServer:
@@ -110,6 +119,14 @@ def _program_name(command: list[str]) -> str:
     if len(command) > 2 and command[1] == "-m":
         return command[2]
     return Path(command[0]).name
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
