@@ -125,7 +125,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "calibrated on the label-free histogram of the request signal)",
         "",
         f"Request signal: {figures.get('request signal', 'as configured')} (with `federation.measure = auto`, "
-        "the one whose gate beat random requests by most on validation at the budget).",
+        "the one whose gate beat random requests by most on validation at the budget). The live gate of the "
+        f"last round used {figures.get('live gate signal', 'the same')}.",
         "",
     ]
     lines += _markdown_table(figures["policies"])
