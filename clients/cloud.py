@@ -59,7 +59,8 @@ class CloudClient:
 
     A 4xx answer means the device sent something the schema forbids, or the wrong key: it is raised as
     ``ProtocolError`` at once (retrying cannot help). Connection failures, timeouts, 5xx answers and replies
-    that break the schema are retried ``retries`` times, then raised as ``CloudUnavailableError``. The bearer
+    that break the schema are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at
+    once, a reply with the wrong number of lists or lists longer than K (a foreign service). The bearer
     key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
     """
 

@@ -48,7 +48,7 @@ class CandidateList(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[int]
+    items: list[ItemId]
     scores: list[float]
 
     @model_validator(mode="after")
