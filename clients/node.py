@@ -73,5 +73,5 @@ def load_node(data: DataConfig, seed: int, partition: int, partitions: int) -> N
     """
     dataset = load_or_prepare(data, seed)
     split = TemporalSplit(dataset, data.lag)
-    parts = partition_users(dataset.num_users, partitions or dataset.num_users, seed)
+    parts = partition_users(dataset.num_users, partitions, seed)
     return NodeData(split, parts[partition])

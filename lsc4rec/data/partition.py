@@ -25,9 +25,9 @@ def fleet_size(num_nodes: int, num_users: int) -> int:
 def partition_users(num_users: int, num_nodes: int, seed: int = 0) -> list[np.ndarray]:
     """Assign users to ``num_nodes`` nodes by a seeded shuffle and near-equal contiguous chunks.
 
-    ``num_nodes == num_users`` gives one user per node (a device); fewer nodes give edge boxes holding
+    ``num_nodes == num_users`` (or 0) gives one user per node (a device); fewer nodes give edge boxes holding
     ``ceil(num_users / num_nodes)`` or one fewer users. Every user lands on exactly one node.
     """
-    fleet_size(num_nodes, num_users)  # checks the range
+    num_nodes = fleet_size(num_nodes, num_users)
     order = np.random.default_rng(seed).permutation(num_users)
     return [np.sort(chunk) for chunk in np.array_split(order, num_nodes)]
