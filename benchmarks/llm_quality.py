@@ -9,8 +9,8 @@ Every row is on the test target x_n except the LLM's second row, the same querie
 x_{n-1}, never a training target of the LLM): compare LLM settings there, not on test.
 
 The floors are fitted on the SRM training sequences (x_1 … x_{n-2}), data the cloud never sees. With
-``--same-data`` two more rows are fitted on exactly the cloud's data (x_1 … x_{n-2-ℓ}, what the LLM learns
-from, refit included): ItemTransition, and SASRec with the central SRM recipe (cross-entropy, early stopping
+``--same-data`` two more rows are fitted on exactly the cloud's data (x_1 … x_{n-2-ℓ}: the LLM's training
+sequence and its held-out item, which it also learns from when ``llm.refit_epochs`` > 0): ItemTransition, and SASRec with the central SRM recipe (cross-entropy, early stopping
 on the LLM's own held-out item). They separate what the model achieves from what the cloud's stale data allows.
 
     PYTHONPATH=. .venv/bin/python benchmarks/llm_quality.py --json runs/bench/llm_quality.json

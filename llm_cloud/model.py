@@ -139,9 +139,8 @@ class ItemTokenLM:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> ItemTokenLM:
         """Load a checkpoint written by :meth:`save_pretrained` (float32, eval mode)."""
-        template = PromptTemplate.from_pretrained(
-            folder
-        )  # a ConfigError naming --checkpoint if it is not one
+        # a ConfigError naming --checkpoint if the folder is not a checkpoint
+        template = PromptTemplate.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return cls(model, tokenizer, template)

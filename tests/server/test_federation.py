@@ -20,6 +20,7 @@ from lsc4rec.scoring import evaluate_full
 from server.app import app as server_app
 from server.checkpoint import load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
+from server.report import ROUNDS_FILE
 from tests.conftest import NODES
 
 
@@ -31,7 +32,7 @@ def run(
 
 
 def rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines()]
 
 
 def test_federation_trains_checkpoints_and_reports(

@@ -11,6 +11,7 @@ import pytest
 
 from lsc4rec.config import RunConfig
 from server.launch import run_federation
+from server.report import ROUNDS_FILE
 
 
 @pytest.mark.slow
@@ -30,7 +31,7 @@ def test_flwr_run_simulation_writes_report_and_stops_its_processes(
     assert "| fused | stale |" in summary.read_text()
     # the ServerApp's log (streamed by `flwr run`): every supernode answered the partition query
     assert "fleet: 3 of 3 nodes told their partition id" in capfd.readouterr().out
-    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "run" / ROUNDS_FILE).read_text().splitlines()]
     assert [r["round"] for r in history] == [1, 2]
     assert json.loads((tmp_path / "run" / "final.json").read_text())["users"] == 24
     # every process the launcher started is gone: neither the SuperLink nor the candidate service answers
