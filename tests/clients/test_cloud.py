@@ -82,6 +82,7 @@ def test_cloud_client_sends_the_key_from_the_environment(
     [
         (b'{"lists": [{"items": [4, 5], "scores": [-1.0]}], "model": "m"}', "outside the schema"),
         (b"not json", "outside the schema"),
+        (b'{"lists": [{"items": [0, 5], "scores": [-1.0, -2.0]}], "model": "m"}', "outside the schema"),
         (b'{"lists": [], "model": "m"}', "answered 1 histories with 0 lists"),
         (b'{"lists": [{"items": [4, 5, 6], "scores": [-1, -2, -3]}], "model": "m"}', "longer than K = 2"),
     ],
