@@ -180,24 +180,27 @@ def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
 
 
 class _RoundMetrics(StrategyWrapper):
-    """Hold each round's aggregated training and validation metrics for the end-of-round hook."""
+    """Hold the current round's aggregated training and validation metrics for the end-of-round hook.
+
+    Flower's result keeps the whole history; the hook, called last in each round, needs only this round's.
+    """
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)
-        self.train: dict[int, MetricRecord | None] = {}
-        self.evaluate: dict[int, MetricRecord | None] = {}
+        self.train: MetricRecord | None = None
+        self.evaluate: MetricRecord | None = None
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Delegate, and keep the metrics."""
-        arrays, self.train[server_round] = self.strategy.aggregate_train(server_round, replies)
-        return arrays, self.train[server_round]
+        arrays, self.train = self.strategy.aggregate_train(server_round, replies)
+        return arrays, self.train
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Delegate, and keep the metrics."""
-        self.evaluate[server_round] = self.strategy.aggregate_evaluate(server_round, replies)
-        return self.evaluate[server_round]
+        self.evaluate = self.strategy.aggregate_evaluate(server_round, replies)
+        return self.evaluate
 
 
 def _after_round(
@@ -213,8 +216,8 @@ def _after_round(
         if server_round > 0:
             record = _round_record(
                 offset + server_round,
-                recorded.train.get(server_round),
-                recorded.evaluate.get(server_round),
+                recorded.train,
+                recorded.evaluate,
                 budget.measures_used.get(server_round, ""),
             )
             append_round(run_dir, record)
