@@ -119,13 +119,19 @@ def training_examples(lm: ItemTokenLM, sequences: Sequence[np.ndarray]) -> list[
 
 
 def sequence_loss(
-    lm: ItemTokenLM, batch: list[list[int]], label_smoothing: float = 0.0, window: int = 1
+    lm: ItemTokenLM,
+    batch: list[list[int]],
+    label_smoothing: float = 0.0,
+    window: int = 1,
+    context_free: bool = True,
 ) -> torch.Tensor:
     """Mean cross-entropy over the item tokens of each of the next ``window`` items, at every item position.
 
     ``window = 1`` is the plain next-item loss. A wider window also asks each position for the items after the
     next one (a dense all-action loss, as in PinnerFormer): the cloud's list is read ℓ + 1 interactions after
     its history ends, so items a few steps ahead are what its candidates must contain.
+    ``context_free = False`` drops the predictions made from the prompt prefix alone (a window's first
+    position, before any item): no query asks for them, since a history is never empty.
     """
     width = max(len(ids) for ids in batch)
     ids = torch.full((len(batch), width), lm.template.pad_token, dtype=torch.long)
@@ -141,9 +147,13 @@ def sequence_loss(
     smoothing = -log_probs.mean(dim=-1)  # cross-entropy against the uniform distribution, per position
     # Row-major order: position j's d-th next item is label j + d when it lies in the same row.
     labels, rows = nxt[labelled] - first, labelled.nonzero()[:, 0]
+    keep = torch.ones_like(rows, dtype=torch.bool)  # [labelled]: positions whose predictions count
+    if not context_free:
+        keep[0] = False
+        keep[1:] = rows[1:] == rows[:-1]  # a row's first labelled position has read no item yet
     total, count = log_probs.new_zeros(()), 0
     for d in range(min(window, len(labels))):
-        index = (rows[d:] == rows[: len(rows) - d]).nonzero()[:, 0]
+        index = ((rows[d:] == rows[: len(rows) - d]) & keep[: len(rows) - d]).nonzero()[:, 0]
         nll = -log_probs[index, labels[d:][index]]
         total = total + ((1 - label_smoothing) * nll + label_smoothing * smoothing[index]).sum()
         count += len(index)
@@ -181,7 +191,7 @@ def _train_epoch(
     ]
     total, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for batch in bar:
-        loss = sequence_loss(lm, batch, llm.label_smoothing, window)
+        loss = sequence_loss(lm, batch, llm.label_smoothing, window, llm.context_free_targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in lm.model.parameters() if p.requires_grad], 1.0)

@@ -123,6 +123,9 @@ class LLMConfig:
     # is read ℓ + 1 interactions past the cloud's history, so items that far ahead are what it must contain
     # (1: next item only; BENCHMARKS.md compares them)
     target_window: int = 0
+    # false: no loss on what a training window's first position (the prompt prefix, no item yet) predicts; a
+    # served history is never empty, so those predictions only teach popularity
+    context_free_targets: bool = True
     max_minutes: float = 5.0  # wall-clock cap on training (0 = none); the best epoch so far is kept
     lora_r: int = 16  # pretrained base: LoRA rank
     lora_alpha: int = 32  # pretrained base: LoRA scaling numerator

@@ -18,14 +18,14 @@ def lm_and_batch():
     return lm, [lm.template.encode_all(items) for items in BATCH_ITEMS]
 
 
-def _hand_loss(lm, batch: list[list[int]], window: int) -> torch.Tensor:
-    """The windowed loss written out one (prompt position, future item) pair at a time."""
+def _hand_loss(lm, batch: list[list[int]], window: int, first_position: int = 0) -> torch.Tensor:
+    """The windowed loss written out one (prompt position, future item) pair at a time, from ``first_position``."""
     terms = []
     for example in batch:
         ids = torch.tensor([example])
         hidden = lm.hidden_states(ids, torch.ones_like(ids))[0]
         items = [t - lm.template.first_item_token for t in example[1:]]  # example[0] is the BOS token
-        for position in range(len(items)):
+        for position in range(first_position, len(items)):
             log_probs = F.log_softmax(lm.item_logits(hidden[position]).float(), -1)
             terms += [-log_probs[items[position + d]] for d in range(window) if position + d < len(items)]
     return torch.stack(terms).mean()
@@ -40,6 +40,16 @@ def test_windowed_loss_averages_every_future_item_within_its_own_sequence(lm_and
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     if window > 1:  # the window adds terms: the loss differs from the next-item one
         assert got.item() != pytest.approx(sequence_loss(lm, batch).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_without_context_free_targets_the_prefix_position_predicts_nothing(lm_and_batch, window: int) -> None:
+    lm, batch = lm_and_batch
+    with torch.no_grad():
+        got = sequence_loss(lm, batch, window=window, context_free=False)
+        want = _hand_loss(lm, batch, window, first_position=1)  # position 0 has read only the BOS token
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert got.item() != pytest.approx(sequence_loss(lm, batch, window=window).item(), rel=1e-4)
 
 
 def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy(lm_and_batch) -> None:
