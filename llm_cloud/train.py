@@ -7,6 +7,9 @@ fresh window is ever a target. Users with short sequences contribute what they h
 
 Each position's loss covers its next ``llm.target_window`` items (ℓ + 1 by default, see ``sequence_loss``).
 
+With ``llm.average_epochs = N`` the weights of the last N epochs are averaged when training stops (stochastic weight
+averaging along the trajectory); the average replaces the best epoch only if validation prefers it.
+
 After early stopping, ``llm.refit_epochs`` more epochs (none by default) can continue from the best epoch on the
 whole cloud view at validation time (x_1 … x_{n-2-ℓ}), so that the model also learns the newest interaction the
 cloud has seen. The price is the validation stage: its stale query ends on that very item, which the model then
@@ -20,6 +23,7 @@ import copy
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +54,7 @@ class TrainResult:
     best_valid_ndcg10: float
     seconds: float
     target_window: int  # items each position learned (llm.target_window, with 0 resolved to ℓ + 1)
+    averaged_epochs: int  # epochs whose weights the checkpoint averages (0: the best epoch's weights alone)
     epochs: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -75,6 +80,7 @@ def train_llm(
     window = llm.target_window or config.data.lag + 1
     log.info("each position learns its next %d items (llm.target_window)", window)
     best, best_state, best_epoch, stale, epochs = -1.0, None, 0, 0, []
+    recent: deque[dict[str, torch.Tensor]] = deque(maxlen=llm.average_epochs)  # the last epochs' weights
     for epoch in range(1, llm.epochs + 1):
         loss = _train_epoch(lm, examples, optimizer, llm, window, rng, progress, epoch)
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
@@ -82,6 +88,8 @@ def train_llm(
             {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
         )
         log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f", epoch, loss, valid)
+        if llm.average_epochs:
+            recent.append(copy.deepcopy(lm.model.state_dict()))
         if valid > best:
             best, best_epoch, stale = valid, epoch, 0
             best_state = copy.deepcopy(lm.model.state_dict())
@@ -90,6 +98,16 @@ def train_llm(
         out_of_time = llm.max_minutes > 0 and time.monotonic() - started > 60 * llm.max_minutes
         if stale >= llm.patience or out_of_time:
             break
+    averaged = 0
+    if len(recent) > 1:
+        lm.model.load_state_dict(_average_states(recent))
+        valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
+        epochs.append({"averaged_epochs": len(recent), "valid_ndcg@10": valid})
+        log.info(
+            "the last %d epochs averaged: valid NDCG@10 %.4f (best epoch %.4f)", len(recent), valid, best
+        )
+        if valid > best:
+            best, best_state, averaged = valid, copy.deepcopy(lm.model.state_dict()), len(recent)
     lm.model.load_state_dict(best_state)
     if llm.refit_epochs > 0:
         seen = training_examples(lm, [split.cloud_view(u, "valid") for u in range(split.num_users)])
@@ -100,7 +118,7 @@ def train_llm(
     lm.model.eval()
     folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
     Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
-    result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, epochs)
+    result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
     Path(folder, TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
@@ -199,6 +217,14 @@ def _train_epoch(
         total += loss.item()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return total / max(1, len(batches))
+
+
+def _average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of same-shaped state dicts (non-float entries are taken from the last one)."""
+    return {
+        name: torch.stack([s[name] for s in states]).mean(0) if value.is_floating_point() else value
+        for name, value in states[-1].items()
+    }
 
 
 def _add_embedding_dropout(lm: ItemTokenLM, p: float) -> None:

@@ -126,6 +126,10 @@ class LLMConfig:
     # false: no loss on what a training window's first position (the prompt prefix, no item yet) predicts; a
     # served history is never empty, so those predictions only teach popularity
     context_free_targets: bool = True
+    # > 1: when training stops, average the last average_epochs epochs' weights (stochastic weight averaging) and
+    # keep the average if validation prefers it to the best epoch; 0 keeps the best epoch. Holds that many copies of
+    # the weights in memory: meant for the scratch model
+    average_epochs: int = 0
     max_minutes: float = 5.0  # wall-clock cap on training (0 = none); the best epoch so far is kept
     lora_r: int = 16  # pretrained base: LoRA rank
     lora_alpha: int = 32  # pretrained base: LoRA scaling numerator
@@ -136,6 +140,7 @@ class LLMConfig:
         _check(self.k >= 1, "llm.k", "must be >= 1", self.k)
         _check(self.target_window >= 0, "llm.target_window", "must be >= 0", self.target_window)
         _check(self.refit_epochs >= 0, "llm.refit_epochs", "must be >= 0", self.refit_epochs)
+        _check(self.average_epochs >= 0, "llm.average_epochs", "must be >= 0", self.average_epochs)
         _check_schedule("llm", self)
         _check(self.layers >= 1, "llm.layers", "must be >= 1", self.layers)
         _check(self.max_len >= 1, "llm.max_len", "must be >= 1", self.max_len)

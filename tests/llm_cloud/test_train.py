@@ -1,10 +1,14 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
-from llm_cloud.model import build_scratch
-from llm_cloud.train import sequence_loss
+from llm_cloud.model import ItemTokenLM, build_scratch
+from llm_cloud.train import TRAIN_LOG_FILE, _average_states, sequence_loss, train_llm, validation_ndcg10
 from lsc4rec.config import LLMConfig
+from lsc4rec.data import TemporalSplit
 
 BATCH_ITEMS = [[3, 1, 4, 1, 5], [9, 2]]
 
@@ -63,3 +67,36 @@ def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy(lm_and_
         want = F.cross_entropy(torch.cat(logits), torch.cat(labels), label_smoothing=0.1)
         got = sequence_loss(lm, batch, label_smoothing=0.1)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_average_states_means_float_tensors_and_keeps_the_rest_from_the_last() -> None:
+    states = [
+        {"w": torch.tensor([1.0, 2.0]), "step": torch.tensor(3)},
+        {"w": torch.tensor([3.0, 6.0]), "step": torch.tensor(4)},
+    ]
+    averaged = _average_states(states)
+    assert torch.equal(averaged["w"], torch.tensor([2.0, 4.0]))
+    assert torch.equal(averaged["step"], torch.tensor(4))
+
+
+def test_the_averaged_weights_are_kept_only_when_validation_prefers_them(
+    tiny_dataset, tiny_config, tmp_path
+) -> None:
+    config = tiny_config.override(["llm.average_epochs=3", "llm.refit_epochs=0", "llm.patience=10"])
+    result = train_llm(config, tiny_dataset, tmp_path / "avg", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "avg" / TRAIN_LOG_FILE).read_text().splitlines()]
+    best_epoch = max(entry["valid_ndcg@10"] for entry in log if "epoch" in entry)
+    (averaged,) = [entry for entry in log if "averaged_epochs" in entry]
+    assert averaged["averaged_epochs"] == 3
+    assert result.best_valid_ndcg10 == max(best_epoch, averaged["valid_ndcg@10"])
+    assert result.averaged_epochs == (3 if averaged["valid_ndcg@10"] > best_epoch else 0)
+    saved = ItemTokenLM.from_pretrained(result.checkpoint)
+    assert validation_ndcg10(saved, *_valid_queries(tiny_dataset, config), 64) == pytest.approx(
+        result.best_valid_ndcg10
+    )
+
+
+def _valid_queries(dataset, config) -> tuple[list[list[int]], np.ndarray]:
+    split = TemporalSplit(dataset, config.data.lag)
+    histories = [split.llm_train_sequence(u).tolist() for u in range(split.num_users)]
+    return histories, np.array([split.llm_valid_target(u) for u in range(split.num_users)])
