@@ -72,8 +72,7 @@ def train_llm(
         lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
     _add_embedding_dropout(lm, llm.dropout)
     examples = training_examples(lm, [split.llm_train_sequence(u) for u in range(split.num_users)])
-    valid_histories = [split.llm_train_sequence(u).tolist() for u in range(split.num_users)]
-    valid_targets = np.array([split.llm_valid_target(u) for u in range(split.num_users)])
+    valid_histories, valid_targets = validation_queries(split)
     params = [p for p in lm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=llm.lr, weight_decay=llm.weight_decay)
     rng = np.random.default_rng(config.seed)
@@ -88,11 +87,11 @@ def train_llm(
             {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
         )
         log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f", epoch, loss, valid)
+        state = copy.deepcopy(lm.model.state_dict()) if llm.average_epochs or valid > best else None
         if llm.average_epochs:
-            recent.append(copy.deepcopy(lm.model.state_dict()))
+            recent.append(state)
         if valid > best:
-            best, best_epoch, stale = valid, epoch, 0
-            best_state = copy.deepcopy(lm.model.state_dict())
+            best, best_epoch, best_state, stale = valid, epoch, state, 0
         else:
             stale += 1
         out_of_time = llm.max_minutes > 0 and time.monotonic() - started > 60 * llm.max_minutes
@@ -121,6 +120,12 @@ def train_llm(
     result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
     Path(folder, TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def validation_queries(split: TemporalSplit) -> tuple[list[list[int]], np.ndarray]:
+    """Early stopping's queries: each user's LLM training sequence as history, the cloud's held-out item as target."""
+    histories = [split.llm_train_sequence(u).tolist() for u in range(split.num_users)]
+    return histories, np.array([split.llm_valid_target(u) for u in range(split.num_users)])
 
 
 def training_examples(lm: ItemTokenLM, sequences: Sequence[np.ndarray]) -> list[list[int]]:

@@ -1,12 +1,18 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
 from llm_cloud.model import ItemTokenLM, build_scratch
-from llm_cloud.train import TRAIN_LOG_FILE, _average_states, sequence_loss, train_llm, validation_ndcg10
+from llm_cloud.train import (
+    TRAIN_LOG_FILE,
+    _average_states,
+    sequence_loss,
+    train_llm,
+    validation_ndcg10,
+    validation_queries,
+)
 from lsc4rec.config import LLMConfig
 from lsc4rec.data import TemporalSplit
 
@@ -91,12 +97,6 @@ def test_the_averaged_weights_are_kept_only_when_validation_prefers_them(
     assert result.best_valid_ndcg10 == max(best_epoch, averaged["valid_ndcg@10"])
     assert result.averaged_epochs == (3 if averaged["valid_ndcg@10"] > best_epoch else 0)
     saved = ItemTokenLM.from_pretrained(result.checkpoint)
-    assert validation_ndcg10(saved, *_valid_queries(tiny_dataset, config), 64) == pytest.approx(
-        result.best_valid_ndcg10
-    )
-
-
-def _valid_queries(dataset, config) -> tuple[list[list[int]], np.ndarray]:
-    split = TemporalSplit(dataset, config.data.lag)
-    histories = [split.llm_train_sequence(u).tolist() for u in range(split.num_users)]
-    return histories, np.array([split.llm_valid_target(u) for u in range(split.num_users)])
+    assert validation_ndcg10(
+        saved, *validation_queries(TemporalSplit(tiny_dataset, config.data.lag)), 64
+    ) == pytest.approx(result.best_valid_ndcg10)
