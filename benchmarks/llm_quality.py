@@ -84,7 +84,7 @@ def same_data_rows(config: RunConfig, split: TemporalSplit, k: int) -> dict[str,
     return rows
 
 
-def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int, same_data: bool) -> dict:
+def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool) -> dict:
     config = load_config(
         None, [f"data.dataset={name}", "data.kcore=5", "data.numbering=random", "data.lag=2", *overrides]
     )
@@ -96,18 +96,18 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], k: int, same_dat
     engine = make_engine("transformers", checkpoint)
     rows = {}
     for stage, row in (("test", "LLM (scratch, over its list)"), ("valid", VALID_ROW)):
-        llm = evaluate_engine(engine, dataset, config.data.lag, k, stage=stage)
+        llm = evaluate_engine(engine, dataset, config.data.lag, config.llm.k, stage=stage)
         rows[row] = {q: {c: llm[q][c] for c in COLUMNS} for q in llm}
     split = TemporalSplit(dataset, config.data.lag)
-    rows.update(floor_rows(split, config.srm.max_len, k))
+    rows.update(floor_rows(split, config.srm.max_len, config.llm.k))
     if same_data:
-        rows.update(same_data_rows(config, split, k))
+        rows.update(same_data_rows(config, split, config.llm.k))
     return {
         "dataset": name,
-        "kcore": 5,
-        "numbering": "random",
+        "kcore": config.data.kcore,
+        "numbering": config.data.numbering,
         "lag": config.data.lag,
-        "k": k,
+        "k": config.llm.k,
         "users": dataset.num_users,
         "items": dataset.num_items,
         "checkpoint": str(checkpoint),
@@ -134,7 +134,6 @@ def main() -> None:
     parser.add_argument("--datasets", default="ml-latest-small,beauty")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench-llm-quality"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="training key=value")
-    parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument(
         "--same-data", action="store_true", help="add ItemTransition and SASRec fitted on the cloud's data"
@@ -143,8 +142,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = [
-        run_dataset(name, args.out_dir, args.overrides, args.k, args.same_data)
-        for name in args.datasets.split(",")
+        run_dataset(name, args.out_dir, args.overrides, args.same_data) for name in args.datasets.split(",")
     ]
     print_table(results)
     if args.json:

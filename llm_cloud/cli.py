@@ -60,7 +60,9 @@ def evaluate(
     lag: Annotated[
         int | None, typer.Option("--lag", help="Default: the lag the checkpoint was trained with.")
     ] = None,
-    k: Annotated[int, typer.Option("--k", help="Candidate list length K.")] = 50,
+    k: Annotated[
+        int | None, typer.Option("--k", help="Candidate list length K. Default: the checkpoint's llm.k.")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
 ) -> None:
     """Stale and fresh LLM-only metrics on the test target (ranking over the K-list)."""
@@ -73,8 +75,9 @@ def evaluate(
     from lsc4rec.data import SequenceDataset
 
     engine = make_engine("transformers", checkpoint)  # checks the folder first
-    if lag is None:
-        lag = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())["data"]["lag"]
+    trained_with = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
+    lag = trained_with["data"]["lag"] if lag is None else lag
+    k = trained_with["llm"]["k"] if k is None else k
     metrics = evaluate_engine(engine, SequenceDataset.load(data), lag, k)
     report = {
         "checkpoint": str(checkpoint),

@@ -56,8 +56,8 @@ def build_config(config: Path | None, overrides: list[str] | None, **flat: objec
 @data_app.command("prepare")
 def data_prepare(
     dataset: Annotated[
-        str, typer.Option(help="ml-latest-small, beauty, toys, or a path.")
-    ] = "ml-latest-small",
+        str | None, typer.Option(help="ml-latest-small, beauty, toys, or a path (default: the config's).")
+    ] = None,
     kcore: Annotated[int | None, typer.Option(help="k-core filter (default 5).")] = None,
     numbering: Annotated[str | None, typer.Option(help="random | sequential item numbering.")] = None,
     out: Annotated[

@@ -34,3 +34,18 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
     report = json.loads((tmp_path / "m.json").read_text())
     assert set(report["metrics"]) == {"stale", "fresh"}
     assert {"ndcg@10", "hr@5", "mrr@20", "recall@10"} <= set(report["metrics"]["fresh"])
+    assert report["k"] == 10
+    by_default = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--data",
+            str(data),
+            "--json",
+            str(tmp_path / "d.json"),
+        ],
+    )
+    assert by_default.exit_code == 0, by_default.output
+    assert json.loads((tmp_path / "d.json").read_text())["k"] == config["llm"]["k"]

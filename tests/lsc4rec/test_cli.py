@@ -42,9 +42,12 @@ def test_cli_malformed_file_names_file_and_line(tmp_path: Path) -> None:
     assert f"{tmp_path / 'ratings.csv'}:2: timestamp must be a number" in done.stderr
 
 
-def test_cli_prepare_prints_statistics(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["--dataset", "--set"])
+def test_cli_prepare_prints_statistics(tmp_path: Path, how: str) -> None:
+    """The dataset comes from --dataset or, with no --dataset, from --set (the config's order of precedence)."""
     (tmp_path / "sequential_data.txt").write_text("".join(f"{u} 1 2 3 4 5\n" for u in range(1, 7)))
-    done = lsc4rec("data", "prepare", "--dataset", str(tmp_path), "--out", str(tmp_path / "out"))
+    chosen = [how, str(tmp_path)] if how == "--dataset" else [how, f"data.dataset={tmp_path}"]
+    done = lsc4rec("data", "prepare", *chosen, "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     assert "interactions" in done.stdout and "30" in done.stdout
     assert list((tmp_path / "out").glob("*.npz"))
