@@ -10,6 +10,14 @@
 # per node), stops every process it started and prints the report. See `lsc4rec federate --help`.
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
+# Help never installs anything: the full option list when .venv exists, else this file's usage lines.
+for arg in "$@"; do
+  if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
+    [ -x "$VENV/bin/lsc4rec" ] && exec "$VENV/bin/lsc4rec" federate --help
+    sed -n '2,10p' "$0" | cut -c3-
+    exit 0
+  fi
+done
 bootstrap
 cd "$ROOT"
 exec "$VENV/bin/lsc4rec" federate "$@"

@@ -142,7 +142,6 @@ def federate(
 ) -> None:
     """Run the whole federation: data, cloud LLM, candidate service, Flower simulation, report."""
     from llm_cloud.engines import ENGINES
-    from lsc4rec.runs import make_run_dir
     from server.launch import run_federation
 
     if engine not in ENGINES:
@@ -162,13 +161,10 @@ def federate(
         "out_dir": out,
         "data.data_dir": data_dir,
     }
-    cfg = build_config(config, overrides, **named)
-    # An explicit federation.run_dir (with federation.resume=true) continues that run; else a new folder.
-    given = cfg.federation.run_dir
-    run_dir = Path(given) if given else make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
-    summary = run_federation(cfg, run_dir, engine)
+    # federation.run_dir with federation.resume=true continues that run; without a run_dir, a new folder
+    summary = run_federation(build_config(config, overrides, **named), engine)
     console.print(summary.read_text())
-    console.print(f"report: {run_dir} (summary.md, final.json, metrics.jsonl, *.png)")
+    console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 
 
 def _mount_llm() -> None:

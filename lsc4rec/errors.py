@@ -13,11 +13,15 @@ class LSC4RecError(Exception):
 
 
 class ConfigError(LSC4RecError, ValueError):
-    """A configuration key is unknown or its value is invalid (a ``ValueError`` too, for library callers)."""
+    """A setting is unknown or its value is invalid (a ``ValueError`` too, for library callers).
+
+    ``key`` is a config key (``data.lag``, printed as ``config data.lag``) or a command-line option (``--port``,
+    printed as it is), so the message names what the user typed.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
-        super().__init__(f"config {key}: {message}")
+        super().__init__(f"{key if key.startswith('-') else f'config {key}'}: {message}")
 
 
 class DataFormatError(LSC4RecError):

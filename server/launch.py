@@ -23,7 +23,10 @@ from lsc4rec.config import RunConfig
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.sources import cache_dir
-from lsc4rec.errors import LSC4RecError
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.errors import ConfigError, LSC4RecError
+from lsc4rec.runs import make_run_dir
+from server.checkpoint import complete_checkpoints
 
 FEDERATION = "lsc4rec-sim"
 
@@ -98,11 +101,42 @@ def simulation_superlink(run_dir: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
-def run_federation(cfg: RunConfig, run_dir: Path, engine: str = "transformers") -> Path:
-    """Run the whole pipeline of the module docstring; return ``summary.md``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def run_folder(cfg: RunConfig) -> Path:
+    """The run's folder: ``federation.run_dir`` when given, else a new one under ``out_dir``.
+
+    Resuming needs a folder with a checkpoint, and a new run never writes into a folder that holds one, so that
+    no earlier round is overwritten by mistake.
+    """
+    fed = cfg.federation
+    given = Path(fed.run_dir) if fed.run_dir else None
+    if fed.resume and (given is None or not complete_checkpoints(given)):
+        raise ConfigError(
+            "federation.resume",
+            f"needs federation.run_dir set to a run folder with a round checkpoint, got {fed.run_dir!r}. "
+            "Pass the folder of the run to continue, for example --set federation.run_dir=runs/federation-...",
+        )
+    if given is None:
+        return make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
+    if not fed.resume and complete_checkpoints(given):
+        raise ConfigError(
+            "federation.run_dir",
+            f"holds a run already ({given / 'checkpoints'}). Add --set federation.resume=true to continue it, "
+            "or choose another folder.",
+        )
+    given.mkdir(parents=True, exist_ok=True)
+    return given
+
+
+def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:
+    """Run the whole pipeline of the module docstring; return ``summary.md`` (in the run folder).
+
+    Everything that can be checked without training is checked first (the data, the lag it must hold, the run
+    folder), so that bad settings end in one line before minutes of LLM training, and leave no empty folder.
+    """
     dataset = load_or_prepare(cfg.data, cfg.seed)
+    TemporalSplit(dataset, cfg.data.lag)
     nodes = fleet_size(cfg.federation.num_nodes, dataset.num_users)
+    run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)
     with (
         candidate_service(cfg, checkpoint, engine, run_dir) as service,

@@ -21,10 +21,13 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         (["data", "prepare", "--dataset", "/nonexistent/folder"], "is neither a known dataset"),
         (["data", "prepare", "--set", "srm.wings=2"], "srm.wings: is not a known key"),
         (["data", "prepare", "--kcore", "0"], "data.kcore: must be >= 1"),
-        (["llm", "serve", "--checkpoint", "/nonexistent/ckpt"], "--checkpoint: must be a folder written by"),
+        (
+            ["llm", "serve", "--checkpoint", "/nonexistent/ckpt"],
+            "error: --checkpoint: must be a folder written by",
+        ),
         (
             ["llm", "evaluate", "--checkpoint", "/nonexistent/ckpt", "--data", "/nonexistent/data.npz"],
-            "--checkpoint: must be a folder written by",
+            "error: --checkpoint: must be a folder written by",
         ),
     ],
 )

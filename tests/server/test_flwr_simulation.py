@@ -25,9 +25,11 @@ def test_flwr_run_simulation_writes_report_and_stops_its_processes(
             "llm.epochs=2",
             "federation.fraction_train=1.0",
             "federation.keep_optimizer=true",  # node state carries an ArrayRecord between rounds in Flower
+            f"federation.run_dir={tmp_path / 'run'}",
         ]
     )
-    summary = run_federation(cfg, tmp_path / "run")
+    summary = run_federation(cfg)
+    assert summary == tmp_path / "run" / "summary.md"
     assert "| fused | stale |" in summary.read_text()
     # the ServerApp's log (streamed by `flwr run`): every supernode answered the partition query
     assert "fleet: 3 of 3 nodes told their partition id" in capfd.readouterr().out

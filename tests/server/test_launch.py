@@ -1,0 +1,57 @@
+"""The launcher checks what it can before training anything, and never writes over an earlier run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lsc4rec.config import RunConfig
+from lsc4rec.errors import ConfigError
+from server.launch import run_federation, run_folder
+
+
+def _with_checkpoint(folder: Path) -> Path:
+    """A run folder holding one complete round checkpoint (weights file plus its sidecar)."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "round-0001.safetensors").write_bytes(b"")
+    (folder / "checkpoints" / "round-0001.json").write_text(json.dumps({"round": 1}))
+    return folder
+
+
+def test_run_folder_new_given_and_resumed(federation_config: RunConfig, tmp_path: Path) -> None:
+    fresh = run_folder(federation_config.override([f"out_dir={tmp_path}"]))
+    assert fresh.parent == tmp_path and fresh.name.startswith("federation-") and fresh.is_dir()
+    given = tmp_path / "given"
+    assert run_folder(federation_config.override([f"federation.run_dir={given}"])) == given and given.is_dir()
+    done = _with_checkpoint(tmp_path / "done")
+    resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
+    assert run_folder(resumed) == done
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["federation.resume=true"], r"federation\.resume: needs federation\.run_dir"),
+        (["federation.resume=true", "federation.run_dir={tmp}/empty"], r"federation\.resume: needs"),
+        (["federation.run_dir={tmp}/done"], "holds a run already"),
+    ],
+)
+def test_run_folder_refuses_to_lose_a_run(
+    federation_config: RunConfig, tmp_path: Path, settings: list[str], message: str
+) -> None:
+    _with_checkpoint(tmp_path / "done")
+    (tmp_path / "empty").mkdir()
+    cfg = federation_config.override([s.format(tmp=tmp_path) for s in settings])
+    with pytest.raises(ConfigError, match=message):
+        run_folder(cfg)
+
+
+def test_a_lag_the_data_cannot_hold_fails_before_any_folder(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}", "data.lag=100"])
+    with pytest.raises(ConfigError, match=r"data\.lag"):
+        run_federation(cfg)
+    assert not (tmp_path / "runs").exists()
