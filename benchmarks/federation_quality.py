@@ -19,18 +19,16 @@ from tqdm.auto import tqdm
 
 from clients.app import app as client_app
 from clients.central import evaluation_users
-from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
-from lsc4rec.runs import make_run_dir
 from lsc4rec.scoring import evaluate_full
 from lsc4rec.tables import report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
-from server.launch import llm_checkpoint
+from server.launch import candidate_service, llm_checkpoint, run_folder
 
 # Per-dataset federation settings: 10 edge boxes each (MovieLens about 61 users per box, Beauty about 2,236),
 # every box trains every round and keeps its Adam state. Beauty's SRM keeps the default dropout 0.2: the central
@@ -72,16 +70,10 @@ def run_dataset(
     cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
     nodes = fleet_size(cfg.federation.num_nodes, load_or_prepare(cfg.data, cfg.seed).num_users)
     # --set federation.resume=true --set federation.run_dir=DIR continues that run (more rounds, same folder)
-    if cfg.federation.resume and not Path(cfg.federation.run_dir, "checkpoints").is_dir():
-        raise SystemExit(
-            "federation.resume=true needs federation.run_dir=DIR, a run folder with checkpoints/."
-        )
-    run_dir = (
-        Path(cfg.federation.run_dir) if cfg.federation.resume else make_run_dir(out, f"federation-{dataset}")
-    )
+    run_dir = run_folder(cfg.override([f"out_dir={out}"]))
     ckpt = Path(checkpoint) if checkpoint else llm_checkpoint(cfg)
     started = time.perf_counter()
-    with start_service(["--checkpoint", str(ckpt)], free_port(), run_dir / "service.log") as service:
+    with candidate_service(cfg, ckpt, "transformers", run_dir) as service:
         cfg = cfg.override([f"federation.service_url={service.url}", f"federation.run_dir={run_dir}"])
         run_in_process(server_app, client_app, nodes, cfg.to_flat())
     final = json.loads((run_dir / "final.json").read_text())
