@@ -72,12 +72,13 @@ def evaluate(
     from llm_cloud.engines import make_engine
     from llm_cloud.evaluate import evaluate_engine
     from llm_cloud.model import RUN_CONFIG_FILE
+    from lsc4rec.config import RunConfig
     from lsc4rec.data import SequenceDataset
 
     engine = make_engine("transformers", checkpoint)  # checks the folder first
-    trained_with = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
-    lag = trained_with["data"]["lag"] if lag is None else lag
-    k = trained_with["llm"]["k"] if k is None else k
+    trained_with = RunConfig.load(checkpoint / RUN_CONFIG_FILE)
+    lag = trained_with.data.lag if lag is None else lag
+    k = trained_with.llm.k if k is None else k
     metrics = evaluate_engine(engine, SequenceDataset.load(data), lag, k)
     report = {
         "checkpoint": str(checkpoint),

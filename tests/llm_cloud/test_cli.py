@@ -1,4 +1,5 @@
 import json
+import pathlib
 
 from typer.testing import CliRunner
 
@@ -16,36 +17,27 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
     assert trained.exit_code == 0, trained.output
     config = json.loads((tmp_path / "ckpt" / "lsc4rec_config.json").read_text())
     assert config["llm"]["hidden"] == 64 and config["data"]["lag"] == 2
-    evaluated = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(tmp_path / "ckpt"),
-            "--data",
-            str(data),
-            "--k",
-            "10",
-            "--json",
-            str(tmp_path / "m.json"),
-        ],
-    )
-    assert evaluated.exit_code == 0, evaluated.output
-    report = json.loads((tmp_path / "m.json").read_text())
+
+    def evaluate(json_out: str, *extra: str) -> dict:
+        """``llm evaluate`` on the tiny checkpoint with ``extra`` options; its JSON report."""
+        done = runner.invoke(
+            app,
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                str(data),
+                "--json",
+                json_out,
+                *extra,
+            ],
+        )
+        assert done.exit_code == 0, done.output
+        return json.loads(pathlib.Path(json_out).read_text())
+
+    report = evaluate(str(tmp_path / "m.json"), "--k", "10")
     assert set(report["metrics"]) == {"stale", "fresh"}
     assert {"ndcg@10", "hr@5", "mrr@20", "recall@10"} <= set(report["metrics"]["fresh"])
     assert report["k"] == 10
-    by_default = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(tmp_path / "ckpt"),
-            "--data",
-            str(data),
-            "--json",
-            str(tmp_path / "d.json"),
-        ],
-    )
-    assert by_default.exit_code == 0, by_default.output
-    assert json.loads((tmp_path / "d.json").read_text())["k"] == config["llm"]["k"]
+    assert evaluate(str(tmp_path / "d.json"))["k"] == config["llm"]["k"]  # --k defaults to the checkpoint's
