@@ -27,6 +27,7 @@ import numpy as np
 
 from clients.srm import build_srm
 from clients.training import fit
+from llm_cloud.checkpoint import check_same_items
 from llm_cloud.engines import make_engine
 from llm_cloud.evaluate import evaluate_engine
 from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
@@ -92,6 +93,7 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
     checkpoint = out_dir / f"{name}-scratch"
     if not (checkpoint / TRAIN_RESULT_FILE).exists():
         train_llm(config, dataset, checkpoint)
+    check_same_items(checkpoint, dataset)  # a folder reused from other settings is refused, not evaluated
     trained = json.loads((checkpoint / TRAIN_RESULT_FILE).read_text())
     engine = make_engine("transformers", checkpoint)
     rows = {}

@@ -69,17 +69,18 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    from llm_cloud.checkpoint import check_same_items, read_run_config
     from llm_cloud.engines import make_engine
     from llm_cloud.evaluate import evaluate_engine
-    from llm_cloud.model import RUN_CONFIG_FILE
-    from lsc4rec.config import RunConfig
     from lsc4rec.data import SequenceDataset
 
-    engine = make_engine("transformers", checkpoint)  # checks the folder first
-    trained_with = RunConfig.load(checkpoint / RUN_CONFIG_FILE)
+    trained_with = read_run_config(checkpoint)  # checks the folder first
+    dataset = SequenceDataset.load(data)
+    check_same_items(checkpoint, dataset)
     lag = trained_with.data.lag if lag is None else lag
     k = trained_with.llm.k if k is None else k
-    metrics = evaluate_engine(engine, SequenceDataset.load(data), lag, k)
+    engine = make_engine("transformers", checkpoint)
+    metrics = evaluate_engine(engine, dataset, lag, k)
     report = {
         "checkpoint": str(checkpoint),
         "data": str(data),

@@ -16,7 +16,6 @@ exactly these numbers; the training loss is the cross-entropy of the same distri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,12 +30,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, check_files, write_item_map
 from llm_cloud.templates import PromptTemplate
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.errors import ConfigError
 
-ITEM_MAP_FILE = "item_map.json"
-RUN_CONFIG_FILE = "lsc4rec_config.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -127,22 +125,28 @@ class ItemTokenLM:
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.template.save_pretrained(folder)
-        item_map = {
-            "num_items": self.num_items,
-            "first_item_token": self.template.first_item_token,
-            "item_ids": [str(i) for i in item_ids],
-        }
-        Path(folder, ITEM_MAP_FILE).write_text(json.dumps(item_map))
+        write_item_map(folder, self.num_items, self.template.first_item_token, item_ids)
         run_config.save(folder / RUN_CONFIG_FILE)
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> ItemTokenLM:
-        """Load a checkpoint written by :meth:`save_pretrained` (float32, eval mode)."""
-        # a ConfigError naming --checkpoint if the folder is not a checkpoint
-        template = PromptTemplate.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        """Load a checkpoint written by :meth:`save_pretrained` (float32, eval mode).
+
+        A folder that is not a whole checkpoint, or whose files do not load (truncated weights, edited JSON), is
+        a ConfigError naming ``--checkpoint``, not a traceback from deep inside transformers.
+        """
+        folder = check_files(folder)
+        try:
+            template = PromptTemplate.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except ConfigError:
+            raise
+        except Exception as exc:  # transformers and safetensors raise many kinds for a bad file
+            raise ConfigError(
+                "--checkpoint", f"{folder} does not load ({type(exc).__name__}: {exc}). {RETRAIN}"
+            ) from None
         return cls(model, tokenizer, template)
 
 

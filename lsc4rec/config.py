@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, DataFormatError
 
 # Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
 # the fleet's validation pick one (strategies.budget).
@@ -313,8 +313,16 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        """Read a config written by :meth:`save`."""
-        return cls.from_flat(_flatten(json.loads(Path(path).read_text())))
+        """Read a config written by :meth:`save`; a missing or damaged file is a ConfigError naming it."""
+        try:
+            tree = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataFormatError(path, f"cannot be read as a run config ({exc}).") from None
+        if not isinstance(tree, dict):
+            raise DataFormatError(
+                path, "must hold a JSON object of config sections (a run config written by lsc4rec)."
+            )
+        return cls.from_flat(_flatten(tree))
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
@@ -322,11 +330,15 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     config = RunConfig()
     if path is not None:
         try:
-            table = tomllib.loads(Path(path).read_text())
+            table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError("--config", f"file {path} does not exist.") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", f"{path} is not valid TOML ({exc}).") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML in UTF-8 ({exc}).") from None
+        except OSError as exc:
+            raise ConfigError(
+                "--config", f"must be a readable TOML file, got {path} ({exc.strerror})."
+            ) from None
         config = _replace_flat(config, _flatten(table))
     return config.override(overrides)
 
@@ -398,12 +410,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         hint = next(t for t in typing.get_args(hint) if t is not type(None))
     try:
         if hint is bool:
-            if isinstance(value, str):
-                lowered = value.lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return lowered in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
+        # TOML and JSON keep booleans apart from numbers: `hidden = true` is a mistake, not 1
+        if isinstance(value, bool) and hint is not str:
+            raise ValueError(value)
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return hint(value)

@@ -54,7 +54,14 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
 def candidate_service(
     cfg: RunConfig, checkpoint: Path, engine: str, run_dir: Path
 ) -> Iterator[ManagedServer]:
-    """The candidate service on 127.0.0.1 (and vLLM behind it for ``engine == "vllm"``), stopped on exit."""
+    """The candidate service on 127.0.0.1 (and vLLM behind it for ``engine == "vllm"``), stopped on exit.
+
+    The checkpoint must number items as this run's data does; a checkpoint from other data is refused here,
+    before anything starts, because it would otherwise answer with other items and no error at all.
+    """
+    from llm_cloud.checkpoint import check_same_items
+
+    check_same_items(checkpoint, load_or_prepare(cfg.data, cfg.seed))
     with ExitStack() as stack:
         args = ["--checkpoint", str(checkpoint), "--engine", engine]
         if engine == "vllm":

@@ -44,6 +44,8 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         # keys that used to be ignored without a word
         ("seed.x=1", "seed.x: is not a known key: seed takes a value"),
         ("data=3", "data: is a section"),
+        # a boolean is only a boolean: no truthy strings, no numbers but 0 and 1
+        ("federation.resume=maybe", "federation.resume: must be of type bool"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
@@ -57,6 +59,26 @@ def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="--config: must be a readable TOML file"):
+        load_config(tmp_path)  # a folder
+    (tmp_path / "latin1.toml").write_bytes("# caf\xe9\nseed = 1\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not valid TOML in UTF-8"):
+        load_config(tmp_path / "latin1.toml")
+
+
+@pytest.mark.parametrize(
+    ("toml", "match"),
+    [
+        ("[srm]\nhidden = true\n", "srm.hidden: must be of type int, got True"),
+        ("[federation]\nresume = 2\n", "federation.resume: must be of type bool, got 2"),
+        ("[train]\nlr = false\n", "train.lr: must be of type float"),
+    ],
+)
+def test_toml_booleans_and_numbers_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:
+    (tmp_path / "run.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path / "run.toml")
+    assert load_config(None, ["federation.resume=1"]).federation.resume is True
 
 
 def test_flower_run_config_in_pyproject_matches_code_defaults() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import ConfigError
-from server.launch import run_federation, run_folder
+from server.launch import candidate_service, run_federation, run_folder
 
 
 def _with_checkpoint(folder: Path) -> Path:
@@ -55,3 +55,13 @@ def test_a_lag_the_data_cannot_hold_fails_before_any_folder(
     with pytest.raises(ConfigError, match=r"data\.lag"):
         run_federation(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_from_other_data_is_refused_before_the_service_starts(
+    federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path
+) -> None:
+    other = federation_config.override(["data.numbering=random"])  # same users, items renumbered
+    refused = pytest.raises(ConfigError, match="--checkpoint: must be trained on the same prepared data")
+    with refused, candidate_service(other, federation_checkpoint, "transformers", tmp_path):
+        pass
+    assert not (tmp_path / "service.log").exists()

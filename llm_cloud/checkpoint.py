@@ -1,0 +1,87 @@
+"""The checkpoint folder's own files, and the checks that keep a wrong or broken folder from answering wrongly.
+
+A checkpoint is one Hugging Face folder (model, tokenizer) plus three files of ours: the prompt template, the
+item map (original ids of items 1..N) and the run config it was trained with. Items are numbered per prepared
+dataset (random numbering depends on the seed), so a checkpoint used with other data would rank *other* items
+without any error: :func:`check_same_items` refuses that, and every place that pairs a checkpoint with a dataset
+(``lsc4rec llm evaluate``, the launcher's candidate service, the benchmarks) calls it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from llm_cloud.templates import TEMPLATE_FILE
+from lsc4rec.config import RunConfig
+from lsc4rec.data import SequenceDataset
+from lsc4rec.errors import ConfigError
+
+ITEM_MAP_FILE = "item_map.json"
+RUN_CONFIG_FILE = "lsc4rec_config.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or an index of shards
+RETRAIN = "Train it again with `lsc4rec llm train`, or check the path."
+
+
+def check_files(folder: str | Path) -> Path:
+    """``folder`` as a Path once it holds every file a checkpoint needs; else a ConfigError naming the missing ones."""
+    folder = Path(folder)
+    if folder.is_dir():
+        needed = ("config.json", TEMPLATE_FILE, ITEM_MAP_FILE, RUN_CONFIG_FILE)
+        missing = [name for name in needed if not (folder / name).is_file()]
+        if not any((folder / name).is_file() for name in WEIGHT_FILES):
+            missing.append(WEIGHT_FILES[0])
+        problem = f"without {', '.join(missing)}" if missing else ""
+    else:
+        problem = "(no such folder)"
+    if problem:
+        raise ConfigError(
+            "--checkpoint",
+            f"must be a folder written by `lsc4rec llm train`, got {folder} {problem}. {RETRAIN}",
+        )
+    return folder
+
+
+def read_run_config(folder: str | Path) -> RunConfig:
+    """The run config the checkpoint was trained with (lag, K and data settings default from it)."""
+    return RunConfig.load(check_files(folder) / RUN_CONFIG_FILE)
+
+
+def write_item_map(folder: Path, num_items: int, first_item_token: int, item_ids: Sequence[str]) -> None:
+    """Record which original item each item token stands for (what :func:`check_same_items` compares)."""
+    item_map = {
+        "num_items": num_items,
+        "first_item_token": first_item_token,
+        "item_ids": [str(i) for i in item_ids],
+    }
+    (folder / ITEM_MAP_FILE).write_text(json.dumps(item_map))
+
+
+def check_same_items(folder: str | Path, dataset: SequenceDataset) -> None:
+    """Refuse a checkpoint whose items 1..N are not ``dataset``'s items 1..N (same original ids, same order)."""
+    folder = check_files(folder)
+    try:
+        item_map = json.loads((folder / ITEM_MAP_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError("--checkpoint", f"{folder / ITEM_MAP_FILE} is damaged ({exc}). {RETRAIN}") from None
+    trained = item_map.get("item_ids") if isinstance(item_map, dict) else None
+    if not isinstance(trained, list):
+        raise ConfigError(
+            "--checkpoint", f"{folder / ITEM_MAP_FILE} is damaged (no item_ids list). {RETRAIN}"
+        )
+    current = [str(i) for i in dataset.item_ids.tolist()]
+    if trained == current:
+        return
+    name = dataset.meta.get("name", "the dataset")
+    if len(trained) != len(current):
+        detail = f"it knows {len(trained)} items, {name} has {len(current)}"
+    else:
+        item = next(i for i, (a, b) in enumerate(zip(trained, current, strict=True)) if a != b) + 1
+        detail = f"item {item} is {trained[item - 1]!r} there and {current[item - 1]!r} here"
+    raise ConfigError(
+        "--checkpoint",
+        f"must be trained on the same prepared data, but {folder} numbers items differently ({detail}). "
+        "Item numbers depend on the dataset, k-core, numbering and seed: use the checkpoint trained with the same "
+        "settings, or train one on this data.",
+    )

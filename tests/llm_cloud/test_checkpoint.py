@@ -1,0 +1,78 @@
+"""A checkpoint folder that is incomplete, damaged or trained on other data is refused with a message, never used."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llm_cloud.checkpoint import ITEM_MAP_FILE, check_files, check_same_items, read_run_config
+from llm_cloud.cli import app
+from llm_cloud.model import ItemTokenLM
+from lsc4rec.data import SequenceDataset
+from lsc4rec.errors import ConfigError, DataFormatError
+
+
+@pytest.fixture
+def copied_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny checkpoint that a test may damage."""
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", ITEM_MAP_FILE, "config.json", "lsc4rec_config.json"])
+def test_a_missing_file_is_named(copied_checkpoint: Path, name: str) -> None:
+    (copied_checkpoint / name).unlink()
+    with pytest.raises(ConfigError, match=rf"--checkpoint: must be a folder written by .* without {name}"):
+        check_files(copied_checkpoint)
+    with pytest.raises(ConfigError, match=f"without {name}"):
+        ItemTokenLM.from_pretrained(copied_checkpoint)
+
+
+def test_truncated_weights_are_a_config_error(copied_checkpoint: Path) -> None:
+    weights = copied_checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ConfigError, match=r"--checkpoint: .* does not load"):
+        ItemTokenLM.from_pretrained(copied_checkpoint)
+
+
+def test_a_damaged_run_config_names_its_file(copied_checkpoint: Path) -> None:
+    (copied_checkpoint / "lsc4rec_config.json").write_text('{"llm": ')
+    with pytest.raises(DataFormatError, match=r"lsc4rec_config\.json: cannot be read as a run config"):
+        read_run_config(copied_checkpoint)
+    (copied_checkpoint / "lsc4rec_config.json").write_text("[1, 2]")
+    with pytest.raises(DataFormatError, match="must hold a JSON object"):
+        read_run_config(copied_checkpoint)
+
+
+def test_the_same_data_passes_and_other_numberings_are_refused(
+    tiny_checkpoint: Path, tiny_dataset: SequenceDataset
+) -> None:
+    check_same_items(tiny_checkpoint, tiny_dataset)  # trained on it: no error
+    renumbered = dataclasses.replace(tiny_dataset, item_ids=np.roll(tiny_dataset.item_ids, 1))
+    with pytest.raises(ConfigError, match=r"numbers items differently \(item 1 is '0' there and '39' here\)"):
+        check_same_items(tiny_checkpoint, renumbered)
+    smaller = dataclasses.replace(tiny_dataset, item_ids=tiny_dataset.item_ids[:-1])
+    with pytest.raises(ConfigError, match="it knows 40 items, synthetic has 39"):
+        check_same_items(tiny_checkpoint, smaller)
+
+
+def test_a_damaged_item_map_is_refused(copied_checkpoint: Path, tiny_dataset: SequenceDataset) -> None:
+    (copied_checkpoint / ITEM_MAP_FILE).write_text('{"num_items": 40}')
+    with pytest.raises(ConfigError, match="is damaged \\(no item_ids list\\)"):
+        check_same_items(copied_checkpoint, tiny_dataset)
+
+
+def test_evaluate_refuses_data_the_checkpoint_was_not_trained_on(
+    tiny_checkpoint: Path, tiny_dataset: SequenceDataset, tmp_path: Path
+) -> None:
+    renumbered = dataclasses.replace(tiny_dataset, item_ids=np.roll(tiny_dataset.item_ids, 1))
+    data = renumbered.save(tmp_path / "other.npz")
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--json", str(out)]
+    done = CliRunner().invoke(app, args)
+    assert isinstance(done.exception, ConfigError) and "numbers items differently" in str(done.exception)
+    assert not out.exists()  # nothing evaluated, nothing written
