@@ -6,7 +6,6 @@ Errors are :class:`~lsc4rec.errors.LSC4RecError` subclasses, printed as one line
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -16,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from lsc4rec.protocol import API_KEY_ENV
+from lsc4rec.protocol import API_KEY_ENV, MAX_K
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
 
@@ -24,6 +23,7 @@ Checkpoint = Annotated[
     Path, typer.Option("--checkpoint", help="Checkpoint folder written by `lsc4rec llm train`.")
 ]
 Data = Annotated[Path, typer.Option("--data", help="Prepared dataset (.npz) from `lsc4rec data prepare`.")]
+Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")]
 
 
 @app.command()
@@ -43,7 +43,9 @@ def train(
     from llm_cloud.train import train_llm
     from lsc4rec.config import load_config
     from lsc4rec.data import SequenceDataset
+    from lsc4rec.runs import output_path
 
+    output_path(out, "--out", folder=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pairs = list(overrides or []) + ([f"llm.base={base}"] if base else [])
     result = train_llm(load_config(config, pairs), SequenceDataset.load(data), out, progress=not quiet)
@@ -58,10 +60,13 @@ def evaluate(
     checkpoint: Checkpoint,
     data: Data,
     lag: Annotated[
-        int | None, typer.Option("--lag", help="Default: the lag the checkpoint was trained with.")
+        int | None, typer.Option("--lag", min=0, help="Default: the lag the checkpoint was trained with.")
     ] = None,
     k: Annotated[
-        int | None, typer.Option("--k", help="Candidate list length K. Default: the checkpoint's llm.k.")
+        int | None,
+        typer.Option(
+            "--k", min=1, max=MAX_K, help="Candidate list length K. Default: the checkpoint's llm.k."
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
 ) -> None:
@@ -73,7 +78,10 @@ def evaluate(
     from llm_cloud.engines import make_engine
     from llm_cloud.evaluate import evaluate_engine
     from lsc4rec.data import SequenceDataset
+    from lsc4rec.runs import output_path, write_json
 
+    if json_out:
+        output_path(json_out, "--json")
     trained_with = read_run_config(checkpoint)  # checks the folder first
     dataset = SequenceDataset.load(data)
     check_same_items(checkpoint, dataset)
@@ -98,7 +106,7 @@ def evaluate(
         table.add_row(query, *(f"{values[n]:.4f}" for n in names))
     Console().print(table)
     if json_out:
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(json_out, report)
 
 
 @app.command()
@@ -109,7 +117,7 @@ def serve(
         str | None, typer.Option("--vllm-url", help="vLLM server serving CHECKPOINT.")
     ] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8080,
+    port: Port = 8080,
     api_key: Annotated[
         str | None,
         typer.Option("--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY'."),
@@ -119,8 +127,10 @@ def serve(
     import uvicorn
 
     from llm_cloud.engines import make_engine
+    from llm_cloud.processes import check_port_free
     from llm_cloud.service import create_app
 
+    check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     candidate_engine = make_engine(engine, checkpoint, vllm_url)
     try:
         uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning")
@@ -131,14 +141,17 @@ def serve(
 @app.command("vllm-serve")
 def vllm_serve(
     checkpoint: Checkpoint,
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    port: Port = 8000,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     log: Annotated[Path, typer.Option("--log", help="Where vLLM's output goes.")] = Path("runs/vllm.log"),
 ) -> None:
     """Start vLLM on CHECKPOINT (in the vLLM venv), wait until ready, and keep it up until Ctrl-C."""
+    from llm_cloud.processes import check_port_free
     from llm_cloud.vllm_server import start_vllm
+    from lsc4rec.runs import output_path
 
-    log.parent.mkdir(parents=True, exist_ok=True)
+    output_path(log, "--log")
+    check_port_free(host, port)
     with start_vllm(checkpoint, port, log, host) as server:
         typer.echo(f"vLLM ready at {server.url} (log: {log}); Ctrl-C stops it")
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from lsc4rec.errors import CloudUnavailableError
+from lsc4rec.errors import CloudUnavailableError, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +28,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A ConfigError naming ``--port`` when ``host:port`` cannot be listened on (in use, or not this host's)."""
+    with socket.socket() as sock:
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as uvicorn binds: a closing socket is no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                "--port",
+                f"must be free on {host}, but {host}:{port} cannot be used ({exc.strerror}). Pick another.",
+            ) from None
 
 
 @dataclass

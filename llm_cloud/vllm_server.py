@@ -12,10 +12,11 @@ import platform
 import sys
 from pathlib import Path
 
+from llm_cloud.checkpoint import check_files
 from llm_cloud.engines.vllm_engine import MAX_LOGPROBS
 from llm_cloud.processes import REPO_ROOT, ManagedServer, spawn_server
 from llm_cloud.templates import PromptTemplate
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import LSC4RecError
 
 VENV_MARKER = ".lsc4rec-complete"  # written by scripts/make_vllm_venv.sh when the venv is complete
 
@@ -50,8 +51,8 @@ def start_vllm(
     """
     reason = vllm_unavailable_reason()
     if reason:
-        raise ConfigError("vllm", f"must be installed to serve with vLLM: {reason}.")
-    checkpoint = Path(checkpoint).resolve()
+        raise LSC4RecError(f"vLLM is not ready: {reason}. Create its venv with `lsc4rec llm make-vllm-venv`.")
+    checkpoint = check_files(Path(checkpoint).resolve())
     template = PromptTemplate.from_pretrained(checkpoint)
     command = [
         str(vllm_venv() / "bin" / "python"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from lsc4rec.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -26,13 +29,40 @@ def make_run_dir(out_dir: str | Path, name: str) -> Path:
     path, suffix = base, 1
     while path.exists():
         path, suffix = Path(f"{base}-{suffix}"), suffix + 1
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(
+            "out_dir", f"must be a folder runs can be written to, got {out_dir} ({exc})."
+        ) from None
+    return path
+
+
+def output_path(path: str | Path, option: str, folder: bool = False) -> Path:
+    """``path`` once the folder it goes into exists (created if needed) and is writable; else a ConfigError.
+
+    Commands call this when they start, so that a typo in an output path fails at once, not after an hour of
+    training. ``folder=True`` for an output that is itself a folder (a checkpoint).
+    """
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise ConfigError(option, f"must be a file path, got {path}, which is a folder.")
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            option, f"must be a path whose folder can be created, got {path} ({exc})."
+        ) from None
+    if not os.access(target, os.W_OK):
+        raise ConfigError(option, f"must be a writable path, got {path} ({target} is read-only).")
     return path
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as indented JSON (non-finite floats become null, so any JSON reader accepts it)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
     return path
 

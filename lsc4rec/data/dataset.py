@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,7 @@ class SequenceDataset:
             raise DataFormatError(
                 path, "prepared dataset not found. Run `lsc4rec data prepare` first."
             ) from None
-        except (KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataFormatError(path, f"is not a prepared dataset ({exc}). Prepare it again.") from None
 
 

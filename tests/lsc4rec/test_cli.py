@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,38 @@ def test_cli_prepare_prints_statistics(tmp_path: Path, how: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "interactions" in done.stdout and "30" in done.stdout
     assert list((tmp_path / "out").glob("*.npz"))
+
+
+def test_cli_out_of_range_options_are_usage_errors() -> None:
+    """Typer checks ranges before any work; its usage message names the option."""
+    for args, option in (
+        (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--k", "0"], "'--k'"),
+        (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
+        (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
+    ):
+        done = lsc4rec(*args)
+        assert done.returncode == 2 and "Invalid value for" in done.stderr and option in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None:
+    """Checked before a model loads or trains: a busy port, an output path below a file."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        cases = [
+            (["llm", "serve", "--checkpoint", "c", "--port", port], "--port: must be free on 127.0.0.1"),
+            (["llm", "train", "--data", "d", "--out", str(blocker / "ckpt")], "--out: must be a path whose"),
+            (
+                ["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--json", str(blocker / "m.json")],
+                "--json: must be a path whose",
+            ),
+            (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--json", str(tmp_path)], "is a folder"),
+        ]
+        for args, message in cases:
+            done = lsc4rec(*args)
+            assert done.returncode == 2 and message in done.stderr, done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1

@@ -129,9 +129,12 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     loaded = type(seq).load(seq.save(tmp_path / "out" / "d.npz"))
     assert np.array_equal(loaded.items, seq.items) and loaded.meta == seq.meta
     assert loaded.stats()["interactions"] == 6
-    write(tmp_path / "bad.npz", "garbage")
-    with pytest.raises(DataFormatError, match="is not a prepared dataset"):
-        type(seq).load(tmp_path / "bad.npz")
+    good = (tmp_path / "out" / "d.npz").read_bytes()
+    damaged = {"text.npz": b"garbage", "empty.npz": b"", "truncated.npz": good[: len(good) // 2]}
+    for name, content in damaged.items():  # each used to escape as its own exception kind
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataFormatError, match="is not a prepared dataset"):
+            type(seq).load(tmp_path / name)
 
 
 def test_shared_movielens_has_titles(data_root: Path) -> None:

@@ -1,0 +1,33 @@
+"""Run folders and output paths fail with a message naming the setting, before any work is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lsc4rec.errors import ConfigError
+from lsc4rec.runs import make_run_dir, output_path, write_json
+
+
+def test_output_path_creates_folders_and_refuses_what_cannot_be_written(tmp_path: Path) -> None:
+    assert output_path(tmp_path / "a" / "b" / "m.json", "--json") == tmp_path / "a" / "b" / "m.json"
+    assert (tmp_path / "a" / "b").is_dir()
+    assert output_path(tmp_path / "ckpt", "--out", folder=True).is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="--out: must be a path whose folder can be created"):
+        output_path(tmp_path / "file", "--out", folder=True)
+    with pytest.raises(ConfigError, match="--json: must be a file path"):
+        output_path(tmp_path / "a", "--json")
+
+
+def test_make_run_dir_below_a_file_names_out_dir(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="config out_dir: must be a folder runs can be written to"):
+        make_run_dir(tmp_path / "file", "federation")
+    assert make_run_dir(tmp_path / "runs", "federation").parent == tmp_path / "runs"
+
+
+def test_write_json_creates_its_folder_and_writes_null_for_non_finite(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "new" / "x.json", {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert path.read_text() == '{\n  "a": null,\n  "b": [\n    1.0,\n    null\n  ]\n}\n'
