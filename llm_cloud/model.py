@@ -234,11 +234,25 @@ def build_pretrained(config: LLMConfig, num_items: int, titles: Sequence[str] = 
 
 
 def _load_base(path: Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """The base model and tokenizer; a path that is not one is a ConfigError naming ``llm.base`` (``--base``)."""
     if not path.exists():
         raise ConfigError(
             "llm.base",
             f"must be scratch or an existing model folder or .gguf file, got {path}. Check the path.",
         )
+    try:
+        return _read_base(path)
+    except (
+        Exception
+    ) as exc:  # transformers, gguf and tokenizers raise many kinds for a folder that is no model
+        raise ConfigError(
+            "llm.base",
+            f"must be a Hugging Face causal LM folder or a .gguf file, got {path}, which does not load "
+            f"({type(exc).__name__}: {exc}).",
+        ) from None
+
+
+def _read_base(path: Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
     if path.suffix != ".gguf":
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(
             path

@@ -108,3 +108,19 @@ def test_titles_template_puts_title_tokens_between_items() -> None:
     )
     assert template.encode([1, 2, 3]) == [1, 101, 21, 22, 9, 102, 31, 9]
     assert template.max_prompt_tokens() == 1 + 2 * 4
+
+
+@pytest.mark.parametrize("name", ["not-a-model", "fake.gguf"])
+def test_a_base_that_is_no_model_names_llm_base(tmp_path, name: str) -> None:
+    from llm_cloud.model import build_pretrained
+
+    base = tmp_path / name
+    if name.endswith(".gguf"):
+        base.write_bytes(b"GGUF but not really")
+    else:
+        base.mkdir()
+        (base / "README.md").write_text("just a folder")
+    with pytest.raises(
+        ConfigError, match=r"config llm\.base: must be a Hugging Face causal LM folder or a \.gguf"
+    ):
+        build_pretrained(LLMConfig(base=str(base)), num_items=5)
