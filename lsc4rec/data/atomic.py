@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions
+from lsc4rec.data.interactions import Interactions, open_utf8
 from lsc4rec.errors import DataFormatError
 
 
@@ -25,7 +25,7 @@ def read_atomic(path: str | Path) -> Interactions:
         path = found[0]
     if not path.is_file():
         raise DataFormatError(path, "file not found.")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with open_utf8(path) as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = [h.split(":")[0].strip() for h in next(reader, [])]
         for needed in ("user_id", "item_id"):
@@ -58,7 +58,7 @@ def _read_titles(inter: Path) -> dict[str, str]:
     item_file = inter.with_suffix(".item")
     if not item_file.is_file():
         return {}
-    with item_file.open(newline="", encoding="utf-8") as handle:
+    with open_utf8(item_file) as handle:
         reader = csv.reader(handle, delimiter="\t")
         header = [h.split(":")[0].strip() for h in next(reader, [])]
         title = next((c for c in ("title", "movie_title") if c in header), None)

@@ -1,10 +1,30 @@
-"""The common form every reader returns: raw (user, item, time) triples with the dataset's own ids."""
+"""The common form every reader returns: raw (user, item, time) triples with the dataset's own ids.
+
+Also the one way readers open text, so that a file in another encoding is named in the error, wherever in the
+file its first bad byte lies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
 
 import numpy as np
+
+from lsc4rec.errors import DataFormatError
+
+
+@contextmanager
+def open_utf8(path: Path) -> Iterator[TextIO]:
+    """``path`` opened as UTF-8 text (universal newlines kept for csv); bytes that are not UTF-8 name the file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            yield handle
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, f"is not UTF-8 text ({exc.reason}). Convert it to UTF-8.") from None
 
 
 @dataclass(frozen=True)

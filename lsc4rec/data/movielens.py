@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions
+from lsc4rec.data.interactions import Interactions, open_utf8
 from lsc4rec.errors import DataFormatError
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -23,7 +23,7 @@ def read_movielens(folder: str | Path) -> Interactions:
     if not ratings.is_file():
         raise DataFormatError(ratings, "file not found. Put MovieLens ratings.csv (and movies.csv) there.")
     users, items, times = [], [], []
-    with ratings.open(newline="", encoding="utf-8") as handle:
+    with open_utf8(ratings) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header[:4]) != RATINGS_COLUMNS:
@@ -55,7 +55,7 @@ def _read_titles(folder: Path) -> dict[str, str]:
     movies = folder / "movies.csv"
     if not movies.is_file():
         return {}
-    with movies.open(newline="", encoding="utf-8") as handle:
+    with open_utf8(movies) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["movieId", "title"]:

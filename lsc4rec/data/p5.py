@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions
+from lsc4rec.data.interactions import Interactions, open_utf8
 from lsc4rec.errors import DataFormatError
 
 
@@ -23,7 +23,7 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
     if not path.is_file():
         raise DataFormatError(path, "file not found. Put P5's sequential_data.txt there.")
     users, items, times = [], [], []
-    with path.open(encoding="utf-8") as handle:
+    with open_utf8(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields:
@@ -47,9 +47,13 @@ def _check_datamaps(datamaps: Path, items: set[str]) -> None:
     if not datamaps.is_file():
         return
     try:
-        id2item = json.loads(datamaps.read_text(encoding="utf-8")).get("id2item", {})
+        with open_utf8(datamaps) as handle:
+            tree = json.load(handle)
     except json.JSONDecodeError as exc:
         raise DataFormatError(datamaps, f"is not valid JSON ({exc.msg}).", exc.lineno) from None
+    id2item = tree.get("id2item", {}) if isinstance(tree, dict) else None
+    if not isinstance(id2item, dict):
+        raise DataFormatError(datamaps, "must be P5's JSON object with an id2item mapping of item ids.")
     if id2item:
         unknown = items.difference(id2item)
         if unknown:

@@ -75,6 +75,26 @@ def test_p5_checks_datamaps(tmp_path: Path) -> None:
     write(tmp_path / "datamaps.json", "{not json")
     with pytest.raises(DataFormatError, match="not valid JSON"):
         read_p5(tmp_path)
+    for shape in ('["id2item"]', '{"id2item": ["5", "6"]}'):  # valid JSON, not P5's shape
+        write(tmp_path / "datamaps.json", shape)
+        with pytest.raises(DataFormatError, match="must be P5's JSON object with an id2item mapping"):
+            read_p5(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "reader"),
+    [("ratings.csv", read_movielens), ("sequential_data.txt", read_p5), ("toy.inter", read_atomic)],
+)
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path, name: str, reader) -> None:
+    header = {
+        "ratings.csv": "userId,movieId,rating,timestamp\n",
+        "toy.inter": "user_id:token\titem_id:token\n",
+    }
+    good = {"ratings.csv": "1,2,3,4\n", "sequential_data.txt": "1 5 6\n", "toy.inter": "u1\ti1\n"}[name]
+    # the bad byte lies past the first block read, where a reader only meets it halfway through the file
+    (tmp_path / name).write_bytes((header.get(name, "") + good * 5000).encode() + "caf\xe9".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=rf"{name}: is not UTF-8 text"):
+        reader(tmp_path / name if name.endswith(".inter") else tmp_path)
 
 
 def test_atomic_reads_inter_and_item_titles(tmp_path: Path) -> None:
