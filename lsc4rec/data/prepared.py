@@ -8,21 +8,19 @@ from pathlib import Path
 
 from lsc4rec.config import DataConfig
 from lsc4rec.data.dataset import SequenceDataset, build_dataset
-from lsc4rec.data.sources import NAMED, cache_dir, read_dataset
+from lsc4rec.data.sources import NAMED, cache_dir, read_dataset, source_path
 
 
 def prepared_name(data: DataConfig, seed: int) -> str:
     """File name that encodes everything the prepared dataset depends on.
 
-    A dataset given as a path also gets a short hash of its resolved location, so two folders with the same
-    name never share a cached file.
+    The name ends in a short hash of the resolved location the raw data is read from, so two folders with the
+    same name, or one named dataset under two data roots (``data.data_dir``), never share a cached file.
     """
-    if data.dataset in NAMED:
-        stem = data.dataset
-    else:
-        where = hashlib.sha1(str(Path(data.dataset).resolve()).encode()).hexdigest()[:8]
-        stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(data.dataset).name)}-{where}"
-    return f"{stem}-k{data.kcore}-{data.numbering}-s{seed}.npz"
+    source = source_path(data.dataset, data.data_dir or None)
+    where = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:8]
+    label = data.dataset if data.dataset in NAMED else re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name)
+    return f"{label}-{where}-k{data.kcore}-{data.numbering}-s{seed}.npz"
 
 
 def prepare(data: DataConfig, seed: int, out_dir: str | Path | None = None) -> tuple[SequenceDataset, Path]:

@@ -43,11 +43,16 @@ def data_root(data_dir: str | Path | None = None) -> Path:
     return cache_dir() / "data"
 
 
+def source_path(dataset: str, data_dir: str | Path | None = None) -> Path:
+    """The file or folder ``dataset`` is read from: a named dataset's folder below the data root, else the path."""
+    return data_root(data_dir) / NAMED[dataset][0] if dataset in NAMED else Path(dataset)
+
+
 def read_dataset(dataset: str, data_dir: str | Path | None = None) -> Interactions:
     """Read a named dataset (``ml-latest-small``, ``beauty``, ``toys``) or a path to a supported file/folder."""
+    path = source_path(dataset, data_dir)
     if dataset in NAMED:
-        folder, reader = NAMED[dataset]
-        path = data_root(data_dir) / folder
+        reader = NAMED[dataset][1]
         if dataset == "ml-latest-small" and not (path / "ratings.csv").exists():
             _download_movielens(path)
         if not path.exists():
@@ -57,7 +62,6 @@ def read_dataset(dataset: str, data_dir: str | Path | None = None) -> Interactio
                 "--data-dir / LSC4REC_DATA_DIR at the folder that holds it.",
             )
         return reader(path)
-    path = Path(dataset)
     if not path.exists():
         names = ", ".join(NAMED)
         raise DataFormatError(path, f"is neither a known dataset ({names}) nor an existing path.")

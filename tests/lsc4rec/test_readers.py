@@ -183,3 +183,22 @@ def test_data_root_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LSC4REC_DATA_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert data_root() == tmp_path / "cache" / "lsc4rec" / "data"
+
+
+def test_prepared_cache_keeps_data_roots_and_folders_apart(tmp_path: Path) -> None:
+    """One named dataset under two data roots, or two folders with one name, never share a cached file."""
+    from lsc4rec.config import DataConfig
+    from lsc4rec.data.prepared import load_or_prepare, prepared_name
+
+    for root, users in (("a", "1 5 6 7\n2 6 5 7\n"), ("b", "1 5 6\n")):
+        write(tmp_path / root / "p5" / "beauty" / "sequential_data.txt", users)
+    first, second = (DataConfig(dataset="beauty", data_dir=str(tmp_path / r), kcore=1) for r in "ab")
+    assert prepared_name(first, 0) != prepared_name(second, 0)
+    assert prepared_name(first, 0).startswith("beauty-") and prepared_name(first, 0).endswith(
+        "-k1-random-s0.npz"
+    )
+    cache = tmp_path / "cache"
+    assert load_or_prepare(first, 0, cache).stats()["interactions"] == 6
+    assert load_or_prepare(second, 0, cache).stats()["interactions"] == 2  # not the first root's cached file
+    same_name = [DataConfig(dataset=str(tmp_path / r / "p5" / "beauty")) for r in "ab"]
+    assert prepared_name(same_name[0], 0) != prepared_name(same_name[1], 0)
