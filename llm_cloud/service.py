@@ -3,7 +3,8 @@
 ``POST /v1/candidates`` takes a :class:`~lsc4rec.protocol.CandidateRequest` and answers a
 :class:`~lsc4rec.protocol.CandidateResponse`; ``GET /healthz``; ``GET /metrics`` (Prometheus text). Every error
 is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
-:data:`STATUS`: malformed JSON 400, wrong API key 401, schema or item-id violations 422, engine failure 503.
+:data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, schema or item-id
+violations 422, engine failure 503.
 Client input never gets a 500.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_cloud.engines import CandidateEngine, EngineError
 from llm_cloud.prometheus import ServiceMetrics
@@ -23,7 +25,15 @@ from lsc4rec.errors import ProtocolError
 from lsc4rec.protocol import CandidateList, CandidateRequest, CandidateResponse
 
 CANDIDATES_PATH = "/v1/candidates"
-STATUS = {"invalid_json": 400, "unauthorized": 401, "invalid_request": 422, "engine": 503}
+STATUS = {
+    "invalid_json": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "invalid_request": 422,
+    "engine": 503,
+}
+ENDPOINTS = f"POST {CANDIDATES_PATH}, GET /healthz, GET /metrics"
 
 
 def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
@@ -62,6 +72,16 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
         if first["type"] == "json_invalid":
             return error("invalid_json", "body", f"must be valid JSON, got a parse error ({first['msg']}).")
         return error("invalid_request", field, f"{first['msg']} (got {_short(first.get('input'))}).")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's router raises these two; its default body {"detail": ...} would break the one error form
+        if exc.status_code == STATUS["method_not_allowed"]:
+            message = f"{request.method} is not allowed on {request.url.path}. The endpoints: {ENDPOINTS}."
+            return error("method_not_allowed", "method", message)
+        return error(
+            "not_found", "path", f"{request.url.path} is not an endpoint. The endpoints: {ENDPOINTS}."
+        )
 
     @app.exception_handler(ProtocolError)
     async def protocol(_: Request, exc: ProtocolError) -> JSONResponse:

@@ -66,6 +66,24 @@ def test_service_malformed_json_is_400(service_url) -> None:
     assert reply.json()["error"]["field"] == "body"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "field"),
+    [
+        ("GET", "/v1/candidate", 404, "path"),
+        ("GET", "/v1/candidates", 405, "method"),
+        ("POST", "/healthz", 405, "method"),
+    ],
+)
+def test_service_unknown_path_and_wrong_method_keep_the_error_form(
+    service_url, method, path, status, field
+) -> None:
+    reply = httpx.request(method, f"{service_url}{path}", headers=AUTH, timeout=10)
+    assert reply.status_code == status
+    assert (
+        reply.json()["error"]["field"] == field and "POST /v1/candidates" in reply.json()["error"]["message"]
+    )
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}])
 def test_service_wrong_api_key_is_401(service_url, headers) -> None:
     reply = post(service_url, {"histories": [[1]], "k": 5}, headers=headers)
