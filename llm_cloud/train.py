@@ -24,7 +24,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
+from transformers.utils import logging as hf_logging
 
 from llm_cloud.model import ItemTokenLM, build_pretrained, build_scratch
 from lsc4rec.config import LLMConfig, RunConfig
@@ -69,7 +71,8 @@ def train_llm(
     if llm.base == "scratch":
         lm = build_scratch(llm, dataset.num_items)
     else:
-        lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
+        with _transformers_bars(progress):  # "Converting and de-quantizing GGUF tensors"
+            lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
     _add_embedding_dropout(lm, llm.dropout)
     examples = training_examples(lm, [split.llm_train_sequence(u) for u in range(split.num_users)])
     valid_histories, valid_targets = validation_queries(split)
@@ -115,11 +118,25 @@ def train_llm(
             epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
-    folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
+    with _transformers_bars(progress):  # "Writing model shards"
+        folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
     Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
     result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
     Path(folder, TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+@contextmanager
+def _transformers_bars(enabled: bool) -> Iterator[None]:
+    """Transformers' own progress bars follow ``progress`` too (its switch is process-wide: restored after)."""
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def validation_queries(split: TemporalSplit) -> tuple[list[list[int]], np.ndarray]:

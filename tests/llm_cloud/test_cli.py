@@ -15,6 +15,7 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
         app, ["train", "--data", str(data), "--out", str(tmp_path / "ckpt"), "--quiet", *overrides]
     )
     assert trained.exit_code == 0, trained.output
+    assert "Writing model shards" not in trained.output  # --quiet silences transformers' bars too
     config = json.loads((tmp_path / "ckpt" / "lsc4rec_config.json").read_text())
     assert config["llm"]["hidden"] == 64 and config["data"]["lag"] == 2
 
