@@ -11,7 +11,6 @@ size is its p50 latency over vLLM direct's, minus one.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,9 @@ from llm_cloud.engines.vllm_engine import VLLMEngine
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.templates import PromptTemplate
 from llm_cloud.vllm_server import start_vllm
+from lsc4rec.errors import run_main
+from lsc4rec.runs import write_json
+from lsc4rec.tables import parse_args
 
 
 def measure(
@@ -88,7 +90,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per setting")
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-throughput"))
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parse_args(parser)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     template = PromptTemplate.from_pretrained(args.checkpoint)
     rng = np.random.default_rng(0)
@@ -136,15 +138,11 @@ def main() -> None:
             f"{100 * r['overhead_vs_vllm_direct']:>8.1f}%"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"checkpoint": str(args.checkpoint), "k": args.k, "history": args.history, "rows": rows},
-                indent=2,
-            )
-            + "\n"
+        write_json(
+            args.json,
+            {"checkpoint": str(args.checkpoint), "k": args.k, "history": args.history, "rows": rows},
         )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

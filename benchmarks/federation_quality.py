@@ -23,8 +23,9 @@ from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
+from lsc4rec.errors import run_main
 from lsc4rec.scoring import evaluate_full
-from lsc4rec.tables import report
+from lsc4rec.tables import parse_args, report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
@@ -212,7 +213,7 @@ def main() -> None:
         help="users (seeded sample; 0 = all) whose validation picks the best round's global SRM",
     )
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parser.parse_args()
+    args = parse_args(parser)
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
     central = {
         row["dataset"]: row["ndcg@10"]
@@ -271,4 +272,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -35,9 +35,12 @@ from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data import TemporalSplit
 from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.errors import run_main
 from lsc4rec.floors import ItemTransition, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
+from lsc4rec.runs import write_json
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
+from lsc4rec.tables import parse_args
 
 COLUMNS = ("ndcg@10", "hr@10", "recall@50")
 VALID_ROW = "LLM, validation target x_{n-1}"  # what LLM settings are chosen by (never a training target)
@@ -140,7 +143,7 @@ def main() -> None:
     parser.add_argument(
         "--same-data", action="store_true", help="add ItemTransition and SASRec fitted on the cloud's data"
     )
-    args = parser.parse_args()
+    args = parse_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = [
@@ -148,9 +151,8 @@ def main() -> None:
     ]
     print_table(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,8 +27,9 @@ from clients.node import NodeData, load_node
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.split import Stage
+from lsc4rec.errors import run_main
 from lsc4rec.outcomes import StageOutcome, budget_point
-from lsc4rec.tables import report
+from lsc4rec.tables import parse_args, report
 from server.checkpoint import load_global_srm
 
 BUDGETS = (0.05, 0.1, 0.2)
@@ -77,7 +78,7 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=6000, help="seeded sample of users (0 = all)")
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     torch.set_num_threads(1)
     run_dir = Path(args.run)
@@ -146,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from clients.srm import SRMConfig, build_srm
-from lsc4rec.tables import report
+from lsc4rec.errors import run_main
+from lsc4rec.tables import parse_args, report
 
 
 def measure(
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2000)
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,7 +12,8 @@ import argparse
 
 from clients.central import train_central
 from lsc4rec.config import load_config
-from lsc4rec.tables import report
+from lsc4rec.errors import run_main
+from lsc4rec.tables import parse_args, report
 
 # name -> overrides; dropout 0.5 for the sparse Amazon set, as SASRec's paper uses there.
 RUNS = {
@@ -35,7 +36,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/bench", help="folder for the run folders")
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     rows = []
     for dataset in args.datasets:
@@ -104,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

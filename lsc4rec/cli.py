@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lsc4rec.config import RunConfig, load_config
-from lsc4rec.errors import LSC4RecError
+from lsc4rec.errors import run_main
 
 app = typer.Typer(
     help="LSC4Rec: a cloud LLM and federated small recommendation models.",
@@ -181,13 +181,7 @@ def main() -> None:
     _mount_llm()
     # SIGTERM (a timeout, a stopped job) unwinds like Ctrl-C, so servers started in `with` blocks are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        app()
-    except LSC4RecError as exc:
-        if _state["debug"]:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(app, lambda: _state["debug"])
 
 
 if __name__ == "__main__":

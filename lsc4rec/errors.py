@@ -5,6 +5,8 @@ Messages follow one form: "<field> must be <rule>, got <value>. <what to do>."
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -44,3 +46,18 @@ class ProtocolError(LSC4RecError):
 
 class CloudUnavailableError(LSC4RecError):
     """The candidate service could not be reached or answered with a server error."""
+
+
+def run_main(main: Callable[[], object], show_traceback: Callable[[], bool] = lambda: False) -> None:
+    """Run a command's ``main``: an :class:`LSC4RecError` is one line on stderr and exit status 2.
+
+    Every entry point (the ``lsc4rec`` command, the benchmark scripts) ends here, so a user never sees a
+    traceback for input the project checks; ``show_traceback`` (``lsc4rec --debug``) lets it through.
+    """
+    try:
+        main()
+    except LSC4RecError as exc:
+        if show_traceback():
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lsc4rec.runs import write_json
+from lsc4rec.runs import output_path, write_json
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The benchmark's arguments, with its ``--json`` path checked before the benchmark spends its time."""
+    args = parser.parse_args()
+    if getattr(args, "json", None):
+        output_path(args.json, "--json")
+    return args
 
 
 def report(

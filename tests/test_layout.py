@@ -28,8 +28,13 @@ EXCEPTIONS = {
     # the ServerApp initializes and checkpoints the model the devices train (Flower's shared task model)
     "server/app.py": ("clients.srm",),
     "server/checkpoint.py": ("clients.srm",),
-    # run_federation.sh's pipeline starts the cloud's processes before the federation
-    "server/launch.py": ("llm_cloud.processes", "llm_cloud.train", "llm_cloud.vllm_server"),
+    # run_federation.sh's pipeline trains, checks and starts the cloud's processes before the federation
+    "server/launch.py": (
+        "llm_cloud.checkpoint",
+        "llm_cloud.processes",
+        "llm_cloud.train",
+        "llm_cloud.vllm_server",
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -90,3 +91,19 @@ def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None
             done = lsc4rec(*args)
             assert done.returncode == 2 and message in done.stderr, done.stderr
             assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: Path) -> None:
+    """Benchmarks share the command's error edge: one line, exit 2, and the --json path is checked first."""
+    (tmp_path / "a-file").write_text("")
+    script = Path(__file__).parents[2] / "benchmarks" / "srm_central.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--json", str(tmp_path / "a-file" / "x.json"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(script.parents[1])},
+    )
+    assert done.returncode == 2 and "error: --json: must be a path whose folder" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # no run folder was made
