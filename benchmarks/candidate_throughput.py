@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from llm_cloud.checkpoint import read_template
 from llm_cloud.engines.vllm_engine import VLLMEngine
 from llm_cloud.processes import free_port, start_service
-from llm_cloud.templates import PromptTemplate
 from llm_cloud.vllm_server import start_vllm
 from lsc4rec.errors import run_main
-from lsc4rec.runs import write_json
+from lsc4rec.runs import output_path, write_json
 from lsc4rec.tables import parse_args
 
 
@@ -91,8 +91,8 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-throughput"))
     parser.add_argument("--json", type=Path)
     args = parse_args(parser)
-    args.log_dir.mkdir(parents=True, exist_ok=True)
-    template = PromptTemplate.from_pretrained(args.checkpoint)
+    output_path(args.log_dir, "--log-dir", folder=True)
+    template = read_template(args.checkpoint)
     rng = np.random.default_rng(0)
     batches = [int(b) for b in args.batches.split(",")]
     pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(batches))]

@@ -38,7 +38,7 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import run_main
 from lsc4rec.floors import ItemTransition, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
-from lsc4rec.runs import write_json
+from lsc4rec.runs import output_path, write_json
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from lsc4rec.tables import parse_args
 
@@ -145,7 +145,7 @@ def main() -> None:
     )
     args = parse_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    output_path(args.out_dir, "--out-dir", folder=True)
     results = [
         run_dataset(name, args.out_dir, args.overrides, args.same_data) for name in args.datasets.split(",")
     ]

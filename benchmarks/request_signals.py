@@ -24,10 +24,11 @@ from clients.central import evaluation_users, load_central_srm
 from clients.cloud import CloudClient
 from clients.inference import collaborative_inference
 from clients.node import NodeData, load_node
+from llm_cloud.checkpoint import check_same_items
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.split import Stage
-from lsc4rec.errors import run_main
+from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.outcomes import StageOutcome, budget_point
 from lsc4rec.tables import parse_args, report
 from server.checkpoint import load_global_srm
@@ -82,13 +83,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     run_dir = Path(args.run)
-    if not (run_dir / "config.json").is_file() or not Path(args.checkpoint, "config.json").is_file():
-        raise SystemExit(
-            "--run must be a federation's run folder (with config.json and checkpoints/) and --checkpoint "
-            f"an LLM checkpoint folder; got {run_dir} and {args.checkpoint}."
-        )
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError("--run", f"must be a federation's run folder (with config.json), got {run_dir}.")
     cfg = RunConfig.load(run_dir / "config.json")
     split = load_node(cfg.data, cfg.seed, 0, 1).split
+    check_same_items(args.checkpoint, split.dataset)  # the LLM must number items as the run's data does
     users = evaluation_users(split.num_users, args.users, cfg.seed)
     node = NodeData(split, users)
     try:
@@ -98,7 +97,7 @@ def main() -> None:
             else load_global_srm(cfg, node.num_items, run_dir)
         )
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(str(exc)) from None
+        raise ConfigError("--srm" if args.srm else "--run", f"must hold a trained SRM ({exc}).") from None
     alphas = np.linspace(0.0, 1.0, cfg.federation.alpha_steps + 1)
     with start_service(
         ["--checkpoint", args.checkpoint], free_port(), run_dir / "signals-service.log"

@@ -4,7 +4,9 @@ A checkpoint is one Hugging Face folder (model, tokenizer) plus three files of o
 item map (original ids of items 1..N) and the run config it was trained with. Items are numbered per prepared
 dataset (random numbering depends on the seed), so a checkpoint used with other data would rank *other* items
 without any error: :func:`check_same_items` refuses that, and every place that pairs a checkpoint with a dataset
-(``lsc4rec llm evaluate``, the launcher's candidate service, the benchmarks) calls it.
+(``lsc4rec llm evaluate``, the launcher's candidate service, the benchmarks ``llm_quality`` and
+``request_signals``) calls it. Engines read a checkpoint through :func:`read_template` and :func:`read_json`, so a
+missing or damaged file is one message naming ``--checkpoint``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from llm_cloud.templates import TEMPLATE_FILE
+from llm_cloud.templates import TEMPLATE_FILE, PromptTemplate
 from lsc4rec.config import RunConfig
 from lsc4rec.data import SequenceDataset
 from lsc4rec.errors import ConfigError
@@ -58,14 +61,33 @@ def write_item_map(folder: Path, num_items: int, first_item_token: int, item_ids
     (folder / ITEM_MAP_FILE).write_text(json.dumps(item_map))
 
 
+def read_json(folder: str | Path, name: str) -> dict[str, Any]:
+    """The JSON object in the checkpoint's file ``name``; a damaged file is a ConfigError naming ``--checkpoint``."""
+    path = check_files(folder) / name
+    try:
+        tree = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ConfigError("--checkpoint", f"{path} is damaged ({exc}). {RETRAIN}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError("--checkpoint", f"{path} is damaged (not a JSON object). {RETRAIN}")
+    return tree
+
+
+def read_template(folder: str | Path) -> PromptTemplate:
+    """The checkpoint's prompt template: what every engine reads first, so where a wrong folder shows."""
+    fields = read_json(folder, TEMPLATE_FILE)
+    try:
+        return PromptTemplate(**fields)
+    except TypeError as exc:  # fields missing or unknown
+        raise ConfigError(
+            "--checkpoint", f"{Path(folder, TEMPLATE_FILE)} is damaged ({exc}). {RETRAIN}"
+        ) from None
+
+
 def check_same_items(folder: str | Path, dataset: SequenceDataset) -> None:
     """Refuse a checkpoint whose items 1..N are not ``dataset``'s items 1..N (same original ids, same order)."""
     folder = check_files(folder)
-    try:
-        item_map = json.loads((folder / ITEM_MAP_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError("--checkpoint", f"{folder / ITEM_MAP_FILE} is damaged ({exc}). {RETRAIN}") from None
-    trained = item_map.get("item_ids") if isinstance(item_map, dict) else None
+    trained = read_json(folder, ITEM_MAP_FILE).get("item_ids")
     if not isinstance(trained, list):
         raise ConfigError(
             "--checkpoint", f"{folder / ITEM_MAP_FILE} is damaged (no item_ids list). {RETRAIN}"

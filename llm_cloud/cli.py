@@ -45,10 +45,11 @@ def train(
     from lsc4rec.data import SequenceDataset
     from lsc4rec.runs import output_path
 
-    output_path(out, "--out", folder=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pairs = list(overrides or []) + ([f"llm.base={base}"] if base else [])
-    result = train_llm(load_config(config, pairs), SequenceDataset.load(data), out, progress=not quiet)
+    run_config, dataset = load_config(config, pairs), SequenceDataset.load(data)
+    output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
+    result = train_llm(run_config, dataset, out, progress=not quiet)
     typer.echo(
         f"saved {result.checkpoint}: best epoch {result.best_epoch}, valid NDCG@10 "
         f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"

@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, check_files, write_item_map
+from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, check_files, read_template, write_item_map
 from llm_cloud.templates import PromptTemplate
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.errors import ConfigError
@@ -138,10 +138,10 @@ class ItemTokenLM:
         """
         folder = check_files(folder)
         try:
-            template = PromptTemplate.from_pretrained(folder)
+            template = read_template(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        except ConfigError:
+        except (ConfigError, ImportError, MemoryError):
             raise
         except Exception as exc:  # transformers and safetensors raise many kinds for a bad file
             raise ConfigError(

@@ -31,13 +31,22 @@ def free_port() -> int:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """A ConfigError naming ``--port`` when ``host:port`` cannot be listened on (in use, or not this host's)."""
-    with socket.socket() as sock:
+    """A ConfigError when ``host:port`` cannot be listened on: the host is not this machine's, or the port is taken.
+
+    The address family follows the host (``::1`` is IPv6), as uvicorn's own bind does.
+    """
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(
+            "--host", f"must be an address of this machine, got {host!r} ({exc.strerror})."
+        ) from None
+    with socket.socket(family, kind) as sock:
         sock.setsockopt(
             socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
         )  # as uvicorn binds: a closing socket is no obstacle
         try:
-            sock.bind((host, port))
+            sock.bind(address)
         except OSError as exc:
             raise ConfigError(
                 "--port",

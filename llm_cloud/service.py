@@ -41,8 +41,9 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="LSC4Rec candidate service")
     metrics = ServiceMetrics()
 
-    def error(kind: str, field: str, message: str) -> JSONResponse:
-        metrics.error(kind)
+    def error(request: Request, kind: str, field: str, message: str) -> JSONResponse:
+        if request.url.path == CANDIDATES_PATH:  # the error counter counts failed candidate requests only
+            metrics.error(kind)
         return JSONResponse({"error": {"field": field, "message": message}}, status_code=STATUS[kind])
 
     @app.middleware("http")
@@ -55,6 +56,7 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
         sent = request.headers.get("authorization", "")
         if api_key and not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
             response = error(
+                request,
                 "unauthorized",
                 "Authorization",
                 "must be 'Bearer <api key>' with the service's key. "
@@ -66,30 +68,36 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
         if first["type"] == "json_invalid":
-            return error("invalid_json", "body", f"must be valid JSON, got a parse error ({first['msg']}).")
-        return error("invalid_request", field, f"{first['msg']} (got {_short(first.get('input'))}).")
+            return error(
+                request, "invalid_json", "body", f"must be valid JSON, got a parse error ({first['msg']})."
+            )
+        return error(request, "invalid_request", field, f"{first['msg']} (got {_short(first.get('input'))}).")
 
     @app.exception_handler(StarletteHTTPException)
-    async def routing(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Starlette's router raises these two; its default body {"detail": ...} would break the one error form
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's router (404, 405) and FastAPI's body reader (400) raise these; their default body
+        # {"detail": ...} would break the one error form
+        if exc.status_code == STATUS["not_found"]:
+            message = f"{request.url.path} is not an endpoint. The endpoints: {ENDPOINTS}."
+            return error(request, "not_found", "path", message)
         if exc.status_code == STATUS["method_not_allowed"]:
             message = f"{request.method} is not allowed on {request.url.path}. The endpoints: {ENDPOINTS}."
-            return error("method_not_allowed", "method", message)
+            return error(request, "method_not_allowed", "method", message)
         return error(
-            "not_found", "path", f"{request.url.path} is not an endpoint. The endpoints: {ENDPOINTS}."
+            request, "invalid_json", "body", f"must be a JSON body the service can read ({exc.detail})."
         )
 
     @app.exception_handler(ProtocolError)
-    async def protocol(_: Request, exc: ProtocolError) -> JSONResponse:
-        return error("invalid_request", exc.field, str(exc).removeprefix(f"{exc.field}: "))
+    async def protocol(request: Request, exc: ProtocolError) -> JSONResponse:
+        return error(request, "invalid_request", exc.field, str(exc).removeprefix(f"{exc.field}: "))
 
     @app.exception_handler(EngineError)
-    async def engine_down(_: Request, exc: EngineError) -> JSONResponse:
-        return error("engine", "engine", f"the candidate engine failed: {exc}. Retry later.")
+    async def engine_down(request: Request, exc: EngineError) -> JSONResponse:
+        return error(request, "engine", "engine", f"the candidate engine failed: {exc}. Retry later.")
 
     @app.post(CANDIDATES_PATH, response_model=CandidateResponse)
     def candidates(request: CandidateRequest) -> Response:

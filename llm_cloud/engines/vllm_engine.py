@@ -14,15 +14,14 @@ Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from llm_cloud.checkpoint import read_json, read_template
 from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError
-from llm_cloud.templates import PromptTemplate
 from lsc4rec.protocol import MAX_HISTORY, MAX_K
 
 MAX_BIASED_TOKENS = 64  # above this many non-item tokens an allow-list of items is cheaper than a bias table
@@ -38,11 +37,11 @@ class VLLMEngine(CandidateEngine):
     """
 
     def __init__(self, checkpoint: str | Path, url: str, timeout_s: float = 60.0) -> None:
-        self.template = PromptTemplate.from_pretrained(checkpoint)
+        self.template = read_template(checkpoint)
         self.num_items = self.template.num_items
         self.model_name = Path(checkpoint).name
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
-        vocab_size = json.loads(Path(checkpoint, "config.json").read_text())["vocab_size"]
+        vocab_size = read_json(checkpoint, "config.json")["vocab_size"]
         first, last = self.template.first_item_token, self.template.first_item_token + self.num_items
         others = [t for t in range(vocab_size) if not first <= t < last]
         if len(others) <= MAX_BIASED_TOKENS:

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from llm_cloud.checkpoint import ITEM_MAP_FILE, check_files, check_same_items, read_run_config
 from llm_cloud.cli import app
+from llm_cloud.engines import make_engine
 from llm_cloud.model import ItemTokenLM
+from llm_cloud.templates import TEMPLATE_FILE
 from lsc4rec.data import SequenceDataset
 from lsc4rec.errors import ConfigError, DataFormatError
 
@@ -30,6 +32,21 @@ def test_a_missing_file_is_named(copied_checkpoint: Path, name: str) -> None:
         check_files(copied_checkpoint)
     with pytest.raises(ConfigError, match=f"without {name}"):
         ItemTokenLM.from_pretrained(copied_checkpoint)
+
+
+@pytest.mark.parametrize("content", ['{"kind": ', '{"kind": "items"}', "[1]"])
+def test_a_damaged_template_is_refused_by_every_engine(copied_checkpoint: Path, content: str) -> None:
+    (copied_checkpoint / TEMPLATE_FILE).write_text(content)
+    with pytest.raises(ConfigError, match=rf"--checkpoint: .*{TEMPLATE_FILE} is damaged"):
+        ItemTokenLM.from_pretrained(copied_checkpoint)
+    with pytest.raises(ConfigError, match=f"{TEMPLATE_FILE} is damaged"):
+        make_engine("vllm", copied_checkpoint, "http://127.0.0.1:9")  # checked before any request
+
+
+def test_the_vllm_engine_checks_the_folder_too(copied_checkpoint: Path) -> None:
+    (copied_checkpoint / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"without config\.json"):
+        make_engine("vllm", copied_checkpoint, "http://127.0.0.1:9")
 
 
 def test_truncated_weights_are_a_config_error(copied_checkpoint: Path) -> None:

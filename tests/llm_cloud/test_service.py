@@ -84,6 +84,25 @@ def test_service_unknown_path_and_wrong_method_keep_the_error_form(
     )
 
 
+def test_service_body_that_is_not_utf8_is_400_and_other_paths_are_not_counted(service_url) -> None:
+    def errors_total() -> float:
+        text = httpx.get(f"{service_url}/metrics", timeout=10).text
+        return sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("lsc4rec_errors_total")
+        )
+
+    before = errors_total()
+    reply = httpx.post(
+        f"{service_url}/v1/candidates",
+        content=b"\xff\xfe\x00",
+        timeout=10,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert reply.status_code == 400 and reply.json()["error"]["field"] == "body"
+    httpx.get(f"{service_url}/nowhere", timeout=10)  # a 404 off the candidates path: not a failed request
+    assert errors_total() == before + 1
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}])
 def test_service_wrong_api_key_is_401(service_url, headers) -> None:
     reply = post(service_url, {"histories": [[1]], "k": 5}, headers=headers)

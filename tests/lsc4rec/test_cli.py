@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import synthetic_dataset
+
 
 def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -74,13 +76,18 @@ def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None
     """Checked before a model loads or trains: a busy port, an output path below a file."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    data = str(synthetic_dataset().save(tmp_path / "d.npz"))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = str(busy.getsockname()[1])
         cases = [
             (["llm", "serve", "--checkpoint", "c", "--port", port], "--port: must be free on 127.0.0.1"),
-            (["llm", "train", "--data", "d", "--out", str(blocker / "ckpt")], "--out: must be a path whose"),
+            (["llm", "train", "--data", data, "--out", str(blocker / "ckpt")], "--out: must be a path whose"),
+            (
+                ["llm", "serve", "--checkpoint", "c", "--host", "no-such-host.invalid"],
+                "--host: must be an address",
+            ),
             (
                 ["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--json", str(blocker / "m.json")],
                 "--json: must be a path whose",
