@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from clients.srm import SequentialRecommender
 from lsc4rec.config import TrainConfig
 from lsc4rec.data.batching import left_pad, length_bucketed_batches, next_item_batch
+from lsc4rec.errors import check_loss
 
 ValidFn = Callable[[SequentialRecommender], float]
 
@@ -173,6 +174,7 @@ def fit(
     epoch = 0
     for epoch in bar:
         loss = train_epoch(model, sequences, optimizer, config.batch_size, rng)
+        check_loss(loss, "train", config.lr, epoch)
         record = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
         if epoch % config.eval_every == 0:
             record["valid_ndcg@10"] = score = valid_fn(model)

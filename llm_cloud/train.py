@@ -39,6 +39,7 @@ from llm_cloud.model import ItemTokenLM, build_pretrained, build_scratch
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.data import SequenceDataset, TemporalSplit
 from lsc4rec.data.batching import length_bucketed_batches
+from lsc4rec.errors import check_loss
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
 from lsc4rec.runs import seed_everything
 
@@ -84,6 +85,7 @@ def train_llm(
     recent: deque[dict[str, torch.Tensor]] = deque(maxlen=llm.average_epochs)  # the last epochs' weights
     for epoch in range(1, llm.epochs + 1):
         loss = _train_epoch(lm, examples, optimizer, llm, window, rng, progress, epoch)
+        check_loss(loss, "llm", llm.lr, epoch)
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
         epochs.append(
             {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
@@ -114,6 +116,7 @@ def train_llm(
         seen = training_examples(lm, [split.cloud_view(u, "valid") for u in range(split.num_users)])
         for refit in range(1, llm.refit_epochs + 1):
             loss = _train_epoch(lm, seen, optimizer, llm, window, rng, progress, f"refit {refit}")
+            check_loss(loss, "llm", llm.lr, f"refit {refit}")
             epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()

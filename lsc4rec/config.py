@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lsc4rec.errors import ConfigError, DataFormatError
+from lsc4rec.protocol import MAX_K
 
 # Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
 # the fleet's validation pick one (strategies.budget).
@@ -137,7 +139,7 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         _check(self.template in ("items", "titles"), "llm.template", "must be items|titles", self.template)
-        _check(self.k >= 1, "llm.k", "must be >= 1", self.k)
+        _check(1 <= self.k <= MAX_K, "llm.k", f"must be in [1, {MAX_K}] (the service's limit)", self.k)
         _check(self.target_window >= 0, "llm.target_window", "must be >= 0", self.target_window)
         _check(self.refit_epochs >= 0, "llm.refit_epochs", "must be >= 0", self.refit_epochs)
         _check(self.average_epochs >= 0, "llm.average_epochs", "must be >= 0", self.average_epochs)
@@ -145,6 +147,7 @@ class LLMConfig:
         _check(self.layers >= 1, "llm.layers", "must be >= 1", self.layers)
         _check(self.max_len >= 1, "llm.max_len", "must be >= 1", self.max_len)
         _check(self.lora_r >= 1, "llm.lora_r", "must be >= 1", self.lora_r)
+        _check(self.lora_alpha >= 1, "llm.lora_alpha", "must be >= 1", self.lora_alpha)
         _check(self.heads >= 1, "llm.heads", "must be >= 1", self.heads)
         _check(
             self.hidden >= 1 and self.hidden % self.heads == 0,
@@ -288,6 +291,9 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
 
+    def __post_init__(self) -> None:
+        _check(0 <= self.seed < 2**32, "seed", "must be in [0, 2**32 - 1] (numpy's seed range)", self.seed)
+
     @classmethod
     def from_flat(cls, flat: typing.Mapping[str, Any]) -> RunConfig:
         """Build from a flat mapping of dotted keys (Flower's ``run_config``, parsed ``--set`` pairs)."""
@@ -356,6 +362,7 @@ def _check_schedule(section: str, config: TrainConfig | LLMConfig) -> None:
         ("lr", config.lr, config.lr > 0, "must be > 0"),
         ("patience", config.patience, config.patience >= 1, "must be >= 1"),
         ("max_minutes", config.max_minutes, config.max_minutes >= 0, "must be >= 0 (0: no cap)"),
+        ("weight_decay", config.weight_decay, config.weight_decay >= 0, "must be >= 0"),
     ):
         _check(ok, f"{section}.{key}", rule, value)
 
@@ -420,6 +427,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ValueError(value)
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
-        return hint(value)
+        converted = hint(value)
+        if hint is float and not math.isfinite(converted):  # nan passes no rule, inf every lower bound
+            raise ValueError(value)
+        return converted
     except (TypeError, ValueError):
-        raise ConfigError(key, f"must be of type {hint.__name__}, got {value!r}.") from None
+        kind = "a finite float" if hint is float else f"of type {hint.__name__}"
+        raise ConfigError(key, f"must be {kind}, got {value!r}.") from None

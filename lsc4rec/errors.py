@@ -5,6 +5,7 @@ Messages follow one form: "<field> must be <rule>, got <value>. <what to do>."
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,16 @@ class ConfigError(LSC4RecError, ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key if key.startswith('-') else f'config {key}'}: {message}")
+
+
+def check_loss(loss: float, section: str, lr: float, epoch: int | str) -> None:
+    """Stop a training whose loss is no longer finite: its weights, and any metric read from them, are garbage."""
+    if not math.isfinite(loss):
+        raise ConfigError(
+            f"{section}.lr",
+            f"must be small enough for training to converge, but the loss became {loss} at epoch {epoch}, "
+            f"got {lr}. Lower it.",
+        )
 
 
 class DataFormatError(LSC4RecError):

@@ -3,6 +3,7 @@
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from clients.srm import SRMConfig, build_srm
@@ -28,3 +29,17 @@ def test_restored_adam_state_continues_exactly_where_it_stopped() -> None:
     for a, b in zip(model.parameters(), restored.parameters(), strict=True):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, c) for a, c in zip(model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_a_diverging_fit_stops_with_a_message_naming_the_learning_rate() -> None:
+    from clients.training import fit
+    from lsc4rec.config import TrainConfig
+    from lsc4rec.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = build_srm(SRMConfig(hidden=8, layers=1, max_len=6, dropout=0.0), 20)
+    sequences = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8, 9])] * 8
+    with pytest.raises(
+        ConfigError, match=r"config train\.lr: must be small enough .* loss became nan at epoch"
+    ):
+        fit(model, sequences, lambda m: 0.0, TrainConfig(lr=1e30, epochs=3), seed=0, progress=False)

@@ -46,6 +46,15 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("data=3", "data: is a section"),
         # a boolean is only a boolean: no truthy strings, no numbers but 0 and 1
         ("federation.resume=maybe", "federation.resume: must be of type bool"),
+        # values that used to pass the checks and fail later, or silently
+        ("train.lr=inf", "train.lr: must be a finite float, got 'inf'"),
+        ("federation.timeout_s=nan", "federation.timeout_s: must be a finite float"),
+        ("llm.k=201", r"llm.k: must be in \[1, 200\]"),
+        ("seed=-1", r"seed: must be in \[0, 2\*\*32 - 1\]"),
+        ("seed=4294967296", "seed: must be in"),
+        ("train.weight_decay=-1", "train.weight_decay: must be >= 0"),
+        ("llm.weight_decay=-0.5", "llm.weight_decay: must be >= 0"),
+        ("llm.lora_alpha=-5", "llm.lora_alpha: must be >= 1"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
@@ -71,7 +80,7 @@ def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
     [
         ("[srm]\nhidden = true\n", "srm.hidden: must be of type int, got True"),
         ("[federation]\nresume = 2\n", "federation.resume: must be of type bool, got 2"),
-        ("[train]\nlr = false\n", "train.lr: must be of type float"),
+        ("[train]\nlr = false\n", "train.lr: must be a finite float"),
     ],
 )
 def test_toml_booleans_and_numbers_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:

@@ -40,3 +40,11 @@ def test_list_ranks() -> None:
     lists = np.array([[5, 3, 9], [1, 2, 4]])
     ranks = list_ranks(lists, np.array([9, 7]))
     assert ranks[0] == 2 and math.isinf(ranks[1])
+
+
+def test_a_nan_target_score_is_a_miss_not_a_perfect_hit() -> None:
+    """A diverged model scores NaN; NaN >= NaN is False, so the old count gave rank -1 (a hit everywhere)."""
+    scores = torch.tensor([[math.nan, math.nan, math.nan], [0.3, 0.1, 0.2]])
+    ranks = target_ranks(scores, torch.tensor([1, 1]))
+    assert math.isinf(ranks[0]) and ranks[1] == 2.0
+    assert metrics_from_ranks(ranks.numpy(), cutoffs=(1,))["hr@1"] == 0.0
