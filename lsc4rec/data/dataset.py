@@ -175,7 +175,7 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 
 
 def _id_sort_key(ids: np.ndarray) -> np.ndarray:
-    """Sort key for tie-breaking by item id: numeric order where every id is an integer, else string order."""
-    if all(s.isdigit() for s in np.unique(ids).tolist()):
+    """Sort key for tie-breaking by item id: numeric order where every id is an int64 integer, else string order."""
+    if all(s.isascii() and s.isdigit() and len(s) <= 18 for s in np.unique(ids).tolist()):
         return ids.astype(np.int64)
     return np.unique(ids, return_inverse=True)[1]

@@ -36,9 +36,11 @@ def read_movielens(folder: str | Path) -> Interactions:
             if len(row) < 4:
                 raise DataFormatError(ratings, f"expected 4 columns, got {len(row)}.", line)
             user, item, _, stamp = (value.strip() for value in row[:4])
-            if not (user.isdigit() and item.isdigit()):
+            if not all(value.isascii() and value.isdigit() for value in (user, item)):
                 raise DataFormatError(
-                    ratings, f"userId and movieId must be integers, got {user!r}, {item!r}.", line
+                    ratings,
+                    f"userId and movieId must be non-negative integers, got {user!r}, {item!r}.",
+                    line,
                 )
             try:
                 times.append(float(stamp))

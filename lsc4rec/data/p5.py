@@ -23,17 +23,25 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
     if not path.is_file():
         raise DataFormatError(path, "file not found. Put P5's sequential_data.txt there.")
     users, items, times = [], [], []
+    first_line: dict[str, int] = {}  # user id -> the line that holds the user's sequence
     with open_utf8(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields:
                 continue
-            if not all(f.isdigit() for f in fields):
-                bad = next(f for f in fields if not f.isdigit())
+            bad = next((f for f in fields if not (f.isascii() and f.isdigit())), None)
+            if bad is not None:
                 raise DataFormatError(path, f"ids must be non-negative integers, got {bad!r}.", line_no)
             if len(fields) < 2:
                 raise DataFormatError(path, "a line must hold a user id and at least one item id.", line_no)
             user = fields[0]
+            if user in first_line:  # positions are times, so two lines of one user would interleave
+                raise DataFormatError(
+                    path,
+                    f"user {user} already has a line (line {first_line[user]}); P5 holds one per user.",
+                    line_no,
+                )
+            first_line[user] = line_no
             users.extend([user] * (len(fields) - 1))
             items.extend(fields[1:])
             times.extend(range(len(fields) - 1))

@@ -31,7 +31,7 @@ def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
         ("user,item,rating,time\n1,2,3,4\n", "header must start with userId"),
         (
             "userId,movieId,rating,timestamp\n1,abc,3,4\n",
-            r"ratings.csv:2: userId and movieId must be integers",
+            r"ratings.csv:2: userId and movieId must be non-negative integers",
         ),
         ("userId,movieId,rating,timestamp\n1,2,3,yesterday\n", r":2: timestamp must be a number"),
         ("userId,movieId,rating,timestamp\n1,2\n", r":2: expected 4 columns"),
@@ -65,6 +65,18 @@ def test_p5_rejects_non_numeric_and_lone_user(tmp_path: Path) -> None:
     write(tmp_path / "sequential_data.txt", "1 5\n2\n")
     with pytest.raises(DataFormatError, match=r":2: a line must hold a user id and at least one item"):
         read_p5(tmp_path)
+    write(tmp_path / "sequential_data.txt", "1 5 6\n2 5 6\n1 7 8\n")
+    with pytest.raises(DataFormatError, match=r":3: user 1 already has a line \(line 1\)"):
+        read_p5(tmp_path)
+    write(tmp_path / "sequential_data.txt", "1 2 3 \u00b2\n")  # a superscript two passes str.isdigit
+    with pytest.raises(DataFormatError, match="ids must be non-negative integers, got '\u00b2'"):
+        read_p5(tmp_path)
+
+
+def test_ids_beyond_int64_sort_as_strings(tmp_path: Path) -> None:
+    write(tmp_path / "sequential_data.txt", "1 99999999999999999999999 5\n2 5 99999999999999999999999\n")
+    dataset = build_dataset(read_p5(tmp_path), kcore=1, numbering="sequential")
+    assert sorted(dataset.item_ids.tolist()) == ["5", "99999999999999999999999"]
 
 
 def test_p5_checks_datamaps(tmp_path: Path) -> None:
@@ -90,9 +102,10 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path: Path, name: str, reader) -> 
         "ratings.csv": "userId,movieId,rating,timestamp\n",
         "toy.inter": "user_id:token\titem_id:token\n",
     }
-    good = {"ratings.csv": "1,2,3,4\n", "sequential_data.txt": "1 5 6\n", "toy.inter": "u1\ti1\n"}[name]
+    row = {"ratings.csv": "{u},2,3,4\n", "sequential_data.txt": "{u} 5 6\n", "toy.inter": "u{u}\ti1\n"}[name]
+    rows = "".join(row.format(u=u) for u in range(1, 5001))
     # the bad byte lies past the first block read, where a reader only meets it halfway through the file
-    (tmp_path / name).write_bytes((header.get(name, "") + good * 5000).encode() + "caf\xe9".encode("latin-1"))
+    (tmp_path / name).write_bytes((header.get(name, "") + rows).encode() + "caf\xe9".encode("latin-1"))
     with pytest.raises(DataFormatError, match=rf"{name}: is not UTF-8 text"):
         reader(tmp_path / name if name.endswith(".inter") else tmp_path)
 
