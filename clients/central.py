@@ -39,6 +39,7 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     seed_everything(config.seed)
     dataset = load_or_prepare(config.data, config.seed)
     split = TemporalSplit(dataset, config.data.lag)
+    split.check_trainable("SRM")
     srm_config = config.srm
     model = build_srm(srm_config, dataset.num_items)
     name = f"srm-{Path(config.data.dataset).name}-{srm_config.model}-{srm_config.loss}"

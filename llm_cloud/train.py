@@ -69,6 +69,7 @@ def train_llm(
     seed_everything(config.seed)
     llm = config.llm
     split = TemporalSplit(dataset, config.data.lag)
+    split.check_trainable("LLM")
     if llm.base == "scratch":
         lm = build_scratch(llm, dataset.num_items)
     else:

@@ -143,7 +143,9 @@ def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:
     folder), so that bad settings end in one line before minutes of LLM training, and leave no empty folder.
     """
     dataset = load_or_prepare(cfg.data, cfg.seed)
-    TemporalSplit(dataset, cfg.data.lag)
+    split = TemporalSplit(dataset, cfg.data.lag)
+    split.check_trainable("SRM")
+    split.check_trainable("LLM")
     nodes = fleet_size(cfg.federation.num_nodes, dataset.num_users)
     run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)

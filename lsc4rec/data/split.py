@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from lsc4rec.data.dataset import SequenceDataset
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, DataFormatError
 
 Stage = Literal["valid", "test"]
 
@@ -39,12 +39,31 @@ class TemporalSplit:
 
     def __post_init__(self) -> None:
         shortest = int(self.dataset.lengths().min())
+        if shortest < 3:
+            raise DataFormatError(
+                self.dataset.meta.get("name", "the dataset"),
+                f"every user needs at least 3 items (a history, the validation and the test target), but the "
+                f"shortest sequence has {shortest}. Raise --kcore (data.kcore) to 3 or more.",
+            )
         if self.lag < 0 or shortest - 3 - self.lag < 0:
             raise ConfigError(
                 "data.lag",
                 f"must be in [0, {shortest - 3}] so that every user's cloud view at "
                 f"validation holds an item (shortest sequence: {shortest}), got {self.lag}. "
                 "Lower the lag or raise --kcore.",
+            )
+
+    def check_trainable(self, model: Literal["SRM", "LLM"]) -> None:
+        """Refuse data on which ``model`` would have no training target at all (and train on nothing)."""
+        need = (
+            4 if model == "SRM" else 5 + self.lag
+        )  # a training sequence of two items: one input, one target
+        longest = int(self.dataset.lengths().max())
+        if longest < need:
+            raise DataFormatError(
+                self.dataset.meta.get("name", "the dataset"),
+                f"the {model} needs a user with at least {need} items to have a training target under lag "
+                f"{self.lag}, but the longest sequence has {longest}. Use longer sequences or a smaller data.lag.",
             )
 
     @property

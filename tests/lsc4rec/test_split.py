@@ -6,7 +6,7 @@ import pytest
 from lsc4rec.data import TemporalSplit, partition_users
 from lsc4rec.data.batching import left_pad, next_item_batch, windows
 from lsc4rec.data.partition import fleet_size
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, DataFormatError
 from tests.conftest import make_dataset
 
 
@@ -44,6 +44,23 @@ def test_split_invariants_hold_for_every_user(lag: int) -> None:
 def test_split_rejects_lag_that_empties_cloud_view() -> None:
     with pytest.raises(ConfigError, match=r"data.lag: must be in \[0, 2\]"):
         TemporalSplit(make_dataset([[1, 2, 3, 4, 5]]), lag=3)
+
+
+def test_too_short_sequences_and_nothing_to_train_on_are_refused() -> None:
+    with pytest.raises(DataFormatError, match=r"every user needs at least 3 items.*shortest sequence has 2"):
+        TemporalSplit(make_dataset([[1, 2, 3], [2, 3]]), lag=0)
+    three = TemporalSplit(
+        make_dataset([[1, 2, 3], [2, 3, 1]]), lag=0
+    )  # a valid split with no training target
+    with pytest.raises(DataFormatError, match="the SRM needs a user with at least 4 items"):
+        three.check_trainable("SRM")
+    with pytest.raises(DataFormatError, match="the LLM needs a user with at least 5 items"):
+        three.check_trainable("LLM")
+    five = TemporalSplit(make_dataset([[1, 2, 3, 4, 5], [2, 3, 1]]), lag=0)
+    five.check_trainable("SRM")
+    five.check_trainable("LLM")
+    with pytest.raises(DataFormatError, match="at least 6 items to have a training target under lag 1"):
+        TemporalSplit(make_dataset([[1, 2, 3, 4, 5], [2, 3, 1, 4]]), lag=1).check_trainable("LLM")
 
 
 def test_partition_covers_every_user_once_and_is_seeded() -> None:
