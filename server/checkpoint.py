@@ -11,6 +11,9 @@ from safetensors.torch import load_file, save_file
 
 from clients.srm import SequentialRecommender, build_srm
 from lsc4rec.config import RunConfig
+from lsc4rec.errors import DataFormatError
+
+DAMAGED = "Remove that round's two files to resume from the round before, or choose another run folder."
 
 
 def save_checkpoint(
@@ -32,17 +35,29 @@ def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
     """The complete checkpoints of ``run_dir`` by round, oldest first (complete: its sidecar JSON is written)."""
     found = {}
     for path in sorted((run_dir / "checkpoints").glob("round-*.safetensors")):
-        sidecar = path.with_suffix(".json")
-        if sidecar.exists():
-            found[int(json.loads(sidecar.read_text())["round"])] = path
+        if path.with_suffix(".json").exists():
+            found[_read_sidecar(path)[0]] = path
     return found
 
 
 def read_checkpoint(path: Path) -> tuple[int, ArrayRecord, float, str]:
     """(round, global weights, tau, signal) of one checkpoint file (signal "" when it predates the field)."""
-    meta = json.loads(path.with_suffix(".json").read_text())
-    state: dict[str, torch.Tensor] = load_file(path)
-    return int(meta["round"]), ArrayRecord(state), float(meta["request-tau"]), meta.get("request-signal", "")
+    server_round, tau, signal = _read_sidecar(path)
+    try:
+        state: dict[str, torch.Tensor] = load_file(path)
+    except Exception as exc:  # safetensors' own error kinds for a truncated or foreign file
+        raise DataFormatError(path, f"is not a readable round checkpoint ({exc}). {DAMAGED}") from None
+    return server_round, ArrayRecord(state), tau, signal
+
+
+def _read_sidecar(path: Path) -> tuple[int, float, str]:
+    """(round, tau, signal) from the sidecar of checkpoint ``path``; a damaged sidecar names its file."""
+    sidecar = path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        return int(meta["round"]), float(meta["request-tau"]), str(meta.get("request-signal", ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # bad JSON, a key missing
+        raise DataFormatError(sidecar, f"is not a round checkpoint's sidecar ({exc!r}). {DAMAGED}") from None
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, ArrayRecord, float, str] | None:

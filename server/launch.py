@@ -25,7 +25,7 @@ from lsc4rec.data.prepared import load_or_prepare, prepared_name
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
-from lsc4rec.runs import make_run_dir
+from lsc4rec.runs import make_run_dir, output_path
 from server.checkpoint import complete_checkpoints
 
 FEDERATION = "lsc4rec-sim"
@@ -132,8 +132,7 @@ def run_folder(cfg: RunConfig) -> Path:
             f"holds a run already ({given / 'checkpoints'}). Add --set federation.resume=true to continue it, "
             "or choose another folder.",
         )
-    given.mkdir(parents=True, exist_ok=True)
-    return given
+    return output_path(given, "federation.run_dir", folder=True)
 
 
 def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:

@@ -79,17 +79,21 @@ class SequenceDataset:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write the dataset as one ``.npz``; a folder that cannot be made or written is a DataFormatError."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            items=self.items,
-            offsets=self.offsets,
-            user_ids=self.user_ids,
-            item_ids=self.item_ids,
-            titles=self.titles,
-            meta=np.array(json.dumps(self.meta)),
-        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                path,
+                items=self.items,
+                offsets=self.offsets,
+                user_ids=self.user_ids,
+                item_ids=self.item_ids,
+                titles=self.titles,
+                meta=np.array(json.dumps(self.meta)),
+            )
+        except OSError as exc:
+            raise DataFormatError(path, f"cannot be written ({exc.strerror}). Choose another --out.") from None
         return path
 
     @classmethod

@@ -162,6 +162,8 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     loaded = type(seq).load(seq.save(tmp_path / "out" / "d.npz"))
     assert np.array_equal(loaded.items, seq.items) and loaded.meta == seq.meta
     assert loaded.stats()["interactions"] == 6
+    with pytest.raises(DataFormatError, match=r"d\.npz: cannot be written"):
+        seq.save(tmp_path / "out" / "d.npz" / "d.npz")  # below a file
     good = (tmp_path / "out" / "d.npz").read_bytes()
     damaged = {"text.npz": b"garbage", "empty.npz": b"", "truncated.npz": good[: len(good) // 2]}
     for name, content in damaged.items():  # each used to escape as its own exception kind

@@ -8,6 +8,7 @@ from flwr.app import ArrayRecord
 
 from clients.srm import build_srm
 from lsc4rec.config import RunConfig
+from lsc4rec.errors import DataFormatError
 from server.checkpoint import complete_checkpoints, latest_checkpoint, load_global_srm, save_checkpoint
 
 
@@ -31,3 +32,17 @@ def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path)
         load_global_srm(cfg, 12, tmp_path, 3)
     with pytest.raises(FileNotFoundError, match="run the federation first"):
         load_global_srm(cfg, 12, tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("sidecar", ["garbage", "{}", '{"round": 1}', "[1]"])
+def test_a_damaged_sidecar_or_weights_file_names_the_file(tmp_path: Path, sidecar: str) -> None:
+    cfg = RunConfig().override(["srm.hidden=8", "srm.layers=1", "srm.max_len=5"])
+    path = save_checkpoint(tmp_path, 1, ArrayRecord(build_srm(cfg.srm, 12).state_dict()), 0.5)
+    weights = path.read_bytes()
+    path.with_suffix(".json").write_text(sidecar)
+    with pytest.raises(DataFormatError, match=r"round-0001\.json: is not a round checkpoint's sidecar"):
+        complete_checkpoints(tmp_path)
+    save_checkpoint(tmp_path, 1, ArrayRecord(build_srm(cfg.srm, 12).state_dict()), 0.5)
+    path.write_bytes(weights[:50])  # a half-copied weights file
+    with pytest.raises(DataFormatError, match=r"round-0001\.safetensors: is not a readable round checkpoint"):
+        latest_checkpoint(tmp_path)

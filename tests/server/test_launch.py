@@ -16,7 +16,7 @@ def _with_checkpoint(folder: Path) -> Path:
     """A run folder holding one complete round checkpoint (weights file plus its sidecar)."""
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "round-0001.safetensors").write_bytes(b"")
-    (folder / "checkpoints" / "round-0001.json").write_text(json.dumps({"round": 1}))
+    (folder / "checkpoints" / "round-0001.json").write_text(json.dumps({"round": 1, "request-tau": 0.5}))
     return folder
 
 
@@ -36,6 +36,8 @@ def test_run_folder_new_given_and_resumed(federation_config: RunConfig, tmp_path
         (["federation.resume=true"], r"federation\.resume: needs federation\.run_dir"),
         (["federation.resume=true", "federation.run_dir={tmp}/empty"], r"federation\.resume: needs"),
         (["federation.run_dir={tmp}/done"], "holds a run already"),
+        (["federation.run_dir={tmp}/a-file"], "federation.run_dir: must be a path whose folder can be created"),
+        (["federation.run_dir={tmp}/a-file/sub"], "federation.run_dir: must be a path whose folder"),
     ],
 )
 def test_run_folder_refuses_to_lose_a_run(
@@ -43,6 +45,7 @@ def test_run_folder_refuses_to_lose_a_run(
 ) -> None:
     _with_checkpoint(tmp_path / "done")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("")
     cfg = federation_config.override([s.format(tmp=tmp_path) for s in settings])
     with pytest.raises(ConfigError, match=message):
         run_folder(cfg)
