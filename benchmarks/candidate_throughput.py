@@ -22,9 +22,10 @@ from llm_cloud.checkpoint import read_template
 from llm_cloud.engines.vllm_engine import VLLMEngine
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.vllm_server import start_vllm
-from lsc4rec.errors import run_main
+from lsc4rec.errors import ConfigError, run_main
+from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K
 from lsc4rec.runs import output_path, write_json
-from lsc4rec.tables import parse_args
+from lsc4rec.tables import parse_args, positive_int, positive_ints
 
 
 def measure(
@@ -84,18 +85,28 @@ def vllm_direct_call(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--batches", default="1,32,256")
-    parser.add_argument("--k", type=int, default=50)
-    parser.add_argument("--history", type=int, default=50)
+    parser.add_argument("--batches", type=positive_ints, default=[1, 32, 256], help="comma-separated sizes")
+    parser.add_argument("--k", type=positive_int, default=50)
+    parser.add_argument("--history", type=positive_int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per setting")
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-throughput"))
     parser.add_argument("--json", type=Path)
     args = parse_args(parser)
     output_path(args.log_dir, "--log-dir", folder=True)
     template = read_template(args.checkpoint)
+    if args.k > MAX_K:
+        raise ConfigError("--k", f"must be at most the service's limit {MAX_K}, got {args.k}.")
+    if args.history > min(template.num_items, MAX_HISTORY):
+        limit = min(template.num_items, MAX_HISTORY)
+        raise ConfigError(
+            "--history", f"must be at most {limit} (distinct items per history), got {args.history}."
+        )
+    if max(args.batches) > MAX_BATCH:
+        raise ConfigError(
+            "--batches", f"must be at most the service's limit {MAX_BATCH}, got {max(args.batches)}."
+        )
     rng = np.random.default_rng(0)
-    batches = [int(b) for b in args.batches.split(",")]
-    pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(batches))]
+    pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(args.batches))]
     pool = [h.tolist() for h in pool]
     rows = []
     with (
@@ -115,7 +126,7 @@ def main() -> None:
         httpx.Client(base_url=vllm.url, timeout=300) as vllm_client,
     ):
         engine = VLLMEngine(args.checkpoint, vllm.url)
-        for batch in batches:
+        for batch in args.batches:
             body = {"histories": pool[:batch], "k": args.k}
             rows += measure(
                 {"service+transformers": service_call(transformers_client, body)}, batch, args.seconds

@@ -23,7 +23,7 @@ from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
-from lsc4rec.errors import run_main
+from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.scoring import evaluate_full
 from lsc4rec.tables import parse_args, report
 from server.app import app as server_app
@@ -224,6 +224,11 @@ def main() -> None:
     rows, runs = [], {}
     if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
         run_dir = Path(args.report_only)
+        if not (run_dir / "final.json").is_file() or not (run_dir / "config.json").is_file():
+            raise ConfigError(
+                "--report-only",
+                f"must be a finished federation's run folder (with config.json and final.json), got {run_dir}.",
+            )
         cfg = RunConfig.load(run_dir / "config.json")
         final = json.loads((run_dir / "final.json").read_text())
         final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users)

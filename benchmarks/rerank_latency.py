@@ -16,7 +16,7 @@ import torch
 
 from clients.srm import SRMConfig, build_srm
 from lsc4rec.errors import run_main
-from lsc4rec.tables import parse_args, report
+from lsc4rec.tables import parse_args, positive_int, report
 
 
 def measure(
@@ -39,11 +39,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "din"])
-    parser.add_argument("--items", type=int, default=12101, help="catalogue size N (Beauty's by default)")
-    parser.add_argument("--history", type=int, default=50)
-    parser.add_argument("--k", type=int, default=50)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument(
+        "--items", type=positive_int, default=12101, help="catalogue size N (Beauty's by default)"
+    )
+    parser.add_argument("--history", type=positive_int, default=50)
+    parser.add_argument("--k", type=positive_int, default=50)
+    parser.add_argument("--hidden", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=2000)
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parse_args(parser)
 

@@ -14,6 +14,22 @@ from rich.table import Table
 from lsc4rec.runs import output_path, write_json
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse prints its usage line and exits 2 for anything else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of integers >= 1, such as ``1,32,256``."""
+    return [positive_int(part) for part in text.split(",")]
+
+
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """The benchmark's arguments, with its ``--json`` path checked before the benchmark spends its time."""
     args = parser.parse_args()

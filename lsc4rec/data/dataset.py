@@ -93,7 +93,9 @@ class SequenceDataset:
                 meta=np.array(json.dumps(self.meta)),
             )
         except OSError as exc:
-            raise DataFormatError(path, f"cannot be written ({exc.strerror}). Choose another --out.") from None
+            raise DataFormatError(
+                path, f"cannot be written ({exc.strerror}). Choose another --out."
+            ) from None
         return path
 
     @classmethod

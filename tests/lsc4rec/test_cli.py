@@ -114,3 +114,29 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
     assert done.returncode == 2 and "error: --json: must be a path whose folder" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # no run folder was made
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("rerank_latency.py", ["--items", "0"], "argument --items: must be an integer >= 1, got '0'"),
+        ("rerank_latency.py", ["--repeats", "-1"], "argument --repeats: must be an integer >= 1"),
+        ("candidate_throughput.py", ["--checkpoint", "c", "--batches", "1,a"], "argument --batches: must be"),
+        (
+            "federation_quality.py",
+            ["--report-only", "."],
+            "error: --report-only: must be a finished federation",
+        ),
+    ],
+)
+def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:
+    path = Path(__file__).parents[2] / "benchmarks" / script
+    done = subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(path.parents[1])},
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -36,7 +36,10 @@ def test_run_folder_new_given_and_resumed(federation_config: RunConfig, tmp_path
         (["federation.resume=true"], r"federation\.resume: needs federation\.run_dir"),
         (["federation.resume=true", "federation.run_dir={tmp}/empty"], r"federation\.resume: needs"),
         (["federation.run_dir={tmp}/done"], "holds a run already"),
-        (["federation.run_dir={tmp}/a-file"], "federation.run_dir: must be a path whose folder can be created"),
+        (
+            ["federation.run_dir={tmp}/a-file"],
+            "federation.run_dir: must be a path whose folder can be created",
+        ),
         (["federation.run_dir={tmp}/a-file/sub"], "federation.run_dir: must be a path whose folder"),
     ],
 )
