@@ -152,13 +152,7 @@ class ItemTokenLM:
 
 def build_scratch(config: LLMConfig, num_items: int) -> ItemTokenLM:
     """A randomly initialised Llama over the item tokens, sized by ``config`` (hidden, layers, heads)."""
-    if config.template != "items":
-        raise ConfigError(
-            "llm.template",
-            f"must be items for the scratch model (it has no text vocabulary), "
-            f"got {config.template!r}. Use a pretrained llm.base for titles.",
-        )
-    tokenizer = scratch_tokenizer(num_items)
+    tokenizer = scratch_tokenizer(num_items)  # LLMConfig allows only the items template for scratch
     template = PromptTemplate(
         "items",
         num_items,

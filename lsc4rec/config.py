@@ -139,6 +139,12 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         _check(self.template in ("items", "titles"), "llm.template", "must be items|titles", self.template)
+        _check(
+            self.base != "scratch" or self.template == "items",
+            "llm.template",
+            "must be items for the scratch model (it has no text vocabulary; titles need a pretrained llm.base)",
+            self.template,
+        )
         _check(1 <= self.k <= MAX_K, "llm.k", f"must be in [1, {MAX_K}] (the service's limit)", self.k)
         _check(self.target_window >= 0, "llm.target_window", "must be >= 0", self.target_window)
         _check(self.refit_epochs >= 0, "llm.refit_epochs", "must be >= 0", self.refit_epochs)

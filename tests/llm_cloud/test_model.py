@@ -26,11 +26,6 @@ def test_scratch_vocabulary_is_items_plus_four_specials() -> None:
     assert lm.tokenizer.convert_tokens_to_ids("<item_7>") == lm.template.item_token(7) == 7
 
 
-def test_scratch_titles_template_is_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"llm\.template"):
-        build_scratch(LLMConfig(template="titles"), 30)
-
-
 def test_checkpoint_reloads_with_from_pretrained_and_same_lists(tiny_checkpoint) -> None:
     lm = ItemTokenLM.from_pretrained(tiny_checkpoint)
     files = {p.name for p in tiny_checkpoint.iterdir()}

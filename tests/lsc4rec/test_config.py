@@ -55,6 +55,7 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("train.weight_decay=-1", "train.weight_decay: must be >= 0"),
         ("llm.weight_decay=-0.5", "llm.weight_decay: must be >= 0"),
         ("llm.lora_alpha=-5", "llm.lora_alpha: must be >= 1"),
+        ("llm.template=titles", "llm.template: must be items for the scratch model"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
