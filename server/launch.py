@@ -124,6 +124,8 @@ def run_folder(cfg: RunConfig) -> Path:
             f"needs federation.run_dir set to a run folder with a round checkpoint, got {fed.run_dir!r}. "
             "Pass the folder of the run to continue, for example --set federation.run_dir=runs/federation-...",
         )
+    if fed.resume:
+        _check_resumable(cfg, given)
     if given is None:
         return make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
     if not fed.resume and complete_checkpoints(given):
@@ -133,6 +135,23 @@ def run_folder(cfg: RunConfig) -> Path:
             "or choose another folder.",
         )
     return output_path(given, "federation.run_dir", folder=True)
+
+
+def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """A resumed run must train the SRM its checkpoints hold, on the same data (its shapes and items)."""
+    saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round
+    if not saved_file.is_file():
+        return
+    saved, now = RunConfig.load(saved_file).to_flat(), cfg.to_flat()
+    keys = [k for k in now if k == "seed" or (k.startswith(("srm.", "data.")) and k != "data.data_dir")]
+    differing = [k for k in keys if saved.get(k) != now[k]]
+    if differing:
+        key = differing[0]
+        raise ConfigError(
+            "federation.resume",
+            f"must continue the run with its own settings, but {run_dir} was trained with {key}={saved.get(key)!r} "
+            f"and this run sets {now[key]!r}. Drop that change, or start a new run without resume.",
+        )
 
 
 def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:

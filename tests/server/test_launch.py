@@ -71,3 +71,15 @@ def test_a_checkpoint_from_other_data_is_refused_before_the_service_starts(
     with refused, candidate_service(other, federation_checkpoint, "transformers", tmp_path):
         pass
     assert not (tmp_path / "service.log").exists()
+
+
+def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfig, tmp_path: Path) -> None:
+    done = _with_checkpoint(tmp_path / "done")
+    federation_config.save(done / "config.json")  # what the ServerApp wrote when the run started
+    resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
+    assert run_folder(resumed.override(["federation.rounds=20"])) == done  # more rounds: fine
+    for change in ("srm.hidden=16", "data.lag=1", "seed=3"):
+        with pytest.raises(
+            ConfigError, match=rf"federation\.resume: .* trained with {change.split('=')[0]}="
+        ):
+            run_folder(resumed.override([change]))
