@@ -36,6 +36,7 @@ class DataConfig:
     lag: int = 2  # interactions the cloud has not yet seen at serving time (the paper's dcc_t2)
 
     def __post_init__(self) -> None:
+        _check(self.dataset.strip() != "", "data.dataset", "must name a dataset or a path", self.dataset)
         _check(self.kcore >= 1, "data.kcore", "must be >= 1", self.kcore)
         _check(
             self.numbering in ("random", "sequential"),

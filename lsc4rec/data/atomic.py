@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, open_utf8
+from lsc4rec.data.interactions import Interactions, open_utf8, parse_time
 from lsc4rec.errors import DataFormatError
 
 
@@ -41,14 +41,11 @@ def read_atomic(path: str | Path) -> Interactions:
                 raise DataFormatError(
                     path, f"expected {len(header)} tab-separated fields, got {len(row)}.", line_no
                 )
-            users.append(row[iu])
-            items.append(row[ii])
-            try:
-                times.append(float(row[it]) if it is not None else float(line_no))
-            except ValueError:
-                raise DataFormatError(
-                    path, f"timestamp must be a number, got {row[it]!r}.", line_no
-                ) from None
+            if not (row[iu].strip() and row[ii].strip()):
+                raise DataFormatError(path, "user_id and item_id must not be empty.", line_no)
+            users.append(row[iu].strip())
+            items.append(row[ii].strip())
+            times.append(parse_time(row[it], path, line_no) if it is not None else float(line_no))
     if not users:
         raise DataFormatError(path, "holds no interactions.")
     return Interactions(np.array(users), np.array(items), np.array(times), str(path), _read_titles(path))

@@ -1,11 +1,12 @@
 """The common form every reader returns: raw (user, item, time) triples with the dataset's own ids.
 
-Also the one way readers open text, so that a file in another encoding is named in the error, wherever in the
+Also the one way readers open text and read a timestamp, so that a file in another encoding is named in the error, wherever in the
 file its first bad byte lies.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,17 @@ from typing import TextIO
 import numpy as np
 
 from lsc4rec.errors import DataFormatError
+
+
+def parse_time(text: str, path: Path, line: int) -> float:
+    """A timestamp field as a finite float (``nan`` would sort anywhere and reorder the user's history)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataFormatError(path, f"timestamp must be a finite number, got {text!r}.", line)
+    return value
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, open_utf8
+from lsc4rec.data.interactions import Interactions, open_utf8, parse_time
 from lsc4rec.errors import DataFormatError
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -42,10 +42,7 @@ def read_movielens(folder: str | Path) -> Interactions:
                     f"userId and movieId must be non-negative integers, got {user!r}, {item!r}.",
                     line,
                 )
-            try:
-                times.append(float(stamp))
-            except ValueError:
-                raise DataFormatError(ratings, f"timestamp must be a number, got {stamp!r}.", line) from None
+            times.append(parse_time(stamp, ratings, line))
             users.append(user)
             items.append(item)
     if not users:

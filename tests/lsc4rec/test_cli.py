@@ -46,7 +46,7 @@ def test_cli_malformed_file_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.0,soon\n")
     done = lsc4rec("data", "prepare", "--dataset", str(tmp_path))
     assert done.returncode == 2
-    assert f"{tmp_path / 'ratings.csv'}:2: timestamp must be a number" in done.stderr
+    assert f"{tmp_path / 'ratings.csv'}:2: timestamp must be a finite number" in done.stderr
 
 
 @pytest.mark.parametrize("how", ["--dataset", "--set"])

@@ -56,6 +56,7 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("llm.weight_decay=-0.5", "llm.weight_decay: must be >= 0"),
         ("llm.lora_alpha=-5", "llm.lora_alpha: must be >= 1"),
         ("llm.template=titles", "llm.template: must be items for the scratch model"),
+        ("data.dataset=", "data.dataset: must name a dataset or a path"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:

@@ -33,7 +33,8 @@ def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
             "userId,movieId,rating,timestamp\n1,abc,3,4\n",
             r"ratings.csv:2: userId and movieId must be non-negative integers",
         ),
-        ("userId,movieId,rating,timestamp\n1,2,3,yesterday\n", r":2: timestamp must be a number"),
+        ("userId,movieId,rating,timestamp\n1,2,3,yesterday\n", r":2: timestamp must be a finite number"),
+        ("userId,movieId,rating,timestamp\n1,2,3,4\n1,3,3,nan\n", r":3: timestamp must be a finite number"),
         ("userId,movieId,rating,timestamp\n1,2\n", r":2: expected 4 columns"),
         ("userId,movieId,rating,timestamp\n", "no ratings"),
     ],
@@ -126,6 +127,12 @@ def test_atomic_bad_header_and_row(tmp_path: Path) -> None:
     write(tmp_path / "b.inter", "user_id:token\titem_id:token\nu\ti\textra\n")
     with pytest.raises(DataFormatError, match=r"b.inter:2: expected 2 tab-separated fields"):
         read_atomic(tmp_path / "b.inter")
+    write(tmp_path / "c.inter", "user_id:token\titem_id:token\nu\ti\n \ti\n")
+    with pytest.raises(DataFormatError, match=r"c\.inter:3: user_id and item_id must not be empty"):
+        read_atomic(tmp_path / "c.inter")
+    write(tmp_path / "d.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\tinf\n")
+    with pytest.raises(DataFormatError, match=r"d\.inter:2: timestamp must be a finite number, got 'inf'"):
+        read_atomic(tmp_path / "d.inter")
 
 
 def test_read_dataset_dispatches_paths_and_rejects_unknown(tmp_path: Path) -> None:
