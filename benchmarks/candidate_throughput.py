@@ -92,19 +92,21 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-throughput"))
     parser.add_argument("--json", type=Path)
     args = parse_args(parser)
-    output_path(args.log_dir, "--log-dir", folder=True)
-    template = read_template(args.checkpoint)
     if args.k > MAX_K:
         raise ConfigError("--k", f"must be at most the service's limit {MAX_K}, got {args.k}.")
+    if max(args.batches) > MAX_BATCH:
+        raise ConfigError(
+            "--batches", f"must be at most the service's limit {MAX_BATCH}, got {max(args.batches)}."
+        )
+    if not 0 < args.seconds <= 3600:
+        raise ConfigError("--seconds", f"must be in (0, 3600], got {args.seconds}.")
+    template = read_template(args.checkpoint)
     if args.history > min(template.num_items, MAX_HISTORY):
         limit = min(template.num_items, MAX_HISTORY)
         raise ConfigError(
             "--history", f"must be at most {limit} (distinct items per history), got {args.history}."
         )
-    if max(args.batches) > MAX_BATCH:
-        raise ConfigError(
-            "--batches", f"must be at most the service's limit {MAX_BATCH}, got {max(args.batches)}."
-        )
+    output_path(args.log_dir, "--log-dir", folder=True)
     rng = np.random.default_rng(0)
     pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(args.batches))]
     pool = [h.tolist() for h in pool]

@@ -69,7 +69,9 @@ def run_dataset(
 ) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder and wall time."""
     cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
-    nodes = fleet_size(cfg.federation.num_nodes, load_or_prepare(cfg.data, cfg.seed).num_users)
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    split.check_trainable("SRM")  # as the launcher does before it trains anything
+    nodes = fleet_size(cfg.federation.num_nodes, split.num_users)
     # --set federation.resume=true --set federation.run_dir=DIR continues that run (more rounds, same folder)
     run_dir = run_folder(cfg.override([f"out_dir={out}"]))
     ckpt = Path(checkpoint) if checkpoint else llm_checkpoint(cfg)

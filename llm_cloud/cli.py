@@ -42,12 +42,13 @@ def train(
     """Train the item-token LLM on the cloud view of DATA and save the best epoch to OUT."""
     from llm_cloud.train import train_llm
     from lsc4rec.config import load_config
-    from lsc4rec.data import SequenceDataset
+    from lsc4rec.data import SequenceDataset, TemporalSplit
     from lsc4rec.runs import output_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pairs = list(overrides or []) + ([f"llm.base={base}"] if base else [])
     run_config, dataset = load_config(config, pairs), SequenceDataset.load(data)
+    TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
     result = train_llm(run_config, dataset, out, progress=not quiet)
     typer.echo(

@@ -312,13 +312,7 @@ class RunConfig:
 
     def override(self, pairs: typing.Iterable[str]) -> RunConfig:
         """Apply ``key=value`` strings (command-line ``--set``); values are parsed by the field's type."""
-        flat: dict[str, Any] = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ConfigError(pair, "an override must look like key=value, for example srm.hidden=64.")
-            flat[key.strip()] = value.strip()
-        return _replace_flat(self, flat)
+        return _replace_flat(self, _parse_pairs(pairs))
 
     def save(self, path: str | Path) -> None:
         """Write the effective config as JSON (into a run folder or checkpoint)."""
@@ -340,7 +334,7 @@ class RunConfig:
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
     """Code defaults, then the TOML file at ``path`` (if any), then ``key=value`` overrides."""
-    config = RunConfig()
+    layers = _parse_pairs(overrides)
     if path is not None:
         try:
             table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -352,8 +346,20 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
             raise ConfigError(
                 "--config", f"must be a readable TOML file, got {path} ({exc.strerror})."
             ) from None
-        config = _replace_flat(config, _flatten(table))
-    return config.override(overrides)
+        layers = {**_flatten(table), **layers}
+    # one step, so that rules across keys (llm.base with llm.template) see the merged settings
+    return _replace_flat(RunConfig(), layers)
+
+
+def _parse_pairs(pairs: typing.Iterable[str]) -> dict[str, str]:
+    """``key=value`` strings as a flat mapping (values stay strings until the field's type parses them)."""
+    flat: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(pair, "an override must look like key=value, for example srm.hidden=64.")
+        flat[key.strip()] = value.strip()
+    return flat
 
 
 def _check(ok: bool, key: str, rule: str, value: Any) -> None:

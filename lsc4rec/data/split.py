@@ -60,10 +60,12 @@ class TemporalSplit:
         )  # a training sequence of two items: one input, one target
         longest = int(self.dataset.lengths().max())
         if longest < need:
+            lag = f" under lag {self.lag}" if model == "LLM" else ""  # the SRM trains on the device's view
+            fix = " or a smaller data.lag" if model == "LLM" else ""
             raise DataFormatError(
                 self.dataset.meta.get("name", "the dataset"),
-                f"the {model} needs a user with at least {need} items to have a training target under lag "
-                f"{self.lag}, but the longest sequence has {longest}. Use longer sequences or a smaller data.lag.",
+                f"the {model} needs a user with at least {need} items to have a training target{lag}, but the "
+                f"longest sequence has {longest}. Use longer sequences{fix}.",
             )
 
     @property

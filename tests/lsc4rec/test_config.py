@@ -14,6 +14,15 @@ def test_layers_defaults_file_then_overrides(tmp_path: Path) -> None:
     assert cfg.train == RunConfig().train
 
 
+def test_rules_across_keys_see_the_file_and_the_overrides_together(tmp_path: Path) -> None:
+    """A file asking for titles is fine once --set gives a pretrained base (scratch has no titles)."""
+    path = tmp_path / "run.toml"
+    path.write_text('[llm]\ntemplate = "titles"\n')
+    assert load_config(path, ["llm.base=/models/smollm2"]).llm.template == "titles"
+    with pytest.raises(ConfigError, match=r"llm\.template: must be items for the scratch model"):
+        load_config(path)
+
+
 def test_flat_roundtrip_matches_flower_run_config() -> None:
     cfg = RunConfig().override(["train.lr=0.01", "srm.dropout=0.5"])
     assert RunConfig.from_flat(cfg.to_flat()) == cfg
