@@ -86,11 +86,10 @@ def read_template(folder: str | Path) -> PromptTemplate:
 
 def check_same_items(folder: str | Path, dataset: SequenceDataset) -> None:
     """Refuse a checkpoint whose items 1..N are not ``dataset``'s items 1..N (same original ids, same order)."""
-    folder = check_files(folder)
-    trained = read_json(folder, ITEM_MAP_FILE).get("item_ids")
+    trained = read_json(folder, ITEM_MAP_FILE).get("item_ids")  # checks the folder's files first
     if not isinstance(trained, list):
         raise ConfigError(
-            "--checkpoint", f"{folder / ITEM_MAP_FILE} is damaged (no item_ids list). {RETRAIN}"
+            "--checkpoint", f"{Path(folder, ITEM_MAP_FILE)} is damaged (no item_ids list). {RETRAIN}"
         )
     current = [str(i) for i in dataset.item_ids.tolist()]
     if trained == current:

@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, check_files, read_template, write_item_map
+from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, read_template, write_item_map
 from llm_cloud.templates import PromptTemplate
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.errors import ConfigError
@@ -136,12 +136,11 @@ class ItemTokenLM:
         A folder that is not a whole checkpoint, or whose files do not load (truncated weights, edited JSON), is
         a ConfigError naming ``--checkpoint``, not a traceback from deep inside transformers.
         """
-        folder = check_files(folder)
+        template = read_template(folder)  # checks the folder's files first
         try:
-            template = read_template(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (ConfigError, ImportError, MemoryError):
+        except (ImportError, MemoryError):  # a missing package or too little memory: not the folder's fault
             raise
         except Exception as exc:  # transformers and safetensors raise many kinds for a bad file
             raise ConfigError(
@@ -236,9 +235,9 @@ def _load_base(path: Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
         )
     try:
         return _read_base(path)
-    except (
-        Exception
-    ) as exc:  # transformers, gguf and tokenizers raise many kinds for a folder that is no model
+    except (ImportError, MemoryError):  # a missing package or too little memory: not the folder's fault
+        raise
+    except Exception as exc:  # transformers, gguf and tokenizers raise many kinds for a non-model
         raise ConfigError(
             "llm.base",
             f"must be a Hugging Face causal LM folder or a .gguf file, got {path}, which does not load "

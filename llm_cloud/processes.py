@@ -42,9 +42,8 @@ def check_port_free(host: str, port: int) -> None:
             "--host", f"must be an address of this machine, got {host!r} ({exc.strerror})."
         ) from None
     with socket.socket(family, kind) as sock:
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-        )  # as uvicorn binds: a closing socket is no obstacle
+        # as uvicorn binds: a socket still closing from an earlier run is no obstacle
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
         except OSError as exc:

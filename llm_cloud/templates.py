@@ -60,8 +60,3 @@ class PromptTemplate:
 
     def save_pretrained(self, folder: str | Path) -> None:
         Path(folder, TEMPLATE_FILE).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> PromptTemplate:
-        """The template saved in ``folder``; :func:`llm_cloud.checkpoint.read_template` checks the folder first."""
-        return cls(**json.loads(Path(folder, TEMPLATE_FILE).read_text(encoding="utf-8")))
