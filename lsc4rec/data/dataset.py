@@ -94,7 +94,7 @@ class SequenceDataset:
             )
         except OSError as exc:
             raise DataFormatError(
-                path, f"cannot be written ({exc.strerror}). Choose another --out."
+                path, f"cannot be written ({exc.strerror}). Choose a writable folder."
             ) from None
         return path
 

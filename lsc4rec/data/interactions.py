@@ -1,7 +1,7 @@
 """The common form every reader returns: raw (user, item, time) triples with the dataset's own ids.
 
-Also the one way readers open text and read a timestamp, so that a file in another encoding is named in the error, wherever in the
-file its first bad byte lies.
+Also the one way readers open text and read a timestamp, so that a file in another encoding is named in the
+error wherever its first bad byte lies, and a ``nan`` time never reorders a history.
 """
 
 from __future__ import annotations

@@ -55,9 +55,8 @@ class TemporalSplit:
 
     def check_trainable(self, model: Literal["SRM", "LLM"]) -> None:
         """Refuse data on which ``model`` would have no training target at all (and train on nothing)."""
-        need = (
-            4 if model == "SRM" else 5 + self.lag
-        )  # a training sequence of two items: one input, one target
+        # a training sequence of two items (one input, one target): x_1 … x_{n-2} or x_1 … x_{n-3-ℓ}
+        need = 4 if model == "SRM" else 5 + self.lag
         longest = int(self.dataset.lengths().max())
         if longest < need:
             lag = f" under lag {self.lag}" if model == "LLM" else ""  # the SRM trains on the device's view
