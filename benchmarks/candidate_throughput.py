@@ -101,8 +101,8 @@ def main() -> None:
     if not 0 < args.seconds <= 3600:
         raise ConfigError("--seconds", f"must be in (0, 3600], got {args.seconds}.")
     template = read_template(args.checkpoint)
-    if args.history > min(template.num_items, MAX_HISTORY):
-        limit = min(template.num_items, MAX_HISTORY)
+    limit = min(template.num_items, MAX_HISTORY)
+    if args.history > limit:
         raise ConfigError(
             "--history", f"must be at most {limit} (distinct items per history), got {args.history}."
         )
