@@ -2,8 +2,9 @@
 
 The device holds a candidate list the cloud made from its stale view of the user (DESIGN.md section 2); the SRM
 scores that list with the fresh device history; the fused ranking is served; when the request signal (the
-SRM's drift since the list was made, or a disagreement of the LLM's and the SRM's orders of the list, such as
-the paper's) exceeds the fleet threshold tau, the device requests a fresh list. Here both lists are evaluated
+SRM's drift since the list was made, its confidence in the next item, or a disagreement of the LLM's and the
+SRM's orders of the list, such as the paper's) exceeds the fleet threshold tau, the device requests a fresh
+list. Here both lists are evaluated
 for every user, and binned by every signal asked for, so that one pass yields every request policy's curve
 (``lsc4rec.outcomes``) and the fleet can choose its signal.
 Shape letters: B users, T history length, K candidates, A alphas.
@@ -11,7 +12,7 @@ Shape letters: B users, T history length, K candidates, A alphas.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from clients.srm import SequentialRecommender
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
 from lsc4rec.outcomes import CUTOFF, StageOutcome
-from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, topk_drift
+from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_probability, topk_drift
 from lsc4rec.scoring import catalogue_scores
 
 
@@ -64,13 +65,34 @@ def rerank(
     return torch.cat(chunks) if chunks else items.new_empty(items.shape, dtype=torch.float32)
 
 
+def _catalogue_signal(
+    model: SequentialRecommender,
+    views: Sequence[Sequence[np.ndarray]],
+    signal: Callable[..., torch.Tensor],
+    max_len: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """``signal`` [B] of the SRM's catalogue scores (:func:`catalogue_scores`) of each of ``views``, batch by batch.
+
+    Runs in eval mode (no dropout) and restores the model's previous mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(views[0]), batch_size):
+            scores = [catalogue_scores(model, view[start : start + batch_size], max_len) for view in views]
+            chunks.append(signal(*scores))
+    model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
+
+
 def srm_drift(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
     cloud_histories: Sequence[np.ndarray],
     k: int,
     max_len: int,
-    batch_size: int = 512,
 ) -> torch.Tensor:
     """The request signal ``drift`` [B] in [0, 1]: how far the newest interactions moved the SRM's own top-k.
 
@@ -79,18 +101,27 @@ def srm_drift(
     the user has now consumed), and :func:`lsc4rec.ranking.topk_drift` measures how new the fresh top-k is.
     A large drift means the user moved on since the list was made, so a fresh list is likely to hold the next
     item. On Beauty it predicts that gain better than the LLM-vs-SRM orders of the list; on MovieLens, whose
-    610 users make every such comparison noisy, validation prefers ``topk`` (BENCHMARKS.md).
+    610 users make every such comparison noisy, it does not (BENCHMARKS.md).
     """
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(histories), batch_size):
-            now = catalogue_scores(model, histories[start : start + batch_size], max_len)  # [b, N + 1]
-            before = catalogue_scores(model, cloud_histories[start : start + batch_size], max_len)
-            chunks.append(topk_drift(now, before.masked_fill(torch.isinf(now), -torch.inf), k))
-    model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
+
+    def drift(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        return topk_drift(now, before.masked_fill(torch.isinf(now), -torch.inf), k)
+
+    return _catalogue_signal(model, (histories, cloud_histories), drift, max_len)
+
+
+def srm_confidence(
+    model: SequentialRecommender, histories: Sequence[np.ndarray], max_len: int
+) -> torch.Tensor:
+    """The request signal ``confidence`` [B] in [0, 1]: the SRM's probability of its own top item, device view.
+
+    A fresh list helps only a user whose next item can be read from the newest interactions, the ones the
+    stale list was made without: a user in a predictable run (the next film of a series, the next title of a
+    director) rather than one the SRM cannot read, whom no list serves well. How sure the SRM is of the next
+    item, over the whole catalogue (history excluded), is the device's label-free estimate of that. On
+    MovieLens validation it was the signal ahead of random by most (BENCHMARKS.md, "Request signals").
+    """
+    return _catalogue_signal(model, (histories,), top_probability, max_len)
 
 
 def gate(disagreement_scores: torch.Tensor | np.ndarray, tau: float) -> np.ndarray:
@@ -141,7 +172,8 @@ def collaborative_inference(
         The A fusion weights to evaluate.
     bins, measures
         The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
-        (:func:`srm_drift`, over the list length K) or an order measure of :func:`lsc4rec.ranking.disagreement`.
+        (:func:`srm_drift`, over the list length K), ``"confidence"`` (:func:`srm_confidence`) or an order
+        measure of :func:`lsc4rec.ranking.disagreement`.
     tau, live
         The live gate: ``requests`` counts users whose ``live`` signal (default: the first) exceeds tau.
     norm
@@ -180,6 +212,8 @@ def collaborative_inference(
     for measure in measures:
         if measure == "drift":
             score = srm_drift(model, histories, cloud_histories, stale_items.shape[1], max_len).numpy()  # [B]
+        elif measure == "confidence":
+            score = srm_confidence(model, histories, max_len).numpy()  # [B]
         else:
             _, stale_llm, stale_srm = lists["stale"]
             score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]

@@ -146,14 +146,25 @@ def topk_drift(now_scores: ArrayLike, before_scores: ArrayLike, k: int) -> torch
     return 1.0 - (kept * weights).sum(dim=1) / weights.sum()
 
 
+def top_probability(scores: ArrayLike) -> torch.Tensor:
+    """The softmax probability [B] (float64) of each row's highest-scoring item over its finite scores [B, N].
+
+    A row with no finite score (nothing left to recommend) gets 0: no confidence at all.
+    """
+    scores = torch.as_tensor(scores).double()
+    real = _real(scores).any(dim=1)
+    probs = torch.softmax(scores.masked_fill(~real[:, None], 0.0), dim=1)
+    return torch.where(real, probs.max(dim=1).values, 0.0)
+
+
 def disagreement(
     llm_scores: ArrayLike, srm_scores: ArrayLike, measure: str = "displacement", k: int = 10
 ) -> torch.Tensor:
     """Disagreement [B] in [0, 1] (higher = the SRM reorders the LLM's list more) by ``measure``.
 
-    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The fourth request signal, ``"drift"``,
-    needs the SRM's catalogue scores rather than the list's, so the device computes it itself
-    (``clients.inference.srm_drift``).
+    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The other request signals,
+    ``"drift"`` and ``"confidence"``, need the SRM's catalogue scores rather than the list's, so the device
+    computes them itself (``clients.inference.srm_drift``, ``clients.inference.srm_confidence``).
     """
     if measure == "displacement":
         return rank_displacement(llm_scores, srm_scores)
@@ -161,8 +172,10 @@ def disagreement(
         return kendall_distance(llm_scores, srm_scores)
     if measure == "topk":
         return topk_overlap_distance(llm_scores, srm_scores, k)
-    if measure == "drift":
-        raise ValueError("drift compares the SRM's catalogue rankings, not the list's: use topk_drift.")
+    if measure in ("drift", "confidence"):
+        raise ValueError(
+            f"{measure} reads the SRM's catalogue scores, not the list's: use topk_drift or top_probability."
+        )
     raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}.")
 
 

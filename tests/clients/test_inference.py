@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from clients.inference import collaborative_inference, drop_seen, gate, rerank, srm_drift
+from clients.inference import (
+    collaborative_inference,
+    drop_seen,
+    gate,
+    rerank,
+    srm_confidence,
+    srm_drift,
+)
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
 from lsc4rec.config import MEASURES
 from lsc4rec.outcomes import StageOutcome
@@ -214,6 +221,22 @@ def test_srm_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
     new = ~torch.isin(now.topk(K).indices, before.topk(K).indices)
     weights = 1 / torch.log2(torch.arange(K) + 2.0)
     assert drift[1].item() == pytest.approx(float((new * weights).sum() / weights.sum()))
+
+
+def test_srm_confidence_is_the_top_catalogue_probability_with_the_history_excluded(
+    model: SequentialRecommender,
+) -> None:
+    confidence = srm_confidence(model, histories(), MAX_LEN)
+    assert confidence.shape == (4,) and ((confidence > 0) & (confidence <= 1)).all()
+    model.eval()
+    with torch.no_grad():  # user 1 by hand: softmax over the items not yet consumed, padding excluded
+        scores = model.score_all(torch.as_tensor(histories()[1][-MAX_LEN:])[None])[0]
+    scores[torch.tensor([0, *histories()[1]])] = -torch.inf
+    assert confidence[1].item() == pytest.approx(torch.softmax(scores.double(), 0).max().item())
+    # the seen items' mass goes to the rest: the top unseen item is likelier than with them in the softmax
+    with torch.no_grad():
+        logits = model.score_all(torch.as_tensor(histories()[1][-MAX_LEN:])[None])[0, 1:].double()
+    assert confidence[1].item() > torch.softmax(logits, 0)[int(scores.argmax()) - 1].item()
 
 
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:

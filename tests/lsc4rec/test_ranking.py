@@ -14,6 +14,7 @@ from lsc4rec.ranking import (
     normalize,
     rank_displacement,
     scored_list_ranks,
+    top_probability,
     topk_drift,
     topk_overlap_distance,
 )
@@ -119,14 +120,21 @@ def test_topk_drift_weights_the_changed_head_more() -> None:
     assert topk_drift(now, before, k=50)[1].item() == 0.0  # k capped at the catalogue: same set
 
 
+def test_top_probability_is_the_softmax_maximum_over_finite_scores() -> None:
+    scores = torch.tensor([[2.0, 0.0, -torch.inf], [-torch.inf, -torch.inf, -torch.inf], [1.0, 1.0, 1.0]])
+    e = np.exp(2.0)
+    assert top_probability(scores).tolist() == pytest.approx([e / (e + 1.0), 0.0, 1 / 3])
+
+
 def test_disagreement_dispatches_and_rejects_unknown_measure() -> None:
     llm, srm = torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[1.0, 3.0, 2.0]])
     assert torch.equal(disagreement(llm, srm, "kendall"), kendall_distance(llm, srm))
     assert torch.equal(disagreement(llm, srm), rank_displacement(llm, srm))
     with pytest.raises(ValueError, match="measure must be one of"):
         disagreement(llm, srm, "spearman")
-    with pytest.raises(ValueError, match="use topk_drift"):
-        disagreement(llm, srm, "drift")
+    for catalogue_signal in ("drift", "confidence"):
+        with pytest.raises(ValueError, match="use topk_drift or top_probability"):
+            disagreement(llm, srm, catalogue_signal)
 
 
 def test_list_ranks_pessimistic_and_absent_or_padded_targets_miss() -> None:
