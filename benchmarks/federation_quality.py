@@ -150,6 +150,7 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                 "row": f"budget {p['budget']:.0%}: gated by {signal} (rate {p['gated rate']:.3f})",
                 "ndcg@10": p["gated ndcg@10"],
                 "random at same rate": p["random ndcg@10 at gated rate"],
+                "random sd": p.get("random sd at gated rate"),  # older reports lack it
                 "transition floor": p["item-transition floor"],
                 "popularity floor": p["most-popular floor"],
             }
@@ -255,6 +256,7 @@ def main() -> None:
         "hr@10",
         "valid ndcg@10",
         "random at same rate",
+        "random sd",
         "transition floor",
         "popularity floor",
         "central SRM",

@@ -3,10 +3,10 @@
 For a finished federation (its final global SRM, no adaptation; or, with ``--srm``, a centrally trained SRM
 on the same data: what a central-quality model would give) and an LLM checkpoint served by the real
 candidate service, a seeded sample of users is evaluated as one node: stale and fresh lists, fusion at every
-α. For each signal (``federation.measure``: drift, displacement, kendall, topk) τ is calibrated at budgets of
-5, 10 and 20 % on that stage's histogram of the signal (it needs no label: the fleet does this live); α is
-chosen on validation. Choose the signal by its VALIDATION gain over random requests; the test columns are reported, not
-tuned on. Example:
+α. For each signal (``federation.measure``: drift, displacement, kendall, topk, confidence) τ is calibrated
+at budgets of 5, 10 and 20 % on that stage's histogram of the signal (it needs no label: the fleet does this
+live); α is chosen on validation. Choose the signal by its VALIDATION gain over random requests; the test
+columns are reported, not tuned on. Example:
 
     python benchmarks/request_signals.py --run RUN_DIR --checkpoint LLM_CKPT --json runs/bench/signals.json
 """
@@ -64,6 +64,7 @@ def rows_for(measure: str, valid: StageOutcome, test: StageOutcome) -> list[dict
             row[f"{name} gated"] = point.gated
             row[f"{name} random"] = point.random
             row[f"{name} gain"] = point.gain
+            row[f"{name} random sd"] = point.spread
         rows.append(row)
     return rows
 
@@ -124,7 +125,7 @@ def main() -> None:
     }
     rows = [row for m in MEASURES for row in rows_for(m, outcomes["valid"][m], outcomes["test"][m])]
     columns = ["measure", "budget", "alpha"] + [
-        f"{s} {c}" for s in ("valid", "test") for c in ("rate", "gated", "random", "gain")
+        f"{s} {c}" for s in ("valid", "test") for c in ("rate", "gated", "random", "gain", "random sd")
     ]
     protocol = {
         "dataset": cfg.data.dataset,

@@ -204,6 +204,7 @@ def collaborative_inference(
     sums = {}
     for name, by_alpha in ranks.items():
         sums[f"{name}_ndcg"], sums[f"{name}_hr"] = np.array([_sums(r) for r in by_alpha]).T
+    sums["gain_sq"] = ((per_user["fresh"] - per_user["stale"]) ** 2).sum(axis=1)  # [A]
     recall = {
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for name, (items, llm, _) in lists.items()

@@ -18,7 +18,7 @@ import numpy as np
 
 CUTOFF = 10  # the cut-off of every NDCG / HR summed here
 _TOTALS = ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")  # [A] each
-_ARRAYS = (*_TOTALS, "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg")
+_ARRAYS = (*_TOTALS, "gain_sq", "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg")
 _SCALARS = ("users", "stale_recall", "fresh_recall", "requests")
 
 
@@ -36,6 +36,9 @@ class StageOutcome:
         Users summed.
     stale_ndcg, stale_hr, fresh_ndcg, fresh_hr
         [A] sums of NDCG@10 / HR@10 of the fused ranking of the stale resp. fresh list.
+    gain_sq
+        [A] sums of the squared per-user gain (fresh minus stale NDCG@10): with the totals, the spread of
+        random requests (:func:`random_spread`).
     stale_recall, fresh_recall
         Users whose target is in the stale resp. fresh list (the ceiling of any reranking).
     bin_count
@@ -53,6 +56,7 @@ class StageOutcome:
     stale_hr: np.ndarray
     fresh_ndcg: np.ndarray
     fresh_hr: np.ndarray
+    gain_sq: np.ndarray
     stale_recall: float
     fresh_recall: float
     bin_count: np.ndarray
@@ -99,7 +103,7 @@ class StageOutcome:
         alphas = tuple(float(a) for a in metrics[f"{prefix}-alphas"])  # type: ignore[attr-defined]
         edges = np.asarray(metrics[f"{prefix}-bin-edges"], dtype=float)
         shapes = {"bin_count": (len(edges) - 1,)}
-        shapes.update({name: (len(alphas),) for name in _TOTALS})
+        shapes.update({name: (len(alphas),) for name in (*_TOTALS, "gain_sq")})
         shapes.update({name: (len(alphas), len(edges) - 1) for name in ("bin_stale_ndcg", "bin_fresh_ndcg")})
         values: dict[str, object] = {
             name: np.asarray(metrics[_key(prefix, name)], dtype=float).reshape(shapes[name])
@@ -156,6 +160,23 @@ def random_policy(outcome: StageOutcome, alpha_index: int, rate: float) -> float
     return float((1.0 - rate) * means["stale-ndcg"][alpha_index] + rate * means["fresh-ndcg"][alpha_index])
 
 
+def random_spread(outcome: StageOutcome, alpha_index: int, rate: float) -> float:
+    """Standard deviation of the mean NDCG@10 when a random share ``rate`` of users request a fresh list.
+
+    Gated minus random is evidence for the gate only well beyond this: a gate that knows nothing (a random
+    signal) lands above random by more than one spread about one time in six. With m = rate * n of the n users
+    drawn without replacement, and g the per-user gains (fresh minus stale), whose sum and sum of squares the
+    outcome holds: ``sd = sqrt(m (n - m) / (n - 1) * var(g)) / n``.
+    """
+    n = outcome.users
+    if n < 2:
+        return 0.0
+    mean = (outcome.fresh_ndcg[alpha_index] - outcome.stale_ndcg[alpha_index]) / n
+    variance = max(outcome.gain_sq[alpha_index] / n - mean**2, 0.0)
+    m = rate * n
+    return float(np.sqrt(m * (n - m) / (n - 1) * variance) / n)
+
+
 def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[float, float]:
     """(request rate, mean NDCG@10) when users whose stale-list disagreement exceeds ``tau`` request.
 
@@ -178,6 +199,7 @@ class BudgetPoint(NamedTuple):
     rate: float
     gated: float
     random: float  # random requests at the same realized rate
+    spread: float  # the standard deviation of those random requests (random_spread)
 
     @property
     def gain(self) -> float:
@@ -188,7 +210,9 @@ def budget_point(outcome: StageOutcome, alpha_index: int, budget: float) -> Budg
     """Gated requests at ``budget``, τ calibrated on this outcome's own histogram (the signal reads no label)."""
     tau = threshold_for_budget(outcome.bin_count, outcome.bin_edges, budget)
     rate, gated = gated_policy(outcome, alpha_index, tau)
-    return BudgetPoint(tau, rate, gated, random_policy(outcome, alpha_index, rate))
+    return BudgetPoint(
+        tau, rate, gated, random_policy(outcome, alpha_index, rate), random_spread(outcome, alpha_index, rate)
+    )
 
 
 def choose_measure(valid: Mapping[str, StageOutcome], budget: float) -> str:

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 from lsc4rec.outcomes import StageOutcome, budget_point, random_policy
 from lsc4rec.runs import write_json
@@ -70,6 +71,8 @@ def final_figures(
                 "gated rate": point.rate,
                 "gated ndcg@10": point.gated,
                 "random ndcg@10 at gated rate": point.random,
+                # what random requests spread by at that rate: gated - random is evidence only well beyond it
+                "random sd at gated rate": point.spread,
                 **floor_at,
             }
         )
@@ -126,7 +129,9 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
         f"Request signal: {figures.get('request signal', 'as configured')} (with `federation.measure = auto`, "
         "the one whose gate beat random requests by most on validation at the budget). The live gate of the "
-        f"last round used {figures.get('live gate signal', 'the same')}.",
+        f"last round used {figures.get('live gate signal', 'the same')}. `random sd at gated rate` is how much "
+        "random requests at that rate spread: a gate that knows nothing beats random by more than one sd about "
+        "one time in six, so gated minus random is evidence only well beyond it.",
         "",
     ]
     lines += _markdown_table(figures["policies"])
@@ -165,6 +170,11 @@ def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
     ax.plot(
         [p["gated rate"] for p in policies], [p["gated ndcg@10"] for p in policies], marker="s", label="gated"
     )
+    if all("random sd at gated rate" in p for p in policies):  # older reports lack the spread
+        rates = [p["gated rate"] for p in policies]
+        mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
+        sd = np.array([p["random sd at gated rate"] for p in policies])
+        ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")
     ax.set(
         xlabel="realized request rate", ylabel="test NDCG@10 (fused)", title="NDCG@10 against request rate"
     )

@@ -10,6 +10,7 @@ from lsc4rec.outcomes import (
     choose_measure,
     gated_policy,
     random_policy,
+    random_spread,
     threshold_for_budget,
 )
 from tests.conftest import ALPHAS, outcome_from_users
@@ -78,6 +79,20 @@ def test_random_policy_interpolates_stale_and_fresh_means() -> None:
     assert random_policy(outcome, 2, 0.2) == pytest.approx(expected)
 
 
+def test_random_spread_is_the_spread_of_random_request_sets() -> None:
+    score, stale, fresh = random_users(40, seed=2)
+    outcome = outcome_from_users(score, stale, fresh, bins=10)
+    rng = np.random.default_rng(0)  # random requests by 8 of the 40 users, drawn many times
+    draws = [
+        (stale[:, 1].sum() + (fresh - stale)[rng.permutation(40)[:8], 1].sum()) / 40 for _ in range(20000)
+    ]
+    assert random_spread(outcome, 1, 0.2) == pytest.approx(np.std(draws), rel=0.03)
+    assert np.mean(draws) == pytest.approx(random_policy(outcome, 1, 0.2), abs=1e-3)
+    # no users request, or all do: no spread; with a single user there is nothing to draw from
+    assert random_spread(outcome, 1, 0.0) == 0.0 and random_spread(outcome, 1, 1.0) == pytest.approx(0.0)
+    assert random_spread(outcome_from_users(score[:1], stale[:1], fresh[:1], bins=10), 1, 0.5) == 0.0
+
+
 def test_stage_outcome_merge_is_addition_of_user_sets() -> None:
     score, stale, fresh = random_users(60, seed=2)
     parts = [outcome_from_users(score[s], stale[s], fresh[s], bins=10) for s in (slice(0, 25), slice(25, 60))]
@@ -104,7 +119,7 @@ def test_stage_outcome_metrics_round_trip_through_flower_record() -> None:
     record = MetricRecord({**metrics, "num-examples": 30})  # accepted by Flower as-is
     back = StageOutcome.from_metrics(record, "valid")
     assert back.alphas == ALPHAS and back.users == 30 and back.requests == outcome.requests
-    for name in ("stale_hr", "bin_count", "bin_stale_ndcg", "bin_edges"):
+    for name in ("stale_hr", "gain_sq", "bin_count", "bin_stale_ndcg", "bin_edges"):
         np.testing.assert_allclose(getattr(back, name), getattr(outcome, name))
 
 
@@ -129,6 +144,10 @@ def test_budget_point_is_gate_at_label_free_tau_against_random_at_its_rate() -> 
     assert point.gated == pytest.approx((8 * 0.1 + 0.9 + 0.7) / 10)  # 0.24
     assert point.random == pytest.approx(0.8 * 0.1 + 0.2 * 0.24)  # a random fifth gets the mean fresh list
     assert point.gain == pytest.approx(0.24 - 0.128)
+    assert point.spread == pytest.approx(
+        random_spread(outcome_from_users(score, stale, fresh, bins=10), 1, 0.2)
+    )
+    assert point.spread > 0
 
 
 def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:
