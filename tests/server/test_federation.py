@@ -60,6 +60,9 @@ def test_federation_trains_checkpoints_and_reports(
     # tau is calibrated on the test-time signal histogram (no labels), so each budget is met exactly
     assert [p["gated rate"] for p in final["policies"]] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.5, 1.0])
     assert {"most-popular", "item-transition"} <= set(final["floors"])
+    # the spread of random requests: none at rates 0 and 1, some in between (the fleet's gains differ by user)
+    spread = [p["random sd at gated rate"] for p in final["policies"]]
+    assert spread[0] == 0.0 and spread[-1] == pytest.approx(0.0) and all(s >= 0 for s in spread)
     curve, chosen = final["fused ndcg@10 by alpha"], final["alphas"].index(final["alpha"])
     assert max(curve["valid"]) == pytest.approx(curve["valid"][chosen])  # α is validation's best
     fused = next(r for r in final["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
