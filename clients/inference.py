@@ -42,6 +42,22 @@ def drop_seen(
     return items.masked_fill(seen, 0), scores.masked_fill(seen, -torch.inf)
 
 
+def _eval_batches(
+    model: SequentialRecommender, rows: int, batch: Callable[[slice], torch.Tensor], batch_size: int = 512
+) -> list[torch.Tensor]:
+    """``batch`` of consecutive slices of ``rows`` rows, with the model in eval mode (no dropout), no autograd.
+
+    The model's previous mode is restored afterwards: the device trains the same copy between evaluations.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return [batch(slice(start, start + batch_size)) for start in range(0, rows, batch_size)]
+    finally:
+        model.train(was_training)
+
+
 def rerank(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
@@ -49,19 +65,13 @@ def rerank(
     max_len: int,
     batch_size: int = 512,
 ) -> torch.Tensor:
-    """SRM scores [B, K] of the list ``items`` [B, K] given each device history, ``-inf`` at padding (item 0).
+    """SRM scores [B, K] of the list ``items`` [B, K] given each device history, ``-inf`` at padding (item 0)."""
 
-    Runs in eval mode (no dropout) and restores the model's previous mode afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(histories), batch_size):
-            batch = items[start : start + batch_size]
-            scores = model.score(left_pad(histories[start : start + batch_size], max_len), batch)
-            chunks.append(scores.float().masked_fill(batch == 0, -torch.inf))
-    model.train(was_training)
+    def batch(rows: slice) -> torch.Tensor:
+        scores = model.score(left_pad(histories[rows], max_len), items[rows])
+        return scores.float().masked_fill(items[rows] == 0, -torch.inf)
+
+    chunks = _eval_batches(model, len(histories), batch, batch_size)
     return torch.cat(chunks) if chunks else items.new_empty(items.shape, dtype=torch.float32)
 
 
@@ -70,20 +80,13 @@ def _catalogue_signal(
     views: Sequence[Sequence[np.ndarray]],
     signal: Callable[..., torch.Tensor],
     max_len: int,
-    batch_size: int = 512,
 ) -> torch.Tensor:
-    """``signal`` [B] of the SRM's catalogue scores (:func:`catalogue_scores`) of each of ``views``, batch by batch.
+    """``signal`` [B] of the SRM's catalogue scores (:func:`catalogue_scores`) of each of ``views``."""
 
-    Runs in eval mode (no dropout) and restores the model's previous mode afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(views[0]), batch_size):
-            scores = [catalogue_scores(model, view[start : start + batch_size], max_len) for view in views]
-            chunks.append(signal(*scores))
-    model.train(was_training)
+    def batch(rows: slice) -> torch.Tensor:
+        return signal(*(catalogue_scores(model, view[rows], max_len) for view in views))
+
+    chunks = _eval_batches(model, len(views[0]), batch)
     return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
 
 
