@@ -29,11 +29,9 @@ from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.split import Stage
 from lsc4rec.errors import ConfigError, run_main
-from lsc4rec.outcomes import StageOutcome, budget_point
+from lsc4rec.outcomes import signal_comparison
 from lsc4rec.tables import parse_args, report
 from server.checkpoint import load_global_srm
-
-BUDGETS = (0.05, 0.1, 0.2)
 
 
 class StageLists(NamedTuple):
@@ -50,23 +48,6 @@ def stage_lists(client: CloudClient, node: NodeData, stage: Stage) -> StageLists
     device, cloud, targets = node.views(stage)
     stale, fresh = client.candidates(cloud), client.candidates(device)
     return StageLists(device, cloud, targets, tuple(torch.from_numpy(a) for a in (*stale, *fresh)))
-
-
-def rows_for(measure: str, valid: StageOutcome, test: StageOutcome) -> list[dict]:
-    """One row per budget: gated against random at the gated rate, on validation (to choose) and on test."""
-    alpha = valid.best_alpha()
-    rows = []
-    for budget in BUDGETS:
-        row: dict = {"measure": measure, "budget": budget, "alpha": valid.alphas[alpha]}
-        for name, outcome in (("valid", valid), ("test", test)):
-            point = budget_point(outcome, alpha, budget)  # tau from the label-free histogram
-            row[f"{name} rate"] = point.rate
-            row[f"{name} gated"] = point.gated
-            row[f"{name} random"] = point.random
-            row[f"{name} gain"] = point.gain
-            row[f"{name} random sd"] = point.spread
-        rows.append(row)
-    return rows
 
 
 def main() -> None:
@@ -123,8 +104,8 @@ def main() -> None:
         )
         for stage, got in lists.items()
     }
-    rows = [row for m in MEASURES for row in rows_for(m, outcomes["valid"][m], outcomes["test"][m])]
-    columns = ["measure", "budget", "alpha"] + [
+    rows = signal_comparison(outcomes["valid"], outcomes["test"])
+    columns = ["signal", "budget", "alpha"] + [
         f"{s} {c}" for s in ("valid", "test") for c in ("rate", "gated", "random", "gain", "random sd")
     ]
     protocol = {

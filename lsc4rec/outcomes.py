@@ -215,6 +215,34 @@ def budget_point(outcome: StageOutcome, alpha_index: int, budget: float) -> Budg
     )
 
 
+def signal_comparison(
+    valid: Mapping[str, StageOutcome],
+    test: Mapping[str, StageOutcome],
+    budgets: Iterable[float] = (0.05, 0.1, 0.2),
+) -> list[dict[str, str | float]]:
+    """Every signal's gate against random requests at each budget, on validation and on test, one row each.
+
+    ``valid`` and ``test`` map each signal to its outcome (the same users and lists, binned by that signal).
+    α is validation's, τ each stage's label-free calibration (:func:`budget_point`). Validation is what
+    chooses a signal (:func:`choose_measure`); the test columns show how that choice carried over, and how the
+    signals not chosen would have fared, for reading only: choosing by them would tune on the test target.
+    """
+    rows: list[dict[str, str | float]] = []
+    for measure, v in valid.items():
+        alpha = v.best_alpha()
+        for budget in budgets:
+            row: dict[str, str | float] = {"signal": measure, "budget": budget, "alpha": v.alphas[alpha]}
+            for stage, outcome in (("valid", v), ("test", test[measure])):
+                point = budget_point(outcome, alpha, budget)
+                row[f"{stage} rate"] = point.rate
+                row[f"{stage} gated"] = point.gated
+                row[f"{stage} random"] = point.random
+                row[f"{stage} gain"] = point.gain
+                row[f"{stage} random sd"] = point.spread
+            rows.append(row)
+    return rows
+
+
 def choose_measure(valid: Mapping[str, StageOutcome], budget: float) -> str:
     """The request signal whose gate beats random requests by most at ``budget``, on VALIDATION outcomes.
 

@@ -29,7 +29,7 @@ from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
-from lsc4rec.outcomes import StageOutcome, budget_point, choose_measure
+from lsc4rec.outcomes import StageOutcome, choose_measure, signal_comparison
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
@@ -127,10 +127,8 @@ def main(grid: Grid, context: Context) -> None:
         "rejected updates": float(sum(strategy.strategy.rejected_total.values())),
         "federation seconds": time.perf_counter() - started,
     }
-    for m, outcome in valid.items():
-        point = budget_point(outcome, outcome.best_alpha(), fed.budget)
-        extra[f"validation gain of the {m} gate over random at the budget"] = point.gain
     figures = final_figures(valid[measure], test[measure], reference_floors(split, cfg.srm.max_len), extra)
+    figures["signals"] = signal_comparison(valid, test)
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))

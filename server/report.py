@@ -135,6 +135,14 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
     ]
     lines += _markdown_table(figures["policies"])
+    if "signals" in figures:  # older reports lack the comparison
+        columns = ("signal", "budget", "valid gain", "test gain", "test random sd")
+        lines += [
+            "",
+            "## Every request signal: gated minus random NDCG@10 (validation chooses; test is shown, never used)",
+            "",
+        ]
+        lines += _markdown_table([{c: row[c] for c in columns} for row in figures["signals"]])
     extra = {k: v for k, v in figures.items() if isinstance(v, int | float) and k not in ("alpha", "users")}
     if extra:
         lines += ["", "## Other figures", ""] + [f"- {k}: {v:.4f}" for k, v in extra.items()]

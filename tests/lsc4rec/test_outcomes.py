@@ -11,6 +11,7 @@ from lsc4rec.outcomes import (
     gated_policy,
     random_policy,
     random_spread,
+    signal_comparison,
     threshold_for_budget,
 )
 from tests.conftest import ALPHAS, outcome_from_users
@@ -167,3 +168,20 @@ def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:
     assert choose_measure(valid, 0.0) == "bad"  # no requests: every signal gains nothing, the first one stays
     with pytest.raises(ValueError, match="at least one signal"):
         choose_measure({}, 0.1)
+
+
+def test_signal_comparison_puts_each_signal_at_each_budget_on_both_stages() -> None:
+    score, stale, fresh = random_users(60, seed=3)
+    valid = {"a": outcome_from_users(score, stale, fresh, bins=20)}
+    valid["b"] = outcome_from_users(1.0 - score, stale, fresh, bins=20)
+    test = {
+        m: outcome_from_users(1.0 - s, fresh, stale, bins=20) for m, s in (("a", score), ("b", 1.0 - score))
+    }
+    rows = signal_comparison(valid, test, budgets=(0.1, 0.2))
+    assert [(r["signal"], r["budget"]) for r in rows] == [("a", 0.1), ("a", 0.2), ("b", 0.1), ("b", 0.2)]
+    alpha = valid["a"].best_alpha()  # validation's α, applied to test too
+    for row in rows:
+        assert row["alpha"] == ALPHAS[alpha]
+        for stage, outcomes in (("valid", valid), ("test", test)):
+            point = budget_point(outcomes[row["signal"]], alpha, row["budget"])
+            assert (row[f"{stage} gain"], row[f"{stage} random sd"]) == (point.gain, point.spread)
