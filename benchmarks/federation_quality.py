@@ -184,6 +184,8 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                     "dataset": dataset,
                     "row": f"check: gated > random at {p['gated rate']:.3f}",
                     "ndcg@10": p["gated ndcg@10"],
+                    "random at same rate": p["random ndcg@10 at gated rate"],
+                    "random sd": p.get("random sd at gated rate"),
                     "pass": p["gated ndcg@10"] > p["random ndcg@10 at gated rate"],
                 }
             )

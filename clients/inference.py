@@ -21,7 +21,7 @@ from clients.srm import SequentialRecommender
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
 from lsc4rec.outcomes import CUTOFF, StageOutcome
-from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_probability, topk_drift
+from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_certainty, topk_drift
 from lsc4rec.scoring import catalogue_scores
 
 
@@ -104,7 +104,7 @@ def srm_drift(
     the user has now consumed), and :func:`lsc4rec.ranking.topk_drift` measures how new the fresh top-k is.
     A large drift means the user moved on since the list was made, so a fresh list is likely to hold the next
     item. On Beauty it predicts that gain better than the LLM-vs-SRM orders of the list; on MovieLens, whose
-    610 users make every such comparison noisy, it does not (BENCHMARKS.md).
+    610 users make every such comparison noisy, no signal beats random requests on every seed (BENCHMARKS.md).
     """
 
     def drift(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -116,15 +116,17 @@ def srm_drift(
 def srm_confidence(
     model: SequentialRecommender, histories: Sequence[np.ndarray], max_len: int
 ) -> torch.Tensor:
-    """The request signal ``confidence`` [B] in [0, 1]: the SRM's probability of its own top item, device view.
+    """The request signal ``confidence`` [B] in [0, 1]: how sure the SRM is of its own top item, device view.
 
     A fresh list helps only a user whose next item can be read from the newest interactions, the ones the
     stale list was made without: a user in a predictable run (the next film of a series, the next title of a
     director) rather than one the SRM cannot read, whom no list serves well. How sure the SRM is of the next
-    item, over the whole catalogue (history excluded), is the device's label-free estimate of that. On
-    MovieLens validation it was the signal ahead of random by most (BENCHMARKS.md, "Request signals").
+    item over the whole catalogue (history excluded; :func:`lsc4rec.ranking.top_certainty`) is the device's
+    label-free estimate of that. It was the best of the label-free candidates tried on one MovieLens run's
+    validation users, where the order signals and drift had lost to random requests on test
+    (BENCHMARKS.md, "A fifth request signal").
     """
-    return _catalogue_signal(model, (histories,), top_probability, max_len)
+    return _catalogue_signal(model, (histories,), top_certainty, max_len)
 
 
 def gate(disagreement_scores: torch.Tensor | np.ndarray, tau: float) -> np.ndarray:

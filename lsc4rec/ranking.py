@@ -146,15 +146,20 @@ def topk_drift(now_scores: ArrayLike, before_scores: ArrayLike, k: int) -> torch
     return 1.0 - (kept * weights).sum(dim=1) / weights.sum()
 
 
-def top_probability(scores: ArrayLike) -> torch.Tensor:
-    """The softmax probability [B] (float64) of each row's highest-scoring item over its finite scores [B, N].
+def top_certainty(scores: ArrayLike) -> torch.Tensor:
+    """How sure a softmax over each row's finite scores [B, N] is of its top item, on [0, 1]: ``log(n p) / log n``.
 
-    A row with no finite score (nothing left to recommend) gets 0: no confidence at all.
+    The top item's probability p lies in [1/n, 1] for n finite scores: 0 is no preference (uniform), 1 is
+    certainty. The log scale keeps the signal spread over [0, 1] whatever the catalogue's size: raw p shrinks
+    with n, and for 12,000 items it would put every user in the lowest of the histogram's equal bins, where the
+    gate cannot tell users apart. A row with fewer than two finite scores (no choice left) gets 0.
     """
     scores = torch.as_tensor(scores).double()
-    real = _real(scores).any(dim=1)
-    probs = torch.softmax(scores.masked_fill(~real[:, None], 0.0), dim=1)
-    return torch.where(real, probs.max(dim=1).values, 0.0)
+    real = _real(scores)
+    n = real.sum(dim=1).double()
+    probs = torch.softmax(scores.masked_fill(~real.any(dim=1, keepdim=True), 0.0), dim=1)
+    certainty = torch.log(probs.max(dim=1).values * n) / torch.log(n.clamp(min=2.0))
+    return torch.where(n >= 2, certainty.clamp(0.0, 1.0), 0.0)
 
 
 def disagreement(
@@ -174,7 +179,7 @@ def disagreement(
         return topk_overlap_distance(llm_scores, srm_scores, k)
     if measure in ("drift", "confidence"):
         raise ValueError(
-            f"{measure} reads the SRM's catalogue scores, not the list's: use topk_drift or top_probability."
+            f"{measure} reads the SRM's catalogue scores, not the list's: use topk_drift or top_certainty."
         )
     raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}.")
 

@@ -50,7 +50,7 @@ def report(
     for column in columns:
         table.add_column(
             column,
-            justify="left" if column in ("dataset", "model", "loss", "engine", "measure", "row") else "right",
+            justify="left" if column in ("dataset", "model", "loss", "engine", "signal", "row") else "right",
         )
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))

@@ -128,7 +128,7 @@ def main(grid: Grid, context: Context) -> None:
         "federation seconds": time.perf_counter() - started,
     }
     figures = final_figures(valid[measure], test[measure], reference_floors(split, cfg.srm.max_len), extra)
-    figures["signals"] = signal_comparison(valid, test)
+    figures["signals"] = signal_comparison(valid, test, sorted({fed.budget, 0.05, 0.1, 0.2}))
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))

@@ -131,12 +131,13 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "the one whose gate beat random requests by most on validation at the budget). The live gate of the "
         f"last round used {figures.get('live gate signal', 'the same')}. `random sd at gated rate` is how much "
         "random requests at that rate spread: a gate that knows nothing beats random by more than one sd about "
-        "one time in six, so gated minus random is evidence only well beyond it.",
+        "one time in six, so gated minus random is evidence only well beyond it. The chosen signal's validation "
+        "gain is the best of several, so it is biased upwards: its test gain is the check.",
         "",
     ]
     lines += _markdown_table(figures["policies"])
     if "signals" in figures:  # older reports lack the comparison
-        columns = ("signal", "budget", "valid gain", "test gain", "test random sd")
+        columns = ("signal", "budget", "valid gain", "valid random sd", "test gain", "test random sd")
         lines += [
             "",
             "## Every request signal: gated minus random NDCG@10 (validation chooses; test is shown, never used)",

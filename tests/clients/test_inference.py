@@ -223,7 +223,7 @@ def test_srm_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
     assert drift[1].item() == pytest.approx(float((new * weights).sum() / weights.sum()))
 
 
-def test_srm_confidence_is_the_top_catalogue_probability_with_the_history_excluded(
+def test_srm_confidence_is_the_certainty_of_the_top_item_with_the_history_excluded(
     model: SequentialRecommender,
 ) -> None:
     confidence = srm_confidence(model, histories(), MAX_LEN)
@@ -232,11 +232,9 @@ def test_srm_confidence_is_the_top_catalogue_probability_with_the_history_exclud
     with torch.no_grad():  # user 1 by hand: softmax over the items not yet consumed, padding excluded
         scores = model.score_all(torch.as_tensor(histories()[1][-MAX_LEN:])[None])[0]
     scores[torch.tensor([0, *histories()[1]])] = -torch.inf
-    assert confidence[1].item() == pytest.approx(torch.softmax(scores.double(), 0).max().item())
-    # the seen items' mass goes to the rest: the top unseen item is likelier than with them in the softmax
-    with torch.no_grad():
-        logits = model.score_all(torch.as_tensor(histories()[1][-MAX_LEN:])[None])[0, 1:].double()
-    assert confidence[1].item() > torch.softmax(logits, 0)[int(scores.argmax()) - 1].item()
+    n = torch.isfinite(scores).sum().item()  # the catalogue without the history and the padding id
+    top = torch.softmax(scores.double(), 0).max().item()
+    assert confidence[1].item() == pytest.approx(math.log(n * top) / math.log(n))
 
 
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:

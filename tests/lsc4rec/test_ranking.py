@@ -14,7 +14,7 @@ from lsc4rec.ranking import (
     normalize,
     rank_displacement,
     scored_list_ranks,
-    top_probability,
+    top_certainty,
     topk_drift,
     topk_overlap_distance,
 )
@@ -120,10 +120,22 @@ def test_topk_drift_weights_the_changed_head_more() -> None:
     assert topk_drift(now, before, k=50)[1].item() == 0.0  # k capped at the catalogue: same set
 
 
-def test_top_probability_is_the_softmax_maximum_over_finite_scores() -> None:
-    scores = torch.tensor([[2.0, 0.0, -torch.inf], [-torch.inf, -torch.inf, -torch.inf], [1.0, 1.0, 1.0]])
-    e = np.exp(2.0)
-    assert top_probability(scores).tolist() == pytest.approx([e / (e + 1.0), 0.0, 1 / 3])
+def test_top_certainty_is_the_top_softmax_probability_on_a_log_scale_from_uniform_to_certain() -> None:
+    scores = torch.tensor(
+        [
+            [2.0, 0.0, -torch.inf],  # two items left: p = e^2 / (e^2 + 1)
+            [1.0, 1.0, 1.0],  # uniform: no preference
+            [50.0, 0.0, 0.0],  # all but certain
+            [-torch.inf, 3.0, -torch.inf],  # one item left: no choice
+            [-torch.inf, -torch.inf, -torch.inf],  # nothing left
+        ]
+    )
+    p = np.exp(2.0) / (np.exp(2.0) + 1.0)
+    assert top_certainty(scores).tolist() == pytest.approx([np.log(2 * p) / np.log(2), 0.0, 1.0, 0.0, 0.0])
+    # the same preference in a larger catalogue: raw p falls with n, the certainty does not collapse
+    wide = torch.zeros(1, 10_000)
+    wide[0, 0] = 8.0
+    assert torch.softmax(wide, 1).max() < 0.3 < top_certainty(wide).item() < 1.0
 
 
 def test_disagreement_dispatches_and_rejects_unknown_measure() -> None:
@@ -133,7 +145,7 @@ def test_disagreement_dispatches_and_rejects_unknown_measure() -> None:
     with pytest.raises(ValueError, match="measure must be one of"):
         disagreement(llm, srm, "spearman")
     for catalogue_signal in ("drift", "confidence"):
-        with pytest.raises(ValueError, match="use topk_drift or top_probability"):
+        with pytest.raises(ValueError, match="use topk_drift or top_certainty"):
             disagreement(llm, srm, catalogue_signal)
 
 
