@@ -206,9 +206,9 @@ class FederationConfig:
     bins: int = 50  # bins of the disagreement histograms the nodes report
     # request signal: drift (how far the interactions the cloud has not seen moved the SRM's own top-K over the
     # catalogue) | the LLM-vs-SRM orders of the list: displacement (the paper's) | kendall | topk (top-10
-    # overlap) | confidence (the SRM's probability of its own top item) | auto: nodes evaluate every signal
-    # and the server gates on the one that beats random requests by most on validation (which one does
-    # depends on the SRM, BENCHMARKS.md)
+    # overlap) | confidence (how sure the SRM is of its own top item) | auto: nodes evaluate every signal and
+    # the server gates on the one that beats random requests by most on validation, summed over the budget,
+    # its double and its quadruple (lsc4rec.outcomes.choose_measure; which one wins depends on the SRM)
     measure: str = "auto"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1

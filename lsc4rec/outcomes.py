@@ -243,14 +243,25 @@ def signal_comparison(
     return rows
 
 
+def choice_budgets(budget: float) -> tuple[float, ...]:
+    """The budgets a signal is chosen at: the fleet's, its double and its quadruple (capped at 1)."""
+    return tuple(sorted({min(budget * factor, 1.0) for factor in (1, 2, 4)}))
+
+
 def choose_measure(valid: Mapping[str, StageOutcome], budget: float) -> str:
-    """The request signal whose gate beats random requests by most at ``budget``, on VALIDATION outcomes.
+    """The request signal whose gate beats random requests by most around ``budget``, on VALIDATION outcomes.
 
     ``valid`` maps each signal to its validation outcome (the same users and lists, binned by that signal).
     Which signal predicts the gain of a fresh list depends on the SRM (BENCHMARKS.md), so the fleet picks it
-    from its own reports instead of a fixed setting. Ties (e.g. budget 0) go to the first signal.
+    from its own reports instead of a fixed setting. The gains are summed over :func:`choice_budgets`: at one
+    budget a few hundred users' gain is about as large as its noise (:func:`random_spread`), and a signal that
+    ranks the whole head of the fleet well, not only the users at one cut, is the one that carries over to
+    new users. Ties (e.g. budget 0) go to the first signal.
     """
     if not valid:
         raise ValueError("choose_measure needs at least one signal's outcome, got none.")
-    gains = {m: budget_point(o, o.best_alpha(), budget).gain for m, o in valid.items()}
+    gains = {
+        m: sum(budget_point(o, o.best_alpha(), b).gain for b in choice_budgets(budget))
+        for m, o in valid.items()
+    }
     return max(gains, key=lambda m: gains[m])

@@ -29,7 +29,7 @@ from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
-from lsc4rec.outcomes import StageOutcome, choose_measure, signal_comparison
+from lsc4rec.outcomes import StageOutcome, choice_budgets, choose_measure, signal_comparison
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
@@ -128,7 +128,7 @@ def main(grid: Grid, context: Context) -> None:
         "federation seconds": time.perf_counter() - started,
     }
     figures = final_figures(valid[measure], test[measure], reference_floors(split, cfg.srm.max_len), extra)
-    figures["signals"] = signal_comparison(valid, test, sorted({fed.budget, 0.05, 0.1, 0.2}))
+    figures["signals"] = signal_comparison(valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2}))
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
     summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))

@@ -128,7 +128,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "calibrated on the label-free histogram of the request signal)",
         "",
         f"Request signal: {figures.get('request signal', 'as configured')} (with `federation.measure = auto`, "
-        "the one whose gate beat random requests by most on validation at the budget). The live gate of the "
+        "the one whose gate beat random requests by most on validation, summed over the budget, its double and "
+        "its quadruple). The live gate of the "
         f"last round used {figures.get('live gate signal', 'the same')}. `random sd at gated rate` is how much "
         "random requests at that rate spread: a gate that knows nothing beats random by more than one sd about "
         "one time in six, so gated minus random is evidence only well beyond it. The chosen signal's validation "

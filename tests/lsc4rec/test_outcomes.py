@@ -7,6 +7,7 @@ from flwr.app import MetricRecord
 from lsc4rec.outcomes import (
     StageOutcome,
     budget_point,
+    choice_budgets,
     choose_measure,
     gated_policy,
     random_policy,
@@ -168,6 +169,49 @@ def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:
     assert choose_measure(valid, 0.0) == "bad"  # no requests: every signal gains nothing, the first one stays
     with pytest.raises(ValueError, match="at least one signal"):
         choose_measure({}, 0.1)
+
+
+def test_choose_measure_sums_the_budget_its_double_and_quadruple() -> None:
+    """ "lucky" puts 5 of the 20 gainers first and the rest last; "broad" puts 18 of them in its first 20."""
+    stale, fresh = np.zeros((100, len(ALPHAS))), np.zeros((100, len(ALPHAS)))
+    fresh[:20] = 1.0  # users 0-19 gain from a fresh list
+    order = {  # users from the highest signal down
+        "lucky": [0, 1, 2, 3, 4, *range(20, 100), *range(5, 20)],
+        "broad": [
+            0,
+            1,
+            2,
+            3,
+            20,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9,
+            10,
+            11,
+            12,
+            13,
+            14,
+            15,
+            21,
+            16,
+            17,
+            *range(22, 100),
+            18,
+            19,
+        ],
+    }
+    valid = {}
+    for name, users in order.items():
+        score = np.empty(100)
+        score[users] = (99 - np.arange(100) + 0.5) / 100  # one user per bin of 100
+        valid[name] = outcome_from_users(score, stale, fresh, bins=100)
+    assert choice_budgets(0.05) == (0.05, 0.1, 0.2) and choice_budgets(0.5) == (0.5, 1.0)
+    gain = {m: [budget_point(o, 0, b).gain for b in (0.05, 0.1, 0.2)] for m, o in valid.items()}
+    assert gain["lucky"][0] > gain["broad"][0]  # at the budget alone "lucky" wins ...
+    assert choose_measure(valid, 0.05) == "broad"  # ... but not across the budgets around it
 
 
 def test_signal_comparison_puts_each_signal_at_each_budget_on_both_stages() -> None:
