@@ -151,13 +151,14 @@ def top_certainty(scores: ArrayLike) -> torch.Tensor:
 
     The top item's probability p lies in [1/n, 1] for n finite scores: 0 is no preference (uniform), 1 is
     certainty. The log scale keeps the signal spread over [0, 1] whatever the catalogue's size: raw p shrinks
-    with n, and for 12,000 items it would put every user in the lowest of the histogram's equal bins, where the
+    with n, and for 12,000 items it would put most users in the lowest of the histogram's equal bins, where the
     gate cannot tell users apart. A row with fewer than two finite scores (no choice left) gets 0.
     """
     scores = torch.as_tensor(scores).double()
     real = _real(scores)
     n = real.sum(dim=1).double()
-    probs = torch.softmax(scores.masked_fill(~real.any(dim=1, keepdim=True), 0.0), dim=1)
+    finite = scores.masked_fill(~real, -torch.inf).masked_fill(~real.any(dim=1, keepdim=True), 0.0)
+    probs = torch.softmax(finite, dim=1)
     certainty = torch.log(probs.max(dim=1).values * n) / torch.log(n.clamp(min=2.0))
     return torch.where(n >= 2, certainty.clamp(0.0, 1.0), 0.0)
 

@@ -210,6 +210,9 @@ def test_choose_measure_sums_the_budget_its_double_and_quadruple() -> None:
         valid[name] = outcome_from_users(score, stale, fresh, bins=100)
     assert choice_budgets(0.05) == (0.05, 0.1, 0.2) and choice_budgets(0.5) == (0.5, 1.0)
     gain = {m: [budget_point(o, 0, b).gain for b in (0.05, 0.1, 0.2)] for m, o in valid.items()}
+    assert gain["lucky"] == pytest.approx([0.04, 0.03, 0.01]) and gain["broad"] == pytest.approx(
+        [0.03, 0.07, 0.14]
+    )
     assert gain["lucky"][0] > gain["broad"][0]  # at the budget alone "lucky" wins ...
     assert choose_measure(valid, 0.05) == "broad"  # ... but not across the budgets around it
 

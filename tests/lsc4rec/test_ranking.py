@@ -128,10 +128,13 @@ def test_top_certainty_is_the_top_softmax_probability_on_a_log_scale_from_unifor
             [50.0, 0.0, 0.0],  # all but certain
             [-torch.inf, 3.0, -torch.inf],  # one item left: no choice
             [-torch.inf, -torch.inf, -torch.inf],  # nothing left
+            [torch.nan, 2.0, 0.0],  # a broken score is no item: the two others decide
         ]
     )
     p = np.exp(2.0) / (np.exp(2.0) + 1.0)
-    assert top_certainty(scores).tolist() == pytest.approx([np.log(2 * p) / np.log(2), 0.0, 1.0, 0.0, 0.0])
+    assert top_certainty(scores).tolist() == pytest.approx(
+        [np.log(2 * p) / np.log(2), 0.0, 1.0, 0.0, 0.0, np.log(2 * p) / np.log(2)]
+    )
     # the same preference in a larger catalogue: raw p falls with n, the certainty does not collapse
     wide = torch.zeros(1, 10_000)
     wide[0, 0] = 8.0
