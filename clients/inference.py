@@ -75,47 +75,21 @@ def rerank(
     return torch.cat(chunks) if chunks else items.new_empty(items.shape, dtype=torch.float32)
 
 
-def _catalogue_signal(
-    model: SequentialRecommender,
-    views: Sequence[Sequence[np.ndarray]],
-    signal: Callable[..., torch.Tensor],
-    max_len: int,
-) -> torch.Tensor:
-    """``signal`` [B] of the SRM's catalogue scores (:func:`catalogue_scores`) of each of ``views``."""
-
-    def batch(rows: slice) -> torch.Tensor:
-        return signal(*(catalogue_scores(model, view[rows], max_len) for view in views))
-
-    chunks = _eval_batches(model, len(views[0]), batch)
-    return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
-
-
-def srm_drift(
-    model: SequentialRecommender,
-    histories: Sequence[np.ndarray],
-    cloud_histories: Sequence[np.ndarray],
-    k: int,
-    max_len: int,
-) -> torch.Tensor:
+def _drift(now: torch.Tensor, before: torch.Tensor, k: int) -> torch.Tensor:
     """The request signal ``drift`` [B] in [0, 1]: how far the newest interactions moved the SRM's own top-k.
 
     The device's list was made from the cloud view; the interactions since then are what the list cannot know.
-    The SRM ranks the catalogue twice, from the device view and from the cloud view (both without the items
-    the user has now consumed), and :func:`lsc4rec.ranking.topk_drift` measures how new the fresh top-k is.
-    A large drift means the user moved on since the list was made, so a fresh list is likely to hold the next
-    item. On Beauty it predicts that gain better than the LLM-vs-SRM orders of the list; on MovieLens, whose
-    610 users make every such comparison noisy, no signal beats random requests on every seed (BENCHMARKS.md).
+    The SRM ranks the catalogue twice, from the device view (``now``) and from the cloud view (``before``),
+    both without the items the user has now consumed, and :func:`lsc4rec.ranking.topk_drift` measures how new
+    the fresh top-k is. A large drift means the user moved on since the list was made, so a fresh list is
+    likely to hold the next item. On Beauty it predicts that gain better than the LLM-vs-SRM orders of the
+    list; on MovieLens, whose 610 users make every such comparison noisy, no signal beats random requests on
+    every seed (BENCHMARKS.md).
     """
-
-    def drift(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-        return topk_drift(now, before.masked_fill(torch.isinf(now), -torch.inf), k)
-
-    return _catalogue_signal(model, (histories, cloud_histories), drift, max_len)
+    return topk_drift(now, before.masked_fill(torch.isinf(now), -torch.inf), k)
 
 
-def srm_confidence(
-    model: SequentialRecommender, histories: Sequence[np.ndarray], max_len: int
-) -> torch.Tensor:
+def _confidence(now: torch.Tensor) -> torch.Tensor:
     """The request signal ``confidence`` [B] in [0, 1]: how sure the SRM is of its own top item, device view.
 
     A fresh list helps only a user whose next item can be read from the newest interactions, the ones the
@@ -126,7 +100,44 @@ def srm_confidence(
     validation users, where the order signals and drift had lost to random requests on test
     (BENCHMARKS.md, "A fifth request signal").
     """
-    return _catalogue_signal(model, (histories,), top_certainty, max_len)
+    return top_certainty(now)
+
+
+CATALOGUE_SIGNALS = ("drift", "confidence")  # the request signals read from the SRM's catalogue scores
+
+
+def catalogue_signals(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    cloud_histories: Sequence[np.ndarray],
+    names: Sequence[str],
+    k: int,
+    max_len: int,
+) -> dict[str, torch.Tensor]:
+    """The catalogue request signals ``names`` (of :data:`CATALOGUE_SIGNALS`) [B] each, ``k`` for drift.
+
+    The device view's catalogue scores are computed once per batch and shared by every signal; the cloud
+    view's only when ``drift`` is asked for.
+    """
+    unknown = set(names) - set(CATALOGUE_SIGNALS)
+    if unknown:
+        raise ValueError(f"unknown catalogue signals {sorted(unknown)}; known: {CATALOGUE_SIGNALS}.")
+    if not names:
+        return {}
+
+    def batch(rows: slice) -> torch.Tensor:  # [b, len(names)]
+        now = catalogue_scores(model, histories[rows], max_len)
+        columns = []
+        for name in names:
+            if name == "drift":
+                columns.append(_drift(now, catalogue_scores(model, cloud_histories[rows], max_len), k))
+            else:
+                columns.append(_confidence(now))
+        return torch.stack([column.double() for column in columns], dim=1)
+
+    chunks = _eval_batches(model, len(histories), batch)
+    signals = torch.cat(chunks) if chunks else torch.zeros(0, len(names), dtype=torch.float64)
+    return {name: signals[:, column] for column, name in enumerate(names)}
 
 
 def gate(disagreement_scores: torch.Tensor | np.ndarray, tau: float) -> np.ndarray:
@@ -177,7 +188,7 @@ def collaborative_inference(
         The A fusion weights to evaluate.
     bins, measures
         The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
-        (:func:`srm_drift`, over the list length K), ``"confidence"`` (:func:`srm_confidence`) or an order
+        (:func:`_drift`, over the list length K), ``"confidence"`` (:func:`_confidence`) or an order
         measure of :func:`lsc4rec.ranking.disagreement`.
     tau, live
         The live gate: ``requests`` counts users whose ``live`` signal (default: the first) exceeds tau.
@@ -214,12 +225,12 @@ def collaborative_inference(
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for name, (items, llm, _) in lists.items()
     }
+    wanted = [m for m in measures if m in CATALOGUE_SIGNALS]
+    catalogue = catalogue_signals(model, histories, cloud_histories, wanted, stale_items.shape[1], max_len)
     outcomes = {}
     for measure in measures:
-        if measure == "drift":
-            score = srm_drift(model, histories, cloud_histories, stale_items.shape[1], max_len).numpy()  # [B]
-        elif measure == "confidence":
-            score = srm_confidence(model, histories, max_len).numpy()  # [B]
+        if measure in catalogue:
+            score = catalogue[measure].numpy()  # [B]
         else:
             _, stale_llm, stale_srm = lists["stale"]
             score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]

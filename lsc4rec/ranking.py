@@ -170,7 +170,7 @@ def disagreement(
 
     ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The other request signals,
     ``"drift"`` and ``"confidence"``, need the SRM's catalogue scores rather than the list's, so the device
-    computes them itself (``clients.inference.srm_drift``, ``clients.inference.srm_confidence``).
+    computes them itself (``clients.inference.catalogue_signals``).
     """
     if measure == "displacement":
         return rank_displacement(llm_scores, srm_scores)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from clients.inference import (
+    CATALOGUE_SIGNALS,
+    catalogue_signals,
     collaborative_inference,
     drop_seen,
     gate,
     rerank,
-    srm_confidence,
-    srm_drift,
 )
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
 from lsc4rec.config import MEASURES
@@ -50,6 +50,11 @@ def histories() -> list[np.ndarray]:
 def cloud_views() -> list[np.ndarray]:
     """What the cloud had seen of each user: the histories without their newest interactions (lag 2)."""
     return [h[:-2] if len(h) > 2 else h[:1] for h in histories()]
+
+
+def signals(model: SequentialRecommender, cloud: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Both catalogue signals [4] of the test users, with ``cloud`` as what the stale list was made from."""
+    return catalogue_signals(model, histories(), cloud, CATALOGUE_SIGNALS, K, MAX_LEN)
 
 
 def llm_list(first: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,13 +209,13 @@ def test_gate_requests_above_threshold_only() -> None:
     assert gate(torch.tensor([0.1, 0.5, 0.7]), 0.5).tolist() == [False, False, True]
 
 
-def test_srm_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
+def test_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
     model: SequentialRecommender,
 ) -> None:
-    drift = srm_drift(model, histories(), cloud_views(), K, MAX_LEN)
+    drift = signals(model, cloud_views())["drift"]
     assert drift.shape == (4,) and ((drift >= 0) & (drift <= 1)).all()
     assert drift[2] == 0.0  # user 2's cloud view is its whole history: nothing new, same top-k
-    assert srm_drift(model, histories(), histories(), K, MAX_LEN).eq(0).all()
+    assert signals(model, histories())["drift"].eq(0).all()
     # user 1 by hand: the SRM's top-K from both views, the device history excluded from both
     model.eval()
     with torch.no_grad():
@@ -223,10 +228,10 @@ def test_srm_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
     assert drift[1].item() == pytest.approx(float((new * weights).sum() / weights.sum()))
 
 
-def test_srm_confidence_is_the_certainty_of_the_top_item_with_the_history_excluded(
+def test_confidence_is_the_certainty_of_the_top_item_with_the_history_excluded(
     model: SequentialRecommender,
 ) -> None:
-    confidence = srm_confidence(model, histories(), MAX_LEN)
+    confidence = signals(model, cloud_views())["confidence"]
     assert confidence.shape == (4,) and ((confidence > 0) & (confidence <= 1)).all()
     model.eval()
     with torch.no_grad():  # user 1 by hand: softmax over the items not yet consumed, padding excluded
@@ -237,9 +242,21 @@ def test_srm_confidence_is_the_certainty_of_the_top_item_with_the_history_exclud
     assert confidence[1].item() == pytest.approx(math.log(n * top) / math.log(n))
 
 
+def test_catalogue_signals_asked_together_equal_each_asked_alone(model: SequentialRecommender) -> None:
+    together = signals(model, cloud_views())
+    for name in CATALOGUE_SIGNALS:
+        alone = catalogue_signals(model, histories(), cloud_views(), (name,), K, MAX_LEN)
+        assert list(alone) == [name]
+        torch.testing.assert_close(alone[name], together[name])
+    assert not together["drift"].equal(together["confidence"])
+    assert catalogue_signals(model, histories(), cloud_views(), (), K, MAX_LEN) == {}
+    with pytest.raises(ValueError, match=r"unknown catalogue signals \['kendall'\]"):
+        catalogue_signals(model, histories(), cloud_views(), ("kendall",), K, MAX_LEN)
+
+
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
     outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.05)["drift"]
-    drift = srm_drift(model, histories(), cloud_views(), K, MAX_LEN).numpy()
+    drift = signals(model, cloud_views())["drift"].numpy()
     assert outcome.bin_count.tolist() == np.histogram(drift, bins=4, range=(0, 1))[0].tolist()
     assert outcome.requests == int((drift > 0.05).sum())
 
