@@ -119,6 +119,8 @@ def catalogue_signals(
     The device view's catalogue scores are computed once per batch and shared by every signal; the cloud
     view's only when ``drift`` is asked for.
     """
+    if isinstance(names, str):
+        raise TypeError(f"names must be a sequence of signal names, such as ({names!r},), not a string.")
     unknown = set(names) - set(CATALOGUE_SIGNALS)
     if unknown:
         raise ValueError(f"unknown catalogue signals {sorted(unknown)}; known: {CATALOGUE_SIGNALS}.")
@@ -127,13 +129,14 @@ def catalogue_signals(
 
     def batch(rows: slice) -> torch.Tensor:  # [b, len(names)]
         now = catalogue_scores(model, histories[rows], max_len)
+        before = catalogue_scores(model, cloud_histories[rows], max_len) if "drift" in names else None
         columns = []
         for name in names:
             if name == "drift":
-                columns.append(_drift(now, catalogue_scores(model, cloud_histories[rows], max_len), k))
-            else:
+                columns.append(_drift(now, before, k))
+            elif name == "confidence":
                 columns.append(_confidence(now))
-        return torch.stack([column.double() for column in columns], dim=1)
+        return torch.stack(columns, dim=1)
 
     chunks = _eval_batches(model, len(histories), batch)
     signals = torch.cat(chunks) if chunks else torch.zeros(0, len(names), dtype=torch.float64)
@@ -188,7 +191,7 @@ def collaborative_inference(
         The A fusion weights to evaluate.
     bins, measures
         The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
-        (:func:`_drift`, over the list length K), ``"confidence"`` (:func:`_confidence`) or an order
+        (over the list length K) or ``"confidence"`` (both :func:`catalogue_signals`), or an order
         measure of :func:`lsc4rec.ranking.disagreement`.
     tau, live
         The live gate: ``requests`` counts users whose ``live`` signal (default: the first) exceeds tau.

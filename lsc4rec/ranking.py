@@ -178,6 +178,7 @@ def disagreement(
         return kendall_distance(llm_scores, srm_scores)
     if measure == "topk":
         return topk_overlap_distance(llm_scores, srm_scores, k)
+    # the catalogue signals, clients.inference.CATALOGUE_SIGNALS (lsc4rec does not import clients)
     if measure in ("drift", "confidence"):
         raise ValueError(
             f"{measure} reads the SRM's catalogue scores, not the list's: use topk_drift or top_certainty."

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import clients.inference
 from clients.inference import (
     CATALOGUE_SIGNALS,
     catalogue_signals,
@@ -19,6 +20,7 @@ from clients.srm import SequentialRecommender, SRMConfig, build_srm
 from lsc4rec.config import MEASURES
 from lsc4rec.outcomes import StageOutcome
 from lsc4rec.ranking import disagreement, fuse
+from lsc4rec.scoring import catalogue_scores
 
 NUM_ITEMS, K, MAX_LEN = 40, 12, 8
 
@@ -252,6 +254,27 @@ def test_catalogue_signals_asked_together_equal_each_asked_alone(model: Sequenti
     assert catalogue_signals(model, histories(), cloud_views(), (), K, MAX_LEN) == {}
     with pytest.raises(ValueError, match=r"unknown catalogue signals \['kendall'\]"):
         catalogue_signals(model, histories(), cloud_views(), ("kendall",), K, MAX_LEN)
+
+
+def test_catalogue_signals_score_each_view_once_per_batch(
+    model: SequentialRecommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return catalogue_scores(*args)
+
+    monkeypatch.setattr(clients.inference, "catalogue_scores", counted)
+    for names, passes in ((CATALOGUE_SIGNALS, 2), (("confidence",), 1), (("drift", "drift"), 2)):
+        calls.clear()
+        catalogue_signals(model, histories(), cloud_views(), names, K, MAX_LEN)
+        assert len(calls) == passes, names  # 4 users: one batch; the cloud view only for drift
+    calls.clear()
+    infer(model, np.array([5, 15, 25, 39]), measures=("kendall",))
+    assert calls == []  # order signals read the list, never the catalogue
+    with pytest.raises(TypeError, match="not a string"):
+        catalogue_signals(model, histories(), cloud_views(), "drift", K, MAX_LEN)
 
 
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
