@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clients.srm import SequentialRecommender
+from lsc4rec.config import CATALOGUE_SIGNALS
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
 from lsc4rec.outcomes import CUTOFF, StageOutcome
@@ -101,9 +102,6 @@ def _confidence(now: torch.Tensor) -> torch.Tensor:
     (BENCHMARKS.md, "A fifth request signal").
     """
     return top_certainty(now)
-
-
-CATALOGUE_SIGNALS = ("drift", "confidence")  # the request signals read from the SRM's catalogue scores
 
 
 def catalogue_signals(

@@ -23,6 +23,9 @@ from lsc4rec.protocol import MAX_K
 # Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
 # the fleet's validation pick one (strategies.budget).
 MEASURES = ("drift", "displacement", "kendall", "topk", "confidence")
+# the signals read from the SRM's scores of the whole catalogue (clients.inference.catalogue_signals); the
+# others compare the LLM's and the SRM's orders of the list (lsc4rec.ranking.disagreement)
+CATALOGUE_SIGNALS = ("drift", "confidence")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lsc4rec.config import MEASURES
+from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES
 from lsc4rec.metrics import target_ranks
 
 NORMALIZATIONS = ("minmax", "softmax", "rank")
@@ -178,8 +178,7 @@ def disagreement(
         return kendall_distance(llm_scores, srm_scores)
     if measure == "topk":
         return topk_overlap_distance(llm_scores, srm_scores, k)
-    # the catalogue signals, clients.inference.CATALOGUE_SIGNALS (lsc4rec does not import clients)
-    if measure in ("drift", "confidence"):
+    if measure in CATALOGUE_SIGNALS:
         raise ValueError(
             f"{measure} reads the SRM's catalogue scores, not the list's: use topk_drift or top_certainty."
         )

@@ -9,7 +9,6 @@ import torch
 
 import clients.inference
 from clients.inference import (
-    CATALOGUE_SIGNALS,
     catalogue_signals,
     collaborative_inference,
     drop_seen,
@@ -17,7 +16,7 @@ from clients.inference import (
     rerank,
 )
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
-from lsc4rec.config import MEASURES
+from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES
 from lsc4rec.outcomes import StageOutcome
 from lsc4rec.ranking import disagreement, fuse
 from lsc4rec.scoring import catalogue_scores
