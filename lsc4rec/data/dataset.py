@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -79,12 +80,17 @@ class SequenceDataset:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the dataset as one ``.npz``; a folder that cannot be made or written is a DataFormatError."""
+        """Write the dataset as one ``.npz``; a folder that cannot be made or written is a DataFormatError.
+
+        The file is written beside its destination and renamed into place, so a reader (another run sharing the
+        cache) never sees half a file, and a save that is interrupted or fails leaves any earlier file whole.
+        """
         path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")  # np.savez keeps a .npz suffix
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(
-                path,
+                partial,
                 items=self.items,
                 offsets=self.offsets,
                 user_ids=self.user_ids,
@@ -92,10 +98,14 @@ class SequenceDataset:
                 titles=self.titles,
                 meta=np.array(json.dumps(self.meta)),
             )
+            os.replace(partial, path)
         except OSError as exc:
             raise DataFormatError(
                 path, f"cannot be written ({exc.strerror}). Choose a writable folder."
             ) from None
+        finally:
+            if partial.exists():  # False, not an error, when the folder could not be made
+                partial.unlink()
         return path
 
     @classmethod

@@ -172,6 +172,7 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"d\.npz: cannot be written"):
         seq.save(tmp_path / "out" / "d.npz" / "d.npz")  # below a file
     good = (tmp_path / "out" / "d.npz").read_bytes()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["d.npz"]  # no partial file left beside it
     damaged = {"text.npz": b"garbage", "empty.npz": b"", "truncated.npz": good[: len(good) // 2]}
     for name, content in damaged.items():  # each used to escape as its own exception kind
         (tmp_path / name).write_bytes(content)
@@ -224,3 +225,20 @@ def test_prepared_cache_keeps_data_roots_and_folders_apart(tmp_path: Path) -> No
     assert load_or_prepare(second, 0, cache).stats()["interactions"] == 2  # not the first root's cached file
     same_name = [DataConfig(dataset=str(tmp_path / r / "p5" / "beauty")) for r in "ab"]
     assert prepared_name(same_name[0], 0) != prepared_name(same_name[1], 0)
+
+
+def test_a_failed_save_leaves_the_earlier_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n")
+    seq = build_dataset(read_p5(tmp_path), kcore=1)
+    saved = seq.save(tmp_path / "out" / "d.npz")
+    before = saved.read_bytes()
+
+    def write_half_then_fail(file: Path, **arrays: object) -> None:  # a full disk, or an interrupted run
+        Path(file).write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", write_half_then_fail)
+    with pytest.raises(DataFormatError, match="cannot be written"):
+        seq.save(saved)
+    assert saved.read_bytes() == before  # readers of the cache still find the earlier, whole file
+    assert [p.name for p in saved.parent.iterdir()] == ["d.npz"]
