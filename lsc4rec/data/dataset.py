@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lsc4rec.data.files import write_atomically
 from lsc4rec.data.interactions import Interactions
 from lsc4rec.errors import DataFormatError
 
@@ -82,30 +82,25 @@ class SequenceDataset:
     def save(self, path: str | Path) -> Path:
         """Write the dataset as one ``.npz``; a folder that cannot be made or written is a DataFormatError.
 
-        The file is written beside its destination and renamed into place, so a reader (another run sharing the
-        cache) never sees half a file, and a save that is interrupted or fails leaves any earlier file whole.
+        Written atomically (:func:`~lsc4rec.data.files.write_atomically`): a run sharing the cache never reads
+        half a file, and a failed or interrupted save leaves any earlier file whole.
         """
         path = Path(path)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")  # np.savez keeps a .npz suffix
+        arrays = {
+            "items": self.items,
+            "offsets": self.offsets,
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "titles": self.titles,
+            "meta": np.array(json.dumps(self.meta)),
+        }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                partial,
-                items=self.items,
-                offsets=self.offsets,
-                user_ids=self.user_ids,
-                item_ids=self.item_ids,
-                titles=self.titles,
-                meta=np.array(json.dumps(self.meta)),
-            )
-            os.replace(partial, path)
+            write_atomically(path, lambda partial: np.savez(partial, **arrays))
         except OSError as exc:
             raise DataFormatError(
                 path, f"cannot be written ({exc.strerror}). Choose a writable folder."
             ) from None
-        finally:
-            if partial.exists():  # False, not an error, when the folder could not be made
-                partial.unlink()
         return path
 
     @classmethod

@@ -7,6 +7,7 @@ cache when it is missing and the machine is online; every other miss is a clear 
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import urllib.request
@@ -14,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from lsc4rec.data.atomic import read_atomic
+from lsc4rec.data.files import write_atomically
 from lsc4rec.data.interactions import Interactions
 from lsc4rec.data.movielens import read_movielens
 from lsc4rec.data.p5 import read_p5
@@ -79,14 +81,20 @@ def _download_movielens(target: Path) -> None:
     try:
         with urllib.request.urlopen(MOVIELENS_URL, timeout=30) as response:
             archive = zipfile.ZipFile(io.BytesIO(response.read()))
-    except OSError as exc:
+    except (OSError, http.client.HTTPException, zipfile.BadZipFile) as exc:  # a cut-short body is no zip
         raise DataFormatError(
             target,
             f"MovieLens latest-small is not here and could not be downloaded ({exc}). "
             f"Unzip {MOVIELENS_URL} into this folder, or set LSC4REC_DATA_DIR.",
         ) from None
-    target.mkdir(parents=True, exist_ok=True)
-    for member in archive.namelist():
-        name = Path(member).name
-        if name.endswith((".csv", ".txt")):
-            (target / name).write_bytes(archive.read(member))
+    members = [m for m in archive.namelist() if m.endswith((".csv", ".txt"))]
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        # ratings.csv last: its presence is what says the download is complete (read_dataset)
+        for member in sorted(members, key=lambda m: Path(m).name == "ratings.csv"):
+            data = archive.read(member)
+            write_atomically(target / Path(member).name, lambda partial, data=data: partial.write_bytes(data))
+    except OSError as exc:
+        raise DataFormatError(
+            target, f"cannot hold the downloaded MovieLens files ({exc.strerror}). Set LSC4REC_DATA_DIR."
+        ) from None

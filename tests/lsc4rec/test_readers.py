@@ -1,9 +1,11 @@
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lsc4rec.data import build_dataset, read_dataset
+from lsc4rec.data import build_dataset, read_dataset, sources
 from lsc4rec.data.atomic import read_atomic
 from lsc4rec.data.movielens import read_movielens
 from lsc4rec.data.p5 import read_p5
@@ -242,3 +244,58 @@ def test_a_failed_save_leaves_the_earlier_file_whole(tmp_path: Path, monkeypatch
         seq.save(saved)
     assert saved.read_bytes() == before  # readers of the cache still find the earlier, whole file
     assert [p.name for p in saved.parent.iterdir()] == ["d.npz"]
+
+
+class _Response(io.BytesIO):
+    """What ``urllib.request.urlopen`` hands back: a readable body that is also a context manager."""
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, body: bytes) -> None:
+    """Answer the MovieLens download with ``body``: no test reaches the network."""
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: _Response(body))
+
+
+def _movielens_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n")
+        archive.writestr("ml-latest-small/movies.csv", "movieId,title,genres\n10,Heat (1995),Action\n")
+        archive.writestr("ml-latest-small/README.txt", "readme\n")
+    return buffer.getvalue()
+
+
+def test_movielens_is_downloaded_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, _movielens_zip())
+    raw = read_dataset("ml-latest-small", tmp_path)
+    assert len(raw.users) == 1
+    assert sorted(p.name for p in (tmp_path / "ml-latest-small").iterdir()) == [
+        "README.txt",
+        "movies.csv",
+        "ratings.csv",
+    ]  # and no partial file beside them
+
+
+def test_a_cut_short_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, _movielens_zip()[:100])  # the connection dropped: not a zip archive
+    with pytest.raises(DataFormatError, match="could not be downloaded"):
+        read_dataset("ml-latest-small", tmp_path)
+    assert not (tmp_path / "ml-latest-small" / "ratings.csv").exists()
+
+
+def test_a_download_cut_while_writing_leaves_no_ratings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ratings.csv says the download is complete, so it is written last: a failure before it leaves none."""
+    _serve(monkeypatch, _movielens_zip())
+    written: list[str] = []
+
+    def write_until_ratings(path: Path, write: object) -> None:
+        if path.name == "ratings.csv":
+            raise OSError(28, "No space left on device")
+        written.append(path.name)
+
+    monkeypatch.setattr(sources, "write_atomically", write_until_ratings)
+    with pytest.raises(DataFormatError, match="cannot hold the downloaded MovieLens files"):
+        read_dataset("ml-latest-small", tmp_path)
+    assert sorted(written) == ["README.txt", "movies.csv"]
+    assert not (tmp_path / "ml-latest-small" / "ratings.csv").exists()

@@ -1,0 +1,26 @@
+"""Writing shared cache files so that no reader ever sees half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Let ``write`` fill a partial file beside ``path``, then rename it into place in one step.
+
+    Several runs share the data cache: without this, one could read a file another is still writing, and a
+    write cut short (a full disk, Ctrl-C) would leave a damaged file that every later run trips over. The
+    partial name keeps ``path``'s suffix (``np.savez`` would otherwise add ``.npz``) and is unique per call;
+    it is removed on every path out, and an earlier file at ``path`` stays whole until the rename.
+    """
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):  # gone after the rename, or its folder could not be made
+            partial.unlink()
