@@ -83,9 +83,9 @@ def _drift(now: torch.Tensor, before: torch.Tensor, k: int) -> torch.Tensor:
     The SRM ranks the catalogue twice, from the device view (``now``) and from the cloud view (``before``),
     both without the items the user has now consumed, and :func:`lsc4rec.ranking.topk_drift` measures how new
     the fresh top-k is. A large drift means the user moved on since the list was made, so a fresh list is
-    likely to hold the next item. It led on Beauty with the early, weaker SRMs; with stronger ones the
-    LLM-vs-SRM orders of the list overtook it, and ``confidence`` beats them all on Beauty's test users
-    (BENCHMARKS.md, "Request signals" and "Beauty on the current code").
+    likely to hold the next item. It had Beauty's largest validation gains with the early, weaker SRMs; with
+    today's, the LLM-vs-SRM orders of the list beat it on Beauty's test users, and ``confidence`` beats them
+    all (BENCHMARKS.md, "Request signals" and "Beauty on the current code").
     """
     return topk_drift(now, before.masked_fill(torch.isinf(now), -torch.inf), k)
 
