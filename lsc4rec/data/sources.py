@@ -12,6 +12,7 @@ import io
 import os
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from lsc4rec.data.atomic import read_atomic
@@ -81,19 +82,25 @@ def _download_movielens(target: Path) -> None:
     try:
         with urllib.request.urlopen(MOVIELENS_URL, timeout=30) as response:
             archive = zipfile.ZipFile(io.BytesIO(response.read()))
-    except (OSError, http.client.HTTPException, zipfile.BadZipFile) as exc:  # a cut-short body is no zip
+            files = {
+                Path(m).name: archive.read(m) for m in archive.namelist() if m.endswith((".csv", ".txt"))
+            }
+    except (
+        OSError,
+        http.client.HTTPException,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:  # cut short or damaged
         raise DataFormatError(
             target,
             f"MovieLens latest-small is not here and could not be downloaded ({exc}). "
             f"Unzip {MOVIELENS_URL} into this folder, or set LSC4REC_DATA_DIR.",
         ) from None
-    members = [m for m in archive.namelist() if m.endswith((".csv", ".txt"))]
     try:
         target.mkdir(parents=True, exist_ok=True)
         # ratings.csv last: its presence is what says the download is complete (read_dataset)
-        for member in sorted(members, key=lambda m: Path(m).name == "ratings.csv"):
-            data = archive.read(member)
-            write_atomically(target / Path(member).name, lambda partial, data=data: partial.write_bytes(data))
+        for name in sorted(files, key=lambda n: n == "ratings.csv"):
+            write_atomically(target / name, lambda partial, data=files[name]: partial.write_bytes(data))
     except OSError as exc:
         raise DataFormatError(
             target, f"cannot hold the downloaded MovieLens files ({exc.strerror}). Set LSC4REC_DATA_DIR."

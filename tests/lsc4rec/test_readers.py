@@ -275,8 +275,17 @@ def test_movielens_is_downloaded_when_missing(tmp_path: Path, monkeypatch: pytes
     ]  # and no partial file beside them
 
 
-def test_a_cut_short_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _serve(monkeypatch, _movielens_zip()[:100])  # the connection dropped: not a zip archive
+def _damaged(archive: bytes) -> bytes:
+    """The archive with one byte of ratings.csv's data changed: its directory reads, its CRC check fails."""
+    at = archive.index(b"userId")
+    return archive[:at] + b"X" + archive[at + 1 :]
+
+
+@pytest.mark.parametrize("body", [_movielens_zip()[:100], _damaged(_movielens_zip())], ids=["cut", "damaged"])
+def test_a_bad_download_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    _serve(monkeypatch, body)
     with pytest.raises(DataFormatError, match="could not be downloaded"):
         read_dataset("ml-latest-small", tmp_path)
     assert not (tmp_path / "ml-latest-small" / "ratings.csv").exists()
