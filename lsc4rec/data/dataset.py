@@ -95,7 +95,6 @@ class SequenceDataset:
             "meta": np.array(json.dumps(self.meta)),
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, lambda partial: np.savez(partial, **arrays))
         except OSError as exc:
             raise DataFormatError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Let ``write`` fill a partial file beside ``path``, then rename it into place in one step.
+    """Let ``write`` fill a partial file beside ``path`` (its folder made first), then rename it into place.
 
     Several runs share the data cache: without this, one could read a file another is still writing, and a
     write cut short (a full disk, Ctrl-C) would leave a damaged file that every later run trips over. The
@@ -19,6 +19,7 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
         os.replace(partial, path)
     finally:

@@ -85,19 +85,13 @@ def _download_movielens(target: Path) -> None:
             files = {
                 Path(m).name: archive.read(m) for m in archive.namelist() if m.endswith((".csv", ".txt"))
             }
-    except (
-        OSError,
-        http.client.HTTPException,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as exc:  # cut short or damaged
+    except (OSError, http.client.HTTPException, zipfile.BadZipFile, zlib.error) as exc:  # cut short, damaged
         raise DataFormatError(
             target,
             f"MovieLens latest-small is not here and could not be downloaded ({exc}). "
             f"Unzip {MOVIELENS_URL} into this folder, or set LSC4REC_DATA_DIR.",
         ) from None
     try:
-        target.mkdir(parents=True, exist_ok=True)
         # ratings.csv last: its presence is what says the download is complete (read_dataset)
         for name in sorted(files, key=lambda n: n == "ratings.csv"):
             write_atomically(target / name, lambda partial, data=files[name]: partial.write_bytes(data))

@@ -246,13 +246,9 @@ def test_a_failed_save_leaves_the_earlier_file_whole(tmp_path: Path, monkeypatch
     assert [p.name for p in saved.parent.iterdir()] == ["d.npz"]
 
 
-class _Response(io.BytesIO):
-    """What ``urllib.request.urlopen`` hands back: a readable body that is also a context manager."""
-
-
 def _serve(monkeypatch: pytest.MonkeyPatch, body: bytes) -> None:
     """Answer the MovieLens download with ``body``: no test reaches the network."""
-    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: _Response(body))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(body))
 
 
 def _movielens_zip() -> bytes:
