@@ -31,7 +31,7 @@ def check_files(folder: str | Path) -> Path:
     """``folder`` as a Path once it holds every file a checkpoint needs; else a ConfigError naming the missing ones."""
     folder = Path(folder)
     if folder.is_dir():
-        needed = ("config.json", TEMPLATE_FILE, ITEM_MAP_FILE, RUN_CONFIG_FILE)
+        needed = ("config.json", "tokenizer.json", TEMPLATE_FILE, ITEM_MAP_FILE, RUN_CONFIG_FILE)
         missing = [name for name in needed if not (folder / name).is_file()]
         if not any((folder / name).is_file() for name in WEIGHT_FILES):
             missing.append(WEIGHT_FILES[0])

@@ -25,7 +25,9 @@ def copied_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", ITEM_MAP_FILE, "config.json", "lsc4rec_config.json"])
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", ITEM_MAP_FILE, "config.json", "tokenizer.json", "lsc4rec_config.json"]
+)
 def test_a_missing_file_is_named(copied_checkpoint: Path, name: str) -> None:
     (copied_checkpoint / name).unlink()
     with pytest.raises(ConfigError, match=rf"--checkpoint: must be a folder written by .* without {name}"):
