@@ -3,8 +3,10 @@
 ``POST /v1/candidates`` takes a :class:`~lsc4rec.protocol.CandidateRequest` and answers a
 :class:`~lsc4rec.protocol.CandidateResponse`; ``GET /healthz``; ``GET /metrics`` (Prometheus text). Every error
 is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
-:data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, schema or item-id
-violations 422, engine failure 503.
+:data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, no Content-Length
+411, a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared JSON 415, schema or
+item-id violations 422, engine failure 503. The size is judged from Content-Length before the body is read, so
+an oversized request costs the service no memory (which is why a body without a length is refused).
 Client input never gets a 500.
 """
 
@@ -17,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_cloud.engines import CandidateEngine, EngineError
 from llm_cloud.prometheus import ServiceMetrics
 from lsc4rec.errors import ProtocolError
-from lsc4rec.protocol import CandidateList, CandidateRequest, CandidateResponse
+from lsc4rec.protocol import MAX_BODY_BYTES, CandidateList, CandidateRequest, CandidateResponse
 
 CANDIDATES_PATH = "/v1/candidates"
 STATUS = {
@@ -30,6 +33,9 @@ STATUS = {
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "length_required": 411,
+    "too_large": 413,
+    "not_json": 415,
     "invalid_request": 422,
     "engine": 503,
 }
@@ -62,6 +68,8 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
                 "must be 'Bearer <api key>' with the service's key. "
                 "Pass the key the service was started with.",
             )
+        elif request.method == "POST" and (refusal := _refuse_body(request.headers)):
+            response = error(request, *refusal)
         else:
             response = await call_next(request)
         metrics.observe(response.status_code, time.perf_counter() - started)
@@ -75,6 +83,8 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
             return error(
                 request, "invalid_json", "body", f"must be valid JSON, got a parse error ({first['msg']})."
             )
+        if first["type"] == "value_error":  # our own validators' messages already say what they got
+            return error(request, "invalid_request", field, str(first["ctx"]["error"]))
         return error(request, "invalid_request", field, f"{first['msg']} (got {_short(first.get('input'))}).")
 
     @app.exception_handler(StarletteHTTPException)
@@ -121,6 +131,23 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
         return metrics.render()
 
     return app
+
+
+def _refuse_body(headers: Headers) -> tuple[str, str, str] | None:
+    """Why a candidate request's body is not read at all, as (kind, field, message); None when it may be."""
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return "not_json", "Content-Type", f"must be application/json, got {media_type or 'none'}."
+    length = headers.get("content-length")
+    if length is None or not length.isdigit():
+        return "length_required", "Content-Length", "must be sent: the service bounds a body's size by it."
+    if int(length) > MAX_BODY_BYTES:
+        return (
+            "too_large",
+            "body",
+            f"must be at most {MAX_BODY_BYTES} bytes, got {length}. Split the batch into smaller requests.",
+        )
+    return None
 
 
 def _check_items(rows: list[list[int]], name: str, num_items: int) -> None:

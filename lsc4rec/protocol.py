@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 MAX_BATCH = 512  # histories per request; larger batches must be split by the client
 MAX_HISTORY = 512  # items per history and per exclusion list (devices send their newest items)
 MAX_K = 200  # longest candidate list the cloud returns
+# Bytes in one request body. The largest valid request (MAX_BATCH histories and exclusion lists of MAX_HISTORY
+# seven-digit ids) is about 5 MB of compact JSON; the bound lets the service refuse a larger body from its
+# Content-Length alone, before reading it into memory.
+MAX_BODY_BYTES = 16 * 2**20
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
 API_KEY_ENV = "LSC4REC_API_KEY"
@@ -33,14 +37,18 @@ class CandidateRequest(BaseModel):
     k: StrictInt = Field(ge=1, le=MAX_K)
     exclude: list[Annotated[list[ItemId], Field(max_length=MAX_HISTORY)]] | None = None
 
-    @model_validator(mode="after")
-    def _exclude_matches_histories(self) -> CandidateRequest:
-        if self.exclude is not None and len(self.exclude) != len(self.histories):
+    @field_validator("exclude")
+    @classmethod
+    def _exclude_matches_histories(
+        cls, exclude: list[list[int]] | None, info: ValidationInfo
+    ) -> list[list[int]] | None:
+        histories = info.data.get("histories")  # absent when histories itself failed: that error is reported
+        if exclude is not None and histories is not None and len(exclude) != len(histories):
             raise ValueError(
-                f"exclude must hold one list per history ({len(self.histories)}), "
-                f"got {len(self.exclude)}. Send one (possibly empty) list per history or omit it."
+                f"must hold one list per history ({len(histories)}), got {len(exclude)}. "
+                "Send one (possibly empty) list per history or omit it."
             )
-        return self
+        return exclude
 
 
 class CandidateList(BaseModel):

@@ -1,12 +1,23 @@
+import http.client
+import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
-from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K, CandidateResponse
+from lsc4rec.protocol import (
+    MAX_BATCH,
+    MAX_BODY_BYTES,
+    MAX_HISTORY,
+    MAX_K,
+    CandidateRequest,
+    CandidateResponse,
+)
 from tests.conftest import NUM_ITEMS, answering_server
 from tests.llm_cloud.conftest import API_KEY
 
@@ -35,7 +46,7 @@ def test_service_happy_path_returns_the_models_lists(service_url, tiny_checkpoin
         ({"histories": [[0]], "k": 5}, "histories.0.0"),
         ({"histories": [[-3]], "k": 5}, "histories.0.0"),
         ({"histories": [[1]], "k": 5, "exclude": [[NUM_ITEMS + 7]]}, "exclude.0.0"),
-        ({"histories": [[1]], "k": 5, "exclude": [[], []]}, "body"),
+        ({"histories": [[1]], "k": 5, "exclude": [[], []]}, "exclude"),
         ({"histories": [[]], "k": 5}, "histories.0"),
         ({"histories": [], "k": 5}, "histories"),
         ({"histories": [[1]], "k": 0}, "k"),
@@ -64,6 +75,59 @@ def test_service_malformed_json_is_400(service_url) -> None:
     )
     assert reply.status_code == 400
     assert reply.json()["error"]["field"] == "body"
+
+
+def test_service_names_a_mismatched_exclude_without_echoing_the_request(service_url) -> None:
+    reply = post(service_url, {"histories": [[1]], "k": 5, "exclude": [[2], [3]]})
+    message = reply.json()["error"]["message"]
+    assert message.startswith("must hold one list per history (1), got 2.") and "Value error" not in message
+
+
+def test_the_largest_valid_request_fits_the_body_bound() -> None:
+    widest_id = 10**7 - 1  # seven digits: more items than any catalogue here
+    rows = [[widest_id] * MAX_HISTORY] * MAX_BATCH
+    body = CandidateRequest(histories=rows, k=MAX_K, exclude=rows).model_dump_json()
+    assert len(body.encode()) <= MAX_BODY_BYTES
+
+
+JSON_BODY = b'{"histories": [[1]], "k": 3}'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content", "status", "field"),
+    [
+        ("text/plain", JSON_BODY, 415, "Content-Type"),
+        (None, JSON_BODY, 415, "Content-Type"),
+        ("application/json", iter([JSON_BODY[:10], JSON_BODY[10:]]), 411, "Content-Length"),  # chunked
+    ],
+)
+def test_service_refuses_a_body_not_declared_json_or_of_unknown_length(
+    service_url, content_type, content, status, field
+) -> None:
+    with httpx.Client(timeout=10) as client:
+        request = client.build_request("POST", f"{service_url}/v1/candidates", headers=AUTH, content=content)
+        if content_type is not None:
+            request.headers["Content-Type"] = content_type
+        reply = client.send(request)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["field"] == field
+
+
+def test_service_refuses_an_oversized_body_before_it_arrives(service_url) -> None:
+    """Only the headers are sent: the service answers 413 from Content-Length without waiting for the body."""
+    host, port = urlsplit(service_url).hostname, urlsplit(service_url).port
+    head = (
+        f"POST /v1/candidates HTTP/1.1\r\nHost: {host}\r\nAuthorization: {AUTH['Authorization']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        body = reply.read()
+    assert reply.status == 413, body
+    error = json.loads(body)["error"]
+    assert error["field"] == "body" and f"at most {MAX_BODY_BYTES} bytes" in error["message"]
 
 
 @pytest.mark.parametrize(
