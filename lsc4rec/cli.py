@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -179,8 +177,6 @@ def _mount_llm() -> None:
 def main() -> None:
     """Entry point: run the command; an ``LSC4RecError`` is one line on stderr and exit status 2."""
     _mount_llm()
-    # SIGTERM (a timeout, a stopped job) unwinds like Ctrl-C, so servers started in `with` blocks are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_main(app, lambda: _state["debug"])
 
 

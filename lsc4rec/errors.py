@@ -6,6 +6,7 @@ Messages follow one form: "<field> must be <rule>, got <value>. <what to do>."
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,10 @@ def run_main(main: Callable[[], object], show_traceback: Callable[[], bool] = la
 
     Every entry point (the ``lsc4rec`` command, the benchmark scripts) ends here, so a user never sees a
     traceback for input the project checks; ``show_traceback`` (``lsc4rec --debug``) lets it through.
+    SIGTERM (``timeout``, a stopped job) unwinds like Ctrl-C: Python's default would end the process without
+    running ``finally`` blocks, leaving the servers it started in their own sessions running.
     """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main()
     except LSC4RecError as exc:

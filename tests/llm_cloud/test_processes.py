@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,3 +91,35 @@ def test_stop_reaches_workers_whose_leader_has_exited(tmp_path: Path) -> None:
     server.stop()
     assert _wait_gone(worker)
     server.stop()  # stopping twice is harmless
+
+
+def test_sigterm_to_an_entry_point_stops_the_servers_it_started(tmp_path: Path) -> None:
+    """``timeout`` or a stopped job sends SIGTERM; every entry point (``run_main``) must unwind and stop its servers.
+
+    Python's default SIGTERM ends the process without running ``finally``, and a server in its own session would
+    outlive it (a benchmark killed by ``timeout`` used to leave its candidate service running).
+    """
+    pid_file = tmp_path / "pid"
+    port = free_port()
+    entry_point = f"""
+import sys, time
+from llm_cloud.processes import spawn_server
+from lsc4rec.errors import run_main
+
+def main():
+    command = [sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+    with spawn_server(command, "http://127.0.0.1:{port}", "/", {str(tmp_path / "log")!r}) as server:
+        open({str(pid_file)!r}, "w").write(str(server.process.pid))
+        time.sleep(120)
+
+run_main(main)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", entry_point], cwd=processes.REPO_ROOT)
+    server = _pid_from(pid_file)
+    try:
+        parent.terminate()
+        assert parent.wait(30) == 143
+        assert _wait_gone(server)
+    finally:  # a failing run must not leave the server behind either
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server, signal.SIGKILL)
