@@ -134,6 +134,15 @@ def serve(
 
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     candidate_engine = make_engine(engine, checkpoint, vllm_url)
+    if problem := candidate_engine.serving_problem():
+        typer.echo(
+            f"warning: {problem}. Candidate requests get 503 until it serves this checkpoint "
+            "(`lsc4rec llm vllm-serve --checkpoint CKPT` starts one that does).",
+            err=True,
+        )
+    typer.echo(
+        f"serving {checkpoint.name} ({engine} engine) on http://{host}:{port}; Ctrl-C stops it", err=True
+    )
     try:
         uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning")
     finally:

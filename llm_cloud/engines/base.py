@@ -35,5 +35,13 @@ class CandidateEngine(ABC):
         Scores are log-probabilities renormalised over the item tokens. Raises :class:`EngineError`.
         """
 
+    def serving_problem(self) -> str | None:
+        """Why the engine cannot answer yet, or None when it can (asked once when the service starts).
+
+        An in-process engine that loaded can always answer; a remote one may still be loading, or serve another
+        model, which would otherwise show only as 503s on the first requests.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - engines without resources need not override it
         """Release what the engine holds (connections, threads)."""

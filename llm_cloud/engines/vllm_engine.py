@@ -78,6 +78,19 @@ class VLLMEngine(CandidateEngine):
             **self._restriction,
         }
 
+    def serving_problem(self) -> str | None:
+        """None once the server lists this checkpoint among its models (vLLM's ``GET /v1/models``)."""
+        where = f"vLLM at {self._client.base_url}"
+        try:
+            reply = self._client.get("/v1/models", timeout=5.0)
+            reply.raise_for_status()
+            served = [model["id"] for model in reply.json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            return f"{where} does not answer GET /v1/models ({type(exc).__name__}: {exc})"
+        if self.model_name not in served:
+            return f"{where} serves {served}, not {self.model_name}"
+        return None
+
     def _post(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             reply = self._client.post("/v1/completions", json=body)

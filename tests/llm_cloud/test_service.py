@@ -211,3 +211,4 @@ def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, pr
         reply = post(server.url, {"histories": [[1]], "k": 3}, headers={})
     assert reply.status_code == 503
     assert problem in reply.json()["error"]["message"]
+    assert "warning: vLLM at" in (tmp_path / "service.log").read_text()  # said at start, before any request

@@ -42,6 +42,8 @@ def test_service_on_vllm_returns_the_transformers_lists(checkpoint_fixture: str,
                 json={"histories": histories, "k": 10, "exclude": exclude},
             )
     assert reply.status_code == 200, reply.text
+    # the service found vLLM serving this checkpoint when it started
+    assert "warning: vLLM at" not in (tmp_path / "service.log").read_text()
     for got, (items, scores) in zip(reply.json()["lists"], expected, strict=True):
         assert got["items"] == items
         np.testing.assert_allclose(got["scores"], scores, atol=1e-4)
