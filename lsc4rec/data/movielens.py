@@ -28,7 +28,7 @@ def read_movielens(folder: str | Path) -> Interactions:
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header[:4]) != RATINGS_COLUMNS:
             raise DataFormatError(
-                ratings, f"header must start with {','.join(RATINGS_COLUMNS)}, got {header}.", 1
+                ratings, f"header must start with {','.join(RATINGS_COLUMNS)}, got {header or 'nothing'}.", 1
             )
         for line, row in enumerate(reader, start=2):
             if not row:
@@ -58,5 +58,7 @@ def _read_titles(folder: Path) -> dict[str, str]:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["movieId", "title"]:
-            raise DataFormatError(movies, f"header must start with movieId,title, got {header}.", 1)
+            raise DataFormatError(
+                movies, f"header must start with movieId,title, got {header or 'nothing'}.", 1
+            )
         return {row[0].strip(): row[1].strip() for row in reader if len(row) >= 2}

@@ -31,6 +31,7 @@ def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
     ("text", "match"),
     [
         ("user,item,rating,time\n1,2,3,4\n", "header must start with userId"),
+        ("", r"ratings.csv:1: header must start with userId,movieId,rating,timestamp, got nothing\."),
         (
             "userId,movieId,rating,timestamp\n1,abc,3,4\n",
             r"ratings.csv:2: userId and movieId must be non-negative integers",
