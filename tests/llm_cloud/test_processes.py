@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -121,5 +119,4 @@ run_main(main)
         assert parent.wait(30) == 143
         assert _wait_gone(server)
     finally:  # a failing run must not leave the server behind either
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server, signal.SIGKILL)
+        processes._signal_group(server, signal.SIGKILL)
