@@ -3,7 +3,8 @@
 #
 #   ./run_federation.sh [--dataset ml-latest-small|beauty|toys|PATH] [--srm sasrec|gru4rec|din] [--rounds R]
 #                       [--nodes N (0 = one user per node)] [--fraction F] [--lag L] [--k K] [--budget B]
-#                       [--seed S] [--out DIR] [--engine transformers|vllm] [--set key=value ...]
+#                       [--seed S] [--out DIR] [--engine transformers|vllm] [--runtime simulation|deployment]
+#                       [--set key=value ...]
 #
 # Bootstraps .venv on first use, prepares the data, trains the cloud LLM unless a checkpoint for the same data
 # and settings is cached, starts the candidate service, runs the Flower simulation (`flwr run`, one supernode
@@ -14,7 +15,7 @@ source "$(dirname "$0")/scripts/common.sh"
 for arg in "$@"; do
   if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
     [ -x "$VENV/bin/lsc4rec" ] && exec "$VENV/bin/lsc4rec" federate --help
-    sed -n '2,10p' "$0" | cut -c3-
+    sed -n '2,11p' "$0" | cut -c3-
     exit 0
   fi
 done

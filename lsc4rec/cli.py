@@ -134,18 +134,23 @@ def federate(
     engine: Annotated[
         str, typer.Option(help="transformers | vllm (vLLM runs in its own venv).")
     ] = "transformers",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="simulation | deployment (one flower-supernode process per node, as on edge boxes)."
+        ),
+    ] = "simulation",
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Run the whole federation: data, cloud LLM, candidate service, Flower simulation, report."""
+    """Run the whole federation: data, cloud LLM, candidate service, Flower, report."""
     from llm_cloud.engines import ENGINES
-    from server.launch import run_federation
+    from server.launch import RUNTIMES, run_federation
 
-    if engine not in ENGINES:
-        raise typer.BadParameter(
-            f"must be one of {'|'.join(ENGINES)}, got {engine!r}.", param_hint="--engine"
-        )
+    for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
+        if value not in choices:
+            raise typer.BadParameter(f"must be one of {'|'.join(choices)}, got {value!r}.", param_hint=option)
     named = {
         "data.dataset": dataset,
         "srm.model": srm,
@@ -160,7 +165,7 @@ def federate(
         "data.data_dir": data_dir,
     }
     # federation.run_dir with federation.resume=true continues that run; without a run_dir, a new folder
-    summary = run_federation(build_config(config, overrides, **named), engine)
+    summary = run_federation(build_config(config, overrides, **named), engine, runtime)
     console.print(summary.read_text())
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 

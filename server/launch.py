@@ -2,8 +2,9 @@
 
 What ``run_federation.sh`` runs: prepare the dataset; train the item-token LLM unless a checkpoint for the same
 data and settings is cached; start the candidate service (transformers engine, or vLLM in its own venv); start
-a simulation SuperLink and ``flwr run`` the app with one supernode per node; stop every process it started (by
-process group, in ``finally``); return the report's path.
+a SuperLink and ``flwr run`` the app with one supernode per node (Flower's simulation, or its deployment runtime
+with one ``flower-supernode`` process per node); stop every process it started (by process group, in
+``finally``); return the report's path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port, spawn_server, start_service
@@ -28,7 +29,9 @@ from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.runs import make_run_dir, output_path
 from server.checkpoint import complete_checkpoints
 
-FEDERATION = "lsc4rec-sim"
+FEDERATION = "lsc4rec-local"
+RUNTIMES = ("simulation", "deployment")
+MAX_LOCAL_SUPERNODES = 16  # each one is a few processes and a few hundred MB
 
 
 def llm_checkpoint(cfg: RunConfig) -> Path:
@@ -78,26 +81,25 @@ def candidate_service(
 
 
 @contextmanager
-def simulation_superlink(run_dir: Path) -> Iterator[dict[str, str]]:
-    """A SuperLink in simulation mode with its own FLWR_HOME; yields the environment for ``flwr run``."""
+def superlink(run_dir: Path, runtime: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A SuperLink on 127.0.0.1 with its own FLWR_HOME; yields its address and the environment for ``flwr run``.
+
+    ``runtime`` is ``simulation`` (the SuperLink runs the nodes itself) or ``deployment`` (nodes connect to it
+    as ``flower-supernode`` processes, as edge boxes do).
+    """
     home = run_dir / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()  # one HTTP port serves the Control, Fleet and runtime APIs
+    address = f"127.0.0.1:{port}"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "127.0.0.1:{port}"\n'
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\n'
         "insecure = true\n"
     )
-    bin_dir = str(Path(sys.executable).parent)  # the SuperLink spawns flower-superexec from PATH
-    env = {
-        "FLWR_HOME": str(home),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = {"FLWR_HOME": str(home), **_flower_env()}
     command = [
-        str(Path(bin_dir) / "flower-superlink"),
+        _flower_bin("flower-superlink"),
         "--insecure",
-        "--simulation",
+        *(["--simulation"] if runtime == "simulation" else []),
         "--disable-runtime-dependency-installation",
         "--host",
         "127.0.0.1",
@@ -106,8 +108,51 @@ def simulation_superlink(run_dir: Path) -> Iterator[dict[str, str]]:
         "--database",
         str(home / "state.db"),
     ]
-    with spawn_server(command, f"http://127.0.0.1:{port}", "/health", run_dir / "superlink.log", env, 120.0):
-        yield env
+    with spawn_server(command, f"http://{address}", "/health", run_dir / "superlink.log", env, 120.0):
+        yield address, env
+
+
+@contextmanager
+def supernodes(address: str, nodes: int, run_dir: Path) -> Iterator[None]:
+    """One ``flower-supernode`` per node on this machine, each as an edge box would start it (README).
+
+    Each gets its own FLWR_HOME and log, and its partition from ``--node-config``; each is its own process
+    group (it starts a ``flower-superexec`` child), stopped on exit.
+    """
+    with ExitStack() as stack:
+        for partition in range(nodes):
+            home = run_dir / "flwr-home" / f"supernode-{partition}"
+            home.mkdir(parents=True, exist_ok=True)
+            port = free_port()
+            command = [
+                _flower_bin("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                address,
+                "--port",
+                str(port),
+                "--node-config",
+                f"partition-id={partition} num-partitions={nodes}",
+            ]
+            log = run_dir / f"supernode-{partition}.log"
+            env = {"FLWR_HOME": str(home), **_flower_env()}
+            stack.enter_context(spawn_server(command, f"http://127.0.0.1:{port}", "/health", log, env, 120.0))
+        yield
+
+
+def _flower_bin(program: str) -> str:
+    """A Flower program of this interpreter's environment."""
+    return str(Path(sys.executable).parent / program)
+
+
+def _flower_env() -> dict[str, str]:
+    """What Flower's processes need: this repository importable, and ``flower-superexec`` on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def run_folder(cfg: RunConfig) -> Path:
@@ -154,8 +199,11 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         )
 
 
-def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:
+def run_federation(cfg: RunConfig, engine: str = "transformers", runtime: str = "simulation") -> Path:
     """Run the whole pipeline of the module docstring; return ``summary.md`` (in the run folder).
+
+    ``runtime="deployment"`` runs the nodes as ``flower-supernode`` processes connected to a deployment
+    SuperLink, the commands edge boxes run (README), here all on 127.0.0.1.
 
     Everything that can be checked without training is checked first (the data, the lag it must hold, the run
     folder), so that bad settings end in one line before minutes of LLM training, and leave no empty folder.
@@ -165,11 +213,18 @@ def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:
     split.check_trainable("SRM")
     split.check_trainable("LLM")
     nodes = fleet_size(cfg.federation.num_nodes, dataset.num_users)
+    if runtime == "deployment" and nodes > MAX_LOCAL_SUPERNODES:
+        raise ConfigError(
+            "federation.num_nodes",
+            f"with --runtime deployment each node is a flower-supernode process on this machine: at most "
+            f"{MAX_LOCAL_SUPERNODES}, got {nodes} (0 means one per user). Pass --nodes N, or use the simulation.",
+        )
     run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)
     with (
         candidate_service(cfg, checkpoint, engine, run_dir) as service,
-        simulation_superlink(run_dir) as env,
+        superlink(run_dir, runtime) as (address, env),
+        supernodes(address, nodes, run_dir) if runtime == "deployment" else nullcontext(),
     ):
         cfg = cfg.override(
             [f"federation.service_url={service.url}", f"federation.run_dir={run_dir.resolve()}"]
@@ -177,20 +232,13 @@ def run_federation(cfg: RunConfig, engine: str = "transformers") -> Path:
         run_config = run_dir / "run_config.toml"
         run_config.write_text(_toml(cfg.to_flat()))
         print(
-            f"==> federation: {nodes} supernodes, {cfg.federation.rounds} rounds (Flower simulation)",
+            f"==> federation: {nodes} supernodes, {cfg.federation.rounds} rounds (Flower {runtime})",
             flush=True,
         )
-        command = [
-            str(Path(sys.executable).parent / "flwr"),
-            "run",
-            str(REPO_ROOT),
-            FEDERATION,
-            "--stream",
-            "--run-config",
-            str(run_config),
-            "--federation-config",
-            f"num-supernodes={nodes} client-resources-num-cpus=1",
-        ]
+        command = [_flower_bin("flwr"), "run", str(REPO_ROOT), FEDERATION, "--stream"]
+        command += ["--run-config", str(run_config)]
+        if runtime == "simulation":
+            command += ["--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1"]
         finished = subprocess.run(command, env={**os.environ, **env}, check=False)
         if finished.returncode != 0:
             raise LSC4RecError(

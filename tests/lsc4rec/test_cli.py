@@ -66,6 +66,7 @@ def test_cli_out_of_range_options_are_usage_errors() -> None:
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--k", "0"], "'--k'"),
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
         (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
+        (["federate", "--runtime", "cluster"], "--runtime"),
     ):
         done = lsc4rec(*args)
         assert done.returncode == 2 and "Invalid value for" in done.stderr and option in done.stderr

@@ -63,6 +63,16 @@ def test_a_lag_the_data_cannot_hold_fails_before_any_folder(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_deployment_too_large_for_one_machine_fails_before_any_folder(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """One user per node is 24 supernode processes here, above the bound: refused before training or folders."""
+    cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}", "federation.num_nodes=0"])
+    with pytest.raises(ConfigError, match=r"federation\.num_nodes: .* at most 16, got 24"):
+        run_federation(cfg, runtime="deployment")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_checkpoint_from_other_data_is_refused_before_the_service_starts(
     federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -1,0 +1,83 @@
+"""Real Flower runs end to end: SuperLink, `flwr run`, supernodes (Ray's, or flower-supernode processes), the
+real service; and afterwards, none of the processes the launcher started is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lsc4rec.config import RunConfig
+from lsc4rec.protocol import API_KEY_ENV
+from server.launch import run_federation
+from server.report import ROUNDS_FILE
+
+
+def processes_using(folder: Path) -> list[int]:
+    """Ids of this user's processes whose environment names ``folder`` (every Flower process of a run has its
+    FLWR_HOME there, including the ones Flower starts in sessions of their own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if str(folder).encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # another user's process, or one that has just exited
+                continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("runtime", "nodes", "rounds"),
+    # a deployment node starts a process per message (about 7 s here), so that run is kept smaller
+    [("simulation", 3, 2), ("deployment", 2, 1)],
+)
+def test_flwr_run_writes_report_and_stops_its_processes(
+    federation_config: RunConfig,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    nodes: int,
+    rounds: int,
+) -> None:
+    run_dir = tmp_path / "run"
+    # the service then refuses (401) requests without the key, which fails the node's message: every user in
+    # the report, and no fallback, shows that each node process Flower started was given the key
+    monkeypatch.setenv(API_KEY_ENV, "a-key-the-nodes-must-carry")
+    cfg = federation_config.override(
+        [
+            f"federation.num_nodes={nodes}",
+            f"federation.rounds={rounds}",
+            "llm.epochs=2",
+            "federation.fraction_train=1.0",
+            "federation.keep_optimizer=true",  # node state carries an ArrayRecord between rounds in Flower
+            f"federation.run_dir={run_dir}",
+        ]
+    )
+    summary = run_federation(cfg, runtime=runtime)
+    assert summary == run_dir / "summary.md"
+    assert "| fused | stale |" in summary.read_text()
+    # the ServerApp's log (streamed by `flwr run`): every supernode answered the partition query
+    assert f"fleet: {nodes} of {nodes} nodes told their partition id" in capfd.readouterr().out
+    history = [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines()]
+    assert [r["round"] for r in history] == list(range(1, rounds + 1))
+    assert all(r["train-cloud-fallbacks"] == r["cloud-fallbacks"] == 0 for r in history)
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["users"] == 24 and final["cloud fallbacks (final evaluation)"] == 0
+    if runtime == "deployment":  # each node was a supernode of its own, with its own log
+        logs = sorted(p.name for p in run_dir.glob("supernode-*.log"))
+        assert logs == [f"supernode-{i}.log" for i in range(nodes)]
+    # every process the launcher started is gone: neither the SuperLink nor the candidate service answers
+    config = (run_dir / "flwr-home" / "config.toml").read_text()
+    address = config.split('address = "')[1].split('"')[0]
+    run_config = tomllib.loads((run_dir / "run_config.toml").read_text())
+    for health in (f"http://{address}/health", f"{run_config['federation.service_url']}/healthz"):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(health, timeout=2.0)
+    assert processes_using(run_dir / "flwr-home") == []
