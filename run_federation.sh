@@ -7,8 +7,9 @@
 #                       [--set key=value ...]
 #
 # Bootstraps .venv on first use, prepares the data, trains the cloud LLM unless a checkpoint for the same data
-# and settings is cached, starts the candidate service, runs the Flower simulation (`flwr run`, one supernode
-# per node), stops every process it started and prints the report. See `lsc4rec federate --help`.
+# and settings is cached, starts the candidate service, runs the federation (`flwr run`, one supernode per node,
+# simulated or, with --runtime deployment, as processes), stops every process it started and prints the report.
+# See `lsc4rec federate --help`.
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 # Help never installs anything: the full option list when .venv exists, else this file's usage lines.

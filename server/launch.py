@@ -140,18 +140,17 @@ def supernodes(address: str, nodes: int, run_dir: Path) -> Iterator[None]:
         yield
 
 
-def _flower_bin(program: str) -> str:
-    """A Flower program of this interpreter's environment."""
+def _flower_bin(program: str = "") -> str:
+    """A Flower program of this interpreter's environment (its folder when no program is named)."""
     return str(Path(sys.executable).parent / program)
 
 
 def _flower_env() -> dict[str, str]:
     """What Flower's processes need: this repository importable, and ``flower-superexec`` on PATH."""
-    bin_dir = str(Path(sys.executable).parent)
     return {
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{_flower_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
     }
 
 
