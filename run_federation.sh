@@ -16,7 +16,7 @@ source "$(dirname "$0")/scripts/common.sh"
 for arg in "$@"; do
   if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
     [ -x "$VENV/bin/lsc4rec" ] && exec "$VENV/bin/lsc4rec" federate --help
-    sed -n '2,11p' "$0" | cut -c3-
+    sed -n '2,12p' "$0" | cut -c3-
     exit 0
   fi
 done
