@@ -19,7 +19,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port, spawn_server, start_service
+from llm_cloud.processes import (
+    REPO_ROOT,
+    ManagedServer,
+    free_port,
+    spawn_server,
+    start_service,
+    stop_processes_with_env,
+)
 from lsc4rec.config import RunConfig
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare, prepared_name
@@ -108,8 +115,11 @@ def superlink(run_dir: Path, runtime: str) -> Iterator[tuple[str, dict[str, str]
         "--database",
         str(home / "state.db"),
     ]
-    with spawn_server(command, f"http://{address}", "/health", run_dir / "superlink.log", env, 120.0):
-        yield address, env
+    try:
+        with spawn_server(command, f"http://{address}", "/health", run_dir / "superlink.log", env, 120.0):
+            yield address, env
+    finally:  # what Flower started in sessions of its own (the SuperLink's flower-superexec)
+        stop_processes_with_env("FLWR_HOME", str(home))
 
 
 @contextmanager

@@ -120,3 +120,27 @@ run_main(main)
         assert _wait_gone(server)
     finally:  # a failing run must not leave the server behind either
         processes._signal_group(server, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc (Linux)")
+def test_processes_started_outside_the_group_are_found_and_stopped_by_their_environment(
+    tmp_path: Path,
+) -> None:
+    """As Flower's SuperLink detaches flower-superexec: a process in a session of its own, found by its env."""
+    home = tmp_path / "flwr-home"
+    other = subprocess.Popen(
+        ["sleep", "120"], env={"FLWR_HOME": f"{tmp_path}/elsewhere"}, start_new_session=True
+    )
+    detached = subprocess.Popen(
+        ["sleep", "120"], env={"FLWR_HOME": str(home / "supernode-0")}, start_new_session=True
+    )
+    try:
+        assert processes.processes_with_env("FLWR_HOME", str(home)) == [detached.pid]
+        processes.stop_processes_with_env("FLWR_HOME", str(home), grace_s=5.0)
+        assert detached.wait(5) == -signal.SIGTERM
+        assert processes.processes_with_env("FLWR_HOME", str(home)) == []
+        assert other.poll() is None  # another run's process is left alone
+    finally:
+        for process in (other, detached):
+            process.kill()
+            process.wait()

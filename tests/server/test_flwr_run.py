@@ -4,31 +4,17 @@ real service; and afterwards, none of the processes the launcher started is left
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 
+from llm_cloud.processes import processes_with_env
 from lsc4rec.config import RunConfig
 from lsc4rec.protocol import API_KEY_ENV
 from server.launch import run_federation
 from server.report import ROUNDS_FILE
-
-
-def processes_using(folder: Path) -> list[int]:
-    """Ids of this user's processes whose environment names ``folder`` (every Flower process of a run has its
-    FLWR_HOME there, including the ones Flower starts in sessions of their own)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if str(folder).encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:  # another user's process, or one that has just exited
-                continue
-    return found
 
 
 @pytest.mark.slow
@@ -80,4 +66,5 @@ def test_flwr_run_writes_report_and_stops_its_processes(
     for health in (f"http://{address}/health", f"{run_config['federation.service_url']}/healthz"):
         with pytest.raises(httpx.HTTPError):
             httpx.get(health, timeout=2.0)
-    assert processes_using(run_dir / "flwr-home") == []
+    # nor any process carrying the run's FLWR_HOME (Flower starts some in sessions of their own)
+    assert processes_with_env("FLWR_HOME", str(run_dir / "flwr-home")) == []
