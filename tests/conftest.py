@@ -41,12 +41,17 @@ def data_root() -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep prepared datasets and Flower state of tests out of the user's cache and home."""
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep prepared datasets and Flower state of tests out of the user's cache and home.
+
+    Session-scoped, so that it is in place before the session fixtures that prepare data and train checkpoints.
+    """
     base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "cache"))
-    monkeypatch.setenv("FLWR_HOME", str(base / "flwr-home"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        patch.setenv("FLWR_HOME", str(base / "flwr-home"))
+        yield
 
 
 def make_dataset(sequences: list[list[int]], num_items: int | None = None) -> SequenceDataset:
