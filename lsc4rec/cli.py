@@ -45,10 +45,14 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(message)s")
 
 
+def override_pairs(overrides: list[str] | None, **flat: object) -> list[str]:
+    """``--set`` pairs, then the named options that were given, as ``key=value`` strings."""
+    return list(overrides or []) + [f"{key}={value}" for key, value in flat.items() if value is not None]
+
+
 def build_config(config: Path | None, overrides: list[str] | None, **flat: object) -> RunConfig:
     """The effective config: file, then ``--set`` pairs, then the named options that were given."""
-    pairs = list(overrides or []) + [f"{key}={value}" for key, value in flat.items() if value is not None]
-    return load_config(config, pairs)
+    return load_config(config, override_pairs(overrides, **flat))
 
 
 @data_app.command("prepare")
@@ -140,13 +144,20 @@ def federate(
             help="simulation | deployment (one flower-supernode process per node, as on edge boxes)."
         ),
     ] = "simulation",
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this folder from its newest checkpoint, with the settings it started "
+            "with (other options and --set still apply, e.g. more --rounds)."
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Run the whole federation: data, cloud LLM, candidate service, Flower, report."""
     from llm_cloud.engines import ENGINES
-    from server.launch import RUNTIMES, run_federation
+    from server.launch import RUNTIMES, resume_config, run_federation
 
     for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
         if value not in choices:
@@ -164,8 +175,15 @@ def federate(
         "out_dir": out,
         "data.data_dir": data_dir,
     }
-    # federation.run_dir with federation.resume=true continues that run; without a run_dir, a new folder
-    summary = run_federation(build_config(config, overrides, **named), engine, runtime)
+    if resume is None:
+        cfg = build_config(config, overrides, **named)
+    elif config is not None:
+        raise typer.BadParameter(
+            "a resumed run keeps its own settings; drop --config.", param_hint="--resume"
+        )
+    else:
+        cfg = resume_config(resume, override_pairs(overrides, **named))
+    summary = run_federation(cfg, engine, runtime)
     console.print(summary.read_text())
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 

@@ -191,6 +191,25 @@ def run_folder(cfg: RunConfig) -> Path:
     return output_path(given, "federation.run_dir", folder=True)
 
 
+def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The settings of the run in ``run_dir`` (its ``config.json``), then ``overrides``, set to resume it.
+
+    A resumed run must train the same model on the same data, so it starts from the settings it was started
+    with rather than from the defaults; overrides such as more rounds still apply (and are checked when the
+    run folder is chosen).
+    """
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(
+            "--resume",
+            f"must be a run folder written by run_federation.sh (it holds config.json), got {run_dir}. "
+            "Pass the folder the run printed, for example runs/federation-ml-latest-small-...",
+        )
+    return RunConfig.load(saved).override(
+        [*overrides, "federation.resume=true", f"federation.run_dir={run_dir}"]
+    )
+
+
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     """A resumed run must train the SRM its checkpoints hold, on the same data (its shapes and items)."""
     saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round

@@ -33,6 +33,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             ["llm", "evaluate", "--checkpoint", "/nonexistent/ckpt", "--data", "/nonexistent/data.npz"],
             "error: --checkpoint: must be a folder written by",
         ),
+        (["federate", "--resume", "/nonexistent/run"], "error: --resume: must be a run folder written by"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -67,6 +68,7 @@ def test_cli_out_of_range_options_are_usage_errors() -> None:
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
         (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
         (["federate", "--runtime", "cluster"], "--runtime"),
+        (["federate", "--resume", "runs/x", "--config", "c.toml"], "--resume"),
     ):
         done = lsc4rec(*args)
         assert done.returncode == 2 and "Invalid value for" in done.stderr and option in done.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import ConfigError
-from server.launch import candidate_service, run_federation, run_folder
+from server.launch import candidate_service, resume_config, run_federation, run_folder
 
 
 def _with_checkpoint(folder: Path) -> Path:
@@ -93,3 +93,17 @@ def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfi
             ConfigError, match=rf"federation\.resume: .* trained with {change.split('=')[0]}="
         ):
             run_folder(resumed.override([change]))
+
+
+def test_resume_config_starts_from_the_runs_own_settings(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """`--resume DIR` needs no repeat of the run's options: its config.json is the base, overrides on top."""
+    done = _with_checkpoint(tmp_path / "done")
+    federation_config.override(["srm.model=gru4rec", "federation.rounds=3"]).save(done / "config.json")
+    resumed = resume_config(done, ["federation.rounds=5"])
+    assert resumed.srm.model == "gru4rec" and resumed.data == federation_config.data
+    assert resumed.federation.rounds == 5 and resumed.federation.resume
+    assert run_folder(resumed) == done
+    with pytest.raises(ConfigError, match=r"--resume: must be a run folder written by run_federation\.sh"):
+        resume_config(tmp_path / "not-a-run", [])
