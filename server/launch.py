@@ -249,6 +249,31 @@ def run_federation(cfg: RunConfig, engine: str = "transformers", runtime: str = 
         )
     run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)
+    try:
+        _federate(cfg, checkpoint, engine, runtime, nodes, run_dir)
+    except KeyboardInterrupt:
+        raise LSC4RecError(
+            f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"
+        ) from None
+    summary = run_dir / "summary.md"
+    if not summary.exists():
+        raise LSC4RecError(
+            f"the federation ended without a report in {run_dir}; see {run_dir / 'superlink.log'}."
+            + resume_hint(run_dir)
+        )
+    return summary
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues a run which ended early, when it checkpointed a round ("" when none)."""
+    done = complete_checkpoints(run_dir)
+    if not done:
+        return ""
+    return f" Round {max(done)} is checkpointed: ./run_federation.sh --resume {run_dir} continues from there."
+
+
+def _federate(cfg: RunConfig, checkpoint: Path, engine: str, runtime: str, nodes: int, run_dir: Path) -> None:
+    """Start the cloud's service and Flower's processes, ``flwr run`` the app, and stop them all on the way out."""
     with (
         candidate_service(cfg, checkpoint, engine, run_dir) as service,
         superlink(run_dir, runtime) as (address, env),
@@ -271,14 +296,8 @@ def run_federation(cfg: RunConfig, engine: str = "transformers", runtime: str = 
         if finished.returncode != 0:
             raise LSC4RecError(
                 f"flwr run exited with code {finished.returncode}; see the log above and "
-                f"{run_dir / 'superlink.log'}."
+                f"{run_dir / 'superlink.log'}.{resume_hint(run_dir)}"
             )
-    summary = run_dir / "summary.md"
-    if not summary.exists():
-        raise LSC4RecError(
-            f"the federation ended without a report in {run_dir}; see {run_dir / 'superlink.log'}."
-        )
-    return summary
 
 
 def _toml(flat: dict[str, object]) -> str:

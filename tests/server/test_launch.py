@@ -9,7 +9,7 @@ import pytest
 
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import ConfigError
-from server.launch import candidate_service, resume_config, run_federation, run_folder
+from server.launch import candidate_service, resume_config, resume_hint, run_federation, run_folder
 
 
 def _with_checkpoint(folder: Path) -> Path:
@@ -107,3 +107,11 @@ def test_resume_config_starts_from_the_runs_own_settings(
     assert run_folder(resumed) == done
     with pytest.raises(ConfigError, match=r"--resume: must be a run folder written by run_federation\.sh"):
         resume_config(tmp_path / "not-a-run", [])
+
+
+def test_a_run_that_ends_early_names_the_command_that_continues_it(tmp_path: Path) -> None:
+    assert resume_hint(tmp_path) == ""  # nothing checkpointed: nothing to continue
+    done = _with_checkpoint(tmp_path / "run")
+    assert resume_hint(done) == (
+        f" Round 1 is checkpointed: ./run_federation.sh --resume {done} continues from there."
+    )
