@@ -157,12 +157,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def processes_with_env(name: str, prefix: str) -> list[int]:
-    """Ids of this user's other processes whose environment sets ``name`` to a value starting with ``prefix``."""
+def processes_with_env(name: str, folder: str) -> list[int]:
+    """Ids of this user's other processes whose environment sets ``name`` to ``folder`` or a path inside it."""
     proc = Path("/proc")
     if not proc.is_dir():  # not Linux: nothing to find this way
         return []
-    wanted = f"{name}={prefix}".encode()
+    exact, inside = f"{name}={folder}".encode(), f"{name}={folder.rstrip('/')}/".encode()
     found = []
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -171,12 +171,12 @@ def processes_with_env(name: str, prefix: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:  # another user's process, or one that has just exited
             continue
-        if any(var.startswith(wanted) for var in environ.split(b"\0")):
+        if any(var == exact or var.startswith(inside) for var in environ.split(b"\0")):
             found.append(int(entry.name))
     return found
 
 
-def stop_processes_with_env(name: str, prefix: str, grace_s: float = 10.0) -> None:
+def stop_processes_with_env(name: str, folder: str, grace_s: float = 10.0) -> None:
     """Stop what a server started outside its own process group, found by the environment it inherited.
 
     Flower's SuperLink starts ``flower-superexec`` in a session of its own, so stopping the SuperLink's group
@@ -184,11 +184,11 @@ def stop_processes_with_env(name: str, prefix: str, grace_s: float = 10.0) -> No
     is still there after ``grace_s`` (looked up again, so a reused process id is never signalled).
     """
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in processes_with_env(name, prefix):
+        for pid in processes_with_env(name, folder):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace_s
-        while processes_with_env(name, prefix) and time.monotonic() < deadline:
+        while processes_with_env(name, folder) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 

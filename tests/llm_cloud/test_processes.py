@@ -128,8 +128,8 @@ def test_processes_started_outside_the_group_are_found_and_stopped_by_their_envi
 ) -> None:
     """As Flower's SuperLink detaches flower-superexec: a process in a session of its own, found by its env."""
     home = tmp_path / "flwr-home"
-    other = subprocess.Popen(
-        ["sleep", "120"], env={"FLWR_HOME": f"{tmp_path}/elsewhere"}, start_new_session=True
+    other = subprocess.Popen(  # a sibling folder whose name only starts like the run's
+        ["sleep", "120"], env={"FLWR_HOME": f"{home}-other"}, start_new_session=True
     )
     detached = subprocess.Popen(
         ["sleep", "120"], env={"FLWR_HOME": str(home / "supernode-0")}, start_new_session=True
