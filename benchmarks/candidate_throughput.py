@@ -3,7 +3,8 @@
 One checkpoint, K = 50, histories of 50 random items, batch sizes 1, 32 and 256. For each setting: histories per
 second and p50/p95 latency of one HTTP call. "vllm direct" posts a prebuilt ``/v1/completions`` body straight to
 the vLLM server (what the service sends, built once outside the timed loop); the service's overhead at a batch
-size is its p50 latency over vLLM direct's, minus one.
+size is its p50 latency over vLLM direct's, minus one. It also reports how long vLLM took to become ready;
+``--eager`` starts it without torch.compile, to compare both.
 
     PYTHONPATH=. .venv/bin/python benchmarks/candidate_throughput.py --checkpoint CKPT --json FILE
 """
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument("--k", type=positive_int, default=50)
     parser.add_argument("--history", type=positive_int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per setting")
+    parser.add_argument(
+        "--eager", action="store_true", help="start vLLM without torch.compile (--enforce-eager)"
+    )
     parser.add_argument("--log-dir", type=Path, default=Path("runs/bench-throughput"))
     parser.add_argument("--json", type=Path)
     args = parse_args(parser)
@@ -110,24 +114,53 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pool = [rng.choice(template.num_items, args.history, replace=False) + 1 for _ in range(max(args.batches))]
     pool = [h.tolist() for h in pool]
+    started = time.perf_counter()
+    with start_vllm(args.checkpoint, free_port(), args.log_dir / "vllm.log", eager=args.eager) as vllm:
+        vllm_ready_s = time.perf_counter() - started
+        rows = _measure_all(args, vllm.url, pool)
+    direct = {r["batch"]: r["p50_ms"] for r in rows if r["setup"] == "vllm direct"}
+    for row in rows:
+        row["overhead_vs_vllm_direct"] = row["p50_ms"] / direct[row["batch"]] - 1.0
+    print(f"vLLM ({'eager' if args.eager else 'compiled'}) was ready {vllm_ready_s:.1f} s after it started")
+    print(f"{'setup':22} {'batch':>5} {'hist/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'vs direct':>9}")
+    for r in rows:
+        print(
+            f"{r['setup']:22} {r['batch']:>5} {r['histories_per_s']:>9.1f} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
+            f"{100 * r['overhead_vs_vllm_direct']:>8.1f}%"
+        )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "checkpoint": str(args.checkpoint),
+                "k": args.k,
+                "history": args.history,
+                "vllm_eager": args.eager,
+                "vllm_ready_s": vllm_ready_s,
+                "rows": rows,
+            },
+        )
+
+
+def _measure_all(args: argparse.Namespace, vllm_url: str, pool: list[list[int]]) -> list[dict]:
+    """Start the service on each engine next to the running vLLM, then time the three setups at each batch."""
     rows = []
     with (
-        start_vllm(args.checkpoint, free_port(), args.log_dir / "vllm.log") as vllm,
         start_service(
             ["--checkpoint", str(args.checkpoint), "--engine", "transformers"],
             free_port(),
             args.log_dir / "service-transformers.log",
         ) as on_transformers,
         start_service(
-            ["--checkpoint", str(args.checkpoint), "--engine", "vllm", "--vllm-url", vllm.url],
+            ["--checkpoint", str(args.checkpoint), "--engine", "vllm", "--vllm-url", vllm_url],
             free_port(),
             args.log_dir / "service-vllm.log",
         ) as on_vllm,
         httpx.Client(base_url=on_transformers.url, timeout=300) as transformers_client,
         httpx.Client(base_url=on_vllm.url, timeout=300) as service_client,
-        httpx.Client(base_url=vllm.url, timeout=300) as vllm_client,
+        httpx.Client(base_url=vllm_url, timeout=300) as vllm_client,
     ):
-        engine = VLLMEngine(args.checkpoint, vllm.url)
+        engine = VLLMEngine(args.checkpoint, vllm_url)
         for batch in args.batches:
             body = {"histories": pool[:batch], "k": args.k}
             rows += measure(
@@ -141,20 +174,7 @@ def main() -> None:
                 batch,
                 args.seconds,
             )
-    direct = {r["batch"]: r["p50_ms"] for r in rows if r["setup"] == "vllm direct"}
-    for row in rows:
-        row["overhead_vs_vllm_direct"] = row["p50_ms"] / direct[row["batch"]] - 1.0
-    print(f"{'setup':22} {'batch':>5} {'hist/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'vs direct':>9}")
-    for r in rows:
-        print(
-            f"{r['setup']:22} {r['batch']:>5} {r['histories_per_s']:>9.1f} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
-            f"{100 * r['overhead_vs_vllm_direct']:>8.1f}%"
-        )
-    if args.json:
-        write_json(
-            args.json,
-            {"checkpoint": str(args.checkpoint), "k": args.k, "history": args.history, "rows": rows},
-        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def start_vllm(
     item restriction, see :mod:`llm_cloud.engines.vllm_engine`), enough ``max_logprobs`` for K plus exclusions,
     and a context that holds the longest prompt of the template. The server's output goes to ``log_path``.
 
-    ``eager`` skips vLLM's torch.compile warm-up (``--enforce-eager``): on 2 CPU cores SmolLM2-135M is ready in
-    about 45 s instead of about 170 s, for about 12 % fewer histories/s at batch 256 (BENCHMARKS.md). Worth it for
+    ``eager`` skips vLLM's torch.compile warm-up (``--enforce-eager``). On 2 CPU cores the MovieLens default is
+    then ready in 30 s instead of 72 s, for 13 % fewer histories/s at batch 256 (BENCHMARKS.md). Worth it for
     short jobs; a long-running server keeps the default.
     """
     reason = vllm_unavailable_reason()
