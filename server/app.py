@@ -28,6 +28,7 @@ from lsc4rec.config import MEASURES, FederationConfig, RunConfig
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
+from lsc4rec.errors import LSC4RecError
 from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import StageOutcome, choice_budgets, choose_measure, signal_comparison
 from lsc4rec.runs import make_run_dir, seed_everything
@@ -112,7 +113,10 @@ def main(grid: Grid, context: Context) -> None:
                 timeout=3600,
                 evaluate_fn=_after_round(run_dir, recorded, strategy, start_round),
             )
-        arrays = result.arrays
+        if len(result.arrays):  # Flower leaves it empty when no round had a single update to aggregate
+            arrays = result.arrays
+        else:
+            log(WARNING, "no round aggregated an update; the final evaluation uses the starting model")
     final = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
@@ -275,13 +279,22 @@ def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, measure: str,
         )
         for node in grid.get_node_ids()
     ]
-    replies = [r for r in grid.send_and_receive(messages, timeout=3600) if not r.has_error()]
-    if len(replies) < len(messages):
+    answered = list(grid.send_and_receive(messages, timeout=3600))
+    replies = [r for r in answered if not r.has_error()]
+    failed = len(messages) - len(replies)
+    first = next((r.error.reason for r in answered if r.has_error()), "no reply before the timeout")
+    if not replies:
+        raise LSC4RecError(
+            f"final evaluation: all {len(messages)} nodes failed, so there is no report to write. The first "
+            f"failure: {first}. Fix that and resume the run from its last checkpoint."
+        )
+    if failed:
         log(
             WARNING,
-            "final evaluation: %d of %d nodes failed; the report covers the rest",
-            len(messages) - len(replies),
+            "final evaluation: %d of %d nodes failed (the first: %s); the report covers the rest",
+            failed,
             len(messages),
+            first,
         )
     return sum_metrics([r.content for r in replies])
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import Message
+from flwr.app import Message, MessageType
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
@@ -16,6 +16,8 @@ from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
+from lsc4rec.errors import LSC4RecError
+from lsc4rec.protocol import API_KEY_ENV
 from lsc4rec.scoring import evaluate_full
 from server.app import app as server_app
 from server.checkpoint import load_global_srm
@@ -175,3 +177,38 @@ def test_federation_survives_dead_service_and_crashed_node(
     assert final["cloud fallbacks (final evaluation)"] > 0
     assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
+
+
+def test_rounds_without_an_update_leave_the_starting_model(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every training reply fails: Flower's result then holds no weights, and the final evaluation still gets some."""
+
+    class TrainingFailsGrid(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            self.down = {
+                m.metadata.dst_node_id for m in messages if m.metadata.message_type == MessageType.TRAIN
+            }
+            return super().send_and_receive(messages, timeout=timeout)
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", TrainingFailsGrid)
+    run(federation_config, tmp_path, service, "federation.rounds=1")
+    assert "train-loss" not in rounds(tmp_path)[0]  # nothing was aggregated
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["users"] == 24  # every node evaluated the starting model
+
+
+def test_wrong_service_key_ends_with_the_nodes_reason(
+    federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service wants a key the nodes lack: every node fails, and the error says why instead of a KeyError."""
+    monkeypatch.setenv(API_KEY_ENV, "the-service-key")
+    server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
+    monkeypatch.delenv(API_KEY_ENV)
+    try:
+        with pytest.raises(LSC4RecError, match=r"all 4 nodes failed.*refused it \(401\)"):
+            run(federation_config, tmp_path, server.url, "federation.rounds=1")
+    finally:
+        server.stop()
+    assert not (tmp_path / "final.json").exists() and (tmp_path / "checkpoints").is_dir()
