@@ -117,7 +117,9 @@ class SequenceDataset:
                 )
         except FileNotFoundError:
             raise DataFormatError(
-                path, "prepared dataset not found. Run `lsc4rec data prepare` first."
+                path,
+                "prepared dataset not found: expected the .npz file that `lsc4rec data prepare --dataset NAME` "
+                "prints (NAME: ml-latest-small, beauty, toys or a raw data folder). Run that first.",
             ) from None
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataFormatError(path, f"is not a prepared dataset ({exc}). Prepare it again.") from None

@@ -181,6 +181,8 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(DataFormatError, match="is not a prepared dataset"):
             type(seq).load(tmp_path / name)
+    with pytest.raises(DataFormatError, match=r"expected the \.npz file that `lsc4rec data prepare"):
+        type(seq).load("ml-latest-small")  # a dataset name where the prepared file's path belongs
 
 
 def test_shared_movielens_has_titles(data_root: Path) -> None:
