@@ -73,7 +73,6 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics here.")] = None,
 ) -> None:
     """Stale and fresh LLM-only metrics on the test target (ranking over the K-list)."""
-    from rich.console import Console
     from rich.table import Table
 
     from llm_cloud.checkpoint import check_same_items, read_run_config
@@ -81,6 +80,7 @@ def evaluate(
     from llm_cloud.evaluate import evaluate_engine
     from lsc4rec.data import SequenceDataset
     from lsc4rec.runs import output_path, write_json
+    from lsc4rec.tables import print_table
 
     if json_out:
         output_path(json_out, "--json")
@@ -106,7 +106,7 @@ def evaluate(
         table.add_column(name, justify="right")
     for query, values in metrics.items():
         table.add_row(query, *(f"{values[n]:.4f}" for n in names))
-    Console().print(table)
+    print_table(table)
     if json_out:
         write_json(json_out, report)
 

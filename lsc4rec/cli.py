@@ -27,7 +27,7 @@ data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
 srm_app = typer.Typer(help="Small recommendation models (centralized baseline).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(srm_app, name="srm")
-console = Console()
+console = Console(soft_wrap=True)  # long paths and the summary's table rows stay on one line each
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with run settings.")]
 SetOpt = Annotated[
@@ -184,7 +184,7 @@ def federate(
     else:
         cfg = resume_config(resume, override_pairs(overrides, **named))
     summary = run_federation(cfg, engine, runtime)
-    console.print(summary.read_text())
+    console.print(summary.read_text(), markup=False, highlight=False)  # markdown as written, no rich markup
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 
 

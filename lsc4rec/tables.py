@@ -38,6 +38,14 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
+def print_table(table: Table) -> None:
+    """Print ``table`` at the terminal's width; piped or redirected, 200 columns wide.
+
+    Rich would otherwise squeeze a redirected table's columns into 80 characters, cutting numbers short.
+    """
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
 def report(
     title: str,
     rows: Sequence[dict[str, Any]],
@@ -54,8 +62,7 @@ def report(
         )
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    # Piped or redirected output keeps whole numbers: rich would otherwise squeeze columns to 80 characters.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    print_table(table)
     if json_path:
         write_json(Path(json_path), {"title": title, **(extra or {}), "rows": list(rows)})
 

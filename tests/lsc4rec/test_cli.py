@@ -58,7 +58,8 @@ def test_cli_prepare_prints_statistics(tmp_path: Path, how: str) -> None:
     done = lsc4rec("data", "prepare", *chosen, "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     assert "interactions" in done.stdout and "30" in done.stdout
-    assert list((tmp_path / "out").glob("*.npz"))
+    (prepared,) = (tmp_path / "out").glob("*.npz")
+    assert f"prepared dataset: {prepared}\n" in done.stdout  # one line, however long: no wrap at 80 columns
 
 
 def test_cli_out_of_range_options_are_usage_errors() -> None:
