@@ -127,8 +127,9 @@ def main(grid: Grid, context: Context) -> None:
         # the gate the fleet ran with in training ("live gate signal"); the policies use the signal chosen below
         "live gate tau": strategy.tau,
         "live gate realized request rate": final[records.REQUESTS] / users,
-        "cloud fallbacks (final evaluation)": float(final[records.FALLBACKS]),
-        "rejected updates": float(sum(strategy.strategy.rejected_total.values())),
+        "live gate tau calibrated on users": strategy.calibration_users,
+        "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
+        "rejected updates": int(sum(strategy.strategy.rejected_total.values())),
         "federation seconds": time.perf_counter() - started,
     }
     figures = final_figures(valid[measure], test[measure], reference_floors(split, cfg.srm.max_len), extra)

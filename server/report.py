@@ -130,7 +130,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         f"Request signal: {figures.get('request signal', 'as configured')} (with `federation.measure = auto`, "
         "the one whose gate beat random requests by most on validation, summed over the budget, its double and "
         "its quadruple). The live gate of the "
-        f"last round used {figures.get('live gate signal', 'the same')}. `random sd at gated rate` is how much "
+        f"last round used {figures.get('live gate signal', 'the same')}{_live_gate_basis(figures)}. "
+        "`random sd at gated rate` is how much "
         "random requests at that rate spread: a gate that knows nothing beats random by more than one sd about "
         "one time in six, so gated minus random is evidence only well beyond it. The chosen signal's validation "
         "gain is the best of several, so it is biased upwards: its test gain is the check.",
@@ -147,15 +148,30 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         lines += _markdown_table([{c: row[c] for c in columns} for row in figures["signals"]])
     extra = {k: v for k, v in figures.items() if isinstance(v, int | float) and k not in ("alpha", "users")}
     if extra:
-        lines += ["", "## Other figures", ""] + [f"- {k}: {v:.4f}" for k, v in extra.items()]
+        lines += ["", "## Other figures", ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+def _live_gate_basis(figures: dict[str, Any]) -> str:
+    """Why the live gate's realized rate (under Other figures) need not equal the budget; "" for older reports."""
+    users = figures.get("live gate tau calibrated on users", 0)
+    if not users:
+        return ""
+    return (
+        f", with τ calibrated on the {users} users evaluated in the round before: from a sample, and a model "
+        "that has trained since, so its realized rate (under Other figures) can stray from the budget"
+    )
+
+
+def _cell(value: Any) -> str:
+    """Floats to four decimals; counts and words as they are."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     columns = list(rows[0])
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
-        "| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows
+        "| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows
     ]
 
 

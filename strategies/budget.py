@@ -49,6 +49,9 @@ class RequestBudget(StrategyWrapper):
         The threshold and signal sent with the next messages.
     realized_rates, measures_used
         Fleet request rate by evaluate round, and the signal that round's gate read.
+    calibration_users
+        How many users' histogram ``tau`` was calibrated on (0 before the first calibration): with few users
+        the budget's quantile is a rough estimate, so the next round's realized rate can stray from the budget.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class RequestBudget(StrategyWrapper):
         self.measure = initial_measure or self.measures[0]
         self.realized_rates: dict[int, float] = {}
         self.measures_used: dict[int, str] = {}
+        self.calibration_users = 0
 
     def summary(self) -> None:
         """Log the budget's settings, then the inner strategy's."""
@@ -115,6 +119,7 @@ class RequestBudget(StrategyWrapper):
         if len(self.measures) > 1 and "valid" in merged:
             self.measure = choose_measure(merged["valid"], self.budget)
         self.tau = threshold_for_budget(merged["test"][self.measure].bin_count, self.bin_edges, self.budget)
+        self.calibration_users = int(merged["test"][self.measure].users)
         metrics = MetricRecord() if metrics is None else metrics
         metrics[records.REQUESTS] = requests
         metrics[records.USERS] = users

@@ -79,6 +79,14 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor" in summary
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
+    sampled = history[-1][
+        "valid-users"
+    ]  # the live τ of the final evaluation came from the last round's sample
+    assert (
+        final["live gate tau calibrated on users"] == sampled
+        and f"τ calibrated on the {sampled} users" in summary
+    )
+    assert "- rejected updates: 0\n" in summary  # counts print as counts
     assert (tmp_path / "validation_per_round.png").stat().st_size > 0
     assert (tmp_path / "ndcg_vs_request_rate.png").stat().st_size > 0
     # the nodes' full-catalogue figure of the global SRM equals a central evaluation of the final checkpoint

@@ -58,6 +58,7 @@ def budget(value: float = 0.05, measures: tuple[str, ...] = ("drift",)) -> Reque
 
 def test_request_budget_uniform_histogram_gives_tau_meeting_budget() -> None:
     strategy = budget(0.05)
+    assert strategy.calibration_users == 0
     replies = [evaluate_reply(11, np.full(BINS, 2.0), 0, 100), evaluate_reply(12, np.full(BINS, 8.0), 0, 400)]
     metrics = strategy.aggregate_evaluate(1, replies)
     assert strategy.tau == pytest.approx(0.95)
@@ -65,6 +66,7 @@ def test_request_budget_uniform_histogram_gives_tau_meeting_budget() -> None:
         metrics[records.NEXT_TAU] == pytest.approx(0.95) and metrics[records.TAU] == 1.0
     )  # round 1 ran with the initial tau
     assert metrics[records.USERS] == 500  # sums, not weighted means
+    assert strategy.calibration_users == 500  # the summary says how large a sample τ came from
 
 
 def test_request_budget_merges_histograms_by_addition_not_weighted_mean() -> None:
