@@ -93,7 +93,7 @@ def main(grid: Grid, context: Context) -> None:
     grid = PartitionOrderedGrid.discover(grid)  # seeded node samples name the same users on every run
     start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
-        _guarded(flower_strategy(cfg, nodes), fed),
+        _guarded(flower_strategy(cfg), fed),
         fed.budget,
         fed.bins,
         fed.measures,
@@ -117,7 +117,7 @@ def main(grid: Grid, context: Context) -> None:
             arrays = result.arrays
         else:
             log(WARNING, "no round aggregated an update; the final evaluation uses the starting model")
-    final = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds)
+    final = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds, nodes)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
     users = max(test[measure].users, 1)
@@ -149,15 +149,20 @@ def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int,
     return 0, ArrayRecord(model.state_dict()), 1.0, ""
 
 
-def flower_strategy(cfg: RunConfig, nodes: int) -> Strategy:
-    """Flower's own strategy named by ``federation.strategy``, sized to the fleet, summing evaluations."""
+def flower_strategy(cfg: RunConfig) -> Strategy:
+    """Flower's own strategy named by ``federation.strategy``, sampling the connected nodes, summing evaluations.
+
+    The ServerApp waits for the whole fleet before the first round (``wait_for_nodes``). After that a round
+    samples whichever nodes are connected: an edge box that goes offline must not stall the run, as Flower's
+    sampler would, waiting forever for ``min_available_nodes`` to be connected again.
+    """
     fed = cfg.federation
     common: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": fed.fraction_evaluate,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
-        "min_available_nodes": nodes,
+        "min_available_nodes": 1,
         "evaluate_metrics_aggr_fn": _sum_and_report,
     }
     if fed.strategy == "fedprox":
@@ -269,25 +274,38 @@ def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     return sorted({line["round"]: line for line in lines}.values(), key=lambda line: line["round"])
 
 
-def _final_evaluation(grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int) -> MetricRecord:
-    """Evaluate the final global SRM on every node (adaptation, collaborative inference); sum the replies."""
+def _final_evaluation(
+    grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int, fleet: int
+) -> MetricRecord:
+    """Evaluate the final global SRM on every connected node (adaptation, collaborative inference); sum the replies."""
     config = ConfigRecord({records.TAU: tau, records.MEASURE: measure, records.SERVER_ROUND: rounds})
+    connected = list(grid.get_node_ids())
+    if len(connected) < fleet:
+        log(
+            WARNING,
+            "final evaluation: %d of the fleet's %d nodes are connected; the report covers their users only",
+            len(connected),
+            fleet,
+        )
     messages = [
         Message(
             RecordDict({records.ARRAYS: arrays, records.CONFIG: config}),
             dst_node_id=node,
             message_type=MessageType.EVALUATE,
         )
-        for node in grid.get_node_ids()
+        for node in connected
     ]
     answered = list(grid.send_and_receive(messages, timeout=3600))
     replies = [r for r in answered if not r.has_error()]
     failed = len(messages) - len(replies)
     first = next((r.error.reason for r in answered if r.has_error()), "no reply before the timeout")
     if not replies:
+        what = (
+            f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
+        )
         raise LSC4RecError(
-            f"final evaluation: all {len(messages)} nodes failed, so there is no report to write. The first "
-            f"failure: {first}. Fix that and resume the run from its last checkpoint."
+            f"final evaluation: {what}, so there is no report to write. Fix that and resume the run from its "
+            "last checkpoint."
         )
     if failed:
         log(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Message, MessageType
+from flwr.serverapp.strategy import strategy_utils
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
@@ -215,8 +216,35 @@ def test_wrong_service_key_ends_with_the_nodes_reason(
     server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
     monkeypatch.delenv(API_KEY_ENV)
     try:
-        with pytest.raises(LSC4RecError, match=r"all 4 nodes failed.*refused it \(401\)"):
+        with pytest.raises(LSC4RecError, match=r"all 4 nodes failed \(the first: .*refused it \(401\)"):
             run(federation_config, tmp_path, server.url, "federation.rounds=1")
     finally:
         server.stop()
     assert not (tmp_path / "final.json").exists() and (tmp_path / "checkpoints").is_dir()
+
+
+def test_a_node_gone_offline_does_not_stall_the_rounds(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edge box drops off after round 1 (a SuperLink then lists only the others): the run goes on without it."""
+
+    class OfflineGrid(InProcessGrid):
+        calls = 0
+
+        def send_and_receive(self, messages, *, timeout=None):
+            self.calls += 1
+            if self.calls == 4:  # after the partition query and round 1's training and evaluation
+                self.offline = max(self.contexts)
+            return super().send_and_receive(messages, timeout=timeout)
+
+        def get_node_ids(self):
+            return [node for node in super().get_node_ids() if node != getattr(self, "offline", None)]
+
+    def wait_forever(seconds: float) -> None:
+        raise AssertionError("Flower's sampler waited for the offline node to come back")
+
+    monkeypatch.setattr(strategy_utils, "sleep", wait_forever)
+    monkeypatch.setattr(inprocess, "InProcessGrid", OfflineGrid)
+    run(federation_config, tmp_path, service, "federation.rounds=3", "federation.fraction_train=1.0")
+    assert [r["round"] for r in rounds(tmp_path)] == [1, 2, 3]
+    assert json.loads((tmp_path / "final.json").read_text())["users"] == 18  # the other three nodes' users

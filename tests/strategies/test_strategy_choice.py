@@ -35,7 +35,7 @@ def one_round(strategy, server_round: int, start: ArrayRecord, values: list[floa
 
 def test_fedavgm_applies_server_momentum_to_the_averaged_update() -> None:
     cfg = RunConfig().override(["federation.strategy=fedavgm", "federation.server_momentum=0.5"])
-    strategy = flower_strategy(cfg, nodes=2)
+    strategy = flower_strategy(cfg)
     assert isinstance(strategy, FedAvgM) and strategy.server_learning_rate == 1.0
     # round 1: the nodes move 0 -> mean(1, 3) = 2, so the pseudo-gradient is -2 and the step lands on 2
     assert one_round(strategy, 1, weights(0.0), [1.0, 3.0]) == pytest.approx(2.0)
@@ -44,11 +44,11 @@ def test_fedavgm_applies_server_momentum_to_the_averaged_update() -> None:
 
 
 def test_strategy_defaults_and_explicit_server_lr() -> None:
-    assert type(flower_strategy(RunConfig(), nodes=2)) is FedAvg
-    fedadam = flower_strategy(RunConfig().override(["federation.strategy=fedadam"]), nodes=2)
+    assert type(flower_strategy(RunConfig())) is FedAvg
+    fedadam = flower_strategy(RunConfig().override(["federation.strategy=fedadam"]))
     assert isinstance(fedadam, FedAdam) and fedadam.eta == 0.01
     explicit = RunConfig().override(["federation.strategy=fedavgm", "federation.server_lr=0.5"])
-    assert flower_strategy(explicit, nodes=2).server_learning_rate == 0.5
+    assert flower_strategy(explicit).server_learning_rate == 0.5
 
 
 @pytest.mark.parametrize(
