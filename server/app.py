@@ -17,6 +17,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -25,7 +26,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 from clients.srm import ITEM_ROWS, build_srm
 from lsc4rec import records
 from lsc4rec.config import MEASURES, FederationConfig, RunConfig
-from lsc4rec.data.partition import fleet_size
+from lsc4rec.data.partition import fleet_size, partition_users
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import LSC4RecError
@@ -117,10 +118,11 @@ def main(grid: Grid, context: Context) -> None:
             arrays = result.arrays
         else:
             log(WARNING, "no round aggregated an update; the final evaluation uses the starting model")
-    final = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds, nodes)
+    final, answered = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds, nodes)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
     users = max(test[measure].users, 1)
+    reported = _reported_users(grid, answered, nodes, cfg.seed, split.num_users, test[measure].users)
     extra = {
         "federated SRM full-catalogue ndcg@10 (global)": final[records.GLOBAL_NDCG] / users,
         "federated SRM full-catalogue ndcg@10 (personal)": final[records.PERSONAL_NDCG] / users,
@@ -130,9 +132,11 @@ def main(grid: Grid, context: Context) -> None:
         "live gate tau calibrated on users": strategy.calibration_users,
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         "rejected updates": int(sum(strategy.strategy.rejected_total.values())),
+        "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
-    figures = final_figures(valid[measure], test[measure], reference_floors(split, cfg.srm.max_len), extra)
+    floors = reference_floors(split, cfg.srm.max_len, reported)
+    figures = final_figures(valid[measure], test[measure], floors, extra)
     figures["signals"] = signal_comparison(valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2}))
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
@@ -276,8 +280,11 @@ def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
 
 def _final_evaluation(
     grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int, fleet: int
-) -> MetricRecord:
-    """Evaluate the final global SRM on every connected node (adaptation, collaborative inference); sum the replies."""
+) -> tuple[MetricRecord, list[int]]:
+    """Evaluate the final global SRM on every connected node (adaptation, collaborative inference).
+
+    Returns the sum of the replies and the ids of the nodes that answered.
+    """
     config = ConfigRecord({records.TAU: tau, records.MEASURE: measure, records.SERVER_ROUND: rounds})
     connected = list(grid.get_node_ids())
     if len(connected) < fleet:
@@ -315,7 +322,30 @@ def _final_evaluation(
             len(messages),
             first,
         )
-    return sum_metrics([r.content for r in replies])
+    return sum_metrics([r.content for r in replies]), [r.metadata.src_node_id for r in replies]
+
+
+def _reported_users(
+    grid: PartitionOrderedGrid, answered: list[int], nodes: int, seed: int, num_users: int, reported: int
+) -> np.ndarray | None:
+    """The users of the nodes that answered, so that the floors cover the users the report covers.
+
+    ``None`` (every user) when all answered, or when the answering nodes' partitions do not account for exactly
+    the ``reported`` users (supernodes started with another ``num-partitions``); then with a warning.
+    """
+    if reported == num_users:
+        return None
+    parts = partition_users(num_users, nodes, seed)
+    found = [grid.partitions.get(node) for node in answered]
+    if all(p is not None and p < len(parts) for p in found):
+        users = np.sort(np.concatenate([parts[p] for p in found]))
+        if len(users) == reported:
+            return users
+    log(
+        WARNING,
+        "the floors cover every user: the answering nodes' partitions do not match the report's users",
+    )
+    return None
 
 
 def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:

@@ -113,7 +113,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
         "Protocol: " + ", ".join(f"{k} {v}" for k, v in protocol.items()),
         "",
-        f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}. "
+        f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}"
+        f"{_missing_users(figures)}. "
         f"Recall@K of the stale list {figures['recall@k']['stale']:.4f}, of the fresh list "
         f"{figures['recall@k']['fresh']:.4f} (the ceiling of any reranking).",
         "",
@@ -150,6 +151,14 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     if extra:
         lines += ["", "## Other figures", ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+def _missing_users(figures: dict[str, Any]) -> str:
+    """A note when some users' nodes did not answer the final evaluation; "" when none (or an older report)."""
+    missing = figures.get("users missing from the final evaluation", 0)
+    if not missing:
+        return ""
+    return f" ({missing} more are missing: their nodes did not answer; the floors cover the same users)"
 
 
 def _live_gate_basis(figures: dict[str, Any]) -> str:

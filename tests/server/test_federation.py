@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import Message, MessageType
 from flwr.serverapp.strategy import strategy_utils
@@ -15,9 +16,11 @@ import server.inprocess as inprocess
 from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
+from lsc4rec.data.partition import partition_users
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import LSC4RecError
+from lsc4rec.floors import reference_floors
 from lsc4rec.protocol import API_KEY_ENV
 from lsc4rec.scoring import evaluate_full
 from server.app import app as server_app
@@ -247,4 +250,15 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
     monkeypatch.setattr(inprocess, "InProcessGrid", OfflineGrid)
     run(federation_config, tmp_path, service, "federation.rounds=3", "federation.fraction_train=1.0")
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2, 3]
-    assert json.loads((tmp_path / "final.json").read_text())["users"] == 18  # the other three nodes' users
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["users"] == 18 and final["users missing from the final evaluation"] == 6  # the other 3 nodes
+    # the floors beside the rows cover the same 18 users, not the whole fleet's 24
+    cfg = federation_config
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    kept = np.sort(np.concatenate(partition_users(split.num_users, NODES, cfg.seed)[:-1]))  # the last went
+    floors = reference_floors(split, cfg.srm.max_len, kept)
+    llm_row = next(r for r in final["rankings"] if (r["ranking"], r["list"]) == ("LLM-only", "stale"))
+    assert llm_row["item-transition floor"] == pytest.approx(floors["item-transition"]["stale"]["ndcg@10"])
+    everyone = reference_floors(split, cfg.srm.max_len)["item-transition"]["stale"]["ndcg@10"]
+    assert llm_row["item-transition floor"] != pytest.approx(everyone)  # so the line above tells them apart
+    assert "Users: 18 (6 more are missing" in (tmp_path / "summary.md").read_text()
