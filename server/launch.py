@@ -81,6 +81,7 @@ def candidate_service(
 
             if (reason := vllm_unavailable_reason()) is not None:
                 raise LSC4RecError(f"--engine vllm: {reason}.")
+            print(f"==> starting vLLM (a minute or more on CPU; log: {run_dir / 'vllm.log'})", flush=True)
             vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log"))
             args += ["--vllm-url", vllm.url]
         print("==> starting the candidate service", flush=True)
