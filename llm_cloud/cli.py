@@ -130,9 +130,11 @@ def serve(
 
     from llm_cloud.engines import make_engine
     from llm_cloud.processes import check_port_free
-    from llm_cloud.service import create_app
+    from llm_cloud.service import create_app, exposure_warning
 
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
+    if warning := exposure_warning(host, api_key):
+        typer.echo(f"warning: {warning}.", err=True)
     candidate_engine = make_engine(engine, checkpoint, vllm_url)
     if problem := candidate_engine.serving_problem():
         typer.echo(

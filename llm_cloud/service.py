@@ -13,6 +13,7 @@ Client input never gets a 500.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llm_cloud.engines import CandidateEngine, EngineError
 from llm_cloud.prometheus import ServiceMetrics
 from lsc4rec.errors import ProtocolError
-from lsc4rec.protocol import MAX_BODY_BYTES, CandidateList, CandidateRequest, CandidateResponse
+from lsc4rec.protocol import API_KEY_ENV, MAX_BODY_BYTES, CandidateList, CandidateRequest, CandidateResponse
 
 CANDIDATES_PATH = "/v1/candidates"
 STATUS = {
@@ -165,3 +166,22 @@ def _check_items(rows: list[list[int]], name: str, num_items: int) -> None:
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when the service would listen beyond loopback without a key, else ``None``.
+
+    Anyone who reaches such a port can have the LLM rank items for any history, and read /metrics.
+    """
+    if api_key:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"listening on {host} without a key: anyone who reaches the port can use it. Set {API_KEY_ENV} "
+        "(or --api-key) here and on the devices"
+    )

@@ -10,6 +10,7 @@ import pytest
 
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
+from llm_cloud.service import exposure_warning
 from lsc4rec.protocol import (
     MAX_BATCH,
     MAX_BODY_BYTES,
@@ -213,3 +214,21 @@ def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, pr
     assert reply.status_code == 503
     assert problem in reply.json()["error"]["message"]
     assert "warning: vLLM at" in (tmp_path / "service.log").read_text()  # said at start, before any request
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "warned"),
+    [
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+        ("::1", None, False),
+        ("0.0.0.0", None, True),
+        ("10.1.2.3", "", True),
+        ("cloud.example", None, True),
+        ("0.0.0.0", "fleet-secret", False),
+    ],
+)
+def test_serving_beyond_loopback_without_a_key_is_warned(host: str, key: str | None, warned: bool) -> None:
+    warning = exposure_warning(host, key)
+    assert (warning is not None) == warned
+    assert warning is None or f"listening on {host} without a key" in warning
