@@ -163,12 +163,16 @@ def vllm_serve(
     ] = False,
 ) -> None:
     """Start vLLM on CHECKPOINT (in the vLLM venv), wait until ready, and keep it up until Ctrl-C."""
+    from llm_cloud.engines.vllm_engine import VLLM_API_KEY_ENV
     from llm_cloud.processes import check_port_free
+    from llm_cloud.service import exposure_warning
     from llm_cloud.vllm_server import start_vllm
     from lsc4rec.runs import output_path
 
     output_path(log, "--log")
     check_port_free(host, port)
+    if warning := exposure_warning(host, os.environ.get(VLLM_API_KEY_ENV), VLLM_API_KEY_ENV):
+        typer.echo(f"warning: {warning}.", err=True)
     with start_vllm(checkpoint, port, log, host, eager=eager) as server:
         typer.echo(f"vLLM ready at {server.url} (log: {log}); Ctrl-C stops it")
         try:

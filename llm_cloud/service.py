@@ -168,10 +168,13 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def exposure_warning(host: str, api_key: str | None) -> str | None:
-    """A warning when the service would listen beyond loopback without a key, else ``None``.
+def exposure_warning(
+    host: str, api_key: str | None, how: str = f"{API_KEY_ENV} (or --api-key)"
+) -> str | None:
+    """A warning when a server (this service, or vLLM) would listen beyond loopback without a key, else ``None``.
 
-    Anyone who reaches such a port can have the LLM rank items for any history, and read /metrics.
+    Anyone who reaches such a port can have the LLM rank items for any history. ``how`` names where the key
+    is set.
     """
     if api_key:
         return None
@@ -182,6 +185,6 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     if loopback:
         return None
     return (
-        f"listening on {host} without a key: anyone who reaches the port can use it. Set {API_KEY_ENV} "
-        "(or --api-key) here and on the devices"
+        f"listening on {host} without a key: anyone who reaches the port can use it. Set {how} here and on "
+        "its clients"
     )

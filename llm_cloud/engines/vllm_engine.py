@@ -14,6 +14,7 @@ Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,26 @@ from lsc4rec.protocol import MAX_HISTORY, MAX_K
 MAX_BIASED_TOKENS = 64  # above this many non-item tokens an allow-list of items is cheaper than a bias table
 MAX_LOGPROBS = MAX_K + 2 * MAX_HISTORY  # what the server must allow: K plus a full history and exclusion list
 TOKEN_ID_PREFIX = "token_id:"  # keys of top_logprobs with return_tokens_as_token_ids
+VLLM_API_KEY_ENV = "VLLM_API_KEY"  # vLLM's own variable: a server started with it set requires the key
 
 
 class VLLMEngine(CandidateEngine):
     """Asks the vLLM server at ``url`` for candidate lists.
 
     The server must serve ``checkpoint`` under the folder's name (``--served-model-name``), as
-    :func:`llm_cloud.vllm_server.start_vllm` does.
+    :func:`llm_cloud.vllm_server.start_vllm` does. The bearer key is ``api_key``, else ``$VLLM_API_KEY``, the
+    variable vLLM itself reads: set it where vLLM runs and where the candidate service runs.
     """
 
-    def __init__(self, checkpoint: str | Path, url: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, checkpoint: str | Path, url: str, timeout_s: float = 60.0, api_key: str | None = None
+    ) -> None:
         self.template = read_template(checkpoint)
         self.num_items = self.template.num_items
         self.model_name = Path(checkpoint).name
-        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+        api_key = os.environ.get(VLLM_API_KEY_ENV, "") if api_key is None else api_key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)
         vocab_size = read_json(checkpoint, "config.json")["vocab_size"]
         first, last = self.template.first_item_token, self.template.first_item_token + self.num_items
         others = [t for t in range(vocab_size) if not first <= t < last]
@@ -96,6 +103,11 @@ class VLLMEngine(CandidateEngine):
             reply = self._client.post("/v1/completions", json=body)
         except httpx.HTTPError as exc:
             raise EngineError(f"vLLM server at {self._client.base_url} unreachable: {exc}") from exc
+        if reply.status_code == 401:
+            raise EngineError(
+                f"vLLM server at {self._client.base_url} wants a key (401): set {VLLM_API_KEY_ENV} where this "
+                "service runs to the key vLLM was started with"
+            )
         if reply.status_code != 200:
             raise EngineError(f"vLLM server answered {reply.status_code}: {reply.text[:300]}")
         try:

@@ -8,6 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
+from llm_cloud.engines import EngineError
+from llm_cloud.engines.vllm_engine import VLLM_API_KEY_ENV, VLLMEngine
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.vllm_server import start_vllm, vllm_unavailable_reason
@@ -29,9 +31,10 @@ pytestmark = [
     ],
 )
 def test_service_on_vllm_returns_the_transformers_lists(
-    checkpoint_fixture: str, eager: bool, request, tmp_path
+    checkpoint_fixture: str, eager: bool, request, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint = request.getfixturevalue(checkpoint_fixture)
+    monkeypatch.setenv(VLLM_API_KEY_ENV, "cloud-internal-key")  # vLLM and the service both read it
     histories = [
         [1, 2, 3],
         [10],
@@ -40,6 +43,9 @@ def test_service_on_vllm_returns_the_transformers_lists(
     exclude = [[4, 9], [], [12]]
     expected = ItemTokenLM.from_pretrained(checkpoint).top_k(histories, 10, exclude)
     with start_vllm(checkpoint, free_port(), tmp_path / "vllm.log", eager=eager) as server:
+        assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401  # the key is required
+        with pytest.raises(EngineError, match=r"wants a key \(401\): set VLLM_API_KEY"):
+            VLLMEngine(checkpoint, server.url, api_key="a-wrong-key").candidates(histories, 10)
         args = ["--checkpoint", str(checkpoint), "--engine", "vllm", "--vllm-url", server.url]
         with start_service(args, free_port(), tmp_path / "service.log") as service:
             reply = httpx.post(
@@ -48,7 +54,7 @@ def test_service_on_vllm_returns_the_transformers_lists(
                 json={"histories": histories, "k": 10, "exclude": exclude},
             )
     assert reply.status_code == 200, reply.text
-    # the service found vLLM serving this checkpoint when it started
+    # the service found vLLM serving this checkpoint when it started (sending the key, as for every list)
     assert "warning: vLLM at" not in (tmp_path / "service.log").read_text()
     assert ("Enforce eager set" in (tmp_path / "vllm.log").read_text()) == eager
     for got, (items, scores) in zip(reply.json()["lists"], expected, strict=True):
