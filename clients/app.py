@@ -113,10 +113,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server this node's partition id, by which it orders and samples the fleet (``server.fleet``)."""
-    return Message(
-        RecordDict({records.METRICS: MetricRecord({records.PARTITION: _partition(context)})}), reply_to=msg
-    )
+    """Tell the server this node's partition (id and count): it checks them and orders the fleet by them."""
+    told = {records.PARTITION: _partition(context), records.NUM_PARTITIONS: _num_partitions(context)}
+    return Message(RecordDict({records.METRICS: MetricRecord(told)}), reply_to=msg)
 
 
 def _partition(context: Context) -> int:
@@ -124,12 +123,17 @@ def _partition(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def _num_partitions(context: Context) -> int:
+    """How many partitions the node was told the fleet has (``num-partitions``; 0 is one user per node)."""
+    return int(context.node_config["num-partitions"])
+
+
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, SequentialRecommender]:
     """The run config, the node's data and the global SRM from the message."""
     cfg = RunConfig.from_flat(context.run_config)
     torch.set_num_threads(cfg.federation.client_threads)
     partition = _partition(context)
-    node = load_node(cfg.data, cfg.seed, partition, int(context.node_config["num-partitions"]))
+    node = load_node(cfg.data, cfg.seed, partition, _num_partitions(context))
     torch.manual_seed(cfg.seed + partition)
     model = build_srm(cfg.srm, node.num_items)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())

@@ -91,7 +91,9 @@ def main(grid: Grid, context: Context) -> None:
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     nodes = fleet_size(fed.num_nodes, split.num_users)
     wait_for_nodes(grid, nodes)
-    grid = PartitionOrderedGrid.discover(grid)  # seeded node samples name the same users on every run
+    grid = PartitionOrderedGrid.discover(
+        grid, nodes, split.num_users
+    )  # seeded samples: the same users each run
     start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
         _guarded(flower_strategy(cfg), fed),

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import strategy_utils
 from flwr.supercore.run import Run
 
 from lsc4rec import records
+from lsc4rec.errors import ConfigError
 
 
 def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
@@ -54,28 +55,68 @@ def seeded_node_sampling(seed: int) -> Iterator[None]:
         strategy_utils.random = shared
 
 
-def partition_ids(grid: Grid, timeout_s: float = 600.0) -> dict[int, int]:
-    """Ask every connected node its partition id: {node id: partition id}; nodes that fail are left out."""
+def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600.0) -> dict[int, int]:
+    """Ask every connected node its partition: {node id: partition id}; nodes that fail are left out.
+
+    The partitions are checked against the fleet of ``nodes`` nodes (``check_partitions``): supernodes started
+    by hand with the wrong ``--node-config`` would otherwise hold overlapping users and be counted twice.
+    """
     messages = [
         Message(
             RecordDict({records.CONFIG: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY
         )
         for node in grid.get_node_ids()
     ]
-    found = {}
+    told = {}
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         if not reply.has_error():
-            found[reply.metadata.src_node_id] = int(reply.content[records.METRICS][records.PARTITION])
-    log(INFO, "fleet: %d of %d nodes told their partition id", len(found), len(messages))
-    if len(found) < len(messages):
+            metrics = reply.content[records.METRICS]
+            told[reply.metadata.src_node_id] = (
+                int(metrics[records.PARTITION]),
+                int(metrics[records.NUM_PARTITIONS]),
+            )
+    log(INFO, "fleet: %d of %d nodes told their partition id", len(told), len(messages))
+    if len(told) < len(messages):
         log(
             WARNING,
             "%d of %d nodes did not tell their partition id; they are listed after the others, by node id, "
             "so node sampling may differ between runs",
-            len(messages) - len(found),
+            len(messages) - len(told),
             len(messages),
         )
-    return found
+    return check_partitions(told, nodes, num_users)
+
+
+def check_partitions(told: dict[int, tuple[int, int]], nodes: int, num_users: int) -> dict[int, int]:
+    """{node id: partition id} from {node id: (partition id, num-partitions)}, or a ``ConfigError``.
+
+    Each node must have been told the run's fleet size (``num-partitions`` 0 counts as one user per node) and
+    a partition id of its own in ``0 … nodes - 1``.
+    """
+    fix = (
+        f'Start supernode i with --node-config "partition-id=i num-partitions={nodes}", i = 0 … {nodes - 1}.'
+    )
+    owner: dict[int, int] = {}
+    for node, (partition, count) in sorted(told.items()):
+        if (count or num_users) != nodes:
+            raise ConfigError(
+                "--node-config",
+                f"num-partitions must be the run's fleet size, federation.num_nodes = {nodes}, got {count} on "
+                f"node {node}: its users would not be the ones the server counts on. {fix}",
+            )
+        if not 0 <= partition < nodes:
+            raise ConfigError(
+                "--node-config",
+                f"partition-id must be in [0, {nodes - 1}], got {partition} on node {node}. {fix}",
+            )
+        if partition in owner:
+            raise ConfigError(
+                "--node-config",
+                f"partition-id must differ between nodes, got {partition} on nodes {owner[partition]} and "
+                f"{node}: their users would be counted twice. {fix}",
+            )
+        owner[partition] = node
+    return {node: partition for node, (partition, _) in told.items()}
 
 
 class PartitionOrderedGrid(Grid):
@@ -86,9 +127,9 @@ class PartitionOrderedGrid(Grid):
         self.partitions = partitions
 
     @classmethod
-    def discover(cls, grid: Grid) -> PartitionOrderedGrid:
-        """Ask the connected nodes their partition ids and order ``grid`` by them."""
-        return cls(grid, partition_ids(grid))
+    def discover(cls, grid: Grid, nodes: int, num_users: int) -> PartitionOrderedGrid:
+        """Ask the connected nodes their partitions, check them, and order ``grid`` by them."""
+        return cls(grid, partition_ids(grid, nodes, num_users))
 
     def get_node_ids(self) -> Iterable[int]:
         return sorted(self.grid.get_node_ids(), key=self._position)

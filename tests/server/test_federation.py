@@ -19,7 +19,7 @@ from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.partition import partition_users
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
-from lsc4rec.errors import LSC4RecError
+from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.floors import reference_floors
 from lsc4rec.protocol import API_KEY_ENV
 from lsc4rec.scoring import evaluate_full
@@ -262,3 +262,22 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
     everyone = reference_floors(split, cfg.srm.max_len)["item-transition"]["stale"]["ndcg@10"]
     assert llm_row["item-transition floor"] != pytest.approx(everyone)  # so the line above tells them apart
     assert "Users: 18 (6 more are missing" in (tmp_path / "summary.md").read_text()
+
+
+def test_two_nodes_started_as_the_same_partition_stop_the_run_before_training(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supernodes started by hand with one partition-id twice would count its users twice: a clear error."""
+
+    class TwinGrid(InProcessGrid):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            second = list(self.contexts)[1]
+            self.contexts[second].node_config["partition-id"] = 0  # the first node's partition, again
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", TwinGrid)
+    with pytest.raises(
+        ConfigError, match="partition-id must differ between nodes, got 0 on nodes 1000 and 1001"
+    ):
+        run(federation_config, tmp_path, service, "federation.rounds=1")
+    assert not (tmp_path / "checkpoints").exists()
