@@ -38,7 +38,7 @@ def train(msg: Message, context: Context) -> Message:
     negatives = [np.zeros(0, np.int64)] * len(sequences)
     if fed.collab_prefixes > 0:
         users, examples, queries = node.collaborative_prefixes(fed.collab_prefixes)
-        lists = _fetch(cfg, cache, users, queries)
+        lists = _fetch(cfg, node, cache, users, queries)
         sequences += examples
         negatives += [row[row > 0] for row in lists.items]
     round_seed = (
@@ -140,10 +140,17 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, Sequent
     return cfg, node, model.eval()  # training switches to train mode itself; evaluation must not drop out
 
 
-def _fetch(cfg: RunConfig, cache: ListCache, users: list[int], histories: list[np.ndarray]) -> CandidateLists:
+def _fetch(
+    cfg: RunConfig, node: NodeData, cache: ListCache, users: list[int], histories: list[np.ndarray]
+) -> CandidateLists:
     """Lists for ``histories`` from the node cache or the candidate service (missing rows on failure)."""
+    dataset = node.split.dataset
     client = CloudClient(
-        cfg.federation.service_url, cfg.llm.k, cfg.federation.timeout_s, cfg.federation.retries
+        cfg.federation.service_url,
+        cfg.llm.k,
+        cfg.federation.timeout_s,
+        cfg.federation.retries,
+        catalogue=(dataset.num_items, dataset.catalogue),
     )
     try:
         return cache.fetch(client, users, histories)
@@ -168,8 +175,8 @@ def _collaborative_inference(
     """
     device, cloud, targets = node.views(stage)
     users = [int(u) for u in node.users]
-    stale = _fetch(cfg, cache, users, cloud)
-    fresh = _fetch(cfg, cache, users, device)
+    stale = _fetch(cfg, node, cache, users, cloud)
+    fresh = _fetch(cfg, node, cache, users, device)
     if stale.missing.any():
         rows = np.flatnonzero(stale.missing)
         scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)

@@ -62,20 +62,33 @@ class CloudClient:
     that break the schema are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at
     once, a reply with the wrong number of lists or lists longer than K (a foreign service). The bearer
     key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
+
+    ``catalogue`` is the device data's (number of items, :func:`~lsc4rec.protocol.catalogue_digest`). Before
+    the first request the service's ``/healthz`` is compared with it: an LLM that numbers items otherwise
+    would answer with other items than the device means, and no error anywhere, so that is a ``ProtocolError``.
     """
 
     def __init__(
-        self, url: str, k: int, timeout_s: float = 20.0, retries: int = 2, api_key: str | None = None
+        self,
+        url: str,
+        k: int,
+        timeout_s: float = 20.0,
+        retries: int = 2,
+        api_key: str | None = None,
+        catalogue: tuple[int, str] | None = None,
     ) -> None:
         api_key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url.rstrip("/") + "/v1/candidates"
+        self.base = url.rstrip("/")
+        self.url = self.base + "/v1/candidates"
         self.k = k
         self.retries = retries
+        self.catalogue = catalogue
         self.http = httpx.Client(timeout=timeout_s, headers=headers, verify=_tls_context())
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Ranked items and scores [B, K] for each history (newest ``MAX_HISTORY`` items sent)."""
+        self._check_catalogue()
         items = np.zeros((len(histories), self.k), np.int64)
         scores = np.full((len(histories), self.k), -np.inf)
         for start in range(0, len(histories), MAX_BATCH):
@@ -90,6 +103,28 @@ class CloudClient:
                 items[row, : len(ranked.items)] = ranked.items
                 scores[row, : len(ranked.scores)] = ranked.scores
         return items, scores
+
+    def _check_catalogue(self) -> None:
+        """Compare the service's catalogue with the device's, once; a service that does not say is trusted.
+
+        An unreachable service is left to the request itself, whose retries and fallback handle it.
+        """
+        if self.catalogue is None:
+            return
+        try:
+            health = self.http.get(self.base + "/healthz").json()
+            served = (int(health["num_items"]), health["catalogue"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return
+        if served[1] is not None and served != self.catalogue:
+            raise ProtocolError(
+                "catalogue",
+                f"the candidate service at {self.base} serves an LLM of another item numbering ({served[0]} "
+                f"items, digest {served[1]}) than this node's data ({self.catalogue[0]} items, digest "
+                f"{self.catalogue[1]}): its lists would name other items. Serve the checkpoint trained on this "
+                "data (the same dataset, k-core, numbering and seed), or prepare the data as it was.",
+            )
+        self.catalogue = None  # checked: not again for this client
 
     def _post(self, request: CandidateRequest) -> CandidateResponse:
         delay = 0.5

@@ -20,6 +20,7 @@ from llm_cloud.templates import TEMPLATE_FILE, PromptTemplate
 from lsc4rec.config import RunConfig
 from lsc4rec.data import SequenceDataset
 from lsc4rec.errors import ConfigError
+from lsc4rec.protocol import catalogue_digest
 
 ITEM_MAP_FILE = "item_map.json"
 RUN_CONFIG_FILE = "lsc4rec_config.json"
@@ -84,13 +85,24 @@ def read_template(folder: str | Path) -> PromptTemplate:
         ) from None
 
 
-def check_same_items(folder: str | Path, dataset: SequenceDataset) -> None:
-    """Refuse a checkpoint whose items 1..N are not ``dataset``'s items 1..N (same original ids, same order)."""
-    trained = read_json(folder, ITEM_MAP_FILE).get("item_ids")  # checks the folder's files first
+def trained_item_ids(folder: str | Path) -> list:
+    """The original ids of the checkpoint's items 1..N (the folder's files are checked first)."""
+    trained = read_json(folder, ITEM_MAP_FILE).get("item_ids")
     if not isinstance(trained, list):
         raise ConfigError(
             "--checkpoint", f"{Path(folder, ITEM_MAP_FILE)} is damaged (no item_ids list). {RETRAIN}"
         )
+    return trained
+
+
+def catalogue_of(folder: str | Path) -> str:
+    """The :func:`~lsc4rec.protocol.catalogue_digest` of the items the checkpoint was trained on."""
+    return catalogue_digest(trained_item_ids(folder))
+
+
+def check_same_items(folder: str | Path, dataset: SequenceDataset) -> None:
+    """Refuse a checkpoint whose items 1..N are not ``dataset``'s items 1..N (same original ids, same order)."""
+    trained = trained_item_ids(folder)
     current = [str(i) for i in dataset.item_ids.tolist()]
     if trained == current:
         return

@@ -125,7 +125,12 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, object]:
-        return {"status": "ok", "model": engine.model_name, "num_items": engine.num_items}
+        return {
+            "status": "ok",
+            "model": engine.model_name,
+            "num_items": engine.num_items,
+            "catalogue": engine.catalogue,
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:

@@ -8,6 +8,8 @@ history, and in the optional per-history ``exclude`` list, are never returned. U
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
@@ -22,6 +24,17 @@ MAX_BODY_BYTES = 16 * 2**20
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
 API_KEY_ENV = "LSC4REC_API_KEY"
+
+
+def catalogue_digest(item_ids: Iterable[object]) -> str:
+    """A fingerprint of a catalogue's numbering: the original id of item 1, 2, … N, hashed.
+
+    The cloud's LLM and a device must number items alike, or the lists name other items than the device thinks,
+    with no error anywhere. Item numbers depend on the dataset, k-core, numbering and seed, so the service
+    reports this digest on ``/healthz`` and devices compare it with their own data's.
+    """
+    return hashlib.sha256("\n".join(str(i) for i in item_ids).encode()).hexdigest()[:16]
+
 
 ItemId = Annotated[StrictInt, Field(ge=1)]
 

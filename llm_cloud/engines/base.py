@@ -21,10 +21,14 @@ class CandidateEngine(ABC):
         N: valid item ids are 1..N.
     model_name:
         Name reported in responses (the checkpoint folder's name).
+    catalogue:
+        The checkpoint's :func:`~lsc4rec.protocol.catalogue_digest`, reported on ``/healthz`` so that devices
+        can check the LLM numbers items as their data do (None: not known, nothing to check).
     """
 
     num_items: int
     model_name: str
+    catalogue: str | None = None
 
     @abstractmethod
     def candidates(

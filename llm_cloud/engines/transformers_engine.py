@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm_cloud.checkpoint import catalogue_of
 from llm_cloud.engines.base import CandidateEngine, Candidates
 from llm_cloud.model import ItemTokenLM
 
@@ -20,6 +21,7 @@ class TransformersEngine(CandidateEngine):
         self.lm = ItemTokenLM.from_pretrained(checkpoint)
         self.num_items = self.lm.num_items
         self.model_name = Path(checkpoint).name
+        self.catalogue = catalogue_of(checkpoint)
         self._lock = threading.Lock()
 
     def candidates(

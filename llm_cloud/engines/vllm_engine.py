@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from llm_cloud.checkpoint import read_json, read_template
+from llm_cloud.checkpoint import catalogue_of, read_json, read_template
 from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError
 from lsc4rec.protocol import MAX_HISTORY, MAX_K
 
@@ -45,6 +45,7 @@ class VLLMEngine(CandidateEngine):
         self.template = read_template(checkpoint)
         self.num_items = self.template.num_items
         self.model_name = Path(checkpoint).name
+        self.catalogue = catalogue_of(checkpoint)
         api_key = os.environ.get(VLLM_API_KEY_ENV, "") if api_key is None else api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)

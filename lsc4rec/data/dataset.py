@@ -19,6 +19,7 @@ import numpy as np
 from lsc4rec.data.files import write_atomically
 from lsc4rec.data.interactions import Interactions
 from lsc4rec.errors import DataFormatError
+from lsc4rec.protocol import catalogue_digest
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class SequenceDataset:
     @property
     def num_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def catalogue(self) -> str:
+        """The numbering's fingerprint (:func:`~lsc4rec.protocol.catalogue_digest`), which the LLM must share."""
+        return catalogue_digest(self.item_ids.tolist())
 
     @property
     def has_titles(self) -> bool:

@@ -10,6 +10,8 @@ import pytest
 
 from clients.cloud import CloudClient, ListCache
 from llm_cloud.processes import free_port, start_service
+from lsc4rec.config import RunConfig
+from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
 from lsc4rec.protocol import API_KEY_ENV
 from tests.conftest import answering_server
@@ -56,6 +58,22 @@ def test_cloud_client_real_service_lists_and_caching(service: str) -> None:
     assert (np.diff(lists.scores, axis=1) <= 1e-6).all()  # ranked best first
     again = cache.fetch(CloudClient(f"http://127.0.0.1:{free_port()}", k=5, retries=0), [0, 1], histories)
     assert np.array_equal(again.items, lists.items) and cache.fallbacks == 0  # cached: no request needed
+
+
+def test_cloud_client_refuses_a_service_that_numbers_items_otherwise(
+    service: str, federation_config: RunConfig
+) -> None:
+    """The service's /healthz names its catalogue; a device whose data number items otherwise stops there."""
+    dataset = load_or_prepare(federation_config.data, federation_config.seed)
+    mine = (dataset.num_items, dataset.catalogue)
+    items, _ = CloudClient(service, k=5, catalogue=mine).candidates([np.array([1, 2, 3])])
+    assert (items > 0).all()  # the same numbering: served
+    random_numbering = federation_config.override(["data.numbering=random"]).data
+    shuffled = load_or_prepare(random_numbering, federation_config.seed)
+    other = (shuffled.num_items, shuffled.catalogue)
+    assert other[0] == mine[0] and other[1] != mine[1]  # as many items, numbered otherwise
+    with pytest.raises(ProtocolError, match="serves an LLM of another item numbering"):
+        CloudClient(service, k=5, catalogue=other).candidates([np.array([1, 2, 3])])
 
 
 def test_cloud_client_unknown_item_is_a_protocol_error(service: str) -> None:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from llm_cloud.checkpoint import catalogue_of
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.service import exposure_warning
@@ -185,9 +186,10 @@ def test_service_concurrent_clients_get_their_own_answers(service_url) -> None:
     assert [r.json()["lists"] for r in replies[:5]] == alone
 
 
-def test_service_health_and_metrics(service_url) -> None:
-    health = httpx.get(f"{service_url}/healthz").json()
+def test_service_health_and_metrics(service_url, tiny_checkpoint) -> None:
+    health = httpx.get(f"{service_url}/healthz").json()  # open without the key: devices check it first
     assert health["status"] == "ok" and health["num_items"] == NUM_ITEMS
+    assert health["catalogue"] == catalogue_of(tiny_checkpoint) and len(health["catalogue"]) == 16
     post(service_url, {"histories": [[1]], "k": 4})
     text = httpx.get(f"{service_url}/metrics").text
     assert 'lsc4rec_requests_total{status="200"}' in text
