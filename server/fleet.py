@@ -1,4 +1,6 @@
-"""The fleet as the server sees it: wait until it is connected, then sample and aggregate it the same way every run.
+"""The fleet as the server sees it: connected, its partitions checked, sampled and aggregated alike every run.
+
+The partitions are the ones its nodes were started with (``check_partitions``).
 
 Three things kept a fixed seed from repeating a run in Flower's Simulation Engine:
 
