@@ -106,19 +106,30 @@ class ServerCrash(RuntimeError):
     pass
 
 
+class EventGrid(InProcessGrid):
+    """Calls ``at_call(n)`` before its n-th exchange of messages (1 is the partition query; then each round's
+    training and evaluation), where a test makes something go wrong."""
+
+    calls = 0
+
+    def at_call(self, n: int) -> None:
+        pass
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.calls += 1
+        self.at_call(self.calls)
+        return super().send_and_receive(messages, timeout=timeout)
+
+
 def test_federation_crashed_mid_run_keeps_its_rounds_and_resumes(
     federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server dies in round 3: rounds 1 and 2 are on disk (lines and checkpoints), and the run resumes."""
 
-    class CrashingGrid(InProcessGrid):
-        calls = 0
-
-        def send_and_receive(self, messages, *, timeout=None):
-            self.calls += 1
-            if self.calls == 6:  # the partition query, then training and validation of rounds 1 and 2
+    class CrashingGrid(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 6:  # the partition query, then training and validation of rounds 1 and 2
                 raise ServerCrash("the ServerApp died in round 3")
-            return super().send_and_receive(messages, timeout=timeout)
 
     monkeypatch.setattr(inprocess, "InProcessGrid", CrashingGrid)
     with pytest.raises(ServerCrash):
@@ -170,15 +181,11 @@ def test_federation_survives_dead_service_and_crashed_node(
     """The service dies after the first round's messages: rounds complete, fallbacks are counted."""
     server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
 
-    class StopsServiceGrid(InProcessGrid):
-        calls = 0
-
-        def send_and_receive(self, messages, *, timeout=None):
-            self.calls += 1
-            if self.calls == 3:  # after the partition query and round 1's training, before its evaluation
+    class StopsServiceGrid(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 3:  # after the partition query and round 1's training, before its evaluation
                 server.stop()
                 self.down.add(next(iter(self.contexts)))  # and one node crashes for good
-            return super().send_and_receive(messages, timeout=timeout)
 
     monkeypatch.setattr(inprocess, "InProcessGrid", StopsServiceGrid)
     try:
@@ -231,14 +238,10 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
 ) -> None:
     """An edge box drops off after round 1 (a SuperLink then lists only the others): the run goes on without it."""
 
-    class OfflineGrid(InProcessGrid):
-        calls = 0
-
-        def send_and_receive(self, messages, *, timeout=None):
-            self.calls += 1
-            if self.calls == 4:  # after the partition query and round 1's training and evaluation
+    class OfflineGrid(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 4:  # after the partition query and round 1's training and evaluation
                 self.offline = max(self.contexts)
-            return super().send_and_receive(messages, timeout=timeout)
 
         def get_node_ids(self):
             return [node for node in super().get_node_ids() if node != getattr(self, "offline", None)]
