@@ -11,6 +11,7 @@ import logging
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ class SequenceDataset:
     def num_items(self) -> int:
         return len(self.item_ids)
 
-    @property
+    @cached_property  # asked for by every cloud fetch of a node
     def catalogue(self) -> str:
         """The numbering's fingerprint (:func:`~lsc4rec.protocol.catalogue_digest`), which the LLM must share."""
         return catalogue_digest(self.item_ids.tolist())
