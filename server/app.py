@@ -91,9 +91,8 @@ def main(grid: Grid, context: Context) -> None:
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     nodes = fleet_size(fed.num_nodes, split.num_users)
     wait_for_nodes(grid, nodes)
-    grid = PartitionOrderedGrid.discover(
-        grid, nodes, split.num_users
-    )  # seeded samples: the same users each run
+    # checked partitions, in order: seeded node samples name the same users on every run
+    grid = PartitionOrderedGrid.discover(grid, nodes, split.num_users)
     start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
     strategy = RequestBudget(
         _guarded(flower_strategy(cfg), fed),
@@ -137,6 +136,7 @@ def main(grid: Grid, context: Context) -> None:
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
+    extra["users the floors cover"] = split.num_users if reported is None else len(reported)
     floors = reference_floors(split, cfg.srm.max_len, reported)
     figures = final_figures(valid[measure], test[measure], floors, extra)
     figures["signals"] = signal_comparison(valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2}))
@@ -332,22 +332,17 @@ def _reported_users(
 ) -> np.ndarray | None:
     """The users of the nodes that answered, so that the floors cover the users the report covers.
 
-    ``None`` (every user) when all answered, or when the answering nodes' partitions do not account for exactly
-    the ``reported`` users (supernodes started with another ``num-partitions``); then with a warning.
+    ``None`` (every user) when all answered, or when a node that answered never told its partition (one that
+    reconnected under a new id); then with a warning. The partitions themselves were checked at the start.
     """
     if reported == num_users:
         return None
-    parts = partition_users(num_users, nodes, seed)
     found = [grid.partitions.get(node) for node in answered]
-    if all(p is not None and p < len(parts) for p in found):
-        users = np.sort(np.concatenate([parts[p] for p in found]))
-        if len(users) == reported:
-            return users
-    log(
-        WARNING,
-        "the floors cover every user: the answering nodes' partitions do not match the report's users",
-    )
-    return None
+    if None in found:
+        log(WARNING, "the floors cover every user: a node that answered never told its partition")
+        return None
+    parts = partition_users(num_users, nodes, seed)
+    return np.sort(np.concatenate([parts[p] for p in found]))
 
 
 def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:

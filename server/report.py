@@ -158,7 +158,11 @@ def _missing_users(figures: dict[str, Any]) -> str:
     missing = figures.get("users missing from the final evaluation", 0)
     if not missing:
         return ""
-    return f" ({missing} more are missing: their nodes did not answer; the floors cover the same users)"
+    same = figures.get("users the floors cover") == figures["users"]
+    return (
+        f" ({missing} more are missing: their nodes did not answer; the floors cover "
+        f"{'the same users' if same else 'every user'})"
+    )
 
 
 def _live_gate_basis(figures: dict[str, Any]) -> str:

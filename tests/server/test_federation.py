@@ -265,6 +265,10 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
     everyone = reference_floors(split, cfg.srm.max_len)["item-transition"]["stale"]["ndcg@10"]
     assert llm_row["item-transition floor"] != pytest.approx(everyone)  # so the line above tells them apart
     assert "Users: 18 (6 more are missing" in (tmp_path / "summary.md").read_text()
+    assert (
+        final["users the floors cover"] == 18
+        and "the floors cover the same users" in (tmp_path / "summary.md").read_text()
+    )
 
 
 def test_two_nodes_started_as_the_same_partition_stop_the_run_before_training(
