@@ -207,6 +207,10 @@ class FederationConfig:
     adapt_lr: float = 5e-4  # adaptive re-training learning rate
     budget: float = 0.05  # target fleet request rate the server calibrates the gate to
     bins: int = 50  # bins of the disagreement histograms the nodes report
+    # evaluate rounds the live gate's τ and signal are calibrated on, newest last: one round's sample is small
+    # (61 users in the default run), older rounds describe an SRM that has trained since; 2 came closest to the
+    # budget over three seeds' label-free histograms (strategies/budget.py; BENCHMARKS.md, "The live gate's window")
+    budget_window: int = 2
     # request signal: drift (how far the interactions the cloud has not seen moved the SRM's own top-K over the
     # catalogue) | the LLM-vs-SRM orders of the list: displacement (the paper's) | kendall | topk (top-10
     # overlap) | confidence (how sure the SRM is of its own top item) | auto: nodes evaluate every signal and
@@ -276,6 +280,7 @@ class FederationConfig:
             ("local_epochs", self.local_epochs),
             ("local_batch_size", self.local_batch_size),
             ("bins", self.bins),
+            ("budget_window", self.budget_window),
             ("client_threads", self.client_threads),
         ):
             _check(value >= 1, f"federation.{key}", "must be >= 1", value)

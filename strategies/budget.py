@@ -3,15 +3,17 @@
 Each cloud request costs LLM compute, so the fleet's request rate is a budget (e.g. 5 % of users). Devices
 request when their request signal (``federation.measure``, a score in [0, 1]) exceeds tau. Every evaluate
 round the nodes report their collaborative-inference outcomes (``lsc4rec.outcomes``): sums binned by each
-signal they evaluated, and how many requests the current tau caused. The server adds them up, sets tau so
-that the expected rate on the test-time (live, label-free) histogram meets the budget, and sends it with the
-next round (DESIGN.md section 6); this replaces the paper's manual two-pass calibration. When the nodes
-evaluate several signals (``federation.measure = "auto"``), the server first picks the one whose gate beats
-random requests by most on the validation outcomes (:func:`lsc4rec.outcomes.choose_measure`).
+signal they evaluated, and how many requests the current tau caused. The server adds them up over the last
+few evaluate rounds, sets tau so that the expected rate on the test-time (live, label-free) histogram meets the
+budget, and sends it with the next round (DESIGN.md section 6); this replaces the paper's manual two-pass
+calibration. When the nodes evaluate several signals (``federation.measure = "auto"``), the server first picks
+the one whose gate beats random requests by most on the validation outcomes
+(:func:`lsc4rec.outcomes.choose_measure`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
 
@@ -39,9 +41,14 @@ class RequestBudget(StrategyWrapper):
     bins
         Equal-width bins over [0, 1] of the nodes' histograms; replies of another length are skipped.
     measures
-        The request signals the nodes evaluate; with more than one, each round's validation picks the live one.
+        The request signals the nodes evaluate; with more than one, the window's validation picks the live one.
     initial_tau, initial_measure
         Tau and signal before the first calibration; tau 1.0 = no requests until the fleet has reported.
+    window
+        How many evaluate rounds, the newest last, tau and the signal are calibrated on. One round's sample can
+        be small: the default run evaluates 61 users a round, so a 5 % budget's quantile rests on 3 of them.
+        Pooling rounds steadies it, while older rounds describe an SRM that has trained since (BENCHMARKS.md,
+        "The live gate's window").
 
     Attributes
     ----------
@@ -49,9 +56,10 @@ class RequestBudget(StrategyWrapper):
         The threshold and signal sent with the next messages.
     realized_rates, measures_used
         Fleet request rate by evaluate round, and the signal that round's gate read.
-    calibration_users
-        How many users' histogram ``tau`` was calibrated on (0 before the first calibration): with few users
-        the budget's quantile is a rough estimate, so the next round's realized rate can stray from the budget.
+    calibration_users, calibration_rounds
+        How many users' histograms ``tau`` was calibrated on, from how many evaluate rounds (0 before the first
+        calibration): with few users the budget's quantile is a rough estimate, so the next round's realized
+        rate can stray from the budget.
     """
 
     def __init__(
@@ -62,11 +70,12 @@ class RequestBudget(StrategyWrapper):
         measures: Sequence[str] = ("drift",),
         initial_tau: float = 1.0,
         initial_measure: str | None = None,
+        window: int = 1,
     ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")
-        if bins < 1:
-            raise ValueError(f"bins must be >= 1, got {bins!r}.")
+        if bins < 1 or window < 1:
+            raise ValueError(f"bins and window must be >= 1, got {bins!r} and {window!r}.")
         if not measures or (initial_measure is not None and initial_measure not in measures):
             raise ValueError(
                 f"initial_measure {initial_measure!r} must be one of measures {tuple(measures)}."
@@ -80,14 +89,17 @@ class RequestBudget(StrategyWrapper):
         self.realized_rates: dict[int, float] = {}
         self.measures_used: dict[int, str] = {}
         self.calibration_users = 0
+        self.calibration_rounds = 0
+        self._recent: deque[dict[str, dict[str, StageOutcome]]] = deque(maxlen=window)
 
     def summary(self) -> None:
         """Log the budget's settings, then the inner strategy's."""
         log(
             INFO,
-            "\t├──> Request budget: %.3f, %d bins, tau %.4f, signal %s (of %s)",
+            "\t├──> Request budget: %.3f, %d bins, window %d rounds, tau %.4f, signal %s (of %s)",
             self.budget,
             len(self.bin_edges) - 1,
+            self._recent.maxlen,
             self.tau,
             self.measure,
             ", ".join(self.measures),
@@ -109,17 +121,25 @@ class RequestBudget(StrategyWrapper):
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate, then merge the outcomes by addition, pick the signal, recalibrate tau, report the rate."""
+        """Delegate; merge the outcomes by addition, pool the window's, recalibrate the gate, report the rate."""
         replies = list(replies)
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         merged, requests, users = self._merge(replies)
         if "test" not in merged:
             return metrics
+        self._recent.append(merged)
+        pooled = {
+            stage: {
+                m: StageOutcome.sum([r[stage][m] for r in self._recent if stage in r]) for m in self.measures
+            }
+            for stage in {s for r in self._recent for s in r}
+        }
         used_tau, used_measure = self.tau, self.measure
-        if len(self.measures) > 1 and "valid" in merged:
-            self.measure = choose_measure(merged["valid"], self.budget)
-        self.tau = threshold_for_budget(merged["test"][self.measure].bin_count, self.bin_edges, self.budget)
-        self.calibration_users = int(merged["test"][self.measure].users)
+        if len(self.measures) > 1 and "valid" in pooled:
+            self.measure = choose_measure(pooled["valid"], self.budget)
+        self.tau = threshold_for_budget(pooled["test"][self.measure].bin_count, self.bin_edges, self.budget)
+        self.calibration_users = int(pooled["test"][self.measure].users)
+        self.calibration_rounds = len(self._recent)
         metrics = MetricRecord() if metrics is None else metrics
         metrics[records.REQUESTS] = requests
         metrics[records.USERS] = users
@@ -130,12 +150,14 @@ class RequestBudget(StrategyWrapper):
             self.realized_rates[server_round] = metrics[records.REALIZED_RATE] = requests / users
         log(
             INFO,
-            "request budget: round %d, %s tau %.4f -> %s tau %.4f, requests %d / %d",
+            "request budget: round %d, %s tau %.4f -> %s tau %.4f (on %d users of %d rounds), requests %d / %d",
             server_round,
             used_measure,
             used_tau,
             self.measure,
             self.tau,
+            self.calibration_users,
+            self.calibration_rounds,
             requests,
             users,
         )

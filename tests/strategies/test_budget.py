@@ -47,12 +47,13 @@ def evaluate_reply(
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=instruction)
 
 
-def budget(value: float = 0.05, measures: tuple[str, ...] = ("drift",)) -> RequestBudget:
+def budget(value: float = 0.05, measures: tuple[str, ...] = ("drift",), window: int = 1) -> RequestBudget:
     return RequestBudget(
         FedAvg(min_available_nodes=1, min_evaluate_nodes=1, min_train_nodes=1),
         budget=value,
         bins=BINS,
         measures=measures,
+        window=window,
     )
 
 
@@ -77,6 +78,40 @@ def test_request_budget_merges_histograms_by_addition_not_weighted_mean() -> Non
     strategy.aggregate_evaluate(1, [evaluate_reply(11, top, 0, 1), evaluate_reply(12, bottom, 0, 1000)])
     # 45 of 100 users above tau: half of the top bin [0.98, 1].
     assert strategy.tau == pytest.approx(0.99)
+
+
+def test_request_budget_pools_the_last_window_rounds() -> None:
+    # Round 1: 100 users in the bottom half; rounds 2 and 3: 100 users in the top half each.
+    low, high = np.zeros(BINS), np.zeros(BINS)
+    low[:25], high[25:] = 4.0, 4.0
+    strategy = budget(0.5, window=2)
+    strategy.aggregate_evaluate(1, [evaluate_reply(11, low, 0, 1)])
+    assert strategy.tau == pytest.approx(0.25)  # one round: half of round 1's users above tau
+    strategy.aggregate_evaluate(2, [evaluate_reply(11, high, 0, 1)])
+    # rounds 1 and 2 pooled: the top half of 200 users are round 2's, all above 0.5
+    assert strategy.tau == pytest.approx(0.5)
+    assert (strategy.calibration_users, strategy.calibration_rounds) == (200, 2)
+    metrics = strategy.aggregate_evaluate(3, [evaluate_reply(11, high, 3, 1)])
+    # round 1 has left the window: rounds 2 and 3 alike, so tau is their median
+    assert strategy.tau == pytest.approx(0.75)
+    assert (strategy.calibration_users, strategy.calibration_rounds) == (200, 2)
+    assert metrics[records.REALIZED_RATE] == pytest.approx(0.03)  # the round's own rate, not the window's
+
+
+def test_request_budget_picks_the_signal_on_the_pooled_validation() -> None:
+    # Round 1 favours kendall strongly (ten users helped), round 2 favours drift weakly (five): pooled, kendall
+    # still wins, where round 2 alone would switch to drift.
+    hist = np.full(BINS, 2.0)
+    measures = ("drift", "kendall")
+    strategy = budget(0.1, measures=measures, window=2)
+    helped_first = {"drift": np.arange(10), "kendall": np.arange(90, 100)}
+    helped_second = {"drift": np.arange(95, 100), "kendall": np.arange(5)}
+    strategy.aggregate_evaluate(1, [evaluate_reply(11, hist, 0, 1, measures, helped_first)])
+    strategy.aggregate_evaluate(2, [evaluate_reply(11, hist, 0, 1, measures, helped_second)])
+    assert strategy.measure == "kendall"
+    alone = budget(0.1, measures=measures)
+    alone.aggregate_evaluate(2, [evaluate_reply(11, hist, 0, 1, measures, helped_second)])
+    assert alone.measure == "drift"
 
 
 def test_request_budget_sends_current_tau_and_signal_in_train_and_evaluate_config() -> None:
@@ -134,3 +169,5 @@ def test_request_budget_skips_replies_with_other_bins_and_keeps_tau_without_outc
 def test_request_budget_rejects_an_initial_signal_it_does_not_evaluate() -> None:
     with pytest.raises(ValueError, match="initial_measure 'topk' must be one of"):
         RequestBudget(FedAvg(), budget=0.1, measures=("drift",), initial_measure="topk")
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        RequestBudget(FedAvg(), budget=0.1, window=0)
