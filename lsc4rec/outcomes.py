@@ -177,6 +177,12 @@ def random_spread(outcome: StageOutcome, alpha_index: int, rate: float) -> float
     return float(np.sqrt(m * (n - m) / (n - 1) * variance) / n)
 
 
+def requested_share(bin_edges: np.ndarray, tau: float) -> np.ndarray:
+    """[bins] the share of each bin's users whose signal exceeds ``tau``, users spread uniformly inside a bin."""
+    edges = np.asarray(bin_edges, dtype=float)
+    return np.clip((edges[1:] - tau) / np.diff(edges), 0.0, 1.0)
+
+
 def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[float, float]:
     """(request rate, mean NDCG@10) when users whose stale-list disagreement exceeds ``tau`` request.
 
@@ -184,8 +190,7 @@ def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[f
     what that request set costs. Calibrate ``tau`` on the same stage's histogram (:func:`threshold_for_budget`):
     the signal needs no label, so the fleet calibrates on the lists it holds now, as it does live.
     """
-    edges = outcome.bin_edges
-    share = np.clip((edges[1:] - tau) / np.diff(edges), 0.0, 1.0)  # [bins]: requested part of each bin
+    share = requested_share(outcome.bin_edges, tau)  # [bins]
     gain = outcome.bin_fresh_ndcg[alpha_index] - outcome.bin_stale_ndcg[alpha_index]  # [bins]
     users = max(outcome.users, 1)
     rate = float((share * outcome.bin_count).sum() / users)

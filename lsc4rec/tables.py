@@ -30,6 +30,17 @@ def positive_ints(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",")]
 
 
+def shares(text: str) -> list[float]:
+    """An argparse type: a comma-separated list of shares in [0, 1], such as ``0.05,0.1``."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = [-1.0]
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated shares in [0, 1], got {text!r}")
+    return values
+
+
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """The benchmark's arguments, with its ``--json`` path checked before the benchmark spends its time."""
     args = parser.parse_args()

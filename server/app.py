@@ -8,7 +8,6 @@ for cloud requests). The nodes report sums, so evaluation metrics are added up, 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -35,7 +34,14 @@ from lsc4rec.outcomes import StageOutcome, choice_budgets, choose_measure, signa
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import latest_checkpoint, save_checkpoint
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
-from server.report import ROUNDS_FILE, append_round, final_figures, write_report
+from server.report import (
+    ROUNDS_FILE,
+    SIGNAL_HISTOGRAMS,
+    append_round,
+    final_figures,
+    read_rounds,
+    write_report,
+)
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
 from strategies.sums import sum_metrics
 from strategies.wrapper import StrategyWrapper
@@ -101,6 +107,7 @@ def main(grid: Grid, context: Context) -> None:
         fed.measures,
         initial_tau=tau,
         initial_measure=measure if measure in fed.measures else None,  # a resumed run keeps its gate
+        window=fed.budget_window,
     )
     started = time.perf_counter()
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
@@ -131,6 +138,7 @@ def main(grid: Grid, context: Context) -> None:
         "live gate tau": strategy.tau,
         "live gate realized request rate": final[records.REQUESTS] / users,
         "live gate tau calibrated on users": strategy.calibration_users,
+        "live gate tau calibrated on rounds": strategy.calibration_rounds,
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         "rejected updates": int(sum(strategy.strategy.rejected_total.values())),
         "users missing from the final evaluation": split.num_users - test[measure].users,
@@ -142,7 +150,8 @@ def main(grid: Grid, context: Context) -> None:
     figures["signals"] = signal_comparison(valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2}))
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
-    summary = write_report(run_dir, figures, _read_rounds(run_dir), _protocol(cfg, nodes))
+    figures[SIGNAL_HISTOGRAMS] = {m: test[m].bin_count.tolist() for m in fed.measures}
+    summary = write_report(run_dir, figures, read_rounds(run_dir), _protocol(cfg, nodes))
     log(INFO, "report written: %s", summary)
 
 
@@ -255,6 +264,12 @@ def _round_record(
         for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
             if key in evaluation:
                 record[key] = evaluation[key]
+        # label-free, so the gate's calibration can be replayed from the run (benchmarks/gate_window.py)
+        record[SIGNAL_HISTOGRAMS] = {
+            m: _outcome(evaluation, "test", m).bin_count.tolist()
+            for m in MEASURES
+            if f"{records.outcome_prefix('test', m)}-alphas" in evaluation
+        }
     return record
 
 
@@ -268,16 +283,6 @@ def _any_outcome(metrics: MetricRecord, stage: str) -> StageOutcome | None:
         if metrics.get(f"{records.outcome_prefix(stage, measure)}-users", 0) > 0:
             return _outcome(metrics, stage, measure)
     return None
-
-
-def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-round lines of ``run_dir``, one per round.
-
-    A round redone after a crash (resumed before that round's checkpoint was written) keeps its last line.
-    """
-    path = run_dir / ROUNDS_FILE
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return sorted({line["round"]: line for line in lines}.values(), key=lambda line: line["round"])
 
 
 def _final_evaluation(

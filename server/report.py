@@ -22,12 +22,24 @@ from lsc4rec.runs import write_json
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round ends
+# per round and in final.json: users by bin of each request signal over the test-time lists, {signal: [bins]}
+SIGNAL_HISTOGRAMS = "test-signal-histograms"
 
 
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one round's figures to ``metrics.jsonl``."""
     with (run_dir / ROUNDS_FILE).open("a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-round lines of ``run_dir``, one per round.
+
+    A round redone after a crash (resumed before that round's checkpoint was written) keeps its last line.
+    """
+    path = run_dir / ROUNDS_FILE
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return sorted({line["round"]: line for line in lines}.values(), key=lambda line: line["round"])
 
 
 def final_figures(
@@ -170,9 +182,11 @@ def _live_gate_basis(figures: dict[str, Any]) -> str:
     users = figures.get("live gate tau calibrated on users", 0)
     if not users:
         return ""
+    rounds = figures.get("live gate tau calibrated on rounds", 1)
+    when = "the round before" if rounds == 1 else f"the last {rounds} rounds"
     return (
-        f", with τ calibrated on the {users} users evaluated in the round before: from a sample, and a model "
-        "that has trained since, so its realized rate (under Other figures) can stray from the budget"
+        f", with τ calibrated on the {users} users evaluated in {when}: from a sample, and "
+        "a model that has trained since, so its realized rate (under Other figures) can stray from the budget"
     )
 
 

@@ -131,6 +131,12 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             ["--report-only", "."],
             "error: --report-only: must be a finished federation",
         ),
+        ("gate_window.py", ["."], "error: . is not a finished federation that recorded"),
+        (
+            "gate_window.py",
+            [".", "--budgets", "0.05,2"],
+            "argument --budgets: must be comma-separated shares",
+        ),
     ],
 )
 def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:

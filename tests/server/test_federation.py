@@ -26,7 +26,7 @@ from lsc4rec.scoring import evaluate_full
 from server.app import app as server_app
 from server.checkpoint import load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
-from server.report import ROUNDS_FILE
+from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from tests.conftest import NODES
 
 
@@ -83,13 +83,18 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor" in summary
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
-    sampled = history[-1][
-        "valid-users"
-    ]  # the live τ of the final evaluation came from the last round's sample
-    assert (
-        final["live gate tau calibrated on users"] == sampled
-        and f"τ calibrated on the {sampled} users" in summary
+    # the live τ of the final evaluation came from the samples of the last rounds (federation.budget_window)
+    window = federation_config.federation.budget_window
+    sampled = sum(h["valid-users"] for h in history[-window:])
+    assert final["live gate tau calibrated on users"] == sampled and window > 1
+    assert f"τ calibrated on the {sampled} users evaluated in the last {window} rounds" in summary
+    # every signal's test-time histogram, per round and final, so the gate can be replayed from the run
+    assert all(
+        set(h[SIGNAL_HISTOGRAMS]) == set(MEASURES)
+        and all(sum(c) == h["valid-users"] for c in h[SIGNAL_HISTOGRAMS].values())
+        for h in history
     )
+    assert {m: sum(c) for m, c in final[SIGNAL_HISTOGRAMS].items()} == dict.fromkeys(MEASURES, 24)
     assert "- rejected updates: 0\n" in summary  # counts print as counts
     assert (tmp_path / "validation_per_round.png").stat().st_size > 0
     assert (tmp_path / "ndcg_vs_request_rate.png").stat().st_size > 0

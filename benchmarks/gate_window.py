@@ -1,0 +1,93 @@
+"""Replay the live gate's calibration from finished runs: how close each window of rounds comes to the budget.
+
+The live gate's τ is calibrated on the test-time histograms of the request signal from the last
+``federation.budget_window`` evaluate rounds (strategies/budget.py), and the final evaluation then requests with
+it. One round's sample is small; older rounds describe an SRM that has trained since. Every run records each
+round's histograms (``metrics.jsonl``) and the final evaluation's (``final.json``), so this script recomputes,
+for each window W, the τ those rounds give and the rate it would have realized over the final evaluation's
+users, on the signal the run's final gate used. The signal reads no label, so no test target is involved.
+Example, three seeds of the default run:
+
+    for s in 0 1 2; do ./run_federation.sh --seed $s --out runs/gate; done
+    python benchmarks/gate_window.py runs/gate/federation-* --json runs/bench/gate_window.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lsc4rec.errors import LSC4RecError, run_main
+from lsc4rec.outcomes import requested_share, threshold_for_budget
+from lsc4rec.tables import parse_args, positive_ints, report, shares
+from server.report import SIGNAL_HISTOGRAMS, read_rounds
+
+
+def replay(run_dir: Path, window: int, budget: float) -> float:
+    """The rate the final evaluation of ``run_dir`` would have realized with τ from its last ``window`` rounds."""
+    final = json.loads((run_dir / "final.json").read_text())
+    signal = final["live gate signal"]
+    counts = np.asarray(final[SIGNAL_HISTOGRAMS][signal], dtype=float)  # [bins]
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)  # the nodes' equal bins over [0, 1]
+    rounds = [
+        r[SIGNAL_HISTOGRAMS][signal] for r in read_rounds(run_dir) if signal in r.get(SIGNAL_HISTOGRAMS, {})
+    ]
+    if not rounds:
+        raise LSC4RecError(
+            f"{run_dir}: no evaluate round recorded {signal}'s histogram, so no gate to replay."
+        )
+    tau = threshold_for_budget(np.sum(rounds[-window:], axis=0), edges, budget)
+    return float((requested_share(edges, tau) * counts).sum() / max(counts.sum(), 1.0))
+
+
+def _check_run(run_dir: Path) -> Path:
+    try:
+        final = json.loads((run_dir / "final.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        final = {}
+    if SIGNAL_HISTOGRAMS not in final:
+        raise LSC4RecError(
+            f"{run_dir} is not a finished federation that recorded its signal histograms (final.json with "
+            f"{SIGNAL_HISTOGRAMS!r}); run ./run_federation.sh with this version and pass its report folder.",
+        )
+    return run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished federations' folders")
+    parser.add_argument("--windows", type=positive_ints, default=[1, 2, 3, 4, 5], help="e.g. 1,2,3")
+    parser.add_argument(
+        "--budgets", type=shares, default=[0.05, 0.1, 0.2], help="request budgets, e.g. 0.05,0.1"
+    )
+    parser.add_argument("--json", help="write the table as JSON to this file")
+    args = parse_args(parser)
+    runs = [_check_run(run) for run in args.runs]
+    rows = []
+    for budget in args.budgets:
+        for window in args.windows:
+            rates = [replay(run, window, budget) for run in runs]
+            rows.append(
+                {
+                    "budget": budget,
+                    "window": window,
+                    "realized rates": " ".join(f"{r:.3f}" for r in rates),
+                    "mean |rate / budget - 1|": float(np.mean([abs(r / budget - 1.0) for r in rates])),
+                }
+            )
+    report(
+        "The live gate's τ from the last W rounds: realized rate over each run's final evaluation",
+        rows,
+        ["budget", "window", "realized rates", "mean |rate / budget - 1|"],
+        args.json,
+        {"runs": [str(run) for run in runs]},
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,39 @@
+"""benchmarks/gate_window.py: the live gate's calibration replayed from a run folder's recorded histograms."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gate_window.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("gate_window", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Path) -> None:
+    # Ten bins. Round 1: 10 users in each bin; round 2: 100 users in the top bin; round 3: 100 in the one below.
+    # The final evaluation's 100 users are spread as round 1's. The run's live gate read "confidence".
+    uniform, top, below = [10] * 10, [0] * 9 + [100], [0] * 8 + [100, 0]
+    rounds = [
+        {"round": i + 1, SIGNAL_HISTOGRAMS: {"confidence": hist, "drift": [0] * 9 + [100]}}
+        for i, hist in enumerate((uniform, top, below))
+    ]
+    (tmp_path / ROUNDS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    final = {"live gate signal": "confidence", SIGNAL_HISTOGRAMS: {"confidence": uniform}}
+    (tmp_path / "final.json").write_text(json.dumps(final))
+    replay = load_benchmark().replay
+    # W = 1: 10 % of round 3 lie above tau 0.89, where 11 % of the final users are
+    assert replay(tmp_path, 1, 0.1) == pytest.approx(0.11)
+    # W = 2: 20 of 200 users above tau 0.98 (round 2's top bin); 2 % of the final users
+    assert replay(tmp_path, 2, 0.1) == pytest.approx(0.02)
+    # W = 3 (and any longer window): 30 of 300 above tau 0.9 + 0.1 * 80 / 110
+    expected = 10 * (1 - (0.9 + 0.1 * 80 / 110)) / 0.1 / 100
+    assert replay(tmp_path, 3, 0.1) == pytest.approx(expected) == replay(tmp_path, 5, 0.1)
