@@ -48,7 +48,7 @@ class RequestBudget(StrategyWrapper):
         How many evaluate rounds, the newest last, tau and the signal are calibrated on. One round's sample can
         be small: the default run evaluates 61 users a round, so a 5 % budget's quantile rests on 3 of them.
         Pooling rounds steadies it, while older rounds describe an SRM that has trained since (BENCHMARKS.md,
-        "The live gate's window").
+        "The live gate's window"). The window lives in server memory: a resumed run starts it afresh.
 
     Attributes
     ----------
