@@ -106,18 +106,15 @@ class RequestBudget(StrategyWrapper):
         )
         self.strategy.summary()
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Send the current gate with every training message (training data mirrors inference)."""
-        self._gate_into(config)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the current gate with every evaluation message: the nodes gate their requests with it."""
-        self._gate_into(config)
+        """Send the current gate with every evaluation message: the nodes gate their requests with it.
+
+        Training messages go without it: local training reads the lists the device holds, never the gate.
+        """
+        config[records.TAU] = self.tau
+        config[records.MEASURE] = self.measure
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -162,10 +159,6 @@ class RequestBudget(StrategyWrapper):
             users,
         )
         return metrics
-
-    def _gate_into(self, config: ConfigRecord) -> None:
-        config[records.TAU] = self.tau
-        config[records.MEASURE] = self.measure
 
     def _merge(self, replies: list[Message]) -> tuple[dict[str, dict[str, StageOutcome]], float, float]:
         """Fleet sums: outcomes by stage and signal, requests and users (no stage when no node reported one)."""

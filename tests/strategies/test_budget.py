@@ -114,19 +114,17 @@ def test_request_budget_picks_the_signal_on_the_pooled_validation() -> None:
     assert alone.measure == "drift"
 
 
-def test_request_budget_sends_current_tau_and_signal_in_train_and_evaluate_config() -> None:
+def test_request_budget_sends_current_tau_and_signal_in_evaluate_config() -> None:
     strategy = budget(0.2)
     first = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
     assert {m.content["config"][records.TAU] for m in first} == {1.0}
     assert {m.content["config"][records.MEASURE] for m in first} == {"drift"}
     strategy.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 1.0), 0, 1)])
-    for messages in (
-        strategy.configure_train(2, ArrayRecord(), ConfigRecord(), FakeGrid()),
-        strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), FakeGrid()),
-    ):
-        messages = list(messages)
-        assert len(messages) == 2
-        assert all(m.content["config"][records.TAU] == pytest.approx(0.8) for m in messages)
+    messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    assert len(messages) == 2
+    assert all(m.content["config"][records.TAU] == pytest.approx(0.8) for m in messages)
+    training = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    assert len(training) == 2 and all(records.TAU not in m.content["config"] for m in training)
 
 
 def test_request_budget_reports_realized_rate_of_the_round() -> None:
