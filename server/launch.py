@@ -64,9 +64,11 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
 
 @contextmanager
 def candidate_service(
-    cfg: RunConfig, checkpoint: Path, engine: str, run_dir: Path
+    cfg: RunConfig, checkpoint: Path, engine: str, run_dir: Path, eager: bool = False
 ) -> Iterator[ManagedServer]:
     """The candidate service on 127.0.0.1 (and vLLM behind it for ``engine == "vllm"``), stopped on exit.
+
+    ``eager`` starts vLLM without torch.compile: ready sooner, a little slower per request (BENCHMARKS.md).
 
     The checkpoint must number items as this run's data does; a checkpoint from other data is refused here,
     before anything starts, because it would otherwise answer with other items and no error at all.
@@ -81,8 +83,9 @@ def candidate_service(
 
             if (reason := vllm_unavailable_reason()) is not None:
                 raise LSC4RecError(f"--engine vllm: {reason}.")
-            print(f"==> starting vLLM (a minute or more on CPU; log: {run_dir / 'vllm.log'})", flush=True)
-            vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log"))
+            mode = "eager" if eager else "a minute or more on CPU"
+            print(f"==> starting vLLM ({mode}; log: {run_dir / 'vllm.log'})", flush=True)
+            vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log", eager=eager))
             args += ["--vllm-url", vllm.url]
         print("==> starting the candidate service", flush=True)
         yield stack.enter_context(start_service(args, free_port(), run_dir / "service.log"))
@@ -228,7 +231,9 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         )
 
 
-def run_federation(cfg: RunConfig, engine: str = "transformers", runtime: str = "simulation") -> Path:
+def run_federation(
+    cfg: RunConfig, engine: str = "transformers", runtime: str = "simulation", eager: bool = False
+) -> Path:
     """Run the whole pipeline of the module docstring; return ``summary.md`` (in the run folder).
 
     ``runtime="deployment"`` runs the nodes as ``flower-supernode`` processes connected to a deployment
@@ -251,7 +256,8 @@ def run_federation(cfg: RunConfig, engine: str = "transformers", runtime: str = 
     run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)
     try:
-        _federate(cfg, checkpoint, engine, runtime, nodes, run_dir)
+        with candidate_service(cfg, checkpoint, engine, run_dir, eager) as service:
+            _federate(cfg, service.url, runtime, nodes, run_dir)
     except KeyboardInterrupt:
         raise LSC4RecError(
             f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"
@@ -273,15 +279,14 @@ def resume_hint(run_dir: Path) -> str:
     return f" Round {max(done)} is checkpointed: ./run_federation.sh --resume {run_dir} continues from there."
 
 
-def _federate(cfg: RunConfig, checkpoint: Path, engine: str, runtime: str, nodes: int, run_dir: Path) -> None:
-    """Start the cloud's service and Flower's processes, ``flwr run`` the app, and stop them all on the way out."""
+def _federate(cfg: RunConfig, service_url: str, runtime: str, nodes: int, run_dir: Path) -> None:
+    """Start Flower's processes, ``flwr run`` the app against the service, and stop them on the way out."""
     with (
-        candidate_service(cfg, checkpoint, engine, run_dir) as service,
         superlink(run_dir, runtime) as (address, env),
         supernodes(address, nodes, run_dir) if runtime == "deployment" else nullcontext(),
     ):
         cfg = cfg.override(
-            [f"federation.service_url={service.url}", f"federation.run_dir={run_dir.resolve()}"]
+            [f"federation.service_url={service_url}", f"federation.run_dir={run_dir.resolve()}"]
         )
         run_config = run_dir / "run_config.toml"
         run_config.write_text(_toml(cfg.to_flat()))

@@ -69,6 +69,7 @@ def test_cli_out_of_range_options_are_usage_errors() -> None:
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
         (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
         (["federate", "--runtime", "cluster"], "--runtime"),
+        (["federate", "--vllm-eager"], "--vllm-eager"),  # the transformers engine starts no vLLM
         (["federate", "--resume", "runs/x", "--config", "c.toml"], "--resume"),
     ):
         done = lsc4rec(*args)
