@@ -49,6 +49,7 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("llm.batch_size=0", "llm.batch_size: must be >= 1"),
         ("federation.local_batch_size=0", "federation.local_batch_size: must be >= 1"),
         ("federation.bins=0", "federation.bins: must be >= 1"),
+        ("federation.budget_window=0", "federation.budget_window: must be >= 1"),
         ("federation.timeout_s=0", "federation.timeout_s: must be > 0"),
         # keys that used to be ignored without a word
         ("seed.x=1", "seed.x: is not a known key: seed takes a value"),
