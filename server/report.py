@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lsc4rec import records
 from lsc4rec.outcomes import StageOutcome, budget_point, random_policy
 from lsc4rec.runs import write_json
 
@@ -111,7 +112,7 @@ def write_report(
 ) -> Path:
     """Write ``final.json``, ``summary.md`` and the plots; return the summary's path."""
     write_json(run_dir / "final.json", {"protocol": protocol, **figures})
-    _plot_rounds(run_dir / "validation_per_round.png", rounds)
+    _plot_rounds(run_dir / "validation_per_round.png", rounds, figures, protocol["budget"])
     _plot_policies(run_dir / "ndcg_vs_request_rate.png", figures)
     summary = run_dir / "summary.md"
     summary.write_text(summary_markdown(figures, protocol))
@@ -202,13 +203,24 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _plot_rounds(path: Path, rounds: list[dict[str, Any]]) -> None:
+def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, Any], budget: float) -> None:
+    """Validation NDCG@10 per round, and beside it the live gate's request rate per round against the budget."""
     points = [(r["round"], r["valid-fused-ndcg@10"]) for r in rounds if "valid-fused-ndcg@10" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    rates = [(r["round"], r[records.REALIZED_RATE]) for r in rounds if records.REALIZED_RATE in r]
+    fig, (ax, gate) = plt.subplots(1, 2, figsize=(11, 4))
     if points:
         ax.plot(*zip(*points, strict=True), marker="o")
     ax.set(xlabel="round", ylabel="validation NDCG@10 (fused, sampled nodes)", title="Validation per round")
     ax.grid(alpha=0.3)
+    if rates:
+        gate.plot(*zip(*rates, strict=True), marker="o", label="sampled nodes, τ set the round before")
+    if (final := figures.get("live gate realized request rate")) is not None:
+        last = max((r["round"] for r in rounds), default=0)
+        gate.plot([last + 1], [final], marker="*", markersize=12, linestyle="none", label="final evaluation")
+    gate.axhline(budget, color="grey", linestyle="--", label=f"budget {budget:g}")
+    gate.set(xlabel="round", ylabel="share of users requesting", title="The live gate's request rate")
+    gate.grid(alpha=0.3)
+    gate.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
