@@ -26,24 +26,8 @@ from lsc4rec.tables import parse_args, positive_ints, report, shares
 from server.report import SIGNAL_HISTOGRAMS, read_rounds
 
 
-def replay(run_dir: Path, window: int, budget: float) -> float:
-    """The rate the final evaluation of ``run_dir`` would have realized with τ from its last ``window`` rounds."""
-    final = json.loads((run_dir / "final.json").read_text())
-    signal = final["live gate signal"]
-    counts = np.asarray(final[SIGNAL_HISTOGRAMS][signal], dtype=float)  # [bins]
-    edges = np.linspace(0.0, 1.0, len(counts) + 1)  # the nodes' equal bins over [0, 1]
-    rounds = [
-        r[SIGNAL_HISTOGRAMS][signal] for r in read_rounds(run_dir) if signal in r.get(SIGNAL_HISTOGRAMS, {})
-    ]
-    if not rounds:
-        raise LSC4RecError(
-            f"{run_dir}: no evaluate round recorded {signal}'s histogram, so no gate to replay."
-        )
-    tau = threshold_for_budget(np.sum(rounds[-window:], axis=0), edges, budget)
-    return float((requested_share(edges, tau) * counts).sum() / max(counts.sum(), 1.0))
-
-
-def _check_run(run_dir: Path) -> Path:
+def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[float]]]:
+    """(the final evaluation's histogram, each evaluate round's) of the signal the run's final gate used."""
     try:
         final = json.loads((run_dir / "final.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -53,7 +37,22 @@ def _check_run(run_dir: Path) -> Path:
             f"{run_dir} is not a finished federation that recorded its signal histograms (final.json with "
             f"{SIGNAL_HISTOGRAMS!r}); run ./run_federation.sh with this version and pass its report folder.",
         )
-    return run_dir
+    signal = final["live gate signal"]
+    rounds = [
+        r[SIGNAL_HISTOGRAMS][signal] for r in read_rounds(run_dir) if signal in r.get(SIGNAL_HISTOGRAMS, {})
+    ]
+    if not rounds:
+        raise LSC4RecError(
+            f"{run_dir}: no evaluate round recorded {signal}'s histogram, so no gate to replay."
+        )
+    return np.asarray(final[SIGNAL_HISTOGRAMS][signal], dtype=float), rounds
+
+
+def replay(final: np.ndarray, rounds: list[list[float]], window: int, budget: float) -> float:
+    """The rate the ``final`` users would have realized with τ from the last ``window`` of ``rounds``."""
+    edges = np.linspace(0.0, 1.0, len(final) + 1)  # the nodes' equal bins over [0, 1]
+    tau = threshold_for_budget(np.sum(rounds[-window:], axis=0), edges, budget)
+    return float((requested_share(edges, tau) * final).sum() / max(final.sum(), 1.0))
 
 
 def main() -> None:
@@ -67,11 +66,11 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parse_args(parser)
-    runs = [_check_run(run) for run in args.runs]
+    loaded = [load_run(run) for run in args.runs]  # each run's files read once
     rows = []
     for budget in args.budgets:
         for window in args.windows:
-            rates = [replay(run, window, budget) for run in runs]
+            rates = [replay(final, rounds, window, budget) for final, rounds in loaded]
             rows.append(
                 {
                     "budget": budget,
@@ -85,7 +84,7 @@ def main() -> None:
         rows,
         ["budget", "window", "realized rates", "mean |rate / budget - 1|"],
         args.json,
-        {"runs": [str(run) for run in runs]},
+        {"runs": [str(run) for run in args.runs]},
     )
 
 

@@ -29,11 +29,17 @@ def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Pat
     (tmp_path / ROUNDS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rounds))
     final = {"live gate signal": "confidence", SIGNAL_HISTOGRAMS: {"confidence": uniform}}
     (tmp_path / "final.json").write_text(json.dumps(final))
-    replay = load_benchmark().replay
+    benchmark = load_benchmark()
+    final_counts, round_counts = benchmark.load_run(tmp_path)
+    assert final_counts.tolist() == uniform and round_counts == [uniform, top, below]  # the live signal's
+
+    def replay(window: int, budget: float) -> float:
+        return benchmark.replay(final_counts, round_counts, window, budget)
+
     # W = 1: 10 % of round 3 lie above tau 0.89, where 11 % of the final users are
-    assert replay(tmp_path, 1, 0.1) == pytest.approx(0.11)
+    assert replay(1, 0.1) == pytest.approx(0.11)
     # W = 2: 20 of 200 users above tau 0.98 (round 2's top bin); 2 % of the final users
-    assert replay(tmp_path, 2, 0.1) == pytest.approx(0.02)
+    assert replay(2, 0.1) == pytest.approx(0.02)
     # W = 3 (and any longer window): 30 of 300 above tau 0.9 + 0.1 * 80 / 110
     expected = 10 * (1 - (0.9 + 0.1 * 80 / 110)) / 0.1 / 100
-    assert replay(tmp_path, 3, 0.1) == pytest.approx(expected) == replay(tmp_path, 5, 0.1)
+    assert replay(3, 0.1) == pytest.approx(expected) == replay(5, 0.1)
