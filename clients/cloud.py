@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import ssl
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from flwr.app import Array, ArrayRecord
 from pydantic import ValidationError
 
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
-from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, CandidateRequest, CandidateResponse
+from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, CandidateRequest, CandidateResponse, bearer_headers
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +76,12 @@ class CloudClient:
         api_key: str | None = None,
         catalogue: tuple[int, str] | None = None,
     ) -> None:
-        api_key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base = url.rstrip("/")
         self.url = self.base + "/v1/candidates"
         self.k = k
         self.retries = retries
         self.catalogue = catalogue
-        self.http = httpx.Client(timeout=timeout_s, headers=headers, verify=_tls_context())
+        self.http = httpx.Client(timeout=timeout_s, headers=bearer_headers(api_key), verify=_tls_context())
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Ranked items and scores [B, K] for each history (newest ``MAX_HISTORY`` items sent)."""

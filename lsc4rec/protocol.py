@@ -9,6 +9,7 @@ history, and in the optional per-history ``exclude`` list, are never returned. U
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -24,6 +25,12 @@ MAX_BODY_BYTES = 16 * 2**20
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
 API_KEY_ENV = "LSC4REC_API_KEY"
+
+
+def bearer_headers(api_key: str | None, env: str = API_KEY_ENV) -> dict[str, str]:
+    """HTTP headers carrying ``api_key``, else the key in ``$env``; none when neither is set."""
+    api_key = os.environ.get(env, "") if api_key is None else api_key
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def catalogue_digest(item_ids: Iterable[object]) -> str:

@@ -14,7 +14,6 @@ Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import httpx
 
 from llm_cloud.checkpoint import catalogue_of, read_json, read_template
 from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError
-from lsc4rec.protocol import MAX_HISTORY, MAX_K
+from lsc4rec.protocol import MAX_HISTORY, MAX_K, bearer_headers
 
 MAX_BIASED_TOKENS = 64  # above this many non-item tokens an allow-list of items is cheaper than a bias table
 MAX_LOGPROBS = MAX_K + 2 * MAX_HISTORY  # what the server must allow: K plus a full history and exclusion list
@@ -46,8 +45,7 @@ class VLLMEngine(CandidateEngine):
         self.num_items = self.template.num_items
         self.model_name = Path(checkpoint).name
         self.catalogue = catalogue_of(checkpoint)
-        api_key = os.environ.get(VLLM_API_KEY_ENV, "") if api_key is None else api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = bearer_headers(api_key, VLLM_API_KEY_ENV)
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)
         vocab_size = read_json(checkpoint, "config.json")["vocab_size"]
         first, last = self.template.first_item_token, self.template.first_item_token + self.num_items
