@@ -9,8 +9,8 @@ cached stale list instead of a fresh one; rank with the SRM alone; train without
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import ssl
 import time
 from collections.abc import Sequence
@@ -22,7 +22,15 @@ from flwr.app import Array, ArrayRecord
 from pydantic import ValidationError
 
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
-from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, CandidateRequest, CandidateResponse, bearer_headers
+from lsc4rec.protocol import (
+    MAX_BATCH,
+    MAX_HISTORY,
+    SERVICE_CA_ENV,
+    CandidateRequest,
+    CandidateResponse,
+    bearer_headers,
+)
+from lsc4rec.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +51,6 @@ class CandidateLists:
         return cls(np.zeros((rows, k), np.int64), np.full((rows, k), -np.inf), np.ones(rows, bool))
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One certificate-verifying TLS context per process, shared by every client.
-
-    httpx builds a fresh one per client by default, loading the CA bundle (about 40 ms), even for plain http;
-    a node opens a client per fetch, so a federation of one-user devices spent a third of its time there.
-    """
-    return httpx.create_ssl_context()
-
-
 class CloudClient:
     """Batched ``POST /v1/candidates`` with a timeout, bounded retries and exponential back-off.
 
@@ -61,6 +59,9 @@ class CloudClient:
     that break the schema are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at
     once, a reply with the wrong number of lists or lists longer than K (a foreign service). The bearer
     key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
+    An https service is verified against ``ca_file``, else ``$LSC4REC_SERVICE_CA``, else the public CAs; a
+    certificate that fails verification is a ``ProtocolError`` at once, as a wrong key is, because no retry
+    and no fallback list can fix a device's settings.
 
     ``catalogue`` is the device data's (number of items, :func:`~lsc4rec.protocol.catalogue_digest`). Before
     the first request the service's ``/healthz`` is compared with it: an LLM that numbers items otherwise
@@ -75,13 +76,17 @@ class CloudClient:
         retries: int = 2,
         api_key: str | None = None,
         catalogue: tuple[int, str] | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.base = url.rstrip("/")
         self.url = self.base + "/v1/candidates"
         self.k = k
         self.retries = retries
         self.catalogue = catalogue
-        self.http = httpx.Client(timeout=timeout_s, headers=bearer_headers(api_key), verify=_tls_context())
+        self.ca_file = ca_file if ca_file is not None else os.environ.get(SERVICE_CA_ENV) or None
+        self.http = httpx.Client(
+            timeout=timeout_s, headers=bearer_headers(api_key), verify=client_context(self.ca_file)
+        )
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Ranked items and scores [B, K] for each history (newest ``MAX_HISTORY`` items sent)."""
@@ -131,6 +136,7 @@ class CloudClient:
                     self.url, content=request.model_dump_json(), headers={"Content-Type": "application/json"}
                 )
             except httpx.HTTPError as exc:
+                self._check_certificate(exc)
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 400:
@@ -154,6 +160,20 @@ class CloudClient:
             f"candidate service at {self.url} unavailable after {self.retries + 1} "
             f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check federation.service_url."
         )
+
+    def _check_certificate(self, exc: httpx.HTTPError) -> None:
+        """Raise a ``ProtocolError`` when ``exc`` is the service's certificate failing verification."""
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            trusted = f"the CA in {self.ca_file}" if self.ca_file else "the public CAs"
+            raise ProtocolError(
+                "tls",
+                f"the candidate service at {self.base} presents a certificate that fails verification against "
+                f"{trusted} ({cause.verify_message}). Set {SERVICE_CA_ENV} to the CA file that signed it, or "
+                "reach the service by a host name its certificate names.",
+            )
 
     def close(self) -> None:
         self.http.close()

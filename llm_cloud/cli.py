@@ -124,8 +124,15 @@ def serve(
         str | None,
         typer.Option("--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY'."),
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-certfile", help="Serve https with this PEM certificate (with --ssl-keyfile)."),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="The certificate's PEM private key.")
+    ] = None,
 ) -> None:
-    """Serve POST /v1/candidates, GET /healthz and GET /metrics."""
+    """Serve POST /v1/candidates, GET /healthz and GET /metrics (over https with a certificate and key)."""
     import uvicorn
 
     from llm_cloud.engines import make_engine
@@ -133,6 +140,7 @@ def serve(
     from llm_cloud.service import create_app, exposure_warning
 
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
+    tls = _tls_files(ssl_certfile, ssl_keyfile)
     if warning := exposure_warning(host, api_key):
         typer.echo(f"warning: {warning}.", err=True)
     candidate_engine = make_engine(engine, checkpoint, vllm_url)
@@ -142,13 +150,35 @@ def serve(
             "(`lsc4rec llm vllm-serve --checkpoint CKPT` starts one that does).",
             err=True,
         )
+    scheme = "https" if tls else "http"
     typer.echo(
-        f"serving {checkpoint.name} ({engine} engine) on http://{host}:{port}; Ctrl-C stops it", err=True
+        f"serving {checkpoint.name} ({engine} engine) on {scheme}://{host}:{port}; Ctrl-C stops it", err=True
     )
     try:
-        uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning", **tls)
     finally:
         candidate_engine.close()
+
+
+def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
+    """The TLS arguments of ``uvicorn.run``, checked before the model loads: both files or neither, each readable."""
+    import ssl
+
+    from lsc4rec.errors import ConfigError
+
+    if certfile is None and keyfile is None:
+        return {}
+    if certfile is None or keyfile is None:
+        missing = "--ssl-keyfile" if keyfile is None else "--ssl-certfile"
+        raise ConfigError(missing, "is needed too: https takes a certificate and its private key.")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            "--ssl-certfile",
+            f"{certfile} and --ssl-keyfile {keyfile} must be a PEM certificate and its private key ({exc}).",
+        ) from None
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
 
 
 @app.command("vllm-serve")

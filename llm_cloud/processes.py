@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from lsc4rec.errors import CloudUnavailableError, ConfigError
+from lsc4rec.tls import TLSFiles, client_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,8 +96,11 @@ def spawn_server(
     log_path: str | Path,
     env: dict[str, str] | None = None,
     ready_timeout_s: float = 300.0,
+    ca: Path | None = None,
 ) -> ManagedServer:
     """Start ``command`` in a new session (its own process group) and wait until ``url + health_path`` is 200.
+
+    An https ``url`` is verified against the CA file ``ca`` (else the public CAs).
 
     The new session keeps a terminal's Ctrl-C from reaching the server, so this function stops the group itself
     if anything (a failed start, a timeout, Ctrl-C or SIGTERM during the wait) ends the wait early.
@@ -112,7 +116,7 @@ def spawn_server(
         )
     server = ManagedServer(url, process)
     try:
-        _wait_until_healthy(process, url + health_path, ready_timeout_s, name, log_path)
+        _wait_until_healthy(process, url + health_path, ready_timeout_s, name, log_path, ca)
     except BaseException:
         server.stop()
         raise
@@ -120,8 +124,14 @@ def spawn_server(
 
 
 def _wait_until_healthy(
-    process: subprocess.Popen, health_url: str, timeout_s: float, name: str, log_path: str | Path
+    process: subprocess.Popen,
+    health_url: str,
+    timeout_s: float,
+    name: str,
+    log_path: str | Path,
+    ca: Path | None,
 ) -> None:
+    verify = client_context(str(ca) if ca else None)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -129,7 +139,7 @@ def _wait_until_healthy(
                 f"{name} exited with code {process.returncode} before it was ready; see {log_path}."
             )
         try:
-            if httpx.get(health_url, timeout=2.0).status_code == 200:
+            if httpx.get(health_url, timeout=2.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -193,9 +203,19 @@ def stop_processes_with_env(name: str, folder: str, grace_s: float = 10.0) -> No
 
 
 def start_service(
-    args: list[str], port: int, log_path: str | Path, ready_timeout_s: float = 120.0
+    args: list[str],
+    port: int,
+    log_path: str | Path,
+    ready_timeout_s: float = 120.0,
+    tls: TLSFiles | None = None,
 ) -> ManagedServer:
-    """``lsc4rec llm serve ARGS --port PORT`` on 127.0.0.1 with this interpreter, ready on ``/healthz``."""
+    """``lsc4rec llm serve ARGS --port PORT`` on 127.0.0.1 with this interpreter, ready on ``/healthz``.
+
+    With ``tls`` it serves https with that certificate, and its readiness is checked against that CA.
+    """
     command = [sys.executable, "-m", "llm_cloud.cli", "serve", *args, "--port", str(port)]
+    if tls:
+        command += ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
-    return spawn_server(command, f"http://127.0.0.1:{port}", "/healthz", log_path, env, ready_timeout_s)
+    return spawn_server(command, url, "/healthz", log_path, env, ready_timeout_s, tls.ca if tls else None)

@@ -25,6 +25,7 @@ MAX_BODY_BYTES = 16 * 2**20
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
 API_KEY_ENV = "LSC4REC_API_KEY"
+SERVICE_CA_ENV = "LSC4REC_SERVICE_CA"  # a device's CA file for an https service with a private certificate
 
 
 def bearer_headers(api_key: str | None, env: str = API_KEY_ENV) -> dict[str, str]:

@@ -33,7 +33,9 @@ from lsc4rec.data.prepared import load_or_prepare, prepared_name
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
+from lsc4rec.protocol import SERVICE_CA_ENV
 from lsc4rec.runs import make_run_dir, output_path
+from lsc4rec.tls import TLSFiles, make_loopback_tls
 from server.checkpoint import complete_checkpoints
 
 FEDERATION = "lsc4rec-local"
@@ -64,11 +66,17 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
 
 @contextmanager
 def candidate_service(
-    cfg: RunConfig, checkpoint: Path, engine: str, run_dir: Path, eager: bool = False
+    cfg: RunConfig,
+    checkpoint: Path,
+    engine: str,
+    run_dir: Path,
+    eager: bool = False,
+    tls: TLSFiles | None = None,
 ) -> Iterator[ManagedServer]:
     """The candidate service on 127.0.0.1 (and vLLM behind it for ``engine == "vllm"``), stopped on exit.
 
     ``eager`` starts vLLM without torch.compile: ready sooner, a little slower per request (BENCHMARKS.md).
+    With ``tls`` the service speaks https (vLLM, on the service's side of the link, stays plain http).
 
     The checkpoint must number items as this run's data does; a checkpoint from other data is refused here,
     before anything starts, because it would otherwise answer with other items and no error at all.
@@ -88,28 +96,31 @@ def candidate_service(
             vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log", eager=eager))
             args += ["--vllm-url", vllm.url]
         print("==> starting the candidate service", flush=True)
-        yield stack.enter_context(start_service(args, free_port(), run_dir / "service.log"))
+        yield stack.enter_context(start_service(args, free_port(), run_dir / "service.log", tls=tls))
 
 
 @contextmanager
-def superlink(run_dir: Path, runtime: str) -> Iterator[tuple[str, dict[str, str]]]:
+def superlink(
+    run_dir: Path, runtime: str, tls: TLSFiles | None = None
+) -> Iterator[tuple[str, dict[str, str]]]:
     """A SuperLink on 127.0.0.1 with its own FLWR_HOME; yields its address and the environment for ``flwr run``.
 
     ``runtime`` is ``simulation`` (the SuperLink runs the nodes itself) or ``deployment`` (nodes connect to it
-    as ``flower-supernode`` processes, as edge boxes do).
+    as ``flower-supernode`` processes, as edge boxes do). With ``tls`` it serves https with that certificate,
+    and ``flwr run`` trusts that CA.
     """
     home = run_dir / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()  # one HTTP port serves the Control, Fleet and runtime APIs
     address = f"127.0.0.1:{port}"
+    trust = f'root-certificates = "{tls.ca}"' if tls else "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\n'
-        "insecure = true\n"
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\n{trust}\n'
     )
-    env = {"FLWR_HOME": str(home), **_flower_env()}
+    env = {"FLWR_HOME": str(home), **_flower_env(tls)}
     command = [
         _flower_bin("flower-superlink"),
-        "--insecure",
+        *(_tls_options(tls) if tls else ["--insecure"]),
         *(["--simulation"] if runtime == "simulation" else []),
         "--disable-runtime-dependency-installation",
         "--host",
@@ -120,18 +131,22 @@ def superlink(run_dir: Path, runtime: str) -> Iterator[tuple[str, dict[str, str]
         str(home / "state.db"),
     ]
     try:
-        with spawn_server(command, f"http://{address}", "/health", run_dir / "superlink.log", env, 120.0):
+        url = f"{'https' if tls else 'http'}://{address}"
+        ca = tls.ca if tls else None
+        with spawn_server(command, url, "/health", run_dir / "superlink.log", env, 120.0, ca):
             yield address, env
     finally:  # what Flower started in sessions of its own (the SuperLink's flower-superexec)
         stop_processes_with_env("FLWR_HOME", str(home))
 
 
 @contextmanager
-def supernodes(address: str, nodes: int, run_dir: Path) -> Iterator[None]:
+def supernodes(address: str, nodes: int, run_dir: Path, tls: TLSFiles | None = None) -> Iterator[None]:
     """One ``flower-supernode`` per node on this machine, each as an edge box would start it (README).
 
     Each gets its own FLWR_HOME and log, and its partition from ``--node-config``; each is its own process
-    group (it starts a ``flower-superexec`` child), stopped on exit.
+    group (it starts a ``flower-superexec`` child), stopped on exit. With ``tls`` each verifies the SuperLink
+    and the candidate service against its CA, as a box given ``--root-certificates`` and
+    ``LSC4REC_SERVICE_CA`` does.
     """
     with ExitStack() as stack:
         for partition in range(nodes):
@@ -140,7 +155,7 @@ def supernodes(address: str, nodes: int, run_dir: Path) -> Iterator[None]:
             port = free_port()
             command = [
                 _flower_bin("flower-supernode"),
-                "--insecure",
+                *(["--root-certificates", str(tls.ca)] if tls else ["--insecure"]),
                 "--superlink",
                 address,
                 "--port",
@@ -149,7 +164,7 @@ def supernodes(address: str, nodes: int, run_dir: Path) -> Iterator[None]:
                 f"partition-id={partition} num-partitions={nodes}",
             ]
             log = run_dir / f"supernode-{partition}.log"
-            env = {"FLWR_HOME": str(home), **_flower_env()}
+            env = {"FLWR_HOME": str(home), **_flower_env(tls)}
             stack.enter_context(spawn_server(command, f"http://127.0.0.1:{port}", "/health", log, env, 120.0))
         yield
 
@@ -159,13 +174,22 @@ def _flower_bin(program: str = "") -> str:
     return str(Path(sys.executable).parent / program)
 
 
-def _flower_env() -> dict[str, str]:
-    """What Flower's processes need: this repository importable, and ``flower-superexec`` on PATH."""
+def _flower_env(tls: TLSFiles | None = None) -> dict[str, str]:
+    """What Flower's processes need: this repository importable and ``flower-superexec`` on PATH.
+
+    With ``tls``, also the CA that the nodes' ClientApps verify the candidate service against.
+    """
     return {
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
         "PATH": f"{_flower_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
+        **({SERVICE_CA_ENV: str(tls.ca)} if tls else {}),
     }
+
+
+def _tls_options(tls: TLSFiles) -> list[str]:
+    """The SuperLink's https options (as on a real server host: README)."""
+    return ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
 
 
 def run_folder(cfg: RunConfig) -> Path:
@@ -237,7 +261,9 @@ def run_federation(
     """Run the whole pipeline of the module docstring; return ``summary.md`` (in the run folder).
 
     ``runtime="deployment"`` runs the nodes as ``flower-supernode`` processes connected to a deployment
-    SuperLink, the commands edge boxes run (README), here all on 127.0.0.1.
+    SuperLink, the commands edge boxes run (README), here all on 127.0.0.1; and since edge boxes talk over
+    networks nobody trusts, every link of that runtime (SuperLink, supernodes, ``flwr run``, the candidate
+    service) runs over TLS, with a CA made for the run (``tls/`` in the run folder).
 
     Everything that can be checked without training is checked first (the data, the lag it must hold, the run
     folder), so that bad settings end in one line before minutes of LLM training, and leave no empty folder.
@@ -255,9 +281,10 @@ def run_federation(
         )
     run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)
+    tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
     try:
-        with candidate_service(cfg, checkpoint, engine, run_dir, eager) as service:
-            _federate(cfg, service.url, runtime, nodes, run_dir)
+        with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
+            _federate(cfg, service.url, runtime, nodes, run_dir, tls)
     except KeyboardInterrupt:
         raise LSC4RecError(
             f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"
@@ -279,11 +306,13 @@ def resume_hint(run_dir: Path) -> str:
     return f" Round {max(done)} is checkpointed: ./run_federation.sh --resume {run_dir} continues from there."
 
 
-def _federate(cfg: RunConfig, service_url: str, runtime: str, nodes: int, run_dir: Path) -> None:
+def _federate(
+    cfg: RunConfig, service_url: str, runtime: str, nodes: int, run_dir: Path, tls: TLSFiles | None
+) -> None:
     """Start Flower's processes, ``flwr run`` the app against the service, and stop them on the way out."""
     with (
-        superlink(run_dir, runtime) as (address, env),
-        supernodes(address, nodes, run_dir) if runtime == "deployment" else nullcontext(),
+        superlink(run_dir, runtime, tls) as (address, env),
+        supernodes(address, nodes, run_dir, tls) if runtime == "deployment" else nullcontext(),
     ):
         cfg = cfg.override(
             [f"federation.service_url={service_url}", f"federation.run_dir={run_dir.resolve()}"]
@@ -291,7 +320,8 @@ def _federate(cfg: RunConfig, service_url: str, runtime: str, nodes: int, run_di
         run_config = run_dir / "run_config.toml"
         run_config.write_text(_toml(cfg.to_flat()))
         print(
-            f"==> federation: {nodes} supernodes, {cfg.federation.rounds} rounds (Flower {runtime})",
+            f"==> federation: {nodes} supernodes, {cfg.federation.rounds} rounds (Flower {runtime}"
+            f"{', every link over TLS with the CA ' + str(tls.ca) if tls else ''})",
             flush=True,
         )
         command = [_flower_bin("flwr"), "run", str(REPO_ROOT), FEDERATION, "--stream"]

@@ -12,8 +12,9 @@ from clients.cloud import CloudClient, ListCache
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.errors import CloudUnavailableError, ProtocolError
-from lsc4rec.protocol import API_KEY_ENV
+from lsc4rec.errors import CloudUnavailableError, LSC4RecError, ProtocolError
+from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
+from lsc4rec.tls import client_context, make_loopback_tls
 from tests.conftest import answering_server
 
 
@@ -93,6 +94,40 @@ def test_cloud_client_sends_the_key_from_the_environment(
         assert (items > 0).all()
         with pytest.raises(ProtocolError, match="refused it \\(401"):
             CloudClient(keyed.url, k=5, api_key="wrong").candidates([np.array([1, 2, 3])])
+
+
+def test_cloud_client_verifies_an_https_service_against_its_ca(
+    federation_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device trusts a service with a private certificate only through the CA it was given; without it the
+    client stops at once (no retries, no fallback: a device's wrong setting is not an outage)."""
+    tls = make_loopback_tls(tmp_path / "tls")
+    args = ["--checkpoint", str(federation_checkpoint)]
+    with start_service(args, free_port(), tmp_path / "service.log", tls=tls) as secure:
+        assert secure.url.startswith("https://127.0.0.1:")
+        items, _ = CloudClient(secure.url, k=5, ca_file=str(tls.ca)).candidates([np.array([1, 2, 3])])
+        assert (items > 0).all()
+        monkeypatch.setenv(SERVICE_CA_ENV, str(tls.ca))  # what a deployment's supernodes are given
+        assert (CloudClient(secure.url, k=5).candidates([np.array([1, 2, 3])])[0] == items).all()
+        monkeypatch.delenv(SERVICE_CA_ENV)
+        started = time.monotonic()
+        with pytest.raises(
+            ProtocolError, match=f"fails verification against the public CAs.*{SERVICE_CA_ENV}"
+        ):
+            CloudClient(secure.url, k=5, retries=3).candidates([np.array([1, 2, 3])])
+        assert time.monotonic() - started < 1.5  # three retries would sleep 0.5 + 1 + 2 s
+        other = make_loopback_tls(tmp_path / "other")  # a CA that did not sign this service's certificate
+        with pytest.raises(ProtocolError, match=f"against the CA in {other.ca}"):
+            CloudClient(secure.url, k=5, ca_file=str(other.ca)).candidates([np.array([1, 2, 3])])
+
+
+def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.crt"
+    bad.write_text("not a certificate")
+    with pytest.raises(LSC4RecError, match=f"the CA file {bad} cannot be read as a PEM certificate"):
+        client_context(str(bad))
+    with pytest.raises(LSC4RecError, match="cannot be read"):
+        CloudClient("https://127.0.0.1:9", k=5, ca_file=str(tmp_path / "missing.crt"))
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_cloud.processes import free_port
+from lsc4rec.tls import make_loopback_tls
 from tests.conftest import synthetic_dataset
 
 
@@ -103,6 +105,20 @@ def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None
             done = lsc4rec(*args)
             assert done.returncode == 2 and message in done.stderr, done.stderr
             assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_serve_checks_its_certificate_before_the_model_loads(tmp_path: Path) -> None:
+    """https needs a certificate and its own key, both readable; a checkpoint is never looked at before."""
+    tls, other = make_loopback_tls(tmp_path / "tls"), make_loopback_tls(tmp_path / "other")
+    for args, message in (
+        (["--ssl-certfile", str(tls.cert)], "--ssl-keyfile: is needed too"),
+        (["--ssl-keyfile", str(tls.key)], "--ssl-certfile: is needed too"),
+        (["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(other.key)], "its private key"),
+        (["--ssl-certfile", str(tmp_path / "none.pem"), "--ssl-keyfile", str(tls.key)], "its private key"),
+    ):
+        done = lsc4rec("llm", "serve", "--checkpoint", "c", "--port", str(free_port()), *args)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from llm_cloud.processes import processes_with_env
 from lsc4rec.config import RunConfig
 from lsc4rec.protocol import API_KEY_ENV
+from lsc4rec.tls import client_context
 from server.launch import run_federation
 from server.report import ROUNDS_FILE
 
@@ -56,15 +57,24 @@ def test_flwr_run_writes_report_and_stops_its_processes(
     assert all(r["train-cloud-fallbacks"] == r["cloud-fallbacks"] == 0 for r in history)
     final = json.loads((run_dir / "final.json").read_text())
     assert final["users"] == 24 and final["cloud fallbacks (final evaluation)"] == 0
+    config = (run_dir / "flwr-home" / "config.toml").read_text()
+    run_config = tomllib.loads((run_dir / "run_config.toml").read_text())
+    service_url = run_config["federation.service_url"]
+    ca = run_dir / "tls" / "ca.crt"
     if runtime == "deployment":  # each node was a supernode of its own, with its own log
         logs = sorted(p.name for p in run_dir.glob("supernode-*.log"))
         assert logs == [f"supernode-{i}.log" for i in range(nodes)]
+        # and every link ran over TLS with the run's CA: the SuperLink, `flwr run`, the nodes' service
+        assert "Uvicorn running on https://127.0.0.1:" in (run_dir / "superlink.log").read_text()
+        assert f'root-certificates = "{ca}"' in config and service_url.startswith("https://")
+    else:
+        assert "insecure = true" in config and service_url.startswith("http://") and not ca.exists()
     # every process the launcher started is gone: neither the SuperLink nor the candidate service answers
-    config = (run_dir / "flwr-home" / "config.toml").read_text()
+    scheme = "https" if runtime == "deployment" else "http"
     address = config.split('address = "')[1].split('"')[0]
-    run_config = tomllib.loads((run_dir / "run_config.toml").read_text())
-    for health in (f"http://{address}/health", f"{run_config['federation.service_url']}/healthz"):
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(health, timeout=2.0)
+    verify = client_context(str(ca) if ca.exists() else None)  # so only a closed port can fail the request
+    for health in (f"{scheme}://{address}/health", f"{service_url}/healthz"):
+        with pytest.raises(httpx.ConnectError, match="Connection refused"):
+            httpx.get(health, timeout=2.0, verify=verify)
     # nor any process carrying the run's FLWR_HOME (Flower starts some in sessions of their own)
     assert processes_with_env("FLWR_HOME", str(run_dir / "flwr-home")) == []
