@@ -141,7 +141,7 @@ def serve(
 
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     tls = _tls_files(ssl_certfile, ssl_keyfile)
-    if warning := exposure_warning(host, api_key):
+    if warning := exposure_warning(host, api_key, tls=bool(tls)):
         typer.echo(f"warning: {warning}.", err=True)
     candidate_engine = make_engine(engine, checkpoint, vllm_url)
     if problem := candidate_engine.serving_problem():

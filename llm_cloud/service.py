@@ -174,22 +174,28 @@ def _short(value: object, limit: int = 80) -> str:
 
 
 def exposure_warning(
-    host: str, api_key: str | None, how: str = f"{API_KEY_ENV} (or --api-key)"
+    host: str, api_key: str | None, how: str = f"{API_KEY_ENV} (or --api-key)", tls: bool | None = None
 ) -> str | None:
     """A warning when a server (this service, or vLLM) would listen beyond loopback without a key, else ``None``.
 
     Anyone who reaches such a port can have the LLM rank items for any history. ``how`` names where the key
-    is set.
+    is set. ``tls=False`` (this service over plain http) also warns a keyed server beyond loopback: its key and
+    the users' histories would cross the network readable by anyone on the path.
     """
-    if api_key:
-        return None
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name
         loopback = host == "localhost"
     if loopback:
         return None
-    return (
-        f"listening on {host} without a key: anyone who reaches the port can use it. Set {how} here and on "
-        "its clients"
-    )
+    if not api_key:
+        return (
+            f"listening on {host} without a key: anyone who reaches the port can use it. Set {how} here and on "
+            "its clients"
+        )
+    if tls is False:
+        return (
+            f"listening on {host} over plain http: the key and the users' histories cross the network "
+            "unencrypted. Pass --ssl-certfile and --ssl-keyfile"
+        )
+    return None

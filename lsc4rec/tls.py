@@ -34,7 +34,8 @@ class TLSFiles:
 def make_loopback_tls(folder: Path) -> TLSFiles:
     """A new CA and a certificate for ``127.0.0.1`` and ``localhost`` signed by it, written under ``folder``.
 
-    The CA's private key is never written: nothing can be signed with it after this call returns.
+    The CA's private key is never written: nothing can be signed with it after this call returns. The paths
+    are absolute, as Flower requires of ``root-certificates`` and as processes started elsewhere need.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -64,6 +65,7 @@ def make_loopback_tls(folder: Path) -> TLSFiles:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return builder.sign(ca_key, hashes.SHA256())
 
+    folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     files = TLSFiles(folder / "ca.crt", folder / "server.pem", folder / "server.key")
     pem = serialization.Encoding.PEM

@@ -234,3 +234,16 @@ def test_serving_beyond_loopback_without_a_key_is_warned(host: str, key: str | N
     warning = exposure_warning(host, key)
     assert (warning is not None) == warned
     assert warning is None or f"listening on {host} without a key" in warning
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "warned"),
+    [("0.0.0.0", False, True), ("0.0.0.0", True, False), ("127.0.0.1", False, False)],
+)
+def test_a_keyed_service_beyond_loopback_over_plain_http_is_warned(
+    host: str, tls: bool, warned: bool
+) -> None:
+    """Its key and the users' histories would cross the network in clear."""
+    warning = exposure_warning(host, "fleet-secret", tls=tls)
+    assert (warning is not None) == warned
+    assert warning is None or ("over plain http" in warning and "--ssl-certfile" in warning)
