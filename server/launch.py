@@ -118,9 +118,19 @@ def superlink(
         f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\n{trust}\n'
     )
     env = {"FLWR_HOME": str(home), **_flower_env(tls)}
+    security = ["--insecure"]
+    if tls:  # the options a real server host gives it (README)
+        security = [
+            "--ssl-ca-certfile",
+            str(tls.ca),
+            "--ssl-certfile",
+            str(tls.cert),
+            "--ssl-keyfile",
+            str(tls.key),
+        ]
     command = [
         _flower_bin("flower-superlink"),
-        *(_tls_options(tls) if tls else ["--insecure"]),
+        *security,
         *(["--simulation"] if runtime == "simulation" else []),
         "--disable-runtime-dependency-installation",
         "--host",
@@ -185,11 +195,6 @@ def _flower_env(tls: TLSFiles | None = None) -> dict[str, str]:
         "PATH": f"{_flower_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
         **({SERVICE_CA_ENV: str(tls.ca)} if tls else {}),
     }
-
-
-def _tls_options(tls: TLSFiles) -> list[str]:
-    """The SuperLink's https options (as on a real server host: README)."""
-    return ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
 
 
 def run_folder(cfg: RunConfig) -> Path:

@@ -21,8 +21,9 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.floors import reference_floors
-from lsc4rec.protocol import API_KEY_ENV
+from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
+from lsc4rec.tls import make_loopback_tls
 from server.app import app as server_app
 from server.checkpoint import load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
@@ -223,15 +224,30 @@ def test_rounds_without_an_update_leave_the_starting_model(
     assert final["users"] == 24  # every node evaluated the starting model
 
 
-def test_wrong_service_key_ends_with_the_nodes_reason(
-    federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("lacking", "reason"),
+    [("key", r"refused it \(401\)"), ("CA", f"fails verification against the public CAs.*{SERVICE_CA_ENV}")],
+)
+def test_a_node_lacking_the_services_key_or_ca_ends_with_its_reason(
+    federation_config: RunConfig,
+    federation_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lacking: str,
+    reason: str,
 ) -> None:
-    """The service wants a key the nodes lack: every node fails, and the error says why instead of a KeyError."""
-    monkeypatch.setenv(API_KEY_ENV, "the-service-key")
-    server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
-    monkeypatch.delenv(API_KEY_ENV)
+    """The service wants a key, or has a private certificate, that the nodes were not given: every node fails
+    (no fallback lists: that is a setting to fix, not an outage), and the error says why."""
+    args, tls = ["--checkpoint", str(federation_checkpoint)], None
+    if lacking == "key":
+        monkeypatch.setenv(API_KEY_ENV, "the-service-key")
+    else:
+        tls = make_loopback_tls(tmp_path / "tls")
+    server = start_service(args, free_port(), tmp_path / "svc.log", tls=tls)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    monkeypatch.delenv(SERVICE_CA_ENV, raising=False)
     try:
-        with pytest.raises(LSC4RecError, match=r"all 4 nodes failed \(the first: .*refused it \(401\)"):
+        with pytest.raises(LSC4RecError, match=rf"all 4 nodes failed \(the first: .*{reason}"):
             run(federation_config, tmp_path, server.url, "federation.rounds=1")
     finally:
         server.stop()
