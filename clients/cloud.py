@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from pydantic import ValidationError
 
+from lsc4rec.credentials import client_context
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
 from lsc4rec.protocol import (
     MAX_BATCH,
@@ -30,7 +31,6 @@ from lsc4rec.protocol import (
     CandidateResponse,
     bearer_headers,
 )
-from lsc4rec.tls import client_context
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from lsc4rec.credentials import TLSFiles, client_context
 from lsc4rec.errors import CloudUnavailableError, ConfigError
-from lsc4rec.tls import TLSFiles, client_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,6 +28,7 @@ from llm_cloud.processes import (
     stop_processes_with_env,
 )
 from lsc4rec.config import RunConfig
+from lsc4rec.credentials import TLSFiles, make_loopback_tls, make_node_key
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare, prepared_name
 from lsc4rec.data.sources import cache_dir
@@ -35,7 +36,6 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.protocol import SERVICE_CA_ENV
 from lsc4rec.runs import make_run_dir, output_path
-from lsc4rec.tls import TLSFiles, make_loopback_tls
 from server.checkpoint import complete_checkpoints
 
 FEDERATION = "lsc4rec-local"
@@ -107,7 +107,7 @@ def superlink(
 
     ``runtime`` is ``simulation`` (the SuperLink runs the nodes itself) or ``deployment`` (nodes connect to it
     as ``flower-supernode`` processes, as edge boxes do). With ``tls`` it serves https with that certificate,
-    and ``flwr run`` trusts that CA.
+    ``flwr run`` trusts that CA, and it admits only the supernodes whose keys were registered with it.
     """
     home = run_dir / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
@@ -127,6 +127,7 @@ def superlink(
             str(tls.cert),
             "--ssl-keyfile",
             str(tls.key),
+            "--enable-supernode-auth",
         ]
     command = [
         _flower_bin("flower-superlink"),
@@ -150,22 +151,34 @@ def superlink(
 
 
 @contextmanager
-def supernodes(address: str, nodes: int, run_dir: Path, tls: TLSFiles | None = None) -> Iterator[None]:
+def supernodes(
+    address: str,
+    nodes: int,
+    run_dir: Path,
+    tls: TLSFiles | None = None,
+    control_env: dict[str, str] | None = None,
+) -> Iterator[None]:
     """One ``flower-supernode`` per node on this machine, each as an edge box would start it (README).
 
     Each gets its own FLWR_HOME and log, and its partition from ``--node-config``; each is its own process
     group (it starts a ``flower-superexec`` child), stopped on exit. With ``tls`` each verifies the SuperLink
     and the candidate service against its CA, as a box given ``--root-certificates`` and
-    ``LSC4REC_SERVICE_CA`` does.
+    ``LSC4REC_SERVICE_CA`` does, and signs its requests with a key of its own, registered first with
+    ``flwr supernode register`` (in ``control_env``, the environment ``flwr`` reaches the SuperLink with).
     """
     with ExitStack() as stack:
         for partition in range(nodes):
             home = run_dir / "flwr-home" / f"supernode-{partition}"
             home.mkdir(parents=True, exist_ok=True)
             port = free_port()
+            security = ["--insecure"]
+            if tls:
+                private, public = make_node_key(tls.ca.parent / f"supernode-{partition}")
+                _register_node(public, control_env or {})
+                security = ["--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(private)]
             command = [
                 _flower_bin("flower-supernode"),
-                *(["--root-certificates", str(tls.ca)] if tls else ["--insecure"]),
+                *security,
                 "--superlink",
                 address,
                 "--port",
@@ -177,6 +190,19 @@ def supernodes(address: str, nodes: int, run_dir: Path, tls: TLSFiles | None = N
             env = {"FLWR_HOME": str(home), **_flower_env(tls)}
             stack.enter_context(spawn_server(command, f"http://127.0.0.1:{port}", "/health", log, env, 120.0))
         yield
+
+
+def _register_node(public_key: Path, control_env: dict[str, str]) -> None:
+    """``flwr supernode register``: admit the box holding the private half of ``public_key`` to the SuperLink."""
+    command = [_flower_bin("flwr"), "supernode", "register", str(public_key), FEDERATION]
+    done = subprocess.run(
+        command, env={**os.environ, **control_env}, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise LSC4RecError(
+            f"flwr supernode register {public_key} failed (exit code {done.returncode}): "
+            f"{(done.stdout + done.stderr).strip()[-300:]}"
+        )
 
 
 def _flower_bin(program: str = "") -> str:
@@ -317,7 +343,7 @@ def _federate(
     """Start Flower's processes, ``flwr run`` the app against the service, and stop them on the way out."""
     with (
         superlink(run_dir, runtime, tls) as (address, env),
-        supernodes(address, nodes, run_dir, tls) if runtime == "deployment" else nullcontext(),
+        supernodes(address, nodes, run_dir, tls, env) if runtime == "deployment" else nullcontext(),
     ):
         cfg = cfg.override(
             [f"federation.service_url={service_url}", f"federation.run_dir={run_dir.resolve()}"]

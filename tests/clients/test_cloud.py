@@ -11,10 +11,10 @@ import pytest
 from clients.cloud import CloudClient, ListCache
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
+from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import CloudUnavailableError, LSC4RecError, ProtocolError
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
-from lsc4rec.tls import client_context, make_loopback_tls
 from tests.conftest import answering_server
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_cloud.processes import free_port
-from lsc4rec.tls import make_loopback_tls
+from lsc4rec.credentials import make_loopback_tls
 from tests.conftest import synthetic_dataset
 
 

@@ -16,6 +16,7 @@ import server.inprocess as inprocess
 from clients.app import app as client_app
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import MEASURES, RunConfig
+from lsc4rec.credentials import make_loopback_tls
 from lsc4rec.data.partition import partition_users
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
@@ -23,7 +24,6 @@ from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.floors import reference_floors
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
-from lsc4rec.tls import make_loopback_tls
 from server.app import app as server_app
 from server.checkpoint import load_global_srm
 from server.inprocess import InProcessGrid, run_in_process

@@ -12,8 +12,8 @@ import pytest
 
 from llm_cloud.processes import processes_with_env
 from lsc4rec.config import RunConfig
+from lsc4rec.credentials import client_context
 from lsc4rec.protocol import API_KEY_ENV
-from lsc4rec.tls import client_context
 from server.launch import run_federation
 from server.report import ROUNDS_FILE
 
@@ -64,8 +64,14 @@ def test_flwr_run_writes_report_and_stops_its_processes(
     if runtime == "deployment":  # each node was a supernode of its own, with its own log
         logs = sorted(p.name for p in run_dir.glob("supernode-*.log"))
         assert logs == [f"supernode-{i}.log" for i in range(nodes)]
-        # and every link ran over TLS with the run's CA: the SuperLink, `flwr run`, the nodes' service
-        assert "Uvicorn running on https://127.0.0.1:" in (run_dir / "superlink.log").read_text()
+        # and every link ran over TLS with the run's CA: the SuperLink, `flwr run`, the nodes' service;
+        # the SuperLink admitted only registered keys, one per box
+        superlink_log = (run_dir / "superlink.log").read_text()
+        assert "Uvicorn running on https://127.0.0.1:" in superlink_log
+        assert superlink_log.count('"POST /v1/control/register-node HTTP/1.1" 200') == nodes
+        assert sorted(p.name for p in (run_dir / "tls").glob("supernode-*.pub")) == [
+            f"supernode-{i}.pub" for i in range(nodes)
+        ]
         assert f'root-certificates = "{ca}"' in config and service_url.startswith("https://")
     else:
         assert "insecure = true" in config and service_url.startswith("http://") and not ca.exists()

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from llm_cloud.processes import ManagedServer, free_port
 from lsc4rec.config import RunConfig
+from lsc4rec.credentials import make_loopback_tls, make_node_key
 from lsc4rec.errors import ConfigError
-from server.launch import candidate_service, resume_config, resume_hint, run_federation, run_folder
+from server.launch import (
+    candidate_service,
+    resume_config,
+    resume_hint,
+    run_federation,
+    run_folder,
+    superlink,
+    supernodes,
+)
 
 
 def _with_checkpoint(folder: Path) -> Path:
@@ -115,3 +129,36 @@ def test_a_run_that_ends_early_names_the_command_that_continues_it(tmp_path: Pat
     assert resume_hint(done) == (
         f" Round 1 is checkpointed: ./run_federation.sh --resume {done} continues from there."
     )
+
+
+@pytest.mark.slow
+def test_a_deployment_superlink_admits_only_registered_supernodes(tmp_path: Path) -> None:
+    """Over TLS the SuperLink refuses a box whose key was never registered: it cannot join and exits, while a
+    registered one joins (its SuperLink log shows it activated), as on real edge boxes (README)."""
+    tls = make_loopback_tls(tmp_path / "tls")
+    with superlink(tmp_path, "deployment", tls) as (address, env):
+        with supernodes(address, 1, tmp_path, tls, env):  # registered, then started
+            log = tmp_path / "superlink.log"
+            deadline = time.monotonic() + 60
+            while "Activated node_id" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert "Activated node_id" in log.read_text()
+        private, _ = make_node_key(tmp_path / "tls" / "stranger")  # a key nobody registered
+        command = [
+            str(Path(sys.executable).parent / "flower-supernode"),
+            *("--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(private)),
+            *("--superlink", address, "--port", str(free_port()), "--max-retries", "1"),
+        ]
+        with open(
+            tmp_path / "stranger.log", "w"
+        ) as out:  # not a pipe: its superexec child would hold it open
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env, "FLWR_HOME": str(tmp_path / "stranger-home")},  # env: PATH etc.
+                start_new_session=True,
+            )
+        with ManagedServer(address, process):  # stops its process group, superexec included
+            assert process.wait(timeout=120) != 0
+    assert "No SuperNode found with the given public key" in log.read_text()

@@ -1,9 +1,10 @@
-"""TLS for the links between cloud, server and devices: a throwaway certificate authority, and client contexts.
+"""Credentials for the links between cloud, server and devices: a throwaway CA, node keys, client contexts.
 
 Edge boxes reach the SuperLink and the candidate service over networks their owners do not control, so the
-deployment runtime runs every link over TLS, as the README's edge-box recipe does. On one machine there is no
-certificate to use, so :func:`make_loopback_tls` mints a private CA and one server certificate for 127.0.0.1,
-valid for a few days, in the run folder: the same Flower and uvicorn options then do what they do on real hosts.
+deployment runtime runs every link over TLS and admits only the boxes whose keys were registered, as the
+README's edge-box recipe does. On one machine there is no certificate to use, so :func:`make_loopback_tls`
+mints a private CA and one server certificate for 127.0.0.1, valid for a few days, and :func:`make_node_key`
+a key pair per box, in the run folder: the same Flower and uvicorn options then do what they do on real hosts.
 """
 
 from __future__ import annotations
@@ -76,6 +77,30 @@ def make_loopback_tls(folder: Path) -> TLSFiles:
         server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return files
+
+
+def make_node_key(stem: Path) -> tuple[Path, Path]:
+    """A SuperNode's key pair, ``STEM.key`` (private, OpenSSH) and ``STEM.pub``; returns (private, public).
+
+    Flower's SuperNode authentication signs each request with an elliptic-curve key in OpenSSH format, and
+    ``flwr supernode register STEM.pub`` is what admits the box holding the private key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = (stem.resolve().with_suffix(suffix) for suffix in (".key", ".pub"))
+    private.parent.mkdir(parents=True, exist_ok=True)
+    private.touch(mode=0o600)
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    return private, public
 
 
 @functools.cache
