@@ -25,7 +25,11 @@ bootstrap() {
     echo "error: Python 3.11 or newer is needed as '$python'. Set PYTHON=/path/to/python3.11." >&2
     return 1
   fi
-  echo "==> setting up $VENV (first run: a few minutes)"
+  if [ -x "$VENV/bin/python" ]; then
+    echo "==> updating $VENV (pyproject.toml or the bootstrap changed since it was made)"
+  else
+    echo "==> setting up $VENV (first run: a few minutes)"
+  fi
   [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV" || return 1
   "$VENV/bin/python" -m pip install -q --upgrade pip || return 1
   "$VENV/bin/python" -m pip install -q "$TORCH_PIN" || return 1
