@@ -20,7 +20,7 @@ import httpx
 
 from lsc4rec.errors import LSC4RecError
 
-VALID_DAYS = 7  # a loopback run's certificates outlive any run, and nothing else
+VALID_DAYS = 7  # longer than any run (a resumed run makes new ones), short for a key left in a folder
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def make_loopback_tls(folder: Path) -> TLSFiles:
             .issuer_name(ca_name)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))  # clocks of child processes agree anyway
+            .not_valid_before(now - datetime.timedelta(minutes=5))  # back-dated a little, as CAs do
             .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         )
@@ -72,9 +72,9 @@ def make_loopback_tls(folder: Path) -> TLSFiles:
     pem = serialization.Encoding.PEM
     files.ca.write_bytes(signed(ca_name, ca_key.public_key(), True).public_bytes(pem))
     files.cert.write_bytes(signed(named("127.0.0.1"), server_key.public_key(), False).public_bytes(pem))
-    files.key.touch(mode=0o600)
-    files.key.write_bytes(
-        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_private(
+        files.key,
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     return files
 
@@ -91,16 +91,23 @@ def make_node_key(stem: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = (stem.resolve().with_suffix(suffix) for suffix in (".key", ".pub"))
     private.parent.mkdir(parents=True, exist_ok=True)
-    private.touch(mode=0o600)
-    private.write_bytes(
+    _write_private(
+        private,
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
+        ),
     )
     public.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     )
     return private, public
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only, also over an older file (a resumed run's)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_bytes(data)
 
 
 @functools.cache
