@@ -3,8 +3,10 @@
 One checkpoint, K = 50, histories of 50 random items, batch sizes 1, 32 and 256. For each setting: histories per
 second and p50/p95 latency of one HTTP call. "vllm direct" posts a prebuilt ``/v1/completions`` body straight to
 the vLLM server (what the service sends, built once outside the timed loop); the service's overhead at a batch
-size is its p50 latency over vLLM direct's, minus one. It also reports how long vLLM took to become ready;
-``--eager`` starts it without torch.compile, to compare both.
+size is its p50 latency over vLLM direct's, minus one. "service+vllm https" is the same service over https (a
+loopback CA, one kept-alive connection, as a client of a deployment's https cloud holds), so the two service rows
+show what TLS adds. It also reports how long vLLM took to become ready; ``--eager`` starts it without
+torch.compile, to compare both.
 
     PYTHONPATH=. .venv/bin/python benchmarks/candidate_throughput.py --checkpoint CKPT --json FILE
 """
@@ -23,6 +25,7 @@ from llm_cloud.checkpoint import read_template
 from llm_cloud.engines.vllm_engine import VLLMEngine
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.vllm_server import start_vllm
+from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K
 from lsc4rec.runs import output_path, write_json
@@ -143,21 +146,25 @@ def main() -> None:
 
 
 def _measure_all(args: argparse.Namespace, vllm_url: str, pool: list[list[int]]) -> list[dict]:
-    """Start the service on each engine next to the running vLLM, then time the three setups at each batch."""
+    """Start the service on each engine next to the running vLLM, then time the four setups at each batch."""
     rows = []
+    tls = make_loopback_tls(args.log_dir / "tls")
+    on_vllm_args = ["--checkpoint", str(args.checkpoint), "--engine", "vllm", "--vllm-url", vllm_url]
     with (
         start_service(
             ["--checkpoint", str(args.checkpoint), "--engine", "transformers"],
             free_port(),
             args.log_dir / "service-transformers.log",
         ) as on_transformers,
+        start_service(on_vllm_args, free_port(), args.log_dir / "service-vllm.log") as on_vllm,
         start_service(
-            ["--checkpoint", str(args.checkpoint), "--engine", "vllm", "--vllm-url", vllm_url],
-            free_port(),
-            args.log_dir / "service-vllm.log",
-        ) as on_vllm,
+            on_vllm_args, free_port(), args.log_dir / "service-vllm-https.log", tls=tls
+        ) as on_vllm_https,
         httpx.Client(base_url=on_transformers.url, timeout=300) as transformers_client,
         httpx.Client(base_url=on_vllm.url, timeout=300) as service_client,
+        httpx.Client(
+            base_url=on_vllm_https.url, timeout=300, verify=client_context(str(tls.ca))
+        ) as https_client,
         httpx.Client(base_url=vllm_url, timeout=300) as vllm_client,
     ):
         engine = VLLMEngine(args.checkpoint, vllm_url)
@@ -169,6 +176,7 @@ def _measure_all(args: argparse.Namespace, vllm_url: str, pool: list[list[int]])
             rows += measure(
                 {
                     "service+vllm": service_call(service_client, body),
+                    "service+vllm https": service_call(https_client, body),
                     "vllm direct": vllm_direct_call(vllm_client, engine, pool[:batch], args.k),
                 },
                 batch,
