@@ -148,7 +148,8 @@ def federate(
     runtime: Annotated[
         str,
         typer.Option(
-            help="simulation | deployment (one flower-supernode process per node, as on edge boxes)."
+            help="simulation | deployment (one flower-supernode process per node, as on edge boxes; every "
+            "link over TLS, only registered nodes admitted)."
         ),
     ] = "simulation",
     resume: Annotated[

@@ -113,7 +113,7 @@ def superlink(
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()  # one HTTP port serves the Control, Fleet and runtime APIs
     address = f"127.0.0.1:{port}"
-    trust = f'root-certificates = "{tls.ca}"' if tls else "insecure = true"
+    trust = f"root-certificates = {json.dumps(str(tls.ca))}" if tls else "insecure = true"  # a TOML string
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\n{trust}\n'
     )
