@@ -149,9 +149,8 @@ def test_a_deployment_superlink_admits_only_registered_supernodes(tmp_path: Path
             *("--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(private)),
             *("--superlink", address, "--port", str(free_port()), "--max-retries", "1"),
         ]
-        with open(
-            tmp_path / "stranger.log", "w"
-        ) as out:  # not a pipe: its superexec child would hold it open
+        # its log goes to a file, not a pipe: its superexec child would hold a pipe open after it exits
+        with open(tmp_path / "stranger.log", "w") as out:
             process = subprocess.Popen(
                 command,
                 stdout=out,
