@@ -266,9 +266,7 @@ def _round_record(
                 record[key] = evaluation[key]
         # label-free, so the gate's calibration can be replayed from the run (benchmarks/gate_window.py)
         record[SIGNAL_HISTOGRAMS] = {
-            m: _outcome(evaluation, "test", m).bin_count.tolist()
-            for m in MEASURES
-            if f"{records.outcome_prefix('test', m)}-alphas" in evaluation
+            m: outcome.bin_count.tolist() for m, outcome in _outcomes(evaluation, "test").items()
         }
     return record
 
@@ -277,12 +275,18 @@ def _outcome(metrics: MetricRecord, stage: str, measure: str) -> StageOutcome:
     return StageOutcome.from_metrics(metrics, records.outcome_prefix(stage, measure))
 
 
+def _outcomes(metrics: MetricRecord, stage: str) -> dict[str, StageOutcome]:
+    """The stage's outcome under each signal some user was evaluated with (none when the stage is absent)."""
+    return {
+        m: _outcome(metrics, stage, m)
+        for m in MEASURES
+        if metrics.get(f"{records.outcome_prefix(stage, m)}-users", 0) > 0
+    }
+
+
 def _any_outcome(metrics: MetricRecord, stage: str) -> StageOutcome | None:
     """The stage's outcome under any signal (rankings and totals are the same under each); None if absent."""
-    for measure in MEASURES:
-        if metrics.get(f"{records.outcome_prefix(stage, measure)}-users", 0) > 0:
-            return _outcome(metrics, stage, measure)
-    return None
+    return next(iter(_outcomes(metrics, stage).values()), None)
 
 
 def _final_evaluation(
