@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lsc4rec.errors import LSC4RecError, run_main
-from lsc4rec.outcomes import requested_share, threshold_for_budget
+from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.tables import parse_args, positive_ints, report, shares
 from server.report import SIGNAL_HISTOGRAMS, read_rounds
 
@@ -50,7 +50,7 @@ def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[float]]]:
 
 def replay(final: np.ndarray, rounds: list[list[float]], window: int, budget: float) -> float:
     """The rate the ``final`` users would have realized with τ from the last ``window`` of ``rounds``."""
-    edges = np.linspace(0.0, 1.0, len(final) + 1)  # the nodes' equal bins over [0, 1]
+    edges = signal_bin_edges(len(final))
     tau = threshold_for_budget(np.sum(rounds[-window:], axis=0), edges, budget)
     return float((requested_share(edges, tau) * final).sum() / max(final.sum(), 1.0))
 

@@ -21,7 +21,7 @@ from clients.srm import SequentialRecommender
 from lsc4rec.config import CATALOGUE_SIGNALS
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
-from lsc4rec.outcomes import CUTOFF, StageOutcome
+from lsc4rec.outcomes import CUTOFF, StageOutcome, signal_bin_edges
 from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_certainty, topk_drift
 from lsc4rec.scoring import catalogue_scores
 
@@ -208,7 +208,7 @@ def collaborative_inference(
             f"the live signal {live!r} must be one of the measures evaluated, {tuple(measures)}."
         )
     targets = np.asarray(targets, dtype=np.int64)
-    edges = np.linspace(0.0, 1.0, bins + 1)  # [bins + 1]
+    edges = signal_bin_edges(bins)  # [bins + 1]
     lists = {}
     for name, items, scores in (("stale", stale_items, stale_scores), ("fresh", fresh_items, fresh_scores)):
         items, scores = drop_seen(items, scores, histories)

@@ -132,6 +132,14 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}-{name.replace('_', '-')}"
 
 
+def signal_bin_edges(bins: int) -> np.ndarray:
+    """[bins + 1] the equal-width edges over [0, 1] that the nodes bin every request signal by.
+
+    The server and the replays of a run rebuild them from the bin count alone, so all sides must use this.
+    """
+    return np.linspace(0.0, 1.0, bins + 1)
+
+
 def threshold_for_budget(bin_count: np.ndarray, bin_edges: np.ndarray, budget: float) -> float:
     """The threshold tau such that the share of users with disagreement > tau equals ``budget``.
 

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from lsc4rec import records
-from lsc4rec.outcomes import StageOutcome, choose_measure, threshold_for_budget
+from lsc4rec.outcomes import StageOutcome, choose_measure, signal_bin_edges, threshold_for_budget
 from strategies.wrapper import StrategyWrapper
 
 
@@ -82,7 +82,7 @@ class RequestBudget(StrategyWrapper):
             )
         super().__init__(strategy)
         self.budget = budget
-        self.bin_edges = np.linspace(0.0, 1.0, bins + 1)  # [bins + 1], as the nodes bin
+        self.bin_edges = signal_bin_edges(bins)  # [bins + 1], as the nodes bin
         self.measures = tuple(measures)
         self.tau = initial_tau
         self.measure = initial_measure or self.measures[0]
