@@ -32,12 +32,13 @@ def positive_ints(text: str) -> list[int]:
 
 def shares(text: str) -> list[float]:
     """An argparse type: a comma-separated list of shares in [0, 1], such as ``0.05,0.1``."""
+    problem = argparse.ArgumentTypeError(f"must be comma-separated shares in [0, 1], got {text!r}")
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
-        values = [-1.0]
+        raise problem from None
     if not all(0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"must be comma-separated shares in [0, 1], got {text!r}")
+        raise problem
     return values
 
 

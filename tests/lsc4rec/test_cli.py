@@ -154,6 +154,11 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             [".", "--budgets", "0.05,2"],
             "argument --budgets: must be comma-separated shares",
         ),
+        (
+            "gate_window.py",
+            [".", "--budgets", "0.05,x"],
+            "argument --budgets: must be comma-separated shares",
+        ),
     ],
 )
 def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:
