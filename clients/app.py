@@ -18,7 +18,7 @@ from clients.node import NodeData, load_node
 from clients.srm import SequentialRecommender, build_srm
 from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
 from lsc4rec import records
-from lsc4rec.config import RunConfig
+from lsc4rec.config import FederationConfig, RunConfig
 from lsc4rec.data.split import Stage
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.outcomes import StageOutcome
@@ -65,6 +65,7 @@ def train(msg: Message, context: Context) -> Message:
         records.NUM_EXAMPLES: len(sequences),
         records.TRAIN_LOSS: loss,
         records.FALLBACKS: cache.fallbacks - fallbacks_before,
+        **_equal_weight(fed),
     }
     content = RecordDict(
         {records.ARRAYS: ArrayRecord(model.state_dict()), records.METRICS: MetricRecord(metrics)}
@@ -88,6 +89,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
         records.USERS: len(node.users),
+        **_equal_weight(fed),
     }
     for stage in ("valid", "test"):
         personal = adapt(
@@ -116,6 +118,11 @@ def query(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition (id and count): it checks them and orders the fleet by them."""
     told = {records.PARTITION: _partition(context), records.NUM_PARTITIONS: _num_partitions(context)}
     return Message(RecordDict({records.METRICS: MetricRecord(told)}), reply_to=msg)
+
+
+def _equal_weight(fed: FederationConfig) -> dict[str, int]:
+    """The weight a private mean gives every node alike (``records.NODES``), in private runs only."""
+    return {records.NODES: 1} if fed.private else {}
 
 
 def _partition(context: Context) -> int:

@@ -223,6 +223,15 @@ class FederationConfig:
     timeout_s: float = 20.0  # per request to the candidate service
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
     client_threads: int = 1  # torch threads per node: device models are tiny, and many nodes share few cores
+    # user-level differential privacy of the global SRM (Flower's central DP, server-side fixed clipping;
+    # strategies/privacy.py): each node's update is clipped to dp_clip, the round's mean over the nodes (equal
+    # weights) gets Gaussian noise of std dp_noise·dp_clip/nodes sampled, and an RDP accountant reports ε at
+    # dp_delta. 0 turns it off. Needs strategy fedavg|fedprox, item_weighted off and max_update_norm 0.
+    dp_noise: float = 0.0
+    dp_clip: float = (
+        1.0  # L2 bound of one node's update (train-update-norm-median in metrics.jsonl guides it)
+    )
+    dp_delta: float = 1e-5  # δ of the reported (ε, δ); keep it well below 1 / nodes
     run_dir: str = ""  # the run folder (checkpoints, report); set by server/launch.py
     resume: bool = False  # continue from the newest checkpoint in run_dir
 
@@ -288,6 +297,39 @@ class FederationConfig:
         _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
+        _check(
+            self.dp_noise >= 0,
+            "federation.dp_noise",
+            "must be >= 0 (0: no differential privacy)",
+            self.dp_noise,
+        )
+        _check(self.dp_clip > 0, "federation.dp_clip", "must be > 0", self.dp_clip)
+        _check(0 < self.dp_delta < 1, "federation.dp_delta", "must be in (0, 1)", self.dp_delta)
+        if self.private:  # the accountant's guarantee holds only for a uniform mean of clipped updates
+            _check(
+                self.strategy in ("fedavg", "fedprox"),
+                "federation.strategy",
+                "must be fedavg|fedprox with federation.dp_noise > 0 (the noise is calibrated to a plain mean)",
+                self.strategy,
+            )
+            _check(
+                not self.item_weighted,
+                "federation.item_weighted",
+                "must be false with federation.dp_noise > 0 (item counts would leave the node unprotected)",
+                self.item_weighted,
+            )
+            _check(
+                self.max_update_norm == 0,
+                "federation.max_update_norm",
+                "must be 0 with federation.dp_noise > 0 (clipping bounds updates; a rejection would depend on "
+                "one node's data)",
+                self.max_update_norm,
+            )
+
+    @property
+    def private(self) -> bool:
+        """Whether the global SRM is released with differential privacy (``dp_noise`` > 0)."""
+        return self.dp_noise > 0
 
     @property
     def measures(self) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ CONFIG = "config"  # ConfigRecord of an instruction
 METRICS = "metrics"  # MetricRecord of a reply
 
 NUM_EXAMPLES = "num-examples"  # weight of a reply in FedAvg: training sequences, or users evaluated
+NODES = "nodes"  # 1 in every reply of a private run (federation.dp_noise): the equal weights of its mean
 TRAIN_LOSS = "train-loss"  # mean local training loss of the last local epoch
 FALLBACKS = "cloud-fallbacks"  # lists the node could not get from the cloud this round
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction

@@ -1,8 +1,8 @@
 """The Flower ServerApp: read the run config once, run the rounds, checkpoint, evaluate every node, report.
 
-Strategy: Flower's FedAvg (or FedProx / FedAdam / FedAvgM), wrapped by the update guard (non-finite and
-oversized updates are rejected and counted) and the request budget (the fleet's request signal and threshold τ
-for cloud requests). The nodes report sums, so evaluation metrics are added up, not averaged
+Strategy: Flower's FedAvg (or FedProx / FedAdam / FedAvgM), wrapped by central differential privacy when
+``federation.dp_noise`` > 0, the update guard (non-finite and oversized updates are rejected and counted) and the
+request budget (the fleet's request signal and threshold τ for cloud requests). The nodes report sums, so evaluation metrics are added up, not averaged
 (``strategies.sums``).
 """
 
@@ -32,7 +32,7 @@ from lsc4rec.errors import LSC4RecError
 from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import StageOutcome, choice_budgets, choose_measure, signal_comparison
 from lsc4rec.runs import make_run_dir, seed_everything
-from server.checkpoint import latest_checkpoint, save_checkpoint
+from server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
 from server.report import (
     ROUNDS_FILE,
@@ -43,6 +43,7 @@ from server.report import (
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
+from strategies.privacy import FleetPrivacy
 from strategies.sums import sum_metrics
 from strategies.wrapper import StrategyWrapper
 
@@ -51,6 +52,7 @@ app = ServerApp()
 # The server learning rate each strategy takes when ``federation.server_lr`` is 0: FedAdam's η (the value this
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
+DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation.dp_noise > 0)
 
 
 class _ShortLines(logging.Filter):
@@ -99,14 +101,19 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_nodes(grid, nodes)
     # checked partitions, in order: seeded node samples name the same users on every run
     grid = PartitionOrderedGrid.discover(grid, nodes, split.num_users)
-    start_round, arrays, tau, measure = _starting_point(cfg, run_dir, split.dataset.num_items)
+    start = _starting_point(cfg, run_dir, split.dataset.num_items)
+    start_round, arrays = start.round, start.arrays
+    aggregator = flower_strategy(cfg)
+    privacy = _privacy(aggregator, fed, nodes, start)
     strategy = RequestBudget(
-        _guarded(flower_strategy(cfg), fed),
+        _guarded(privacy or aggregator, fed),
         fed.budget,
         fed.bins,
         fed.measures,
-        initial_tau=tau,
-        initial_measure=measure if measure in fed.measures else None,  # a resumed run keeps its gate
+        initial_tau=start.tau,
+        initial_measure=start.measure
+        if start.measure in fed.measures
+        else None,  # a resumed run keeps its gate
         window=fed.budget_window,
     )
     started = time.perf_counter()
@@ -120,7 +127,7 @@ def main(grid: Grid, context: Context) -> None:
                 arrays,
                 num_rounds=fed.rounds - start_round,
                 timeout=3600,
-                evaluate_fn=_after_round(run_dir, recorded, strategy, start_round),
+                evaluate_fn=_after_round(run_dir, recorded, strategy, privacy, start_round),
             )
         if len(result.arrays):  # Flower leaves it empty when no round had a single update to aggregate
             arrays = result.arrays
@@ -144,6 +151,9 @@ def main(grid: Grid, context: Context) -> None:
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
+    if privacy is not None:
+        extra[f"DP epsilon at delta {fed.dp_delta:g} (global SRM, per node)"] = privacy.epsilon
+        extra["DP noised rounds"] = privacy.releases
     extra["users the floors cover"] = split.num_users if reported is None else len(reported)
     floors = reference_floors(split, cfg.srm.max_len, reported)
     figures = final_figures(valid[measure], test[measure], floors, extra)
@@ -155,13 +165,42 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "report written: %s", summary)
 
 
-def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> tuple[int, ArrayRecord, float, str]:
-    """(rounds done, global weights, τ, signal): from the newest checkpoint when resuming, else a fresh SRM."""
+def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> Checkpoint:
+    """The newest checkpoint when resuming, else round 0: a fresh SRM, τ 1 (no requests), no gate signal."""
     if cfg.federation.resume and (found := latest_checkpoint(run_dir)) is not None:
-        log(INFO, "resuming from round %d of %s", found[0], run_dir)
+        log(INFO, "resuming from round %d of %s", found.round, run_dir)
         return found
     model = build_srm(cfg.srm, num_items)
-    return 0, ArrayRecord(model.state_dict()), 1.0, ""
+    return Checkpoint(0, ArrayRecord(model.state_dict()), 1.0)
+
+
+def _privacy(
+    aggregator: Strategy, fed: FederationConfig, nodes: int, start: Checkpoint
+) -> FleetPrivacy | None:
+    """Central DP around ``aggregator`` when ``federation.dp_noise`` > 0, its accountant going on from ``start``.
+
+    A private run cannot resume from rounds released without noise: no ε would cover them.
+    """
+    if not fed.private:
+        if start.privacy is not None:
+            log(
+                WARNING,
+                "resuming a private run without federation.dp_noise: the rounds from now on add no noise",
+            )
+        return None
+    if start.round > 0 and start.privacy is None:
+        raise LSC4RecError(
+            f"rounds 1-{start.round} of this run were released without differential privacy, so no ε covers "
+            "them. Run the private federation in a new run folder (leave out --resume)."
+        )
+    assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
+    try:
+        return FleetPrivacy(aggregator, fed.dp_noise, fed.dp_clip, nodes, fed.dp_delta, start.privacy)
+    except ValueError as exc:  # the checkpoint's accountant was for another δ or fleet
+        raise LSC4RecError(
+            f"cannot go on with this run's privacy accounting ({exc}). Resume it with the federation.dp_delta "
+            "and fleet it started with."
+        ) from None
 
 
 def flower_strategy(cfg: RunConfig) -> Strategy:
@@ -173,6 +212,7 @@ def flower_strategy(cfg: RunConfig) -> Strategy:
     """
     fed = cfg.federation
     common: dict[str, Any] = {
+        "weighted_by_key": _weight_key(fed),
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": fed.fraction_evaluate,
         "min_train_nodes": 1,
@@ -190,10 +230,15 @@ def flower_strategy(cfg: RunConfig) -> Strategy:
     return FedAvg(**common)
 
 
+def _weight_key(fed: FederationConfig) -> str:
+    """The reply metric FedAvg weights by: examples, or 1 per node for a private mean (the noise assumes it)."""
+    return records.NODES if fed.private else records.NUM_EXAMPLES
+
+
 def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
     """The update guard around ``aggregator``, with item-weighted rows in between when configured."""
     if not fed.item_weighted:
-        return UpdateGuard(aggregator, fed.max_update_norm or None)
+        return UpdateGuard(aggregator, fed.max_update_norm or None, _weight_key(fed))
     weighting = ItemWeighting(
         aggregator, ITEM_ROWS, records.ITEM_COUNTS, records.ARRAYS, records.NUM_EXAMPLES
     )
@@ -227,7 +272,7 @@ class _RoundMetrics(StrategyWrapper):
 
 
 def _after_round(
-    run_dir: Path, recorded: _RoundMetrics, budget: RequestBudget, offset: int
+    run_dir: Path, recorded: _RoundMetrics, budget: RequestBudget, privacy: FleetPrivacy | None, offset: int
 ) -> Callable[[int, ArrayRecord], None]:
     """Flower's ``evaluate_fn`` hook, the last call of every round: the round's metrics line, then its checkpoint.
 
@@ -243,8 +288,11 @@ def _after_round(
                 recorded.evaluate,
                 budget.measures_used.get(server_round, ""),
             )
+            if privacy is not None:
+                record[DP_EPSILON] = privacy.epsilon
             append_round(run_dir, record)
-            save_checkpoint(run_dir, offset + server_round, arrays, budget.tau, budget.measure)
+            state = None if privacy is None else privacy.state()
+            save_checkpoint(run_dir, offset + server_round, arrays, budget.tau, budget.measure, state)
 
     return after_round
 
@@ -369,5 +417,10 @@ def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
         "strategy": fed.strategy,
         "budget": fed.budget,
         "measure": fed.measure,
+        "differential privacy": (
+            f"central, per node: clip {fed.dp_clip:g}, noise multiplier {fed.dp_noise:g}, δ {fed.dp_delta:g}"
+            if fed.private
+            else "off"
+        ),
         "ranking": "over the candidate list (targets outside it are misses)",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from flwr.app import ArrayRecord
@@ -16,18 +17,34 @@ from lsc4rec.errors import DataFormatError
 DAMAGED = "Remove that round's two files to resume from the round before, or choose another run folder."
 
 
+class Checkpoint(NamedTuple):
+    """What a run resumes from: the global SRM after ``round``, the request gate, the privacy accountant."""
+
+    round: int
+    arrays: ArrayRecord
+    tau: float
+    measure: str = ""  # the live gate's signal ("" when the checkpoint predates the field)
+    privacy: dict | None = None  # the DP accountant's state (strategies/privacy.py); None: not a private run
+
+
 def save_checkpoint(
-    run_dir: Path, server_round: int, arrays: ArrayRecord, tau: float, measure: str = ""
+    run_dir: Path,
+    server_round: int,
+    arrays: ArrayRecord,
+    tau: float,
+    measure: str = "",
+    privacy: dict | None = None,
 ) -> Path:
-    """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, the request gate's τ and signal)."""
+    """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, gate, privacy accountant)."""
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{server_round:04d}.safetensors"
     state = {key: tensor.contiguous() for key, tensor in arrays.to_torch_state_dict().items()}
     save_file(state, path)
-    path.with_suffix(".json").write_text(
-        json.dumps({"round": server_round, "request-tau": tau, "request-signal": measure}) + "\n"
-    )
+    meta = {"round": server_round, "request-tau": tau, "request-signal": measure}
+    if privacy is not None:
+        meta["privacy"] = privacy
+    path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
     return path
 
 
@@ -36,32 +53,41 @@ def complete_checkpoints(run_dir: Path) -> dict[int, Path]:
     found = {}
     for path in sorted((run_dir / "checkpoints").glob("round-*.safetensors")):
         if path.with_suffix(".json").exists():
-            found[_read_sidecar(path)[0]] = path
+            found[_read_sidecar(path).round] = path
     return found
 
 
-def read_checkpoint(path: Path) -> tuple[int, ArrayRecord, float, str]:
-    """(round, global weights, tau, signal) of one checkpoint file (signal "" when it predates the field)."""
-    server_round, tau, signal = _read_sidecar(path)
+def read_checkpoint(path: Path) -> Checkpoint:
+    """One checkpoint file with its sidecar."""
+    sidecar = _read_sidecar(path)
     try:
         state: dict[str, torch.Tensor] = load_file(path)
     except Exception as exc:  # safetensors' own error kinds for a truncated or foreign file
         raise DataFormatError(path, f"is not a readable round checkpoint ({exc}). {DAMAGED}") from None
-    return server_round, ArrayRecord(state), tau, signal
+    return sidecar._replace(arrays=ArrayRecord(state))
 
 
-def _read_sidecar(path: Path) -> tuple[int, float, str]:
-    """(round, tau, signal) from the sidecar of checkpoint ``path``; a damaged sidecar names its file."""
+def _read_sidecar(path: Path) -> Checkpoint:
+    """The sidecar of checkpoint ``path``, without the weights; a damaged sidecar names its file."""
     sidecar = path.with_suffix(".json")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        return int(meta["round"]), float(meta["request-tau"]), str(meta.get("request-signal", ""))
+        privacy = meta.get("privacy")
+        if privacy is not None and not isinstance(privacy, dict):
+            raise TypeError(f"privacy is {type(privacy).__name__}, not an object")
+        return Checkpoint(
+            int(meta["round"]),
+            ArrayRecord(),
+            float(meta["request-tau"]),
+            str(meta.get("request-signal", "")),
+            privacy,
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # bad JSON, a key missing
         raise DataFormatError(sidecar, f"is not a round checkpoint's sidecar ({exc!r}). {DAMAGED}") from None
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, ArrayRecord, float, str] | None:
-    """(round, global weights, tau, signal) of the newest complete checkpoint in ``run_dir``, or None."""
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint in ``run_dir``, or None."""
     found = complete_checkpoints(run_dir)
     return read_checkpoint(found[max(found)]) if found else None
 
@@ -80,5 +106,5 @@ def load_global_srm(
     if chosen not in found:
         raise FileNotFoundError(f"no checkpoint of round {chosen} in {run_dir / 'checkpoints'}.")
     model = build_srm(cfg.srm, num_items)
-    model.load_state_dict(read_checkpoint(found[chosen])[1].to_torch_state_dict())
+    model.load_state_dict(read_checkpoint(found[chosen]).arrays.to_torch_state_dict())
     return model.eval()

@@ -3,7 +3,8 @@
 One diverged or malicious device can ruin a weighted mean: a NaN spreads to every weight, a huge update drags
 the average away. ``UpdateGuard`` wraps any Flower strategy (FedAvg, FedProx, FedAdam...), rejects such
 replies, logs and counts them, and hands the rest to the inner strategy, like Flower's own DP wrappers
-(``flwr.serverapp.strategy.dp_fixed_clipping``).
+(``flwr.serverapp.strategy.dp_fixed_clipping``). It also reports the median and largest update norm of the
+replies it kept, the figures a bound on updates (``max_update_norm``, or ``dp_clip`` for privacy) is set from.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ REJECTED_MALFORMED = (
     "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, or no weight
 )
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
+UPDATE_NORM_MEDIAN = "update-norm-median"  # train metric: median ||w_node - w_global||_2 of the kept replies
+UPDATE_NORM_MAX = "update-norm-max"  # train metric: the largest of them
 
 
 class UpdateGuard(StrategyWrapper):
@@ -94,11 +97,13 @@ class UpdateGuard(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies that pass every check; ``(None, None)`` when none is left."""
         counts = dict.fromkeys(REASONS, 0)
-        kept = []
+        kept, norms = [], []
         for reply in replies:
-            reason = None if reply.has_error() else self._rejection(reply)
+            reason, norm = (None, None) if reply.has_error() else self._rejection(reply)
             if reason is None:
                 kept.append(reply)  # error replies go on: the inner strategy logs them as failures
+                if norm is not None:
+                    norms.append(norm)
                 continue
             counts[reason] += 1
             log(
@@ -116,31 +121,37 @@ class UpdateGuard(StrategyWrapper):
         metrics = MetricRecord() if metrics is None else metrics
         for reason, count in counts.items():
             metrics[reason] = count
+        if norms:  # what a bound on updates (max_update_norm, dp_clip) would cut
+            metrics[UPDATE_NORM_MEDIAN] = float(np.median(norms))
+            metrics[UPDATE_NORM_MAX] = float(max(norms))
         return arrays, metrics
 
-    def _rejection(self, reply: Message) -> str | None:
-        """The reason to reject ``reply``, or ``None`` to keep it."""
+    def _rejection(self, reply: Message) -> tuple[str | None, float | None]:
+        """The reason to reject ``reply`` (``None`` to keep it), and its update's L2 norm where measured."""
         content = reply.content
         names = set(content.array_records)
         if self.arrayrecord_key not in names or not names <= {self.arrayrecord_key, *self.extra_records}:
-            return REJECTED_MALFORMED
+            return REJECTED_MALFORMED, None
         if len(content.metric_records) != 1:
-            return REJECTED_MALFORMED
+            return REJECTED_MALFORMED, None
         weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
         if not isinstance(weight, int | float) or not weight > 0:
-            return REJECTED_MALFORMED
+            return REJECTED_MALFORMED, None
         arrays = {key: array.numpy() for key, array in content.array_records[self.arrayrecord_key].items()}
         shapes = {key: a.shape for key, a in arrays.items()}
         if self._global and shapes != {key: a.shape for key, a in self._global.items()}:
-            return REJECTED_MALFORMED
+            return REJECTED_MALFORMED, None
         if not all(np.isfinite(a).all() for a in arrays.values()):
-            return REJECTED_NONFINITE
-        if self.max_update_norm is not None:
-            if not self._global:
+            return REJECTED_NONFINITE, None
+        if not self._global:
+            if self.max_update_norm is not None:
                 raise RuntimeError("aggregate_train needs the global arrays: call configure_train first.")
-            squares = sum(
-                float(np.sum((a.astype(np.float64) - self._global[k]) ** 2)) for k, a in arrays.items()
+            return None, None
+        norm = float(
+            np.sqrt(
+                sum(float(np.sum((a.astype(np.float64) - self._global[k]) ** 2)) for k, a in arrays.items())
             )
-            if np.sqrt(squares) > self.max_update_norm:
-                return REJECTED_NORM
-        return None
+        )
+        if self.max_update_norm is not None and norm > self.max_update_norm:
+            return REJECTED_NORM, norm
+        return None, norm

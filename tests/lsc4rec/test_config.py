@@ -74,6 +74,27 @@ def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
         RunConfig().override([pair])
 
 
+@pytest.mark.parametrize(
+    ("pairs", "match"),
+    [
+        (["federation.dp_noise=-1"], "federation.dp_noise: must be >= 0"),
+        (["federation.dp_clip=0"], "federation.dp_clip: must be > 0"),
+        (["federation.dp_delta=1"], r"federation.dp_delta: must be in \(0, 1\)"),
+        # the accountant's ε holds only for a plain mean of clipped updates, and nothing else leaving the node
+        (["federation.dp_noise=1", "federation.strategy=fedadam"], "federation.strategy: must be fedavg"),
+        (
+            ["federation.dp_noise=1", "federation.item_weighted=true"],
+            "federation.item_weighted: must be false",
+        ),
+        (["federation.dp_noise=1", "federation.max_update_norm=5"], "federation.max_update_norm: must be 0"),
+    ],
+)
+def test_private_runs_take_only_settings_their_guarantee_holds_for(pairs: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RunConfig().override(pairs)
+    assert RunConfig().override(["federation.dp_noise=1", "federation.strategy=fedprox"]).federation.private
+
+
 def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("seed = = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):

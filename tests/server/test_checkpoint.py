@@ -18,13 +18,20 @@ def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path)
     for server_round in (1, 2, 3):
         torch.manual_seed(server_round)
         models.append(build_srm(cfg.srm, 12))
+        privacy = {"compositions": [server_round]}  # the accountant's state, as a private run saves it
         save_checkpoint(
-            tmp_path, server_round, ArrayRecord(models[-1].state_dict()), 0.5 + server_round, "kendall"
+            tmp_path,
+            server_round,
+            ArrayRecord(models[-1].state_dict()),
+            0.5 + server_round,
+            "kendall",
+            privacy,
         )
     (tmp_path / "checkpoints" / "round-0003.json").unlink()  # round 3 died before its sidecar was written
     assert sorted(complete_checkpoints(tmp_path)) == [1, 2]
     newest = latest_checkpoint(tmp_path)
-    assert newest is not None and newest[0] == 2 and newest[2:] == (2.5, "kendall")
+    assert newest is not None and (newest.round, newest.tau, newest.measure) == (2, 2.5, "kendall")
+    assert newest.privacy == {"compositions": [2]}
     for server_round, expected in ((1, models[0]), (None, models[1])):
         loaded = load_global_srm(cfg, 12, tmp_path, server_round)
         assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), expected.parameters(), strict=True))
@@ -34,7 +41,9 @@ def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path)
         load_global_srm(cfg, 12, tmp_path / "elsewhere")
 
 
-@pytest.mark.parametrize("sidecar", ["garbage", "{}", '{"round": 1}', "[1]"])
+@pytest.mark.parametrize(
+    "sidecar", ["garbage", "{}", '{"round": 1}', "[1]", '{"round": 1, "request-tau": 0.5, "privacy": 3}']
+)
 def test_a_damaged_sidecar_or_weights_file_names_the_file(tmp_path: Path, sidecar: str) -> None:
     cfg = RunConfig().override(["srm.hidden=8", "srm.layers=1", "srm.max_len=5"])
     path = save_checkpoint(tmp_path, 1, ArrayRecord(build_srm(cfg.srm, 12).state_dict()), 0.5)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Message, MessageType
-from flwr.serverapp.strategy import strategy_utils
+from flwr.serverapp.strategy import FedAvg, strategy_utils
+from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
@@ -28,6 +29,7 @@ from server.app import app as server_app
 from server.checkpoint import load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
+from strategies.privacy import FleetPrivacy
 from tests.conftest import NODES
 
 
@@ -151,6 +153,51 @@ def test_federation_crashed_mid_run_keeps_its_rounds_and_resumes(
     assert (tmp_path / "checkpoints" / "round-0002.safetensors").read_bytes() == first
     assert (tmp_path / "checkpoints" / "round-0003.safetensors").exists()
     assert json.loads((tmp_path / "final.json").read_text())["users"] == 24
+
+
+def test_a_private_run_accounts_its_epsilon_across_a_crash_and_a_resume(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """federation.dp_noise > 0: each round's ε is recorded, and the accountant rides in the checkpoints, so the
+    resumed run goes on from round 2's ε; a resume that would break the accounting is refused by name."""
+    private = ("federation.rounds=3", "federation.dp_noise=1.0", "federation.dp_clip=0.5")
+
+    class CrashingGrid(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 6:  # the partition query, then training and validation of rounds 1 and 2
+                raise ServerCrash("the ServerApp died in round 3")
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashingGrid)
+    with pytest.raises(ServerCrash):
+        run(federation_config, tmp_path, service, *private)
+    monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
+    with pytest.raises(LSC4RecError, match=r"Resume it with the federation\.dp_delta"):
+        run(
+            federation_config,
+            tmp_path,
+            service,
+            *private,
+            "federation.resume=true",
+            "federation.dp_delta=1e-6",
+        )
+    run(federation_config, tmp_path, service, *private, "federation.resume=true")
+    history = rounds(tmp_path)
+    epsilon = [r["dp-epsilon"] for r in history]
+    assert [r["round"] for r in history] == [1, 2, 3] and 0 < epsilon[0] < epsilon[1] < epsilon[2]
+    reference = FleetPrivacy(FedAvg(), 1.0, 0.5, NODES, 1e-5).accountant
+    for server_round, expected in enumerate(epsilon, start=1):  # 2 of the 4 nodes sampled each round
+        reference.compose(GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=NODES))
+        assert expected == pytest.approx(reference.get_privacy_spent().epsilon), server_round
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["DP epsilon at delta 1e-05 (global SRM, per node)"] == pytest.approx(epsilon[-1])
+    assert final["DP noised rounds"] == 3
+    assert "central, per node: clip 0.5, noise multiplier 1" in (tmp_path / "summary.md").read_text()
+    # rounds released without noise cannot be covered by any ε
+    run(federation_config, tmp_path / "plain", service, "federation.rounds=1")
+    with pytest.raises(
+        LSC4RecError, match="rounds 1-1 of this run were released without differential privacy"
+    ):
+        run(federation_config, tmp_path / "plain", service, *private, "federation.resume=true")
 
 
 class JitteryGrid(InProcessGrid):

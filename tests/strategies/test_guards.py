@@ -7,7 +7,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.guards import REJECTED_MALFORMED, REJECTED_NONFINITE, REJECTED_NORM, UpdateGuard
+from strategies.guards import (
+    REJECTED_MALFORMED,
+    REJECTED_NONFINITE,
+    REJECTED_NORM,
+    UPDATE_NORM_MAX,
+    UPDATE_NORM_MEDIAN,
+    UpdateGuard,
+)
 from tests.strategies.conftest import FakeGrid
 
 GLOBAL = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
@@ -44,6 +51,9 @@ def test_update_guard_kept_replies_give_example_weighted_mean() -> None:
     np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), (10 * 1.0 + 30 * 1.5) / 40))
     assert metrics["loss"] == pytest.approx((10 * 2.0 + 30 * 1.0) / 40)
     assert metrics[REJECTED_NONFINITE] == 0 and metrics[REJECTED_NORM] == 0
+    # the kept updates' norms, for choosing max_update_norm or dp_clip: sqrt(7) and 1.5 sqrt(7)
+    assert metrics[UPDATE_NORM_MEDIAN] == pytest.approx(1.25 * np.sqrt(7))
+    assert metrics[UPDATE_NORM_MAX] == pytest.approx(1.5 * np.sqrt(7))
 
 
 def test_update_guard_nan_and_oversized_replies_rejected_and_counted(

@@ -1,0 +1,147 @@
+"""User-level differential privacy of the global SRM: Flower's central DP wrapper, sized to each round's sample.
+
+Flower's ``DifferentialPrivacyServerSideFixedClipping`` clips every node's update to ``clipping_norm``, takes
+their mean with equal weights, adds Gaussian noise of std ``noise_multiplier · clipping_norm / n`` (n: the nodes
+sampled) and composes one Gaussian release per round in an RDP accountant, with no credit for sampling a
+fraction of the fleet. ``FleetPrivacy`` keeps its accounting and changes four things:
+
+- n is the round's own sample (the nodes connected when it was drawn), not a number fixed at the start: Flower
+  ends the run when the two differ, so an edge box going offline would. Who is connected does not depend on
+  anyone's data, so the noise stays calibrated to the mean it is added to.
+- the noise comes from a generator seeded by the operating system, not numpy's global one, which the run's seed
+  fixes: noise that anyone holding the run config can reproduce protects nothing, and a resumed run, seeded
+  again, would add the noise of its first rounds a second time. Private runs are therefore not bit-reproducible.
+- an update of norm 0 (a node that sent the global model back) is kept as it is; Flower's clipping divides by
+  the norm and would end the run.
+- a reply whose weight is not the equal weight every node sends is a failed round, not a crash.
+
+A round in which a sampled node fails or is rejected releases nothing (Flower's strict rule in accounted mode:
+the mean of fewer updates would be less noisy than accounted for), so it spends no ε either. The accountant's
+state travels with each checkpoint (``state``), so a resumed run goes on composing instead of starting at ε = 0.
+
+What this protects: the global SRM released each round, for any one node's data: a user's, on one-user devices;
+a whole box's, on edge boxes (which covers each of its users). What it does not: the sums of evaluation metrics
+and the request-signal histograms the nodes report, and what the cloud sees by design (the stale histories it
+makes lists from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
+from flwr.supercore.differential_privacy import compute_stdv
+from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+
+class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
+    """Central DP with server-side fixed clipping around ``strategy``, accounted over a fleet of ``population``.
+
+    Parameters
+    ----------
+    strategy
+        The aggregator: Flower's FedAvg (or FedProx), weighting every reply equally (its ``weighted_by_key``
+        names a metric that is 1 in every reply).
+    noise_multiplier, clipping_norm
+        z and C: each update is clipped to L2 norm C, the mean gets noise of std z·C/n.
+    population
+        Nodes in the fleet (the accountant's population).
+    delta
+        δ of the (ε, δ) reported.
+    state
+        The accountant's state from a checkpoint (``state()``), to go on from; None starts at ε = 0.
+    """
+
+    def __init__(
+        self,
+        strategy: FedAvg,
+        noise_multiplier: float,
+        clipping_norm: float,
+        population: int,
+        delta: float,
+        state: dict[str, object] | None = None,
+    ) -> None:
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=delta,
+                population_size=population,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+        if state is not None:
+            accountant.load_state_dict(state)
+        super().__init__(strategy, noise_multiplier, clipping_norm, population, accountant=accountant)
+        self._noise = np.random.default_rng()  # seeded by the OS, never by the run's seed (module docstring)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample through the inner strategy, size the noise and the round's privacy event to that sample."""
+        self.current_arrays = arrays
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.num_sampled_clients = max(len(messages), 1)
+        return self._prepare_accounting(server_round, messages)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Clip each update, take the inner strategy's equal-weight mean, add the noise, account the release."""
+        replies = list(replies)
+        event = self._pop_pending_event(server_round)
+        if not validate_replies(replies, self.num_sampled_clients, strict=True):
+            return None, None
+        try:
+            self._validate_uniform_weights(replies)
+        except ValueError as exc:
+            log(WARNING, "aggregate_train: round %d releases nothing: %s", server_round, exc)
+            return None, None
+        base = {key: array.numpy() for key, array in self.current_arrays.items()}
+        for reply in replies:
+            for name, record in list(reply.content.array_records.items()):
+                reply.content[name] = _clipped(record, base, self.clipping_norm)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is not None:
+            std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+            arrays = ArrayRecord(
+                {
+                    key: Array(value + self._noise.normal(0.0, std, value.shape).astype(value.dtype))
+                    for key, value in ((key, array.numpy()) for key, array in arrays.items())
+                }
+            )
+            self._compose_release(event)
+        return arrays, metrics
+
+    @property
+    def epsilon(self) -> float:
+        """ε spent so far, at the configured δ (0 before the first release)."""
+        return self.accountant.get_privacy_spent().epsilon
+
+    @property
+    def releases(self) -> int:
+        """Noised global models released so far (rounds that aggregated an update)."""
+        return self.accountant.num_releases
+
+    def state(self) -> dict[str, object]:
+        """The accountant's JSON-serialisable state, for the round's checkpoint."""
+        return self.accountant.state_dict()
+
+
+def _clipped(record: ArrayRecord, base: dict[str, np.ndarray], bound: float) -> ArrayRecord:
+    """``record`` moved back towards ``base`` so that its update has L2 norm at most ``bound`` (kept if 0).
+
+    Arrays pair by name, not position: a checkpoint read back lists them in another order than a node sends them.
+    """
+    update = {key: array.numpy() - base[key] for key, array in record.items()}
+    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
+    scale = min(1.0, bound / norm) if norm > 0 else 1.0
+    return ArrayRecord(
+        {key: Array((base[key] + scale * u).astype(base[key].dtype)) for key, u in update.items()}
+    )
