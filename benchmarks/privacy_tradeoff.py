@@ -29,11 +29,10 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import run_main
 from lsc4rec.runs import make_run_dir
 from lsc4rec.tables import parse_args, report
+from server.app import DP_EPSILON_FIGURE
 from server.app import app as server_app
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
-
-EPSILON = "DP epsilon at delta {delta:g} (global SRM, per node)"  # the key server/app.py reports ε under
 
 
 def non_negative_floats(text: str) -> list[float]:
@@ -53,7 +52,7 @@ def row(noise: float, final: dict, seconds: float, delta: float) -> dict:
     gated = next(p for p in final["policies"] if p["budget"] == 0.05)
     return {
         "noise": noise,
-        "epsilon": final.get(EPSILON.format(delta=delta)),  # absent without privacy
+        "epsilon": final.get(DP_EPSILON_FIGURE.format(delta=delta)),  # absent without privacy
         "noised rounds": final.get("DP noised rounds"),
         "LLM-only": rankings["LLM-only"],
         "SRM-only": rankings["SRM-only"],

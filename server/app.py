@@ -2,8 +2,8 @@
 
 Strategy: Flower's FedAvg (or FedProx / FedAdam / FedAvgM), wrapped by central differential privacy when
 ``federation.dp_noise`` > 0, the update guard (non-finite and oversized updates are rejected and counted) and the
-request budget (the fleet's request signal and threshold τ for cloud requests). The nodes report sums, so evaluation metrics are added up, not averaged
-(``strategies.sums``).
+request budget (the fleet's request signal and threshold τ for cloud requests). The nodes report sums, so
+evaluation metrics are added up, not averaged (``strategies.sums``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ app = ServerApp()
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation.dp_noise > 0)
+DP_EPSILON_FIGURE = "DP epsilon at delta {delta:g} (global SRM, per node)"  # final.json: ε of the whole run
 
 
 class _ShortLines(logging.Filter):
@@ -110,10 +111,8 @@ def main(grid: Grid, context: Context) -> None:
         fed.budget,
         fed.bins,
         fed.measures,
-        initial_tau=start.tau,
-        initial_measure=start.measure
-        if start.measure in fed.measures
-        else None,  # a resumed run keeps its gate
+        initial_tau=start.tau,  # a resumed run keeps its gate
+        initial_measure=start.measure if start.measure in fed.measures else None,
         window=fed.budget_window,
     )
     started = time.perf_counter()
@@ -152,7 +151,7 @@ def main(grid: Grid, context: Context) -> None:
         "federation seconds": time.perf_counter() - started,
     }
     if privacy is not None:
-        extra[f"DP epsilon at delta {fed.dp_delta:g} (global SRM, per node)"] = privacy.epsilon
+        extra[DP_EPSILON_FIGURE.format(delta=fed.dp_delta)] = privacy.epsilon
         extra["DP noised rounds"] = privacy.releases
     extra["users the floors cover"] = split.num_users if reported is None else len(reported)
     floors = reference_floors(split, cfg.srm.max_len, reported)
