@@ -3,7 +3,7 @@
 Flower's ``DifferentialPrivacyServerSideFixedClipping`` clips every node's update to ``clipping_norm``, takes
 their mean with equal weights, adds Gaussian noise of std ``noise_multiplier · clipping_norm / n`` (n: the nodes
 sampled) and composes one Gaussian release per round in an RDP accountant, with no credit for sampling a
-fraction of the fleet. ``FleetPrivacy`` keeps its accounting and changes four things:
+fraction of the fleet. ``FleetPrivacy`` keeps its accounting and changes these things:
 
 - n is the round's own sample (the nodes connected when it was drawn), not a number fixed at the start: Flower
   ends the run when the two differ, so an edge box going offline would. Who is connected does not depend on
@@ -11,8 +11,9 @@ fraction of the fleet. ``FleetPrivacy`` keeps its accounting and changes four th
 - the noise comes from a generator seeded by the operating system, not numpy's global one, which the run's seed
   fixes: noise that anyone holding the run config can reproduce protects nothing, and a resumed run, seeded
   again, would add the noise of its first rounds a second time. Private runs are therefore not bit-reproducible.
-- an update of norm 0 (a node that sent the global model back) is kept as it is; Flower's clipping divides by
-  the norm and would end the run.
+- updates are clipped array by array as named, and an update of norm 0 (a node that sent the global model back)
+  is kept as it is: Flower pairs a reply's arrays with the global ones by position, which a checkpoint read back
+  lists in another order, and its clipping divides by the norm; either would end the run.
 - a reply whose weight is not the equal weight every node sends is a failed round, not a crash.
 
 A round in which a sampled node fails or is rejected releases nothing (Flower's strict rule in accounted mode:
@@ -108,16 +109,14 @@ class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
             for name, record in list(reply.content.array_records.items()):
                 reply.content[name] = _clipped(record, base, self.clipping_norm)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays is not None:
-            std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
-            arrays = ArrayRecord(
-                {
-                    key: Array(value + self._noise.normal(0.0, std, value.shape).astype(value.dtype))
-                    for key, value in ((key, array.numpy()) for key, array in arrays.items())
-                }
-            )
-            self._compose_release(event)
-        return arrays, metrics
+        if arrays is None:
+            return None, metrics
+        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        noised = {key: array.numpy() for key, array in arrays.items()}
+        for value in noised.values():
+            value += self._noise.normal(0.0, std, value.shape).astype(value.dtype)
+        self._compose_release(event)
+        return ArrayRecord({key: Array(value) for key, value in noised.items()}), metrics
 
     @property
     def epsilon(self) -> float:

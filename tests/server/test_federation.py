@@ -129,17 +129,18 @@ class EventGrid(InProcessGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
+class CrashesInRound3(EventGrid):
+    def at_call(self, n: int) -> None:
+        if n == 6:  # the partition query, then training and validation of rounds 1 and 2
+            raise ServerCrash("the ServerApp died in round 3")
+
+
 def test_federation_crashed_mid_run_keeps_its_rounds_and_resumes(
     federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server dies in round 3: rounds 1 and 2 are on disk (lines and checkpoints), and the run resumes."""
 
-    class CrashingGrid(EventGrid):
-        def at_call(self, n: int) -> None:
-            if n == 6:  # the partition query, then training and validation of rounds 1 and 2
-                raise ServerCrash("the ServerApp died in round 3")
-
-    monkeypatch.setattr(inprocess, "InProcessGrid", CrashingGrid)
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInRound3)
     with pytest.raises(ServerCrash):
         run(federation_config, tmp_path, service, "federation.rounds=3")
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
@@ -162,12 +163,7 @@ def test_a_private_run_accounts_its_epsilon_across_a_crash_and_a_resume(
     resumed run goes on from round 2's ε; a resume that would break the accounting is refused by name."""
     private = ("federation.rounds=3", "federation.dp_noise=1.0", "federation.dp_clip=0.5")
 
-    class CrashingGrid(EventGrid):
-        def at_call(self, n: int) -> None:
-            if n == 6:  # the partition query, then training and validation of rounds 1 and 2
-                raise ServerCrash("the ServerApp died in round 3")
-
-    monkeypatch.setattr(inprocess, "InProcessGrid", CrashingGrid)
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInRound3)
     with pytest.raises(ServerCrash):
         run(federation_config, tmp_path, service, *private)
     monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
