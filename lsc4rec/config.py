@@ -228,9 +228,8 @@ class FederationConfig:
     # weights) gets Gaussian noise of std dp_noise·dp_clip/nodes sampled, and an RDP accountant reports ε at
     # dp_delta. 0 turns it off. Needs strategy fedavg|fedprox, item_weighted off and max_update_norm 0.
     dp_noise: float = 0.0
-    dp_clip: float = (
-        1.0  # L2 bound of one node's update (train-update-norm-median in metrics.jsonl guides it)
-    )
+    # L2 bound of one node's update (a run's train-update-norm-median in metrics.jsonl is the usual choice)
+    dp_clip: float = 1.0
     dp_delta: float = 1e-5  # δ of the reported (ε, δ); keep it well below 1 / nodes
     run_dir: str = ""  # the run folder (checkpoints, report); set by server/launch.py
     resume: bool = False  # continue from the newest checkpoint in run_dir

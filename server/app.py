@@ -195,10 +195,11 @@ def _privacy(
     assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
     try:
         return FleetPrivacy(aggregator, fed.dp_noise, fed.dp_clip, nodes, fed.dp_delta, start.privacy)
-    except ValueError as exc:  # the checkpoint's accountant was for another δ or fleet
+    except ValueError as exc:  # the checkpoint's accountant was for another δ or fleet, or is damaged
         raise LSC4RecError(
             f"cannot go on with this run's privacy accounting ({exc}). Resume it with the federation.dp_delta "
-            "and fleet it started with."
+            f"and fleet it started with; if round {start.round}'s sidecar JSON is damaged, remove that round's "
+            "two files to resume from the round before."
         ) from None
 
 
