@@ -28,22 +28,11 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import run_main
 from lsc4rec.runs import make_run_dir
-from lsc4rec.tables import parse_args, report
+from lsc4rec.tables import non_negative_floats, parse_args, report
 from server.app import DP_EPSILON_FIGURE
 from server.app import app as server_app
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
-
-
-def non_negative_floats(text: str) -> list[float]:
-    """An argparse type: comma-separated numbers >= 0, such as ``0,0.3,1``."""
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        values = [-1.0]
-    if not all(v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers >= 0, got {text!r}")
-    return values
 
 
 def row(noise: float, final: dict, seconds: float, delta: float) -> dict:
@@ -83,11 +72,13 @@ def main() -> None:
     base = load_config(
         None, [f"data.dataset={args.dataset}", f"federation.dp_clip={args.clip}", *args.overrides]
     )
+    configs = {
+        noise: base.override([f"federation.dp_noise={noise}"]) for noise in args.noise
+    }  # checked first
     split = TemporalSplit(load_or_prepare(base.data, base.seed), base.data.lag)
     split.check_trainable("SRM")
     nodes = fleet_size(base.federation.num_nodes, split.num_users)
-    # every setting checked before anything starts; one folder for the sweep: the service's log, a folder a run
-    configs = {noise: base.override([f"federation.dp_noise={noise}"]) for noise in args.noise}
+    # one folder for the sweep: the service's log, and a folder a run
     sweep = make_run_dir(args.out, f"privacy-{Path(args.dataset).name}")
     rows, runs = [], {}
     with candidate_service(base, llm_checkpoint(base), "transformers", sweep) as service:

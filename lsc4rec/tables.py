@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,22 @@ def positive_ints(text: str) -> list[int]:
 
 def shares(text: str) -> list[float]:
     """An argparse type: a comma-separated list of shares in [0, 1], such as ``0.05,0.1``."""
-    problem = argparse.ArgumentTypeError(f"must be comma-separated shares in [0, 1], got {text!r}")
+    return _floats(text, lambda v: 0.0 <= v <= 1.0, "shares in [0, 1]")
+
+
+def non_negative_floats(text: str) -> list[float]:
+    """An argparse type: a comma-separated list of numbers >= 0, such as ``0,0.3,1``."""
+    return _floats(text, lambda v: v >= 0.0, "numbers >= 0")
+
+
+def _floats(text: str, ok: Callable[[float], bool], what: str) -> list[float]:
+    """Comma-separated floats that all pass ``ok``; else argparse's error naming ``what`` they must be."""
+    problem = argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}")
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
         raise problem from None
-    if not all(0.0 <= v <= 1.0 for v in values):
+    if not all(ok(v) for v in values):
         raise problem
     return values
 

@@ -159,6 +159,18 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             [".", "--budgets", "0.05,x"],
             "argument --budgets: must be comma-separated shares",
         ),
+        (
+            "privacy_tradeoff.py",
+            ["--noise", "1,-2"],
+            "argument --noise: must be comma-separated numbers >= 0",
+        ),
+        ("privacy_tradeoff.py", ["--noise", "1,x"], "argument --noise: must be comma-separated numbers >= 0"),
+        # a private run's settings are checked before the data is read or anything starts
+        (
+            "privacy_tradeoff.py",
+            ["--noise", "0,1", "--set", "federation.strategy=fedadam"],
+            "error: config federation.strategy: must be fedavg|fedprox with federation.dp_noise > 0",
+        ),
     ],
 )
 def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:
