@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore.differential_privacy import get_norm
 
 from strategies.wrapper import StrategyWrapper
 
@@ -147,11 +148,7 @@ class UpdateGuard(StrategyWrapper):
             if self.max_update_norm is not None:
                 raise RuntimeError("aggregate_train needs the global arrays: call configure_train first.")
             return None, None
-        norm = float(
-            np.sqrt(
-                sum(float(np.sum((a.astype(np.float64) - self._global[k]) ** 2)) for k, a in arrays.items())
-            )
-        )
+        norm = get_norm([a.astype(np.float64) - self._global[k] for k, a in arrays.items()])
         if self.max_update_norm is not None and norm > self.max_update_norm:
             return REJECTED_NORM, norm
         return None, norm

@@ -37,7 +37,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
-from flwr.supercore.differential_privacy import compute_stdv
+from flwr.supercore.differential_privacy import compute_stdv, get_norm
 from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
@@ -139,7 +139,7 @@ def _clipped(record: ArrayRecord, base: dict[str, np.ndarray], bound: float) -> 
     Arrays pair by name, not position: a checkpoint read back lists them in another order than a node sends them.
     """
     update = {key: array.numpy() - base[key] for key, array in record.items()}
-    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values())))
+    norm = get_norm(list(update.values()))
     scale = min(1.0, bound / norm) if norm > 0 else 1.0
     return ArrayRecord(
         {key: Array((base[key] + scale * u).astype(base[key].dtype)) for key, u in update.items()}
