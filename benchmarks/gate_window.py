@@ -1,10 +1,11 @@
-"""Replay the live gate's calibration from finished runs: how close each window of rounds comes to the budget.
+"""Replay the rounds' gate calibration from finished runs: how close each window of rounds comes to the budget.
 
-The live gate's τ is calibrated on the test-time histograms of the request signal from the last
-``federation.budget_window`` evaluate rounds (strategies/budget.py), and the final evaluation then requests with
-it. One round's sample is small; older rounds describe an SRM that has trained since. Every run records each
-round's histograms (``metrics.jsonl``) and the final evaluation's (``final.json``), so this script recomputes,
-for each window W, the τ those rounds give and the rate it would have realized over the final evaluation's
+During training the live gate's τ is calibrated on the test-time histograms of the request signal from the last
+``federation.budget_window`` evaluate rounds (strategies/budget.py) and sent with the next round. One round's
+sample is small; older rounds describe an SRM that has trained since. (The final evaluation requests with a τ
+calibrated afresh on every node under the final model, server/app.py.) Every run records each round's
+histograms (``metrics.jsonl``) and the final evaluation's (``final.json``), so this script recomputes, for each
+window W, the τ those rounds give and the rate it would realize, in expectation, over the final evaluation's
 users, on the signal the run's final gate used. The signal reads no label, so no test target is involved.
 Example, three seeds of the default run:
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lsc4rec.errors import LSC4RecError, run_main
-from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
+from lsc4rec.outcomes import expected_rate, signal_bin_edges, threshold_for_budget
 from lsc4rec.tables import parse_args, positive_ints, report, shares
 from server.report import SIGNAL_HISTOGRAMS, read_rounds
 
@@ -51,8 +52,7 @@ def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[float]]]:
 def replay(final: np.ndarray, rounds: list[list[float]], window: int, budget: float) -> float:
     """The rate the ``final`` users would have realized with τ from the last ``window`` of ``rounds``."""
     edges = signal_bin_edges(len(final))
-    tau = threshold_for_budget(np.sum(rounds[-window:], axis=0), edges, budget)
-    return float((requested_share(edges, tau) * final).sum() / max(final.sum(), 1.0))
+    return expected_rate(final, edges, threshold_for_budget(np.sum(rounds[-window:], axis=0), edges, budget))
 
 
 def main() -> None:

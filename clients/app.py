@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.cloud import CandidateLists, CloudClient, ListCache
-from clients.inference import collaborative_inference
+from clients.inference import collaborative_inference, request_signals, reranked
 from clients.node import NodeData, load_node
 from clients.srm import SequentialRecommender, build_srm
 from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
@@ -21,7 +21,7 @@ from lsc4rec import records
 from lsc4rec.config import FederationConfig, RunConfig
 from lsc4rec.data.split import Stage
 from lsc4rec.metrics import metrics_from_ranks
-from lsc4rec.outcomes import StageOutcome
+from lsc4rec.outcomes import StageOutcome, signal_bin_edges, signal_bins
 from lsc4rec.scoring import catalogue_scores, full_catalogue_ranks
 
 app = ClientApp()
@@ -41,9 +41,6 @@ def train(msg: Message, context: Context) -> Message:
         lists = _fetch(cfg, node, cache, users, queries)
         sequences += examples
         negatives += [row[row > 0] for row in lists.items]
-    round_seed = (
-        cfg.seed + 1000 * int(msg.content[records.CONFIG].get(records.SERVER_ROUND, 0)) + _partition(context)
-    )
     optimizer = torch.optim.Adam(model.parameters(), lr=fed.local_lr)
     if fed.keep_optimizer and records.STATE_OPTIMIZER in context.state:
         load_optimizer_arrays(optimizer, context.state[records.STATE_OPTIMIZER].to_torch_state_dict())
@@ -54,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
         fed.local_epochs,
         fed.local_batch_size,
         optimizer,
-        round_seed % 2**32,
+        _round_seed(cfg, msg, context) % 2**32,
         mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
         hard_weight=fed.collab_weight,
     )
@@ -92,14 +89,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         **_equal_weight(fed),
     }
     for stage in ("valid", "test"):
-        personal = adapt(
-            model,
-            node.adaptation_windows(stage, model.config.max_len),
-            fed.adapt_steps,
-            fed.adapt_lr,
-            cfg.seed + _partition(context),
+        personal = _personal(cfg, node, model, stage, context)
+        outcomes = _collaborative_inference(
+            cfg, node, cache, personal, stage, alphas, live, tau, _round_seed(cfg, msg, context)
         )
-        outcomes = _collaborative_inference(cfg, node, cache, personal, stage, alphas, live, tau)
         # per signal: validation picks the fleet's signal, the test histograms (live lists) calibrate its tau
         for measure, outcome in outcomes.items():
             metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
@@ -113,6 +106,43 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
+@app.query(records.SIGNALS_ACTION)
+def signals(msg: Message, context: Context) -> Message:
+    """The histogram of one request signal over the node's test-time users, for the server's last calibration.
+
+    Label-free: the node adapts its personal copy of the received model as the evaluation after this will
+    (the same data and seed), and bins the signal (``records.MEASURE``) of the stale lists it holds; no target
+    is used and no fresh list is requested. The server sets the gate's tau from the fleet's sum.
+    """
+    cfg, node, model = _setup(msg, context)
+    measure = str(msg.content[records.CONFIG][records.MEASURE])
+    if measure not in cfg.federation.measures:
+        raise ValueError(
+            f"the server asked for signal {measure!r}; this run evaluates {cfg.federation.measures}."
+        )
+    cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    personal = _personal(cfg, node, model, "test", context)
+    device, cloud, _ = node.views("test")
+    stale = _stale_lists(cfg, node, cache, personal, device, cloud)
+    held = reranked(
+        personal, device, torch.from_numpy(stale.items), torch.from_numpy(stale.scores), cfg.srm.max_len
+    )
+    score = request_signals(personal, device, cloud, held, (measure,), cfg.srm.max_len)[measure]
+    edges = signal_bin_edges(cfg.federation.bins)
+    counts = np.bincount(signal_bins(score, edges), minlength=len(edges) - 1).astype(float)
+    context.state[records.STATE_LISTS] = cache.to_record()
+    return Message(
+        RecordDict(
+            {
+                records.METRICS: MetricRecord(
+                    {records.SIGNAL_COUNTS: counts.tolist(), records.USERS: len(score)}
+                )
+            }
+        ),
+        reply_to=msg,
+    )
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition (id and count): it checks them and orders the fleet by them."""
@@ -123,6 +153,22 @@ def query(msg: Message, context: Context) -> Message:
 def _equal_weight(fed: FederationConfig) -> dict[str, int]:
     """The weight a private mean gives every node alike (``records.NODES``), in private runs only."""
     return {records.NODES: 1} if fed.private else {}
+
+
+def _round_seed(cfg: RunConfig, msg: Message, context: Context) -> int:
+    """A seed of its own for every node and round (local training's batches, the gate's coin flips)."""
+    return (
+        cfg.seed + 1000 * int(msg.content[records.CONFIG].get(records.SERVER_ROUND, 0)) + _partition(context)
+    )
+
+
+def _personal(
+    cfg: RunConfig, node: NodeData, model: SequentialRecommender, stage: Stage, context: Context
+) -> SequentialRecommender:
+    """Adaptive re-training: the personal copy of ``model`` the node serves ``stage``'s users with."""
+    fed = cfg.federation
+    windows = node.adaptation_windows(stage, model.config.max_len)
+    return adapt(model, windows, fed.adapt_steps, fed.adapt_lr, cfg.seed + _partition(context))
 
 
 def _partition(context: Context) -> int:
@@ -174,21 +220,16 @@ def _collaborative_inference(
     alphas: np.ndarray,
     live: str,
     tau: float,
+    seed: int,
 ) -> dict[str, StageOutcome]:
     """Stale list (held since the cloud last saw the user) and fresh list (a request) for every user.
 
-    Fallbacks: a stale list the cloud never delivered is replaced by the SRM's own top-K over the catalogue
-    (LLM scores flat, so fusion ranks by the SRM); a fresh list that cannot be had is the stale list again.
+    Fallbacks: a stale list the cloud never delivered is the SRM's own (:func:`_stale_lists`); a fresh list
+    that cannot be had is the stale list again. ``seed`` seeds the gate's coin flips.
     """
     device, cloud, targets = node.views(stage)
-    users = [int(u) for u in node.users]
-    stale = _fetch(cfg, node, cache, users, cloud)
-    fresh = _fetch(cfg, node, cache, users, device)
-    if stale.missing.any():
-        rows = np.flatnonzero(stale.missing)
-        scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)
-        stale.items[rows] = torch.topk(scores, cfg.llm.k, dim=1).indices.numpy()
-        stale.scores[rows] = 0.0
+    stale = _stale_lists(cfg, node, cache, personal, device, cloud)
+    fresh = _fetch(cfg, node, cache, [int(u) for u in node.users], device)
     fresh.items[fresh.missing], fresh.scores[fresh.missing] = (
         stale.items[fresh.missing],
         stale.scores[fresh.missing],
@@ -210,7 +251,30 @@ def _collaborative_inference(
         tau,
         live,
         fed.norm,
+        seed,
     )
+
+
+def _stale_lists(
+    cfg: RunConfig,
+    node: NodeData,
+    cache: ListCache,
+    personal: SequentialRecommender,
+    device: list[np.ndarray],
+    cloud: list[np.ndarray],
+) -> CandidateLists:
+    """The lists the node's users hold, made by the cloud from its stale views ``cloud``.
+
+    A list the cloud never delivered is replaced by the SRM's own top-K over the catalogue from the device
+    view ``device``, with flat LLM scores, so that fusion ranks by the SRM.
+    """
+    stale = _fetch(cfg, node, cache, [int(u) for u in node.users], cloud)
+    if stale.missing.any():
+        rows = np.flatnonzero(stale.missing)
+        scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)
+        stale.items[rows] = torch.topk(scores, cfg.llm.k, dim=1).indices.numpy()
+        stale.scores[rows] = 0.0
+    return stale
 
 
 def _full_catalogue_ndcg_sum(model: SequentialRecommender, node: NodeData, stage: Stage) -> float:

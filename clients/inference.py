@@ -13,6 +13,7 @@ Shape letters: B users, T history length, K candidates, A alphas.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,9 +22,17 @@ from clients.srm import SequentialRecommender
 from lsc4rec.config import CATALOGUE_SIGNALS
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
-from lsc4rec.outcomes import CUTOFF, StageOutcome, signal_bin_edges
+from lsc4rec.outcomes import CUTOFF, StageOutcome, requested_share, signal_bin_edges, signal_bins
 from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_certainty, topk_drift
 from lsc4rec.scoring import catalogue_scores
+
+
+class ScoredList(NamedTuple):
+    """A candidate list as the device ranks it: items [B, K] (0 = padding), the LLM's and the SRM's scores."""
+
+    items: torch.Tensor
+    llm: torch.Tensor
+    srm: torch.Tensor
 
 
 def drop_seen(
@@ -141,9 +150,52 @@ def catalogue_signals(
     return {name: signals[:, column] for column, name in enumerate(names)}
 
 
-def gate(disagreement_scores: torch.Tensor | np.ndarray, tau: float) -> np.ndarray:
-    """Request mask [B]: a device asks the cloud for a fresh list when its disagreement exceeds ``tau``."""
-    return np.asarray(disagreement_scores) > tau
+def gate(scores: np.ndarray, tau: float, bin_edges: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Request mask [B]: which devices ask the cloud for a fresh list, given their request signal ``scores``.
+
+    The server sets tau from binned histograms, taking each bin's users as spread uniformly inside it
+    (:func:`lsc4rec.outcomes.threshold_for_budget`). Real scores cluster: an order signal takes a few values
+    only, so a plain ``score > tau`` puts a whole cluster on one side of tau, and the fleet's rate misses the
+    budget by that cluster's share. So the gate follows the calibration's model instead: a device whose score
+    lies in a bin wholly above tau requests, one in tau's own bin requests with the share of that bin above tau
+    (a coin flip from ``rng``), the rest do not. It is the gated policy the report evaluates
+    (:func:`lsc4rec.outcomes.gated_policy`), and its expected rate is the one tau was calibrated for.
+    """
+    chance = requested_share(bin_edges, tau)[signal_bins(scores, bin_edges)]  # [B]
+    return rng.random(chance.shape) < chance
+
+
+def reranked(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    items: torch.Tensor,
+    llm_scores: torch.Tensor,
+    max_len: int,
+) -> ScoredList:
+    """A cloud list [B, K] as the device serves it: consumed items dropped (:func:`drop_seen`), SRM-scored."""
+    items, llm_scores = drop_seen(items, llm_scores, histories)
+    return ScoredList(items, llm_scores, rerank(model, histories, items, max_len))
+
+
+def request_signals(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    cloud_histories: Sequence[np.ndarray],
+    stale: ScoredList,
+    measures: Sequence[str],
+    max_len: int,
+) -> dict[str, np.ndarray]:
+    """Each request signal in ``measures`` [B], in [0, 1], for the stale list the device holds; no label is read.
+
+    Catalogue signals (:func:`catalogue_signals`, ``k`` = the list's length) score the SRM alone; order
+    signals compare the LLM's and the SRM's orders of the ``stale`` list (:func:`lsc4rec.ranking.disagreement`).
+    """
+    wanted = [m for m in measures if m in CATALOGUE_SIGNALS]
+    catalogue = catalogue_signals(model, histories, cloud_histories, wanted, stale.items.shape[1], max_len)
+    return {
+        m: (catalogue[m] if m in catalogue else disagreement(stale.llm, stale.srm, m)).numpy()
+        for m in measures
+    }
 
 
 def _sums(ranks: np.ndarray) -> tuple[float, float]:
@@ -170,6 +222,7 @@ def collaborative_inference(
     tau: float = 1.0,
     live: str | None = None,
     norm: str = "minmax",
+    seed: int = 0,
 ) -> dict[str, StageOutcome]:
     """Evaluate fused ranking with the stale and the fresh list for every user and alpha, binned by each signal.
 
@@ -191,8 +244,9 @@ def collaborative_inference(
         The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
         (over the list length K) or ``"confidence"`` (both :func:`catalogue_signals`), or an order
         measure of :func:`lsc4rec.ranking.disagreement`.
-    tau, live
-        The live gate: ``requests`` counts users whose ``live`` signal (default: the first) exceeds tau.
+    tau, live, seed
+        The live gate: ``requests`` counts the users :func:`gate` sends to the cloud by their ``live`` signal
+        (default: the first), its coin flips seeded by ``seed``.
     norm
         How both models' scores are normalised before fusion (:func:`lsc4rec.ranking.normalize`).
 
@@ -209,10 +263,10 @@ def collaborative_inference(
         )
     targets = np.asarray(targets, dtype=np.int64)
     edges = signal_bin_edges(bins)  # [bins + 1]
-    lists = {}
-    for name, items, scores in (("stale", stale_items, stale_scores), ("fresh", fresh_items, fresh_scores)):
-        items, scores = drop_seen(items, scores, histories)
-        lists[name] = (items, scores, rerank(model, histories, items, max_len))
+    lists = {
+        "stale": reranked(model, histories, stale_items, stale_scores, max_len),
+        "fresh": reranked(model, histories, fresh_items, fresh_scores, max_len),
+    }
     ranks = {  # [A, B] rank of each user's target in the fused ranking of each list
         name: np.stack([scored_list_ranks(fuse(llm, srm, a, norm), items, targets).numpy() for a in alphas])
         for name, (items, llm, srm) in lists.items()
@@ -226,20 +280,15 @@ def collaborative_inference(
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for name, (items, llm, _) in lists.items()
     }
-    wanted = [m for m in measures if m in CATALOGUE_SIGNALS]
-    catalogue = catalogue_signals(model, histories, cloud_histories, wanted, stale_items.shape[1], max_len)
+    signals = request_signals(model, histories, cloud_histories, lists["stale"], measures, max_len)
     outcomes = {}
-    for measure in measures:
-        if measure in catalogue:
-            score = catalogue[measure].numpy()  # [B]
-        else:
-            _, stale_llm, stale_srm = lists["stale"]
-            score = disagreement(stale_llm, stale_srm, measure).numpy()  # [B]
-        bin_of = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, bins - 1)  # [B]
+    for measure, score in signals.items():
+        bin_of = signal_bins(score, edges)  # [B]
         by_bin = {  # [A, bins]
             name: np.stack([np.bincount(bin_of, weights=g, minlength=bins) for g in ndcg])
             for name, ndcg in per_user.items()
         }
+        requests = gate(score, tau, edges, np.random.default_rng(seed)) if measure == live else []
         outcomes[measure] = StageOutcome(
             alphas=tuple(float(a) for a in alphas),
             bin_edges=edges,
@@ -249,7 +298,7 @@ def collaborative_inference(
             bin_count=np.bincount(bin_of, minlength=bins).astype(float),
             bin_stale_ndcg=by_bin["stale"],
             bin_fresh_ndcg=by_bin["fresh"],
-            requests=int(gate(score, tau).sum()) if measure == live else 0,
+            requests=int(np.sum(requests)),
             **sums,
         )
     return outcomes

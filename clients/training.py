@@ -127,14 +127,18 @@ def adapt(
     """Adaptive re-training: a personal copy of ``model`` fine-tuned for ``steps`` steps on ``sequences``.
 
     The device calls it with its newest interactions after receiving the global model; the global model
-    itself is left untouched. ``steps = 0`` returns an unchanged copy.
+    itself is left untouched. ``steps = 0`` returns an unchanged copy. The copy depends on its arguments only
+    (dropout draws from a generator seeded by ``seed``, the global one is left as it was), so the pass that
+    calibrates the request gate and the evaluation after it adapt the same copy.
     """
     personal = copy.deepcopy(model)
     if steps > 0 and any(len(s) >= 2 for s in sequences):
         optimizer = torch.optim.Adam(personal.parameters(), lr=lr)
         rng = np.random.default_rng(seed)
-        for _ in range(steps):
-            train_epoch(personal, sequences, optimizer, len(sequences), rng)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(steps):
+                train_epoch(personal, sequences, optimizer, len(sequences), rng)
     personal.eval()
     return personal
 

@@ -140,6 +140,12 @@ def signal_bin_edges(bins: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, bins + 1)
 
 
+def signal_bins(scores: np.ndarray, bin_edges: np.ndarray) -> np.ndarray:
+    """[B] the bin of each request signal score [B]: ``bin_edges[j] <= score < bin_edges[j + 1]``, 1.0 in the last."""
+    bins = len(bin_edges) - 1
+    return np.clip(np.searchsorted(bin_edges, np.asarray(scores), side="right") - 1, 0, bins - 1)
+
+
 def threshold_for_budget(bin_count: np.ndarray, bin_edges: np.ndarray, budget: float) -> float:
     """The threshold tau such that the share of users with disagreement > tau equals ``budget``.
 
@@ -191,6 +197,16 @@ def requested_share(bin_edges: np.ndarray, tau: float) -> np.ndarray:
     return np.clip((edges[1:] - tau) / np.diff(edges), 0.0, 1.0)
 
 
+def expected_rate(bin_count: np.ndarray, bin_edges: np.ndarray, tau: float) -> float:
+    """The share of the histogram's users the gate at ``tau`` sends to the cloud, in expectation.
+
+    It is what :func:`threshold_for_budget` calibrates, and what the devices' gate realizes on average
+    (``clients.inference.gate``). 0 with no users.
+    """
+    counts = np.asarray(bin_count, dtype=float)
+    return float((requested_share(bin_edges, tau) * counts).sum() / max(counts.sum(), 1.0))
+
+
 def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[float, float]:
     """(request rate, mean NDCG@10) when users whose stale-list disagreement exceeds ``tau`` request.
 
@@ -200,9 +216,8 @@ def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[f
     """
     share = requested_share(outcome.bin_edges, tau)  # [bins]
     gain = outcome.bin_fresh_ndcg[alpha_index] - outcome.bin_stale_ndcg[alpha_index]  # [bins]
-    users = max(outcome.users, 1)
-    rate = float((share * outcome.bin_count).sum() / users)
-    return rate, float((outcome.stale_ndcg[alpha_index] + (share * gain).sum()) / users)
+    rate = expected_rate(outcome.bin_count, outcome.bin_edges, tau)
+    return rate, float((outcome.stale_ndcg[alpha_index] + (share * gain).sum()) / max(outcome.users, 1))
 
 
 class BudgetPoint(NamedTuple):

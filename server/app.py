@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -30,7 +30,15 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import LSC4RecError
 from lsc4rec.floors import reference_floors
-from lsc4rec.outcomes import StageOutcome, choice_budgets, choose_measure, signal_comparison
+from lsc4rec.outcomes import (
+    StageOutcome,
+    choice_budgets,
+    choose_measure,
+    expected_rate,
+    signal_bin_edges,
+    signal_comparison,
+    threshold_for_budget,
+)
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
@@ -53,6 +61,7 @@ app = ServerApp()
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation.dp_noise > 0)
+LAST_ROUND_TAU = "tau of the last round"  # final.json: the τ the rounds calibrated, for comparison
 DP_EPSILON_FIGURE = "DP epsilon at delta {delta:g} (global SRM, per node)"  # final.json: ε of the whole run
 
 
@@ -132,7 +141,8 @@ def main(grid: Grid, context: Context) -> None:
             arrays = result.arrays
         else:
             log(WARNING, "no round aggregated an update; the final evaluation uses the starting model")
-    final, answered = _final_evaluation(grid, arrays, strategy.tau, strategy.measure, fed.rounds, nodes)
+    gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
+    final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
     users = max(test[measure].users, 1)
@@ -140,11 +150,14 @@ def main(grid: Grid, context: Context) -> None:
     extra = {
         "federated SRM full-catalogue ndcg@10 (global)": final[records.GLOBAL_NDCG] / users,
         "federated SRM full-catalogue ndcg@10 (personal)": final[records.PERSONAL_NDCG] / users,
-        # the gate the fleet ran with in training ("live gate signal"); the policies use the signal chosen below
-        "live gate tau": strategy.tau,
+        # the gate the fleet serves with ("live gate signal", from training); the policies use the signal below
+        "live gate tau": gate.tau,
         "live gate realized request rate": final[records.REQUESTS] / users,
-        "live gate tau calibrated on users": strategy.calibration_users,
-        "live gate tau calibrated on rounds": strategy.calibration_rounds,
+        "live gate tau calibrated on users": gate.users,
+        LAST_ROUND_TAU: strategy.tau,
+        "expected rate of the last round's tau": expected_rate(
+            test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
+        ),
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         "rejected updates": int(sum(strategy.strategy.rejected_total.values())),
         "users missing from the final evaluation": split.num_users - test[measure].users,
@@ -337,6 +350,74 @@ def _any_outcome(metrics: MetricRecord, stage: str) -> StageOutcome | None:
     return next(iter(_outcomes(metrics, stage).values()), None)
 
 
+class FinalGate(NamedTuple):
+    """The τ the final evaluation's devices request with, and how many users' signals it was calibrated on."""
+
+    tau: float
+    users: int
+
+
+def _final_gate(
+    grid: Grid, arrays: ArrayRecord, measure: str, fed: FederationConfig, fleet: int
+) -> FinalGate:
+    """Calibrate the gate on the final model: τ from every connected node's histogram of ``measure``.
+
+    The rounds' τ comes from a sample of users, under the model of a round or two before, so the rate it
+    realizes strays from the budget (by 1 to 2 points at 5 % on the default run). The signal reads no label,
+    so before serving, the fleet bins it under the model it will serve (``query.signals``), and the server sets
+    τ on the sum: the rate the final evaluation realizes is then the budget up to the coin flips of τ's bin.
+    """
+    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: ConfigRecord({records.MEASURE: measure})})
+    replies = _ask_fleet(
+        grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
+    )
+    counts = np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0)
+    tau = threshold_for_budget(counts, signal_bin_edges(fed.bins), fed.budget)
+    log(
+        INFO,
+        "final gate: %s tau %.4f for a %.3f budget, calibrated on %d users",
+        measure,
+        tau,
+        fed.budget,
+        counts.sum(),
+    )
+    return FinalGate(tau, int(counts.sum()))
+
+
+def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, what: str) -> list[Message]:
+    """Send ``content`` to every connected node; the replies without error (at least one, else an error)."""
+    connected = list(grid.get_node_ids())
+    if len(connected) < fleet:
+        log(
+            WARNING,
+            "%s: %d of the fleet's %d nodes are connected; the report covers their users only",
+            what,
+            len(connected),
+            fleet,
+        )
+    messages = [Message(content, dst_node_id=node, message_type=message_type) for node in connected]
+    answered = list(grid.send_and_receive(messages, timeout=3600))
+    replies = [r for r in answered if not r.has_error()]
+    failed = len(messages) - len(replies)
+    first = next((r.error.reason for r in answered if r.has_error()), "no reply before the timeout")
+    if not replies:
+        who = f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
+        raise LSC4RecError(
+            f"{what}: {who}, so there is no report to write. Fix that and resume the run from its last "
+            "checkpoint."
+        )
+    if failed:
+        log(
+            WARNING,
+            "%s: %d of %d nodes failed (the first: %s); the report covers the rest",
+            what,
+            failed,
+            len(messages),
+            first,
+        )
+    return replies
+
+
 def _final_evaluation(
     grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int, fleet: int
 ) -> tuple[MetricRecord, list[int]]:
@@ -345,42 +426,8 @@ def _final_evaluation(
     Returns the sum of the replies and the ids of the nodes that answered.
     """
     config = ConfigRecord({records.TAU: tau, records.MEASURE: measure, records.SERVER_ROUND: rounds})
-    connected = list(grid.get_node_ids())
-    if len(connected) < fleet:
-        log(
-            WARNING,
-            "final evaluation: %d of the fleet's %d nodes are connected; the report covers their users only",
-            len(connected),
-            fleet,
-        )
-    messages = [
-        Message(
-            RecordDict({records.ARRAYS: arrays, records.CONFIG: config}),
-            dst_node_id=node,
-            message_type=MessageType.EVALUATE,
-        )
-        for node in connected
-    ]
-    answered = list(grid.send_and_receive(messages, timeout=3600))
-    replies = [r for r in answered if not r.has_error()]
-    failed = len(messages) - len(replies)
-    first = next((r.error.reason for r in answered if r.has_error()), "no reply before the timeout")
-    if not replies:
-        what = (
-            f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
-        )
-        raise LSC4RecError(
-            f"final evaluation: {what}, so there is no report to write. Fix that and resume the run from its "
-            "last checkpoint."
-        )
-    if failed:
-        log(
-            WARNING,
-            "final evaluation: %d of %d nodes failed (the first: %s); the report covers the rest",
-            failed,
-            len(messages),
-            first,
-        )
+    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
+    replies = _ask_fleet(grid, content, MessageType.EVALUATE, fleet, "final evaluation")
     return sum_metrics([r.content for r in replies]), [r.metadata.src_node_id for r in replies]
 
 

@@ -179,15 +179,14 @@ def _missing_users(figures: dict[str, Any]) -> str:
 
 
 def _live_gate_basis(figures: dict[str, Any]) -> str:
-    """Why the live gate's realized rate (under Other figures) need not equal the budget; "" for older reports."""
+    """How the live gate's τ was set, and where its realized rate is; "" for older reports."""
     users = figures.get("live gate tau calibrated on users", 0)
     if not users:
         return ""
-    rounds = figures.get("live gate tau calibrated on rounds", 1)
-    when = "the round before" if rounds == 1 else f"the last {rounds} rounds"
     return (
-        f", with τ calibrated on the {users} users evaluated in {when}: from a sample, and "
-        "a model that has trained since, so its realized rate (under Other figures) can stray from the budget"
+        f", with τ calibrated on the {users} users' label-free signals under the final model, in a pass before "
+        "the evaluation; its realized rate is under Other figures, beside the τ of the last round and the rate "
+        "that τ would have had"
     )
 
 
@@ -216,7 +215,14 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
         gate.plot(*zip(*rates, strict=True), marker="o", label="sampled nodes, τ set the round before")
     if (final := figures.get("live gate realized request rate")) is not None:
         last = max((r["round"] for r in rounds), default=0)
-        gate.plot([last + 1], [final], marker="*", markersize=12, linestyle="none", label="final evaluation")
+        gate.plot(
+            [last + 1],
+            [final],
+            marker="*",
+            markersize=12,
+            linestyle="none",
+            label="final evaluation, τ from the final model",
+        )
     gate.axhline(budget, color="grey", linestyle="--", label=f"budget {budget:g}")
     gate.set(xlabel="round", ylabel="share of users requesting", title="The live gate's request rate")
     gate.grid(alpha=0.3)

@@ -58,8 +58,9 @@ class RequestBudget(StrategyWrapper):
         Fleet request rate by evaluate round, and the signal that round's gate read.
     calibration_users, calibration_rounds
         How many users' histograms ``tau`` was calibrated on, from how many evaluate rounds (0 before the first
-        calibration): with few users the budget's quantile is a rough estimate, so the next round's realized
-        rate can stray from the budget.
+        calibration), logged each round: with few users the budget's quantile is a rough estimate, so the next
+        round's realized rate can stray from the budget. The final evaluation's gate is calibrated afresh on
+        every node, under the final model (``server/app.py``).
     """
 
     def __init__(

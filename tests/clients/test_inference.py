@@ -17,7 +17,7 @@ from clients.inference import (
 )
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
 from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES
-from lsc4rec.outcomes import StageOutcome
+from lsc4rec.outcomes import StageOutcome, signal_bin_edges, signal_bins, threshold_for_budget
 from lsc4rec.ranking import disagreement, fuse
 from lsc4rec.scoring import catalogue_scores
 
@@ -196,18 +196,39 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     model: SequentialRecommender,
 ) -> None:
     stale_items, stale_scores = llm_list(3)
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), ("displacement",), bins=4, tau=0.2)[
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), ("displacement",), bins=4, tau=0.25)[
         "displacement"
     ]
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
     score = disagreement(kept_scores, rerank(model, histories(), kept_items, MAX_LEN)).numpy()
     assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()
-    assert outcome.requests == int((score > 0.2).sum())
+    assert outcome.requests == int((score >= 0.25).sum())  # τ on an edge: the bins above it request
     np.testing.assert_allclose(outcome.bin_stale_ndcg.sum(1), outcome.stale_ndcg)
 
 
-def test_gate_requests_above_threshold_only() -> None:
-    assert gate(torch.tensor([0.1, 0.5, 0.7]), 0.5).tolist() == [False, False, True]
+def test_gate_requests_the_bins_above_tau_and_the_share_of_its_own_bin_above_it() -> None:
+    edges = signal_bin_edges(10)
+    # a cluster of equal scores at 0.5, the lower edge of τ's bin [0.5, 0.6): half that bin lies above τ 0.55
+    scores = np.array([0.31, 0.7, 0.6, 1.0] + [0.5] * 4000)
+    mask = gate(scores, 0.55, edges, np.random.default_rng(0))
+    assert mask[:4].tolist() == [False, True, True, True]
+    assert mask[4:].mean() == pytest.approx(0.5, abs=0.03)  # `score > τ` would send none of them
+    assert np.array_equal(mask, gate(scores, 0.55, edges, np.random.default_rng(0)))  # seeded
+    assert not gate(scores, 1.0, edges, np.random.default_rng(1)).any()  # τ 1: budget 0
+    assert gate(scores, edges[0] - 1.0, edges, np.random.default_rng(1)).all()  # below every score: budget 1
+
+
+def test_gate_realizes_the_rate_tau_was_calibrated_for_on_a_clustered_signal() -> None:
+    # An order signal takes few values: 30 % of users at 0.9 exactly, the rest spread below.
+    rng = np.random.default_rng(2)
+    scores = np.concatenate([np.full(3000, 0.9), rng.uniform(0.0, 0.85, 7000)])
+    edges = signal_bin_edges(50)
+    tau = threshold_for_budget(np.bincount(signal_bins(scores, edges), minlength=50), edges, 0.1)
+    assert (scores > tau).mean() in (
+        0.0,
+        0.3,
+    )  # a hard threshold can only take the cluster whole or not at all
+    assert gate(scores, tau, edges, rng).mean() == pytest.approx(0.1, abs=0.01)
 
 
 def test_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
@@ -277,10 +298,10 @@ def test_catalogue_signals_score_each_view_once_per_batch(
 
 
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.05)["drift"]
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.25)["drift"]
     drift = signals(model, cloud_views())["drift"].numpy()
     assert outcome.bin_count.tolist() == np.histogram(drift, bins=4, range=(0, 1))[0].tolist()
-    assert outcome.requests == int((drift > 0.05).sum())
+    assert outcome.requests == int((drift >= 0.25).sum())
 
 
 def test_collaborative_inference_bins_the_same_rankings_by_every_signal(model: SequentialRecommender) -> None:

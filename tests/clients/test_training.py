@@ -1,4 +1,4 @@
-"""Tests of local training's optimizer state, which an edge box keeps between rounds."""
+"""Tests of local training's optimizer state, which an edge box keeps between rounds, and of adaptation."""
 
 import copy
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clients.srm import SRMConfig, build_srm
-from clients.training import load_optimizer_arrays, local_train, optimizer_arrays
+from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
 
 
 def test_restored_adam_state_continues_exactly_where_it_stopped() -> None:
@@ -29,6 +29,22 @@ def test_restored_adam_state_continues_exactly_where_it_stopped() -> None:
     for a, b in zip(model.parameters(), restored.parameters(), strict=True):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, c) for a, c in zip(model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_adapt_depends_on_its_arguments_only() -> None:
+    """The gate's calibration pass and the evaluation after it must adapt the same personal copy."""
+    torch.manual_seed(0)
+    model = build_srm(SRMConfig(hidden=8, layers=1, max_len=6, dropout=0.5), 20)
+    sequences = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8, 9])]
+    first = adapt(model, sequences, 3, 1e-2, seed=4)
+    torch.rand(7)  # the global generator moves on, as other work on the node would move it
+    state = torch.random.get_rng_state()
+    again = adapt(model, sequences, 3, 1e-2, seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)  # and adapt leaves it where it was
+    other = adapt(model, sequences, 3, 1e-2, seed=5)
+    for a, b in zip(first.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters(), strict=True))
 
 
 def test_a_diverging_fit_stops_with_a_message_naming_the_learning_rate() -> None:

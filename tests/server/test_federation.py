@@ -23,6 +23,7 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.floors import reference_floors
+from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
 from server.app import app as server_app
@@ -86,11 +87,22 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor" in summary
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
-    # the live τ of the final evaluation came from the samples of the last rounds (federation.budget_window)
-    window = federation_config.federation.budget_window
-    sampled = sum(h["valid-users"] for h in history[-window:])
-    assert final["live gate tau calibrated on users"] == sampled and window > 1
-    assert f"τ calibrated on the {sampled} users evaluated in the last {window} rounds" in summary
+    # the final evaluation's gate was calibrated on all 24 users under the final model, label-free: the
+    # calibration pass binned the very signals the evaluation then did, so τ is the budget's on that histogram
+    fed = federation_config.federation
+    live = final[SIGNAL_HISTOGRAMS][final["live gate signal"]]
+    edges = signal_bin_edges(fed.bins)
+    assert final["live gate tau calibrated on users"] == 24
+    assert final["live gate tau"] == pytest.approx(threshold_for_budget(live, edges, fed.budget))
+    assert "τ calibrated on the 24 users' label-free signals under the final model" in summary
+    # every user in a bin above τ requested, and of τ's own bin some share (coin flips)
+    own = int(np.searchsorted(edges, final["live gate tau"], side="right")) - 1
+    requested = round(final["live gate realized request rate"] * 24)
+    assert sum(live[own + 1 :]) <= requested <= sum(live[own:])
+    # the τ the rounds had calibrated (on samples, under earlier models) is kept beside it, with its rate here
+    assert final["tau of the last round"] == pytest.approx(history[-1]["next-request-tau"])
+    share = requested_share(edges, final["tau of the last round"])
+    assert final["expected rate of the last round's tau"] == pytest.approx(float(share @ live) / 24)
     # every signal's test-time histogram, per round and final, so the gate can be replayed from the run
     assert all(
         set(h[SIGNAL_HISTOGRAMS]) == set(MEASURES)

@@ -67,7 +67,7 @@ def test_request_budget_uniform_histogram_gives_tau_meeting_budget() -> None:
         metrics[records.NEXT_TAU] == pytest.approx(0.95) and metrics[records.TAU] == 1.0
     )  # round 1 ran with the initial tau
     assert metrics[records.USERS] == 500  # sums, not weighted means
-    assert strategy.calibration_users == 500  # the summary says how large a sample τ came from
+    assert strategy.calibration_users == 500  # the log says how large a sample τ came from
 
 
 def test_request_budget_merges_histograms_by_addition_not_weighted_mean() -> None:
