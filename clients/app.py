@@ -78,8 +78,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Adapt a personal copy, run collaborative inference on validation and test, reply the sums."""
     cfg, node, model = _setup(msg, context)
     fed = cfg.federation
-    tau = float(msg.content[records.CONFIG].get(records.TAU, 1.0))
-    live = str(msg.content[records.CONFIG].get(records.MEASURE, fed.measures[0]))
+    config = msg.content[records.CONFIG]
+    tau = float(config.get(records.TAU, 1.0))
+    live = str(config.get(records.MEASURE, fed.measures[0]))
+    gate_bins = int(config.get(records.GATE_BINS, fed.bins))
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
     fallbacks_before = cache.fallbacks
     alphas = np.linspace(0.0, 1.0, fed.alpha_steps + 1)
@@ -91,7 +93,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     for stage in ("valid", "test"):
         personal = _personal(cfg, node, model, stage, context)
         outcomes = _collaborative_inference(
-            cfg, node, cache, personal, stage, alphas, live, tau, _round_seed(cfg, msg, context)
+            cfg, node, cache, personal, stage, alphas, live, tau, gate_bins, _round_seed(cfg, msg, context)
         )
         # per signal: validation picks the fleet's signal, the test histograms (live lists) calibrate its tau
         for measure, outcome in outcomes.items():
@@ -115,7 +117,8 @@ def signals(msg: Message, context: Context) -> Message:
     is used and no fresh list is requested. The server sets the gate's tau from the fleet's sum.
     """
     cfg, node, model = _setup(msg, context)
-    measure = str(msg.content[records.CONFIG][records.MEASURE])
+    config = msg.content[records.CONFIG]
+    measure = str(config[records.MEASURE])
     if measure not in cfg.federation.measures:
         raise ValueError(
             f"the server asked for signal {measure!r}; this run evaluates {cfg.federation.measures}."
@@ -128,7 +131,7 @@ def signals(msg: Message, context: Context) -> Message:
         personal, device, torch.from_numpy(stale.items), torch.from_numpy(stale.scores), cfg.srm.max_len
     )
     score = request_signals(personal, device, cloud, held, (measure,), cfg.srm.max_len)[measure]
-    edges = signal_bin_edges(cfg.federation.bins)
+    edges = signal_bin_edges(int(config.get(records.GATE_BINS, cfg.federation.bins)))
     counts = np.bincount(signal_bins(score, edges), minlength=len(edges) - 1).astype(float)
     context.state[records.STATE_LISTS] = cache.to_record()
     return Message(
@@ -220,12 +223,14 @@ def _collaborative_inference(
     alphas: np.ndarray,
     live: str,
     tau: float,
+    gate_bins: int,
     seed: int,
 ) -> dict[str, StageOutcome]:
     """Stale list (held since the cloud last saw the user) and fresh list (a request) for every user.
 
     Fallbacks: a stale list the cloud never delivered is the SRM's own (:func:`_stale_lists`); a fresh list
-    that cannot be had is the stale list again. ``seed`` seeds the gate's coin flips.
+    that cannot be had is the stale list again. The gate reads the ``live`` signal against ``tau``, calibrated on
+    ``gate_bins`` bins; ``seed`` seeds its coin flips.
     """
     device, cloud, targets = node.views(stage)
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
@@ -248,10 +253,11 @@ def _collaborative_inference(
         fed.bins,
         fed.measures,
         cfg.srm.max_len,
-        tau,
-        live,
-        fed.norm,
-        seed,
+        tau=tau,
+        live=live,
+        norm=fed.norm,
+        seed=seed,
+        gate_bins=gate_bins,
     )
 
 

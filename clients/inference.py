@@ -223,6 +223,7 @@ def collaborative_inference(
     live: str | None = None,
     norm: str = "minmax",
     seed: int = 0,
+    gate_bins: int | None = None,
 ) -> dict[str, StageOutcome]:
     """Evaluate fused ranking with the stale and the fresh list for every user and alpha, binned by each signal.
 
@@ -244,9 +245,10 @@ def collaborative_inference(
         The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
         (over the list length K) or ``"confidence"`` (both :func:`catalogue_signals`), or an order
         measure of :func:`lsc4rec.ranking.disagreement`.
-    tau, live, seed
+    tau, live, seed, gate_bins
         The live gate: ``requests`` counts the users :func:`gate` sends to the cloud by their ``live`` signal
-        (default: the first), its coin flips seeded by ``seed``.
+        (default: the first), its coin flips seeded by ``seed``, with the edges of the ``gate_bins`` bins tau was
+        calibrated on (default: ``bins``).
     norm
         How both models' scores are normalised before fusion (:func:`lsc4rec.ranking.normalize`).
 
@@ -263,6 +265,7 @@ def collaborative_inference(
         )
     targets = np.asarray(targets, dtype=np.int64)
     edges = signal_bin_edges(bins)  # [bins + 1]
+    gate_edges = signal_bin_edges(gate_bins or bins)
     lists = {
         "stale": reranked(model, histories, stale_items, stale_scores, max_len),
         "fresh": reranked(model, histories, fresh_items, fresh_scores, max_len),
@@ -288,7 +291,7 @@ def collaborative_inference(
             name: np.stack([np.bincount(bin_of, weights=g, minlength=bins) for g in ndcg])
             for name, ndcg in per_user.items()
         }
-        requests = gate(score, tau, edges, np.random.default_rng(seed)) if measure == live else []
+        requests = gate(score, tau, gate_edges, np.random.default_rng(seed)) if measure == live else []
         outcomes[measure] = StageOutcome(
             alphas=tuple(float(a) for a in alphas),
             bin_edges=edges,

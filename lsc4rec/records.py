@@ -20,7 +20,10 @@ USERS = "users"  # node metric: users evaluated (the histogram's total)
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
 NEXT_TAU = "next-request-tau"  # metric: the tau calibrated from this round, sent with the next one
 SIGNALS_ACTION = "signals"  # the query ("query.signals") for one request signal's test-time histogram
-SIGNAL_COUNTS = "signal-bin-count"  # its reply: users per signal bin (federation.bins), label-free
+SIGNAL_COUNTS = "signal-bin-count"  # its reply: users per signal bin (GATE_BINS of them), label-free
+GATE_BINS = (
+    "gate-bins"  # config: the equal bins over [0, 1] tau was calibrated on (federation.bins if absent)
+)
 
 # Full-catalogue NDCG@10 sums over the node's test users, for holding the federated SRM against the central one.
 GLOBAL_NDCG = "test-global-ndcg-sum"  # the global model, as received

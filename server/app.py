@@ -61,6 +61,8 @@ app = ServerApp()
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation.dp_noise > 0)
+# The final gate's histogram: fine, so that τ's own bin, whose users request by coin flip, holds a user or two.
+FINAL_GATE_BINS = 1000
 LAST_ROUND_TAU = "tau of the last round"  # final.json: the τ the rounds calibrated, for comparison
 DP_EPSILON_FIGURE = "DP epsilon at delta {delta:g} (global SRM, per node)"  # final.json: ε of the whole run
 
@@ -364,15 +366,17 @@ def _final_gate(
 
     The rounds' τ comes from a sample of users, under the model of a round or two before, so the rate it
     realizes strays from the budget (by 1 to 2 points at 5 % on the default run). The signal reads no label,
-    so before serving, the fleet bins it under the model it will serve (``query.signals``), and the server sets
-    τ on the sum: the rate the final evaluation realizes is then the budget up to the coin flips of τ's bin.
+    so before serving, the fleet bins it under the model it will serve (``query.signals``, into
+    ``FINAL_GATE_BINS`` bins), and the server sets τ on the sum: the rate the final evaluation realizes is then
+    the budget up to the coin flips of τ's bin.
     """
-    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: ConfigRecord({records.MEASURE: measure})})
+    config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: FINAL_GATE_BINS})
+    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
     replies = _ask_fleet(
         grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
     )
     counts = np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0)
-    tau = threshold_for_budget(counts, signal_bin_edges(fed.bins), fed.budget)
+    tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), fed.budget)
     log(
         INFO,
         "final gate: %s tau %.4f for a %.3f budget, calibrated on %d users",
@@ -425,7 +429,14 @@ def _final_evaluation(
 
     Returns the sum of the replies and the ids of the nodes that answered.
     """
-    config = ConfigRecord({records.TAU: tau, records.MEASURE: measure, records.SERVER_ROUND: rounds})
+    config = ConfigRecord(
+        {
+            records.TAU: tau,
+            records.MEASURE: measure,
+            records.GATE_BINS: FINAL_GATE_BINS,
+            records.SERVER_ROUND: rounds,
+        }
+    )
     content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
     replies = _ask_fleet(grid, content, MessageType.EVALUATE, fleet, "final evaluation")
     return sum_metrics([r.content for r in replies]), [r.metadata.src_node_id for r in replies]

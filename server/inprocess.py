@@ -100,7 +100,11 @@ def run_in_process(
 ) -> InProcessGrid:
     """Run ``server_app`` to completion over a fresh in-process grid of ``num_nodes`` nodes; return the grid."""
     grid = InProcessGrid(client_app, num_nodes, run_config, node_ids=node_ids)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SERVER_NODE_ID
-    context = Context(grid.run.run_id, SERVER_NODE_ID, {}, RecordDict(), dict(run_config))
-    server_app(grid, context)
+    server_app(grid, act_as_server(grid, run_config))
     return grid
+
+
+def act_as_server(grid: InProcessGrid, run_config: Mapping[str, Any]) -> Context:
+    """Make this process the server of ``grid``'s run (messages it creates carry that identity); its context."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SERVER_NODE_ID
+    return Context(grid.run.run_id, SERVER_NODE_ID, {}, RecordDict(), dict(run_config))

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
+from clients.srm import build_srm
 from llm_cloud.processes import free_port, start_service
+from lsc4rec import records
 from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.credentials import make_loopback_tls
 from lsc4rec.data.partition import partition_users
@@ -26,8 +28,9 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
+from server.app import FINAL_GATE_BINS
 from server.app import app as server_app
-from server.checkpoint import load_global_srm
+from server.checkpoint import latest_checkpoint, load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
@@ -48,7 +51,7 @@ def rounds(run_dir: Path) -> list[dict]:
 def test_federation_trains_checkpoints_and_reports(
     federation_config: RunConfig, service: str, tmp_path: Path
 ) -> None:
-    run(
+    grid = run(
         federation_config,
         tmp_path,
         service,
@@ -87,21 +90,25 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor" in summary
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
-    # the final evaluation's gate was calibrated on all 24 users under the final model, label-free: the
-    # calibration pass binned the very signals the evaluation then did, so τ is the budget's on that histogram
-    fed = federation_config.federation
-    live = final[SIGNAL_HISTOGRAMS][final["live gate signal"]]
-    edges = signal_bin_edges(fed.bins)
+    # the final evaluation's gate was calibrated on all 24 users' signals under the final model, label-free
+    fed, signal = federation_config.federation, final["live gate signal"]
     assert final["live gate tau calibrated on users"] == 24
-    assert final["live gate tau"] == pytest.approx(threshold_for_budget(live, edges, fed.budget))
     assert "τ calibrated on the 24 users' label-free signals under the final model" in summary
+    # the nodes asked again with the final model bin the very signals the final evaluation binned (the same
+    # personal copies), and in the gate's fine bins they give its τ
+    arrays = latest_checkpoint(tmp_path).arrays
+    assert signal_counts(grid, arrays, signal, fed.bins) == final[SIGNAL_HISTOGRAMS][signal]
+    fine = signal_counts(grid, arrays, signal, FINAL_GATE_BINS)
+    edges = signal_bin_edges(FINAL_GATE_BINS)
+    assert final["live gate tau"] == pytest.approx(threshold_for_budget(fine, edges, fed.budget))
     # every user in a bin above τ requested, and of τ's own bin some share (coin flips)
     own = int(np.searchsorted(edges, final["live gate tau"], side="right")) - 1
     requested = round(final["live gate realized request rate"] * 24)
-    assert sum(live[own + 1 :]) <= requested <= sum(live[own:])
+    assert sum(fine[own + 1 :]) <= requested <= sum(fine[own:])
     # the τ the rounds had calibrated (on samples, under earlier models) is kept beside it, with its rate here
     assert final["tau of the last round"] == pytest.approx(history[-1]["next-request-tau"])
-    share = requested_share(edges, final["tau of the last round"])
+    share = requested_share(signal_bin_edges(fed.bins), final["tau of the last round"])
+    live = final[SIGNAL_HISTOGRAMS][signal]
     assert final["expected rate of the last round's tau"] == pytest.approx(float(share @ live) / 24)
     # every signal's test-time histogram, per round and final, so the gate can be replayed from the run
     assert all(
@@ -120,6 +127,42 @@ def test_federation_trains_checkpoints_and_reports(
     model = load_global_srm(federation_config, split.dataset.num_items, tmp_path)
     central = evaluate_full(model, split, "test", federation_config.srm.max_len)["ndcg@10"]
     assert final["federated SRM full-catalogue ndcg@10 (global)"] == pytest.approx(central, abs=1e-9)
+
+
+def signal_counts(grid: InProcessGrid, arrays: ArrayRecord, signal: str, bins: int) -> list[float]:
+    """The fleet's histogram of ``signal`` under ``arrays``, asked as the server's final calibration asks."""
+    config = ConfigRecord({records.MEASURE: signal, records.GATE_BINS: bins})
+    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
+    messages = [
+        Message(content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{records.SIGNALS_ACTION}")
+        for node in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(messages))
+    return np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0).tolist()
+
+
+def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
+    federation_config: RunConfig, service: str
+) -> None:
+    """The calibration pass adapts each node's personal copy as the evaluation does, whatever ran before it.
+
+    In a thousand bins a personal copy adapted with other dropout draws would show; the evaluation adapts
+    a copy for validation first, the calibration only the test one.
+    """
+    cfg = federation_config.override([f"federation.service_url={service}", "federation.bins=1000"])
+    grid = InProcessGrid(client_app, NODES, cfg.to_flat())
+    inprocess.act_as_server(grid, cfg.to_flat())
+    num_items = load_or_prepare(cfg.data, cfg.seed).num_items
+    arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
+    config = ConfigRecord({records.TAU: 1.0, records.MEASURE: "confidence", records.SERVER_ROUND: 1})
+    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
+    messages = [
+        Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in grid.get_node_ids()
+    ]
+    key = f"{records.outcome_prefix('test', 'confidence')}-bin-count"
+    evaluated = np.sum([r.content[records.METRICS][key] for r in grid.send_and_receive(messages)], axis=0)
+    assert cfg.federation.adapt_steps > 0 and cfg.srm.dropout > 0 and evaluated.sum() == 24
+    assert signal_counts(grid, arrays, "confidence", 1000) == evaluated.tolist()
 
 
 class ServerCrash(RuntimeError):
