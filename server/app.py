@@ -63,7 +63,6 @@ SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation.dp_noise > 0)
 # The final gate's histogram: fine, so that τ's own bin, whose users request by coin flip, holds a user or two.
 FINAL_GATE_BINS = 1000
-LAST_ROUND_TAU = "tau of the last round"  # final.json: the τ the rounds calibrated, for comparison
 DP_EPSILON_FIGURE = "DP epsilon at delta {delta:g} (global SRM, per node)"  # final.json: ε of the whole run
 
 
@@ -156,7 +155,7 @@ def main(grid: Grid, context: Context) -> None:
         "live gate tau": gate.tau,
         "live gate realized request rate": final[records.REQUESTS] / users,
         "live gate tau calibrated on users": gate.users,
-        LAST_ROUND_TAU: strategy.tau,
+        "tau of the last round": strategy.tau,  # what the rounds' window calibrated, for comparison
         "expected rate of the last round's tau": expected_rate(
             test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
         ),
@@ -370,12 +369,7 @@ def _final_gate(
     ``FINAL_GATE_BINS`` bins), and the server sets τ on the sum: the rate the final evaluation realizes is then
     the budget up to the coin flips of τ's bin.
     """
-    config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: FINAL_GATE_BINS})
-    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
-    replies = _ask_fleet(
-        grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
-    )
-    counts = np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0)
+    counts = fleet_signal_counts(grid, arrays, measure, FINAL_GATE_BINS, fleet)
     tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), fed.budget)
     log(
         INFO,
@@ -386,6 +380,16 @@ def _final_gate(
         counts.sum(),
     )
     return FinalGate(tau, int(counts.sum()))
+
+
+def fleet_signal_counts(grid: Grid, arrays: ArrayRecord, measure: str, bins: int, fleet: int) -> np.ndarray:
+    """[bins] the connected nodes' users per bin of ``measure`` under ``arrays`` (``query.signals``), label-free."""
+    config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: bins})
+    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
+    replies = _ask_fleet(
+        grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
+    )
+    return np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0)
 
 
 def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, what: str) -> list[Message]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
@@ -28,7 +28,7 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
-from server.app import FINAL_GATE_BINS
+from server.app import FINAL_GATE_BINS, _final_evaluation, fleet_signal_counts
 from server.app import app as server_app
 from server.checkpoint import latest_checkpoint, load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
@@ -97,8 +97,11 @@ def test_federation_trains_checkpoints_and_reports(
     # the nodes asked again with the final model bin the very signals the final evaluation binned (the same
     # personal copies), and in the gate's fine bins they give its τ
     arrays = latest_checkpoint(tmp_path).arrays
-    assert signal_counts(grid, arrays, signal, fed.bins) == final[SIGNAL_HISTOGRAMS][signal]
-    fine = signal_counts(grid, arrays, signal, FINAL_GATE_BINS)
+    assert (
+        fleet_signal_counts(grid, arrays, signal, fed.bins, NODES).tolist()
+        == final[SIGNAL_HISTOGRAMS][signal]
+    )
+    fine = fleet_signal_counts(grid, arrays, signal, FINAL_GATE_BINS, NODES)
     edges = signal_bin_edges(FINAL_GATE_BINS)
     assert final["live gate tau"] == pytest.approx(threshold_for_budget(fine, edges, fed.budget))
     # every user in a bin above τ requested, and of τ's own bin some share (coin flips)
@@ -129,18 +132,6 @@ def test_federation_trains_checkpoints_and_reports(
     assert final["federated SRM full-catalogue ndcg@10 (global)"] == pytest.approx(central, abs=1e-9)
 
 
-def signal_counts(grid: InProcessGrid, arrays: ArrayRecord, signal: str, bins: int) -> list[float]:
-    """The fleet's histogram of ``signal`` under ``arrays``, asked as the server's final calibration asks."""
-    config = ConfigRecord({records.MEASURE: signal, records.GATE_BINS: bins})
-    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
-    messages = [
-        Message(content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{records.SIGNALS_ACTION}")
-        for node in grid.get_node_ids()
-    ]
-    replies = list(grid.send_and_receive(messages))
-    return np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0).tolist()
-
-
 def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     federation_config: RunConfig, service: str
 ) -> None:
@@ -154,15 +145,10 @@ def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     inprocess.act_as_server(grid, cfg.to_flat())
     num_items = load_or_prepare(cfg.data, cfg.seed).num_items
     arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
-    config = ConfigRecord({records.TAU: 1.0, records.MEASURE: "confidence", records.SERVER_ROUND: 1})
-    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
-    messages = [
-        Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in grid.get_node_ids()
-    ]
-    key = f"{records.outcome_prefix('test', 'confidence')}-bin-count"
-    evaluated = np.sum([r.content[records.METRICS][key] for r in grid.send_and_receive(messages)], axis=0)
-    assert cfg.federation.adapt_steps > 0 and cfg.srm.dropout > 0 and evaluated.sum() == 24
-    assert signal_counts(grid, arrays, "confidence", 1000) == evaluated.tolist()
+    summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
+    evaluated = summed[f"{records.outcome_prefix('test', 'confidence')}-bin-count"]
+    assert cfg.federation.adapt_steps > 0 and cfg.srm.dropout > 0 and sum(evaluated) == 24
+    assert fleet_signal_counts(grid, arrays, "confidence", 1000, NODES).tolist() == list(evaluated)
 
 
 class ServerCrash(RuntimeError):
