@@ -291,7 +291,9 @@ def collaborative_inference(
             name: np.stack([np.bincount(bin_of, weights=g, minlength=bins) for g in ndcg])
             for name, ndcg in per_user.items()
         }
-        requests = gate(score, tau, gate_edges, np.random.default_rng(seed)) if measure == live else []
+        requests = (
+            int(gate(score, tau, gate_edges, np.random.default_rng(seed)).sum()) if measure == live else 0
+        )
         outcomes[measure] = StageOutcome(
             alphas=tuple(float(a) for a in alphas),
             bin_edges=edges,
@@ -301,7 +303,7 @@ def collaborative_inference(
             bin_count=np.bincount(bin_of, minlength=bins).astype(float),
             bin_stale_ndcg=by_bin["stale"],
             bin_fresh_ndcg=by_bin["fresh"],
-            requests=int(np.sum(requests)),
+            requests=requests,
             **sums,
         )
     return outcomes
