@@ -1,0 +1,134 @@
+"""Wall time and peak memory of a whole command: every process it starts, summed (Linux only).
+
+``/usr/bin/time -v`` reports the largest single process's peak RSS. A federation is many processes at once (the
+candidate service with its LLM, Flower's simulation, Ray's daemons and workers), so that figure understates what
+a laptop must hold. This script runs the command, polls every process it started, and records the peak of their
+summed PSS (proportional set size: shared library pages counted once across processes, split between them)
+beside the summed RSS and the largest process's RSS. It makes itself the processes' subreaper, so a process whose
+parent exits (a daemon started with ``setsid``, Ray's helpers) stays counted. Samples are taken every
+``--interval`` seconds, so a peak shorter than that can be missed; the script exits with the command's status.
+Example:
+
+    python benchmarks/peak_memory.py --json runs/bench/peak_memory.json -- ./run_federation.sh --out runs/mem
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lsc4rec.errors import LSC4RecError, run_main
+from lsc4rec.tables import parse_args, report
+
+PR_SET_CHILD_SUBREAPER = (
+    36  # linux/prctl.h: orphaned descendants are re-parented to this process, not to init
+)
+MIB = 1024 * 1024
+
+
+def _status(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of ``pid`` from ``/proc/PID/stat``, or None when it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return int(fields[1]), fields[0]
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of ``pid`` in KiB from ``/proc/PID/smaps_rollup``; (0, 0) when it has gone or is a zombie."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+    return int(fields.get("Pss", "0 kB").split()[0]), int(fields.get("Rss", "0 kB").split()[0])
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process below ``root`` (pid to state letter), from one pass over ``/proc``."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (status := _status(int(entry.name))) is not None:
+            parents[int(entry.name)] = status
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, stack = {}, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found[pid] = parents[pid][1]
+        stack += children.get(pid, [])
+    return found
+
+
+def measure(command: list[str], interval: float) -> dict[str, float | int]:
+    """Run ``command`` to its end, sampling its processes every ``interval`` seconds; the peaks it reached."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    me = os.getpid()
+    start = time.perf_counter()
+    try:
+        child = subprocess.Popen(command)
+    except OSError as exc:
+        raise LSC4RecError(
+            f"cannot start {command[0]!r}: {exc.strerror}. Give a program on PATH or a path to one."
+        ) from None
+    peak = {"pss": 0, "rss": 0, "largest": 0, "processes": 0}
+    try:
+        while child.poll() is None:
+            pids = descendants(me)
+            for pid, state in pids.items():
+                if state == "Z" and pid != child.pid:  # an orphan re-parented here: reap it, as init would
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+            memory = [_memory_kib(pid) for pid in pids]
+            peak["pss"] = max(peak["pss"], sum(pss for pss, _ in memory))
+            peak["rss"] = max(peak["rss"], sum(rss for _, rss in memory))
+            peak["largest"] = max([peak["largest"], *(rss for _, rss in memory)])
+            peak["processes"] = max(peak["processes"], len(pids))
+            time.sleep(interval)
+    finally:  # stopped early (Ctrl-C, SIGTERM): the command is asked to stop, and is waited for
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
+    return {
+        "exit status": child.returncode,
+        "wall s": time.perf_counter() - start,
+        "peak PSS, all processes (MiB)": peak["pss"] * 1024 / MIB,
+        "peak RSS, all processes (MiB)": peak["rss"] * 1024 / MIB,
+        "peak RSS, largest process (MiB)": peak["largest"] * 1024 / MIB,
+        "most processes at once": peak["processes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    parser.add_argument("--json", help="write the table as JSON to this file")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to measure, after --")
+    args = parse_args(parser)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.interval <= 0:
+        parser.error(f"--interval must be > 0 seconds, got {args.interval}")
+    if not command:
+        parser.error("give the command to measure after --, e.g. -- ./run_federation.sh")
+    if not Path("/proc/self/smaps_rollup").is_file():
+        raise LSC4RecError("this benchmark needs Linux's /proc/PID/smaps_rollup (kernel 4.14 or later).")
+    row = {"command": " ".join(command), **measure(command, args.interval)}
+    report("Wall time and peak memory of one command", [row], list(row), args.json)
+    sys.exit(row["exit status"])  # a failed command fails the benchmark too
+
+
+if __name__ == "__main__":
+    run_main(main)
