@@ -30,6 +30,7 @@ PR_SET_CHILD_SUBREAPER = (
     36  # linux/prctl.h: orphaned descendants are re-parented to this process, not to init
 )
 MIB = 1024 * 1024
+TOP = 4  # processes named at the peak, largest first
 
 
 def _status(pid: int) -> tuple[int, str] | None:
@@ -52,6 +53,18 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return int(fields.get("Pss", "0 kB").split()[0]), int(fields.get("Rss", "0 kB").split()[0])
 
 
+def _command_line(pid: int) -> str:
+    """The start of ``pid``'s command line (program and first arguments), to tell the processes apart."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    return " ".join(
+        Path(w.decode(errors="replace")).name if i == 0 else w.decode(errors="replace")
+        for i, w in enumerate(words[:3])
+    )[:60]
+
+
 def descendants(root: int) -> dict[int, str]:
     """Every process below ``root`` (pid to state letter), from one pass over ``/proc``."""
     parents: dict[int, tuple[int, str]] = {}
@@ -69,7 +82,7 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
-def measure(command: list[str], interval: float) -> dict[str, float | int]:
+def measure(command: list[str], interval: float) -> dict[str, float | int | str]:
     """Run ``command`` to its end, sampling its processes every ``interval`` seconds; the peaks it reached."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -83,6 +96,7 @@ def measure(command: list[str], interval: float) -> dict[str, float | int]:
             f"cannot start {command[0]!r}: {exc.strerror}. Give a program on PATH or a path to one."
         ) from None
     peak = {"pss": 0, "rss": 0, "largest": 0, "processes": 0}
+    holders: list[tuple[str, int]] = []
     try:
         while child.poll() is None:
             pids = descendants(me)
@@ -90,10 +104,13 @@ def measure(command: list[str], interval: float) -> dict[str, float | int]:
                 if state == "Z" and pid != child.pid:  # an orphan re-parented here: reap it, as init would
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
-            memory = [_memory_kib(pid) for pid in pids]
-            peak["pss"] = max(peak["pss"], sum(pss for pss, _ in memory))
-            peak["rss"] = max(peak["rss"], sum(rss for _, rss in memory))
-            peak["largest"] = max([peak["largest"], *(rss for _, rss in memory)])
+            memory = {pid: _memory_kib(pid) for pid in pids}
+            if (pss := sum(pss for pss, _ in memory.values())) > peak["pss"]:
+                peak["pss"] = pss
+                largest = sorted(memory, key=lambda pid: memory[pid][0], reverse=True)[:TOP]
+                holders = [(_command_line(pid), memory[pid][0]) for pid in largest]
+            peak["rss"] = max(peak["rss"], sum(rss for _, rss in memory.values()))
+            peak["largest"] = max([peak["largest"], *(rss for _, rss in memory.values())])
             peak["processes"] = max(peak["processes"], len(pids))
             time.sleep(interval)
     finally:  # stopped early (Ctrl-C, SIGTERM): the command is asked to stop, and is waited for
@@ -107,6 +124,9 @@ def measure(command: list[str], interval: float) -> dict[str, float | int]:
         "peak RSS, all processes (MiB)": peak["rss"] * 1024 / MIB,
         "peak RSS, largest process (MiB)": peak["largest"] * 1024 / MIB,
         "most processes at once": peak["processes"],
+        "largest at the peak (PSS MiB)": "; ".join(
+            f"{name}: {pss * 1024 / MIB:.0f}" for name, pss in holders
+        ),
     }
 
 

@@ -45,6 +45,7 @@ def test_sums_every_process_even_an_orphan(tmp_path: Path) -> None:
     assert 195 <= row["peak PSS, all processes (MiB)"] < 400  # both processes, each counted once
     assert 120 <= row["peak RSS, largest process (MiB)"] < 195  # the largest alone misses the other
     assert row["most processes at once"] >= 2
+    assert row["largest at the peak (PSS MiB)"].startswith('python -c import time; b = b"x" * (120 << 20)')
 
 
 def test_a_missing_command_is_one_line() -> None:
