@@ -102,7 +102,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             metrics[records.REQUESTS] = outcomes[live].requests
             metrics[records.GLOBAL_NDCG] = _full_catalogue_ndcg_sum(model, node, stage)
             metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)
-            context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
+            if fed.keep_personal:
+                context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
     metrics[records.FALLBACKS] = cache.fallbacks - fallbacks_before
     context.state[records.STATE_LISTS] = cache.to_record()
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -31,7 +31,9 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
-STATE_PERSONAL = "personal-srm"  # the adapted copy: what the device serves its user until the next evaluation
+STATE_PERSONAL = (
+    "personal-srm"  # the adapted copy the device serves until the next evaluation (keep_personal)
+)
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
 
 

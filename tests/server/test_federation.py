@@ -151,6 +151,31 @@ def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     assert fleet_signal_counts(grid, arrays, "confidence", 1000, NODES).tolist() == list(evaluated)
 
 
+def test_nodes_keep_their_personal_copy_unless_told_not_to(
+    federation_config: RunConfig, service: str
+) -> None:
+    """``federation.keep_personal``: the adapted copy stays in the node's state, or not; the figures are the same."""
+    num_items = load_or_prepare(federation_config.data, federation_config.seed).num_items
+    arrays = ArrayRecord(build_srm(federation_config.srm, num_items).state_dict())
+    results = {}
+    for keep in (True, False):
+        cfg = federation_config.override(
+            [f"federation.service_url={service}", f"federation.keep_personal={str(keep).lower()}"]
+        )
+        grid = InProcessGrid(client_app, NODES, cfg.to_flat())
+        inprocess.act_as_server(grid, cfg.to_flat())
+        results[keep], _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
+        kept = [c.state.get(records.STATE_PERSONAL) for c in grid.contexts.values()]
+        if keep:  # every node holds an adapted copy, not the global model it received
+            assert all(
+                any(not np.array_equal(k[name].numpy(), arrays[name].numpy()) for name in arrays)
+                for k in kept
+            )
+        else:
+            assert kept == [None] * NODES
+    assert dict(results[True]) == dict(results[False])
+
+
 class ServerCrash(RuntimeError):
     pass
 
