@@ -207,7 +207,7 @@ class FederationConfig:
     adapt_lr: float = 5e-4  # adaptive re-training learning rate
     # each node keeps its adapted personal copy in its state after an evaluation, as a device that serves its
     # user until the next one does; a simulation holds every node's state, so false saves one SRM per node
-    # (about 480 MiB of the default run's 3.5 GiB; BENCHMARKS.md) with the same report
+    # (about 0.5 GiB of the default run's 3.5 GiB; BENCHMARKS.md) with the same report
     keep_personal: bool = True
     budget: float = 0.05  # target fleet request rate the server calibrates the gate to
     bins: int = 50  # bins of the disagreement histograms the nodes report
