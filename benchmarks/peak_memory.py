@@ -1,8 +1,8 @@
 """Wall time and peak memory of a whole command: every process it starts, summed (Linux only).
 
-``/usr/bin/time -v`` reports the largest single process's peak RSS. A federation is many processes at once (the
-candidate service with its LLM, Flower's simulation, Ray's daemons and workers), so that figure understates what
-a laptop must hold. This script runs the command, polls every process it started, and records the peak of their
+``/usr/bin/time -v`` reports one process's peak RSS, the largest among those it accounts for. A federation is
+many processes at once (the candidate service with its LLM, Flower's simulation, Ray's daemons and workers), so
+that figure understates what a laptop must hold. This script runs the command, polls every process it started, and records the peak of their
 summed PSS (proportional set size: shared library pages counted once across processes, split between them)
 beside the summed RSS and the largest process's RSS. It makes itself the processes' subreaper, so a process whose
 parent exits (a daemon started with ``setsid``, Ray's helpers) stays counted. Samples are taken every
@@ -26,9 +26,8 @@ from pathlib import Path
 from lsc4rec.errors import LSC4RecError, run_main
 from lsc4rec.tables import parse_args, report
 
-PR_SET_CHILD_SUBREAPER = (
-    36  # linux/prctl.h: orphaned descendants are re-parented to this process, not to init
-)
+# linux/prctl.h: orphaned descendants are re-parented to this process, not to init
+PR_SET_CHILD_SUBREAPER = 36
 MIB = 1024 * 1024
 TOP = 4  # processes named at the peak, largest first
 

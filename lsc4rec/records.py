@@ -31,9 +31,8 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
-STATE_PERSONAL = (
-    "personal-srm"  # the adapted copy the device serves until the next evaluation (keep_personal)
-)
+# federation.keep_personal: the adapted copy the device serves its user with until the next evaluation
+STATE_PERSONAL = "personal-srm"
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
 
 
