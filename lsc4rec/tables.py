@@ -13,6 +13,16 @@ from rich.table import Table
 
 from lsc4rec.runs import output_path, write_json
 
+TEXT_COLUMNS = (
+    "dataset",
+    "model",
+    "loss",
+    "engine",
+    "signal",
+    "row",
+    "command",
+)  # left-aligned; numbers right
+
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse prints its usage line and exits 2 for anything else)."""
@@ -80,7 +90,7 @@ def report(
     for column in columns:
         table.add_column(
             column,
-            justify="left" if column in ("dataset", "model", "loss", "engine", "signal", "row") else "right",
+            justify="left" if column in TEXT_COLUMNS else "right",
         )
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
@@ -132,6 +132,16 @@ def test_federation_trains_checkpoints_and_reports(
     assert final["federated SRM full-catalogue ndcg@10 (global)"] == pytest.approx(central, abs=1e-9)
 
 
+def evaluate_untrained(cfg: RunConfig) -> tuple[InProcessGrid, ArrayRecord, MetricRecord]:
+    """A fresh fleet's grid, an untrained SRM's arrays, and the server's final evaluation of them (gate off)."""
+    grid = InProcessGrid(client_app, NODES, cfg.to_flat())
+    inprocess.act_as_server(grid, cfg.to_flat())
+    num_items = load_or_prepare(cfg.data, cfg.seed).num_items
+    arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
+    summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
+    return grid, arrays, summed
+
+
 def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     federation_config: RunConfig, service: str
 ) -> None:
@@ -141,11 +151,7 @@ def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     a copy for validation first, the calibration only the test one.
     """
     cfg = federation_config.override([f"federation.service_url={service}", "federation.bins=1000"])
-    grid = InProcessGrid(client_app, NODES, cfg.to_flat())
-    inprocess.act_as_server(grid, cfg.to_flat())
-    num_items = load_or_prepare(cfg.data, cfg.seed).num_items
-    arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
-    summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
+    grid, arrays, summed = evaluate_untrained(cfg)
     evaluated = summed[f"{records.outcome_prefix('test', 'confidence')}-bin-count"]
     assert cfg.federation.adapt_steps > 0 and cfg.srm.dropout > 0 and sum(evaluated) == 24
     assert fleet_signal_counts(grid, arrays, "confidence", 1000, NODES).tolist() == list(evaluated)
@@ -155,16 +161,12 @@ def test_nodes_keep_their_personal_copy_unless_told_not_to(
     federation_config: RunConfig, service: str
 ) -> None:
     """``federation.keep_personal``: the adapted copy stays in the node's state, or not; the figures are the same."""
-    num_items = load_or_prepare(federation_config.data, federation_config.seed).num_items
-    arrays = ArrayRecord(build_srm(federation_config.srm, num_items).state_dict())
     results = {}
     for keep in (True, False):
         cfg = federation_config.override(
             [f"federation.service_url={service}", f"federation.keep_personal={str(keep).lower()}"]
         )
-        grid = InProcessGrid(client_app, NODES, cfg.to_flat())
-        inprocess.act_as_server(grid, cfg.to_flat())
-        results[keep], _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
+        grid, arrays, results[keep] = evaluate_untrained(cfg)
         kept = [c.state.get(records.STATE_PERSONAL) for c in grid.contexts.values()]
         if keep:  # every node holds an adapted copy, not the global model it received
             assert all(
