@@ -190,16 +190,48 @@ def stop_processes_with_env(name: str, folder: str, grace_s: float = 10.0) -> No
     """Stop what a server started outside its own process group, found by the environment it inherited.
 
     Flower's SuperLink starts ``flower-superexec`` in a session of its own, so stopping the SuperLink's group
-    leaves it running; every process of a run carries the run's ``FLWR_HOME``. SIGTERM, then SIGKILL to what
-    is still there after ``grace_s`` (looked up again, so a reused process id is never signalled).
+    leaves it running; every process of a run carries the run's ``FLWR_HOME``. Not every process shows it:
+    Ray's agents rename themselves over the memory ``/proc/PID/environ`` reads, and a run stopped early left
+    them behind. So the process groups of the processes found (never this process's own) are signalled too,
+    and they hold those agents. SIGTERM, then SIGKILL to what is still there after ``grace_s`` (processes
+    looked up again, so a reused process id is never signalled; groups only while they still have members).
     """
+    own = os.getpgrp()
+    groups = {pgid for pid in processes_with_env(name, folder) if (pgid := _pgid(pid)) not in (None, own)}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in processes_with_env(name, folder):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+        for pgid in groups:
+            _signal_group(pgid, sig)
         deadline = time.monotonic() + grace_s
-        while processes_with_env(name, folder) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (processes_with_env(name, folder) or _running(groups)):
             time.sleep(0.1)
+        groups = _running(groups)
+
+
+def _running(groups: set[int]) -> set[int]:
+    """The process groups among ``groups`` that still have a running member.
+
+    Zombies waiting for init don't count: they hold no resources, and only their parent or init removes them.
+    """
+    running = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state ppid pgrp ...
+        except OSError:  # exited while being read
+            continue
+        if fields[0] not in "ZX" and int(fields[2]) in groups:
+            running.add(int(fields[2]))
+    return running
+
+
+def _pgid(pid: int) -> int | None:
+    """The process group of ``pid``, or None when it has exited."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def start_service(

@@ -316,7 +316,7 @@ def run_federation(
     try:
         with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
             _federate(cfg, service.url, runtime, nodes, run_dir, tls)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (``run_main`` makes it a SystemExit)
         raise LSC4RecError(
             f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"
         ) from None

@@ -126,21 +126,33 @@ run_main(main)
 def test_processes_started_outside_the_group_are_found_and_stopped_by_their_environment(
     tmp_path: Path,
 ) -> None:
-    """As Flower's SuperLink detaches flower-superexec: a process in a session of its own, found by its env."""
+    """As Flower's SuperLink detaches flower-superexec: a process in a session of its own, found by its env.
+
+    Its group goes too, with a member whose environment does not show the variable (as Ray's agents, which
+    write their names over it); a process found in this process's own group is stopped alone.
+    """
     home = tmp_path / "flwr-home"
+    pid_file = tmp_path / "hidden.pid"
     other = subprocess.Popen(  # a sibling folder whose name only starts like the run's
         ["sleep", "120"], env={"FLWR_HOME": f"{home}-other"}, start_new_session=True
     )
-    detached = subprocess.Popen(
-        ["sleep", "120"], env={"FLWR_HOME": str(home / "supernode-0")}, start_new_session=True
+    detached = subprocess.Popen(  # starts a member of its group without the variable, then becomes `sleep`
+        ["sh", "-c", f"env -i sleep 120 & echo $! > {pid_file}; exec sleep 120"],
+        env={"FLWR_HOME": str(home / "supernode-0"), "PATH": "/usr/bin:/bin"},
+        start_new_session=True,
     )
+    same_group = subprocess.Popen(["sleep", "120"], env={"FLWR_HOME": str(home / "flwr-run")})
+    hidden = _pid_from(pid_file)
     try:
-        assert processes.processes_with_env("FLWR_HOME", str(home)) == [detached.pid]
+        assert processes.processes_with_env("FLWR_HOME", str(home)) == sorted([detached.pid, same_group.pid])
         processes.stop_processes_with_env("FLWR_HOME", str(home), grace_s=5.0)
         assert detached.wait(5) == -signal.SIGTERM
+        assert same_group.wait(5) == -signal.SIGTERM  # and this test, in the same group, still runs
+        assert _wait_gone(hidden)
         assert processes.processes_with_env("FLWR_HOME", str(home)) == []
         assert other.poll() is None  # another run's process is left alone
     finally:
-        for process in (other, detached):
+        processes._signal_group(detached.pid, signal.SIGKILL)  # the hidden member too
+        for process in (other, detached, same_group):
             process.kill()
             process.wait()
