@@ -8,13 +8,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
+import httpx
 import pytest
 
 from llm_cloud.processes import ManagedServer, free_port
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls, make_node_key
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, LSC4RecError
 from server.launch import (
     candidate_service,
     resume_config,
@@ -129,6 +131,38 @@ def test_a_run_that_ends_early_names_the_command_that_continues_it(tmp_path: Pat
     assert resume_hint(done) == (
         f" Round 1 is checkpointed: ./run_federation.sh --resume {done} continues from there."
     )
+
+
+def test_a_run_stopped_by_sigterm_stops_its_service_and_names_the_command_that_continues_it(
+    federation_config: RunConfig,
+    federation_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``timeout`` or a stopped job mid-run, which ``run_main`` turns into SystemExit (Ctrl-C is a
+    KeyboardInterrupt): one line that says how to continue, once the service has stopped.
+    """
+    seen: dict[str, str] = {}
+
+    def stopped_after_round_one(
+        cfg: RunConfig, service_url: str, runtime: str, nodes: int, run_dir: Path, tls: object
+    ) -> NoReturn:  # _federate's signature
+        assert httpx.get(f"{service_url}/healthz", timeout=5.0).status_code == 200
+        seen["url"] = service_url
+        _with_checkpoint(run_dir)
+        raise SystemExit(143)  # what run_main's SIGTERM handler raises
+
+    monkeypatch.setattr("server.launch.llm_checkpoint", lambda cfg: federation_checkpoint)
+    monkeypatch.setattr("server.launch._federate", stopped_after_round_one)
+    cfg = federation_config.override([f"out_dir={tmp_path}"])
+    with pytest.raises(LSC4RecError, match="interrupted; every process it started is stopped") as stop:
+        run_federation(cfg)
+    (run_dir,) = tmp_path.glob("federation-*")
+    assert str(stop.value).endswith(
+        f"Round 1 is checkpointed: ./run_federation.sh --resume {run_dir} continues from there."
+    )
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{seen['url']}/healthz", timeout=2.0)
 
 
 @pytest.mark.slow
