@@ -21,5 +21,5 @@ for arg in "$@"; do
   fi
 done
 bootstrap
-cd "$ROOT"
+# No cd: relative paths (--dataset PATH, --out, --resume) are the caller's, as with any command.
 exec "$VENV/bin/lsc4rec" federate "$@"

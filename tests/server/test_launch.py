@@ -13,7 +13,7 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from llm_cloud.processes import ManagedServer, free_port
+from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls, make_node_key
 from lsc4rec.errors import ConfigError, LSC4RecError
@@ -77,6 +77,23 @@ def test_a_lag_the_data_cannot_hold_fails_before_any_folder(
     with pytest.raises(ConfigError, match=r"data\.lag"):
         run_federation(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_federation_sh_takes_relative_paths_from_the_callers_folder(
+    synthetic_folder: Path, tmp_path: Path
+) -> None:
+    """A user in a folder of their own names data and outputs relative to it, as with any command."""
+    (tmp_path / "mydata").symlink_to(synthetic_folder)
+    run = subprocess.run(
+        [str(REPO_ROOT / "run_federation.sh"), "--dataset", "mydata", "--out", "myruns", "--lag", "100"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: config data.lag: must be in [0, ")  # the data were found and read
+    assert not (tmp_path / "myruns").exists()
 
 
 def test_a_deployment_too_large_for_one_machine_fails_before_any_folder(
