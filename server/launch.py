@@ -10,6 +10,7 @@ with one ``flower-supernode`` process per node); stop every process it started (
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -43,24 +44,38 @@ RUNTIMES = ("simulation", "deployment")
 MAX_LOCAL_SUPERNODES = 16  # each one is a few processes and a few hundred MB
 
 
-def llm_checkpoint(cfg: RunConfig) -> Path:
-    """The cached LLM checkpoint for these data and LLM settings; trained on first use (cloud view only)."""
+def llm_cache_folder(cfg: RunConfig) -> Path:
+    """Where the LLM for these data and LLM settings is cached: the folder's name hashes all of them."""
     # the prepared file's name holds where the raw data was read from, as data.data_dir alone may not
     data = [dataclasses.asdict(cfg.data), prepared_name(cfg.data, cfg.seed)]
     key = json.dumps([*data, dataclasses.asdict(cfg.llm), cfg.seed], sort_keys=True)
-    folder = (
-        cache_dir()
-        / "llm"
-        / f"{cfg.data.dataset.replace('/', '_')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    )
+    name = f"{cfg.data.dataset.replace('/', '_')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return cache_dir() / "llm" / name
+
+
+def llm_checkpoint(cfg: RunConfig) -> Path:
+    """The cached LLM checkpoint for these data and LLM settings; trained on first use (cloud view only).
+
+    Runs that need the same checkpoint at once (say, one per SRM on a fresh machine) take turns on a lock file
+    beside it: the first trains, the others wait and then use its checkpoint, so no two write the same folder.
+    """
+    folder = llm_cache_folder(cfg)
     from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 
-    if (folder / TRAIN_RESULT_FILE).exists():  # written last, so an interrupted training is trained again
-        print(f"==> LLM checkpoint (cached): {folder}", flush=True)
-        return folder
-
-    print(f"==> training the cloud LLM (first run for these settings): {folder}", flush=True)
-    train_llm(cfg, load_or_prepare(cfg.data, cfg.seed), folder)
+    trained = folder / TRAIN_RESULT_FILE  # written last, so an interrupted training is trained again
+    if not trained.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_name(folder.name + ".lock"), "w") as lock:  # the system frees it if we die
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"==> waiting for another run that trains this LLM: {folder}", flush=True)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not trained.exists():
+                print(f"==> training the cloud LLM (first run for these settings): {folder}", flush=True)
+                train_llm(cfg, load_or_prepare(cfg.data, cfg.seed), folder)
+                return folder
+    print(f"==> LLM checkpoint (cached): {folder}", flush=True)
     return folder
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
@@ -14,11 +17,15 @@ import httpx
 import pytest
 
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port
+from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls, make_node_key
+from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import ConfigError, LSC4RecError
 from server.launch import (
     candidate_service,
+    llm_cache_folder,
+    llm_checkpoint,
     resume_config,
     resume_hint,
     run_federation,
@@ -104,6 +111,38 @@ def test_a_deployment_too_large_for_one_machine_fails_before_any_folder(
     with pytest.raises(ConfigError, match=r"federation\.num_nodes: .* at most 16, got 24"):
         run_federation(cfg, runtime="deployment")
     assert not (tmp_path / "runs").exists()
+
+
+def test_runs_needing_the_same_llm_take_turns_and_the_later_one_uses_the_first_ones(
+    federation_config: RunConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two runs on a fresh machine (one per SRM, say): the second waits on the lock and trains nothing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = llm_cache_folder(federation_config)
+    folder.parent.mkdir(parents=True)
+    answer: list[Path] = []
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:  # the first run, training
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        second = threading.Thread(target=lambda: answer.append(llm_checkpoint(federation_config)))
+        second.start()
+        printed, deadline = "", time.monotonic() + 30
+        while "==> waiting" not in printed:  # it found the lock held
+            assert time.monotonic() < deadline, "the second run never reached the lock"
+            printed += capsys.readouterr().out
+            time.sleep(0.01)
+        data = load_or_prepare(federation_config.data, federation_config.seed)
+        result = train_llm(federation_config, data, folder, progress=False)
+        assert second.is_alive() and not answer  # it waited all that time
+    second.join(60)
+    assert answer == [folder]
+    assert (folder / TRAIN_RESULT_FILE).read_text() == json.dumps(asdict(result), indent=2) + "\n"  # kept
+    assert (printed + capsys.readouterr().out).splitlines() == [
+        f"==> waiting for another run that trains this LLM: {folder}",
+        f"==> LLM checkpoint (cached): {folder}",
+    ]
 
 
 def test_a_checkpoint_from_other_data_is_refused_before_the_service_starts(
