@@ -102,10 +102,8 @@ def candidate_service(
     with ExitStack() as stack:
         args = ["--checkpoint", str(checkpoint), "--engine", engine]
         if engine == "vllm":
-            from llm_cloud.vllm_server import start_vllm, vllm_unavailable_reason
+            from llm_cloud.vllm_server import start_vllm
 
-            if (reason := vllm_unavailable_reason()) is not None:
-                raise LSC4RecError(f"--engine vllm: {reason}.")
             mode = "eager" if eager else "a minute or more on CPU"
             print(f"==> starting vLLM ({mode}; log: {run_dir / 'vllm.log'})", flush=True)
             vllm = stack.enter_context(start_vllm(checkpoint, free_port(), run_dir / "vllm.log", eager=eager))
@@ -325,6 +323,11 @@ def run_federation(
             f"with --runtime deployment each node is a flower-supernode process on this machine: at most "
             f"{MAX_LOCAL_SUPERNODES}, got {nodes} (0 means one per user). Pass --nodes N, or use the simulation.",
         )
+    if engine == "vllm":
+        from llm_cloud.vllm_server import vllm_unavailable_reason
+
+        if (reason := vllm_unavailable_reason()) is not None:
+            raise LSC4RecError(f"--engine vllm: {reason}.")
     run_dir = run_folder(cfg)
     checkpoint = llm_checkpoint(cfg)
     tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None

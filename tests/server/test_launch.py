@@ -113,6 +113,17 @@ def test_a_deployment_too_large_for_one_machine_fails_before_any_folder(
     assert not (tmp_path / "runs").exists()
 
 
+def test_vllm_without_its_venv_fails_before_training_or_folders(
+    federation_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LSC4REC_VLLM_VENV", str(tmp_path / "no-venv"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}"])
+    with pytest.raises(LSC4RecError, match="--engine vllm: "):
+        run_federation(cfg, engine="vllm")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "llm").exists()
+
+
 def test_runs_needing_the_same_llm_take_turns_and_the_later_one_uses_the_first_ones(
     federation_config: RunConfig,
     tmp_path: Path,
