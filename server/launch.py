@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 
 from llm_cloud.processes import (
@@ -329,7 +329,14 @@ def run_federation(
         if (reason := vllm_unavailable_reason()) is not None:
             raise LSC4RecError(f"--engine vllm: {reason}.")
     run_dir = run_folder(cfg)
-    checkpoint = llm_checkpoint(cfg)
+    try:
+        checkpoint = llm_checkpoint(cfg)
+    except (
+        BaseException
+    ):  # a failed or interrupted LLM training: a new run that never started leaves no folder
+        with suppress(OSError):  # rmdir removes only an empty folder, so never a resumed run's
+            run_dir.rmdir()
+        raise
     tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
     try:
         with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:

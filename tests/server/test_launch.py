@@ -124,6 +124,20 @@ def test_vllm_without_its_venv_fails_before_training_or_folders(
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "llm").exists()
 
 
+def test_a_failed_llm_training_leaves_no_run_folder(
+    federation_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverges(*_: object, **__: object) -> NoReturn:
+        raise LSC4RecError("llm: the training loss is not finite")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("llm_cloud.train.train_llm", diverges)
+    cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}"])
+    with pytest.raises(LSC4RecError, match="not finite"):
+        run_federation(cfg)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 def test_runs_needing_the_same_llm_take_turns_and_the_later_one_uses_the_first_ones(
     federation_config: RunConfig,
     tmp_path: Path,
