@@ -309,8 +309,9 @@ def run_federation(
     networks nobody trusts, every link of that runtime (SuperLink, supernodes, ``flwr run``, the candidate
     service) runs over TLS, with a CA made for the run (``tls/`` in the run folder).
 
-    Everything that can be checked without training is checked first (the data, the lag it must hold, the run
-    folder), so that bad settings end in one line before minutes of LLM training, and leave no empty folder.
+    Everything that can be checked without training is checked first (the data, the lag it must hold, vLLM's
+    venv, the run folder), so that bad settings end in one line before minutes of LLM training, and leave no
+    empty folder; a training that fails or is interrupted removes the new run's folder while it is still empty.
     """
     dataset = load_or_prepare(cfg.data, cfg.seed)
     split = TemporalSplit(dataset, cfg.data.lag)
