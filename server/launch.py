@@ -332,20 +332,16 @@ def run_federation(
     run_dir = run_folder(cfg)
     try:
         checkpoint = llm_checkpoint(cfg)
-    except (
-        BaseException
-    ):  # a failed or interrupted LLM training: a new run that never started leaves no folder
-        with suppress(OSError):  # rmdir removes only an empty folder, so never a resumed run's
-            run_dir.rmdir()
-        raise
-    tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
-    try:
+        tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
         with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
             _federate(cfg, service.url, runtime, nodes, run_dir, tls)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (``run_main`` makes it a SystemExit)
         raise LSC4RecError(
             f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"
         ) from None
+    finally:  # a new run stopped before it wrote anything (say, in the LLM's training) leaves no folder
+        with suppress(OSError):  # rmdir removes only an empty folder: never a resumed or finished run's
+            run_dir.rmdir()
     summary = run_dir / "summary.md"
     if not summary.exists():
         raise LSC4RecError(
