@@ -2,12 +2,12 @@
 
 ``/usr/bin/time -v`` reports one process's peak RSS, the largest among those it accounts for. A federation is
 many processes at once (the candidate service with its LLM, Flower's simulation, Ray's daemons and workers), so
-that figure understates what a laptop must hold. This script runs the command, polls every process it started, and records the peak of their
-summed PSS (proportional set size: shared library pages counted once across processes, split between them)
-beside the summed RSS and the largest process's RSS. It makes itself the processes' subreaper, so a process whose
-parent exits (a daemon started with ``setsid``, Ray's helpers) stays counted. Samples are taken every
-``--interval`` seconds, so a peak shorter than that can be missed; the script exits with the command's status.
-Example:
+that figure understates what a laptop must hold. This script runs the command, polls every process it started,
+and records the peak of their summed PSS (proportional set size: shared library pages counted once across
+processes, split between them) beside the summed RSS and the largest process's RSS. It makes itself the
+processes' subreaper, so a process whose parent exits (a daemon started with ``setsid``, Ray's helpers) stays
+counted. Samples are taken every ``--interval`` seconds, so a peak shorter than that can be missed; the script
+exits with the command's status. Example:
 
     python benchmarks/peak_memory.py --json runs/bench/peak_memory.json -- ./run_federation.sh --out runs/mem
 """
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from llm_cloud.processes import process_stats
 from lsc4rec.errors import LSC4RecError, run_main
 from lsc4rec.tables import parse_args, report
 
@@ -30,16 +31,6 @@ from lsc4rec.tables import parse_args, report
 PR_SET_CHILD_SUBREAPER = 36
 MIB = 1024 * 1024
 TOP = 4  # processes named at the peak, largest first
-
-
-def _status(pid: int) -> tuple[int, str] | None:
-    """(parent pid, state letter) of ``pid`` from ``/proc/PID/stat``, or None when it has gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
-    return int(fields[1]), fields[0]
 
 
 def _memory_kib(pid: int) -> tuple[int, int]:
@@ -66,17 +57,14 @@ def _command_line(pid: int) -> str:
 
 def descendants(root: int) -> dict[int, str]:
     """Every process below ``root`` (pid to state letter), from one pass over ``/proc``."""
-    parents: dict[int, tuple[int, str]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (status := _status(int(entry.name))) is not None:
-            parents[int(entry.name)] = status
+    stats = process_stats()
     children: dict[int, list[int]] = {}
-    for pid, (parent, _) in parents.items():
+    for pid, (_, parent, _) in stats.items():
         children.setdefault(parent, []).append(pid)
     found, stack = {}, list(children.get(root, []))
     while stack:
         pid = stack.pop()
-        found[pid] = parents[pid][1]
+        found[pid] = stats[pid][0]
         stack += children.get(pid, [])
     return found
 

@@ -196,8 +196,8 @@ def stop_processes_with_env(name: str, folder: str, grace_s: float = 10.0) -> No
     and they hold those agents. SIGTERM, then SIGKILL to what is still there after ``grace_s`` (processes
     looked up again, so a reused process id is never signalled; groups only while they still have members).
     """
-    own = os.getpgrp()
-    groups = {pgid for pid in processes_with_env(name, folder) if (pgid := _pgid(pid)) not in (None, own)}
+    stats = process_stats()
+    groups = {stats[pid][2] for pid in processes_with_env(name, folder) if pid in stats} - {os.getpgrp()}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in processes_with_env(name, folder):
             with contextlib.suppress(ProcessLookupError):
@@ -215,23 +215,20 @@ def _running(groups: set[int]) -> set[int]:
 
     Zombies waiting for init don't count: they hold no resources, and only their parent or init removes them.
     """
-    running = set()
+    return {pgrp for state, _, pgrp in process_stats().values() if state not in "ZX" and pgrp in groups}
+
+
+def process_stats() -> dict[int, tuple[str, int, int]]:
+    """Every process's (state letter, parent pid, process group), from one pass over ``/proc`` (Linux)."""
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state ppid pgrp ...
+            text = stat.read_text()
         except OSError:  # exited while being read
             continue
-        if fields[0] not in "ZX" and int(fields[2]) in groups:
-            running.add(int(fields[2]))
-    return running
-
-
-def _pgid(pid: int) -> int | None:
-    """The process group of ``pid``, or None when it has exited."""
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (name)", which may hold spaces
+        stats[int(stat.parent.name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return stats
 
 
 def start_service(

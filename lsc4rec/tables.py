@@ -13,15 +13,8 @@ from rich.table import Table
 
 from lsc4rec.runs import output_path, write_json
 
-TEXT_COLUMNS = (
-    "dataset",
-    "model",
-    "loss",
-    "engine",
-    "signal",
-    "row",
-    "command",
-)  # left-aligned; numbers right
+# left-aligned; numbers right
+TEXT_COLUMNS = ("dataset", "model", "loss", "engine", "signal", "row", "command")
 
 
 def positive_int(text: str) -> int:
