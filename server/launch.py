@@ -62,20 +62,18 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
     folder = llm_cache_folder(cfg)
     from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 
-    trained = folder / TRAIN_RESULT_FILE  # written last, so an interrupted training is trained again
-    if not trained.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.with_name(folder.name + ".lock"), "w") as lock:  # the system frees it if we die
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"==> waiting for another run that trains this LLM: {folder}", flush=True)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            if not trained.exists():
-                print(f"==> training the cloud LLM (first run for these settings): {folder}", flush=True)
-                train_llm(cfg, load_or_prepare(cfg.data, cfg.seed), folder)
-                return folder
-    print(f"==> LLM checkpoint (cached): {folder}", flush=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:  # the system frees it if we die
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"==> waiting for another run that trains this LLM: {folder}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / TRAIN_RESULT_FILE).exists():  # written last, so an interrupted training is trained again
+            print(f"==> LLM checkpoint (cached): {folder}", flush=True)
+            return folder
+        print(f"==> training the cloud LLM (first run for these settings): {folder}", flush=True)
+        train_llm(cfg, load_or_prepare(cfg.data, cfg.seed), folder)
     return folder
 
 
