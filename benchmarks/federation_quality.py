@@ -3,7 +3,8 @@
 Protocol: lag 2, K = 50, SASRec, random item numbering, 5-core; fusion weight α chosen on validation; the
 request threshold calibrated on the label-free histogram of the request signal; test figures rank over the candidate
 list. The real ServerApp and ClientApp run over the in-process grid (the same messages and strategies as
-``flwr run``, without Ray's start-up), against the real candidate service on 127.0.0.1. Example:
+``flwr run``, without Ray's start-up), against the real candidate service on 127.0.0.1. Each dataset runs with
+the settings of ``configs/bench-DATASET.toml`` (the README's commands run the same files), then ``--set``. Example:
 
     python benchmarks/federation_quality.py --datasets ml-latest-small beauty --json runs/bench/federation.json
 """
@@ -31,44 +32,22 @@ from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
 
-# Per-dataset federation settings: 10 edge boxes each (MovieLens about 61 users per box, Beauty about 2,236),
-# every box trains every round and keeps its Adam state. Beauty's SRM keeps the default dropout 0.2: the central
-# baseline's 0.5 (benchmarks/srm_central.py) was tried and lost on validation fused NDCG (BENCHMARKS.md).
-SETTINGS = {
-    "ml-latest-small": [
-        "federation.num_nodes=10",
-        "federation.rounds=40",
-        "federation.fraction_train=1.0",
-        "federation.fraction_evaluate=0.2",
-        "federation.local_epochs=2",
-        "federation.keep_optimizer=true",
-        # no collaborative examples, as on Beauty: validation's fused NDCG@10 0.0572 against 0.0517 with three
-        # prefixes per user (the LLM without refit; BENCHMARKS.md). The request signal is the default, auto.
-        "federation.collab_prefixes=0",
-    ],
-    "beauty": [
-        "federation.num_nodes=10",
-        "federation.rounds=14",
-        "federation.fraction_train=1.0",
-        "federation.fraction_evaluate=0.1",
-        "federation.local_epochs=3",
-        "federation.local_batch_size=128",  # the central recipe's batches: best fused validation NDCG
-        "federation.keep_optimizer=true",
-        # item rows averaged by the boxes' item counts (strategies/item_rows.py): FedAvg's example weights
-        # dilute each item's update across the boxes that never saw it
-        "federation.item_weighted=true",
-        # no collaborative examples: with and without them, validation's fused NDCG@10 was higher without
-        # (BENCHMARKS.md, "Item-weighted rows")
-        "federation.collab_prefixes=0",
-    ],
-}
+# Per-dataset settings, shared with the README's commands: configs/bench-DATASET.toml (10 edge boxes, each
+# dataset's LLM recipe). A dataset without one runs on the code defaults.
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe(dataset: str) -> Path | None:
+    """The settings file this benchmark runs ``dataset`` with, if there is one."""
+    path = RECIPES / f"bench-{dataset}.toml"
+    return path if path.is_file() else None
 
 
 def run_dataset(
     dataset: str, overrides: list[str], checkpoint: str | None, out: Path, select_users: int
 ) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder and wall time."""
-    cfg = load_config(None, [f"data.dataset={dataset}", *SETTINGS.get(dataset, []), *overrides])
+    cfg = load_config(recipe(dataset), [f"data.dataset={dataset}", *overrides])
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     split.check_trainable("SRM")  # as the launcher does before it trains anything
     nodes = fleet_size(cfg.federation.num_nodes, split.num_users)
