@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 
+from clients.srm import build_srm
 from llm_cloud.processes import (
     REPO_ROOT,
     ManagedServer,
@@ -322,6 +323,8 @@ def run_federation(
             f"with --runtime deployment each node is a flower-supernode process on this machine: at most "
             f"{MAX_LOCAL_SUPERNODES}, got {nodes} (0 means one per user). Pass --nodes N, or use the simulation.",
         )
+    if runtime == "simulation":
+        check_node_state_fits(cfg, nodes, dataset.num_items, available_memory())
     if engine == "vllm":
         from llm_cloud.vllm_server import vllm_unavailable_reason
 
@@ -347,6 +350,55 @@ def run_federation(
             + resume_hint(run_dir)
         )
     return summary
+
+
+def check_node_state_fits(cfg: RunConfig, nodes: int, num_items: int, available: int | None) -> None:
+    """Refuse a simulation whose nodes' kept models cannot fit in ``available`` bytes of memory.
+
+    Flower's simulation keeps every node's ``context.state`` in one process: a personal copy of the SRM per node
+    (``federation.keep_personal``) and, with ``federation.keep_optimizer``, its Adam state (twice the SRM). On a
+    large catalogue with one user per node (``--dataset beauty`` alone: 22,363 copies of 3.3 MB) that is more
+    than a laptop holds, and the run would be killed in its final evaluation, hours in. ``available`` None
+    (memory unknown) skips the check.
+    """
+    fed = cfg.federation
+    copies = int(fed.keep_personal) + 2 * int(fed.keep_optimizer)
+    if available is None or not copies:
+        return
+    srm_bytes = sum(p.numel() * p.element_size() for p in build_srm(cfg.srm, num_items).parameters())
+    need = nodes * copies * srm_bytes
+    if need > available:
+        kept = [
+            (what, setting)
+            for what, setting, on in (
+                ("a personal SRM copy", "keep_personal=false (the report is the same)", fed.keep_personal),
+                ("the Adam state", "keep_optimizer=false", fed.keep_optimizer),
+            )
+            if on
+        ]
+        raise ConfigError(
+            "federation.num_nodes",
+            f"the simulation would keep {' and '.join(what for what, _ in kept)} for each of {nodes:,} nodes "
+            f"({copies} x {srm_bytes / 2**20:.1f} MiB each), about {need / 2**30:.1f} GiB, and this machine has "
+            f"{available / 2**30:.1f} GiB available. Use fewer nodes (edge boxes: --nodes 10; configs/ has the "
+            f"benchmarks' settings), or "
+            + " and ".join(f"--set federation.{setting}" for _, setting in kept)
+            + ".",
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work: Linux's MemAvailable, else the physical total, else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 def resume_hint(run_dir: Path) -> str:

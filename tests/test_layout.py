@@ -28,8 +28,10 @@ EXCEPTIONS = {
     # the ServerApp initializes and checkpoints the model the devices train (Flower's shared task model)
     "server/app.py": ("clients.srm",),
     "server/checkpoint.py": ("clients.srm",),
-    # run_federation.sh's pipeline trains, checks and starts the cloud's processes before the federation
+    # run_federation.sh's pipeline trains, checks and starts the cloud's processes before the federation, and
+    # sizes the SRM copies the simulation's nodes would keep
     "server/launch.py": (
+        "clients.srm",
         "llm_cloud.checkpoint",
         "llm_cloud.processes",
         "llm_cloud.train",

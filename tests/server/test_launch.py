@@ -16,6 +16,7 @@ from typing import NoReturn
 import httpx
 import pytest
 
+from clients.srm import build_srm
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port
 from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 from lsc4rec.config import RunConfig
@@ -24,6 +25,7 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import ConfigError, LSC4RecError
 from server.launch import (
     candidate_service,
+    check_node_state_fits,
     llm_cache_folder,
     llm_checkpoint,
     resume_config,
@@ -33,6 +35,7 @@ from server.launch import (
     superlink,
     supernodes,
 )
+from tests.conftest import NUM_ITEMS
 
 
 def _with_checkpoint(folder: Path) -> Path:
@@ -111,6 +114,43 @@ def test_a_deployment_too_large_for_one_machine_fails_before_any_folder(
     with pytest.raises(ConfigError, match=r"federation\.num_nodes: .* at most 16, got 24"):
         run_federation(cfg, runtime="deployment")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_simulation_whose_kept_models_cannot_fit_fails_before_training_or_folders(
+    federation_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """24 one-user nodes keeping a personal SRM copy each, on a machine with 1 MiB: refused with the remedy."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("server.launch.available_memory", lambda: 2**20)
+    cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}", "federation.num_nodes=0"])
+    with pytest.raises(ConfigError, match=r"a personal SRM copy for each of 24 nodes .*keep_personal=false"):
+        run_federation(cfg)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "llm").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "fits"),
+    [
+        ([], False),  # 24 personal copies
+        (["federation.keep_personal=false"], True),  # nothing kept
+        (["federation.keep_personal=false", "federation.keep_optimizer=true"], False),  # 24 x Adam's 2 copies
+        (["federation.num_nodes=2"], True),  # 2 boxes, 2 copies
+    ],
+)
+def test_the_kept_models_are_sized_against_the_memory_available(
+    federation_config: RunConfig, settings: list[str], fits: bool
+) -> None:
+    """Room for three SRMs: 24 nodes' copies, or their Adam states, do not fit; 2 boxes' copies, or none, do."""
+    cfg = federation_config.override(["federation.num_nodes=0", *settings])
+    nodes = cfg.federation.num_nodes or 24
+    srm = build_srm(cfg.srm, NUM_ITEMS)
+    room = 3 * sum(p.numel() * p.element_size() for p in srm.parameters())
+    check_node_state_fits(cfg, nodes, NUM_ITEMS, None)  # memory unknown: no check
+    if fits:
+        check_node_state_fits(cfg, nodes, NUM_ITEMS, room)
+    else:
+        with pytest.raises(ConfigError, match=f"for each of {nodes} nodes"):
+            check_node_state_fits(cfg, nodes, NUM_ITEMS, room)
 
 
 def test_vllm_without_its_venv_fails_before_training_or_folders(
