@@ -143,6 +143,10 @@ def test_processes_started_outside_the_group_are_found_and_stopped_by_their_envi
     )
     same_group = subprocess.Popen(["sleep", "120"], env={"FLWR_HOME": str(home / "flwr-run")})
     hidden = _pid_from(pid_file)
+    deadline = time.monotonic() + 20  # $! is known at fork: wait until it has exec'd `sleep` under `env -i`
+    while Path(f"/proc/{hidden}/environ").read_bytes():
+        assert time.monotonic() < deadline, "the hidden member never dropped its environment"
+        time.sleep(0.05)
     try:
         assert processes.processes_with_env("FLWR_HOME", str(home)) == sorted([detached.pid, same_group.pid])
         processes.stop_processes_with_env("FLWR_HOME", str(home), grace_s=5.0)
