@@ -324,7 +324,7 @@ def run_federation(
             f"{MAX_LOCAL_SUPERNODES}, got {nodes} (0 means one per user). Pass --nodes N, or use the simulation.",
         )
     if runtime == "simulation":
-        check_node_state_fits(cfg, nodes, dataset.num_items, available_memory())
+        check_node_state_fits(cfg, nodes, _srm_bytes(cfg, dataset.num_items), available_memory())
     if engine == "vllm":
         from llm_cloud.vllm_server import vllm_unavailable_reason
 
@@ -352,8 +352,8 @@ def run_federation(
     return summary
 
 
-def check_node_state_fits(cfg: RunConfig, nodes: int, num_items: int, available: int | None) -> None:
-    """Refuse a simulation whose nodes' kept models cannot fit in ``available`` bytes of memory.
+def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available: int | None) -> None:
+    """Refuse a simulation whose nodes' kept models (``srm_bytes`` each) cannot fit in ``available`` bytes.
 
     Flower's simulation keeps every node's ``context.state`` in one process: a personal copy of the SRM per node
     (``federation.keep_personal``) and, with ``federation.keep_optimizer``, its Adam state (twice the SRM). On a
@@ -365,7 +365,6 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, num_items: int, available:
     copies = int(fed.keep_personal) + 2 * int(fed.keep_optimizer)
     if available is None or not copies:
         return
-    srm_bytes = sum(p.numel() * p.element_size() for p in build_srm(cfg.srm, num_items).parameters())
     need = nodes * copies * srm_bytes
     if need > available:
         kept = [
@@ -385,6 +384,11 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, num_items: int, available:
             + " and ".join(f"--set federation.{setting}" for _, setting in kept)
             + ".",
         )
+
+
+def _srm_bytes(cfg: RunConfig, num_items: int) -> int:
+    """The size of the SRM's weights on this catalogue: what one personal copy holds."""
+    return sum(p.numel() * p.element_size() for p in build_srm(cfg.srm, num_items).parameters())
 
 
 def available_memory() -> int | None:
