@@ -24,6 +24,12 @@ from lsc4rec.protocol import catalogue_digest
 
 log = logging.getLogger(__name__)
 
+# What a command that reads a prepared dataset expects, for its error messages.
+_PREPARE = (
+    "the .npz file that `lsc4rec data prepare --dataset NAME` prints "
+    "(NAME: ml-latest-small, beauty, toys or a raw data folder)"
+)
+
 
 @dataclass(frozen=True)
 class SequenceDataset:
@@ -124,12 +130,10 @@ class SequenceDataset:
                 )
         except FileNotFoundError:
             raise DataFormatError(
-                path,
-                "prepared dataset not found: expected the .npz file that `lsc4rec data prepare --dataset NAME` "
-                "prints (NAME: ml-latest-small, beauty, toys or a raw data folder). Run that first.",
+                path, f"prepared dataset not found: expected {_PREPARE}. Run that first."
             ) from None
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataFormatError(path, f"is not a prepared dataset ({exc}). Prepare it again.") from None
+            raise DataFormatError(path, f"is not a prepared dataset ({exc}); expected {_PREPARE}.") from None
 
 
 def build_dataset(

@@ -179,7 +179,10 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     damaged = {"text.npz": b"garbage", "empty.npz": b"", "truncated.npz": good[: len(good) // 2]}
     for name, content in damaged.items():  # each used to escape as its own exception kind
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(DataFormatError, match="is not a prepared dataset"):
+        with pytest.raises(
+            DataFormatError,
+            match=r"is not a prepared dataset .*; expected the \.npz file that `lsc4rec data prepare",
+        ):
             type(seq).load(tmp_path / name)
     with pytest.raises(DataFormatError, match=r"expected the \.npz file that `lsc4rec data prepare"):
         type(seq).load("ml-latest-small")  # a dataset name where the prepared file's path belongs
