@@ -13,7 +13,11 @@ FILES = sorted((REPO / "configs").glob("*.toml"))
 
 
 def test_there_is_one_per_benchmarked_dataset() -> None:
-    assert [path.name for path in FILES] == ["bench-beauty.toml", "bench-ml-latest-small.toml"]
+    assert [path.name for path in FILES] == [
+        "bench-beauty.toml",
+        "bench-ml-latest-small.toml",
+        "bench-toys.toml",
+    ]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda path: path.name)
