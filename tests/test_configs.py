@@ -26,3 +26,9 @@ def test_each_is_a_valid_run_config_for_the_dataset_it_names(path: Path) -> None
     assert f"bench-{cfg.data.dataset}.toml" == path.name
     assert cfg.federation.num_nodes == 10  # the benchmark's edge boxes, not one user per node
     assert f"./run_federation.sh --config configs/{path.name}" in (REPO / "README.md").read_text()
+
+
+def test_toys_carries_beauty_settings_as_they_are() -> None:
+    """bench-toys.toml says it is Beauty's settings unchanged; a retuned Beauty file must update it too."""
+    beauty = load_config(REPO / "configs" / "bench-beauty.toml", ["data.dataset=toys"])
+    assert load_config(REPO / "configs" / "bench-toys.toml") == beauty
