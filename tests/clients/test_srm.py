@@ -93,6 +93,19 @@ def test_din_chunked_catalogue_matches_single_chunk() -> None:
     torch.testing.assert_close(model.score_all(history), whole, atol=1e-5, rtol=1e-5)
 
 
+def test_din_shared_candidates_match_per_key_candidates_and_their_gradients() -> None:
+    """The catalogue's one-product path of DIN's activation unit is the same map as the per-key path."""
+    unit = make_model("din").attention
+    keys, candidates = torch.randn(5, 16), torch.randn(7, 16)
+    shared = unit(keys, candidates)
+    (shared_grad,) = torch.autograd.grad(shared.square().sum(), unit.first.weight)
+    per_key = unit(keys, candidates.expand(5, -1, -1))
+    (per_key_grad,) = torch.autograd.grad(per_key.square().sum(), unit.first.weight)
+    assert shared.shape == (5, 7)
+    torch.testing.assert_close(shared, per_key, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_grad, per_key_grad, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_amount_of_left_padding_does_not_change_scores(name: str) -> None:
     model = make_model(name).eval()
