@@ -4,7 +4,7 @@
 #   ./run_federation.sh [--dataset ml-latest-small|beauty|toys|PATH] [--srm sasrec|gru4rec|din] [--rounds R]
 #                       [--nodes N (0 = one user per node)] [--fraction F] [--lag L] [--k K] [--budget B]
 #                       [--seed S] [--out DIR] [--resume RUN_DIR] [--engine transformers|vllm] [--vllm-eager]
-#                       [--runtime simulation|deployment] [--set key=value ...]
+#                       [--runtime simulation|deployment] [--config FILE] [--data-dir DIR] [--set key=value ...]
 #
 # Bootstraps .venv on first use, prepares the data, trains the cloud LLM unless a checkpoint for the same data
 # and settings is cached, starts the candidate service, runs the federation (`flwr run`, one supernode per node,

