@@ -38,9 +38,9 @@ def train(msg: Message, context: Context) -> Message:
     negatives = [np.zeros(0, np.int64)] * len(sequences)
     if fed.collab_prefixes > 0:
         users, examples, queries = node.collaborative_prefixes(fed.collab_prefixes)
-        lists = _fetch(cfg, node, cache, users, queries)
-        sequences += examples
-        negatives += [row[row > 0] for row in lists.items]
+        rows, hard = _fetch(cfg, node, cache, users, queries).hard_negatives()
+        sequences += [examples[r] for r in rows]
+        negatives += hard
     optimizer = torch.optim.Adam(model.parameters(), lr=fed.local_lr)
     if fed.keep_optimizer and records.STATE_OPTIMIZER in context.state:
         load_optimizer_arrays(optimizer, context.state[records.STATE_OPTIMIZER].to_torch_state_dict())

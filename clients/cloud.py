@@ -50,6 +50,15 @@ class CandidateLists:
     def empty(cls, rows: int, k: int) -> CandidateLists:
         return cls(np.zeros((rows, k), np.int64), np.full((rows, k), -np.inf), np.ones(rows, bool))
 
+    def hard_negatives(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The rows that hold a list, and each one's items: the negatives of collaborative training.
+
+        A row without a list must be dropped, not kept with no negatives: training reads an example with no
+        hard negatives as a whole sequence, so a cloud outage would add copies of the node's sequences.
+        """
+        rows = np.flatnonzero(~self.missing & (self.items > 0).any(axis=1))
+        return rows, [self.items[r][self.items[r] > 0] for r in rows]
+
 
 class CloudClient:
     """Batched ``POST /v1/candidates`` with a timeout, bounded retries and exponential back-off.

@@ -143,7 +143,14 @@ def _transformers_bars(enabled: bool) -> Iterator[None]:
 
 
 def validation_queries(split: TemporalSplit) -> tuple[list[list[int]], np.ndarray]:
-    """Early stopping's queries: each user's LLM training sequence as history, the cloud's held-out item as target."""
+    """Early stopping's queries: each user's LLM training sequence as history, the cloud's held-out item as target.
+
+    A user with the fewest interactions has an empty training sequence; the query is then the empty history,
+    which the service itself never receives (its histories hold at least one item), and it scores the model's
+    context-free prediction. Those users stay in: every LLM measured in BENCHMARKS.md was selected with them,
+    and dropping them (as ``benchmarks/llm_quality.py`` must for its SASRec, which needs an item) would change
+    which epoch is kept.
+    """
     histories = [split.llm_train_sequence(u).tolist() for u in range(split.num_users)]
     return histories, np.array([split.llm_valid_target(u) for u in range(split.num_users)])
 

@@ -93,7 +93,7 @@ class TemporalSplit:
         return int(seq[-2] if stage == "valid" else seq[-1])
 
     def llm_train_sequence(self, user: int) -> np.ndarray:
-        """x_1 … x_{n-3-ℓ}: the LLM's training sequence (may be a single item, then it yields no target)."""
+        """x_1 … x_{n-3-ℓ}: the LLM's training sequence (empty or one item for the shortest users: no target)."""
         return self._prefix(user, 3 + self.lag)
 
     def llm_valid_target(self, user: int) -> int:

@@ -33,6 +33,8 @@ def test_list_cache_falls_back_when_cloud_is_down_and_counts() -> None:
     assert lists.items[0].tolist() == [7, 8, 9] and not lists.missing[0]  # served from the cache
     assert lists.missing[1] and lists.items[1].tolist() == [0, 0, 0] and np.isneginf(lists.scores[1]).all()
     assert cache.fallbacks == 1
+    rows, hard = lists.hard_negatives()  # the missing row trains nothing, rather than a whole sequence
+    assert rows.tolist() == [0] and [h.tolist() for h in hard] == [[7, 8, 9]]
 
 
 def test_list_cache_roundtrips_through_node_state() -> None:
