@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -166,8 +167,8 @@ def _measure_all(args: argparse.Namespace, vllm_url: str, pool: list[list[int]])
             base_url=on_vllm_https.url, timeout=300, verify=client_context(str(tls.ca))
         ) as https_client,
         httpx.Client(base_url=vllm_url, timeout=300) as vllm_client,
+        closing(VLLMEngine(args.checkpoint, vllm_url)) as engine,
     ):
-        engine = VLLMEngine(args.checkpoint, vllm_url)
         for batch in args.batches:
             body = {"histories": pool[:batch], "k": args.k}
             rows += measure(

@@ -105,6 +105,34 @@ def global_srm_figures(cfg: RunConfig, run_dir: Path, select_users: int) -> dict
     }
 
 
+def dataset_checkpoints(pairs: list[str]) -> dict[str, str]:
+    """``--checkpoint DATASET=CKPT`` pairs as a mapping, each checked before any run starts."""
+    checkpoints = {}
+    for pair in pairs:
+        dataset, sep, path = pair.partition("=")
+        if not sep or not dataset or not Path(path).is_dir():
+            raise ConfigError(
+                "--checkpoint", f"must be DATASET=CKPT with CKPT an LLM checkpoint folder, got {pair!r}."
+            )
+        checkpoints[dataset] = path
+    return checkpoints
+
+
+def central_ndcg(paths: list[str]) -> dict[str, float]:
+    """The central SASRec-CE test NDCG@10 of each dataset, from ``benchmarks/srm_central.py`` JSON files."""
+    central = {}
+    for path in paths:
+        try:
+            rows = json.loads(Path(path).read_text())["rows"]
+            central |= {row["dataset"]: row["ndcg@10"] for row in rows if row["model"] == "sasrec-ce"}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                "--central",
+                f"must be a JSON file written by benchmarks/srm_central.py --json; {path}: {exc}.",
+            ) from None
+    return central
+
+
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     """Table rows: the rankings at the chosen α, then each request policy, with the checks of the issue."""
     rankings = {(r["ranking"], r["list"]): r for r in final["rankings"]}
@@ -198,13 +226,8 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parse_args(parser)
-    checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
-    central = {
-        row["dataset"]: row["ndcg@10"]
-        for path in args.central
-        for row in json.loads(Path(path).read_text())["rows"]
-        if row["model"] == "sasrec-ce"
-    }
+    checkpoints = dataset_checkpoints(args.checkpoint)
+    central = central_ndcg(args.central)
     rows, runs = [], {}
     if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
         run_dir = Path(args.report_only)
@@ -216,7 +239,11 @@ def main() -> None:
         cfg = RunConfig.load(run_dir / "config.json")
         final = json.loads((run_dir / "final.json").read_text())
         final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users)
-        runs[cfg.data.dataset] = {"run_dir": str(run_dir), "config": cfg.to_flat()}
+        runs[cfg.data.dataset] = {
+            "run_dir": str(run_dir),
+            "protocol": final["protocol"],
+            "config": cfg.to_flat(),
+        }
         rows += rows_for(cfg.data.dataset, final, central.get(cfg.data.dataset))
         args.datasets = []
     for dataset in args.datasets:
@@ -227,6 +254,7 @@ def main() -> None:
         runs[dataset] = {
             "run_dir": final["run_dir"],
             "wall_seconds": final["wall_seconds"],
+            "protocol": final["protocol"],
             "config": cfg.to_flat(),
         }
         rows += rows_for(dataset, final, central.get(dataset))
@@ -244,20 +272,15 @@ def main() -> None:
         "ratio",
         "pass",
     ]
-    protocol = {
-        "lag": 2,
-        "K": 50,
-        "srm": "sasrec",
-        "numbering": "random",
-        "kcore": 5,
-        "ranking": "over the candidate list (full catalogue for the SRM and the floors)",
-    }
+    ranking = (
+        "over the candidate list (full catalogue for the SRM and the floors); each run's protocol in runs"
+    )
     report(
         "Federation quality (test; α and τ chosen on validation)",
         rows,
         columns,
         args.json,
-        {"protocol": protocol, "runs": runs},
+        {"ranking": ranking, "runs": runs},
     )
 
 

@@ -40,7 +40,7 @@ def main() -> None:
 
     rows = []
     for dataset in args.datasets:
-        floors_done = False
+        floors_for = None  # the user count the dataset's floor rows were written for
         for name in args.runs:
             pairs = [
                 f"data.dataset={dataset}",
@@ -66,7 +66,7 @@ def main() -> None:
                     "run": result["run_dir"],
                 }
             )
-            if not floors_done or result["evaluated_users"] != rows[0]["users"]:
+            if result["evaluated_users"] != floors_for:  # once per dataset, unless a run evaluates others
                 for floor, metrics in result["floors"].items():
                     rows.append(
                         {
@@ -78,7 +78,7 @@ def main() -> None:
                             "mrr@10": metrics["fresh"]["mrr@10"],
                         }
                     )
-                floors_done = True
+                floors_for = result["evaluated_users"]
     columns = [
         "dataset",
         "model",

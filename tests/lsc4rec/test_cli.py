@@ -148,6 +148,16 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             ["--report-only", "."],
             "error: --report-only: must be a finished federation",
         ),
+        (
+            "federation_quality.py",
+            ["--checkpoint", "beauty", "--report-only", "."],
+            "error: --checkpoint: must be DATASET=CKPT",
+        ),
+        (
+            "federation_quality.py",
+            ["--central", "no-such.json", "--report-only", "."],
+            "error: --central: must be a JSON file written by benchmarks/srm_central.py",
+        ),
         ("gate_window.py", ["."], "error: . is not a finished federation that recorded"),
         (
             "gate_window.py",
