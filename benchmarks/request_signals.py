@@ -80,7 +80,7 @@ def main() -> None:
         )
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError("--srm" if args.srm else "--run", f"must hold a trained SRM ({exc}).") from None
-    alphas = np.linspace(0.0, 1.0, cfg.federation.alpha_steps + 1)
+    alphas = np.array(cfg.federation.alphas)
     with start_service(
         ["--checkpoint", args.checkpoint], free_port(), run_dir / "signals-service.log"
     ) as svc:

@@ -84,7 +84,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     gate_bins = int(config.get(records.GATE_BINS, fed.bins))
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
     fallbacks_before = cache.fallbacks
-    alphas = np.linspace(0.0, 1.0, fed.alpha_steps + 1)
+    alphas = np.array(fed.alphas)
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
         records.USERS: len(node.users),

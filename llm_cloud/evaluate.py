@@ -7,7 +7,7 @@ x_{n-1} is never a target of the LLM's training either, so its figures are the o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,9 +45,19 @@ def list_metrics(
     batch_size: int = 256,
 ) -> dict[str, float]:
     """Metrics of the target's rank in the engine's K-list for each history."""
+    ranks = list_ranks(ranked_lists(engine.candidates, histories, k, batch_size), targets)
+    return {**metrics_from_ranks(ranks, CUTOFFS), f"recall@{k}": float(np.isfinite(ranks).mean())}
+
+
+def ranked_lists(
+    top_k: Callable[[list[list[int]], int], Sequence[tuple[list[int], list[float]]]],
+    histories: Sequence[Sequence[int] | np.ndarray],
+    k: int,
+    batch_size: int,
+) -> np.ndarray:
+    """``[N, k]`` lists from ``top_k`` (an engine's ``candidates`` or a model's ``top_k``), in batches; 0 pads."""
     lists = []
     for start in range(0, len(histories), batch_size):
-        chunk = [h.tolist() for h in histories[start : start + batch_size]]
-        lists += [items + [0] * (k - len(items)) for items, _ in engine.candidates(chunk, k)]
-    ranks = list_ranks(np.array(lists), targets)
-    return {**metrics_from_ranks(ranks, CUTOFFS), f"recall@{k}": float(np.isfinite(ranks).mean())}
+        chunk = [list(map(int, h)) for h in histories[start : start + batch_size]]
+        lists += [items + [0] * (k - len(items)) for items, _ in top_k(chunk, k)]
+    return np.array(lists, dtype=np.int64).reshape(len(lists), k)

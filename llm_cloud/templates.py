@@ -34,9 +34,6 @@ class PromptTemplate:
     def item_token(self, item: int) -> int:
         return self.first_item_token + item - 1
 
-    def is_item_token(self, token: int) -> bool:
-        return self.first_item_token <= token < self.first_item_token + self.num_items
-
     def encode(self, history: Sequence[int]) -> list[int]:
         """Token ids of the prompt for ``history`` (item ids, oldest first); the newest ``max_len`` are kept."""
         return self.encode_all(list(history)[-self.max_len :])

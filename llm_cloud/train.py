@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
+from llm_cloud.evaluate import ranked_lists
 from llm_cloud.model import ItemTokenLM, build_pretrained, build_scratch
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.data import SequenceDataset, TemporalSplit
@@ -215,13 +216,8 @@ def validation_ndcg10(
 ) -> float:
     """NDCG@10 of the top-10 list for each held-out target, history items excluded (the served ranking)."""
     lm.model.eval()
-    lists = []
-    for start in range(0, len(histories), batch_size):
-        lists += [
-            items + [0] * (10 - len(items))
-            for items, _ in lm.top_k(histories[start : start + batch_size], 10)
-        ]
-    return metrics_from_ranks(list_ranks(np.array(lists), targets), cutoffs=(10,))["ndcg@10"]
+    ranks = list_ranks(ranked_lists(lm.top_k, histories, 10, batch_size), targets)
+    return metrics_from_ranks(ranks, cutoffs=(10,))["ndcg@10"]
 
 
 def _train_epoch(

@@ -335,6 +335,12 @@ class FederationConfig:
         return self.dp_noise > 0
 
     @property
+    def alphas(self) -> tuple[float, ...]:
+        """The fusion weights α validation chooses from: 0, 1/steps, ..., 1 (as ``np.linspace`` spaces them)."""
+        step = 1.0 / self.alpha_steps
+        return (*(i * step for i in range(self.alpha_steps)), 1.0)
+
+    @property
     def measures(self) -> tuple[str, ...]:
         """The request signals the nodes evaluate: all of them for ``auto``, else the configured one."""
         return MEASURES if self.measure == "auto" else (self.measure,)

@@ -67,10 +67,6 @@ class SequenceDataset:
         """The numbering's fingerprint (:func:`~lsc4rec.protocol.catalogue_digest`), which the LLM must share."""
         return catalogue_digest(self.item_ids.tolist())
 
-    @property
-    def has_titles(self) -> bool:
-        return bool(np.any(self.titles != ""))
-
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 

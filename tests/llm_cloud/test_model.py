@@ -86,8 +86,9 @@ def test_training_examples_use_only_the_llm_training_sequence(tiny_dataset, tiny
     split = TemporalSplit(tiny_dataset, tiny_config.data.lag)
     for user in range(split.num_users):
         seq = split.llm_train_sequence(user)
-        tokens = [t for ex in training_examples(lm, [seq]) for t in ex if lm.template.is_item_token(t)]
-        assert sorted(tokens) == sorted(seq.tolist())
+        first = lm.template.first_item_token
+        tokens = [t for ex in training_examples(lm, [seq]) for t in ex if first <= t < first + lm.num_items]
+        assert sorted(t - first + 1 for t in tokens) == sorted(seq.tolist())
         assert len(seq) == len(tiny_dataset.sequence(user)) - 3 - tiny_config.data.lag
 
 

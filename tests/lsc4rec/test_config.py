@@ -1,8 +1,9 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from lsc4rec.config import RunConfig, load_config
+from lsc4rec.config import FederationConfig, RunConfig, load_config
 from lsc4rec.errors import ConfigError
 
 
@@ -133,3 +134,10 @@ def test_flower_run_config_in_pyproject_matches_code_defaults() -> None:
     flower = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
     assert flower == RunConfig().to_flat()
     assert RunConfig.from_flat(flower) == RunConfig()
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10, 20])
+def test_alpha_grid_is_bit_for_bit_the_linspace_earlier_runs_chose_alpha_from(steps: int) -> None:
+    """Fused scores and the α chosen on validation must not move by a rounding difference in the grid."""
+    alphas = np.array(FederationConfig(alpha_steps=steps).alphas)
+    assert alphas.tobytes() == np.linspace(0.0, 1.0, steps + 1).tobytes()
