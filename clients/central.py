@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from clients.node import NodeData
 from clients.srm import SequentialRecommender, build_srm
 from clients.training import fit
 from lsc4rec.config import RunConfig, SRMConfig
-from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.floors import reference_floors
@@ -45,9 +45,8 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     name = f"srm-{Path(config.data.dataset).name}-{srm_config.model}-{srm_config.loss}"
     run_dir = make_run_dir(config.out_dir, name)
     config.save(run_dir / "config.json")
-    sequences = [
-        w for u in range(split.num_users) for w in windows(split.srm_train_sequence(u), srm_config.max_len)
-    ]
+    # the baseline is one node that holds every user: the same windows a node trains on, of all of them
+    sequences = NodeData(split, np.arange(split.num_users)).training_windows(srm_config.max_len)
 
     users = evaluation_users(split.num_users, config.train.eval_users, config.seed)
 

@@ -21,7 +21,7 @@ import torch
 from clients.srm import SequentialRecommender
 from lsc4rec.config import CATALOGUE_SIGNALS
 from lsc4rec.data.batching import left_pad
-from lsc4rec.metrics import metrics_from_ranks, ndcg_per_user
+from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.outcomes import CUTOFF, StageOutcome, requested_share, signal_bin_edges, signal_bins
 from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_certainty, topk_drift
 from lsc4rec.scoring import catalogue_scores
@@ -198,14 +198,6 @@ def request_signals(
     }
 
 
-def _sums(ranks: np.ndarray) -> tuple[float, float]:
-    """Sums over users of NDCG@CUTOFF and HR@CUTOFF from ranks [U] (0 for no users)."""
-    if ranks.size == 0:
-        return 0.0, 0.0
-    means = metrics_from_ranks(ranks, cutoffs=(CUTOFF,))
-    return means[f"ndcg@{CUTOFF}"] * ranks.size, means[f"hr@{CUTOFF}"] * ranks.size
-
-
 def collaborative_inference(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
@@ -276,8 +268,9 @@ def collaborative_inference(
     }
     per_user = {name: ndcg_per_user(by_alpha, CUTOFF) for name, by_alpha in ranks.items()}  # [A, B]
     sums = {}
-    for name, by_alpha in ranks.items():
-        sums[f"{name}_ndcg"], sums[f"{name}_hr"] = np.array([_sums(r) for r in by_alpha]).T
+    for name, by_alpha in ranks.items():  # [A] each
+        sums[f"{name}_ndcg"] = per_user[name].sum(axis=1)
+        sums[f"{name}_hr"] = (by_alpha < CUTOFF).sum(axis=1).astype(np.float64)
     sums["gain_sq"] = ((per_user["fresh"] - per_user["stale"]) ** 2).sum(axis=1)  # [A]
     recall = {
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
