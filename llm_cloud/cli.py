@@ -39,7 +39,7 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Train the item-token LLM on the cloud view of DATA and save the best epoch to OUT."""
+    """Train the item-token LLM on the cloud view of DATA and save it to OUT (best epoch, or as llm.* settings say)."""
     from llm_cloud.train import train_llm
     from lsc4rec.config import load_config
     from lsc4rec.data import SequenceDataset, TemporalSplit

@@ -65,7 +65,11 @@ class TrainResult:
 def train_llm(
     config: RunConfig, dataset: SequenceDataset, out: str | Path, progress: bool = True
 ) -> TrainResult:
-    """Build the LM from ``config.llm``, train it on the cloud view of ``dataset``, save the best epoch to ``out``."""
+    """Build the LM from ``config.llm``, train it on the cloud view of ``dataset`` and save it to ``out``.
+
+    What is saved is the best epoch's weights, or their average with the epochs before (``llm.average_epochs``)
+    where validation prefers it, continued by ``llm.refit_epochs`` when set (see the module docstring).
+    """
     started = time.monotonic()
     seed_everything(config.seed)
     llm = config.llm

@@ -46,7 +46,8 @@ class StageOutcome:
     bin_stale_ndcg, bin_fresh_ndcg
         [A, bins] the NDCG@10 sums split by those bins.
     requests
-        Users whose stale-list disagreement exceeded the live threshold tau (the requests actually made).
+        Users the live gate sent to the cloud (the requests actually made): a signal above tau, or in tau's own
+        bin and chosen by its seeded coin flip (``clients.inference.gate``).
     """
 
     alphas: tuple[float, ...]

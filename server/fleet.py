@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import strategy_utils
 from flwr.supercore.run import Run
 
 from lsc4rec import records
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, LSC4RecError
 
 
 def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
@@ -39,7 +39,7 @@ def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while (connected := len(list(grid.get_node_ids()))) < nodes:
         if time.monotonic() > deadline:
-            raise RuntimeError(
+            raise LSC4RecError(
                 f"federation.num_nodes expects {nodes} nodes, but only {connected} connected after "
                 f"{timeout_s:.0f} s. Start that many supernodes (or set num-supernodes to match)."
             )
