@@ -15,7 +15,8 @@ NUM_PARTITIONS = "num-partitions"  # query reply: how many partitions the node w
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round
-REQUESTS = "requests"  # node metric: test users the gate sent to the cloud (signal above tau, or won tau's bin's coin)
+# node metric: test users the gate sent to the cloud (a signal above tau, or in tau's bin and won its coin flip)
+REQUESTS = "requests"
 USERS = "users"  # node metric: users evaluated (the histogram's total)
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
 NEXT_TAU = "next-request-tau"  # metric: the tau calibrated from this round, sent with the next one
