@@ -15,6 +15,7 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
+from clients.node import load_node
 from clients.srm import build_srm
 from llm_cloud.processes import free_port, start_service
 from lsc4rec import records
@@ -313,6 +314,31 @@ def test_federation_survives_dead_service_and_crashed_node(
     assert final["cloud fallbacks (final evaluation)"] > 0
     assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
+
+
+def test_a_cloud_down_from_the_start_adds_no_training_examples(
+    federation_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Collaborative examples whose list never came are dropped: each node trains on its own windows only."""
+    replies: list[Message] = []
+
+    class RecordsReplies(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            answered = list(super().send_and_receive(messages, timeout=timeout))
+            replies.extend(answered)
+            return answered
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", RecordsReplies)
+    cfg = federation_config.override(["federation.collab_prefixes=3"])
+    grid = run(cfg, tmp_path, f"http://127.0.0.1:{free_port()}", "federation.rounds=1")
+    trained = [r for r in replies if r.metadata.message_type == MessageType.TRAIN and r.has_content()]
+    assert trained
+    for reply in trained:
+        metrics = reply.content[records.METRICS]
+        partition = grid.contexts[reply.metadata.src_node_id].node_config["partition-id"]
+        node = load_node(cfg.data, cfg.seed, partition, NODES)
+        assert metrics[records.FALLBACKS] > 0  # the prefixes were asked for, and counted as missing
+        assert metrics[records.NUM_EXAMPLES] == len(node.training_windows(cfg.srm.max_len))
 
 
 def test_rounds_without_an_update_leave_the_starting_model(
