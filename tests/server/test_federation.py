@@ -143,6 +143,21 @@ def evaluate_untrained(cfg: RunConfig) -> tuple[InProcessGrid, ArrayRecord, Metr
     return grid, arrays, summed
 
 
+@pytest.mark.parametrize("model", ["gru4rec", "din"])
+def test_the_other_srms_federate_end_to_end(
+    federation_config: RunConfig, service: str, tmp_path: Path, model: str
+) -> None:
+    """`--srm gru4rec|din`: the devices train, checkpoint and report with the model they were told to build."""
+    run(federation_config, tmp_path, service, f"srm.model={model}", "federation.rounds=2")
+    history = rounds(tmp_path)
+    assert [r["round"] for r in history] == [1, 2] and all(np.isfinite(r["train-loss"]) for r in history)
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["protocol"]["srm"] == model and final["users"] == 24
+    cfg = federation_config.override([f"srm.model={model}"])
+    global_srm = load_global_srm(cfg, load_or_prepare(cfg.data, cfg.seed).num_items, tmp_path)
+    assert type(global_srm).__name__.lower() == model  # the checkpoint holds that model's weights
+
+
 def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     federation_config: RunConfig, service: str
 ) -> None:
