@@ -110,7 +110,7 @@ def dataset_checkpoints(pairs: list[str]) -> dict[str, str]:
     checkpoints = {}
     for pair in pairs:
         dataset, sep, path = pair.partition("=")
-        if not sep or not dataset or not Path(path).is_dir():
+        if not sep or not dataset or not path or not Path(path).is_dir():
             raise ConfigError(
                 "--checkpoint", f"must be DATASET=CKPT with CKPT an LLM checkpoint folder, got {pair!r}."
             )

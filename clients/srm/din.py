@@ -34,7 +34,7 @@ class _ActivationUnit(nn.Module):
             maps = torch.cat([per_key, from_keys[:, None]], dim=1)  # [R, D + 1, D]
             ones = candidates.new_ones(candidates.size(0), 1)
             first = torch.cat([candidates, ones], dim=1) @ maps.permute(1, 0, 2).flatten(1)  # [M, R * D]
-            return self.rest(first.view(candidates.size(0), keys.size(0), -1)).squeeze(-1).T
+            return self.rest(first.view(candidates.size(0), keys.size(0), w_p.size(0))).squeeze(-1).T
         from_candidates = candidates @ (w_c - w_d).T  # [R, M, D]
         from_products = (keys[:, None] * candidates) @ w_p.T  # [R, M, D]
         return self.rest(from_keys[:, None] + from_candidates + from_products).squeeze(-1)

@@ -102,6 +102,7 @@ def test_din_shared_candidates_match_per_key_candidates_and_their_gradients() ->
     per_key = unit(keys, candidates.expand(5, -1, -1))
     (per_key_grad,) = torch.autograd.grad(per_key.square().sum(), unit.first.weight)
     assert shared.shape == (5, 7)
+    assert unit(keys[:0], candidates).shape == (0, 7)  # no history item at all: an empty batch, no crash
     torch.testing.assert_close(shared, per_key, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared_grad, per_key_grad, atol=1e-4, rtol=1e-4)
 
