@@ -1,9 +1,8 @@
 """Federation quality on the paper protocol: LLM-only, SRM-only, fused, and request policies, beside the floors.
 
 Protocol (the configs' recipe; each run's own is in the JSON's ``runs``): lag 2, K = 50, SASRec, random item
-numbering, 5-core; fusion weight α chosen on validation; the
-request threshold calibrated on the label-free histogram of the request signal; test figures rank over the candidate
-list. The real ServerApp and ClientApp run over the in-process grid (the same messages and strategies as
+numbering, 5-core; fusion weight α chosen on validation; the request threshold calibrated on the label-free
+histogram of the request signal; test figures rank over the candidate list. The real ServerApp and ClientApp run over the in-process grid (the same messages and strategies as
 ``flwr run``, without Ray's start-up), against the real candidate service on 127.0.0.1. Each dataset runs with
 the settings of ``configs/bench-DATASET.toml`` (the README's commands run the same files), then ``--set``. Example:
 
