@@ -17,7 +17,8 @@ class _ActivationUnit(nn.Module):
     matrix product: for key ``h`` the first layer is the affine map ``c -> c (diag(h) W_p^T + (W_c - W_d)^T)
     + (W_h + W_d) h + b``, so ``[c, 1]`` ``[M, D + 1]`` times the keys' stacked maps ``[D + 1, R * D]`` gives
     every pre-activation at once. That skips gathering ``[R, M, D]`` copies of the candidates and the sums
-    and products over them, which made DIN's full-catalogue scoring 2.3 to 3.5 times as slow (BENCHMARKS.md).
+    and products over them, which made DIN's full-catalogue scoring 3.5 times as slow (BENCHMARKS.md,
+    "Rerank latency").
     """
 
     def __init__(self, hidden: int) -> None:
