@@ -14,6 +14,7 @@ Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,11 @@ class VLLMEngine(CandidateEngine):
             for key, score in choice["logprobs"]["top_logprobs"][0].items()
         ]
         pairs = [(item, score) for item, score in pairs if 0 < item <= self.num_items and item not in banned]
+        broken = [score for _, score in pairs if not math.isfinite(score)]
+        if broken:  # a diverged model; NaN would not even sort, and JSON has no NaN to send the device
+            raise EngineError(
+                f"vLLM returned non-finite log-probabilities ({broken[:3]}): is the model broken?"
+            )
         pairs.sort(key=lambda pair: -pair[1])
         return [item for item, _ in pairs[:k]], [float(score) for _, score in pairs[:k]]
 

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from llm_cloud.checkpoint import catalogue_of
 from llm_cloud.model import ItemTokenLM
@@ -93,6 +94,15 @@ def test_the_largest_valid_request_fits_the_body_bound() -> None:
     assert len(body.encode()) <= MAX_BODY_BYTES
 
 
+def test_a_body_of_bad_ids_costs_one_error_per_field() -> None:
+    # the service reports the first error only; collecting all of them (a quarter million here) held its event
+    # loop for seconds and took hundreds of MB
+    rows = [["a"] * MAX_HISTORY] * MAX_BATCH
+    with pytest.raises(ValidationError) as raised:
+        CandidateRequest.model_validate({"histories": rows, "k": 3, "exclude": rows})
+    assert [error["loc"] for error in raised.value.errors()] == [("histories", 0, 0), ("exclude", 0, 0)]
+
+
 JSON_BODY = b'{"histories": [[1]], "k": 3}'
 
 
@@ -137,6 +147,8 @@ def test_service_refuses_an_oversized_body_before_it_arrives(service_url) -> Non
     ("method", "path", "status", "field"),
     [
         ("GET", "/v1/candidate", 404, "path"),
+        ("GET", "/docs", 404, "path"),  # no undocumented endpoints (FastAPI's docs are off)
+        ("GET", "/openapi.json", 404, "path"),
         ("GET", "/v1/candidates", 405, "method"),
         ("POST", "/healthz", 405, "method"),
     ],
@@ -173,8 +185,14 @@ def test_service_body_that_is_not_utf8_is_400_and_other_paths_are_not_counted(se
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}])
 def test_service_wrong_api_key_is_401(service_url, headers) -> None:
     reply = post(service_url, {"histories": [[1]], "k": 5}, headers=headers)
-    assert reply.status_code == 401
+    assert reply.status_code == 401 and reply.headers["WWW-Authenticate"] == "Bearer"
     assert reply.json()["error"]["field"] == "Authorization"
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_service_reads_the_bearer_scheme_in_any_case(service_url, scheme) -> None:
+    reply = post(service_url, {"histories": [[1]], "k": 5}, headers={"Authorization": f"{scheme} {API_KEY}"})
+    assert reply.status_code == 200
 
 
 def test_service_concurrent_clients_get_their_own_answers(service_url) -> None:
@@ -203,6 +221,7 @@ def test_service_health_and_metrics(service_url, tiny_checkpoint) -> None:
         (None, "unreachable"),  # nothing listens there
         (b"<html>busy</html>", "malformed reply"),
         (b'{"choices": [{"index": 0, "text": "x"}]}', "lacks the expected logprobs"),
+        (b'{"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:5": NaN}]}}]}', "non-finite"),
     ],
 )
 def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, problem) -> None:
