@@ -9,12 +9,14 @@ cached stale list instead of a fresh one; rank with the SRM alone; train without
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -33,6 +35,7 @@ from lsc4rec.protocol import (
 )
 
 log = logging.getLogger(__name__)
+TRANSIENT_4XX = {408, 429}  # a proxy's request timeout, a rate limit: retried like a 5xx
 
 
 @dataclass
@@ -64,9 +67,11 @@ class CloudClient:
     """Batched ``POST /v1/candidates`` with a timeout, bounded retries and exponential back-off.
 
     A 4xx answer means the device sent something the schema forbids, or the wrong key: it is raised as
-    ``ProtocolError`` at once (retrying cannot help). Connection failures, timeouts, 5xx answers and replies
-    that break the schema are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at
-    once, a reply with the wrong number of lists or lists longer than K (a foreign service). The bearer
+    ``ProtocolError`` at once (retrying cannot help), except 408 and 429 (a proxy's timeout, a rate limit),
+    which are transient. Those, connection failures, timeouts, 5xx answers and replies that break the schema
+    are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at once, a reply with the
+    wrong number of lists or lists longer than K (a foreign service). ``timeout_s`` bounds each attempt's
+    whole answer, not only each read: a server that trickles its reply cannot hold a device. The bearer
     key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
     An https service is verified against ``ca_file``, else ``$LSC4REC_SERVICE_CA``, else the public CAs; a
     certificate that fails verification is a ``ProtocolError`` at once, as a wrong key is, because no retry
@@ -91,6 +96,7 @@ class CloudClient:
         self.url = self.base + "/v1/candidates"
         self.k = k
         self.retries = retries
+        self.timeout_s = timeout_s
         self.catalogue = catalogue
         self.ca_file = ca_file if ca_file is not None else os.environ.get(SERVICE_CA_ENV) or None
         self.http = httpx.Client(
@@ -98,13 +104,21 @@ class CloudClient:
         )
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Ranked items and scores [B, K] for each history (newest ``MAX_HISTORY`` items sent)."""
+        """Ranked items and scores [B, K] for each history.
+
+        The newest ``MAX_HISTORY`` items are sent as the history and up to ``MAX_HISTORY`` older ones as
+        exclusions, so that a long history's older items are not returned either (the LLM reads only the newest
+        items anyway); beyond that the device drops them from the list (``clients.inference.drop_seen``).
+        """
         self._check_catalogue()
         items = np.zeros((len(histories), self.k), np.int64)
         scores = np.full((len(histories), self.k), -np.inf)
         for start in range(0, len(histories), MAX_BATCH):
-            chunk = [np.asarray(h[-MAX_HISTORY:]).tolist() for h in histories[start : start + MAX_BATCH]]
-            answer = self._post(CandidateRequest(histories=chunk, k=self.k))
+            rows = [np.asarray(h).tolist() for h in histories[start : start + MAX_BATCH]]
+            chunk = [row[-MAX_HISTORY:] for row in rows]
+            older = [row[-2 * MAX_HISTORY : -MAX_HISTORY] for row in rows]
+            exclude = older if any(older) else None
+            answer = self._post(CandidateRequest(histories=chunk, k=self.k, exclude=exclude))
             if len(answer.lists) != len(chunk) or any(len(r.items) > self.k for r in answer.lists):
                 raise CloudUnavailableError(
                     f"candidate service at {self.url} answered {len(chunk)} histories with "
@@ -123,7 +137,7 @@ class CloudClient:
         if self.catalogue is None:
             return
         try:
-            health = self.http.get(self.base + "/healthz").json()
+            health = json.loads(self._send("GET", self.base + "/healthz")[1])
             served = (int(health["num_items"]), health["catalogue"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return
@@ -141,27 +155,28 @@ class CloudClient:
         delay = 0.5
         for attempt in range(self.retries + 1):
             try:
-                response = self.http.post(
-                    self.url, content=request.model_dump_json(), headers={"Content-Type": "application/json"}
+                status, body = self._send(
+                    "POST",
+                    self.url,
+                    content=request.model_dump_json(),
+                    headers={"Content-Type": "application/json"},
                 )
             except httpx.HTTPError as exc:
                 self._check_certificate(exc)
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code < 400:
+                text = body.decode(errors="replace")
+                if status < 400:
                     try:
-                        return CandidateResponse.model_validate_json(response.content)
+                        return CandidateResponse.model_validate_json(body)
                     except ValidationError as exc:
-                        problem = (
-                            f"a reply outside the schema ({exc.error_count()} errors): {response.text[:200]}"
-                        )
-                elif response.status_code < 500:
+                        problem = f"a reply outside the schema ({exc.error_count()} errors): {text[:200]}"
+                elif status < 500 and status not in TRANSIENT_4XX:
                     raise ProtocolError(
-                        "request",
-                        f"the candidate service refused it ({response.status_code}): {response.text[:300]}",
+                        "request", f"the candidate service refused it ({status}): {text[:300]}"
                     )
                 else:
-                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                    problem = f"HTTP {status}: {text[:200]}"
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
@@ -169,6 +184,24 @@ class CloudClient:
             f"candidate service at {self.url} unavailable after {self.retries + 1} "
             f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check federation.service_url."
         )
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
+        """One request's status and body, the body whole within ``timeout_s`` of the start.
+
+        httpx's timeout bounds each read, not the answer: a server sending a byte a second would hold the
+        device for as long as it liked. (The headers are still bounded per read only; they are a few hundred
+        bytes.)
+        """
+        deadline = time.monotonic() + self.timeout_s
+        with self.http.stream(method, url, **kwargs) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(
+                        f"the answer did not arrive within {self.timeout_s:g} s", request=response.request
+                    )
+        return response.status_code, bytes(body)
 
     def _check_certificate(self, exc: httpx.HTTPError) -> None:
         """Raise a ``ProtocolError`` when ``exc`` is the service's certificate failing verification."""

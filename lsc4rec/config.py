@@ -224,7 +224,7 @@ class FederationConfig:
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
     service_url: str = "http://127.0.0.1:8800"  # the candidate service
-    timeout_s: float = 20.0  # per request to the candidate service
+    timeout_s: float = 20.0  # per attempt at a candidate request: the whole answer, not each read
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
     client_threads: int = 1  # torch threads per node: device models are tiny, and many nodes share few cores
     # user-level differential privacy of the global SRM (Flower's central DP, server-side fixed clipping;

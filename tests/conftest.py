@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -184,19 +186,30 @@ def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, 
 
 
 @contextmanager
-def answering_server(reply: bytes) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 that answers every POST with 200 and ``reply``; yields its URL.
+def answering_server(*replies: bytes | tuple[int, bytes], trickle_s: float = 0.0) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 that answers POSTs with ``replies``; yields its URL.
 
     It stands in for a broken or foreign service (a candidate service or vLLM) that the code must survive.
+    The n-th POST gets the n-th reply (the last one from then on), each a body answered with 200 or a
+    (status, body) pair. With ``trickle_s`` the body goes out a byte at a time, one every ``trickle_s`` s.
     """
+    answered = itertools.count()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # the name http.server dispatches to
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
+            reply = replies[min(next(answered), len(replies) - 1)]
+            status, body = reply if isinstance(reply, tuple) else (200, reply)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(reply)
+            try:
+                for chunk in [body[i : i + 1] for i in range(len(body))] if trickle_s else [body]:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    time.sleep(trickle_s)
+            except OSError:  # the client hung up in the middle of a trickle
+                pass
 
         def log_message(self, *_: object) -> None:
             pass

@@ -14,7 +14,7 @@ from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import CloudUnavailableError, LSC4RecError, ProtocolError
-from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
+from lsc4rec.protocol import API_KEY_ENV, MAX_HISTORY, SERVICE_CA_ENV
 from tests.conftest import answering_server
 
 
@@ -150,3 +150,29 @@ def test_cloud_client_treats_a_reply_that_breaks_the_schema_as_unavailable(
         client = CloudClient(url, k=2, timeout_s=2.0, retries=0)
         with pytest.raises(CloudUnavailableError, match=problem):
             client.candidates([np.array([1, 2, 3])])
+
+
+def test_cloud_client_gives_up_on_a_trickled_answer_within_its_timeout() -> None:
+    """httpx bounds each read, not the answer: a byte every 0.3 s would have held the device for a minute."""
+    body = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}' + b" " * 140
+    with answering_server(body, trickle_s=0.3) as url:
+        client = CloudClient(url, k=2, timeout_s=1.0, retries=0)
+        started = time.monotonic()
+        with pytest.raises(CloudUnavailableError, match="did not arrive within 1 s"):
+            client.candidates([np.array([1, 2, 3])])
+    assert time.monotonic() - started < 5
+
+
+def test_cloud_client_retries_a_rate_limit_and_gets_the_list() -> None:
+    listed = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}'
+    with answering_server((429, b'{"error": "slow down"}'), (408, b"{}"), listed) as url:
+        items, _ = CloudClient(url, k=2, timeout_s=2.0, retries=2).candidates([np.array([1, 2, 3])])
+    assert items.tolist() == [[4, 5]]
+
+
+def test_cloud_client_excludes_a_long_historys_older_items(service: str) -> None:
+    """Only the newest MAX_HISTORY items fit a request's history; the older ones go as exclusions."""
+    newest = np.tile(np.arange(11, 41), MAX_HISTORY // 30 + 1)[-MAX_HISTORY:]  # items 11..40
+    history = np.concatenate([np.arange(1, 6), newest])  # items 1..5 only before the newest MAX_HISTORY
+    items, _ = CloudClient(service, k=10).candidates([history])
+    assert set(items[0][items[0] > 0].tolist()) == {6, 7, 8, 9, 10}  # the only items never consumed
