@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lsc4rec.config import RunConfig, load_config
-from lsc4rec.errors import run_main
+from lsc4rec.errors import ConfigError, run_main
 
 app = typer.Typer(
     help="LSC4Rec: a cloud LLM and federated small recommendation models.",
@@ -46,8 +46,18 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 
 
 def override_pairs(overrides: list[str] | None, **flat: object) -> list[str]:
-    """``--set`` pairs, then the named options that were given, as ``key=value`` strings."""
-    return list(overrides or []) + [f"{key}={value}" for key, value in flat.items() if value is not None]
+    """``--set`` pairs, then the named options that were given, as ``key=value`` strings.
+
+    A setting given both ways is refused: which one wins is nothing a user should have to know.
+    """
+    named = {key: value for key, value in flat.items() if value is not None}
+    for pair in overrides or []:
+        key = pair.partition("=")[0].strip()
+        if key in named:
+            raise ConfigError(
+                key, f"is given twice, by --set {pair} and by its own option ({named[key]}). Pass it once."
+            )
+    return list(overrides or []) + [f"{key}={value}" for key, value in named.items()]
 
 
 def build_config(config: Path | None, overrides: list[str] | None, **flat: object) -> RunConfig:

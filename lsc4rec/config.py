@@ -259,6 +259,19 @@ class FederationConfig:
             self.strategy,
         )
         _check(self.server_lr >= 0, "federation.server_lr", "must be >= 0", self.server_lr)
+        # a strategy's own setting given to another strategy would be ignored without a word
+        for key, value, users in (
+            ("proximal_mu", self.proximal_mu, ("fedprox",)),
+            ("server_lr", self.server_lr, ("fedadam", "fedavgm")),
+            ("server_momentum", self.server_momentum, ("fedavgm",)),
+        ):
+            _check(
+                value == 0 or self.strategy in users,
+                f"federation.{key}",
+                f"is used only by federation.strategy={'|'.join(users)} (this run's is {self.strategy}): set "
+                "that strategy, or leave it at 0",
+                value,
+            )
         _check(
             0.0 <= self.server_momentum < 1.0,
             "federation.server_momentum",
@@ -360,6 +373,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.seed < 2**32, "seed", "must be in [0, 2**32 - 1] (numpy's seed range)", self.seed)
+        _check(bool(self.out_dir.strip()), "out_dir", "must name a folder (by default runs)", self.out_dir)
 
     @classmethod
     def from_flat(cls, flat: typing.Mapping[str, Any]) -> RunConfig:
@@ -503,7 +517,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         converted = hint(value)
         if hint is float and not math.isfinite(converted):  # nan passes no rule, inf every lower bound
             raise ValueError(value)
-        return converted
     except (TypeError, ValueError):
         kind = "a finite float" if hint is float else f"of type {hint.__name__}"
         raise ConfigError(key, f"must be {kind}, got {value!r}.") from None
+    if hint is int and not -(2**63) <= converted < 2**63:  # Flower's run config carries 64-bit integers
+        raise ConfigError(key, f"must fit in a 64-bit integer, got {value!r}.")
+    return converted

@@ -38,7 +38,8 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, LSC4RecError
 from lsc4rec.protocol import SERVICE_CA_ENV
 from lsc4rec.runs import make_run_dir, output_path
-from server.checkpoint import complete_checkpoints
+from server.checkpoint import complete_checkpoints, latest_checkpoint
+from server.report import read_rounds
 
 FEDERATION = "lsc4rec-local"
 RUNTIMES = ("simulation", "deployment")
@@ -243,11 +244,17 @@ def run_folder(cfg: RunConfig) -> Path:
     """
     fed = cfg.federation
     given = Path(fed.run_dir) if fed.run_dir else None
-    if fed.resume and (given is None or not complete_checkpoints(given)):
+    if fed.resume and given is None:
         raise ConfigError(
             "federation.resume",
-            f"needs federation.run_dir set to a run folder with a round checkpoint, got {fed.run_dir!r}. "
-            "Pass the folder of the run to continue, for example --set federation.run_dir=runs/federation-...",
+            "needs federation.run_dir set to the run folder to continue. Pass it, for example "
+            "--set federation.run_dir=runs/federation-...",
+        )
+    if fed.resume and not complete_checkpoints(given):
+        raise ConfigError(
+            "federation.resume",
+            f"finds no finished round in {given} (no checkpoint in {given / 'checkpoints'}): there is nothing "
+            "to continue. Start a new run (leave out --resume).",
         )
     if fed.resume:
         _check_resumable(cfg, given)
@@ -282,7 +289,19 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
 
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
-    """A resumed run must train the SRM its checkpoints hold, on the same data (its shapes and items)."""
+    """A resumed run must train the SRM its checkpoints hold, on the same data (its shapes and items).
+
+    What the ServerApp reads when it resumes is read here first (the newest checkpoint whole, the rounds' lines),
+    so that a damaged file ends in one line naming it before anything starts, not minutes into the run.
+    """
+    newest = latest_checkpoint(run_dir)
+    if newest is not None and cfg.federation.rounds < newest.round:
+        raise ConfigError(
+            "federation.rounds",
+            f"is {cfg.federation.rounds}, below round {newest.round} that {run_dir} has checkpointed. Pass "
+            f"--rounds {newest.round} or more (as many finishes with the final evaluation alone).",
+        )
+    read_rounds(run_dir)
     saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round
     if not saved_file.is_file():
         return
@@ -323,6 +342,8 @@ def run_federation(
             f"with --runtime deployment each node is a flower-supernode process on this machine: at most "
             f"{MAX_LOCAL_SUPERNODES}, got {nodes} (0 means one per user). Pass --nodes N, or use the simulation.",
         )
+    if (note := sampling_note(cfg, nodes)) is not None:
+        print(f"==> note: {note}", flush=True)
     if runtime == "simulation":
         check_node_state_fits(cfg, nodes, _srm_bytes(cfg, dataset.num_items), available_memory())
     if engine == "vllm":
@@ -350,6 +371,26 @@ def run_federation(
             + resume_hint(run_dir)
         )
     return summary
+
+
+def sampling_note(cfg: RunConfig, nodes: int) -> str | None:
+    """What a round samples when a fraction of ``nodes`` is under one node, else None.
+
+    Flower samples ``int(fraction x nodes)`` nodes, and never fewer than the strategy's minimum of one, so a
+    small fleet trains a larger share than ``--fraction`` says; a user comparing runs should know.
+    """
+    fed = cfg.federation
+    short = [
+        f"federation.{name} {fraction:g} of {nodes} nodes is {fraction * nodes:.2g} of a node"
+        for name, fraction in (
+            ("fraction_train", fed.fraction_train),
+            ("fraction_evaluate", fed.fraction_evaluate),
+        )
+        if 0 < fraction * nodes < 1
+    ]
+    if not short:
+        return None
+    return f"{'; '.join(short)}: Flower samples 1 node (its minimum) for it each round."
 
 
 def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available: int | None) -> None:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lsc4rec import records
+from lsc4rec.errors import DataFormatError
 from lsc4rec.outcomes import StageOutcome, budget_point, random_policy
 from lsc4rec.runs import write_json
 
@@ -29,19 +30,47 @@ SIGNAL_HISTOGRAMS = "test-signal-histograms"
 
 
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one round's figures to ``metrics.jsonl``."""
-    with (run_dir / ROUNDS_FILE).open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    """Append one round's figures to ``metrics.jsonl``, on a line of its own after a torn one."""
+    path = run_dir / ROUNDS_FILE
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as last:
+            last.seek(-1, 2)
+            torn = last.read() != b"\n"
+    with path.open("a") as handle:
+        handle.write(("\n" if torn else "") + json.dumps(record) + "\n")
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     """The per-round lines of ``run_dir``, one per round.
 
-    A round redone after a crash (resumed before that round's checkpoint was written) keeps its last line.
+    A round redone after a crash (resumed before that round's checkpoint was written) keeps its last line. A
+    line cut short by a crash while it was written (no newline after it) is skipped: its round had no
+    checkpoint yet, since a round's line is written before its checkpoint, so a resumed run redoes that round.
+    Any other line that is not a round's JSON is an error naming the file and the line.
     """
     path = run_dir / ROUNDS_FILE
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return sorted({line["round"]: line for line in lines}.values(), key=lambda line: line["round"])
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rounds: dict[int, dict[str, Any]] = {}
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            rounds[int(record["round"])] = record
+        except (ValueError, KeyError, TypeError) as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # torn by a crash
+            raise DataFormatError(
+                path,
+                f"is not a round's figures ({exc!r}). Remove that line (a resumed run redoes any round "
+                "that has no checkpoint).",
+                line=number,
+            ) from None
+    return [rounds[number] for number in sorted(rounds)]
 
 
 def final_figures(

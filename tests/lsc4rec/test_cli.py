@@ -36,6 +36,10 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "error: --checkpoint: must be a folder written by",
         ),
         (["federate", "--resume", "/nonexistent/run"], "error: --resume: must be a run folder written by"),
+        (
+            ["federate", "--rounds", "3", "--set", "federation.rounds=5"],
+            "federation.rounds: is given twice, by --set federation.rounds=5 and by its own option (3)",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

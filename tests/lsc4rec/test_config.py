@@ -68,6 +68,15 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("llm.lora_alpha=-5", "llm.lora_alpha: must be >= 1"),
         ("llm.template=titles", "llm.template: must be items for the scratch model"),
         ("data.dataset=", "data.dataset: must name a dataset or a path"),
+        ("out_dir=", "out_dir: must name a folder"),
+        ("federation.rounds=99999999999999999999", "federation.rounds: must fit in a 64-bit integer"),
+        # a strategy's own setting given to another one would be ignored
+        (
+            "federation.proximal_mu=0.5",
+            r"federation.proximal_mu: is used only by federation.strategy=fedprox",
+        ),
+        ("federation.server_momentum=0.9", "federation.server_momentum: is used only by .*=fedavgm"),
+        ("federation.server_lr=0.5", r"federation.server_lr: is used only by .*=fedadam\|fedavgm"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:

@@ -15,13 +15,16 @@ from typing import NoReturn
 
 import httpx
 import pytest
+import torch
+from flwr.app import ArrayRecord
 
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port
 from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls, make_node_key
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.errors import ConfigError, LSC4RecError
+from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
+from server.checkpoint import save_checkpoint
 from server.launch import (
     candidate_service,
     check_node_state_fits,
@@ -31,16 +34,16 @@ from server.launch import (
     resume_hint,
     run_federation,
     run_folder,
+    sampling_note,
     superlink,
     supernodes,
 )
 
 
-def _with_checkpoint(folder: Path) -> Path:
+def _with_checkpoint(folder: Path, server_round: int = 1) -> Path:
     """A run folder holding one complete round checkpoint (weights file plus its sidecar)."""
-    (folder / "checkpoints").mkdir(parents=True)
-    (folder / "checkpoints" / "round-0001.safetensors").write_bytes(b"")
-    (folder / "checkpoints" / "round-0001.json").write_text(json.dumps({"round": 1, "request-tau": 0.5}))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder, server_round, ArrayRecord({"w": torch.zeros(2)}), 0.5)
     return folder
 
 
@@ -58,7 +61,10 @@ def test_run_folder_new_given_and_resumed(federation_config: RunConfig, tmp_path
     ("settings", "message"),
     [
         (["federation.resume=true"], r"federation\.resume: needs federation\.run_dir"),
-        (["federation.resume=true", "federation.run_dir={tmp}/empty"], r"federation\.resume: needs"),
+        (
+            ["federation.resume=true", "federation.run_dir={tmp}/empty"],
+            r"federation\.resume: finds no finished round .* Start a new run \(leave out --resume\)",
+        ),
         (["federation.run_dir={tmp}/done"], "holds a run already"),
         (
             ["federation.run_dir={tmp}/a-file"],
@@ -226,6 +232,39 @@ def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfi
             ConfigError, match=rf"federation\.resume: .* trained with {change.split('=')[0]}="
         ):
             run_folder(resumed.override([change]))
+
+
+def test_resume_reads_what_the_server_will_read_before_anything_starts(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """A damaged checkpoint or metrics file, or fewer rounds than were run, end in one line up front."""
+    done = _with_checkpoint(tmp_path / "done", server_round=3)
+    federation_config.save(done / "config.json")
+    resumed = federation_config.override(
+        [f"federation.run_dir={done}", "federation.resume=true", "federation.rounds=5"]
+    )
+    with pytest.raises(ConfigError, match=r"federation\.rounds: is 2, below round 3 .* Pass --rounds 3"):
+        run_folder(resumed.override(["federation.rounds=2"]))
+    metrics = done / "metrics.jsonl"
+    metrics.write_text('{"round": 1}\n{"round": 2}\n{"round": 3, "va')  # a crash in the middle of a line
+    assert run_folder(resumed) == done  # a torn last line is a round to redo, not an error
+    metrics.write_text('{"round": 1}\nnot json\n{"round": 3}\n')
+    with pytest.raises(DataFormatError, match=r"metrics\.jsonl:2: is not a round's figures"):
+        run_folder(resumed)
+    metrics.unlink()
+    weights = done / "checkpoints" / "round-0003.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])  # cut short
+    with pytest.raises(DataFormatError, match=r"round-0003\.safetensors: is not a readable round checkpoint"):
+        run_folder(resumed)
+
+
+def test_a_fraction_under_one_node_is_said_before_the_run(federation_config: RunConfig) -> None:
+    cfg = federation_config.override(["federation.fraction_train=0.2", "federation.fraction_evaluate=0.5"])
+    assert sampling_note(cfg, 10) is None
+    assert sampling_note(cfg, 4) == (
+        "federation.fraction_train 0.2 of 4 nodes is 0.8 of a node: Flower samples 1 node (its minimum) for it "
+        "each round."
+    )
 
 
 def test_resume_config_starts_from_the_runs_own_settings(
