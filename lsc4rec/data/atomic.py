@@ -22,6 +22,9 @@ def read_atomic(path: str | Path) -> Interactions:
         found = sorted(path.glob("*.inter"))
         if not found:
             raise DataFormatError(path, "holds no .inter file. Give a RecBole atomic .inter file.")
+        if len(found) > 1:  # RecBole's pre-split benchmarks hold train, valid and test files side by side
+            names = ", ".join(f.name for f in found)
+            raise DataFormatError(path, f"holds several .inter files ({names}). Pass the one to read.")
         path = found[0]
     if not path.is_file():
         raise DataFormatError(path, "file not found.")

@@ -113,10 +113,18 @@ class SequenceDataset:
 
     @classmethod
     def load(cls, path: str | Path) -> SequenceDataset:
+        """Read a file :meth:`save` wrote; one that is not one, or breaks its invariants, names the file.
+
+        The invariants are checked, not trusted: an item id beyond the catalogue or offsets that miss the end
+        would otherwise surface as an IndexError deep in training, or worse, as a user silently dropped.
+        """
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as arrays:
-                return cls(
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+                raise ValueError("it holds one array, not the arrays of an .npz")
+            with loaded as arrays:
+                dataset = cls(
                     arrays["items"].astype(np.int64),
                     arrays["offsets"].astype(np.int64),
                     arrays["user_ids"],
@@ -130,6 +138,29 @@ class SequenceDataset:
             ) from None
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataFormatError(path, f"is not a prepared dataset ({exc}); expected {_PREPARE}.") from None
+        if (problem := dataset._broken_invariant()) is not None:
+            raise DataFormatError(
+                path,
+                f"is a damaged prepared dataset: {problem}. Delete it and prepare it again (`lsc4rec data prepare`).",
+            )
+        return dataset
+
+    def _broken_invariant(self) -> str | None:
+        """The first invariant of the class docstring this dataset breaks, or None."""
+        offsets, num_items = self.offsets, len(self.item_ids)
+        if self.items.ndim != 1 or offsets.ndim != 1 or len(offsets) < 2:
+            return "it must hold one item array and at least one user's offsets"
+        if offsets[0] != 0 or offsets[-1] != len(self.items) or (np.diff(offsets) < 0).any():
+            return (
+                f"offsets must rise from 0 to the {len(self.items)} items, got {offsets[0]} .. {offsets[-1]}"
+            )
+        if len(self.items) and not (self.items.min() >= 1 and self.items.max() <= num_items):
+            return f"item ids must lie in 1..{num_items}, got {self.items.min()} .. {self.items.max()}"
+        if len(self.user_ids) != self.num_users or len(self.titles) != num_items:
+            return "user ids, item ids and titles must match the users and items"
+        if not isinstance(self.meta, dict):
+            return f"its meta must be a JSON object, got {type(self.meta).__name__}"
+        return None
 
 
 def build_dataset(

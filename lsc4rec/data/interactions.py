@@ -6,6 +6,7 @@ error wherever its first bad byte lies, and a ``nan`` time never reorders a hist
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,12 +32,21 @@ def parse_time(text: str, path: Path, line: int) -> float:
 
 @contextmanager
 def open_utf8(path: Path) -> Iterator[TextIO]:
-    """``path`` opened as UTF-8 text (universal newlines kept for csv); bytes that are not UTF-8 name the file."""
+    """``path`` opened as UTF-8 text (universal newlines kept for csv); what breaks it names the file.
+
+    A byte-order mark (spreadsheets write one) is skipped, not read into the first column's name. Bytes that are
+    not UTF-8, and what the csv module refuses (a field beyond its size limit, often a quote left open that runs
+    to the end of the file), are a ``DataFormatError``.
+    """
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             yield handle
     except UnicodeDecodeError as exc:
         raise DataFormatError(path, f"is not UTF-8 text ({exc.reason}). Convert it to UTF-8.") from None
+    except csv.Error as exc:
+        raise DataFormatError(
+            path, f"cannot be read as delimited text ({exc}); look for a quote that is never closed."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import pytest
 
 from lsc4rec.data import build_dataset, read_dataset, sources
 from lsc4rec.data.atomic import read_atomic
+from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.data.movielens import read_movielens
 from lsc4rec.data.p5 import read_p5
 from lsc4rec.errors import DataFormatError
@@ -188,6 +189,34 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
         type(seq).load("ml-latest-small")  # a dataset name where the prepared file's path belongs
 
 
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"items": np.array([1, 2, 99, 1, 2, 3])}, r"item ids must lie in 1\.\.3, got 1 \.\. 99"),
+        ({"items": np.array([1, 2, 0, 1, 2, 3])}, r"item ids must lie in 1\.\.3, got 0"),  # padding inside
+        ({"offsets": np.array([0, 3])}, r"offsets must rise from 0 to the 6 items"),  # the last user cut off
+        ({"offsets": np.array([0, 3, 9])}, r"offsets must rise from 0 to the 6 items"),
+        (
+            {"offsets": np.array([0]), "user_ids": np.array([])},
+            r"it must hold one item array and at least one user's offsets",
+        ),
+        ({"meta": np.array('["a list"]')}, r"its meta must be a JSON object, got list"),
+    ],
+)
+def test_a_prepared_dataset_that_breaks_its_invariants_is_named(
+    tmp_path: Path, change: dict, problem: str
+) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n")
+    path = build_dataset(read_p5(tmp_path), kcore=1).save(tmp_path / "d.npz")
+    with np.load(path) as arrays:
+        np.savez(tmp_path / "bad.npz", **{**dict(arrays), **change})
+    with pytest.raises(DataFormatError, match=rf"bad\.npz: is a damaged prepared dataset: {problem}"):
+        SequenceDataset.load(tmp_path / "bad.npz")
+    np.save(tmp_path / "plain.npy", np.arange(3))
+    with pytest.raises(DataFormatError, match=r"plain\.npy: is not a prepared dataset \(it holds one array"):
+        SequenceDataset.load(tmp_path / "plain.npy")
+
+
 def test_shared_movielens_has_titles(data_root: Path) -> None:
     seq = build_dataset(read_dataset("ml-latest-small", data_root), kcore=5)
     stats = seq.stats()
@@ -310,3 +339,20 @@ def test_a_download_cut_while_writing_leaves_no_ratings(
         read_dataset("ml-latest-small", tmp_path)
     assert sorted(written) == ["README.txt", "movies.csv"]
     assert not (tmp_path / "ml-latest-small" / "ratings.csv").exists()
+
+
+def test_a_byte_order_mark_is_skipped_and_an_endless_field_is_named(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_bytes(b"\xef\xbb\xbfuserId,movieId,rating,timestamp\n1,10,4.0,5\n")
+    assert read_movielens(tmp_path).items.tolist() == ["10"]  # a spreadsheet's BOM is not part of "userId"
+    write(tmp_path / "ratings.csv", 'userId,movieId,rating,timestamp\n1,"10' + "x" * 200_000 + "\n")
+    with pytest.raises(
+        DataFormatError, match=r"ratings\.csv: cannot be read as delimited text .*never closed"
+    ):
+        read_movielens(tmp_path)
+
+
+def test_a_folder_of_several_inter_files_is_not_read_by_guess(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        write(tmp_path / f"ds.{split}.inter", "user_id:token\titem_id:token\nu1\ti1\n")
+    with pytest.raises(DataFormatError, match=r"holds several \.inter files \(ds\.test\.inter, ds\.train"):
+        read_atomic(tmp_path)
