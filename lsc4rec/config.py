@@ -403,7 +403,14 @@ class RunConfig:
             raise DataFormatError(
                 path, "must hold a JSON object of config sections (a run config written by lsc4rec)."
             )
-        return cls.from_flat(_flatten(tree))
+        try:
+            return cls.from_flat(_flatten(tree))
+        except ConfigError as exc:  # the file's, not the user's command line: say which file
+            raise DataFormatError(
+                path,
+                f"holds a setting that is refused ({exc}). Fix it there, or write the file anew (train the "
+                "checkpoint again, or start a new run).",
+            ) from None
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
@@ -458,9 +465,9 @@ def _flatten(tree: typing.Mapping[str, Any], prefix: str = "") -> dict[str, Any]
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             flat.update(_flatten(value, f"{name}."))
-        else:
+        else:  # an empty table stays a value: `dataset = {}` must not vanish into the default
             flat[name] = value
     return flat
 
@@ -477,6 +484,9 @@ def _replace_flat(obj: Any, flat: dict[str, Any], prefix: str = "") -> Any:
             known = ", ".join(sorted(prefix + name for name in fields))
             raise ConfigError(prefix + key, f"is not a known key. Known keys here: {known}.")
         section = dataclasses.is_dataclass(getattr(obj, head))
+        if section and head == key and mine[key] == {}:  # an empty [section] of a TOML file sets nothing
+            del mine[key]
+            continue
         if section and head == key:
             raise ConfigError(
                 prefix + key, f"is a section: set one of its keys, e.g. {prefix}{head}.KEY=VALUE."
@@ -509,8 +519,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
                 return bool(value)
             raise ValueError(value)
-        # TOML and JSON keep booleans apart from numbers: `hidden = true` is a mistake, not 1
-        if isinstance(value, bool) and hint is not str:
+        # TOML and JSON keep booleans apart from numbers: `hidden = true` is a mistake, not 1; and a text
+        # setting takes text: `out_dir = true` is not the folder "True"
+        if (isinstance(value, bool) and hint is not str) or (hint is str and not isinstance(value, str)):
             raise ValueError(value)
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lsc4rec.config import FederationConfig, RunConfig, load_config
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, DataFormatError
 
 
 def test_layers_defaults_file_then_overrides(tmp_path: Path) -> None:
@@ -124,13 +124,28 @@ def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
         ("[srm]\nhidden = true\n", "srm.hidden: must be of type int, got True"),
         ("[federation]\nresume = 2\n", "federation.resume: must be of type bool, got 2"),
         ("[train]\nlr = false\n", "train.lr: must be a finite float"),
+        ("out_dir = true\n", "out_dir: must be of type str, got True"),  # not a folder named "True"
+        ("[data]\ndataset = 5\n", "data.dataset: must be of type str, got 5"),
+        ("[data]\ndataset = {}\n", r"data.dataset: must be of type str, got \{\}"),  # not the default
     ],
 )
-def test_toml_booleans_and_numbers_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:
+def test_toml_types_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:
     (tmp_path / "run.toml").write_text(toml)
     with pytest.raises(ConfigError, match=match):
         load_config(tmp_path / "run.toml")
     assert load_config(None, ["federation.resume=1"]).federation.resume is True
+    (tmp_path / "sections.toml").write_text("[data]\n[federation]\nrounds = 3\n")  # an empty section: fine
+    assert load_config(tmp_path / "sections.toml").federation.rounds == 3
+
+
+def test_a_saved_config_that_is_refused_names_its_file(tmp_path: Path) -> None:
+    """Its errors are the file's, not the command line's: they name it, so the user knows what to mend."""
+    saved = tmp_path / "config.json"
+    saved.write_text('{"data": {"typo": 1}}')
+    with pytest.raises(
+        DataFormatError, match=r"config\.json: holds a setting that is refused \(config data\.typo"
+    ):
+        RunConfig.load(saved)
 
 
 def test_flower_run_config_in_pyproject_matches_code_defaults() -> None:
