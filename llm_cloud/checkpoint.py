@@ -76,13 +76,40 @@ def read_json(folder: str | Path, name: str) -> dict[str, Any]:
 
 def read_template(folder: str | Path) -> PromptTemplate:
     """The checkpoint's prompt template: what every engine reads first, so where a wrong folder shows."""
-    fields = read_json(folder, TEMPLATE_FILE)
+    fields, item_map = read_json(folder, TEMPLATE_FILE), read_json(folder, ITEM_MAP_FILE)
     try:
-        return PromptTemplate(**fields)
-    except TypeError as exc:  # fields missing or unknown
+        template = PromptTemplate(**fields)
+        _check_template(template, item_map)
+    except (TypeError, ValueError) as exc:  # fields missing, unknown, of the wrong kind, or at odds
         raise ConfigError(
             "--checkpoint", f"{Path(folder, TEMPLATE_FILE)} is damaged ({exc}). {RETRAIN}"
         ) from None
+    return template
+
+
+def _check_template(template: PromptTemplate, item_map: dict) -> None:
+    """Raise ValueError unless the template's values have their types and agree with the item map.
+
+    Its fields are read as they are, so a hand-edited or damaged file would otherwise fail as an IndexError in
+    the middle of an evaluation, or serve lists of a catalogue cut short.
+    """
+    counts = ("num_items", "first_item_token", "max_len", "pad_token")
+    if not all(type(getattr(template, name)) is int for name in counts):
+        raise ValueError(f"{', '.join(counts)} must be integers")
+    if template.kind not in ("items", "titles") or template.num_items < 1 or template.max_len < 1:
+        raise ValueError(
+            f"kind {template.kind!r}, num_items {template.num_items}, max_len {template.max_len}"
+        )
+    mapped = (
+        item_map.get("num_items"),
+        item_map.get("first_item_token"),
+        len(item_map.get("item_ids") or []),
+    )
+    if mapped != (template.num_items, template.first_item_token, template.num_items):
+        raise ValueError(
+            f"{template.num_items} items from token {template.first_item_token}, but {ITEM_MAP_FILE} maps "
+            f"{mapped[2]} items from token {mapped[1]}"
+        )
 
 
 def trained_item_ids(folder: str | Path) -> list:

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated
 
@@ -46,11 +47,18 @@ def train(
     from lsc4rec.runs import output_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pairs = list(overrides or []) + ([f"llm.base={base}"] if base else [])
+    pairs = list(overrides or []) + ([f"llm.base={base}"] if base is not None else [])
     run_config, dataset = load_config(config, pairs), SequenceDataset.load(data)
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
+    created = not out.exists()
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
-    result = train_llm(run_config, dataset, out, progress=not quiet)
+    try:
+        result = train_llm(run_config, dataset, out, progress=not quiet)
+    except BaseException:  # a base that does not load, Ctrl-C: a folder made for nothing is not left behind
+        if created:
+            with suppress(OSError):  # rmdir removes only an empty folder
+                out.rmdir()
+        raise
     typer.echo(
         f"saved {result.checkpoint}: best epoch {result.best_epoch}, valid NDCG@10 "
         f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"

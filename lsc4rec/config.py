@@ -142,6 +142,12 @@ class LLMConfig:
     k: int = 50  # candidate list length K the cloud returns
 
     def __post_init__(self) -> None:
+        _check(
+            bool(self.base.strip()),
+            "llm.base",
+            "must be scratch, or a Hugging Face model folder or .gguf file",
+            self.base,
+        )
         _check(self.template in ("items", "titles"), "llm.template", "must be items|titles", self.template)
         _check(
             self.base != "scratch" or self.template == "items",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,27 @@ def test_a_damaged_template_is_refused_by_every_engine(copied_checkpoint: Path, 
         ItemTokenLM.from_pretrained(copied_checkpoint)
     with pytest.raises(ConfigError, match=f"{TEMPLATE_FILE} is damaged"):
         make_engine("vllm", copied_checkpoint, "http://127.0.0.1:9")  # checked before any request
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("num_items", "many", "must be integers"),
+        (
+            "num_items",
+            30,
+            r"30 items from token \d+, but item_map\.json maps 40 items",
+        ),  # a catalogue cut short
+        ("kind", "words", "kind 'words'"),
+    ],
+)
+def test_a_template_whose_values_are_wrong_is_refused(
+    copied_checkpoint: Path, field: str, value: object, problem: str
+) -> None:
+    template = json.loads((copied_checkpoint / TEMPLATE_FILE).read_text())
+    (copied_checkpoint / TEMPLATE_FILE).write_text(json.dumps({**template, field: value}))
+    with pytest.raises(ConfigError, match=rf"{TEMPLATE_FILE} is damaged \(.*{problem}"):
+        ItemTokenLM.from_pretrained(copied_checkpoint)
 
 
 def test_the_vllm_engine_checks_the_folder_too(copied_checkpoint: Path) -> None:

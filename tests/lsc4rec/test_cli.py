@@ -111,6 +111,16 @@ def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None
             assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("base", "message"), [("/nonexistent/model", "existing model folder"), ("", "llm.base")]
+)
+def test_cli_llm_train_with_a_bad_base_leaves_no_folder(tmp_path: Path, base: str, message: str) -> None:
+    data = str(synthetic_dataset().save(tmp_path / "d.npz"))
+    done = lsc4rec("llm", "train", "--data", data, "--out", str(tmp_path / "ckpt"), "--base", base)
+    assert done.returncode == 2 and message in done.stderr, done.stderr  # "" is not taken for scratch
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_cli_serve_checks_its_certificate_before_the_model_loads(tmp_path: Path) -> None:
     """https needs a certificate and its own key, both readable; a checkpoint is never looked at before."""
     tls, other = make_loopback_tls(tmp_path / "tls"), make_loopback_tls(tmp_path / "other")
