@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from lsc4rec.config import DataConfig
 from lsc4rec.data.dataset import SequenceDataset, build_dataset
 from lsc4rec.data.sources import NAMED, cache_dir, read_dataset, source_path
+
+SOURCE_KEY = "source-files"  # meta: the raw files' fingerprint when the dataset was prepared
+log = logging.getLogger(__name__)
 
 
 def prepared_name(data: DataConfig, seed: int) -> str:
@@ -23,18 +28,45 @@ def prepared_name(data: DataConfig, seed: int) -> str:
     return f"{label}-{where}-k{data.kcore}-{data.numbering}-s{seed}.npz"
 
 
+def source_fingerprint(data: DataConfig) -> str | None:
+    """A hash of the names, sizes and modification times of the files the raw data is read from.
+
+    A folder's files, or a file's and those beside it (P5's ``datamaps.json``, RecBole's ``.item``). None when
+    the raw data is not there (a machine that holds only the prepared file).
+    """
+    source = source_path(data.dataset, data.data_dir or None)
+    folder = source if source.is_dir() else source.parent
+    if not source.exists():
+        return None
+    stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    text = "\n".join(f"{name} {stat.st_size} {stat.st_mtime_ns}" for name, stat in stats)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def prepare(data: DataConfig, seed: int, out_dir: str | Path | None = None) -> tuple[SequenceDataset, Path]:
     """Read, filter and number ``data.dataset``, save it under ``out_dir`` (default: the cache) and return both."""
     out = Path(out_dir) if out_dir else cache_dir() / "prepared"
     raw = read_dataset(data.dataset, data.data_dir or None)
     dataset = build_dataset(raw, data.kcore, data.numbering, seed, name=data.dataset)
+    dataset = replace(dataset, meta={**dataset.meta, SOURCE_KEY: source_fingerprint(data)})
     return dataset, dataset.save(out / prepared_name(data, seed))
 
 
 def load_or_prepare(data: DataConfig, seed: int, out_dir: str | Path | None = None) -> SequenceDataset:
-    """The prepared dataset for these settings, built on first use and read from disk after."""
+    """The prepared dataset for these settings, built on first use and read from disk after.
+
+    A cached file is prepared again when the raw files changed since (an edited or replaced ratings file would
+    otherwise go on being read as it was, with no sign).
+    """
     out = Path(out_dir) if out_dir else cache_dir() / "prepared"
     path = out / prepared_name(data, seed)
     if path.exists():
-        return SequenceDataset.load(path)
+        cached = SequenceDataset.load(path)
+        now = source_fingerprint(data)
+        if now is None or cached.meta.get(SOURCE_KEY) == now:
+            return cached
+        log.warning(
+            "%s: its raw files changed since it was prepared (or it predates this check); preparing it again",
+            path,
+        )
     return prepare(data, seed, out)[0]

@@ -1,4 +1,5 @@
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -356,3 +357,16 @@ def test_a_folder_of_several_inter_files_is_not_read_by_guess(tmp_path: Path) ->
         write(tmp_path / f"ds.{split}.inter", "user_id:token\titem_id:token\nu1\ti1\n")
     with pytest.raises(DataFormatError, match=r"holds several \.inter files \(ds\.test\.inter, ds\.train"):
         read_atomic(tmp_path)
+
+
+def test_a_cached_preparation_of_raw_files_since_edited_is_made_again(tmp_path: Path) -> None:
+    from lsc4rec.config import DataConfig
+    from lsc4rec.data.prepared import load_or_prepare
+
+    raw = write(tmp_path / "shop" / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n")
+    data, cache = DataConfig(dataset=str(raw.parent), kcore=1), tmp_path / "cache"
+    assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6
+    assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6  # read back from the cache
+    write(raw, "1 5 6\n")
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # as an editor would
+    assert load_or_prepare(data, 0, cache).stats()["interactions"] == 2  # not the stale cached file
