@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lsc4rec.config import RunConfig, load_config
+from lsc4rec.config import FederationConfig, RunConfig, load_config
 from lsc4rec.errors import ConfigError, run_main
 
 app = typer.Typer(
@@ -197,12 +197,22 @@ def federate(
     }
     if resume is None:
         cfg = build_config(config, overrides, **named)
+        asked_url = cfg.federation.service_url != FederationConfig.service_url
     elif config is not None:
         raise typer.BadParameter(
             "a resumed run keeps its own settings; drop --config.", param_hint="--resume"
         )
-    else:
+    else:  # the run's own config.json holds the service its first launch started: not the user's choice
         cfg = resume_config(resume, override_pairs(overrides, **named))
+        asked_url = any(
+            pair.partition("=")[0].strip() == "federation.service_url" for pair in overrides or []
+        )
+    if asked_url:
+        raise ConfigError(
+            "federation.service_url",
+            "is the candidate service this command starts itself. To federate against a service of your own, "
+            "run the app with `flwr run` and a run config that names it (README, edge boxes).",
+        )
     summary = run_federation(cfg, engine, runtime, vllm_eager)
     console.print(summary.read_text(), markup=False, highlight=False)  # markdown as written, no rich markup
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")

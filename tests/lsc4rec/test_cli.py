@@ -40,6 +40,10 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             ["federate", "--rounds", "3", "--set", "federation.rounds=5"],
             "federation.rounds: is given twice, by --set federation.rounds=5 and by its own option (3)",
         ),
+        (
+            ["federate", "--set", "federation.service_url=http://10.9.9.9:8800"],
+            "federation.service_url: is the candidate service this command starts itself",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
