@@ -182,6 +182,9 @@ def federate(
             raise typer.BadParameter(f"must be one of {'|'.join(choices)}, got {value!r}.", param_hint=option)
     if vllm_eager and engine != "vllm":
         raise typer.BadParameter("starts vLLM, so it needs --engine vllm.", param_hint="--vllm-eager")
+    for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
+        if value is not None and str(value).startswith("--"):  # `--out --nodes 3`: the value was forgotten
+            raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
     named = {
         "data.dataset": dataset,
         "srm.model": srm,
@@ -198,6 +201,17 @@ def federate(
     if resume is None:
         cfg = build_config(config, overrides, **named)
         asked_url = cfg.federation.service_url != FederationConfig.service_url
+        if cfg.federation.resume:  # from the defaults, it would overwrite the run's config.json with them
+            raise ConfigError(
+                "federation.resume",
+                "continues a run with the settings it was started with: pass --resume RUN_DIR instead.",
+            )
+        if cfg.federation.run_dir and out is not None:
+            raise ConfigError(
+                "federation.run_dir",
+                f"names the run folder itself, so --out {out} (where new run folders go) would be ignored. "
+                "Pass one of them.",
+            )
     elif config is not None:
         raise typer.BadParameter(
             "a resumed run keeps its own settings; drop --config.", param_hint="--resume"

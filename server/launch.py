@@ -16,9 +16,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
+
+import torch
 
 from clients.srm import build_srm
 from llm_cloud.processes import (
@@ -236,19 +239,20 @@ def _flower_env(tls: TLSFiles | None = None) -> dict[str, str]:
     }
 
 
-def run_folder(cfg: RunConfig) -> Path:
+def run_folder(cfg: RunConfig, num_items: int | None = None) -> Path:
     """The run's folder: ``federation.run_dir`` when given, else a new one under ``out_dir``.
 
     Resuming needs a folder with a checkpoint, and a new run never writes into a folder that holds one, so that
-    no earlier round is overwritten by mistake.
+    no earlier round is overwritten by mistake. With ``num_items`` (the data's catalogue) a resumed run's
+    checkpoint must also hold the configured SRM's tensors.
     """
     fed = cfg.federation
     given = Path(fed.run_dir) if fed.run_dir else None
     if fed.resume and given is None:
         raise ConfigError(
             "federation.resume",
-            "needs federation.run_dir set to the run folder to continue. Pass it, for example "
-            "--set federation.run_dir=runs/federation-...",
+            "needs federation.run_dir set to the run folder to continue: ./run_federation.sh --resume "
+            "runs/federation-... sets both.",
         )
     if fed.resume and not complete_checkpoints(given):
         raise ConfigError(
@@ -257,14 +261,14 @@ def run_folder(cfg: RunConfig) -> Path:
             "to continue. Start a new run (leave out --resume).",
         )
     if fed.resume:
-        _check_resumable(cfg, given)
+        _check_resumable(cfg, given, num_items)
     if given is None:
         return make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
     if not fed.resume and complete_checkpoints(given):
         raise ConfigError(
             "federation.run_dir",
-            f"holds a run already ({given / 'checkpoints'}). Add --set federation.resume=true to continue it, "
-            "or choose another folder.",
+            f"holds a run already ({given / 'checkpoints'}). Continue it with ./run_federation.sh --resume "
+            f"{given}, or choose another folder.",
         )
     return output_path(given, "federation.run_dir", folder=True)
 
@@ -288,7 +292,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     )
 
 
-def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None) -> None:
     """A resumed run must train the SRM its checkpoints hold, on the same data (its shapes and items).
 
     What the ServerApp reads when it resumes is read here first (the newest checkpoint whole, the rounds' lines),
@@ -301,6 +305,8 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
             f"is {cfg.federation.rounds}, below round {newest.round} that {run_dir} has checkpointed. Pass "
             f"--rounds {newest.round} or more (as many finishes with the final evaluation alone).",
         )
+    if newest is not None and num_items is not None:
+        _check_checkpoint_shapes(cfg, newest.arrays.to_torch_state_dict(), num_items, run_dir)
     read_rounds(run_dir)
     saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round
     if not saved_file.is_file():
@@ -314,6 +320,27 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
             "federation.resume",
             f"must continue the run with its own settings, but {run_dir} was trained with {key}={saved.get(key)!r} "
             f"and this run sets {now[key]!r}. Drop that change, or start a new run without resume.",
+        )
+
+
+def _check_checkpoint_shapes(
+    cfg: RunConfig, state: dict[str, torch.Tensor], num_items: int, run_dir: Path
+) -> None:
+    """Refuse a checkpoint whose tensors are not those of the SRM ``cfg`` builds on ``num_items`` items.
+
+    The settings check above compares the resumed settings with the run's ``config.json``; this catches a
+    ``config.json`` that no longer describes its checkpoints (edited, or copied from another run), which would
+    otherwise fail in every node, minutes in.
+    """
+    expected = {key: tuple(t.shape) for key, t in build_srm(cfg.srm, num_items).state_dict().items()}
+    found = {key: tuple(t.shape) for key, t in state.items()}
+    if found != expected:
+        key = next(k for k in sorted({*expected, *found}) if expected.get(k) != found.get(k))
+        raise ConfigError(
+            "federation.resume",
+            f"{run_dir}'s newest checkpoint does not hold the SRM its settings build ({key}: "
+            f"{found.get(key)} in the checkpoint, {expected.get(key)} configured). Restore the run's "
+            "config.json, or start a new run.",
         )
 
 
@@ -351,7 +378,8 @@ def run_federation(
 
         if (reason := vllm_unavailable_reason()) is not None:
             raise LSC4RecError(f"--engine vllm: {reason}.")
-    run_dir = run_folder(cfg)
+    run_dir = run_folder(cfg, dataset.num_items)
+    started = time.time()
     try:
         checkpoint = llm_checkpoint(cfg)
         tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
@@ -365,7 +393,9 @@ def run_federation(
         with suppress(OSError):  # rmdir removes only an empty folder: never a resumed or finished run's
             run_dir.rmdir()
     summary = run_dir / "summary.md"
-    if not summary.exists():
+    if (
+        not summary.exists() or summary.stat().st_mtime < started
+    ):  # a resumed run's old report is not this one
         raise LSC4RecError(
             f"the federation ended without a report in {run_dir}; see {run_dir / 'superlink.log'}."
             + resume_hint(run_dir)

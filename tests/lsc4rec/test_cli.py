@@ -44,6 +44,15 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             ["federate", "--set", "federation.service_url=http://10.9.9.9:8800"],
             "federation.service_url: is the candidate service this command starts itself",
         ),
+        (
+            ["federate", "--set", "federation.resume=true", "--set", "federation.run_dir=runs/x"],
+            "federation.resume: continues a run with the settings it was started with: pass --resume RUN_DIR",
+        ),
+        (
+            ["federate", "--set", "federation.run_dir=runs/x", "--out", "elsewhere"],
+            "federation.run_dir: names the run folder itself, so --out elsewhere",
+        ),
+        (["federate", "--out", "--vllm-eager"], "--out: needs a value, got the option --vllm-eager"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
+from clients.srm import build_srm
 from llm_cloud.processes import REPO_ROOT, ManagedServer, free_port
 from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 from lsc4rec.config import RunConfig
@@ -256,6 +257,25 @@ def test_resume_reads_what_the_server_will_read_before_anything_starts(
     weights.write_bytes(weights.read_bytes()[:20])  # cut short
     with pytest.raises(DataFormatError, match=r"round-0003\.safetensors: is not a readable round checkpoint"):
         run_folder(resumed)
+
+
+def test_resume_refuses_a_checkpoint_its_settings_do_not_build(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """A config.json edited after the checkpoints (or copied from another run) is caught before anything starts."""
+    done = tmp_path / "done"
+    done.mkdir()
+    wide, narrow = (federation_config.override([f"srm.hidden={h}"]) for h in (32, 16))
+    save_checkpoint(done, 1, ArrayRecord(build_srm(wide.srm, 40).state_dict()), 0.5)
+    narrow.save(done / "config.json")
+    resumed = narrow.override([f"federation.run_dir={done}", "federation.resume=true"])
+    with pytest.raises(
+        ConfigError,
+        match=r"does not hold the SRM its settings build \(.*: \(32,\) in the checkpoint, \(16,\) configured",
+    ):
+        run_folder(resumed, num_items=40)
+    wide.save(done / "config.json")
+    assert run_folder(wide.override([f"federation.run_dir={done}", "federation.resume=true"]), 40) == done
 
 
 def test_a_fraction_under_one_node_is_said_before_the_run(federation_config: RunConfig) -> None:
