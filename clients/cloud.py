@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,8 +71,9 @@ class CloudClient:
     ``ProtocolError`` at once (retrying cannot help), except 408 and 429 (a proxy's timeout, a rate limit),
     which are transient. Those, connection failures, timeouts, 5xx answers and replies that break the schema
     are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at once, a reply with the
-    wrong number of lists or lists longer than K (a foreign service). ``timeout_s`` bounds each attempt's
-    whole answer, not only each read: a server that trickles its reply cannot hold a device. The bearer
+    wrong number of lists, lists longer than K or items outside the catalogue (a foreign service).
+    ``timeout_s`` bounds each attempt, headers and body, not only each read: a server that trickles its reply
+    cannot hold a device. The bearer
     key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
     An https service is verified against ``ca_file``, else ``$LSC4REC_SERVICE_CA``, else the public CAs; a
     certificate that fails verification is a ``ProtocolError`` at once, as a wrong key is, because no retry
@@ -80,6 +82,7 @@ class CloudClient:
     ``catalogue`` is the device data's (number of items, :func:`~lsc4rec.protocol.catalogue_digest`). Before
     the first request the service's ``/healthz`` is compared with it: an LLM that numbers items otherwise
     would answer with other items than the device means, and no error anywhere, so that is a ``ProtocolError``.
+    That check is part of the first attempt, so a service that does not answer costs no time beyond the retries.
     """
 
     def __init__(
@@ -97,11 +100,14 @@ class CloudClient:
         self.k = k
         self.retries = retries
         self.timeout_s = timeout_s
-        self.catalogue = catalogue
+        self.catalogue = catalogue  # None once checked
+        self.num_items = catalogue[0] if catalogue else None
         self.ca_file = ca_file if ca_file is not None else os.environ.get(SERVICE_CA_ENV) or None
-        self.http = httpx.Client(
-            timeout=timeout_s, headers=bearer_headers(api_key), verify=client_context(self.ca_file)
-        )
+        self.headers = bearer_headers(api_key)
+        self.http = self._connect()
+
+    def _connect(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout_s, headers=self.headers, verify=client_context(self.ca_file))
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Ranked items and scores [B, K] for each history.
@@ -110,7 +116,6 @@ class CloudClient:
         exclusions, so that a long history's older items are not returned either (the LLM reads only the newest
         items anyway); beyond that the device drops them from the list (``clients.inference.drop_seen``).
         """
-        self._check_catalogue()
         items = np.zeros((len(histories), self.k), np.int64)
         scores = np.full((len(histories), self.k), -np.inf)
         for start in range(0, len(histories), MAX_BATCH):
@@ -119,10 +124,16 @@ class CloudClient:
             older = [row[-2 * MAX_HISTORY : -MAX_HISTORY] for row in rows]
             exclude = older if any(older) else None
             answer = self._post(CandidateRequest(histories=chunk, k=self.k, exclude=exclude))
-            if len(answer.lists) != len(chunk) or any(len(r.items) > self.k for r in answer.lists):
+            top = max((max(r.items, default=0) for r in answer.lists), default=0)
+            if (
+                len(answer.lists) != len(chunk)
+                or any(len(r.items) > self.k for r in answer.lists)
+                or (self.num_items is not None and top > self.num_items)
+            ):
                 raise CloudUnavailableError(
                     f"candidate service at {self.url} answered {len(chunk)} histories with "
-                    f"{len(answer.lists)} lists, or lists longer than K = {self.k}; is it this project's service?"
+                    f"{len(answer.lists)} lists, lists longer than K = {self.k}, or items beyond the catalogue's "
+                    f"{self.num_items} (item {top}); is it this project's service, on this data?"
                 )
             for row, ranked in enumerate(answer.lists, start=start):
                 items[row, : len(ranked.items)] = ranked.items
@@ -132,14 +143,15 @@ class CloudClient:
     def _check_catalogue(self) -> None:
         """Compare the service's catalogue with the device's, once; a service that does not say is trusted.
 
-        An unreachable service is left to the request itself, whose retries and fallback handle it.
+        An unreachable service raises ``httpx.HTTPError``: the attempt it belongs to has failed.
         """
         if self.catalogue is None:
             return
         try:
             health = json.loads(self._send("GET", self.base + "/healthz")[1])
             served = (int(health["num_items"]), health["catalogue"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
+            self.catalogue = None
             return
         if served[1] is not None and served != self.catalogue:
             raise ProtocolError(
@@ -155,6 +167,7 @@ class CloudClient:
         delay = 0.5
         for attempt in range(self.retries + 1):
             try:
+                self._check_catalogue()
                 status, body = self._send(
                     "POST",
                     self.url,
@@ -186,22 +199,39 @@ class CloudClient:
         )
 
     def _send(self, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
-        """One request's status and body, the body whole within ``timeout_s`` of the start.
+        """One request's status and body, whole within ``timeout_s`` of the start, or ``httpx.ReadTimeout``.
 
-        httpx's timeout bounds each read, not the answer: a server sending a byte a second would hold the
-        device for as long as it liked. (The headers are still bounded per read only; they are a few hundred
-        bytes.)
+        httpx's timeout bounds each read, not the answer: a server sending a byte a second, of its headers or
+        its body, would hold the device for as long as it liked. So the request runs in a thread that is waited
+        for ``timeout_s``; one still running then is left to end on its own (it stops reading a body at the
+        deadline, and a trickle of headers ends with the server), and its connection with it: later attempts
+        get a client of their own.
         """
         deadline = time.monotonic() + self.timeout_s
-        with self.http.stream(method, url, **kwargs) as response:
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(
-                        f"the answer did not arrive within {self.timeout_s:g} s", request=response.request
-                    )
-        return response.status_code, bytes(body)
+        http, outcome = self.http, {}
+
+        def attempt() -> None:
+            try:
+                with http.stream(method, url, **kwargs) as response:
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if time.monotonic() > deadline:
+                            raise httpx.ReadTimeout("late", request=response.request)
+                outcome["answer"] = (response.status_code, bytes(body))
+            except Exception as exc:  # handed to the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=attempt, name="cloud-request", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive() or isinstance(outcome.get("error"), httpx.ReadTimeout):
+            if worker.is_alive():
+                self.http = self._connect()
+            raise httpx.ReadTimeout(f"no whole answer within {self.timeout_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["answer"]
 
     def _check_certificate(self, exc: httpx.HTTPError) -> None:
         """Raise a ``ProtocolError`` when ``exc`` is the service's certificate failing verification."""

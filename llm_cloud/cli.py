@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lsc4rec.protocol import API_KEY_ENV, MAX_K
+from lsc4rec.protocol import API_KEY_ENV, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
 
@@ -147,6 +147,7 @@ def serve(
     from llm_cloud.processes import check_port_free
     from llm_cloud.service import create_app, exposure_warning
 
+    check_api_key(api_key, f"--api-key (or {API_KEY_ENV})")  # devices could not send it
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     tls = _tls_files(ssl_certfile, ssl_keyfile)
     if warning := exposure_warning(host, api_key, tls=bool(tls)):

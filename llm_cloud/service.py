@@ -46,8 +46,14 @@ ENDPOINTS = f"POST {CANDIDATES_PATH}, GET /healthz, GET /metrics"
 def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
     """The service over ``engine``; with ``api_key`` set, candidate requests need ``Authorization: Bearer <key>``."""
     # no /docs, /redoc or /openapi.json: the service answers the endpoints it documents and nothing else
-    # (FastAPI's docs page would also load scripts from a CDN)
-    app = FastAPI(title="LSC4Rec candidate service", docs_url=None, redoc_url=None, openapi_url=None)
+    # (FastAPI's docs page would also load scripts from a CDN); nor a bodiless redirect for a trailing slash
+    app = FastAPI(
+        title="LSC4Rec candidate service",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
     metrics = ServiceMetrics()
 
     def error(request: Request, kind: str, field: str, message: str) -> JSONResponse:

@@ -15,6 +15,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
+from lsc4rec.errors import ConfigError
+
 MAX_BATCH = 512  # histories per request; larger batches must be split by the client
 MAX_HISTORY = 512  # items per history and per exclusion list (devices send their newest items)
 MAX_K = 200  # longest candidate list the cloud returns
@@ -31,7 +33,14 @@ SERVICE_CA_ENV = "LSC4REC_SERVICE_CA"  # a device's CA file for an https service
 def bearer_headers(api_key: str | None, env: str = API_KEY_ENV) -> dict[str, str]:
     """HTTP headers carrying ``api_key``, else the key in ``$env``; none when neither is set."""
     api_key = os.environ.get(env, "") if api_key is None else api_key
+    check_api_key(api_key, env)
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def check_api_key(api_key: str | None, where: str = API_KEY_ENV) -> None:
+    """Refuse a key an HTTP header cannot carry (non-ASCII, spaces, control characters) where it is set."""
+    if api_key and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
+        raise ConfigError(where, "must be printable ASCII without spaces: an HTTP header cannot carry it.")
 
 
 def catalogue_digest(item_ids: Iterable[object]) -> str:

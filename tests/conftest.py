@@ -191,7 +191,7 @@ def answering_server(*replies: bytes | tuple[int, bytes], trickle_s: float = 0.0
 
     It stands in for a broken or foreign service (a candidate service or vLLM) that the code must survive.
     The n-th POST gets the n-th reply (the last one from then on), each a body answered with 200 or a
-    (status, body) pair. With ``trickle_s`` the body goes out a byte at a time, one every ``trickle_s`` s.
+    (status, body) pair. With ``trickle_s`` the answer, headers first, goes out a byte every ``trickle_s`` s.
     """
     answered = itertools.count()
 
@@ -200,11 +200,10 @@ def answering_server(*replies: bytes | tuple[int, bytes], trickle_s: float = 0.0
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             reply = replies[min(next(answered), len(replies) - 1)]
             status, body = reply if isinstance(reply, tuple) else (200, reply)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
+            head = f"HTTP/1.0 {status} Reply\r\nContent-Type: application/json\r\n\r\n"
+            answer = head.encode() + body
             try:
-                for chunk in [body[i : i + 1] for i in range(len(body))] if trickle_s else [body]:
+                for chunk in [answer[i : i + 1] for i in range(len(answer))] if trickle_s else [answer]:
                     self.wfile.write(chunk)
                     self.wfile.flush()
                     time.sleep(trickle_s)

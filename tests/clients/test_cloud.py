@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -153,14 +156,43 @@ def test_cloud_client_treats_a_reply_that_breaks_the_schema_as_unavailable(
 
 
 def test_cloud_client_gives_up_on_a_trickled_answer_within_its_timeout() -> None:
-    """httpx bounds each read, not the answer: a byte every 0.3 s would have held the device for a minute."""
+    """httpx bounds each read, not the answer: a byte every 0.3 s, headers first, would hold a device a minute."""
     body = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}' + b" " * 140
     with answering_server(body, trickle_s=0.3) as url:
         client = CloudClient(url, k=2, timeout_s=1.0, retries=0)
         started = time.monotonic()
-        with pytest.raises(CloudUnavailableError, match="did not arrive within 1 s"):
+        with pytest.raises(CloudUnavailableError, match="no whole answer within 1 s"):
             client.candidates([np.array([1, 2, 3])])
     assert time.monotonic() - started < 5
+
+
+def test_cloud_client_treats_items_beyond_its_catalogue_as_a_foreign_service() -> None:
+    """Such a list would crash the SRM's embedding lookup; it is a fallback instead."""
+    with answering_server(b'{"lists": [{"items": [999, 5], "scores": [-1.0, -2.0]}], "model": "m"}') as url:
+        client = CloudClient(url, k=2, timeout_s=2.0, retries=0, catalogue=(40, "0123456789abcdef"))
+        with pytest.raises(CloudUnavailableError, match=r"beyond the catalogue's 40 \(item 999\)"):
+            client.candidates([np.array([1, 2, 3])])
+
+
+def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:
+    """A service that never answers costs the retries' time, not a probe's on top (one connection here)."""
+    connections = []
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+
+        def accept() -> None:
+            with suppress(OSError):
+                while True:
+                    connections.append(silent.accept()[0])
+
+        threading.Thread(target=accept, daemon=True).start()
+        client = CloudClient(
+            f"http://127.0.0.1:{silent.getsockname()[1]}", k=2, timeout_s=0.5, retries=0, catalogue=(40, "x")
+        )
+        with pytest.raises(CloudUnavailableError, match="after 1 attempts"):
+            client.candidates([np.array([1, 2, 3])])
+        assert len(connections) == 1  # the /healthz probe, which failed the attempt: no POST after it
+        for connection in connections:
+            connection.close()
 
 
 def test_cloud_client_retries_a_rate_limit_and_gets_the_list() -> None:

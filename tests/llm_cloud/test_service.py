@@ -149,6 +149,7 @@ def test_service_refuses_an_oversized_body_before_it_arrives(service_url) -> Non
         ("GET", "/v1/candidate", 404, "path"),
         ("GET", "/docs", 404, "path"),  # no undocumented endpoints (FastAPI's docs are off)
         ("GET", "/openapi.json", 404, "path"),
+        ("POST", "/v1/candidates/", 404, "path"),  # not a redirect without a body
         ("GET", "/v1/candidates", 405, "method"),
         ("POST", "/healthz", 405, "method"),
     ],

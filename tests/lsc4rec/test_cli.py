@@ -53,6 +53,10 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "federation.run_dir: names the run folder itself, so --out elsewhere",
         ),
         (["federate", "--out", "--vllm-eager"], "--out: needs a value, got the option --vllm-eager"),
+        (
+            ["llm", "serve", "--checkpoint", "c", "--api-key", "clé"],
+            "--api-key (or LSC4REC_API_KEY): must be",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
