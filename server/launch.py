@@ -393,9 +393,8 @@ def run_federation(
         with suppress(OSError):  # rmdir removes only an empty folder: never a resumed or finished run's
             run_dir.rmdir()
     summary = run_dir / "summary.md"
-    if (
-        not summary.exists() or summary.stat().st_mtime < started
-    ):  # a resumed run's old report is not this one
+    # a resumed run's folder holds the report of the run it continues: only one written since counts
+    if not summary.exists() or summary.stat().st_mtime < started:
         raise LSC4RecError(
             f"the federation ended without a report in {run_dir}; see {run_dir / 'superlink.log'}."
             + resume_hint(run_dir)
