@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from lsc4rec.errors import ConfigError
 from lsc4rec.protocol import API_KEY_ENV, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
@@ -42,15 +43,15 @@ def train(
 ) -> None:
     """Train the item-token LLM on the cloud view of DATA and save it to OUT (best epoch, or as llm.* settings say)."""
     from llm_cloud.train import train_llm
-    from lsc4rec.config import load_config
+    from lsc4rec.config import load_config, override_pairs
     from lsc4rec.data import SequenceDataset, TemporalSplit
     from lsc4rec.runs import output_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pairs = list(overrides or []) + ([f"llm.base={base}"] if base is not None else [])
-    run_config, dataset = load_config(config, pairs), SequenceDataset.load(data)
+    run_config = load_config(config, override_pairs(overrides, **{"llm.base": base}))
+    dataset = SequenceDataset.load(data)
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
-    created = not out.exists()
+    created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
     try:
         result = train_llm(run_config, dataset, out, progress=not quiet)
@@ -148,6 +149,10 @@ def serve(
     from llm_cloud.service import create_app, exposure_warning
 
     check_api_key(api_key, f"--api-key (or {API_KEY_ENV})")  # devices could not send it
+    if vllm_url is not None and engine != "vllm":
+        raise ConfigError("--vllm-url", f"is for --engine vllm, and this service runs --engine {engine}.")
+    if vllm_url is not None and not vllm_url.startswith(("http://", "https://")):
+        raise ConfigError("--vllm-url", f"must look like http://HOST:PORT, got {vllm_url!r}.")
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     tls = _tls_files(ssl_certfile, ssl_keyfile)
     if warning := exposure_warning(host, api_key, tls=bool(tls)):
@@ -172,8 +177,6 @@ def serve(
 def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
     """The TLS arguments of ``uvicorn.run``, checked before the model loads: both files or neither, each readable."""
     import ssl
-
-    from lsc4rec.errors import ConfigError
 
     if certfile is None and keyfile is None:
         return {}

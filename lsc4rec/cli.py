@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lsc4rec.config import FederationConfig, RunConfig, load_config
+from lsc4rec.config import FederationConfig, RunConfig, load_config, override_pairs
 from lsc4rec.errors import ConfigError, run_main
 
 app = typer.Typer(
@@ -43,21 +43,6 @@ _state = {"debug": False}
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(message)s")
-
-
-def override_pairs(overrides: list[str] | None, **flat: object) -> list[str]:
-    """``--set`` pairs, then the named options that were given, as ``key=value`` strings.
-
-    A setting given both ways is refused: which one wins is nothing a user should have to know.
-    """
-    named = {key: value for key, value in flat.items() if value is not None}
-    for pair in overrides or []:
-        key = pair.partition("=")[0].strip()
-        if key in named:
-            raise ConfigError(
-                key, f"is given twice, by --set {pair} and by its own option ({named[key]}). Pass it once."
-            )
-    return list(overrides or []) + [f"{key}={value}" for key, value in named.items()]
 
 
 def build_config(config: Path | None, overrides: list[str] | None, **flat: object) -> RunConfig:
@@ -217,6 +202,14 @@ def federate(
             "a resumed run keeps its own settings; drop --config.", param_hint="--resume"
         )
     else:  # the run's own config.json holds the service its first launch started: not the user's choice
+        keys = {pair.partition("=")[0].strip() for pair in overrides or []}
+        fixed = sorted(keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
+            ["--out"] if out else []
+        )
+        if fixed:
+            raise ConfigError(
+                "--resume", f"names the run folder and continues it, so {fixed[0]} cannot be set with it."
+            )
         cfg = resume_config(resume, override_pairs(overrides, **named))
         asked_url = any(
             pair.partition("=")[0].strip() == "federation.service_url" for pair in overrides or []

@@ -424,7 +424,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     layers = _parse_pairs(overrides)
     if path is not None:
         try:
-            table = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            table = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM is skipped
         except FileNotFoundError:
             raise ConfigError("--config", f"file {path} does not exist.") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -436,6 +436,22 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         layers = {**_flatten(table), **layers}
     # one step, so that rules across keys (llm.base with llm.template) see the merged settings
     return _replace_flat(RunConfig(), layers)
+
+
+def override_pairs(overrides: typing.Iterable[str] | None, **flat: object) -> list[str]:
+    """``--set`` pairs, then the named options that were given, as ``key=value`` strings.
+
+    A setting given both ways is refused: which one wins is nothing a user should have to know.
+    """
+    overrides = list(overrides or [])
+    named = {key: value for key, value in flat.items() if value is not None}
+    for pair in overrides:
+        key = pair.partition("=")[0].strip()
+        if key in named:
+            raise ConfigError(
+                key, f"is given twice, by --set {pair} and by its own option ({named[key]}). Pass it once."
+            )
+    return overrides + [f"{key}={value}" for key, value in named.items()]
 
 
 def _parse_pairs(pairs: typing.Iterable[str]) -> dict[str, str]:

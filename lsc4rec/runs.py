@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, DataFormatError
 
 
 def seed_everything(seed: int) -> None:
@@ -27,7 +27,7 @@ def make_run_dir(out_dir: str | Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = Path(out_dir) / f"{name}-{stamp}"
     path, suffix = base, 1
-    while path.exists():
+    while os.path.lexists(path):  # os.path's tests answer False where Path's raise (a name too long)
         path, suffix = Path(f"{base}-{suffix}"), suffix + 1
     try:
         path.mkdir(parents=True)
@@ -45,7 +45,7 @@ def output_path(path: str | Path, option: str, folder: bool = False) -> Path:
     training. ``folder=True`` for an output that is itself a folder (a checkpoint).
     """
     path = Path(path)
-    if not folder and path.is_dir():
+    if not folder and os.path.isdir(path):  # os.path's test: a name too long fails below, not here
         raise ConfigError(option, f"must be a file path, got {path}, which is a folder.")
     target = path if folder else path.parent
     try:
@@ -60,10 +60,16 @@ def output_path(path: str | Path, option: str, folder: bool = False) -> Path:
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON (non-finite floats become null, so any JSON reader accepts it)."""
+    """Write ``payload`` as indented JSON (non-finite floats become null, so any JSON reader accepts it).
+
+    A path that cannot be written (a full disk, a place such as /proc) is a ``DataFormatError`` naming it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+    except OSError as exc:
+        raise DataFormatError(path, f"cannot be written ({exc.strerror}). Choose another path.") from None
     return path
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, open_utf8, parse_time
+from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time
 from lsc4rec.errors import DataFormatError
 
 
@@ -29,15 +28,15 @@ def read_atomic(path: str | Path) -> Interactions:
     if not path.is_file():
         raise DataFormatError(path, "file not found.")
     with open_utf8(path) as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = [h.split(":")[0].strip() for h in next(reader, [])]
+        rows = csv_rows(handle, path, "\t")
+        header = [h.split(":")[0].strip() for h in next(rows, (1, []))[1]]
         for needed in ("user_id", "item_id"):
             if needed not in header:
                 raise DataFormatError(path, f"header must have a {needed}:token column, got {header}.", 1)
         iu, ii = header.index("user_id"), header.index("item_id")
         it = header.index("timestamp") if "timestamp" in header else None
         users, items, times = [], [], []
-        for line_no, row in enumerate(reader, start=2):
+        for line_no, row in rows:
             if not row:
                 continue
             if len(row) != len(header):
@@ -59,10 +58,10 @@ def _read_titles(inter: Path) -> dict[str, str]:
     if not item_file.is_file():
         return {}
     with open_utf8(item_file) as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = [h.split(":")[0].strip() for h in next(reader, [])]
+        rows = csv_rows(handle, item_file, "\t")
+        header = [h.split(":")[0].strip() for h in next(rows, (1, []))[1]]
         title = next((c for c in ("title", "movie_title") if c in header), None)
         if "item_id" not in header or title is None:
             return {}
         ii, ti = header.index("item_id"), header.index(title)
-        return {row[ii]: row[ti] for row in reader if len(row) == len(header)}
+        return {row[ii]: row[ti] for _, row in rows if len(row) == len(header)}

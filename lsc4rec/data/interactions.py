@@ -49,6 +49,23 @@ def open_utf8(path: Path) -> Iterator[TextIO]:
         ) from None
 
 
+def csv_rows(handle: TextIO, path: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each record of a delimited text file opened by :func:`open_utf8`, header included.
+
+    A field that runs over a line break is a quote never closed: the csv module would read every line after it
+    into that one field (a title, a timestamp) without a word, so it is an error naming the line it starts on.
+    """
+    reader = csv.reader(handle, delimiter=delimiter)
+    start = 1
+    for row in reader:
+        if any("\n" in value or "\r" in value for value in row):
+            raise DataFormatError(
+                path, "a quote is never closed: its field runs on over the lines after it.", start
+            )
+        yield reader.line_num, row
+        start = reader.line_num + 1
+
+
 @dataclass(frozen=True)
 class Interactions:
     """Raw interactions as read from a file, before filtering and re-numbering.

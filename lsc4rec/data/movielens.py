@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, open_utf8, parse_time
+from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time
 from lsc4rec.errors import DataFormatError
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -24,13 +23,13 @@ def read_movielens(folder: str | Path) -> Interactions:
         raise DataFormatError(ratings, "file not found. Put MovieLens ratings.csv (and movies.csv) there.")
     users, items, times = [], [], []
     with open_utf8(ratings) as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
+        rows = csv_rows(handle, ratings)
+        header = next(rows, (1, None))[1]
         if header is None or tuple(h.strip() for h in header[:4]) != RATINGS_COLUMNS:
             raise DataFormatError(
                 ratings, f"header must start with {','.join(RATINGS_COLUMNS)}, got {header or 'nothing'}.", 1
             )
-        for line, row in enumerate(reader, start=2):
+        for line, row in rows:
             if not row:
                 continue
             if len(row) < 4:
@@ -55,10 +54,10 @@ def _read_titles(folder: Path) -> dict[str, str]:
     if not movies.is_file():
         return {}
     with open_utf8(movies) as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
+        rows = csv_rows(handle, movies)
+        header = next(rows, (1, None))[1]
         if header is None or [h.strip() for h in header[:2]] != ["movieId", "title"]:
             raise DataFormatError(
                 movies, f"header must start with movieId,title, got {header or 'nothing'}.", 1
             )
-        return {row[0].strip(): row[1].strip() for row in reader if len(row) >= 2}
+        return {row[0].strip(): row[1].strip() for _, row in rows if len(row) >= 2}

@@ -11,6 +11,7 @@ from pathlib import Path
 from lsc4rec.config import DataConfig
 from lsc4rec.data.dataset import SequenceDataset, build_dataset
 from lsc4rec.data.sources import NAMED, cache_dir, read_dataset, source_path
+from lsc4rec.errors import DataFormatError
 
 SOURCE_KEY = "source-files"  # meta: the raw files' fingerprint when the dataset was prepared
 log = logging.getLogger(__name__)
@@ -56,17 +57,24 @@ def load_or_prepare(data: DataConfig, seed: int, out_dir: str | Path | None = No
     """The prepared dataset for these settings, built on first use and read from disk after.
 
     A cached file is prepared again when the raw files changed since (an edited or replaced ratings file would
-    otherwise go on being read as it was, with no sign).
+    otherwise go on being read as it was, with no sign), or when it is damaged and the raw files are there.
     """
     out = Path(out_dir) if out_dir else cache_dir() / "prepared"
     path = out / prepared_name(data, seed)
     if path.exists():
-        cached = SequenceDataset.load(path)
         now = source_fingerprint(data)
-        if now is None or cached.meta.get(SOURCE_KEY) == now:
-            return cached
-        log.warning(
-            "%s: its raw files changed since it was prepared (or it predates this check); preparing it again",
-            path,
-        )
+        try:
+            cached = SequenceDataset.load(path)
+        except DataFormatError:
+            if now is None:  # no raw files to prepare it from: the error says what to do
+                raise
+            log.warning("%s: damaged; preparing it again from its raw files", path)
+        else:
+            if now is None or cached.meta.get(SOURCE_KEY) == now:
+                return cached
+            log.warning(
+                "%s: its raw files changed since it was prepared (or it predates this check); "
+                "preparing it again",
+                path,
+            )
     return prepare(data, seed, out)[0]

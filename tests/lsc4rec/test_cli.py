@@ -57,6 +57,18 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             ["llm", "serve", "--checkpoint", "c", "--api-key", "clé"],
             "--api-key (or LSC4REC_API_KEY): must be",
         ),
+        (
+            ["llm", "serve", "--checkpoint", "c", "--vllm-url", "http://x:1"],
+            "--vllm-url: is for --engine vllm",
+        ),
+        (
+            ["llm", "serve", "--checkpoint", "c", "--engine", "vllm", "--vllm-url", "notaurl"],
+            "--vllm-url: must look like http://HOST:PORT",
+        ),
+        (
+            ["llm", "train", "--data", "d", "--out", "o", "--base", "scratch", "--set", "llm.base=/x"],
+            "llm.base: is given twice",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -126,6 +138,13 @@ def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None
             done = lsc4rec(*args)
             assert done.returncode == 2 and message in done.stderr, done.stderr
             assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_resume_takes_no_other_run_folder(tmp_path: Path) -> None:
+    """--resume names the folder: a run_dir, out_dir or --out beside it would be dropped without a word."""
+    for extra in (["--set", "federation.run_dir=elsewhere"], ["--out", "elsewhere"]):
+        done = lsc4rec("federate", "--resume", str(tmp_path), *extra)
+        assert done.returncode == 2 and "--resume: names the run folder and continues it" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,8 @@ def test_toml_types_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:
     assert load_config(None, ["federation.resume=1"]).federation.resume is True
     (tmp_path / "sections.toml").write_text("[data]\n[federation]\nrounds = 3\n")  # an empty section: fine
     assert load_config(tmp_path / "sections.toml").federation.rounds == 3
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbfseed = 3\n")  # as a Windows editor saves it
+    assert load_config(tmp_path / "bom.toml").seed == 3
 
 
 def test_a_saved_config_that_is_refused_names_its_file(tmp_path: Path) -> None:

@@ -370,3 +370,28 @@ def test_a_cached_preparation_of_raw_files_since_edited_is_made_again(tmp_path: 
     write(raw, "1 5 6\n")
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # as an editor would
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 2  # not the stale cached file
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("movies.csv", 'movieId,title\n10,"Heat (1995)\n20,Up (2009)\n', 2),  # every later title swallowed
+        ("ratings.csv", 'userId,movieId,rating,timestamp\n1,10,4.0,5\n1,20,3.0,"3\n2,10,5.0,1\n', 3),
+    ],
+)
+def test_a_quote_never_closed_is_named_at_its_line(tmp_path: Path, name: str, text: str, line: int) -> None:
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n")
+    write(tmp_path / name, text)
+    with pytest.raises(DataFormatError, match=rf"{name}:{line}: a quote is never closed"):
+        read_movielens(tmp_path)
+
+
+def test_a_damaged_cached_preparation_is_made_again_from_its_raw_files(tmp_path: Path) -> None:
+    from lsc4rec.config import DataConfig
+    from lsc4rec.data.prepared import load_or_prepare, prepared_name
+
+    raw = write(tmp_path / "shop" / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n")
+    data, cache = DataConfig(dataset=str(raw.parent), kcore=1), tmp_path / "cache"
+    load_or_prepare(data, 0, cache)
+    (cache / prepared_name(data, 0)).write_bytes(b"")  # cut short, as by a full disk
+    assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6

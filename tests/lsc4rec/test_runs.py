@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, DataFormatError
 from lsc4rec.runs import make_run_dir, output_path, write_json
 
 
@@ -31,3 +31,14 @@ def test_make_run_dir_below_a_file_names_out_dir(tmp_path: Path) -> None:
 def test_write_json_creates_its_folder_and_writes_null_for_non_finite(tmp_path: Path) -> None:
     path = write_json(tmp_path / "new" / "x.json", {"a": float("nan"), "b": [1.0, float("inf")]})
     assert path.read_text() == '{\n  "a": null,\n  "b": [\n    1.0,\n    null\n  ]\n}\n'
+
+
+def test_outputs_that_cannot_be_written_are_named(tmp_path: Path) -> None:
+    """A name too long for the file system, or a place no file can go, is one line naming it, not a traceback."""
+    too_long = tmp_path / ("a" * 300)
+    with pytest.raises(ConfigError, match="--out: must be a path whose folder can be created"):
+        output_path(too_long, "--out", folder=True)
+    with pytest.raises(ConfigError, match="out_dir: must be a folder runs can be written to"):
+        make_run_dir(too_long, "run")
+    with pytest.raises(DataFormatError, match=r"x\.json: cannot be written"):
+        write_json("/proc/x.json", {"a": 1})

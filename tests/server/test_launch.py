@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -211,6 +212,18 @@ def test_runs_needing_the_same_llm_take_turns_and_the_later_one_uses_the_first_o
         f"==> waiting for another run that trains this LLM: {folder}",
         f"==> LLM checkpoint (cached): {folder}",
     ]
+
+
+def test_a_damaged_cached_llm_names_its_folder_and_the_remedy(
+    federation_config: RunConfig, federation_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = llm_cache_folder(federation_config)
+    shutil.copytree(federation_checkpoint, folder)
+    (folder / TRAIN_RESULT_FILE).write_text("{}")
+    (folder / "item_map.json").unlink()
+    with pytest.raises(LSC4RecError, match=r"cached LLM checkpoint .* is damaged .* Delete that folder"):
+        llm_checkpoint(federation_config)
 
 
 def test_a_checkpoint_from_other_data_is_refused_before_the_service_starts(
