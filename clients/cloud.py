@@ -100,8 +100,8 @@ class CloudClient:
         self.k = k
         self.retries = retries
         self.timeout_s = timeout_s
-        self.catalogue = catalogue  # None once checked
-        self.num_items = catalogue[0] if catalogue else None
+        self.catalogue = catalogue
+        self.catalogue_checked = catalogue is None  # nothing to check without one
         self.ca_file = ca_file if ca_file is not None else os.environ.get(SERVICE_CA_ENV) or None
         self.headers = bearer_headers(api_key)
         self.http = self._connect()
@@ -118,6 +118,7 @@ class CloudClient:
         """
         items = np.zeros((len(histories), self.k), np.int64)
         scores = np.full((len(histories), self.k), -np.inf)
+        limit = self.catalogue[0] if self.catalogue else None  # the device's number of items
         for start in range(0, len(histories), MAX_BATCH):
             rows = [np.asarray(h).tolist() for h in histories[start : start + MAX_BATCH]]
             chunk = [row[-MAX_HISTORY:] for row in rows]
@@ -128,12 +129,12 @@ class CloudClient:
             if (
                 len(answer.lists) != len(chunk)
                 or any(len(r.items) > self.k for r in answer.lists)
-                or (self.num_items is not None and top > self.num_items)
+                or (limit is not None and top > limit)
             ):
                 raise CloudUnavailableError(
                     f"candidate service at {self.url} answered {len(chunk)} histories with "
                     f"{len(answer.lists)} lists, lists longer than K = {self.k}, or items beyond the catalogue's "
-                    f"{self.num_items} (item {top}); is it this project's service, on this data?"
+                    f"{limit} (item {top}); is it this project's service, on this data?"
                 )
             for row, ranked in enumerate(answer.lists, start=start):
                 items[row, : len(ranked.items)] = ranked.items
@@ -145,13 +146,13 @@ class CloudClient:
 
         An unreachable service raises ``httpx.HTTPError``: the attempt it belongs to has failed.
         """
-        if self.catalogue is None:
+        if self.catalogue_checked:
             return
         try:
             health = json.loads(self._send("GET", self.base + "/healthz")[1])
             served = (int(health["num_items"]), health["catalogue"])
         except (ValueError, KeyError, TypeError):
-            self.catalogue = None
+            self.catalogue_checked = True
             return
         if served[1] is not None and served != self.catalogue:
             raise ProtocolError(
@@ -161,7 +162,7 @@ class CloudClient:
                 f"{self.catalogue[1]}): its lists would name other items. Serve the checkpoint trained on this "
                 "data (the same dataset, k-core, numbering and seed), or prepare the data as it was.",
             )
-        self.catalogue = None  # checked: not again for this client
+        self.catalogue_checked = True  # not again for this client
 
     def _post(self, request: CandidateRequest) -> CandidateResponse:
         delay = 0.5
@@ -208,6 +209,7 @@ class CloudClient:
         get a client of their own.
         """
         deadline = time.monotonic() + self.timeout_s
+        late = f"no whole answer within {self.timeout_s:g} s"
         http, outcome = self.http, {}
 
         def attempt() -> None:
@@ -217,7 +219,7 @@ class CloudClient:
                     for chunk in response.iter_bytes():
                         body += chunk
                         if time.monotonic() > deadline:
-                            raise httpx.ReadTimeout("late", request=response.request)
+                            raise httpx.ReadTimeout(late, request=response.request)
                 outcome["answer"] = (response.status_code, bytes(body))
             except Exception as exc:  # handed to the caller's thread
                 outcome["error"] = exc
@@ -225,10 +227,9 @@ class CloudClient:
         worker = threading.Thread(target=attempt, name="cloud-request", daemon=True)
         worker.start()
         worker.join(self.timeout_s)
-        if worker.is_alive() or isinstance(outcome.get("error"), httpx.ReadTimeout):
-            if worker.is_alive():
-                self.http = self._connect()
-            raise httpx.ReadTimeout(f"no whole answer within {self.timeout_s:g} s")
+        if worker.is_alive():
+            self.http = self._connect()  # the stuck connection stays with the thread
+            raise httpx.ReadTimeout(late)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["answer"]
