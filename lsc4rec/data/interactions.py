@@ -32,32 +32,37 @@ def parse_time(text: str, path: Path, line: int) -> float:
 
 @contextmanager
 def open_utf8(path: Path) -> Iterator[TextIO]:
-    """``path`` opened as UTF-8 text (universal newlines kept for csv); what breaks it names the file.
+    """``path`` opened as UTF-8 text (universal newlines kept for csv); bytes that are not UTF-8 name the file.
 
-    A byte-order mark (spreadsheets write one) is skipped, not read into the first column's name. Bytes that are
-    not UTF-8, and what the csv module refuses (a field beyond its size limit, often a quote left open that runs
-    to the end of the file), are a ``DataFormatError``.
+    A byte-order mark (spreadsheets write one) is skipped, not read into the first column's name.
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             yield handle
     except UnicodeDecodeError as exc:
         raise DataFormatError(path, f"is not UTF-8 text ({exc.reason}). Convert it to UTF-8.") from None
-    except csv.Error as exc:
-        raise DataFormatError(
-            path, f"cannot be read as delimited text ({exc}); look for a quote that is never closed."
-        ) from None
 
 
 def csv_rows(handle: TextIO, path: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each record of a delimited text file opened by :func:`open_utf8`, header included.
 
     A field that runs over a line break is a quote never closed: the csv module would read every line after it
-    into that one field (a title, a timestamp) without a word, so it is an error naming the line it starts on.
+    into that one field (a title, a timestamp) without a word, or refuse it once it outgrows the module's field
+    limit; either is an error naming the line it starts on.
     """
     reader = csv.reader(handle, delimiter=delimiter)
     start = 1
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataFormatError(
+                path,
+                f"cannot be read as delimited text ({exc}); look for a quote that is never closed.",
+                start,
+            ) from None
         if any("\n" in value or "\r" in value for value in row):
             raise DataFormatError(
                 path, "a quote is never closed: its field runs on over the lines after it.", start

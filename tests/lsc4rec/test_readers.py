@@ -347,7 +347,7 @@ def test_a_byte_order_mark_is_skipped_and_an_endless_field_is_named(tmp_path: Pa
     assert read_movielens(tmp_path).items.tolist() == ["10"]  # a spreadsheet's BOM is not part of "userId"
     write(tmp_path / "ratings.csv", 'userId,movieId,rating,timestamp\n1,"10' + "x" * 200_000 + "\n")
     with pytest.raises(
-        DataFormatError, match=r"ratings\.csv: cannot be read as delimited text .*never closed"
+        DataFormatError, match=r"ratings\.csv:2: cannot be read as delimited text .*never closed"
     ):
         read_movielens(tmp_path)
 
