@@ -183,6 +183,7 @@ def federate(
         "out_dir": out,
         "data.data_dir": data_dir,
     }
+    set_keys = {pair.partition("=")[0].strip() for pair in overrides or []}
     if resume is None:
         cfg = build_config(config, overrides, **named)
         asked_url = cfg.federation.service_url != FederationConfig.service_url
@@ -202,8 +203,7 @@ def federate(
             "a resumed run keeps its own settings; drop --config.", param_hint="--resume"
         )
     else:  # the run's own config.json holds the service its first launch started: not the user's choice
-        keys = {pair.partition("=")[0].strip() for pair in overrides or []}
-        fixed = sorted(keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
+        fixed = sorted(set_keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
             ["--out"] if out else []
         )
         if fixed:
@@ -211,9 +211,7 @@ def federate(
                 "--resume", f"names the run folder and continues it, so {fixed[0]} cannot be set with it."
             )
         cfg = resume_config(resume, override_pairs(overrides, **named))
-        asked_url = any(
-            pair.partition("=")[0].strip() == "federation.service_url" for pair in overrides or []
-        )
+        asked_url = "federation.service_url" in set_keys
     if asked_url:
         raise ConfigError(
             "federation.service_url",
