@@ -30,15 +30,21 @@ SIGNAL_HISTOGRAMS = "test-signal-histograms"
 
 
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one round's figures to ``metrics.jsonl``, on a line of its own after a torn one."""
+    """Append one round's figures to ``metrics.jsonl``, first cutting off a line a crash left unfinished.
+
+    That line's round had no checkpoint yet (:func:`read_rounds`), so the resumed run is redoing it; kept, it
+    would stand in the middle of the file, where an unreadable line is an error.
+    """
     path = run_dir / ROUNDS_FILE
-    torn = False
     if path.exists() and path.stat().st_size:
-        with path.open("rb") as last:
-            last.seek(-1, 2)
-            torn = last.read() != b"\n"
+        with path.open("rb+") as handle:
+            handle.seek(-1, 2)
+            if handle.read() != b"\n":
+                handle.seek(0)
+                kept = handle.read().rfind(b"\n") + 1
+                handle.truncate(kept)
     with path.open("a") as handle:
-        handle.write(("\n" if torn else "") + json.dumps(record) + "\n")
+        handle.write(json.dumps(record) + "\n")
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:

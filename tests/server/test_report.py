@@ -1,0 +1,22 @@
+"""The per-round lines of a run survive a crash in the middle of writing one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lsc4rec.errors import DataFormatError
+from server.report import ROUNDS_FILE, append_round, read_rounds
+
+
+def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
+    append_round(tmp_path, {"round": 1})
+    with (tmp_path / ROUNDS_FILE).open("a") as handle:
+        handle.write('{"round": 2, "va')  # the crash
+    assert [r["round"] for r in read_rounds(tmp_path)] == [1]  # what a resume reads first
+    append_round(tmp_path, {"round": 2})  # the resumed run redoes round 2
+    assert read_rounds(tmp_path) == [{"round": 1}, {"round": 2}]  # the report reads the whole file
+    (tmp_path / ROUNDS_FILE).write_text('{"round": 1}\nnot json\n{"round": 3}\n')
+    with pytest.raises(DataFormatError, match=rf"{ROUNDS_FILE}:2: is not a round's figures"):
+        read_rounds(tmp_path)
