@@ -347,6 +347,16 @@ class FederationConfig:
                 "one node's data)",
                 self.max_update_norm,
             )
+        else:  # a clip or δ given without noise would leave the run unprotected without a word
+            for key in ("dp_clip", "dp_delta"):
+                value, default = getattr(self, key), FederationConfig.__dataclass_fields__[key].default
+                _check(
+                    value == default,
+                    f"federation.{key}",
+                    f"is used only with federation.dp_noise > 0 (this run's is {self.dp_noise:g}): set the "
+                    f"noise multiplier too, or leave it at {default:g}",
+                    value,
+                )
 
     @property
     def private(self) -> bool:

@@ -231,6 +231,11 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             ["--noise", "0,1", "--set", "federation.strategy=fedadam"],
             "error: config federation.strategy: must be fedavg|fedprox with federation.dp_noise > 0",
         ),
+        (
+            "privacy_tradeoff.py",
+            ["--noise", "0,1", "--delta", "2"],
+            "error: config federation.dp_delta: must be in (0, 1)",
+        ),
     ],
 )
 def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:

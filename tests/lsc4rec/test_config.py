@@ -97,6 +97,9 @@ def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
             "federation.item_weighted: must be false",
         ),
         (["federation.dp_noise=1", "federation.max_update_norm=5"], "federation.max_update_norm: must be 0"),
+        # a clip or δ without noise would promise a privacy the run does not have
+        (["federation.dp_clip=0.5"], r"federation.dp_clip: is used only with federation.dp_noise > 0"),
+        (["federation.dp_delta=1e-6"], r"federation.dp_delta: is used only with federation.dp_noise > 0"),
     ],
 )
 def test_private_runs_take_only_settings_their_guarantee_holds_for(pairs: list[str], match: str) -> None:
