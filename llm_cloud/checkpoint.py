@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from llm_cloud.templates import TEMPLATE_FILE, PromptTemplate
 from lsc4rec.config import RunConfig
 from lsc4rec.data import SequenceDataset
@@ -110,6 +112,25 @@ def _check_template(template: PromptTemplate, item_map: dict) -> None:
             f"{template.num_items} items from token {template.first_item_token}, but {ITEM_MAP_FILE} maps "
             f"{mapped[2]} items from token {mapped[1]}"
         )
+
+
+def check_weights(folder: str | Path) -> None:
+    """Read the header of every weights file, which safetensors checks against the file's size.
+
+    A file cut short (a copy or a disk that ran out) fails only when a model loads it; the launcher checks a
+    cached checkpoint here so that it is refused before any service or vLLM starts on it.
+    """
+    folder = check_files(folder)
+    names = [WEIGHT_FILES[0]]
+    if not (folder / WEIGHT_FILES[0]).is_file():  # sharded: the index names the shards
+        shards = read_json(folder, WEIGHT_FILES[1]).get("weight_map")
+        names = sorted(set(shards.values())) if isinstance(shards, dict) else [WEIGHT_FILES[1]]
+    for name in names:
+        try:
+            with safe_open(folder / name, "pt"):
+                pass
+        except Exception as exc:  # SafetensorError, OSError: a missing or damaged file
+            raise ConfigError("--checkpoint", f"{folder / name} is damaged ({exc}). {RETRAIN}") from None
 
 
 def trained_item_ids(folder: str | Path) -> list:

@@ -65,7 +65,7 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
     beside it: the first trains, the others wait and then use its checkpoint, so no two write the same folder.
     """
     folder = llm_cache_folder(cfg)
-    from llm_cloud.checkpoint import read_template
+    from llm_cloud.checkpoint import check_weights, read_template
     from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,7 @@ def llm_checkpoint(cfg: RunConfig) -> Path:
         if (folder / TRAIN_RESULT_FILE).exists():  # written last, so an interrupted training is trained again
             try:
                 read_template(folder)  # every file there, the template agreeing with the item map
+                check_weights(folder)
             except ConfigError as exc:
                 raise LSC4RecError(
                     f"the cached LLM checkpoint {folder} is damaged ({exc}). Delete that folder: the next run "

@@ -50,7 +50,7 @@ class TemporalSplit:
                 "data.lag",
                 f"must be in [0, {shortest - 3}] so that every user's cloud view at "
                 f"validation holds an item (shortest sequence: {shortest}), got {self.lag}. "
-                "Lower the lag or raise --kcore.",
+                "Lower the lag (--lag), or prepare the data with a higher --kcore (data.kcore).",
             )
 
     def check_trainable(self, model: Literal["SRM", "LLM"]) -> None:

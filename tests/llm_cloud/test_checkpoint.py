@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llm_cloud.checkpoint import ITEM_MAP_FILE, check_files, check_same_items, read_run_config
+from llm_cloud.checkpoint import (
+    ITEM_MAP_FILE,
+    check_files,
+    check_same_items,
+    check_weights,
+    read_run_config,
+)
 from llm_cloud.cli import app
 from llm_cloud.engines import make_engine
 from llm_cloud.model import ItemTokenLM
@@ -78,6 +84,21 @@ def test_truncated_weights_are_a_config_error(copied_checkpoint: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ConfigError, match=r"--checkpoint: .* does not load"):
         ItemTokenLM.from_pretrained(copied_checkpoint)
+
+
+def test_weights_cut_short_are_found_by_their_header_single_or_sharded(copied_checkpoint: Path) -> None:
+    check_weights(copied_checkpoint)  # whole: no error
+    model = ItemTokenLM.from_pretrained(copied_checkpoint).model
+    (copied_checkpoint / "model.safetensors").unlink()
+    model.save_pretrained(copied_checkpoint, max_shard_size="20KB")  # shards and their index
+    shards = sorted(copied_checkpoint.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    check_weights(copied_checkpoint)
+    shards[-1].write_bytes(shards[-1].read_bytes()[:-8])
+    with pytest.raises(
+        ConfigError, match=rf"--checkpoint: .*{shards[-1].name} is damaged \(.*not fully covered"
+    ):
+        check_weights(copied_checkpoint)
 
 
 def test_a_damaged_run_config_names_its_file(copied_checkpoint: Path) -> None:

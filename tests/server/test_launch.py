@@ -221,6 +221,10 @@ def test_a_damaged_cached_llm_names_its_folder_and_the_remedy(
     folder = llm_cache_folder(federation_config)
     shutil.copytree(federation_checkpoint, folder)
     (folder / TRAIN_RESULT_FILE).write_text("{}")
+    weights = folder / "model.safetensors"  # cut short, as by a full disk: refused before a service loads it
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(LSC4RecError, match=r"cached LLM .* is damaged .*model\.safetensors is damaged"):
+        llm_checkpoint(federation_config)
     (folder / "item_map.json").unlink()
     with pytest.raises(LSC4RecError, match=r"cached LLM checkpoint .* is damaged .* Delete that folder"):
         llm_checkpoint(federation_config)
