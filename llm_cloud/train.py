@@ -126,6 +126,7 @@ def train_llm(
             epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
+    Path(out, TRAIN_RESULT_FILE).unlink(missing_ok=True)  # an older training's, over a folder written again
     with _transformers_bars(progress):  # "Writing model shards"
         folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
     Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 from llm_cloud.model import ItemTokenLM, build_scratch
 from llm_cloud.train import (
     TRAIN_LOG_FILE,
+    TRAIN_RESULT_FILE,
     _average_states,
     sequence_loss,
     train_llm,
@@ -100,3 +101,20 @@ def test_the_averaged_weights_are_kept_only_when_validation_prefers_them(
     assert validation_ndcg10(
         saved, *validation_queries(TemporalSplit(tiny_dataset, config.data.lag)), 64
     ) == pytest.approx(result.best_valid_ndcg10)
+
+
+def test_writing_over_a_trained_folder_drops_its_old_result_before_the_new_weights(
+    tiny_dataset, tiny_config, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_result.json marks a whole checkpoint (the launcher's cache trusts it): one cut off while writing over
+    an older training's folder must not leave the older marker beside half-written weights."""
+    out = tmp_path / "ckpt"
+    train_llm(tiny_config, tiny_dataset, out, progress=False)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ItemTokenLM, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train_llm(tiny_config, tiny_dataset, out, progress=False)
+    assert not (out / TRAIN_RESULT_FILE).exists()
