@@ -2,7 +2,9 @@
 
 ``train``: collaborative training of the global SRM on the node's private sequences, with the cloud's lists as
 hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (rerank,
-fuse, gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``).
+fuse, gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``). Two queries: the node's
+partition (the server orders and checks the fleet by it), and ``signals``, the label-free histogram the server
+calibrates the final gate on.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The Flower ServerApp: read the run config once, run the rounds, checkpoint, evaluate every node, report.
 
 Strategy: Flower's FedAvg (or FedProx / FedAdam / FedAvgM), wrapped by central differential privacy when
-``federation.dp_noise`` > 0, the update guard (non-finite and oversized updates are rejected and counted) and the
-request budget (the fleet's request signal and threshold τ for cloud requests). The nodes report sums, so
-evaluation metrics are added up, not averaged (``strategies.sums``).
+``federation.dp_noise`` > 0, the item-weighted embedding rows when ``federation.item_weighted``, the update guard
+(non-finite and oversized updates are rejected and counted) and the request budget (the fleet's request signal
+and threshold τ for cloud requests). The nodes report sums, so evaluation metrics are added up, not averaged
+(``strategies.sums``).
 """
 
 from __future__ import annotations
