@@ -88,8 +88,8 @@ def train_central(config: RunConfig, progress: bool = True) -> dict[str, Any]:
 def load_central_srm(run_dir: str | Path, dataset: str, num_items: int) -> SequentialRecommender:
     """The SRM a :func:`train_central` run folder holds, in eval mode, checked to be trained on ``dataset``.
 
-    Only the folder's ``srm`` table is read (the architecture), so folders written by older versions, whose
-    other tables had keys since removed, still load.
+    Only the folder's ``srm`` table (the architecture) and ``data.dataset`` are read, so folders written by older
+    versions, whose other tables had keys since removed, still load.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "model.safetensors").is_file():

@@ -1,8 +1,8 @@
 """What one node (a device with one user, or an edge box with several) holds: its users and their views.
 
 The node reads the prepared dataset locally and keeps only its own users; nothing here leaves the node.
-Prefixes for collaborative training follow the privacy rule of DESIGN.md section 5: the cloud is never sent a
-history it has not already seen.
+Prefixes for collaborative training follow the federation's privacy rule: the cloud is never sent a history it
+has not already seen (:meth:`NodeData.collaborative_prefixes`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from lsc4rec.data.split import Stage
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
 
 CUTOFFS = (5, 10, 20)
-QUERIES = {"stale": "cloud", "fresh": "device"}  # query name -> view of the test history
+QUERIES = {"stale": "cloud", "fresh": "device"}  # query name -> view of the stage's history
 
 
 def evaluate_engine(

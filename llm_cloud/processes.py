@@ -1,7 +1,7 @@
 """Servers run as child process groups: start, wait for a health URL, stop the whole group.
 
-Both vLLM (which spawns engine workers) and the candidate service (in tests and benchmarks) run this way, so
-that stopping one never leaves orphans and never touches other processes.
+vLLM (which spawns engine workers), the candidate service and the launcher's Flower processes run this way,
+so that stopping one never leaves orphans and never touches other processes.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[int] = Counter()  # by HTTP status code
-        self.errors: Counter[str] = Counter()  # by kind: invalid_json, invalid_request, unauthorized, engine
+        self.errors: Counter[str] = Counter()  # by kind: llm_cloud.service.STATUS's keys
         self.histories = 0
         self.items = 0
         self.latency_buckets = [0] * len(LATENCY_BUCKETS_S)

@@ -67,7 +67,7 @@ def train_llm(
 ) -> TrainResult:
     """Build the LM from ``config.llm``, train it on the cloud view of ``dataset`` and save it to ``out``.
 
-    What is saved is the best epoch's weights, or their average with the epochs before (``llm.average_epochs``)
+    What is saved is the best epoch's weights, or the average of the last ``llm.average_epochs`` epochs' weights
     where validation prefers it, continued by ``llm.refit_epochs`` when set (see the module docstring).
     """
     started = time.monotonic()

@@ -56,7 +56,7 @@ class SRMConfig:
 
     model: str = "sasrec"  # sasrec | gru4rec | din
     hidden: int = 64  # D, embedding and hidden size
-    layers: int = 2  # transformer blocks (SASRec) or GRU layers (GRU4Rec)
+    layers: int = 2  # transformer blocks (SASRec), GRU layers (GRU4Rec) or MLP layers (DIN)
     heads: int = 1  # attention heads (SASRec)
     dropout: float = 0.2  # dropout on embeddings and blocks
     max_len: int = 50  # T, positions the model can read (SASRec's positional table)
@@ -112,7 +112,7 @@ class LLMConfig:
     hidden: int = 128  # scratch: hidden size (head_dim = hidden / heads must be 64 for vLLM's CPU attention)
     layers: int = 2  # scratch: decoder layers
     heads: int = 2  # scratch: attention heads
-    dropout: float = 0.1  # scratch: dropout on token embeddings and attention weights
+    dropout: float = 0.1  # dropout on token embeddings (every base) and attention weights (scratch)
     max_len: int = 50  # newest history items put into a prompt
     epochs: int = 50  # upper bound; early stopping on the cloud-view validation item ends sooner
     batch_size: int = 64  # sequences per step
@@ -216,7 +216,7 @@ class FederationConfig:
     # (about 0.5 GiB of the default run's 3.5 GiB; BENCHMARKS.md) with the same report
     keep_personal: bool = True
     budget: float = 0.05  # target fleet request rate the server calibrates the gate to
-    bins: int = 50  # bins of the disagreement histograms the nodes report
+    bins: int = 50  # bins of the request-signal histograms the nodes report
     # evaluate rounds the live gate's τ and signal are calibrated on, newest last: one round's sample is small
     # (61 users in the default run), older rounds describe an SRM that has trained since; 2 came closest to the
     # budget over three seeds' label-free histograms (strategies/budget.py; BENCHMARKS.md, "The live gate's window")

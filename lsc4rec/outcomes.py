@@ -3,9 +3,10 @@
 A node cannot send per-user results (privacy, size), so it reports sums that merge by addition across nodes:
 NDCG@10 / HR@10 of the fused ranking at each fusion weight alpha, with the stale list (the one the device
 holds) and with a fresh list (the one a request to the cloud would bring), in total and per bin of the stale
-list's disagreement score. From the merged sums the server draws, without any second pass over the devices,
-the NDCG@10 of every request policy against its request rate: random requests and disagreement-gated ones
-(LSC4Rec calibrates its gate by a second manual pass; DESIGN.md section 6). Shape letters: A alphas, bins.
+list's request signal (a disagreement of the two orders, or the SRM's drift or confidence). From the merged
+sums the server draws, without any second pass over the devices, the NDCG@10 of every request policy against
+its request rate: random requests and signal-gated ones (LSC4Rec calibrates its gate by a second manual pass;
+DESIGN.md section 6). Shape letters: A alphas, bins.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class StageOutcome:
     alphas
         The A fusion weights evaluated (1 = LLM-only, 0 = SRM-only).
     bin_edges
-        [bins + 1] equal-width edges over [0, 1] of the disagreement histogram.
+        [bins + 1] equal-width edges over [0, 1] of the request signal's histogram.
     users
         Users summed.
     stale_ndcg, stale_hr, fresh_ndcg, fresh_hr
@@ -42,7 +43,7 @@ class StageOutcome:
     stale_recall, fresh_recall
         Users whose target is in the stale resp. fresh list (the ceiling of any reranking).
     bin_count
-        [bins] users by the disagreement of their STALE list: what the device holds when it decides.
+        [bins] users by the request signal of their STALE list: what the device holds when it decides.
     bin_stale_ndcg, bin_fresh_ndcg
         [A, bins] the NDCG@10 sums split by those bins.
     requests
@@ -148,7 +149,7 @@ def signal_bins(scores: np.ndarray, bin_edges: np.ndarray) -> np.ndarray:
 
 
 def threshold_for_budget(bin_count: np.ndarray, bin_edges: np.ndarray, budget: float) -> float:
-    """The threshold tau such that the share of users with disagreement > tau equals ``budget``.
+    """The threshold tau such that the share of users with a request signal > tau equals ``budget``.
 
     Users are taken as spread uniformly inside each bin, so the share above tau falls linearly across a bin
     and tau lands between edges. Where several tau give the budget (empty bins), the highest is returned:
@@ -209,7 +210,7 @@ def expected_rate(bin_count: np.ndarray, bin_edges: np.ndarray, tau: float) -> f
 
 
 def gated_policy(outcome: StageOutcome, alpha_index: int, tau: float) -> tuple[float, float]:
-    """(request rate, mean NDCG@10) when users whose stale-list disagreement exceeds ``tau`` request.
+    """(request rate, mean NDCG@10) when users whose stale-list request signal exceeds ``tau`` request.
 
     The boundary bin requests the share of it above tau, its gain taken as uniform across the bin. The rate is
     what that request set costs. Calibrate ``tau`` on the same stage's histogram (:func:`threshold_for_budget`):

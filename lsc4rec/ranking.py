@@ -130,7 +130,7 @@ def topk_overlap_distance(llm_scores: ArrayLike, srm_scores: ArrayLike, k: int =
 
 
 def topk_drift(now_scores: ArrayLike, before_scores: ArrayLike, k: int) -> torch.Tensor:
-    """How much of the top-k under ``now_scores`` [B, N] is new against the top-k under ``before_scores`` [B].
+    """How much of the top-k under ``now_scores`` [B, N] is new against the top-k under ``before_scores`` [B, N].
 
     ``1 - sum_i w_i [item i of the now top-k is in the before top-k] / sum_i w_i``, with DCG weights
     ``w_i = 1 / log2(i + 2)`` so that a changed head counts more than a changed tail; 0 = the same set, 1 =

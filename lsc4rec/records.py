@@ -32,7 +32,8 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
-# federation.keep_personal: the adapted copy the device serves its user with until the next evaluation
+# federation.keep_personal: the adapted copy a device would serve its user with until the next evaluation
+# (the simulation adapts a new one at each evaluation and does not read it back)
 STATE_PERSONAL = "personal-srm"
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
 

@@ -1,8 +1,8 @@
 """The one scoring interface every recommender here exposes, and full-catalogue evaluation over it.
 
 A scorer maps left-padded histories [B, T] (item ids 1..N, 0 = padding) to scores of given candidates [B, K]
-or of the whole catalogue [B, N + 1] (column 0, the padding id, is ``-inf``). SRMs, the reference floors and
-the fused device ranking all speak it, so they are evaluated by the same code.
+or of the whole catalogue [B, N + 1] (column 0, the padding id, is ``-inf``). The SRMs and the reference floors
+both speak it, so they are evaluated by the same code.
 """
 
 from __future__ import annotations
