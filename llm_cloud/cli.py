@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lsc4rec.errors import ConfigError
+from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.protocol import API_KEY_ENV, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
@@ -237,5 +237,6 @@ def make_vllm_venv() -> None:
         raise typer.Exit(code)
 
 
+# how the launcher starts the service: errors in one line, as ``lsc4rec llm`` gives them
 if __name__ == "__main__":
-    app()
+    run_main(app)

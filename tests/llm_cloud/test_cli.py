@@ -1,5 +1,7 @@
 import json
 import pathlib
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -42,3 +44,27 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
     assert {"ndcg@10", "hr@5", "mrr@20", "recall@10"} <= set(report["metrics"]["fresh"])
     assert report["k"] == 10
     assert evaluate(str(tmp_path / "d.json"))["k"] == config["llm"]["k"]  # --k defaults to the checkpoint's
+
+
+def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(tmp_path) -> None:
+    """``python -m llm_cloud.cli serve`` (what the launcher runs, its stderr going to service.log) ends a bad
+    checkpoint with the one-line message `lsc4rec llm serve` gives, not a traceback."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm_cloud.cli",
+            "serve",
+            "--checkpoint",
+            str(tmp_path / "none"),
+            "--port",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).parents[2],
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --checkpoint: must be a folder written by `lsc4rec llm train`")
+    assert "Traceback" not in done.stderr
