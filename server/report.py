@@ -177,10 +177,10 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "## Request policies (test, fused at α; random is the expectation, gated uses the τ "
         "calibrated on the label-free histogram of the request signal)",
         "",
-        f"Request signal: {figures.get('request signal', 'as configured')} (with `federation.measure = auto`, "
+        f"Request signal: {figures['request signal']} (with `federation.measure = auto`, "
         "the one whose gate beat random requests by most on validation, summed over the budget, its double and "
         "its quadruple). The live gate of the "
-        f"last round used {figures.get('live gate signal', 'the same')}{_live_gate_basis(figures)}. "
+        f"last round used {figures['live gate signal']}{_live_gate_basis(figures)}. "
         "`random sd at gated rate` is how much "
         "random requests at that rate spread: a gate that knows nothing beats random by more than one sd about "
         "one time in six, so gated minus random is evidence only well beyond it. The chosen signal's validation "
@@ -188,14 +188,13 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
     ]
     lines += _markdown_table(figures["policies"])
-    if "signals" in figures:  # older reports lack the comparison
-        columns = ("signal", "budget", "valid gain", "valid random sd", "test gain", "test random sd")
-        lines += [
-            "",
-            "## Every request signal: gated minus random NDCG@10 (validation chooses; test is shown, never used)",
-            "",
-        ]
-        lines += _markdown_table([{c: row[c] for c in columns} for row in figures["signals"]])
+    columns = ("signal", "budget", "valid gain", "valid random sd", "test gain", "test random sd")
+    lines += [
+        "",
+        "## Every request signal: gated minus random NDCG@10 (validation chooses; test is shown, never used)",
+        "",
+    ]
+    lines += _markdown_table([{c: row[c] for c in columns} for row in figures["signals"]])
     extra = {k: v for k, v in figures.items() if isinstance(v, int | float) and k not in ("alpha", "users")}
     if extra:
         lines += ["", "## Other figures", ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
@@ -203,8 +202,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
 
 
 def _missing_users(figures: dict[str, Any]) -> str:
-    """A note when some users' nodes did not answer the final evaluation; "" when none (or an older report)."""
-    missing = figures.get("users missing from the final evaluation", 0)
+    """A note when some users' nodes did not answer the final evaluation; "" when none."""
+    missing = figures["users missing from the final evaluation"]
     if not missing:
         return ""
     same = figures.get("users the floors cover") == figures["users"]
@@ -215,8 +214,8 @@ def _missing_users(figures: dict[str, Any]) -> str:
 
 
 def _live_gate_basis(figures: dict[str, Any]) -> str:
-    """How the live gate's τ was set, and where its realized rate is; "" for older reports."""
-    users = figures.get("live gate tau calibrated on users", 0)
+    """How the live gate's τ was set, and where its realized rate is; "" when no node answered its pass."""
+    users = figures["live gate tau calibrated on users"]
     if not users:
         return ""
     return (
@@ -249,16 +248,15 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
     ax.grid(alpha=0.3)
     if rates:
         gate.plot(*zip(*rates, strict=True), marker="o", label="sampled nodes, τ set the round before")
-    if (final := figures.get("live gate realized request rate")) is not None:
-        last = max((r["round"] for r in rounds), default=0)
-        gate.plot(
-            [last + 1],
-            [final],
-            marker="*",
-            markersize=12,
-            linestyle="none",
-            label="final evaluation, τ from the final model",
-        )
+    last = max((r["round"] for r in rounds), default=0)
+    gate.plot(
+        [last + 1],
+        [figures["live gate realized request rate"]],
+        marker="*",
+        markersize=12,
+        linestyle="none",
+        label="final evaluation, τ from the final model",
+    )
     gate.axhline(budget, color="grey", linestyle="--", label=f"budget {budget:g}")
     gate.set(xlabel="round", ylabel="share of users requesting", title="The live gate's request rate")
     gate.grid(alpha=0.3)
@@ -277,11 +275,10 @@ def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
     ax.plot(
         [p["gated rate"] for p in policies], [p["gated ndcg@10"] for p in policies], marker="s", label="gated"
     )
-    if all("random sd at gated rate" in p for p in policies):  # older reports lack the spread
-        rates = [p["gated rate"] for p in policies]
-        mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
-        sd = np.array([p["random sd at gated rate"] for p in policies])
-        ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")
+    rates = [p["gated rate"] for p in policies]
+    mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
+    sd = np.array([p["random sd at gated rate"] for p in policies])
+    ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")
     ax.set(
         xlabel="realized request rate", ylabel="test NDCG@10 (fused)", title="NDCG@10 against request rate"
     )
