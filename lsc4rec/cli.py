@@ -131,27 +131,31 @@ def federate(
     seed: Annotated[int | None, typer.Option(help="Seed of everything.")] = None,
     out: Annotated[str | None, typer.Option(help="Folder under which the run folder is made.")] = None,
     engine: Annotated[
-        str, typer.Option(help="transformers | vllm (vLLM runs in its own venv).")
-    ] = "transformers",
-    vllm_eager: Annotated[
-        bool,
+        str | None,
         typer.Option(
-            "--vllm-eager",
-            help="With --engine vllm: start vLLM without torch.compile (ready sooner, serves a little slower).",
+            help="transformers | vllm (vLLM runs in its own venv). Default: transformers, or the resumed run's."
         ),
-    ] = False,
+    ] = None,
+    vllm_eager: Annotated[
+        bool | None,
+        typer.Option(
+            "--vllm-eager/--no-vllm-eager",
+            help="With --engine vllm: start vLLM without torch.compile (ready sooner, serves a little slower). "
+            "Default: off, or the resumed run's.",
+        ),
+    ] = None,
     runtime: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="simulation | deployment (one flower-supernode process per node, as on edge boxes; every "
-            "link over TLS, only registered nodes admitted)."
+            "link over TLS, only registered nodes admitted). Default: simulation, or the resumed run's."
         ),
-    ] = "simulation",
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run in this folder from its newest checkpoint, with the settings it started "
-            "with (other options and --set still apply, e.g. more --rounds)."
+            help="Continue the run in this folder from its newest checkpoint, with the settings, engine and "
+            "runtime it started with (other options and --set still apply, e.g. more --rounds)."
         ),
     ] = None,
     data_dir: DataDirOpt = None,
@@ -160,13 +164,11 @@ def federate(
 ) -> None:
     """Run the whole federation: data, cloud LLM, candidate service, Flower, report."""
     from llm_cloud.engines import ENGINES
-    from server.launch import RUNTIMES, resume_config, run_federation
+    from server.launch import RUNTIMES, Launch, resume_config, run_federation
 
     for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
-        if value not in choices:
+        if value is not None and value not in choices:
             raise typer.BadParameter(f"must be one of {'|'.join(choices)}, got {value!r}.", param_hint=option)
-    if vllm_eager and engine != "vllm":
-        raise typer.BadParameter("starts vLLM, so it needs --engine vllm.", param_hint="--vllm-eager")
     for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
         if value is not None and str(value).startswith("--"):  # `--out --nodes 3`: the value was forgotten
             raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
@@ -218,7 +220,11 @@ def federate(
             "is the candidate service this command starts itself. To federate against a service of your own, "
             "run the app with `flwr run` and a run config that names it (README, edge boxes).",
         )
-    summary = run_federation(cfg, engine, runtime, vllm_eager)
+    launch = Launch.chosen(engine, runtime, vllm_eager, resume)
+    if launch.vllm_eager and launch.engine != "vllm":
+        was = " (the resumed run used the transformers engine)" if resume and engine is None else ""
+        raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
+    summary = run_federation(cfg, launch.engine, launch.runtime, launch.vllm_eager)
     console.print(summary.read_text(), markup=False, highlight=False)  # markdown as written, no rich markup
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 

@@ -38,15 +38,82 @@ from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare, prepared_name
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.data.split import TemporalSplit
-from lsc4rec.errors import ConfigError, LSC4RecError
+from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
 from lsc4rec.protocol import SERVICE_CA_ENV
-from lsc4rec.runs import make_run_dir, output_path
+from lsc4rec.runs import make_run_dir, output_path, write_json
 from server.checkpoint import complete_checkpoints, latest_checkpoint
 from server.report import read_rounds
 
 FEDERATION = "lsc4rec-local"
 RUNTIMES = ("simulation", "deployment")
 MAX_LOCAL_SUPERNODES = 16  # each one is a few processes and a few hundred MB
+LAUNCH_FILE = "launch.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How the launcher ran a federation: its own options, beside the run's settings (``config.json``).
+
+    They change how the run is served and hosted, not what it computes, so they are not settings; but a user who
+    continues a run with ``--resume`` expects it on the engine and runtime it started with, so the run folder
+    keeps them (``launch.json``) and :meth:`chosen` starts from them.
+    """
+
+    engine: str = "transformers"
+    runtime: str = "simulation"
+    vllm_eager: bool = False
+
+    def save(self, run_dir: Path) -> None:
+        write_json(run_dir / LAUNCH_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def chosen(
+        cls,
+        engine: str | None,
+        runtime: str | None,
+        vllm_eager: bool | None,
+        resumed: Path | None = None,
+    ) -> Launch:
+        """The options given (not None), else those the ``resumed`` run was last launched with, else the defaults.
+
+        A run folder without ``launch.json`` (one the benchmarks made over the in-process grid) starts from the
+        defaults. vLLM's eager mode is kept only while the engine stays vLLM.
+        """
+        base = cls._read(resumed / LAUNCH_FILE) if resumed is not None else cls()
+        engine = engine or base.engine
+        return cls(
+            engine=engine,
+            runtime=runtime or base.runtime,
+            vllm_eager=vllm_eager if vllm_eager is not None else base.vllm_eager and engine == "vllm",
+        )
+
+    @classmethod
+    def _read(cls, path: Path) -> Launch:
+        from llm_cloud.engines import ENGINES
+
+        if not path.is_file():
+            return cls()
+        try:
+            saved = json.loads(path.read_text())
+            launch = cls(**saved)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataFormatError(
+                path,
+                f"must hold the launcher's options as written by a run ({exc}). Delete it to resume "
+                "with the defaults, or pass --engine and --runtime.",
+            ) from None
+        for name, value, choices in (
+            ("engine", launch.engine, ENGINES),
+            ("runtime", launch.runtime, RUNTIMES),
+        ):
+            if value not in choices:
+                raise DataFormatError(
+                    path,
+                    f"{name} must be one of {'|'.join(choices)}, got {value!r}. Fix it, or pass --{name}.",
+                )
+        if not isinstance(launch.vllm_eager, bool):
+            raise DataFormatError(path, f"vllm_eager must be true or false, got {launch.vllm_eager!r}.")
+        return launch
 
 
 def llm_cache_folder(cfg: RunConfig) -> Path:
@@ -391,6 +458,9 @@ def run_federation(
     started = time.time()
     try:
         checkpoint = llm_checkpoint(cfg)
+        Launch(engine, runtime, eager).save(
+            run_dir
+        )  # after the training, which removes a folder it leaves empty
         tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
         with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
             _federate(cfg, service.url, runtime, nodes, run_dir, tls)

@@ -33,6 +33,7 @@ EXCEPTIONS = {
     "server/launch.py": (
         "clients.srm",
         "llm_cloud.checkpoint",
+        "llm_cloud.engines",
         "llm_cloud.processes",
         "llm_cloud.train",
         "llm_cloud.vllm_server",

@@ -53,6 +53,8 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "federation.run_dir: names the run folder itself, so --out elsewhere",
         ),
         (["federate", "--out", "--vllm-eager"], "--out: needs a value, got the option --vllm-eager"),
+        # the transformers engine starts no vLLM
+        (["federate", "--vllm-eager"], "--vllm-eager: starts vLLM, so it needs --engine vllm."),
         (
             ["llm", "serve", "--checkpoint", "c", "--api-key", "clé"],
             "--api-key (or LSC4REC_API_KEY): must be",
@@ -104,7 +106,6 @@ def test_cli_out_of_range_options_are_usage_errors() -> None:
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
         (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
         (["federate", "--runtime", "cluster"], "--runtime"),
-        (["federate", "--vllm-eager"], "--vllm-eager"),  # the transformers engine starts no vLLM
         (["federate", "--resume", "runs/x", "--config", "c.toml"], "--resume"),
     ):
         done = lsc4rec(*args)

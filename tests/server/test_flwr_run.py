@@ -14,7 +14,7 @@ from llm_cloud.processes import processes_with_env
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context
 from lsc4rec.protocol import API_KEY_ENV
-from server.launch import run_federation
+from server.launch import LAUNCH_FILE, run_federation
 from server.report import ROUNDS_FILE
 
 
@@ -49,6 +49,12 @@ def test_flwr_run_writes_report_and_stops_its_processes(
     )
     summary = run_federation(cfg, runtime=runtime)
     assert summary == run_dir / "summary.md"
+    # what --resume continues it with, beside its settings
+    assert json.loads((run_dir / LAUNCH_FILE).read_text()) == {
+        "engine": "transformers",
+        "runtime": runtime,
+        "vllm_eager": False,
+    }
     assert "| fused | stale |" in summary.read_text()
     # the ServerApp's log (streamed by `flwr run`): every supernode answered the partition query
     assert f"fleet: {nodes} of {nodes} nodes told their partition id" in capfd.readouterr().out

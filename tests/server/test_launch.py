@@ -28,6 +28,8 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
 from server.checkpoint import save_checkpoint
 from server.launch import (
+    LAUNCH_FILE,
+    Launch,
     candidate_service,
     check_node_state_fits,
     llm_cache_folder,
@@ -316,6 +318,63 @@ def test_resume_config_starts_from_the_runs_own_settings(
     assert run_folder(resumed) == done
     with pytest.raises(ConfigError, match=r"--resume: must be a run folder written by run_federation\.sh"):
         resume_config(tmp_path / "not-a-run", [])
+
+
+def test_a_resumed_run_keeps_its_engine_and_runtime_unless_told_otherwise(tmp_path: Path) -> None:
+    """The launcher's options come from the run's launch.json when not given again; the ones given win."""
+    assert Launch.chosen(None, None, None) == Launch()  # a new run
+    run = _with_checkpoint(tmp_path / "run")
+    assert (
+        Launch.chosen(None, None, None, run) == Launch()
+    )  # no launch.json (a benchmark's run): the defaults
+    Launch("vllm", "deployment", True).save(run)
+    assert Launch.chosen(None, None, None, run) == Launch("vllm", "deployment", True)
+    assert Launch.chosen(None, "simulation", False, run) == Launch("vllm", "simulation", False)
+    # eager mode is vLLM's own: a resume on the transformers engine drops it
+    assert Launch.chosen("transformers", None, None, run) == Launch("transformers", "deployment", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "must hold the launcher's options as written by a run"),
+        ('{"engine": "vllm", "colour": "red"}', "must hold the launcher's options as written by a run"),
+        ('{"engine": "tgi"}', "engine must be one of transformers|vllm, got 'tgi'"),
+        ('{"runtime": "cluster"}', "runtime must be one of simulation|deployment, got 'cluster'"),
+        ('{"vllm_eager": "yes"}', "vllm_eager must be true or false, got 'yes'"),
+    ],
+)
+def test_a_damaged_launch_file_is_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / LAUNCH_FILE).write_text(text)
+    with pytest.raises(DataFormatError, match=f"^{tmp_path / LAUNCH_FILE}: {message}"):
+        Launch.chosen(None, None, None, tmp_path)
+
+
+def test_resume_runs_on_the_runtime_the_run_started_with(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """`--resume DIR` alone continues a deployment run as one: its 24 nodes are refused as 24 supernodes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    federation_config.override(["federation.num_nodes=0"]).save(run / "config.json")
+    Launch(runtime="deployment").save(run)
+    done = subprocess.run(
+        [sys.executable, "-m", "lsc4rec.cli", "federate", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "with --runtime deployment each node is a flower-supernode process" in done.stderr
+    Launch().save(run)  # the transformers engine, which starts no vLLM
+    done = subprocess.run(
+        [sys.executable, "-m", "lsc4rec.cli", "federate", "--resume", str(run), "--vllm-eager"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "needs --engine vllm (the resumed run used the transformers engine)" in done.stderr
 
 
 def test_a_run_that_ends_early_names_the_command_that_continues_it(tmp_path: Path) -> None:
