@@ -41,7 +41,14 @@ from lsc4rec.outcomes import (
     threshold_for_budget,
 )
 from lsc4rec.runs import make_run_dir, seed_everything
-from server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
+from server.checkpoint import (
+    PRIVACY_LEDGER,
+    Checkpoint,
+    latest_checkpoint,
+    read_ledger,
+    save_checkpoint,
+    save_ledger,
+)
 from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
 from server.report import (
     ROUNDS_FILE,
@@ -116,7 +123,7 @@ def main(grid: Grid, context: Context) -> None:
     start = _starting_point(cfg, run_dir, split.dataset.num_items)
     start_round, arrays = start.round, start.arrays
     aggregator = flower_strategy(cfg)
-    privacy = _privacy(aggregator, fed, nodes, start)
+    privacy = _privacy(aggregator, fed, nodes, start, run_dir)
     strategy = RequestBudget(
         _guarded(privacy or aggregator, fed),
         fed.budget,
@@ -129,6 +136,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
         (run_dir / ROUNDS_FILE).unlink(missing_ok=True)
+        (run_dir / "checkpoints" / PRIVACY_LEDGER).unlink(missing_ok=True)
     if fed.rounds > start_round:
         recorded = _RoundMetrics(strategy)
         with seeded_node_sampling(cfg.seed + start_round):  # a resumed run draws anew, not round 1's sample
@@ -189,11 +197,13 @@ def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> Checkpoint
 
 
 def _privacy(
-    aggregator: Strategy, fed: FederationConfig, nodes: int, start: Checkpoint
+    aggregator: Strategy, fed: FederationConfig, nodes: int, start: Checkpoint, run_dir: Path
 ) -> FleetPrivacy | None:
     """Central DP around ``aggregator`` when ``federation.dp_noise`` > 0, its accountant going on from ``start``.
 
-    A private run cannot resume from rounds released without noise: no ε would cover them.
+    A resumed run's accountant is the run's ledger, written at each release, which counts a release that the
+    newest checkpoint missed (a round that died after it); a run from before the ledger goes on from the
+    checkpoint's. A private run cannot resume from rounds released without noise: no ε would cover them.
     """
     if not fed.private:
         if start.privacy is not None:
@@ -208,13 +218,22 @@ def _privacy(
             "them. Run the private federation in a new run folder (leave out --resume)."
         )
     assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
+    state = (read_ledger(run_dir) or start.privacy) if start.round > 0 else None
     try:
-        return FleetPrivacy(aggregator, fed.dp_noise, fed.dp_clip, nodes, fed.dp_delta, start.privacy)
-    except ValueError as exc:  # the checkpoint's accountant was for another δ or fleet, or is damaged
+        return FleetPrivacy(
+            aggregator,
+            fed.dp_noise,
+            fed.dp_clip,
+            nodes,
+            fed.dp_delta,
+            state,
+            on_release=lambda released: save_ledger(run_dir, released),
+        )
+    except ValueError as exc:  # the accountant was for another δ or fleet, or its file is damaged
         raise LSC4RecError(
             f"cannot go on with this run's privacy accounting ({exc}). Resume it with the federation.dp_delta "
-            f"and fleet it started with; if round {start.round}'s sidecar JSON is damaged, remove that round's "
-            "two files to resume from the round before."
+            f"and fleet it started with; if {run_dir / 'checkpoints' / PRIVACY_LEDGER} is damaged, restore "
+            "it, or start a new run."
         ) from None
 
 
@@ -252,8 +271,10 @@ def _weight_key(fed: FederationConfig) -> str:
 
 def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
     """The update guard around ``aggregator``, with item-weighted rows in between when configured."""
-    if not fed.item_weighted:
-        return UpdateGuard(aggregator, fed.max_update_norm or None, _weight_key(fed))
+    if not fed.item_weighted:  # a private run publishes no node's own update norm
+        return UpdateGuard(
+            aggregator, fed.max_update_norm or None, _weight_key(fed), report_norms=not fed.private
+        )
     weighting = ItemWeighting(
         aggregator, ITEM_ROWS, records.ITEM_COUNTS, records.ARRAYS, records.NUM_EXAMPLES
     )
@@ -481,7 +502,8 @@ def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
         "budget": fed.budget,
         "measure": fed.measure,
         "differential privacy": (
-            f"central, per node: clip {fed.dp_clip:g}, noise multiplier {fed.dp_noise:g}, δ {fed.dp_delta:g}"
+            f"central, per node: clip {fed.dp_clip:g}, noise multiplier {fed.dp_noise:g}, δ {fed.dp_delta:g}, "
+            "zero-out neighbours"
             if fed.private
             else "off"
         ),

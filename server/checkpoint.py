@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ from lsc4rec.config import RunConfig
 from lsc4rec.errors import DataFormatError
 
 DAMAGED = "Remove that round's two files to resume from the round before, or choose another run folder."
+PRIVACY_LEDGER = "privacy-ledger.json"  # in checkpoints/: the accountant after every release (save_ledger)
 
 
 class Checkpoint(NamedTuple):
@@ -46,6 +48,39 @@ def save_checkpoint(
         meta["privacy"] = privacy
     path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
     return path
+
+
+def save_ledger(run_dir: Path, privacy: dict) -> None:
+    """Write the privacy accountant's state as it is the moment a noised model is released.
+
+    A round's checkpoint is written only once the round has ended, after the released model went out to the
+    evaluating nodes: a run that dies in between would resume from the round before and release that round
+    again, and an accountant read from the checkpoint would have forgotten the first release. The ledger
+    forgets none; it is replaced atomically, so a crash leaves the old one or the new one.
+    """
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f"{PRIVACY_LEDGER}.partial"
+    partial.write_text(json.dumps(privacy) + "\n")
+    os.replace(partial, folder / PRIVACY_LEDGER)
+
+
+def read_ledger(run_dir: Path) -> dict | None:
+    """The accountant's state after the run's last release (``save_ledger``), or None when it has none."""
+    path = run_dir / "checkpoints" / PRIVACY_LEDGER
+    if not path.exists():
+        return None
+    try:
+        ledger = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(
+            path,
+            f"is not a privacy ledger ({exc}). It holds the ε this run has spent: "
+            "restore it, or start a new run.",
+        ) from None
+    if not isinstance(ledger, dict):
+        raise DataFormatError(path, f"is not a privacy ledger (a {type(ledger).__name__}, not an object).")
+    return ledger
 
 
 def complete_checkpoints(run_dir: Path) -> dict[int, Path]:

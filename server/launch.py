@@ -41,7 +41,7 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
 from lsc4rec.protocol import SERVICE_CA_ENV
 from lsc4rec.runs import make_run_dir, output_path, write_json
-from server.checkpoint import complete_checkpoints, latest_checkpoint
+from server.checkpoint import complete_checkpoints, latest_checkpoint, read_ledger
 from server.report import read_rounds
 
 FEDERATION = "lsc4rec-local"
@@ -384,6 +384,7 @@ def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None
     if newest is not None and num_items is not None:
         _check_checkpoint_shapes(cfg, newest.arrays.to_torch_state_dict(), num_items, run_dir)
     read_rounds(run_dir)
+    read_ledger(run_dir)
     saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round
     if not saved_file.is_file():
         return

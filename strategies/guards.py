@@ -4,7 +4,8 @@ One diverged or malicious device can ruin a weighted mean: a NaN spreads to ever
 the average away. ``UpdateGuard`` wraps any Flower strategy (FedAvg, FedProx, FedAdam...), rejects such
 replies, logs and counts them, and hands the rest to the inner strategy, like Flower's own DP wrappers
 (``flwr.serverapp.strategy.dp_fixed_clipping``). It also reports the median and largest update norm of the
-replies it kept, the figures a bound on updates (``max_update_norm``, or ``dp_clip`` for privacy) is set from.
+replies it kept, the figures a bound on updates (``max_update_norm``, or ``dp_clip`` for privacy) is set from;
+a private run turns them off (``report_norms``), since the largest is one node's raw update norm, published.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class UpdateGuard(StrategyWrapper):
     extra_records
         Other ArrayRecords a reply may carry for the inner strategy (``ItemWeighting``'s item counts); a
         reply with any other ArrayRecord is malformed.
+    report_norms
+        Add the kept updates' median and largest norm to the round's train metrics.
 
     Attributes
     ----------
@@ -64,6 +67,7 @@ class UpdateGuard(StrategyWrapper):
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         extra_records: tuple[str, ...] = (),
+        report_norms: bool = True,
     ) -> None:
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}.")
@@ -72,6 +76,7 @@ class UpdateGuard(StrategyWrapper):
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
         self.extra_records = extra_records
+        self.report_norms = report_norms
         self.rejected_total: Counter[str] = Counter()
         self.rejected_by_round: dict[int, dict[str, int]] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -122,7 +127,7 @@ class UpdateGuard(StrategyWrapper):
         metrics = MetricRecord() if metrics is None else metrics
         for reason, count in counts.items():
             metrics[reason] = count
-        if norms:  # what a bound on updates (max_update_norm, dp_clip) would cut
+        if norms and self.report_norms:  # what a bound on updates (max_update_norm, dp_clip) would cut
             metrics[UPDATE_NORM_MEDIAN] = float(np.median(norms))
             metrics[UPDATE_NORM_MAX] = float(max(norms))
         return arrays, metrics

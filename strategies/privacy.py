@@ -17,18 +17,27 @@ fraction of the fleet. ``FleetPrivacy`` keeps its accounting and changes these t
 - a reply whose weight is not the equal weight every node sends is a failed round, not a crash.
 
 A round in which a sampled node fails or is rejected releases nothing (Flower's strict rule in accounted mode:
-the mean of fewer updates would be less noisy than accounted for), so it spends no ε either. The accountant's
-state travels with each checkpoint (``state``), so a resumed run goes on composing instead of starting at ε = 0.
+the mean of fewer updates would be less noisy than accounted for), so it composes no event. That the round was
+void is not hidden, though: the model stays as it was and the round's metrics count the rejection, so a node
+whose data make its training fail shows that much, outside ε. ``on_release`` hands the accountant's state to
+the ServerApp the moment a model is released (its ledger, saved beside the checkpoints), so a resumed run goes
+on composing from every release made, even one of a round that never reached its checkpoint.
+
+The neighbouring relation ε is stated for is zero-out: two fleets differ in one node's data, replaced by data
+that yield no update, the node still sampled. That is what sizing the noise to the clipped mean over the
+round's n nodes (sensitivity C/n) covers. Flower's accountant names its relation add-or-remove, which for an
+unsampled Gaussian release changes no figure. Replacing a node's data with any other data moves the mean by
+up to 2C/n: for that relation, read the ε of noise multiplier z/2.
 
 What this protects: the global SRM released each round, for any one node's data: a user's, on one-user devices;
 a whole box's, on edge boxes (which covers each of its users). What it does not: the sums of evaluation metrics
-and the request-signal histograms the nodes report, and what the cloud sees by design (the stale histories it
-makes lists from).
+and the request-signal histograms the nodes report, the mean training loss and example count of each round,
+and what the cloud sees by design (the stale histories it makes lists from).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import WARNING
 
 import numpy as np
@@ -58,6 +67,8 @@ class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
         δ of the (ε, δ) reported.
     state
         The accountant's state from a checkpoint (``state()``), to go on from; None starts at ε = 0.
+    on_release
+        Called with the accountant's state after each release, before the released model leaves the server.
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
         population: int,
         delta: float,
         state: dict[str, object] | None = None,
+        on_release: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         accountant = RdpAccountant(
             PrivacyConfig(
@@ -81,6 +93,7 @@ class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
             accountant.load_state_dict(state)
         super().__init__(strategy, noise_multiplier, clipping_norm, population, accountant=accountant)
         self._noise = np.random.default_rng()  # seeded by the OS, never by the run's seed (module docstring)
+        self._on_release = on_release
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -116,6 +129,8 @@ class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
         for value in noised.values():
             value += self._noise.normal(0.0, std, value.shape).astype(value.dtype)
         self._compose_release(event)
+        if self._on_release is not None:
+            self._on_release(self.state())
         return ArrayRecord({key: Array(value) for key, value in noised.items()}), metrics
 
     @property

@@ -31,7 +31,7 @@ from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
 from server.app import FINAL_GATE_BINS, _final_evaluation, fleet_signal_counts
 from server.app import app as server_app
-from server.checkpoint import latest_checkpoint, load_global_srm
+from server.checkpoint import complete_checkpoints, latest_checkpoint, load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
@@ -244,16 +244,24 @@ def test_federation_crashed_mid_run_keeps_its_rounds_and_resumes(
     assert json.loads((tmp_path / "final.json").read_text())["users"] == 24
 
 
+class CrashesAfterRound3Trains(EventGrid):
+    def at_call(self, n: int) -> None:
+        if n == 7:  # round 3's noised model is released, before its checkpoint is written
+            raise ServerCrash("the ServerApp died in round 3's evaluation")
+
+
 def test_a_private_run_accounts_its_epsilon_across_a_crash_and_a_resume(
     federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """federation.dp_noise > 0: each round's ε is recorded, and the accountant rides in the checkpoints, so the
-    resumed run goes on from round 2's ε; a resume that would break the accounting is refused by name."""
+    """federation.dp_noise > 0: each round's ε is recorded, and the accountant's ledger is saved at each release,
+    so the resumed run goes on from every release made, round 3's first one too, which its checkpoint never
+    held; a resume that would break the accounting is refused by name."""
     private = ("federation.rounds=3", "federation.dp_noise=1.0", "federation.dp_clip=0.5")
 
-    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInRound3)
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesAfterRound3Trains)
     with pytest.raises(ServerCrash):
         run(federation_config, tmp_path, service, *private)
+    assert sorted(complete_checkpoints(tmp_path)) == [1, 2]
     monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
     with pytest.raises(LSC4RecError, match=r"Resume it with the federation\.dp_delta"):
         run(
@@ -269,13 +277,17 @@ def test_a_private_run_accounts_its_epsilon_across_a_crash_and_a_resume(
     epsilon = [r["dp-epsilon"] for r in history]
     assert [r["round"] for r in history] == [1, 2, 3] and 0 < epsilon[0] < epsilon[1] < epsilon[2]
     reference = FleetPrivacy(FedAvg(), 1.0, 0.5, NODES, 1e-5).accountant
-    for server_round, expected in enumerate(epsilon, start=1):  # 2 of the 4 nodes sampled each round
-        reference.compose(GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=NODES))
+    # 2 of the 4 nodes sampled each round; round 3 was released twice, before the crash and after the resume
+    for server_round, (expected, releases) in enumerate(zip(epsilon, (1, 1, 2), strict=True), start=1):
+        event = GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=NODES)
+        reference.compose(event, count=releases)
         assert expected == pytest.approx(reference.get_privacy_spent().epsilon), server_round
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["DP epsilon at delta 1e-05 (global SRM, per node)"] == pytest.approx(epsilon[-1])
-    assert final["DP noised rounds"] == 3
-    assert "central, per node: clip 0.5, noise multiplier 1" in (tmp_path / "summary.md").read_text()
+    assert final["DP noised rounds"] == 4
+    assert "noise multiplier 1, δ 1e-05, zero-out neighbours" in (tmp_path / "summary.md").read_text()
+    # no node's own update norm is published in a private run
+    assert not [key for r in history for key in r if "update-norm" in key]
     # rounds released without noise cannot be covered by any ε
     run(federation_config, tmp_path / "plain", service, "federation.rounds=1")
     with pytest.raises(

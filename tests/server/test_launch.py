@@ -26,7 +26,7 @@ from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls, make_node_key
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
-from server.checkpoint import save_checkpoint
+from server.checkpoint import PRIVACY_LEDGER, read_ledger, save_checkpoint, save_ledger
 from server.launch import (
     LAUNCH_FILE,
     Launch,
@@ -272,6 +272,12 @@ def test_resume_reads_what_the_server_will_read_before_anything_starts(
     with pytest.raises(DataFormatError, match=r"metrics\.jsonl:2: is not a round's figures"):
         run_folder(resumed)
     metrics.unlink()
+    save_ledger(done, {"releases": 3})
+    assert run_folder(resumed) == done and read_ledger(done) == {"releases": 3}
+    (done / "checkpoints" / PRIVACY_LEDGER).write_text('{"releases": ')  # the ε spent, unreadable
+    with pytest.raises(DataFormatError, match=r"privacy-ledger\.json: is not a privacy ledger .* restore it"):
+        run_folder(resumed)
+    (done / "checkpoints" / PRIVACY_LEDGER).unlink()
     weights = done / "checkpoints" / "round-0003.safetensors"
     weights.write_bytes(weights.read_bytes()[:20])  # cut short
     with pytest.raises(DataFormatError, match=r"round-0003\.safetensors: is not a readable round checkpoint"):

@@ -54,6 +54,10 @@ def test_update_guard_kept_replies_give_example_weighted_mean() -> None:
     # the kept updates' norms, for choosing max_update_norm or dp_clip: sqrt(7) and 1.5 sqrt(7)
     assert metrics[UPDATE_NORM_MEDIAN] == pytest.approx(1.25 * np.sqrt(7))
     assert metrics[UPDATE_NORM_MAX] == pytest.approx(1.5 * np.sqrt(7))
+    quiet = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), report_norms=False)  # private runs
+    list(quiet.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid((11, 12, 13))))
+    _, metrics = quiet.aggregate_train(1, replies)
+    assert UPDATE_NORM_MAX not in metrics and UPDATE_NORM_MEDIAN not in metrics and "loss" in metrics
 
 
 def test_update_guard_nan_and_oversized_replies_rejected_and_counted(
