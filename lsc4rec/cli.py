@@ -164,7 +164,7 @@ def federate(
 ) -> None:
     """Run the whole federation: data, cloud LLM, candidate service, Flower, report."""
     from llm_cloud.engines import ENGINES
-    from server.launch import RUNTIMES, Launch, resume_config, run_federation
+    from server.launch import LAUNCH_FILE, RUNTIMES, Launch, resume_config, run_federation
 
     for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
         if value is not None and value not in choices:
@@ -222,7 +222,8 @@ def federate(
         )
     launch = Launch.chosen(engine, runtime, vllm_eager, resume)
     if launch.vllm_eager and launch.engine != "vllm":
-        was = " (the resumed run used the transformers engine)" if resume and engine is None else ""
+        saved = resume is not None and engine is None and (resume / LAUNCH_FILE).is_file()
+        was = " (the resumed run used the transformers engine)" if saved else ""
         raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
     summary = run_federation(cfg, launch.engine, launch.runtime, launch.vllm_eager)
     console.print(summary.read_text(), markup=False, highlight=False)  # markdown as written, no rich markup

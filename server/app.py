@@ -42,6 +42,8 @@ from lsc4rec.outcomes import (
 )
 from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import (
+    DAMAGED,
+    NOISELESS,
     PRIVACY_LEDGER,
     Checkpoint,
     latest_checkpoint,
@@ -203,7 +205,8 @@ def _privacy(
 
     A resumed run's accountant is the run's ledger, written at each release, which counts a release that the
     newest checkpoint missed (a round that died after it); a run from before the ledger goes on from the
-    checkpoint's. A private run cannot resume from rounds released without noise: no ε would cover them.
+    checkpoint's. A private run cannot resume from rounds released without noise: no ε would cover them, and
+    a run resumed without noise marks its ledger so, before its first release, even one it never checkpoints.
     """
     if not fed.private:
         if start.privacy is not None:
@@ -211,14 +214,22 @@ def _privacy(
                 WARNING,
                 "resuming a private run without federation.dp_noise: the rounds from now on add no noise",
             )
+            if fed.rounds > start.round:
+                save_ledger(run_dir, {NOISELESS: True})
         return None
-    if start.round > 0 and start.privacy is None:
+    ledger = read_ledger(run_dir) if start.round > 0 else None
+    if start.round > 0 and (start.privacy is None or (ledger or {}).get(NOISELESS)):
         raise LSC4RecError(
-            f"rounds 1-{start.round} of this run were released without differential privacy, so no ε covers "
-            "them. Run the private federation in a new run folder (leave out --resume)."
+            "rounds of this run were released without differential privacy, so no ε covers them. Run the "
+            "private federation in a new run folder (leave out --resume)."
         )
     assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
-    state = (read_ledger(run_dir) or start.privacy) if start.round > 0 else None
+    state = ledger or start.privacy
+    damaged = (
+        f"{run_dir / 'checkpoints' / PRIVACY_LEDGER} is damaged, restore it or start a new run"
+        if ledger
+        else f"round {start.round}'s sidecar JSON is damaged: {DAMAGED}"
+    )
     try:
         return FleetPrivacy(
             aggregator,
@@ -232,8 +243,7 @@ def _privacy(
     except ValueError as exc:  # the accountant was for another δ or fleet, or its file is damaged
         raise LSC4RecError(
             f"cannot go on with this run's privacy accounting ({exc}). Resume it with the federation.dp_delta "
-            f"and fleet it started with; if {run_dir / 'checkpoints' / PRIVACY_LEDGER} is damaged, restore "
-            "it, or start a new run."
+            f"and fleet it started with; if {damaged}"
         ) from None
 
 

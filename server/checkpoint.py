@@ -17,6 +17,7 @@ from lsc4rec.errors import DataFormatError
 
 DAMAGED = "Remove that round's two files to resume from the round before, or choose another run folder."
 PRIVACY_LEDGER = "privacy-ledger.json"  # in checkpoints/: the accountant after every release (save_ledger)
+NOISELESS = "released without noise"  # the ledger of a private run that a resume without noise went on with
 
 
 class Checkpoint(NamedTuple):

@@ -48,6 +48,7 @@ FEDERATION = "lsc4rec-local"
 RUNTIMES = ("simulation", "deployment")
 MAX_LOCAL_SUPERNODES = 16  # each one is a few processes and a few hundred MB
 LAUNCH_FILE = "launch.json"
+_LAUNCH_REMEDY = "Fix it, delete it (the defaults), or pass all of --engine, --runtime and --vllm-eager or --no-vllm-eager."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,8 @@ class Launch:
         A run folder without ``launch.json`` (one the benchmarks made over the in-process grid) starts from the
         defaults. vLLM's eager mode is kept only while the engine stays vLLM.
         """
-        base = cls._read(resumed / LAUNCH_FILE) if resumed is not None else cls()
+        given_all = None not in (engine, runtime, vllm_eager)
+        base = cls._read(resumed / LAUNCH_FILE) if resumed is not None and not given_all else cls()
         engine = engine or base.engine
         return cls(
             engine=engine,
@@ -99,8 +101,7 @@ class Launch:
         except (OSError, ValueError, TypeError) as exc:
             raise DataFormatError(
                 path,
-                f"must hold the launcher's options as written by a run ({exc}). Delete it to resume "
-                "with the defaults, or pass --engine and --runtime.",
+                f"must hold the launcher's options as written by a run ({exc}). {_LAUNCH_REMEDY}",
             ) from None
         for name, value, choices in (
             ("engine", launch.engine, ENGINES),
@@ -109,10 +110,12 @@ class Launch:
             if value not in choices:
                 raise DataFormatError(
                     path,
-                    f"{name} must be one of {'|'.join(choices)}, got {value!r}. Fix it, or pass --{name}.",
+                    f"{name} must be one of {'|'.join(choices)}, got {value!r}. {_LAUNCH_REMEDY}",
                 )
         if not isinstance(launch.vllm_eager, bool):
-            raise DataFormatError(path, f"vllm_eager must be true or false, got {launch.vllm_eager!r}.")
+            raise DataFormatError(
+                path, f"vllm_eager must be true or false, got {launch.vllm_eager!r}. {_LAUNCH_REMEDY}"
+            )
         return launch
 
 
@@ -384,7 +387,8 @@ def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None
     if newest is not None and num_items is not None:
         _check_checkpoint_shapes(cfg, newest.arrays.to_torch_state_dict(), num_items, run_dir)
     read_rounds(run_dir)
-    read_ledger(run_dir)
+    if cfg.federation.private:  # as the ServerApp, which reads it in private runs only
+        read_ledger(run_dir)
     saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round
     if not saved_file.is_file():
         return
@@ -454,16 +458,14 @@ def run_federation(
         from llm_cloud.vllm_server import vllm_unavailable_reason
 
         if (reason := vllm_unavailable_reason()) is not None:
-            raise LSC4RecError(f"--engine vllm: {reason}.")
+            raise LSC4RecError(f"--engine vllm: {reason}; or run on --engine transformers.")
     run_dir = run_folder(cfg, dataset.num_items)
     started = time.time()
     try:
         checkpoint = llm_checkpoint(cfg)
-        Launch(engine, runtime, eager).save(
-            run_dir
-        )  # after the training, which removes a folder it leaves empty
         tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
         with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
+            Launch(engine, runtime, eager).save(run_dir)  # what the federation runs on, once it can start
             _federate(cfg, service.url, runtime, nodes, run_dir, tls)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (``run_main`` makes it a SystemExit)
         raise LSC4RecError(

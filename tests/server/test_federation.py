@@ -244,6 +244,12 @@ def test_federation_crashed_mid_run_keeps_its_rounds_and_resumes(
     assert json.loads((tmp_path / "final.json").read_text())["users"] == 24
 
 
+class CrashesInFirstEvaluation(EventGrid):
+    def at_call(self, n: int) -> None:
+        if n == 3:  # the partition query, then the first round's training
+            raise ServerCrash("the ServerApp died in its first round's evaluation")
+
+
 class CrashesAfterRound3Trains(EventGrid):
     def at_call(self, n: int) -> None:
         if n == 7:  # round 3's noised model is released, before its checkpoint is written
@@ -288,12 +294,19 @@ def test_a_private_run_accounts_its_epsilon_across_a_crash_and_a_resume(
     assert "noise multiplier 1, δ 1e-05, zero-out neighbours" in (tmp_path / "summary.md").read_text()
     # no node's own update norm is published in a private run
     assert not [key for r in history for key in r if "update-norm" in key]
-    # rounds released without noise cannot be covered by any ε
+    # rounds released without noise cannot be covered by any ε: checkpointed, or one a resume without noise
+    # released before it died (the ledger says so)
     run(federation_config, tmp_path / "plain", service, "federation.rounds=1")
-    with pytest.raises(
-        LSC4RecError, match="rounds 1-1 of this run were released without differential privacy"
-    ):
+    noiseless = "rounds of this run were released without differential privacy"
+    with pytest.raises(LSC4RecError, match=noiseless):
         run(federation_config, tmp_path / "plain", service, *private, "federation.resume=true")
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInFirstEvaluation)
+    with pytest.raises(ServerCrash):  # round 4 trained and released without noise, then the server died
+        run(federation_config, tmp_path, service, "federation.rounds=4", "federation.resume=true")
+    monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
+    assert max(complete_checkpoints(tmp_path)) == 3
+    with pytest.raises(LSC4RecError, match=noiseless):
+        run(federation_config, tmp_path, service, *private, "federation.rounds=4", "federation.resume=true")
 
 
 class JitteryGrid(InProcessGrid):
