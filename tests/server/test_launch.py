@@ -355,6 +355,8 @@ def test_a_damaged_launch_file_is_refused_by_name(tmp_path: Path, text: str, mes
     (tmp_path / LAUNCH_FILE).write_text(text)
     with pytest.raises(DataFormatError, match=f"^{tmp_path / LAUNCH_FILE}: {message}"):
         Launch.chosen(None, None, None, tmp_path)
+    # the remedy the message names: every option given, the file is not needed
+    assert Launch.chosen("transformers", "simulation", False, tmp_path) == Launch()
 
 
 def test_resume_runs_on_the_runtime_the_run_started_with(
