@@ -89,7 +89,10 @@ class SequentialRecommender(nn.Module, ABC):
             ``[M]`` shared by all positions (and then always uses the sampled softmax), bce takes
             ``[B, T, n]``, one set per position.
         hard_weight
-            Weight of the hard-negative term against the next-item loss (0 drops it).
+            Weight of the hard-negative term against the next-item loss (0 drops it). The term is a mean over
+            every row whose last position trains, rows without hard negatives adding 0, so in a batch mixing
+            collaborative examples with plain windows its weight is ``hard_weight`` times their share; the
+            configured weights were chosen on validation as it is.
 
         Returns
         -------
