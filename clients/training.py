@@ -38,8 +38,7 @@ def train_epoch(
     A sequence trains every position (targets x_2 … x_m), unless ``hard_negatives[i]`` is non-empty: then it
     is a collaborative example that trains only its last position, against those extra negatives (the LLM's
     list for that prefix; that term weighted by ``hard_weight``, as ``SequentialRecommender.loss`` says) as well
-    as the usual ones. ``proximal`` adds
-    a penalty (FedProx's ``μ/2 ||w - w_global||²``) to every batch loss.
+    as the usual ones. ``proximal`` adds a penalty (FedProx's ``μ/2 ||w - w_global||²``) to every batch loss.
     """
     model.train()
     losses = []
