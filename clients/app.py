@@ -40,7 +40,7 @@ def train(msg: Message, context: Context) -> Message:
     negatives = [np.zeros(0, np.int64)] * len(sequences)
     if fed.collab_prefixes > 0:
         users, examples, queries = node.collaborative_prefixes(fed.collab_prefixes)
-        rows, hard = _fetch(cfg, node, cache, users, queries).hard_negatives()
+        rows, hard = _fetch(cfg, node, cache, users, queries).hard_negatives([x[:-1] for x in examples])
         sequences += [examples[r] for r in rows]
         negatives += hard
     optimizer = torch.optim.Adam(model.parameters(), lr=fed.local_lr)

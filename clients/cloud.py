@@ -54,14 +54,22 @@ class CandidateLists:
     def empty(cls, rows: int, k: int) -> CandidateLists:
         return cls(np.zeros((rows, k), np.int64), np.full((rows, k), -np.inf), np.ones(rows, bool))
 
-    def hard_negatives(self) -> tuple[np.ndarray, list[np.ndarray]]:
+    def hard_negatives(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """The rows that hold a list, and each one's items: the negatives of collaborative training.
 
-        A row without a list must be dropped, not kept with no negatives: training reads an example with no
-        hard negatives as a whole sequence, so a cloud outage would add copies of the node's sequences.
+        ``inputs[r]`` is row r's example without its target. Its items leave the list, as at inference, where
+        the device drops what its user has consumed: a fresher prefix's list, made from the older cloud view,
+        can hold items the example's input already has. A row left without a list is dropped, not kept with
+        no negatives: training reads an example with no hard negatives as a whole sequence, so a cloud outage
+        would add copies of the node's sequences.
         """
-        rows = np.flatnonzero(~self.missing & (self.items > 0).any(axis=1))
-        return rows, [self.items[r][self.items[r] > 0] for r in rows]
+        if len(inputs) != len(self.items):
+            raise ValueError(f"inputs must hold one example per list ({len(self.items)}), got {len(inputs)}.")
+        kept = ~self.missing[:, None] & (self.items > 0)
+        for row, seen in enumerate(inputs):
+            kept[row] &= ~np.isin(self.items[row], seen)
+        rows = np.flatnonzero(kept.any(axis=1))
+        return rows, [self.items[r][kept[r]] for r in rows]
 
 
 class CloudClient:

@@ -90,9 +90,8 @@ class SequentialRecommender(nn.Module, ABC):
             ``[B, T, n]``, one set per position.
         hard_weight
             Weight of the hard-negative term against the next-item loss (0 drops it). The term is a mean over
-            every row whose last position trains, rows without hard negatives adding 0, so in a batch mixing
-            collaborative examples with plain windows its weight is ``hard_weight`` times their share; the
-            configured weights were chosen on validation as it is.
+            the rows that hold a hard negative, so a row's weight does not depend on how many plain windows
+            share its batch.
 
         Returns
         -------
@@ -123,6 +122,8 @@ class SequentialRecommender(nn.Module, ABC):
         hard = batch.get("hard_negatives")
         if hard is not None and hard_weight > 0:
             last = (cols == history.size(1) - 1).nonzero(as_tuple=True)[0]  # indices into P
+            lists = hard[rows[last]]
+            last = last[((lists != 0) & (lists != positives[last, None])).any(dim=1)]
             if last.numel() > 0:
                 hard_loss = self._hard_negative_loss(states[last], positives[last], hard[rows[last]])
                 loss = loss + hard_weight * hard_loss

@@ -36,8 +36,12 @@ def test_list_cache_falls_back_when_cloud_is_down_and_counts() -> None:
     assert lists.items[0].tolist() == [7, 8, 9] and not lists.missing[0]  # served from the cache
     assert lists.missing[1] and lists.items[1].tolist() == [0, 0, 0] and np.isneginf(lists.scores[1]).all()
     assert cache.fallbacks == 1
-    rows, hard = lists.hard_negatives()  # the missing row trains nothing, rather than a whole sequence
+    inputs = [np.array([1, 2]), np.array([4, 5])]
+    rows, hard = lists.hard_negatives(inputs)  # the missing row trains nothing, rather than a whole sequence
     assert rows.tolist() == [0] and [h.tolist() for h in hard] == [[7, 8, 9]]
+    # items the example's input holds leave its list, as at inference; a list left empty drops its row
+    assert [h.tolist() for h in lists.hard_negatives([np.array([8, 1]), inputs[1]])[1]] == [[7, 9]]
+    assert lists.hard_negatives([np.array([9, 7, 8]), inputs[1]])[0].tolist() == []
 
 
 def test_list_cache_roundtrips_through_node_state() -> None:

@@ -173,6 +173,26 @@ def test_hard_weight_scales_the_hard_negative_term(loss: str) -> None:
     torch.testing.assert_close(model.loss(with_hard, negatives, hard_weight=0.1), plain + 0.1 * term)
 
 
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_a_collaborative_rows_hard_term_does_not_depend_on_its_batch_mates(loss: str) -> None:
+    """The hard term is a mean over the rows with hard negatives: plain windows beside them do not dilute it."""
+    model = make_model("sasrec", loss=loss).eval()
+    batch = training_batch()
+    hard = torch.zeros(4, 3, dtype=torch.long)
+    hard[0] = torch.tensor([20, 21, 22])  # row 0 is a collaborative example, rows 1-3 plain windows
+
+    def hard_term(rows: slice) -> torch.Tensor:
+        part = {key: value[rows] for key, value in {**batch, "hard_negatives": hard}.items()}
+        torch.manual_seed(0)  # the same sampled negatives in both losses
+        with_hard = model.loss(part, hard_weight=1.0)
+        torch.manual_seed(0)
+        return with_hard - model.loss(part, hard_weight=0.0)
+
+    alone, batched = hard_term(slice(0, 1)), hard_term(slice(0, 4))
+    assert alone > 0
+    torch.testing.assert_close(batched, alone)
+
+
 def test_negatives_with_wrong_shape_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"negatives must be \[M\] for ce"):
         make_model("sasrec").loss(training_batch(), torch.ones(4, 2, dtype=torch.long))
