@@ -44,9 +44,9 @@ from lsc4rec.runs import make_run_dir, seed_everything
 from server.checkpoint import (
     DAMAGED,
     NOISELESS,
-    PRIVACY_LEDGER,
     Checkpoint,
     latest_checkpoint,
+    ledger_path,
     read_ledger,
     save_checkpoint,
     save_ledger,
@@ -138,7 +138,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
         (run_dir / ROUNDS_FILE).unlink(missing_ok=True)
-        (run_dir / "checkpoints" / PRIVACY_LEDGER).unlink(missing_ok=True)
+        ledger_path(run_dir).unlink(missing_ok=True)
     if fed.rounds > start_round:
         recorded = _RoundMetrics(strategy)
         with seeded_node_sampling(cfg.seed + start_round):  # a resumed run draws anew, not round 1's sample
@@ -226,7 +226,7 @@ def _privacy(
     assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
     state = ledger or start.privacy
     damaged = (
-        f"{run_dir / 'checkpoints' / PRIVACY_LEDGER} is damaged, restore it or start a new run"
+        f"{ledger_path(run_dir)} is damaged, restore it or start a new run"
         if ledger
         else f"round {start.round}'s sidecar JSON is damaged: {DAMAGED}"
     )

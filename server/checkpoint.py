@@ -51,6 +51,11 @@ def save_checkpoint(
     return path
 
 
+def ledger_path(run_dir: Path) -> Path:
+    """Where ``run_dir`` keeps its privacy ledger."""
+    return run_dir / "checkpoints" / PRIVACY_LEDGER
+
+
 def save_ledger(run_dir: Path, privacy: dict) -> None:
     """Write the privacy accountant's state as it is the moment a noised model is released.
 
@@ -59,16 +64,16 @@ def save_ledger(run_dir: Path, privacy: dict) -> None:
     again, and an accountant read from the checkpoint would have forgotten the first release. The ledger
     forgets none; it is replaced atomically, so a crash leaves the old one or the new one.
     """
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{PRIVACY_LEDGER}.partial"
+    path = ledger_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial")
     partial.write_text(json.dumps(privacy) + "\n")
-    os.replace(partial, folder / PRIVACY_LEDGER)
+    os.replace(partial, path)
 
 
 def read_ledger(run_dir: Path) -> dict | None:
     """The accountant's state after the run's last release (``save_ledger``), or None when it has none."""
-    path = run_dir / "checkpoints" / PRIVACY_LEDGER
+    path = ledger_path(run_dir)
     if not path.exists():
         return None
     try:

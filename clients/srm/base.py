@@ -123,9 +123,10 @@ class SequentialRecommender(nn.Module, ABC):
         if hard is not None and hard_weight > 0:
             last = (cols == history.size(1) - 1).nonzero(as_tuple=True)[0]  # indices into P
             lists = hard[rows[last]]
-            last = last[((lists != 0) & (lists != positives[last, None])).any(dim=1)]
+            listed = ((lists != 0) & (lists != positives[last, None])).any(dim=1)  # rows with a real one
+            last, lists = last[listed], lists[listed]
             if last.numel() > 0:
-                hard_loss = self._hard_negative_loss(states[last], positives[last], hard[rows[last]])
+                hard_loss = self._hard_negative_loss(states[last], positives[last], lists)
                 loss = loss + hard_weight * hard_loss
         return loss
 
