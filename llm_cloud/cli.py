@@ -40,6 +40,9 @@ def train(
         list[str] | None, typer.Option("--set", help="key=value, e.g. llm.epochs=5.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the checkpoint OUT holds, once the new one is saved.")
+    ] = False,
 ) -> None:
     """Train the item-token LLM on the cloud view of DATA and save it to OUT (best epoch, or as llm.* settings say)."""
     from llm_cloud.train import train_llm
@@ -51,6 +54,7 @@ def train(
     run_config = load_config(config, override_pairs(overrides, **{"llm.base": base}))
     dataset = SequenceDataset.load(data)
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
+    _check_replaceable(out, overwrite)
     created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
     try:
@@ -64,6 +68,35 @@ def train(
         f"saved {result.checkpoint}: best epoch {result.best_epoch}, valid NDCG@10 "
         f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"
     )
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse an OUT that training would lose work in, before an hour of training rather than after.
+
+    The new checkpoint replaces the whole folder, so a folder of other files is never taken, and an older
+    checkpoint only with ``--overwrite``. The folder above OUT must be writable: the checkpoint is written beside
+    OUT first and then moved into its place.
+    """
+    from llm_cloud.checkpoint import check_files
+
+    if not os.path.isdir(out):
+        return  # a new folder: output_path makes it, in a folder it can write to
+    parent = out.resolve().parent
+    if not os.access(parent, os.W_OK):
+        raise ConfigError("--out", f"needs a writable folder above it, got {out} ({parent} is read-only).")
+    if not any(out.iterdir()):
+        return
+    try:
+        check_files(out)
+    except ConfigError:
+        raise ConfigError(
+            "--out", f"holds files that are not a checkpoint, got {out}: choose a new or empty folder."
+        ) from None
+    if not overwrite:
+        raise ConfigError(
+            "--out",
+            f"holds a checkpoint already, got {out}: pass --overwrite to replace it, or choose another folder.",
+        )
 
 
 @app.command()

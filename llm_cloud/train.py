@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -66,6 +68,8 @@ def train_llm(
     config: RunConfig, dataset: SequenceDataset, out: str | Path, progress: bool = True
 ) -> TrainResult:
     """Build the LM from ``config.llm``, train it on the cloud view of ``dataset`` and save it to ``out``.
+
+    The checkpoint replaces ``out`` whole, whatever it held, once it is written in full (:func:`_put_in_place`).
 
     What is saved is the best epoch's weights, or the average of the last ``llm.average_epochs`` epochs' weights
     where validation prefers it, continued by ``llm.refit_epochs`` when set (see the module docstring).
@@ -126,13 +130,35 @@ def train_llm(
             epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
-    Path(out, TRAIN_RESULT_FILE).unlink(missing_ok=True)  # an older training's, over a folder written again
-    with _transformers_bars(progress):  # "Writing model shards"
-        folder = lm.save_pretrained(out, config, dataset.item_ids.tolist())
-    Path(folder, TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
-    result = TrainResult(str(folder), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
-    Path(folder, TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    result = TrainResult(str(out), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
+    target = Path(out).resolve()  # a link's folder is written, not the link replaced
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # a write cut off before, by a kill no handler saw
+    try:
+        with _transformers_bars(progress):  # "Writing model shards"
+            lm.save_pretrained(staging, config, dataset.item_ids.tolist())
+        (staging / TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
+        (staging / TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        _put_in_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once moved; what is left of a failed write
     return result
+
+
+def _put_in_place(staging: Path, out: Path) -> None:
+    """Move the whole checkpoint ``staging`` to ``out``, replacing what ``out`` held (same file system: renames).
+
+    Saving goes to a sibling folder first, so that a full disk or a Ctrl-C while the weights are written leaves an
+    older checkpoint in ``out`` whole, never half replaced, and ``out`` never mixes two trainings' files.
+    """
+    if not os.path.lexists(out):
+        os.rename(staging, out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old)
 
 
 @contextmanager

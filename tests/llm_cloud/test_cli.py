@@ -6,6 +6,8 @@ import sys
 from typer.testing import CliRunner
 
 from llm_cloud.cli import app
+from llm_cloud.train import TRAIN_RESULT_FILE
+from lsc4rec.errors import ConfigError
 from tests.conftest import TINY_SETTINGS
 
 
@@ -44,6 +46,27 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
     assert {"ndcg@10", "hr@5", "mrr@20", "recall@10"} <= set(report["metrics"]["fresh"])
     assert report["k"] == 10
     assert evaluate(str(tmp_path / "d.json"))["k"] == config["llm"]["k"]  # --k defaults to the checkpoint's
+
+
+def test_cli_train_replaces_a_checkpoint_only_when_asked_and_never_other_files(
+    tiny_dataset, tiny_checkpoint, tmp_path
+) -> None:
+    """The new checkpoint replaces OUT whole: an older one needs --overwrite, a folder of other files is never
+    taken, and both refusals come before any training."""
+    data = str(tiny_dataset.save(tmp_path / "tiny.npz"))
+    trained = (tiny_checkpoint / TRAIN_RESULT_FILE).read_text()
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "paper.txt").write_text("draft")
+    runner = CliRunner()
+    for out, extra, message in (
+        (tiny_checkpoint, [], "holds a checkpoint already"),
+        (mine, ["--overwrite"], "holds files that are not a checkpoint"),
+    ):
+        done = runner.invoke(app, ["train", "--data", data, "--out", str(out), "--quiet", *extra])
+        assert isinstance(done.exception, ConfigError) and message in str(done.exception), done.output
+    assert (tiny_checkpoint / TRAIN_RESULT_FILE).read_text() == trained
+    assert [f.name for f in mine.iterdir()] == ["paper.txt"]
 
 
 def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(tmp_path) -> None:

@@ -103,18 +103,33 @@ def test_the_averaged_weights_are_kept_only_when_validation_prefers_them(
     ) == pytest.approx(result.best_valid_ndcg10)
 
 
-def test_writing_over_a_trained_folder_drops_its_old_result_before_the_new_weights(
+def test_a_training_cut_off_while_saving_leaves_the_older_checkpoint_whole(
     tiny_dataset, tiny_config, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """train_result.json marks a whole checkpoint (the launcher's cache trusts it): one cut off while writing over
-    an older training's folder must not leave the older marker beside half-written weights."""
+    """The checkpoint is written beside OUT and moved in whole: a full disk while saving over an older training
+    leaves that training's files as they were (the launcher's cache trusts train_result.json beside them)."""
     out = tmp_path / "ckpt"
     train_llm(tiny_config, tiny_dataset, out, progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    save = ItemTokenLM.save_pretrained
 
-    def disk_full(*args, **kwargs):
+    def disk_full(self, folder, *args, **kwargs):
+        save(self, folder, *args, **kwargs)  # some files written, then the disk fills
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ItemTokenLM, "save_pretrained", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        train_llm(tiny_config, tiny_dataset, out, progress=False)
-    assert not (out / TRAIN_RESULT_FILE).exists()
+        train_llm(tiny_config.override(["seed=1"]), tiny_dataset, out, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert [f.name for f in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind
+
+
+def test_saving_over_a_folder_replaces_it_whole(tiny_dataset, tiny_config, tmp_path) -> None:
+    """No file of the older checkpoint survives beside the new one (vLLM would load a stray weight shard)."""
+    out = tmp_path / "ckpt"
+    train_llm(tiny_config, tiny_dataset, out, progress=False)
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"older shard")
+    result = train_llm(tiny_config, tiny_dataset, out, progress=False)
+    assert not (out / "model-00002-of-00002.safetensors").exists()
+    assert json.loads((out / TRAIN_RESULT_FILE).read_text())["checkpoint"] == result.checkpoint == str(out)
+    assert [f.name for f in tmp_path.iterdir()] == ["ckpt"]
