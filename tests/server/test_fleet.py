@@ -1,9 +1,29 @@
 """The server's check of the partitions the nodes were started with (supernodes started by hand)."""
 
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from uuid import uuid4
+
 import pytest
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.proto.task_pb2 import Task
+from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
+from flwr.superlink.grid import InMemoryGrid
 
 from lsc4rec.errors import ConfigError
-from server.fleet import check_partitions
+from server.fleet import check_partitions, send_and_receive
 
 
 def test_partitions_of_a_well_started_fleet_map_nodes_to_ids() -> None:
@@ -26,3 +46,67 @@ def test_wrongly_started_supernodes_are_named_with_the_fix(told: dict, message: 
         check_partitions(told, nodes=3, num_users=30)
     assert str(error.value).startswith("--node-config: ")
     assert 'Start supernode i with --node-config "partition-id=i num-partitions=3"' in str(error.value)
+
+
+class SimulatedFleet:
+    """Flower's own in-memory link state and grid (what ``flwr run`` gives a simulation's ServerApp), with a thread
+    answering each node's messages as the Simulation Engine's workers do, except the nodes in ``silent``."""
+
+    def __init__(self, nodes: int, silent: int = 0) -> None:
+        factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+        self.nodes = list(_register_nodes(nodes, factory))
+        self.state = factory.state()
+        run = dataclasses.replace(Run.create_empty(7), primary_task_id=11, federation_id=NOOP_FEDERATION_ID)
+        self.state.run_ids[run.run_id] = RunRecord(run=run)
+        self.state.task_store[11] = Task(task_id=11, run_id=run.run_id)
+        self.grid = InMemoryGrid(state_factory=factory)
+        self.grid.set_run(run)
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, run.run_id, 1  # the server's
+        self.silent = set(self.nodes[:silent])
+        self.most_in_flight = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._answer, daemon=True)
+
+    def __enter__(self) -> SimulatedFleet:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def messages(self) -> list[Message]:
+        return [
+            Message(RecordDict({"c": ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY)
+            for node in self.nodes
+        ]
+
+    def _answer(self) -> None:
+        while not self._stop.is_set():
+            self.most_in_flight = max(self.most_in_flight, len(self.state.message_ins_store))
+            for node in self.nodes:
+                for message in self.state.get_message_ins(node_id=node, limit=1):
+                    if node in self.silent:
+                        continue
+                    reply = Message(RecordDict({"c": ConfigRecord({"node": node})}), reply_to=message)
+                    reply.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's engine does
+                    self.state.store_message_res(reply)
+            time.sleep(0.005)
+
+
+def test_a_simulation_gets_every_reply_with_few_messages_in_flight() -> None:
+    """Flower's engine scans every stored message for each node every 0.1 s: the server keeps few stored."""
+    window = 4 * len(os.sched_getaffinity(0))
+    with SimulatedFleet(nodes=3 * window) as fleet:
+        replies = send_and_receive(fleet.grid, fleet.messages(), timeout=60)
+    assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes)
+    assert 0 < fleet.most_in_flight <= window
+
+
+def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_replies() -> None:
+    window = 4 * len(os.sched_getaffinity(0))
+    with SimulatedFleet(nodes=window + 3, silent=1) as fleet:
+        started = time.monotonic()
+        replies = send_and_receive(fleet.grid, fleet.messages(), timeout=2.0)
+    assert 2.0 <= time.monotonic() - started < 10.0
+    assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes[1:])
