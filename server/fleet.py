@@ -14,8 +14,8 @@ Three things kept a fixed seed from repeating a run in Flower's Simulation Engin
 - the replies of a round arrive in whatever order the nodes finish, and FedAvg's float sums depend on that
   order. ``PartitionOrderedGrid`` hands them on in partition order.
 
-In a simulation the server also keeps only a few messages in flight (:func:`send_and_receive`): Flower's in-memory
-link state makes the ServerApp's process pay for every message in flight once per node every 0.1 s.
+In a simulation the server also keeps only a few messages in flight (:func:`send_and_receive`): Flower's
+in-memory link state makes the ServerApp's process pay for every message in flight once per node every 0.1 s.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ def seeded_node_sampling(seed: int) -> Iterator[None]:
         strategy_utils.random = shared
 
 
+def in_flight_window() -> int:
+    """How many messages a simulation keeps in flight: four per core this process may use (macOS: every core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 4 * cores
+
+
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
     """``grid.send_and_receive``, but a simulation's grid gets the messages a few at a time.
 
@@ -71,18 +77,17 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
     node, every 0.1 s (``vce_api.add_messages_to_queue``, ``InMemoryLinkState.get_message_ins``). With all 610
     of the default run's messages pushed at once, that scan took about 0.6 of the 2 cores, in the process beside
     the ClientApps' workers. Here at most four messages per core wait or run (a core runs one ClientApp at a
-    time), and replies are pulled as they come, so the workers never wait for work. ``timeout`` bounds the whole
-    call, as Flower's: messages not yet sent by then are not sent. Other grids (a deployment's SuperLink, the
-    in-process grid of the tests) get every message at once, as before.
+    time), and replies are pulled as they come, so that a worker seldom waits for its next message. ``timeout``
+    bounds the whole call, as Flower's: messages not yet sent by then are not sent. Other grids (a deployment's
+    SuperLink, the in-process grid of the tests) get every message at once, as before.
     """
     if not isinstance(grid, InMemoryGrid):
         return list(grid.send_and_receive(messages, timeout=timeout))
-    waiting, replies, in_flight = list(messages), [], set()
-    window = 4 * len(os.sched_getaffinity(0))
+    waiting, replies, in_flight, window = list(messages), [], set(), in_flight_window()
     deadline = None if timeout is None else time.monotonic() + timeout
     while waiting or in_flight:
-        if len(in_flight) < window and waiting:
-            room = window - len(in_flight)
+        room = window - len(in_flight)
+        if room > 0 and waiting:
             in_flight.update(grid.push_messages(waiting[:room]))
             del waiting[:room]
         answered = list(grid.pull_messages(in_flight))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from uuid import uuid4
@@ -23,7 +22,7 @@ from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
 from flwr.superlink.grid import InMemoryGrid
 
 from lsc4rec.errors import ConfigError
-from server.fleet import check_partitions, send_and_receive
+from server.fleet import check_partitions, in_flight_window, send_and_receive
 
 
 def test_partitions_of_a_well_started_fleet_map_nodes_to_ids() -> None:
@@ -96,7 +95,7 @@ class SimulatedFleet:
 
 def test_a_simulation_gets_every_reply_with_few_messages_in_flight() -> None:
     """Flower's engine scans every stored message for each node every 0.1 s: the server keeps few stored."""
-    window = 4 * len(os.sched_getaffinity(0))
+    window = in_flight_window()
     with SimulatedFleet(nodes=3 * window) as fleet:
         replies = send_and_receive(fleet.grid, fleet.messages(), timeout=60)
     assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes)
@@ -104,7 +103,7 @@ def test_a_simulation_gets_every_reply_with_few_messages_in_flight() -> None:
 
 
 def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_replies() -> None:
-    window = 4 * len(os.sched_getaffinity(0))
+    window = in_flight_window()
     with SimulatedFleet(nodes=window + 3, silent=1) as fleet:
         started = time.monotonic()
         replies = send_and_receive(fleet.grid, fleet.messages(), timeout=2.0)
