@@ -40,9 +40,6 @@ def train(
         list[str] | None, typer.Option("--set", help="key=value, e.g. llm.epochs=5.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace the checkpoint OUT holds, once the new one is saved.")
-    ] = False,
 ) -> None:
     """Train the item-token LLM on the cloud view of DATA and save it to OUT (best epoch, or as llm.* settings say)."""
     from llm_cloud.train import train_llm
@@ -54,7 +51,7 @@ def train(
     run_config = load_config(config, override_pairs(overrides, **{"llm.base": base}))
     dataset = SequenceDataset.load(data)
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
-    _check_replaceable(out, overwrite)
+    _check_out(out)
     created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
     try:
@@ -70,33 +67,31 @@ def train(
     )
 
 
-def _check_replaceable(out: Path, overwrite: bool) -> None:
-    """Refuse an OUT that training would lose work in, before an hour of training rather than after.
+def _check_out(out: Path) -> None:
+    """Refuse, before an hour of training rather than after, an OUT where saving would lose work or fail.
 
-    The new checkpoint replaces the whole folder, so a folder of other files is never taken, and an older
-    checkpoint only with ``--overwrite``. The folder above OUT must be writable: the checkpoint is written beside
-    OUT first and then moved into its place.
+    The checkpoint is written beside OUT (``.OUT.partial``) and then moved into its place, so OUT must be new or
+    empty (nothing in it is ever replaced), not a mount point (which cannot be moved), and in a writable folder
+    whose file names can be that much longer.
     """
-    from llm_cloud.checkpoint import check_files
-
+    parent = out.resolve().parent
+    name_max = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
+    if len(os.fsencode(f".{out.resolve().name}.partial")) > name_max:
+        raise ConfigError(
+            "--out", f"needs a shorter name, got {out} (training writes .NAME.partial beside it)."
+        )
     if not os.path.isdir(out):
         return  # a new folder: output_path makes it, in a folder it can write to
-    parent = out.resolve().parent
-    if not os.access(parent, os.W_OK):
-        raise ConfigError("--out", f"needs a writable folder above it, got {out} ({parent} is read-only).")
-    if not any(out.iterdir()):
-        return
-    try:
-        check_files(out)
-    except ConfigError:
-        raise ConfigError(
-            "--out", f"holds files that are not a checkpoint, got {out}: choose a new or empty folder."
-        ) from None
-    if not overwrite:
+    if any(out.iterdir()):
         raise ConfigError(
             "--out",
-            f"holds a checkpoint already, got {out}: pass --overwrite to replace it, or choose another folder.",
+            f"must be a new or empty folder, got {out}, which holds files: choose another (to train that "
+            "checkpoint again, delete it first).",
         )
+    if os.path.ismount(out):
+        raise ConfigError("--out", f"must not be a mount point, got {out}: give a folder inside it.")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError("--out", f"needs a writable folder above it, got {out} ({parent} is read-only).")
 
 
 @app.command()

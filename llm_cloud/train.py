@@ -42,7 +42,7 @@ from llm_cloud.model import ItemTokenLM, build_pretrained, build_scratch
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.data import SequenceDataset, TemporalSplit
 from lsc4rec.data.batching import length_bucketed_batches
-from lsc4rec.errors import check_loss
+from lsc4rec.errors import LSC4RecError, check_loss
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
 from lsc4rec.runs import seed_everything
 
@@ -139,9 +139,10 @@ def train_llm(
             lm.save_pretrained(staging, config, dataset.item_ids.tolist())
         (staging / TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
         (staging / TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
-        _put_in_place(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone once moved; what is left of a failed write
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # half a checkpoint is worth nothing
+        raise
+    _put_in_place(staging, target)
     return result
 
 
@@ -149,16 +150,26 @@ def _put_in_place(staging: Path, out: Path) -> None:
     """Move the whole checkpoint ``staging`` to ``out``, replacing what ``out`` held (same file system: renames).
 
     Saving goes to a sibling folder first, so that a full disk or a Ctrl-C while the weights are written leaves an
-    older checkpoint in ``out`` whole, never half replaced, and ``out`` never mixes two trainings' files.
+    older checkpoint in ``out`` whole, never half replaced, and ``out`` never mixes two trainings' files. If the
+    move itself fails, the older checkpoint goes back in its place and the new one is kept, named in the error.
     """
-    if not os.path.lexists(out):
-        os.rename(staging, out)
-        return
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    os.rename(out, old)
-    os.rename(staging, out)
-    shutil.rmtree(old)
+    try:
+        if os.path.lexists(out):
+            os.rename(out, old)
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            if os.path.lexists(old):
+                os.rename(old, out)
+            raise
+    except OSError as exc:
+        raise LSC4RecError(
+            f"the trained checkpoint could not be moved to {out} ({exc.strerror or exc}); it is whole in "
+            f"{staging}: move that folder where you want it."
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

@@ -78,14 +78,16 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
     of the default run's messages pushed at once, that scan took about 0.6 of the 2 cores, in the process beside
     the ClientApps' workers. Here at most four messages per core wait or run (a core runs one ClientApp at a
     time), and replies are pulled as they come, so that a worker seldom waits for its next message. ``timeout``
-    bounds the whole call, as Flower's: messages not yet sent by then are not sent. Other grids (a deployment's
-    SuperLink, the in-process grid of the tests) get every message at once, as before.
+    bounds the whole call, as Flower's: messages not yet sent by then are not sent. A message keeps its place until
+    its reply comes; in a simulation every message gets one (a ClientApp that raises replies with an error), but
+    a ClientApp that hangs holds its place until the timeout. Other grids (a deployment's SuperLink, whose nodes
+    work in parallel, and the in-process grid of the tests) get every message at once, as before.
     """
     if not isinstance(grid, InMemoryGrid):
         return list(grid.send_and_receive(messages, timeout=timeout))
     waiting, replies, in_flight, window = list(messages), [], set(), in_flight_window()
     deadline = None if timeout is None else time.monotonic() + timeout
-    while waiting or in_flight:
+    while (waiting or in_flight) and (deadline is None or time.monotonic() < deadline):
         room = window - len(in_flight)
         if room > 0 and waiting:
             in_flight.update(grid.push_messages(waiting[:room]))
@@ -93,8 +95,6 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
         answered = list(grid.pull_messages(in_flight))
         replies += answered
         in_flight.difference_update(reply.metadata.reply_to_message_id for reply in answered)
-        if deadline is not None and time.monotonic() > deadline:
-            break
         if not answered:
             time.sleep(PULL_INTERVAL_S)
     return replies

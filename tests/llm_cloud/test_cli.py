@@ -1,7 +1,5 @@
 import json
 import pathlib
-import subprocess
-import sys
 
 from typer.testing import CliRunner
 
@@ -48,46 +46,29 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
     assert evaluate(str(tmp_path / "d.json"))["k"] == config["llm"]["k"]  # --k defaults to the checkpoint's
 
 
-def test_cli_train_replaces_a_checkpoint_only_when_asked_and_never_other_files(
-    tiny_dataset, tiny_checkpoint, tmp_path
+def test_cli_train_refuses_an_out_it_would_replace_or_could_not_move_into_before_training(
+    tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch
 ) -> None:
-    """The new checkpoint replaces OUT whole: an older one needs --overwrite, a folder of other files is never
-    taken, and both refusals come before any training."""
+    """The checkpoint is written beside OUT and moved in: a folder that holds files (a checkpoint or anything
+    else) is never replaced, and a name too long for ``.NAME.partial`` is refused, all before any training."""
+
+    def trains(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr("llm_cloud.train.train_llm", trains)
     data = str(tiny_dataset.save(tmp_path / "tiny.npz"))
     trained = (tiny_checkpoint / TRAIN_RESULT_FILE).read_text()
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "paper.txt").write_text("draft")
     runner = CliRunner()
-    for out, extra, message in (
-        (tiny_checkpoint, [], "holds a checkpoint already"),
-        (mine, ["--overwrite"], "holds files that are not a checkpoint"),
+    for out, message in (
+        (tiny_checkpoint, "must be a new or empty folder"),
+        (mine, "must be a new or empty folder"),
+        (tmp_path / ("c" * 250), "needs a shorter name"),
     ):
-        done = runner.invoke(app, ["train", "--data", data, "--out", str(out), "--quiet", *extra])
+        done = runner.invoke(app, ["train", "--data", data, "--out", str(out), "--quiet"])
         assert isinstance(done.exception, ConfigError) and message in str(done.exception), done.output
     assert (tiny_checkpoint / TRAIN_RESULT_FILE).read_text() == trained
     assert [f.name for f in mine.iterdir()] == ["paper.txt"]
-
-
-def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(tmp_path) -> None:
-    """``python -m llm_cloud.cli serve`` (what the launcher runs, its stderr going to service.log) ends a bad
-    checkpoint with the one-line message `lsc4rec llm serve` gives, not a traceback."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llm_cloud.cli",
-            "serve",
-            "--checkpoint",
-            str(tmp_path / "none"),
-            "--port",
-            "9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=pathlib.Path(__file__).parents[2],
-    )
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: --checkpoint: must be a folder written by `lsc4rec llm train`")
-    assert "Traceback" not in done.stderr
+    assert not (tmp_path / ("c" * 250)).exists()

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from llm_cloud.train import (
 )
 from lsc4rec.config import LLMConfig
 from lsc4rec.data import TemporalSplit
+from lsc4rec.errors import LSC4RecError
 
 BATCH_ITEMS = [[3, 1, 4, 1, 5], [9, 2]]
 
@@ -122,6 +125,35 @@ def test_a_training_cut_off_while_saving_leaves_the_older_checkpoint_whole(
         train_llm(tiny_config.override(["seed=1"]), tiny_dataset, out, progress=False)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert [f.name for f in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("failing", ["old aside", "new in place"])
+def test_a_move_that_fails_keeps_both_checkpoints_and_names_the_new_one(
+    tiny_dataset, tiny_config, tmp_path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A mount point cannot be renamed, a rename can fail: the older checkpoint stays in OUT, the new one whole
+    beside it, and the error says where (a finished training is never deleted)."""
+    out = tmp_path / "ckpt"
+    train_llm(tiny_config, tiny_dataset, out, progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    rename = os.rename
+
+    def busy(src, dst):
+        moving = Path(src).name == ("ckpt" if failing == "old aside" else ".ckpt.partial")
+        if moving:
+            raise OSError(16, "Device or resource busy")
+        rename(src, dst)
+
+    monkeypatch.setattr("llm_cloud.train.os.rename", busy)
+    with pytest.raises(
+        LSC4RecError, match=r"could not be moved to .*ckpt \(Device or resource busy\); it is whole in"
+    ):
+        train_llm(tiny_config.override(["seed=1"]), tiny_dataset, out, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    kept = tmp_path / ".ckpt.partial"
+    assert json.loads((kept / TRAIN_RESULT_FILE).read_text())["checkpoint"] == str(out)
+    assert ItemTokenLM.from_pretrained(kept).num_items == tiny_dataset.num_items
+    assert sorted(f.name for f in tmp_path.iterdir()) == [".ckpt.partial", "ckpt"]
 
 
 def test_saving_over_a_folder_replaces_it_whole(tiny_dataset, tiny_config, tmp_path) -> None:

@@ -60,6 +60,7 @@ class SimulatedFleet:
         self.state.task_store[11] = Task(task_id=11, run_id=run.run_id)
         self.grid = InMemoryGrid(state_factory=factory)
         self.grid.set_run(run)
+        self._identity = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, run.run_id, 1  # the server's
         self.silent = set(self.nodes[:silent])
         self.most_in_flight = 0
@@ -73,6 +74,7 @@ class SimulatedFleet:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = self._identity
 
     def messages(self) -> list[Message]:
         return [
