@@ -1,5 +1,7 @@
 import json
 import pathlib
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -72,3 +74,27 @@ def test_cli_train_refuses_an_out_it_would_replace_or_could_not_move_into_before
     assert (tiny_checkpoint / TRAIN_RESULT_FILE).read_text() == trained
     assert [f.name for f in mine.iterdir()] == ["paper.txt"]
     assert not (tmp_path / ("c" * 250)).exists()
+
+
+def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(tmp_path) -> None:
+    """``python -m llm_cloud.cli serve`` (what the launcher runs, its stderr going to service.log) ends a bad
+    checkpoint with the one-line message `lsc4rec llm serve` gives, not a traceback."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm_cloud.cli",
+            "serve",
+            "--checkpoint",
+            str(tmp_path / "none"),
+            "--port",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).parents[2],
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --checkpoint: must be a folder written by `lsc4rec llm train`")
+    assert "Traceback" not in done.stderr
