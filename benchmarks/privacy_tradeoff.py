@@ -4,8 +4,8 @@ Each run is the default federation (one user per device, so a node's data is one
 ``federation.dp_noise`` set to each ``--noise`` value and ``federation.dp_clip`` to ``--clip``: every sampled
 device's update is clipped, their equal-weight mean gets Gaussian noise, and Flower's RDP accountant reports the
 ε spent over the rounds (no credit for sampling; zero-out neighbours, strategies/privacy.py). Noise 0 is the
-same fleet without privacy, weighting by examples as usual. The real ServerApp and ClientApp run over the in-process grid against the real candidate
-service on 127.0.0.1 (as ``benchmarks/federation_quality.py``).
+same fleet without privacy, weighting by examples as usual. The real ServerApp and ClientApp run over the
+in-process grid against the real candidate service on 127.0.0.1 (as ``benchmarks/federation_quality.py``).
 
 Protocol of every figure: lag 2, K = 50, SASRec-CE, random numbering; test NDCG@10 ranking over the LLM's list
 (fused at the α chosen on validation), and the global SRM over the full catalogue. The noise draws come from the

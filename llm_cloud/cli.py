@@ -74,9 +74,10 @@ def _check_out(out: Path) -> None:
     empty (nothing in it is ever replaced), not a mount point (which cannot be moved), and in a writable folder
     whose file names can be that much longer.
     """
-    parent = out.resolve().parent
+    resolved = out.resolve()
+    parent = resolved.parent
     name_max = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
-    if len(os.fsencode(f".{out.resolve().name}.partial")) > name_max:
+    if len(os.fsencode(f".{resolved.name}.partial")) > name_max:
         raise ConfigError(
             "--out", f"needs a shorter name, got {out} (training writes .NAME.partial beside it)."
         )
