@@ -20,13 +20,15 @@ def target_ranks(scores: torch.Tensor, target_index: torch.Tensor) -> torch.Tens
     """0-based pessimistic rank of ``scores[b, target_index[b]]`` in each row of ``scores`` [B, N].
 
     ``target_index[b] < 0`` marks a target outside the list: its rank is ``inf``, as is a NaN target score.
-    Scores of ``-inf`` (excluded items) never outrank a finite target.
+    Scores of ``-inf`` (excluded items) never outrank a finite target; a NaN score of another item (a model
+    that diverged on part of the catalogue) does, as a tie does, so that a broken model cannot score better
+    than a sound one.
     """
     rows = torch.arange(scores.shape[0])
     target_scores = scores[rows, target_index.clamp(min=0)]
     # a NaN target (a diverged model) would count as rank -1, a hit at every cut-off: it is a miss
     present = (target_index >= 0) & ~torch.isnan(target_scores)
-    at_least = (scores >= target_scores[:, None]).sum(dim=1) - 1
+    at_least = ((scores >= target_scores[:, None]) | torch.isnan(scores)).sum(dim=1) - 1
     return torch.where(present, at_least.double(), torch.full_like(at_least, math.inf, dtype=torch.float64))
 
 

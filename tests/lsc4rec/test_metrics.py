@@ -48,3 +48,9 @@ def test_a_nan_target_score_is_a_miss_not_a_perfect_hit() -> None:
     ranks = target_ranks(scores, torch.tensor([1, 1]))
     assert math.isinf(ranks[0]) and ranks[1] == 2.0
     assert metrics_from_ranks(ranks.numpy(), cutoffs=(1,))["hr@1"] == 0.0
+
+
+def test_a_nan_score_of_another_item_outranks_the_target() -> None:
+    """NaN >= x is False, so a row with NaN elsewhere would rank its target too well: count NaN as a tie."""
+    scores = torch.tensor([[0.2, math.nan, 0.9, math.nan], [0.5, 0.1, math.nan, -math.inf]])
+    assert target_ranks(scores, torch.tensor([2, 0])).tolist() == [2.0, 1.0]
