@@ -117,7 +117,8 @@ class LLMConfig:
     # upper bound, about 3 minutes on 2 cores for MovieLens. The MovieLens recipe (these defaults: no
     # context-free targets, the last 4 epochs averaged, patience 3 within 20 epochs) was chosen on validation over
     # five seeds: stale NDCG@10 0.0482, against 0.0435 with context-free targets, no averaging and patience 5, and
-    # 0.0320 with patience 3 there, which stopped at epochs 6 to 12 (BENCHMARKS.md, "The default LLM's recipe")
+    # 0.0320 for those with patience 3 within 50, which stopped at epochs 6 to 12 (BENCHMARKS.md, "The default
+    # LLM's recipe" and the section before it)
     epochs: int = 20
     batch_size: int = 64  # sequences per step
     lr: float = 2e-3  # AdamW learning rate (scratch); LoRA runs usually want about 2e-4
