@@ -42,7 +42,6 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train the item-token LLM on the cloud view of DATA and save it to OUT (best epoch, or as llm.* settings say)."""
-    from llm_cloud.train import train_llm
     from lsc4rec.config import load_config, override_pairs
     from lsc4rec.data import SequenceDataset, TemporalSplit
     from lsc4rec.runs import output_path
@@ -52,6 +51,9 @@ def train(
     dataset = SequenceDataset.load(data)
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
     _check_out(out)
+    # torch and transformers load only now, after the cheap checks, so that their errors come at once
+    from llm_cloud.train import train_llm
+
     created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
     try:
@@ -173,6 +175,7 @@ def serve(
     """Serve POST /v1/candidates, GET /healthz and GET /metrics (over https with a certificate and key)."""
     import uvicorn
 
+    from llm_cloud.checkpoint import check_files
     from llm_cloud.engines import make_engine
     from llm_cloud.processes import check_port_free
     from llm_cloud.service import create_app, exposure_warning
@@ -184,6 +187,7 @@ def serve(
         raise ConfigError("--vllm-url", f"must look like http://HOST:PORT, got {vllm_url!r}.")
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     tls = _tls_files(ssl_certfile, ssl_keyfile)
+    check_files(checkpoint)  # before make_engine imports torch, so a wrong path is named at once
     if warning := exposure_warning(host, api_key, tls=bool(tls)):
         typer.echo(f"warning: {warning}.", err=True)
     candidate_engine = make_engine(engine, checkpoint, vllm_url)

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lsc4rec.errors import ConfigError, DataFormatError
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch so that a run with the same config repeats."""
+    import torch  # here, not at the top: commands that only check their arguments should not wait for torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
