@@ -196,9 +196,10 @@ class FederationConfig:
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedavgm (Flower's own strategies)
     proximal_mu: float = 0.0  # FedProx μ (used by fedprox; 0 disables the proximal term)
     # server learning rate: FedAdam's η, FedAvgM's step on the averaged update; 0 takes the strategy's usual
-    # value (server/app.py: 0.01 for FedAdam, 1.0 for FedAvgM, where 1.0 with no momentum is plain FedAvg)
+    # value (server/app.py: 0.01 for FedAdam, 1.0 for FedAvgM, where 1.0 with no momentum is plain FedAvg);
+    # FedAdam's moments and FedAvgM's momentum live in server memory, so a resumed run starts them afresh
     server_lr: float = 0.0
-    server_momentum: float = 0.0  # FedAvgM's server momentum β (in server memory: a resumed run restarts it)
+    server_momentum: float = 0.0  # FedAvgM's server momentum β
     max_update_norm: float = 0.0  # reject updates with ||w_node - w_global|| above this (0: no bound)
     local_epochs: int = 5  # passes over the node's sequences per round (a device holds only a few)
     local_batch_size: int = 32  # sequences per local step

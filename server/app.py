@@ -51,7 +51,7 @@ from server.checkpoint import (
     save_checkpoint,
     save_ledger,
 )
-from server.fleet import PartitionOrderedGrid, seeded_node_sampling, wait_for_nodes
+from server.fleet import PartitionOrderedGrid, sampler_state, seeded_node_sampling, wait_for_nodes
 from server.report import (
     ROUNDS_FILE,
     SIGNAL_HISTOGRAMS,
@@ -61,8 +61,9 @@ from server.report import (
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
+from strategies.guards import REASONS
 from strategies.privacy import FleetPrivacy
-from strategies.sums import sum_metrics
+from strategies.sums import sum_metrics, train_metrics
 from strategies.wrapper import StrategyWrapper
 
 app = ServerApp()
@@ -74,6 +75,8 @@ DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation
 # The final gate's histogram: fine, so that τ's own bin, whose users request by coin flip, holds a user or two.
 FINAL_GATE_BINS = 1000
 DP_EPSILON_FIGURE = "DP epsilon at delta {delta:g} (global SRM, per node)"  # final.json: ε of the whole run
+# a checkpoint's server state (Checkpoint.server): the node sampler, the request budget's window, the seconds spent
+SAMPLER, BUDGET_WINDOW, SECONDS = "node-sampler", "request-budget-window", "federation-seconds"
 
 
 class _ShortLines(logging.Filter):
@@ -123,7 +126,7 @@ def main(grid: Grid, context: Context) -> None:
     # checked partitions, in order: seeded node samples name the same users on every run
     grid = PartitionOrderedGrid.discover(grid, nodes, split.num_users)
     start = _starting_point(cfg, run_dir, split.dataset.num_items)
-    start_round, arrays = start.round, start.arrays
+    start_round, arrays, resumed = start.round, start.arrays, start.server or {}
     aggregator = flower_strategy(cfg)
     privacy = _privacy(aggregator, fed, nodes, start, run_dir)
     strategy = RequestBudget(
@@ -134,20 +137,30 @@ def main(grid: Grid, context: Context) -> None:
         initial_tau=start.tau,  # a resumed run keeps its gate
         initial_measure=start.measure if start.measure in fed.measures else None,
         window=fed.budget_window,
+        initial_window=resumed.get(BUDGET_WINDOW, ()),
     )
-    started = time.perf_counter()
+    started = time.perf_counter() - float(resumed.get(SECONDS, 0.0))  # the rounds before a resume count too
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
         (run_dir / ROUNDS_FILE).unlink(missing_ok=True)
         ledger_path(run_dir).unlink(missing_ok=True)
     if fed.rounds > start_round:
-        recorded = _RoundMetrics(strategy)
-        with seeded_node_sampling(cfg.seed + start_round):  # a resumed run draws anew, not round 1's sample
+        recorded = _RoundMetrics(strategy, start_round)
+        # a checkpoint older than the sampler's saved state: a draw of its own, not round 1's sample again
+        with seeded_node_sampling(cfg.seed + start_round, resumed.get(SAMPLER)) as sampler:
+
+            def server_state() -> dict[str, Any]:
+                return {
+                    SAMPLER: sampler_state(sampler),
+                    BUDGET_WINDOW: strategy.window_state(),
+                    SECONDS: time.perf_counter() - started,
+                }
+
             result = recorded.start(
                 grid,
                 arrays,
                 num_rounds=fed.rounds - start_round,
                 timeout=3600,
-                evaluate_fn=_after_round(run_dir, recorded, strategy, privacy, start_round),
+                evaluate_fn=_after_round(run_dir, recorded, strategy, privacy, server_state),
             )
         if len(result.arrays):  # Flower leaves it empty when no round had a single update to aggregate
             arrays = result.arrays
@@ -171,7 +184,10 @@ def main(grid: Grid, context: Context) -> None:
             test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
         ),
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
-        "rejected updates": int(sum(strategy.strategy.rejected_total.values())),
+        # from the rounds' lines, which a resumed run keeps: the guard counts only the rounds it ran itself
+        "rejected updates": sum(
+            int(r.get(f"train-{reason}", 0)) for r in read_rounds(run_dir) for reason in REASONS
+        ),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
@@ -191,10 +207,11 @@ def main(grid: Grid, context: Context) -> None:
 
 def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> Checkpoint:
     """The newest checkpoint when resuming, else round 0: a fresh SRM, τ 1 (no requests), no gate signal."""
+    model = build_srm(cfg.srm, num_items)
     if cfg.federation.resume and (found := latest_checkpoint(run_dir)) is not None:
         log(INFO, "resuming from round %d of %s", found.round, run_dir)
-        return found
-    model = build_srm(cfg.srm, num_items)
+        # in the model's order, as the nodes reply (a file lists them by name): FedAvgM pairs them by position
+        return found._replace(arrays=ArrayRecord({key: found.arrays[key] for key in model.state_dict()}))
     return Checkpoint(0, ArrayRecord(model.state_dict()), 1.0)
 
 
@@ -262,6 +279,7 @@ def flower_strategy(cfg: RunConfig) -> Strategy:
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1,
         "min_available_nodes": 1,
+        "train_metrics_aggr_fn": train_metrics,
         "evaluate_metrics_aggr_fn": _sum_and_report,
     }
     if fed.strategy == "fedprox":
@@ -294,51 +312,69 @@ def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
 
 
 class _RoundMetrics(StrategyWrapper):
-    """Hold the current round's aggregated training and validation metrics for the end-of-round hook.
+    """Number the rounds as the run does, and hold the current round's metrics for the end-of-round hook.
 
-    Flower's result keeps the whole history; the hook, called last in each round, needs only this round's.
+    Flower's ``start`` counts a resumed run's rounds from 1 again; the strategies below, and through the
+    messages' ``server-round`` the nodes, which seed each round from it, get ``offset`` (the checkpoint's round)
+    added. Flower's result keeps the whole history; the hook, called last in each round, needs only this round's.
     """
 
-    def __init__(self, strategy: Strategy) -> None:
+    def __init__(self, strategy: Strategy, offset: int = 0) -> None:
         super().__init__(strategy)
+        self.offset = offset
         self.train: MetricRecord | None = None
         self.evaluate: MetricRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate with the run's round number."""
+        return self.strategy.configure_train(self.offset + server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Delegate, and keep the metrics."""
-        arrays, self.train = self.strategy.aggregate_train(server_round, replies)
+        """Delegate with the run's round number, and keep the metrics."""
+        arrays, self.train = self.strategy.aggregate_train(self.offset + server_round, replies)
         return arrays, self.train
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate with the run's round number."""
+        return self.strategy.configure_evaluate(self.offset + server_round, arrays, config, grid)
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate, and keep the metrics."""
-        self.evaluate = self.strategy.aggregate_evaluate(server_round, replies)
+        """Delegate with the run's round number, and keep the metrics."""
+        self.evaluate = self.strategy.aggregate_evaluate(self.offset + server_round, replies)
         return self.evaluate
 
 
 def _after_round(
-    run_dir: Path, recorded: _RoundMetrics, budget: RequestBudget, privacy: FleetPrivacy | None, offset: int
+    run_dir: Path,
+    recorded: _RoundMetrics,
+    budget: RequestBudget,
+    privacy: FleetPrivacy | None,
+    server_state: Callable[[], dict[str, Any]],
 ) -> Callable[[int, ArrayRecord], None]:
     """Flower's ``evaluate_fn`` hook, the last call of every round: the round's metrics line, then its checkpoint.
 
     Both are on disk as soon as the round ends, so a crashed run loses at most the round in flight, and a
-    run resumed from the checkpoint keeps the figures of the rounds before it.
+    run resumed from the checkpoint keeps the figures of the rounds before it and goes on from the server's
+    state after it (``server_state``).
     """
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
         if server_round > 0:
+            run_round = recorded.offset + server_round
             record = _round_record(
-                offset + server_round,
-                recorded.train,
-                recorded.evaluate,
-                budget.measures_used.get(server_round, ""),
+                run_round, recorded.train, recorded.evaluate, budget.measures_used.get(run_round, "")
             )
             if privacy is not None:
                 record[DP_EPSILON] = privacy.epsilon
             append_round(run_dir, record)
             state = None if privacy is None else privacy.state()
-            save_checkpoint(run_dir, offset + server_round, arrays, budget.tau, budget.measure, state)
+            save_checkpoint(run_dir, run_round, arrays, budget.tau, budget.measure, state, server_state())
 
     return after_round
 

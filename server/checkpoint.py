@@ -28,6 +28,9 @@ class Checkpoint(NamedTuple):
     tau: float
     measure: str = ""  # the live gate's signal ("" when the checkpoint predates the field)
     privacy: dict | None = None  # the DP accountant's state (strategies/privacy.py); None: not a private run
+    # the rest of the server's state a resumed run goes on with, so that it repeats the uninterrupted run: the
+    # node sampler, the request budget's window, the seconds spent (server/app.py); None in older checkpoints
+    server: dict | None = None
 
 
 def save_checkpoint(
@@ -37,8 +40,9 @@ def save_checkpoint(
     tau: float,
     measure: str = "",
     privacy: dict | None = None,
+    server: dict | None = None,
 ) -> Path:
-    """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, gate, privacy accountant)."""
+    """Write ``checkpoints/round-NNNN.safetensors`` and its sidecar JSON (round, gate, privacy, server state)."""
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{server_round:04d}.safetensors"
@@ -47,6 +51,8 @@ def save_checkpoint(
     meta = {"round": server_round, "request-tau": tau, "request-signal": measure}
     if privacy is not None:
         meta["privacy"] = privacy
+    if server:
+        meta["server"] = server
     path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
     return path
 
@@ -114,14 +120,17 @@ def _read_sidecar(path: Path) -> Checkpoint:
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         privacy = meta.get("privacy")
-        if privacy is not None and not isinstance(privacy, dict):
-            raise TypeError(f"privacy is {type(privacy).__name__}, not an object")
+        server = meta.get("server")
+        for name, value in (("privacy", privacy), ("server", server)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} is {type(value).__name__}, not an object")
         return Checkpoint(
             int(meta["round"]),
             ArrayRecord(),
             float(meta["request-tau"]),
             str(meta.get("request-signal", "")),
             privacy,
+            server,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # bad JSON, a key missing
         raise DataFormatError(sidecar, f"is not a round checkpoint's sidecar ({exc!r}). {DAMAGED}") from None

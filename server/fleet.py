@@ -54,14 +54,28 @@ def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
 
 
 @contextmanager
-def seeded_node_sampling(seed: int) -> Iterator[None]:
-    """Within the block, Flower's node sampler draws from ``random.Random(seed)``, which nothing else touches."""
+def seeded_node_sampling(seed: int, state: list | None = None) -> Iterator[random.Random]:
+    """Within the block, Flower's node sampler draws from ``random.Random(seed)``, which nothing else touches.
+
+    ``state`` (from :func:`sampler_state`, kept in a round's checkpoint) restores the generator as it was after
+    that round, so that a resumed run samples the nodes the uninterrupted run would have.
+    """
+    sampler = random.Random(seed)
+    if state is not None:
+        version, internal, gauss = state
+        sampler.setstate((version, tuple(internal), gauss))
     shared = strategy_utils.random
-    strategy_utils.random = random.Random(seed)  # the module's only use of it is .sample
+    strategy_utils.random = sampler  # the module's only use of it is .sample
     try:
-        yield
+        yield sampler
     finally:
         strategy_utils.random = shared
+
+
+def sampler_state(sampler: random.Random) -> list:
+    """The node sampler's state as JSON (what ``seeded_node_sampling`` restores)."""
+    version, internal, gauss = sampler.getstate()
+    return [version, list(internal), gauss]
 
 
 def in_flight_window() -> int:

@@ -14,8 +14,9 @@ the one whose gate beats random requests by most on the validation outcomes
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO, WARNING
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -26,6 +27,13 @@ from flwr.serverapp.strategy import Strategy
 from lsc4rec import records
 from lsc4rec.outcomes import StageOutcome, choose_measure, signal_bin_edges, threshold_for_budget
 from strategies.wrapper import StrategyWrapper
+
+
+class _Reported(NamedTuple):
+    """What one evaluate round adds to the window: its validation outcomes and its label-free test histograms."""
+
+    valid: dict[str, StageOutcome]  # by signal; empty when no node reported validation
+    counts: dict[str, np.ndarray]  # by signal: [bins] users per bin of the signal over the test-time lists
 
 
 class RequestBudget(StrategyWrapper):
@@ -48,7 +56,11 @@ class RequestBudget(StrategyWrapper):
         How many evaluate rounds, the newest last, tau and the signal are calibrated on. One round's sample can
         be small: the default run evaluates 61 users a round, so a 5 % budget's quantile rests on 3 of them.
         Pooling rounds steadies it, while older rounds describe an SRM that has trained since (BENCHMARKS.md,
-        "The live gate's window"). The window lives in server memory: a resumed run starts it afresh.
+        "The live gate's window"). Each round keeps only what calibration reads: validation's outcomes and
+        the test-time histograms, which need no label.
+    initial_window
+        A window saved by :meth:`window_state` (a round's checkpoint): a resumed run calibrates on the rounds
+        the uninterrupted run would have.
 
     Attributes
     ----------
@@ -72,6 +84,7 @@ class RequestBudget(StrategyWrapper):
         initial_tau: float = 1.0,
         initial_measure: str | None = None,
         window: int = 1,
+        initial_window: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")
@@ -91,7 +104,9 @@ class RequestBudget(StrategyWrapper):
         self.measures_used: dict[int, str] = {}
         self.calibration_users = 0
         self.calibration_rounds = 0
-        self._recent: deque[dict[str, dict[str, StageOutcome]]] = deque(maxlen=window)
+        self._recent: deque[_Reported] = deque(
+            (self._restored(saved) for saved in initial_window), maxlen=window
+        )
 
     def summary(self) -> None:
         """Log the budget's settings, then the inner strategy's."""
@@ -125,18 +140,16 @@ class RequestBudget(StrategyWrapper):
         merged, requests, users = self._merge(replies)
         if "test" not in merged:
             return metrics
-        self._recent.append(merged)
-        pooled = {
-            stage: {
-                m: StageOutcome.sum([r[stage][m] for r in self._recent if stage in r]) for m in self.measures
-            }
-            for stage in {s for r in self._recent for s in r}
-        }
+        counts = {m: outcome.bin_count for m, outcome in merged["test"].items()}
+        self._recent.append(_Reported(merged.get("valid", {}), counts))
         used_tau, used_measure = self.tau, self.measure
-        if len(self.measures) > 1 and "valid" in pooled:
-            self.measure = choose_measure(pooled["valid"], self.budget)
-        self.tau = threshold_for_budget(pooled["test"][self.measure].bin_count, self.bin_edges, self.budget)
-        self.calibration_users = int(pooled["test"][self.measure].users)
+        valid = [r.valid for r in self._recent if r.valid]
+        if len(self.measures) > 1 and valid:
+            pooled = {m: StageOutcome.sum(v[m] for v in valid) for m in self.measures}
+            self.measure = choose_measure(pooled, self.budget)
+        pooled_counts = np.sum([r.counts[self.measure] for r in self._recent], axis=0)
+        self.tau = threshold_for_budget(pooled_counts, self.bin_edges, self.budget)
+        self.calibration_users = int(pooled_counts.sum())
         self.calibration_rounds = len(self._recent)
         metrics = MetricRecord() if metrics is None else metrics
         metrics[records.REQUESTS] = requests
@@ -160,6 +173,29 @@ class RequestBudget(StrategyWrapper):
             users,
         )
         return metrics
+
+    def window_state(self) -> list[dict[str, Any]]:
+        """The window as JSON, oldest round first, for a round's checkpoint (``initial_window`` reads it)."""
+        return [
+            {
+                "valid": {
+                    key: value
+                    for m, outcome in reported.valid.items()
+                    for key, value in outcome.to_metrics(records.outcome_prefix("valid", m)).items()
+                },
+                "counts": {m: counts.tolist() for m, counts in reported.counts.items()},
+            }
+            for reported in self._recent
+        ]
+
+    def _restored(self, saved: Mapping[str, Any]) -> _Reported:
+        """One round of a window saved by :meth:`window_state`."""
+        valid = {
+            m: StageOutcome.from_metrics(saved["valid"], records.outcome_prefix("valid", m))
+            for m in self.measures
+            if saved["valid"]
+        }
+        return _Reported(valid, {m: np.asarray(saved["counts"][m], dtype=float) for m in self.measures})
 
     def _merge(self, replies: list[Message]) -> tuple[dict[str, dict[str, StageOutcome]], float, float]:
         """Fleet sums: outcomes by stage and signal, requests and users (no stage when no node reported one)."""

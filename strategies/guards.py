@@ -10,6 +10,7 @@ a private run turns them off (``report_norms``), since the largest is one node's
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -26,7 +27,7 @@ from strategies.wrapper import StrategyWrapper
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
 REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_update_norm
 REJECTED_MALFORMED = (
-    "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, or no weight
+    "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, no weight > 0
 )
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
 UPDATE_NORM_MEDIAN = "update-norm-median"  # train metric: median ||w_node - w_global||_2 of the kept replies
@@ -57,7 +58,8 @@ class UpdateGuard(StrategyWrapper):
     rejected_total
         Rejections of the whole run by reason (the ``REASONS`` keys).
     rejected_by_round
-        Rejections by round and reason; the round's counts are also added to the train MetricRecord.
+        Rejections by round and reason; the round's counts are also added to the train MetricRecord, which is
+        only the counts in a round where no reply was kept.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class UpdateGuard(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the replies that pass every check; ``(None, None)`` when none is left."""
+        """Aggregate the replies that pass every check; no arrays, only the counts, when none is left."""
         counts = dict.fromkeys(REASONS, 0)
         kept, norms = [], []
         for reply in replies:
@@ -121,8 +123,8 @@ class UpdateGuard(StrategyWrapper):
             )
         self.rejected_by_round[server_round] = counts
         self.rejected_total.update(counts)
-        if all(reply.has_error() for reply in kept):  # nothing left to aggregate
-            return None, None
+        if all(reply.has_error() for reply in kept):  # nothing left to aggregate: the model stays, counted
+            return None, MetricRecord(counts)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         metrics = MetricRecord() if metrics is None else metrics
         for reason, count in counts.items():
@@ -141,7 +143,8 @@ class UpdateGuard(StrategyWrapper):
         if len(content.metric_records) != 1:
             return REJECTED_MALFORMED, None
         weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
-        if not isinstance(weight, int | float) or not weight > 0:
+        # an infinite count would weigh inf / inf = NaN into every aggregated weight; True is no count
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
             return REJECTED_MALFORMED, None
         arrays = {key: array.numpy() for key, array in content.array_records[self.arrayrecord_key].items()}
         shapes = {key: a.shape for key, a in arrays.items()}

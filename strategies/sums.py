@@ -1,8 +1,9 @@
-"""Aggregating the nodes' evaluation replies by addition (they report sums, not means).
+"""Aggregating the nodes' replies' metrics: sums where they report sums and counts, means only for a loss.
 
 Flower's FedAvg averages metrics weighted by ``num-examples``, which is right for a loss and wrong for counts
 and sums. The nodes report collaborative-inference outcomes as sums (``lsc4rec.outcomes.StageOutcome``) and
-counts, so the fleet's figure is their sum: pass :func:`sum_metrics` as FedAvg's ``evaluate_metrics_aggr_fn``.
+counts, so the fleet's figure is their sum: pass :func:`sum_metrics` as FedAvg's ``evaluate_metrics_aggr_fn``,
+and :func:`train_metrics` as its ``train_metrics_aggr_fn``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,27 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from lsc4rec import records
 from lsc4rec.outcomes import StageOutcome
 
 OUTCOME_MARK = "-alphas"  # every StageOutcome in a record carries f"{prefix}-alphas"
+TRAIN_COUNTS = (records.FALLBACKS, records.NUM_EXAMPLES)  # train metrics that are counts, summed over nodes
+
+
+def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+    """Flower's weighted mean of the train replies' metrics (the loss), but the fleet's sum of their counts.
+
+    A mean of cloud fallbacks weighted by examples would report 1 for nodes that had 4 and 0.
+    """
+    replies = list(replies)
+    merged = aggregate_metricrecords(replies, weighted_by_key)  # drops the weighting key itself
+    summed = sum_metrics(replies)
+    for key in (*TRAIN_COUNTS, weighted_by_key):
+        if key in summed:
+            merged[key] = summed[key]
+    return merged
 
 
 def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:

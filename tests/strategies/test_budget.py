@@ -1,5 +1,7 @@
 """Tests of RequestBudget around Flower's real FedAvg: tau and signal from known outcomes, config, rate."""
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -112,6 +114,22 @@ def test_request_budget_picks_the_signal_on_the_pooled_validation() -> None:
     alone = budget(0.1, measures=measures)
     alone.aggregate_evaluate(2, [evaluate_reply(11, hist, 0, 1, measures, helped_second)])
     assert alone.measure == "drift"
+
+
+def test_a_saved_window_calibrates_a_resumed_budget_as_the_uninterrupted_one() -> None:
+    # the scenario above, stopped after round 1: the window saved as JSON (a checkpoint) brings round 1 back
+    hist, measures = np.full(BINS, 2.0), ("drift", "kendall")
+    helped_first = {"drift": np.arange(10), "kendall": np.arange(90, 100)}
+    helped_second = {"drift": np.arange(95, 100), "kendall": np.arange(5)}
+    first = budget(0.1, measures=measures, window=2)
+    first.aggregate_evaluate(1, [evaluate_reply(11, hist, 0, 1, measures, helped_first)])
+    saved = json.loads(json.dumps(first.window_state()))
+    resumed = RequestBudget(FedAvg(), 0.1, BINS, measures, first.tau, first.measure, 2, initial_window=saved)
+    for strategy in (first, resumed):
+        strategy.aggregate_evaluate(2, [evaluate_reply(11, hist, 0, 1, measures, helped_second)])
+    assert resumed.measure == first.measure == "kendall"  # a window started afresh would pick drift
+    assert (resumed.tau, resumed.calibration_users) == (first.tau, first.calibration_users)
+    assert json.dumps(resumed.window_state()) == json.dumps(first.window_state())
 
 
 def test_request_budget_sends_current_tau_and_signal_in_evaluate_config() -> None:

@@ -89,7 +89,7 @@ def test_update_guard_no_norm_bound_keeps_large_updates() -> None:
     assert metrics[REJECTED_NORM] == 0
 
 
-def test_update_guard_missing_or_zero_examples_and_wrong_shapes_rejected() -> None:
+def test_update_guard_missing_zero_or_infinite_examples_and_wrong_shapes_rejected() -> None:
     strategy = guard()
     wrong_shape = ArrayRecord(
         {"w": Array(np.zeros(4, dtype=np.float32)), "b": Array(np.zeros(3, dtype=np.float32))}
@@ -99,5 +99,14 @@ def test_update_guard_missing_or_zero_examples_and_wrong_shapes_rejected() -> No
         reply(12, arrays(1.0), {"num-examples": 0}),
         reply(13, wrong_shape, {"num-examples": 4}),
     ]
-    assert strategy.aggregate_train(1, replies) == (None, None)  # none left: no aggregate
+    aggregated, metrics = strategy.aggregate_train(1, replies)
+    assert aggregated is None  # none left: no aggregate, and the round's line still counts the rejections
+    assert metrics[REJECTED_MALFORMED] == 3 and metrics[REJECTED_NORM] == 0
     assert strategy.rejected_by_round[1][REJECTED_MALFORMED] == 3
+    # an infinite count would make every weight inf / inf = NaN: rejected, and the finite reply alone is kept
+    aggregated, metrics = strategy.aggregate_train(
+        2,
+        [reply(11, arrays(1.0), {"num-examples": float("inf")}), reply(12, arrays(1.5), {"num-examples": 5})],
+    )
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.5))
+    assert metrics[REJECTED_MALFORMED] == 1
