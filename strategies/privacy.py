@@ -12,8 +12,9 @@ fraction of the fleet. ``FleetPrivacy`` keeps its accounting and changes these t
   fixes: noise that anyone holding the run config can reproduce protects nothing, and a resumed run, seeded
   again, would add the noise of its first rounds a second time. Private runs are therefore not bit-reproducible.
 - updates are clipped array by array as named, and an update of norm 0 (a node that sent the global model back)
-  is kept as it is: Flower pairs a reply's arrays with the global ones by position, which a checkpoint read back
-  lists in another order, and its clipping divides by the norm; either would end the run.
+  is kept as it is: Flower pairs a reply's arrays with the global ones by position, which holds only while both
+  list them in one order (the server puts a checkpoint's arrays back in the model's order), and its clipping
+  divides by the norm; either would end the run.
 - a reply whose weight is not the equal weight every node sends is a failed round, not a crash.
 
 A round in which a sampled node fails or is rejected releases nothing (Flower's strict rule in accounted mode:
@@ -151,7 +152,7 @@ class FleetPrivacy(DifferentialPrivacyServerSideFixedClipping):
 def _clipped(record: ArrayRecord, base: dict[str, np.ndarray], bound: float) -> ArrayRecord:
     """``record`` moved back towards ``base`` so that its update has L2 norm at most ``bound`` (kept if 0).
 
-    Arrays pair by name, not position: a checkpoint read back lists them in another order than a node sends them.
+    Arrays pair by name, not position: a safetensors file read back lists them by name, not as a node sends them.
     """
     update = {key: array.numpy() - base[key] for key, array in record.items()}
     norm = get_norm(list(update.values()))
