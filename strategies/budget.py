@@ -47,7 +47,8 @@ class RequestBudget(StrategyWrapper):
     budget
         Target share of users that request a fresh list per evaluation, in [0, 1].
     bins
-        Equal-width bins over [0, 1] of the nodes' histograms; replies of another length are skipped.
+        Equal-width bins over [0, 1] of the nodes' histograms; replies of another length are skipped (in the
+        ServerApp the evaluation's sum meets them first, and the run ends naming the mismatch).
     measures
         The request signals the nodes evaluate; with more than one, the window's validation picks the live one.
     initial_tau, initial_measure
