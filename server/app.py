@@ -172,6 +172,7 @@ def main(grid: Grid, context: Context) -> None:
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
     users = max(test[measure].users, 1)
     reported = _reported_users(grid, answered, nodes, cfg.seed, split.num_users, test[measure].users)
+    rounds = read_rounds(run_dir)  # every round's line, those before a resume too
     extra = {
         "federated SRM full-catalogue ndcg@10 (global)": final[records.GLOBAL_NDCG] / users,
         "federated SRM full-catalogue ndcg@10 (personal)": final[records.PERSONAL_NDCG] / users,
@@ -185,9 +186,7 @@ def main(grid: Grid, context: Context) -> None:
         ),
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         # from the rounds' lines, which a resumed run keeps: the guard counts only the rounds it ran itself
-        "rejected updates": sum(
-            int(r.get(f"train-{reason}", 0)) for r in read_rounds(run_dir) for reason in REASONS
-        ),
+        "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
@@ -201,7 +200,7 @@ def main(grid: Grid, context: Context) -> None:
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
     figures[SIGNAL_HISTOGRAMS] = {m: test[m].bin_count.tolist() for m in fed.measures}
-    summary = write_report(run_dir, figures, read_rounds(run_dir), _protocol(cfg, nodes))
+    summary = write_report(run_dir, figures, rounds, _protocol(cfg, nodes))
     log(INFO, "report written: %s", summary)
 
 

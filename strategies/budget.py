@@ -191,11 +191,14 @@ class RequestBudget(StrategyWrapper):
 
     def _restored(self, saved: Mapping[str, Any]) -> _Reported:
         """One round of a window saved by :meth:`window_state`."""
-        valid = {
-            m: StageOutcome.from_metrics(saved["valid"], records.outcome_prefix("valid", m))
-            for m in self.measures
+        valid = (
+            {
+                m: StageOutcome.from_metrics(saved["valid"], records.outcome_prefix("valid", m))
+                for m in self.measures
+            }
             if saved["valid"]
-        }
+            else {}
+        )
         return _Reported(valid, {m: np.asarray(saved["counts"][m], dtype=float) for m in self.measures})
 
     def _merge(self, replies: list[Message]) -> tuple[dict[str, dict[str, StageOutcome]], float, float]:

@@ -55,8 +55,6 @@ class UpdateGuard(StrategyWrapper):
 
     Attributes
     ----------
-    rejected_total
-        Rejections of the whole run by reason (the ``REASONS`` keys).
     rejected_by_round
         Rejections by round and reason; the round's counts are also added to the train MetricRecord, which is
         only the counts in a round where no reply was kept.
@@ -79,9 +77,13 @@ class UpdateGuard(StrategyWrapper):
         self.arrayrecord_key = arrayrecord_key
         self.extra_records = extra_records
         self.report_norms = report_norms
-        self.rejected_total: Counter[str] = Counter()
         self.rejected_by_round: dict[int, dict[str, int]] = {}
         self._global: dict[str, np.ndarray] = {}
+
+    @property
+    def rejected_total(self) -> Counter[str]:
+        """Rejections of the rounds this guard aggregated, by reason (the sum of ``rejected_by_round``)."""
+        return sum((Counter(counts) for counts in self.rejected_by_round.values()), Counter())
 
     def summary(self) -> None:
         """Log the guard's settings, then the inner strategy's."""
@@ -122,7 +124,6 @@ class UpdateGuard(StrategyWrapper):
                 reason,
             )
         self.rejected_by_round[server_round] = counts
-        self.rejected_total.update(counts)
         if all(reply.has_error() for reply in kept):  # nothing left to aggregate: the model stays, counted
             return None, MetricRecord(counts)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
