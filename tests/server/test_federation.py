@@ -249,6 +249,10 @@ def test_federation_crashed_mid_run_resumes_into_the_uninterrupted_run(
     seconds = [f.pop("federation seconds") for f in final]
     assert final[0] == final[1] and final[0]["users"] == 24
     assert seconds[0] > gate["server"]["federation-seconds"] > 0  # the rounds before the crash count
+    after = json.loads((crashed / "checkpoints" / "round-0003.json").read_text())
+    assert (
+        after["server"]["federation-seconds"] > gate["server"]["federation-seconds"]
+    )  # carried on, not restarted
 
 
 def test_a_fedavgm_run_with_server_momentum_resumes(
