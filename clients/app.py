@@ -127,6 +127,7 @@ def signals(msg: Message, context: Context) -> Message:
             f"the server asked for signal {measure!r}; this run evaluates {cfg.federation.measures}."
         )
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    fallbacks_before = cache.fallbacks
     personal = _personal(cfg, node, model, "test", context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
@@ -141,7 +142,11 @@ def signals(msg: Message, context: Context) -> Message:
         RecordDict(
             {
                 records.METRICS: MetricRecord(
-                    {records.SIGNAL_COUNTS: counts.tolist(), records.USERS: len(score)}
+                    {
+                        records.SIGNAL_COUNTS: counts.tolist(),
+                        records.USERS: len(score),
+                        records.FALLBACKS: cache.fallbacks - fallbacks_before,
+                    }
                 )
             }
         ),
@@ -210,6 +215,7 @@ def _fetch(
         cfg.federation.timeout_s,
         cfg.federation.retries,
         catalogue=(dataset.num_items, dataset.catalogue),
+        cooldown_s=cfg.federation.cloud_cooldown_s,
     )
     try:
         return cache.fetch(client, users, histories)

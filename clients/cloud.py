@@ -4,7 +4,9 @@ The device never imports the cloud's code: it speaks only the wire schema of ``l
 cached per (user, prefix length): a list made from a prefix never changes while the cloud's model is the same,
 so each is asked for once per node and kept in Flower's node state between rounds. When the service cannot be
 reached the device keeps going: a missing list is reported as a fallback and the caller decides (serve the
-cached stale list instead of a fresh one; rank with the SRM alone; train without hard negatives).
+cached stale list instead of a fresh one; rank with the SRM alone; train without hard negatives). A process
+that found the service down skips it for a cooldown (:class:`Outages`): nodes come and go by the hundred, and
+each paying the whole retry budget against a service that hangs would stretch a round past the server's patience.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -37,6 +40,43 @@ from lsc4rec.protocol import (
 
 log = logging.getLogger(__name__)
 TRANSIENT_4XX = {408, 429}  # a proxy's request timeout, a rate limit: retried like a 5xx
+
+
+class Outages:
+    """When each candidate service failed in this process, so that its clients skip it for a cooldown.
+
+    One record per service URL, shared by every node the process runs (a simulation worker runs many; a
+    SuperNode runs one, round after round). A client of a service that failed less than ``cooldown_s`` ago
+    does not try it and falls back at once; after the cooldown its first attempt is a single probe, without
+    retries, and a success forgets the outage. Without this, a service that hangs would cost every fetch of
+    every node ``(retries + 1) * timeout_s``: hours for the default run's final evaluation.
+    """
+
+    def __init__(self) -> None:
+        self._failed: dict[str, tuple[float, float]] = {}  # url -> (monotonic time of failure, cooldown_s)
+        self._lock = threading.Lock()
+
+    def skip_until(self, url: str) -> float | None:
+        """The monotonic time until which ``url`` is skipped, or None when it never failed here."""
+        with self._lock:
+            failed = self._failed.get(url)
+        return None if failed is None else failed[0] + failed[1]
+
+    def failed(self, url: str, cooldown_s: float) -> None:
+        with self._lock:
+            self._failed[url] = (time.monotonic(), cooldown_s)
+
+    def answered(self, url: str) -> None:
+        with self._lock:
+            self._failed.pop(url, None)
+
+    def clear(self) -> None:
+        """Forget every outage (a new run in the same process starts trusting its service again)."""
+        with self._lock:
+            self._failed.clear()
+
+
+OUTAGES = Outages()
 
 
 @dataclass
@@ -91,6 +131,9 @@ class CloudClient:
     the first request the service's ``/healthz`` is compared with it: an LLM that numbers items otherwise
     would answer with other items than the device means, and no error anywhere, so that is a ``ProtocolError``.
     That check is part of the first attempt, so a service that does not answer costs no time beyond the retries.
+
+    ``cooldown_s > 0`` records a service that failed every attempt in :data:`OUTAGES`, and the clients of this
+    process then skip it for that long (``CloudUnavailableError`` at once); 0 keeps no record and skips nothing.
     """
 
     def __init__(
@@ -102,12 +145,14 @@ class CloudClient:
         api_key: str | None = None,
         catalogue: tuple[int, str] | None = None,
         ca_file: str | None = None,
+        cooldown_s: float = 0.0,
     ) -> None:
         self.base = url.rstrip("/")
         self.url = self.base + "/v1/candidates"
         self.k = k
         self.retries = retries
         self.timeout_s = timeout_s
+        self.cooldown_s = cooldown_s
         self.catalogue = catalogue
         self.catalogue_checked = catalogue is None  # nothing to check without one
         self.ca_file = ca_file if ca_file is not None else os.environ.get(SERVICE_CA_ENV) or None
@@ -118,14 +163,22 @@ class CloudClient:
         return httpx.Client(timeout=self.timeout_s, headers=self.headers, verify=client_context(self.ca_file))
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Ranked items and scores [B, K] for each history.
+        """Ranked items and scores [B, K] for each history (all of them, or ``CloudUnavailableError``)."""
+        items = np.zeros((len(histories), self.k), np.int64)
+        scores = np.full((len(histories), self.k), -np.inf)
+        for start, chunk_items, chunk_scores in self.chunks(histories):
+            items[start : start + len(chunk_items)] = chunk_items
+            scores[start : start + len(chunk_scores)] = chunk_scores
+        return items, scores
 
+    def chunks(self, histories: Sequence[np.ndarray]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Each request's first row and its ranked items and scores [rows, K], as the service answers them.
+
+        Histories go ``MAX_BATCH`` to a request, so a caller can keep the chunks answered before one fails.
         The newest ``MAX_HISTORY`` items are sent as the history and up to ``MAX_HISTORY`` older ones as
         exclusions, so that a long history's older items are not returned either (the LLM reads only the newest
         items anyway); beyond that the device drops them from the list (``clients.inference.drop_seen``).
         """
-        items = np.zeros((len(histories), self.k), np.int64)
-        scores = np.full((len(histories), self.k), -np.inf)
         limit = self.catalogue[0] if self.catalogue else None  # the device's number of items
         for start in range(0, len(histories), MAX_BATCH):
             rows = [np.asarray(h).tolist() for h in histories[start : start + MAX_BATCH]]
@@ -144,20 +197,27 @@ class CloudClient:
                     f"{len(answer.lists)} lists, lists longer than K = {self.k}, or items beyond the catalogue's "
                     f"{limit} (item {top}); is it this project's service, on this data?"
                 )
-            for row, ranked in enumerate(answer.lists, start=start):
+            items = np.zeros((len(chunk), self.k), np.int64)
+            scores = np.full((len(chunk), self.k), -np.inf)
+            for row, ranked in enumerate(answer.lists):
                 items[row, : len(ranked.items)] = ranked.items
                 scores[row, : len(ranked.scores)] = ranked.scores
-        return items, scores
+            yield start, items, scores
 
     def _check_catalogue(self) -> None:
         """Compare the service's catalogue with the device's, once; a service that does not say is trusted.
 
-        An unreachable service raises ``httpx.HTTPError``: the attempt it belongs to has failed.
+        An unreachable service, or one answering a 5xx but 501, 408 or 429 (a proxy's error page, a service
+        still starting), raises ``httpx.HTTPError``: the attempt it belongs to has failed, and the check is not
+        skipped. 501 and other 4xx say the service has no such page: it does not report its catalogue.
         """
         if self.catalogue_checked:
             return
+        status, body = self._send("GET", self.base + "/healthz")
+        if status in TRANSIENT_4XX or (status >= 500 and status != HTTPStatus.NOT_IMPLEMENTED):
+            raise httpx.HTTPError(f"/healthz answered HTTP {status}")
         try:
-            health = json.loads(self._send("GET", self.base + "/healthz")[1])
+            health = json.loads(body)
             served = (int(health["num_items"]), health["catalogue"])
         except (ValueError, KeyError, TypeError):
             self.catalogue_checked = True
@@ -173,8 +233,16 @@ class CloudClient:
         self.catalogue_checked = True  # not again for this client
 
     def _post(self, request: CandidateRequest) -> CandidateResponse:
+        retries = self.retries
+        if self.cooldown_s > 0 and (until := OUTAGES.skip_until(self.base)) is not None:
+            if time.monotonic() < until:
+                raise CloudUnavailableError(
+                    f"candidate service at {self.url} skipped: it failed in this process and is tried again "
+                    f"in {until - time.monotonic():.0f} s (federation.cloud_cooldown_s)."
+                )
+            retries = 0  # a probe: one attempt, and a success forgets the outage
         delay = 0.5
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 self._check_catalogue()
                 status, body = self._send(
@@ -190,20 +258,25 @@ class CloudClient:
                 text = body.decode(errors="replace")
                 if status < 400:
                     try:
-                        return CandidateResponse.model_validate_json(body)
+                        answer = CandidateResponse.model_validate_json(body)
                     except ValidationError as exc:
                         problem = f"a reply outside the schema ({exc.error_count()} errors): {text[:200]}"
+                    else:
+                        OUTAGES.answered(self.base)
+                        return answer
                 elif status < 500 and status not in TRANSIENT_4XX:
                     raise ProtocolError(
                         "request", f"the candidate service refused it ({status}): {text[:300]}"
                     )
                 else:
                     problem = f"HTTP {status}: {text[:200]}"
-            if attempt < self.retries:
+            if attempt < retries:
                 time.sleep(delay)
                 delay *= 2
+        if self.cooldown_s > 0:
+            OUTAGES.failed(self.base, self.cooldown_s)
         raise CloudUnavailableError(
-            f"candidate service at {self.url} unavailable after {self.retries + 1} "
+            f"candidate service at {self.url} unavailable after {retries + 1} "
             f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check federation.service_url."
         )
 
@@ -270,22 +343,24 @@ class ListCache:
     def fetch(
         self, client: CloudClient, users: Sequence[int], prefixes: Sequence[np.ndarray]
     ) -> CandidateLists:
-        """Lists for ``prefixes`` of ``users``: from the cache, else one batched request for the rest.
+        """Lists for ``prefixes`` of ``users``: from the cache, else batched requests for the rest.
 
-        When the cloud is down the rows it should have filled are returned ``missing`` and counted.
+        Each missing key is asked for once, however many rows share it. When the cloud fails, the chunks it
+        answered before are kept, and the rows it should have filled are returned ``missing``; each list that
+        could not be had is counted once.
         """
         keys = [(int(u), len(p)) for u, p in zip(users, prefixes, strict=True)]
         out = CandidateLists.empty(len(keys), client.k)
-        todo = [i for i, key in enumerate(keys) if key not in self.lists]
-        if todo:
-            try:
-                items, scores = client.candidates([prefixes[i] for i in todo])
-            except CloudUnavailableError as exc:
-                log.warning("%s; serving %d lists from fallbacks", exc, len(todo))
-                self.fallbacks += len(todo)
-            else:
-                for row, i in enumerate(todo):
-                    self.lists[keys[i]] = (items[row], scores[row])
+        todo = {key: prefix for key, prefix in zip(keys, prefixes, strict=True) if key not in self.lists}
+        asked, answered = list(todo), 0
+        try:
+            for start, items, scores in client.chunks(list(todo.values())):
+                for row, key in enumerate(asked[start : start + len(items)]):
+                    self.lists[key] = (items[row], scores[row])
+                answered = start + len(items)
+        except CloudUnavailableError as exc:
+            log.warning("%s; serving %d lists from fallbacks", exc, len(asked) - answered)
+            self.fallbacks += len(asked) - answered
         for i, key in enumerate(keys):
             if key in self.lists:
                 cached_items, cached_scores = self.lists[key]

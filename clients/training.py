@@ -86,15 +86,19 @@ def local_train(
     """Train ``model`` in place for ``epochs`` local epochs with ``optimizer``; returns the last epoch's loss.
 
     ``mu > 0`` adds FedProx's proximal term towards the weights the model started from (the global model);
-    ``hard_weight`` scales the collaborative hard-negative term (see :func:`train_epoch`).
+    ``hard_weight`` scales the collaborative hard-negative term (see :func:`train_epoch`). ``seed`` seeds the
+    batch order and torch's draws (sampled negatives, dropout), so a node gets new ones with every round's seed;
+    the global torch generator is left as it was.
     """
     proximal = proximal_term(model, mu) if mu > 0 else None
     rng = np.random.default_rng(seed)
     loss = float("nan")
-    for _ in range(epochs):
-        loss = train_epoch(
-            model, sequences, optimizer, batch_size, rng, hard_negatives, proximal, hard_weight
-        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            loss = train_epoch(
+                model, sequences, optimizer, batch_size, rng, hard_negatives, proximal, hard_weight
+            )
     return loss
 
 

@@ -239,6 +239,8 @@ class FederationConfig:
     service_url: str = "http://127.0.0.1:8800"  # the candidate service
     timeout_s: float = 20.0  # per attempt at a candidate request: the whole answer, not each read
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
+    # seconds a device process skips a service that failed every attempt, then probes it once; 0 never skips
+    cloud_cooldown_s: float = 60.0
     client_threads: int = 1  # torch threads per node: device models are tiny, and many nodes share few cores
     # user-level differential privacy of the global SRM (Flower's central DP, server-side fixed clipping;
     # strategies/privacy.py): each node's update is clipped to dp_clip, the round's mean over the nodes (equal
@@ -312,6 +314,7 @@ class FederationConfig:
             ("adapt_steps", self.adapt_steps),
             ("adapt_lr", self.adapt_lr),
             ("retries", self.retries),
+            ("cloud_cooldown_s", self.cloud_cooldown_s),
         ):
             _check(value >= 0, f"federation.{key}", "must be >= 0", value)
         for key, value in (

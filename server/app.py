@@ -184,6 +184,7 @@ def main(grid: Grid, context: Context) -> None:
         "expected rate of the last round's tau": expected_rate(
             test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
         ),
+        "cloud fallbacks (gate calibration)": gate.fallbacks,
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         # from the rounds' lines, which a resumed run keeps: the guard counts only the rounds it ran itself
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
@@ -423,6 +424,7 @@ class FinalGate(NamedTuple):
 
     tau: float
     users: int
+    fallbacks: int  # stale lists the nodes could not get from the cloud while binning
 
 
 def _final_gate(
@@ -436,7 +438,7 @@ def _final_gate(
     ``FINAL_GATE_BINS`` bins), and the server sets τ on the sum: the rate the final evaluation realizes is then
     the budget up to the coin flips of τ's bin.
     """
-    counts = fleet_signal_counts(grid, arrays, measure, FINAL_GATE_BINS, fleet)
+    counts, fallbacks = fleet_signal_counts(grid, arrays, measure, FINAL_GATE_BINS, fleet)
     tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), fed.budget)
     log(
         INFO,
@@ -446,17 +448,24 @@ def _final_gate(
         fed.budget,
         counts.sum(),
     )
-    return FinalGate(tau, int(counts.sum()))
+    return FinalGate(tau, int(counts.sum()), fallbacks)
 
 
-def fleet_signal_counts(grid: Grid, arrays: ArrayRecord, measure: str, bins: int, fleet: int) -> np.ndarray:
-    """[bins] the connected nodes' users per bin of ``measure`` under ``arrays`` (``query.signals``), label-free."""
+def fleet_signal_counts(
+    grid: Grid, arrays: ArrayRecord, measure: str, bins: int, fleet: int
+) -> tuple[np.ndarray, int]:
+    """The connected nodes' users per bin of ``measure`` under ``arrays`` (``query.signals``, label-free).
+
+    Also how many stale lists the nodes could not get from the cloud to bin it.
+    """
     config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: bins})
     content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
     replies = _ask_fleet(
         grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
     )
-    return np.sum([r.content[records.METRICS][records.SIGNAL_COUNTS] for r in replies], axis=0)
+    metrics = [r.content[records.METRICS] for r in replies]
+    counts = np.sum([m[records.SIGNAL_COUNTS] for m in metrics], axis=0)
+    return counts, sum(int(m[records.FALLBACKS]) for m in metrics)
 
 
 def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, what: str) -> list[Message]:

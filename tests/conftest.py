@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from clients.cloud import OUTAGES
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.train import train_llm
 from lsc4rec.config import RunConfig
@@ -185,21 +187,38 @@ def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, 
     )
 
 
+@pytest.fixture(autouse=True)
+def _forget_cloud_outages() -> None:
+    """Each test's ClientApps and clients start trusting their service: an outage of another's is no business of theirs."""
+    OUTAGES.clear()
+
+
 @contextmanager
-def answering_server(*replies: bytes | tuple[int, bytes], trickle_s: float = 0.0) -> Iterator[str]:
+def answering_server(
+    *replies: bytes | tuple[int, bytes], trickle_s: float = 0.0, health: tuple[int, bytes] | None = None
+) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 that answers POSTs with ``replies``; yields its URL.
 
     It stands in for a broken or foreign service (a candidate service or vLLM) that the code must survive.
     The n-th POST gets the n-th reply (the last one from then on), each a body answered with 200 or a
     (status, body) pair. With ``trickle_s`` the answer, headers first, goes out a byte every ``trickle_s`` s.
+    A GET gets ``health``, else http.server's 501.
     """
     answered = itertools.count()
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if health is None:
+                self.send_error(HTTPStatus.NOT_IMPLEMENTED)
+            else:
+                self.answer(*health)
+
         def do_POST(self) -> None:  # the name http.server dispatches to
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             reply = replies[min(next(answered), len(replies) - 1)]
-            status, body = reply if isinstance(reply, tuple) else (200, reply)
+            self.answer(*(reply if isinstance(reply, tuple) else (200, reply)))
+
+        def answer(self, status: int, body: bytes) -> None:
             head = f"HTTP/1.0 {status} Reply\r\nContent-Type: application/json\r\n\r\n"
             answer = head.encode() + body
             try:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clients.cloud import CloudClient, ListCache
+from clients.cloud import OUTAGES, CloudClient, ListCache
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import CloudUnavailableError, LSC4RecError, ProtocolError
-from lsc4rec.protocol import API_KEY_ENV, MAX_HISTORY, SERVICE_CA_ENV
+from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, SERVICE_CA_ENV
 from tests.conftest import answering_server
 
 
@@ -178,9 +180,11 @@ def test_cloud_client_treats_items_beyond_its_catalogue_as_a_foreign_service() -
             client.candidates([np.array([1, 2, 3])])
 
 
-def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:
-    """A service that never answers costs the retries' time, not a probe's on top (one connection here)."""
-    connections = []
+@contextmanager
+def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A server on 127.0.0.1 that accepts connections and never answers: a hung service. Yields its URL and
+    the connections it accepted so far."""
+    connections: list[socket.socket] = []
     with socket.create_server(("127.0.0.1", 0)) as silent:
 
         def accept() -> None:
@@ -189,14 +193,84 @@ def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:
                     connections.append(silent.accept()[0])
 
         threading.Thread(target=accept, daemon=True).start()
-        client = CloudClient(
-            f"http://127.0.0.1:{silent.getsockname()[1]}", k=2, timeout_s=0.5, retries=0, catalogue=(40, "x")
-        )
+        try:
+            yield f"http://127.0.0.1:{silent.getsockname()[1]}", connections
+        finally:
+            for connection in connections:
+                connection.close()
+
+
+def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:
+    """A service that never answers costs the retries' time, not a probe's on top (one connection here)."""
+    with silent_server() as (url, connections):
+        client = CloudClient(url, k=2, timeout_s=0.5, retries=0, catalogue=(40, "x"))
         with pytest.raises(CloudUnavailableError, match="after 1 attempts"):
             client.candidates([np.array([1, 2, 3])])
         assert len(connections) == 1  # the /healthz probe, which failed the attempt: no POST after it
-        for connection in connections:
-            connection.close()
+
+
+def test_a_hung_service_is_skipped_for_the_cooldown_then_probed_once() -> None:
+    """Every node of a process would otherwise pay (retries + 1) x timeout_s against a service that hangs."""
+    with silent_server() as (url, connections):
+        with pytest.raises(CloudUnavailableError, match="after 2 attempts"):
+            CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([1, 2])])
+        assert len(connections) == 2
+        started = time.monotonic()
+        with pytest.raises(CloudUnavailableError, match="skipped: it failed in this process"):
+            CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([3])])
+        assert time.monotonic() - started < 0.2 and len(connections) == 2  # no attempt at all
+        time.sleep(1.0)
+        with pytest.raises(CloudUnavailableError, match="after 1 attempts"):  # a probe, without retries
+            CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([3])])
+        assert len(connections) == 3
+        # a client without a cooldown neither skips nor is skipped
+        with pytest.raises(CloudUnavailableError, match="after 2 attempts"):
+            CloudClient(url, k=2, timeout_s=0.3, retries=1).candidates([np.array([3])])
+        assert len(connections) == 5
+
+
+def test_a_service_that_answers_its_probe_is_trusted_again() -> None:
+    listed = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}'
+    with answering_server((503, b"{}"), listed) as url:
+        with pytest.raises(CloudUnavailableError, match="HTTP 503"):
+            CloudClient(url, k=2, retries=0, cooldown_s=0.3).candidates([np.array([1, 2])])
+        assert OUTAGES.skip_until(url) is not None
+        time.sleep(0.3)
+        items, _ = CloudClient(url, k=2, retries=0, cooldown_s=0.3).candidates([np.array([1, 2])])
+        assert items.tolist() == [[4, 5]] and OUTAGES.skip_until(url) is None
+
+
+def test_a_list_is_asked_for_once_however_many_rows_share_its_key() -> None:
+    """With lag >= 1 several training examples of a user share the capped cloud view: one request row, one
+    fallback when the cloud is down."""
+    history = np.array([1, 2, 3])
+    with answering_server(b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}') as url:
+        lists = ListCache().fetch(CloudClient(url, k=2, retries=0), [7, 7], [history, history])
+    assert not lists.missing.any() and lists.items.tolist() == [[4, 5], [4, 5]]  # one list for two rows
+    cache = ListCache()
+    lists = cache.fetch(CloudClient(f"http://127.0.0.1:{free_port()}", k=2, retries=0), [7, 7], [history] * 2)
+    assert lists.missing.all() and cache.fallbacks == 1
+
+
+def test_the_chunks_answered_before_a_failure_are_kept() -> None:
+    """An edge box of more than MAX_BATCH users: a failed second request costs its own rows only."""
+    first = {"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}] * MAX_BATCH, "model": "m"}
+    with answering_server(json.dumps(first).encode(), (503, b"{}")) as url:
+        cache = ListCache()
+        users = list(range(MAX_BATCH + 3))
+        lists = cache.fetch(CloudClient(url, k=2, retries=0), users, [np.array([1, 2])] * len(users))
+    assert not lists.missing[:MAX_BATCH].any() and lists.missing[MAX_BATCH:].all()
+    assert cache.fallbacks == 3 and len(cache.lists) == MAX_BATCH
+
+
+def test_a_health_page_that_fails_fails_the_attempt_instead_of_skipping_the_catalogue_check() -> None:
+    """A proxy's 502 page is no word about the catalogue: trusting it would accept another LLM's lists."""
+    listed = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}'
+    with answering_server(listed, health=(502, b"<html>bad gateway</html>")) as url:
+        client = CloudClient(url, k=2, retries=0, catalogue=(40, "0123456789abcdef"))
+        with pytest.raises(CloudUnavailableError, match="/healthz answered HTTP 502"):
+            client.candidates([np.array([1, 2, 3])])
+        assert not client.catalogue_checked
 
 
 def test_cloud_client_retries_a_rate_limit_and_gets_the_list() -> None:

@@ -47,6 +47,26 @@ def test_adapt_depends_on_its_arguments_only() -> None:
     assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters(), strict=True))
 
 
+def test_local_training_draws_its_dropout_from_its_seed_alone() -> None:
+    """A node trains in many rounds with the round's seed: each round must get dropout draws of its own."""
+    torch.manual_seed(0)
+    model = build_srm(SRMConfig(hidden=8, layers=1, max_len=6, dropout=0.5), 20)
+    sequences = [np.array([1, 2, 3, 4, 5])]  # one batch: the batch order cannot differ, only torch's draws
+
+    def trained(seed: int) -> list[torch.Tensor]:
+        copy_ = copy.deepcopy(model)
+        local_train(copy_, sequences, None, 1, 4, torch.optim.Adam(copy_.parameters(), lr=1e-2), seed)
+        return list(copy_.parameters())
+
+    first = trained(1001)
+    torch.manual_seed(1001 + 1000)  # where the global generator stands does not matter...
+    state = torch.random.get_rng_state()
+    again = trained(1001)
+    assert torch.equal(torch.random.get_rng_state(), state)  # ...and training leaves it where it was
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert any(not torch.equal(a, c) for a, c in zip(first, trained(2001), strict=True))
+
+
 def test_a_diverging_fit_stops_with_a_message_naming_the_learning_rate() -> None:
     from clients.training import fit
     from lsc4rec.config import TrainConfig

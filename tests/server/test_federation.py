@@ -99,10 +99,11 @@ def test_federation_trains_checkpoints_and_reports(
     # personal copies), and in the gate's fine bins they give its τ
     arrays = latest_checkpoint(tmp_path).arrays
     assert (
-        fleet_signal_counts(grid, arrays, signal, fed.bins, NODES).tolist()
+        fleet_signal_counts(grid, arrays, signal, fed.bins, NODES)[0].tolist()
         == final[SIGNAL_HISTOGRAMS][signal]
     )
-    fine = fleet_signal_counts(grid, arrays, signal, FINAL_GATE_BINS, NODES)
+    fine, fallbacks = fleet_signal_counts(grid, arrays, signal, FINAL_GATE_BINS, NODES)
+    assert fallbacks == 0 == final["cloud fallbacks (gate calibration)"]
     edges = signal_bin_edges(FINAL_GATE_BINS)
     assert final["live gate tau"] == pytest.approx(threshold_for_budget(fine, edges, fed.budget))
     # every user in a bin above τ requested, and of τ's own bin some share (coin flips)
@@ -174,7 +175,7 @@ def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     grid, arrays, summed = evaluate_untrained(cfg)
     evaluated = summed[f"{records.outcome_prefix('test', 'confidence')}-bin-count"]
     assert cfg.federation.adapt_steps > 0 and cfg.srm.dropout > 0 and sum(evaluated) == 24
-    assert fleet_signal_counts(grid, arrays, "confidence", 1000, NODES).tolist() == list(evaluated)
+    assert fleet_signal_counts(grid, arrays, "confidence", 1000, NODES)[0].tolist() == list(evaluated)
 
 
 def test_nodes_keep_their_personal_copy_unless_told_not_to(
@@ -381,7 +382,7 @@ def test_federation_survives_dead_service_and_crashed_node(
     finally:
         server.stop()
     final = json.loads((tmp_path / "final.json").read_text())
-    assert final["cloud fallbacks (final evaluation)"] > 0
+    assert final["cloud fallbacks (final evaluation)"] > 0 and final["cloud fallbacks (gate calibration)"] > 0
     assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
 
