@@ -102,6 +102,8 @@ def _check_template(template: PromptTemplate, item_map: dict) -> None:
         raise ValueError(
             f"kind {template.kind!r}, num_items {template.num_items}, max_len {template.max_len}"
         )
+    if template.kind == "titles" and len(template.title_tokens) != template.num_items:
+        raise ValueError(f"{len(template.title_tokens)} titles for {template.num_items} items")
     mapped = (
         item_map.get("num_items"),
         item_map.get("first_item_token"),

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lsc4rec.errors import ConfigError, run_main
+from lsc4rec.errors import ConfigError, LSC4RecError, run_main
 from lsc4rec.protocol import API_KEY_ENV, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
@@ -57,7 +57,7 @@ def train(
     created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
     try:
-        result = train_llm(run_config, dataset, out, progress=not quiet)
+        result = train_llm(run_config, dataset, out, progress=not quiet, replace=False)
     except BaseException:  # a base that does not load, Ctrl-C: a folder made for nothing is not left behind
         if created:
             with suppress(OSError):  # rmdir removes only an empty folder
@@ -72,14 +72,14 @@ def train(
 def _check_out(out: Path) -> None:
     """Refuse, before an hour of training rather than after, an OUT where saving would lose work or fail.
 
-    The checkpoint is written beside OUT (``.OUT.partial``) and then moved into its place, so OUT must be new or
-    empty (nothing in it is ever replaced), not a mount point (which cannot be moved), and in a writable folder
-    whose file names can be that much longer.
+    The checkpoint is written beside OUT (``.OUT.<12 hex digits>.partial``) and then moved into its place, so OUT
+    must be new or empty (nothing in it is ever replaced, also not what another training saves there meanwhile),
+    not a mount point (which cannot be moved), and in a writable folder whose file names can be that much longer.
     """
     resolved = out.resolve()
     parent = resolved.parent
     name_max = os.pathconf(parent, "PC_NAME_MAX") if parent.is_dir() else 255
-    if len(os.fsencode(f".{resolved.name}.partial")) > name_max:
+    if len(os.fsencode(f".{resolved.name}.{'0' * 12}.partial")) > name_max:
         raise ConfigError(
             "--out", f"needs a shorter name, got {out} (training writes .NAME.partial beside it)."
         )
@@ -177,14 +177,14 @@ def serve(
 
     from llm_cloud.checkpoint import check_files
     from llm_cloud.engines import make_engine
-    from llm_cloud.processes import check_port_free
+    from llm_cloud.processes import check_port_free, server_url
     from llm_cloud.service import create_app, exposure_warning
 
     check_api_key(api_key, f"--api-key (or {API_KEY_ENV})")  # devices could not send it
     if vllm_url is not None and engine != "vllm":
         raise ConfigError("--vllm-url", f"is for --engine vllm, and this service runs --engine {engine}.")
-    if vllm_url is not None and not vllm_url.startswith(("http://", "https://")):
-        raise ConfigError("--vllm-url", f"must look like http://HOST:PORT, got {vllm_url!r}.")
+    if vllm_url is not None:
+        _check_url(vllm_url)
     check_port_free(host, port)  # before the model loads, and instead of uvicorn's bare error
     tls = _tls_files(ssl_certfile, ssl_keyfile)
     check_files(checkpoint)  # before make_engine imports torch, so a wrong path is named at once
@@ -197,14 +197,26 @@ def serve(
             "(`lsc4rec llm vllm-serve --checkpoint CKPT` starts one that does).",
             err=True,
         )
-    scheme = "https" if tls else "http"
-    typer.echo(
-        f"serving {checkpoint.name} ({engine} engine) on {scheme}://{host}:{port}; Ctrl-C stops it", err=True
-    )
+    url = server_url(host, port, "https" if tls else "http")
+    typer.echo(f"serving {checkpoint.name} ({engine} engine) on {url}; Ctrl-C stops it", err=True)
     try:
         uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning", **tls)
     finally:
         candidate_engine.close()
+
+
+def _check_url(vllm_url: str) -> None:
+    """Refuse a ``--vllm-url`` httpx cannot parse (a port that is no number, an unclosed bracket) at once."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(vllm_url)
+    except httpx.InvalidURL as exc:
+        parsed, problem = None, f" ({exc})"
+    else:
+        problem = ""
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("--vllm-url", f"must look like http://HOST:PORT, got {vllm_url!r}{problem}.")
 
 
 def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
@@ -257,7 +269,9 @@ def vllm_serve(
             while server.process.poll() is None:
                 time.sleep(1.0)
         except KeyboardInterrupt:
-            pass
+            return
+    # only Ctrl-C ends a healthy vLLM: a supervisor must not read its crash as success
+    raise LSC4RecError(f"vLLM exited with code {server.process.returncode}; see {log}.")
 
 
 @app.command("make-vllm-venv")

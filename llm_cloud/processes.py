@@ -31,6 +31,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_url(host: str, port: int, scheme: str = "http") -> str:
+    """The URL of a server listening on ``host:port``; an IPv6 address goes in brackets (RFC 3986)."""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 def check_port_free(host: str, port: int) -> None:
     """A ConfigError when ``host:port`` cannot be listened on: the host is not this machine's, or the port is taken.
 
@@ -38,9 +43,10 @@ def check_port_free(host: str, port: int) -> None:
     """
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
         raise ConfigError(
-            "--host", f"must be an address of this machine, got {host!r} ({exc.strerror})."
+            "--host",
+            f"must be an address of this machine, got {host!r} ({getattr(exc, 'strerror', None) or exc}).",
         ) from None
     with socket.socket(family, kind) as sock:
         # as uvicorn binds: a socket still closing from an earlier run is no obstacle

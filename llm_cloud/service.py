@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -116,7 +117,8 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def engine_down(request: Request, exc: EngineError) -> JSONResponse:
-        return error(request, "engine", "engine", f"the candidate engine failed: {exc}. Retry later.")
+        failure = str(exc).rstrip(".")
+        return error(request, "engine", "engine", f"the candidate engine failed: {failure}. Retry later.")
 
     @app.post(CANDIDATES_PATH)
     def candidates(request: CandidateRequest) -> Response:
@@ -177,13 +179,16 @@ def _check_items(rows: list[list[int]], name: str, num_items: int) -> None:
             if item > num_items:
                 raise ProtocolError(
                     f"{name}.{r}.{c}",
-                    f"must be an item id in 1..{num_items}, got {item}. "
+                    f"must be an item id in 1..{num_items}, got {_short(item)}. "
                     "Send ids of the catalogue this model was trained on.",
                 )
 
 
 def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
+    """An input as the error quotes it, bounded before it is written out (a body can hold millions of ids)."""
+    bounded = reprlib.Repr()
+    bounded.maxlist, bounded.maxstring, bounded.maxlong, bounded.maxother = 8, 60, 40, 60
+    text = bounded.repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

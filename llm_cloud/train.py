@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,11 +66,17 @@ class TrainResult:
 
 
 def train_llm(
-    config: RunConfig, dataset: SequenceDataset, out: str | Path, progress: bool = True
+    config: RunConfig,
+    dataset: SequenceDataset,
+    out: str | Path,
+    progress: bool = True,
+    replace: bool = True,
 ) -> TrainResult:
     """Build the LM from ``config.llm``, train it on the cloud view of ``dataset`` and save it to ``out``.
 
-    The checkpoint replaces ``out`` whole, whatever it held, once it is written in full (:func:`_put_in_place`).
+    The checkpoint replaces ``out`` whole, whatever it held, once it is written in full (:func:`_put_in_place`);
+    with ``replace=False`` only an empty ``out`` is, and a training that finds files there at the end (another
+    training's, saved meanwhile) leaves its checkpoint beside it and says where.
 
     What is saved is the best epoch's weights, or the average of the last ``llm.average_epochs`` epochs' weights
     where validation prefers it, continued by ``llm.refit_epochs`` when set (see the module docstring).
@@ -132,8 +139,7 @@ def train_llm(
     lm.model.eval()
     result = TrainResult(str(out), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
     target = Path(out).resolve()  # a link's folder is written, not the link replaced
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)  # a write cut off before, by a kill no handler saw
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")  # trainings may overlap
     try:
         with _transformers_bars(progress):  # "Writing model shards"
             lm.save_pretrained(staging, config, dataset.item_ids.tolist())
@@ -142,11 +148,11 @@ def train_llm(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # half a checkpoint is worth nothing
         raise
-    _put_in_place(staging, target)
+    _put_in_place(staging, target, replace)
     return result
 
 
-def _put_in_place(staging: Path, out: Path) -> None:
+def _put_in_place(staging: Path, out: Path, replace: bool = True) -> None:
     """Move the whole checkpoint ``staging`` to ``out``, replacing what ``out`` held (same file system: renames).
 
     Saving goes to a sibling folder first, so that a full disk or a Ctrl-C while the weights are written leaves an
@@ -156,6 +162,8 @@ def _put_in_place(staging: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     try:
+        if not replace and os.path.lexists(out):
+            os.rmdir(out)  # removes an empty folder only: files there are not this training's to replace
         if os.path.lexists(out):
             os.rename(out, old)
         try:

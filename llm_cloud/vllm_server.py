@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llm_cloud.checkpoint import read_template
 from llm_cloud.engines.vllm_engine import MAX_LOGPROBS
-from llm_cloud.processes import REPO_ROOT, ManagedServer, spawn_server
+from llm_cloud.processes import REPO_ROOT, ManagedServer, server_url, spawn_server
 from lsc4rec.errors import LSC4RecError
 
 VENV_MARKER = ".lsc4rec-complete"  # written by scripts/make_vllm_venv.sh when the venv is complete
@@ -90,4 +90,4 @@ def start_vllm(
         *(["--enforce-eager"] if eager else []),
     ]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1"}
-    return spawn_server(command, f"http://{host}:{port}", "/health", log_path, env, ready_timeout_s)
+    return spawn_server(command, server_url(host, port), "/health", log_path, env, ready_timeout_s)

@@ -19,13 +19,14 @@ class LSC4RecError(Exception):
 class ConfigError(LSC4RecError, ValueError):
     """A setting is unknown or its value is invalid (a ``ValueError`` too, for library callers).
 
-    ``key`` is a config key (``data.lag``, printed as ``config data.lag``) or a command-line option (``--port``,
-    printed as it is), so the message names what the user typed.
+    ``key`` is a config key (``data.lag``, printed as ``config data.lag``), a command-line option (``--port``)
+    or an environment variable (``$LSC4REC_API_KEY``), the last two printed as they are, so the message names
+    what the user set.
     """
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
-        super().__init__(f"{key if key.startswith('-') else f'config {key}'}: {message}")
+        super().__init__(f"{key if key.startswith(('-', '$')) else f'config {key}'}: {message}")
 
 
 def check_loss(loss: float, section: str, lr: float, epoch: int | str) -> None:

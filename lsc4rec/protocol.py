@@ -32,12 +32,13 @@ SERVICE_CA_ENV = "LSC4REC_SERVICE_CA"  # a device's CA file for an https service
 
 def bearer_headers(api_key: str | None, env: str = API_KEY_ENV) -> dict[str, str]:
     """HTTP headers carrying ``api_key``, else the key in ``$env``; none when neither is set."""
+    where = f"${env}" if api_key is None else "api_key"
     api_key = os.environ.get(env, "") if api_key is None else api_key
-    check_api_key(api_key, env)
+    check_api_key(api_key, where)
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def check_api_key(api_key: str | None, where: str = API_KEY_ENV) -> None:
+def check_api_key(api_key: str | None, where: str = f"${API_KEY_ENV}") -> None:
     """Refuse a key an HTTP header cannot carry (non-ASCII, spaces, control characters) where it is set."""
     if api_key and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
         raise ConfigError(where, "must be printable ASCII without spaces: an HTTP header cannot carry it.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -10,6 +11,13 @@ Candidates = list[tuple[list[int], list[float]]]  # per history: (items best fir
 
 class EngineError(RuntimeError):
     """The engine could not answer (backend down, timed out, malformed reply); the service maps it to 503."""
+
+
+def require_finite(scores: Sequence[float]) -> None:
+    """Refuse a diverged model's scores: NaN does not even sort, and JSON has no NaN to send the device."""
+    broken = [score for score in scores if not math.isfinite(score)]
+    if broken:
+        raise EngineError(f"the model returned non-finite log-probabilities ({broken[:3]}): is it broken?")
 
 
 class CandidateEngine(ABC):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llm_cloud.checkpoint import catalogue_of
-from llm_cloud.engines.base import CandidateEngine, Candidates
+from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError, require_finite
 from llm_cloud.model import ItemTokenLM
 
 
@@ -27,5 +27,11 @@ class TransformersEngine(CandidateEngine):
     def candidates(
         self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Sequence[int]] | None = None
     ) -> Candidates:
-        with self._lock:
-            return self.lm.top_k(histories, k, exclude)
+        try:
+            with self._lock:
+                lists = self.lm.top_k(histories, k, exclude)
+        except Exception as exc:  # the engine's boundary: a damaged checkpoint, out of memory; 503, not 500
+            raise EngineError(f"{type(exc).__name__}: {exc}") from exc
+        for _, scores in lists:
+            require_finite(scores)
+        return lists

@@ -14,15 +14,15 @@ Exclusions are filtered on this side, so ``logprobs`` = K + the longest exclusio
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from llm_cloud.checkpoint import catalogue_of, read_json, read_template
-from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError
+from llm_cloud.checkpoint import RETRAIN, catalogue_of, read_json, read_template
+from llm_cloud.engines.base import CandidateEngine, Candidates, EngineError, require_finite
+from lsc4rec.errors import ConfigError
 from lsc4rec.protocol import MAX_HISTORY, MAX_K, bearer_headers
 
 MAX_BIASED_TOKENS = 64  # above this many non-item tokens an allow-list of items is cheaper than a bias table
@@ -48,8 +48,14 @@ class VLLMEngine(CandidateEngine):
         self.catalogue = catalogue_of(checkpoint)
         headers = bearer_headers(api_key, VLLM_API_KEY_ENV)
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)
-        vocab_size = read_json(checkpoint, "config.json")["vocab_size"]
+        vocab_size = read_json(checkpoint, "config.json").get("vocab_size")
         first, last = self.template.first_item_token, self.template.first_item_token + self.num_items
+        if type(vocab_size) is not int or vocab_size < last:
+            raise ConfigError(
+                "--checkpoint",
+                f"{Path(checkpoint, 'config.json')} is damaged (vocab_size {vocab_size!r}, and the items take "
+                f"tokens up to {last - 1}). {RETRAIN}",
+            )
         others = [t for t in range(vocab_size) if not first <= t < last]
         if len(others) <= MAX_BIASED_TOKENS:
             self._restriction: dict[str, Any] = {"logit_bias": {str(t): -100.0 for t in others}}
@@ -67,7 +73,8 @@ class VLLMEngine(CandidateEngine):
             raise EngineError(f"vLLM returned {len(choices)} choices for {len(histories)} prompts.")
         try:
             return [self._ranked(choice, k, banned[row]) for row, choice in enumerate(choices)]
-        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a reply without the logprobs asked for
+        # a reply without the logprobs asked for, or with other things in their place
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise EngineError(
                 f"vLLM's reply lacks the expected logprobs ({type(exc).__name__}: {exc})."
             ) from exc
@@ -111,9 +118,13 @@ class VLLMEngine(CandidateEngine):
         if reply.status_code != 200:
             raise EngineError(f"vLLM server answered {reply.status_code}: {reply.text[:300]}")
         try:
-            return sorted(reply.json()["choices"], key=lambda c: c["index"])
+            choices = sorted(reply.json()["choices"], key=lambda c: c["index"])
+            indices = [choice["index"] for choice in choices]
         except (ValueError, KeyError, TypeError) as exc:
             raise EngineError(f"vLLM server sent a malformed reply: {reply.text[:300]}") from exc
+        if indices != list(range(len(choices))):  # one list per prompt, in the prompts' order
+            raise EngineError(f"vLLM server answered prompts {indices[:10]}, not 0..{len(choices) - 1}")
+        return choices
 
     def _ranked(self, choice: dict[str, Any], k: int, banned: set[int]) -> tuple[list[int], list[float]]:
         """The top-K items of one choice's logprobs, non-item tokens and ``banned`` items dropped."""
@@ -123,11 +134,7 @@ class VLLMEngine(CandidateEngine):
             for key, score in choice["logprobs"]["top_logprobs"][0].items()
         ]
         pairs = [(item, score) for item, score in pairs if 0 < item <= self.num_items and item not in banned]
-        broken = [score for _, score in pairs if not math.isfinite(score)]
-        if broken:  # a diverged model; NaN would not even sort, and JSON has no NaN to send the device
-            raise EngineError(
-                f"vLLM returned non-finite log-probabilities ({broken[:3]}): is the model broken?"
-            )
+        require_finite([score for _, score in pairs])
         pairs.sort(key=lambda pair: -pair[1])
         return [item for item, _ in pairs[:k]], [float(score) for _, score in pairs[:k]]
 

@@ -18,7 +18,7 @@ from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.errors import CloudUnavailableError, LSC4RecError, ProtocolError
+from lsc4rec.errors import CloudUnavailableError, ConfigError, LSC4RecError, ProtocolError
 from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, SERVICE_CA_ENV
 from tests.conftest import answering_server
 
@@ -105,6 +105,12 @@ def test_cloud_client_sends_the_key_from_the_environment(
         assert (items > 0).all()
         with pytest.raises(ProtocolError, match="refused it \\(401"):
             CloudClient(keyed.url, k=5, api_key="wrong").candidates([np.array([1, 2, 3])])
+
+
+def test_a_key_no_header_can_carry_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(API_KEY_ENV, "two words")
+    with pytest.raises(ConfigError, match=rf"^\${API_KEY_ENV}: must be printable ASCII without spaces"):
+        CloudClient("http://127.0.0.1:9", k=5)
 
 
 def test_cloud_client_verifies_an_https_service_against_its_ca(

@@ -62,6 +62,7 @@ def test_a_damaged_template_is_refused_by_every_engine(copied_checkpoint: Path, 
             r"30 items from token \d+, but item_map\.json maps 40 items",
         ),  # a catalogue cut short
         ("kind", "words", "kind 'words'"),
+        ("kind", "titles", "0 titles for 40 items"),  # every request would fail on the first title
     ],
 )
 def test_a_template_whose_values_are_wrong_is_refused(

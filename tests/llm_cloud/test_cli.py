@@ -6,8 +6,10 @@ import sys
 from typer.testing import CliRunner
 
 from llm_cloud.cli import app
+from llm_cloud.processes import free_port
 from llm_cloud.train import TRAIN_RESULT_FILE
-from lsc4rec.errors import ConfigError
+from llm_cloud.vllm_server import VENV_MARKER
+from lsc4rec.errors import ConfigError, LSC4RecError
 from tests.conftest import TINY_SETTINGS
 
 
@@ -98,3 +100,42 @@ def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(t
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: --checkpoint: must be a folder written by `lsc4rec llm train`")
     assert "Traceback" not in done.stderr
+
+
+STAND_IN_VLLM = """
+import http.server, os, sys, threading, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *_):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+time.sleep(2.0)
+print("engine core died", flush=True)
+os._exit(3)
+"""
+
+
+def test_vllm_serve_fails_when_vllm_dies_after_it_was_ready(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """A supervisor must not read vLLM's crash as success: only Ctrl-C ends `vllm-serve` with 0."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / VENV_MARKER).write_text("")
+    (venv / "stand_in.py").write_text(STAND_IN_VLLM)
+    python = venv / "bin" / "python"  # called as `python -m vllm.entrypoints... ARGS`: the module is dropped
+    python.write_text(f'#!/bin/bash\nshift 2\nexec {sys.executable} {venv / "stand_in.py"} "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("LSC4REC_VLLM_VENV", str(venv))
+    log = tmp_path / "vllm.log"
+    port = str(free_port())
+    done = CliRunner().invoke(
+        app, ["vllm-serve", "--checkpoint", str(tiny_checkpoint), "--port", port, "--log", str(log)]
+    )
+    assert "vLLM ready at" in done.output
+    assert isinstance(done.exception, LSC4RecError) and f"vLLM exited with code 3; see {log}" in str(
+        done.exception
+    )
+    assert "engine core died" in log.read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm_cloud import processes
-from llm_cloud.processes import ManagedServer, free_port, spawn_server
+from llm_cloud.processes import ManagedServer, free_port, server_url, spawn_server
 from lsc4rec.errors import CloudUnavailableError
 
 
@@ -160,3 +160,9 @@ def test_processes_started_outside_the_group_are_found_and_stopped_by_their_envi
         for process in (other, detached, same_group):
             process.kill()
             process.wait()
+
+
+def test_an_ipv6_host_goes_in_brackets_in_a_url() -> None:
+    """``http://::1:8000`` is no URL: httpx would read a port of ':1:8000' and `vllm-serve --host ::1` crash."""
+    assert server_url("::1", 8000) == "http://[::1]:8000"
+    assert server_url("127.0.0.1", 8443, "https") == "https://127.0.0.1:8443"

@@ -1,18 +1,26 @@
 import http.client
 import json
+import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import torch
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
-from llm_cloud.checkpoint import catalogue_of
+from llm_cloud.checkpoint import TEMPLATE_FILE, catalogue_of
+from llm_cloud.engines.base import EngineError
+from llm_cloud.engines.transformers_engine import TransformersEngine
+from llm_cloud.engines.vllm_engine import VLLMEngine
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
-from llm_cloud.service import exposure_warning
+from llm_cloud.service import create_app, exposure_warning
 from lsc4rec.protocol import (
     MAX_BATCH,
     MAX_BODY_BYTES,
@@ -236,6 +244,61 @@ def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, pr
     assert reply.status_code == 503
     assert problem in reply.json()["error"]["message"]
     assert "warning: vLLM at" in (tmp_path / "service.log").read_text()  # said at start, before any request
+
+
+def _damaged(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the checkpoint that loads, and then fails (a prefix token beyond the vocabulary) or diverges."""
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / how)
+    if how == "nan":
+        weights = load_file(folder / "model.safetensors")
+        save_file(
+            {name: torch.full_like(w, float("nan")) for name, w in weights.items()},
+            folder / "model.safetensors",
+        )
+    else:
+        template = json.loads((folder / TEMPLATE_FILE).read_text())
+        (folder / TEMPLATE_FILE).write_text(json.dumps({**template, "prefix": [10_000]}))
+    return folder
+
+
+@pytest.mark.parametrize(("how", "problem"), [("nan", "non-finite"), ("prefix", "IndexError")])
+def test_a_transformers_engine_that_fails_or_diverges_answers_503_and_is_counted(
+    tiny_checkpoint, tmp_path, how, problem
+) -> None:
+    """Not a bare 500, nor a 200 of null scores that break the wire schema: what the vLLM engine answers."""
+    client = TestClient(create_app(TransformersEngine(_damaged(tiny_checkpoint, tmp_path, how))))
+    reply = client.post("/v1/candidates", json={"histories": [[1, 2]], "k": 3})
+    assert reply.status_code == 503, reply.text
+    assert problem in reply.json()["error"]["message"] and ".." not in reply.json()["error"]["message"]
+    assert 'lsc4rec_requests_total{status="503"} 1' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("vllm_reply", "problem"),
+    [
+        (b'{"choices": [{"index": 0, "logprobs": {"top_logprobs": [null]}}]}', "lacks the expected logprobs"),
+        (
+            b'{"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:5": 1e999999}]}}]}',
+            "non-finite",
+        ),
+        (
+            b'{"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"token_id:5": %d}]}}]}' % 10**400,
+            "lacks",
+        ),
+        (b'{"choices": [{"index": 0}, {"index": 0}]}', "answered prompts [0, 0]"),
+    ],
+)
+def test_the_vllm_engine_refuses_replies_that_are_not_vllms(tiny_checkpoint, vllm_reply, problem) -> None:
+    """A proxy or another OpenAI-style server can send these: an EngineError (503), never a crash (500)."""
+    with answering_server(vllm_reply) as url:
+        engine = VLLMEngine(tiny_checkpoint, url)
+        with pytest.raises(EngineError, match=problem.replace("[", r"\[")):
+            engine.candidates([[1], [2]] if b"}, {" in vllm_reply else [[1]], 3)
+
+
+def test_an_error_quotes_a_huge_input_in_a_few_characters(service_url) -> None:
+    reply = post(service_url, {"histories": [[10**3000]], "k": 3})
+    assert reply.status_code == 422 and len(reply.json()["error"]["message"]) < 200
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,7 @@ def test_a_move_that_fails_keeps_both_checkpoints_and_names_the_new_one(
     rename = os.rename
 
     def busy(src, dst):
-        moving = Path(src).name == ("ckpt" if failing == "old aside" else ".ckpt.partial")
+        moving = Path(src).name == "ckpt" if failing == "old aside" else Path(src).name.endswith(".partial")
         if moving:
             raise OSError(16, "Device or resource busy")
         rename(src, dst)
@@ -150,10 +150,27 @@ def test_a_move_that_fails_keeps_both_checkpoints_and_names_the_new_one(
     ):
         train_llm(tiny_config.override(["seed=1"]), tiny_dataset, out, progress=False)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
-    kept = tmp_path / ".ckpt.partial"
+    [kept] = tmp_path.glob(".ckpt.*.partial")
     assert json.loads((kept / TRAIN_RESULT_FILE).read_text())["checkpoint"] == str(out)
     assert ItemTokenLM.from_pretrained(kept).num_items == tiny_dataset.num_items
-    assert sorted(f.name for f in tmp_path.iterdir()) == [".ckpt.partial", "ckpt"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [kept.name, "ckpt"]
+
+
+def test_a_training_told_not_to_replace_keeps_what_another_saved_meanwhile(
+    tiny_dataset, tiny_config, tmp_path
+) -> None:
+    """`lsc4rec llm train` checks that OUT is new or empty before training; a second training into the same OUT,
+    started beside it, finds the first one's checkpoint there at the end and leaves it be."""
+    out = tmp_path / "ckpt"
+    train_llm(tiny_config, tiny_dataset, out, progress=False)  # the one that finished first
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(
+        LSC4RecError, match=r"could not be moved to .*ckpt \(Directory not empty\); it is whole"
+    ):
+        train_llm(tiny_config.override(["seed=1"]), tiny_dataset, out, progress=False, replace=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    [kept] = tmp_path.glob(".ckpt.*.partial")
+    assert ItemTokenLM.from_pretrained(kept).num_items == tiny_dataset.num_items
 
 
 def test_saving_over_a_folder_replaces_it_whole(tiny_dataset, tiny_config, tmp_path) -> None:

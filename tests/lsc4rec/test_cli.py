@@ -68,6 +68,14 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "--vllm-url: must look like http://HOST:PORT",
         ),
         (
+            ["llm", "serve", "--checkpoint", "c", "--engine", "vllm", "--vllm-url", "http://h:notaport"],
+            "--vllm-url: must look like http://HOST:PORT, got 'http://h:notaport' (Invalid port",
+        ),
+        (
+            ["llm", "serve", "--checkpoint", "c", "--host", "a" * 64],
+            "--host: must be an address of this machine",
+        ),
+        (
             ["llm", "train", "--data", "d", "--out", "o", "--base", "scratch", "--set", "llm.base=/x"],
             "llm.base: is given twice",
         ),
