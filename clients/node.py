@@ -17,6 +17,7 @@ from lsc4rec.data.batching import windows
 from lsc4rec.data.partition import partition_users
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import Stage, TemporalSplit
+from lsc4rec.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -74,4 +75,10 @@ def load_node(data: DataConfig, seed: int, partition: int, partitions: int) -> N
     dataset = load_or_prepare(data, seed)
     split = TemporalSplit(dataset, data.lag)
     parts = partition_users(dataset.num_users, partitions, seed)
+    if not 0 <= partition < len(parts):  # -1 would take the last node's users: counted twice, silently
+        raise ConfigError(
+            "--node-config",
+            f"partition-id must be in 0..{len(parts) - 1} for a fleet of {len(parts)} nodes, got {partition}. "
+            "Start each supernode with --node-config 'partition-id=I num-partitions=N' as the run's fleet has it.",
+        )
     return NodeData(split, parts[partition])

@@ -504,13 +504,17 @@ def _check_schedule(section: str, config: TrainConfig | LLMConfig) -> None:
 
 
 def _flatten(tree: typing.Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a TOML tree; a setting given twice (``"data.kcore" = 3`` and ``[data] kcore = 4``) is refused."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:  # an empty table stays a value: `dataset = {}` must not vanish into the default
-            flat[name] = value
+        # an empty table stays a value: `dataset = {}` must not vanish into the default
+        nested = _flatten(value, f"{name}.") if isinstance(value, dict) and value else {name: value}
+        for twice in nested.keys() & flat.keys():
+            raise ConfigError(
+                twice, "is set twice in the file (as a quoted dotted key and in its table): keep one."
+            )
+        flat.update(nested)
     return flat
 
 
@@ -570,7 +574,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         converted = hint(value)
         if hint is float and not math.isfinite(converted):  # nan passes no rule, inf every lower bound
             raise ValueError(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         kind = "a finite float" if hint is float else f"of type {hint.__name__}"
         raise ConfigError(key, f"must be {kind}, got {value!r}.") from None
     if hint is int and not -(2**63) <= converted < 2**63:  # Flower's run config carries 64-bit integers

@@ -596,5 +596,9 @@ def _federate(
 
 
 def _toml(flat: dict[str, object]) -> str:
-    """Flat dotted keys as TOML (Flower flattens nested tables back into the same keys)."""
-    return "".join(f'"{key}" = {json.dumps(value)}\n' for key, value in flat.items())
+    """Flat dotted keys as TOML (Flower flattens nested tables back into the same keys).
+
+    JSON's strings are TOML's basic strings but for the surrogate pairs JSON escapes characters beyond the BMP
+    into, which TOML refuses: those (an emoji in a folder's name) are written as they are.
+    """
+    return "".join(f'"{key}" = {json.dumps(value, ensure_ascii=False)}\n' for key, value in flat.items())

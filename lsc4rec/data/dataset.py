@@ -185,6 +185,17 @@ def build_dataset(
         len(users) + dropped,
         dropped,
     )
+    kept_users, all_users = len(np.unique(users)), len(np.unique(raw.users))
+    if kept_users < all_users:  # said where it is seen: a dataset of a sixteenth of its users is another one
+        log.warning(
+            "%s: %d-core kept %d of %d users and %d of %d items",
+            raw.source,
+            kcore,
+            kept_users,
+            all_users,
+            len(np.unique(items)),
+            len(np.unique(raw.items)),
+        )
     user_order = {u: i for i, u in enumerate(dict.fromkeys(users.tolist()))}
     item_key = _id_sort_key(items)
     order = np.lexsort((item_key, times, np.array([user_order[u] for u in users])))
@@ -225,7 +236,16 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 
 
 def _id_sort_key(ids: np.ndarray) -> np.ndarray:
-    """Sort key for tie-breaking by item id: numeric order where every id is an int64 integer, else string order."""
-    if all(s.isascii() and s.isdigit() and len(s) <= 18 for s in np.unique(ids).tolist()):
-        return ids.astype(np.int64)
-    return np.unique(ids, return_inverse=True)[1]
+    """Sort key for tie-breaking by item id: integer ids by value, then other ids as text.
+
+    Each id's place depends on that id alone, so one long or alphanumeric id elsewhere in the file (kept by one
+    k-core, dropped by another) cannot turn every tie to string order, where "10" comes before "9".
+    """
+    unique, inverse = np.unique(ids, return_inverse=True)
+    order = sorted(
+        range(len(unique)),
+        key=lambda i: (0, int(s), "") if (s := str(unique[i])).isascii() and s.isdigit() else (1, 0, s),
+    )
+    rank = np.empty(len(unique), np.int64)
+    rank[order] = np.arange(len(unique))
+    return rank[inverse]

@@ -22,6 +22,7 @@ def read_movielens(folder: str | Path) -> Interactions:
     if not ratings.is_file():
         raise DataFormatError(ratings, "file not found. Put MovieLens ratings.csv (and movies.csv) there.")
     users, items, times = [], [], []
+    rated: dict[tuple[str, str], int] = {}  # (userId, movieId) -> the line that rated it
     with open_utf8(ratings) as handle:
         rows = csv_rows(handle, ratings)
         header = next(rows, (1, None))[1]
@@ -41,6 +42,12 @@ def read_movielens(folder: str | Path) -> Interactions:
                     f"userId and movieId must be non-negative integers, got {user!r}, {item!r}.",
                     line,
                 )
+            user, item = str(int(user)), str(int(item))  # 007 is movie 7: one id, however it is written
+            if (user, item) in rated:  # a row appended twice: its target would sit in its own history
+                raise DataFormatError(
+                    ratings, f"user {user} rated movie {item} already (line {rated[user, item]}).", line
+                )
+            rated[user, item] = line
             times.append(parse_time(stamp, ratings, line))
             users.append(user)
             items.append(item)
@@ -60,4 +67,10 @@ def _read_titles(folder: Path) -> dict[str, str]:
             raise DataFormatError(
                 movies, f"header must start with movieId,title, got {header or 'nothing'}.", 1
             )
-        return {row[0].strip(): row[1].strip() for _, row in rows if len(row) >= 2}
+        return {_canonical(row[0]): row[1].strip() for _, row in rows if len(row) >= 2}
+
+
+def _canonical(movie_id: str) -> str:
+    """A movieId as the ratings are read: ``007`` is movie 7."""
+    movie_id = movie_id.strip()
+    return str(int(movie_id)) if movie_id.isascii() and movie_id.isdigit() else movie_id

@@ -34,6 +34,7 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
                 raise DataFormatError(path, f"ids must be non-negative integers, got {bad!r}.", line_no)
             if len(fields) < 2:
                 raise DataFormatError(path, "a line must hold a user id and at least one item id.", line_no)
+            fields = [str(int(f)) for f in fields]  # 007 is item 7: one id, however it is written
             user = fields[0]
             if user in first_line:  # positions are times, so two lines of one user would interleave
                 raise DataFormatError(
@@ -59,6 +60,8 @@ def _check_datamaps(datamaps: Path, items: set[str]) -> None:
             tree = json.load(handle)
     except json.JSONDecodeError as exc:
         raise DataFormatError(datamaps, f"is not valid JSON ({exc.msg}).", exc.lineno) from None
+    except RecursionError:
+        raise DataFormatError(datamaps, "is not P5's datamaps (nested too deeply).") from None
     id2item = tree.get("id2item", {}) if isinstance(tree, dict) else None
     if not isinstance(id2item, dict):
         raise DataFormatError(datamaps, "must be P5's JSON object with an id2item mapping of item ids.")

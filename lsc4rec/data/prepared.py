@@ -30,7 +30,10 @@ def prepared_name(data: DataConfig, seed: int) -> str:
 
 
 def source_fingerprint(data: DataConfig) -> str | None:
-    """A hash of the names, sizes and modification times of the files the raw data is read from.
+    """A hash of the names, sizes, inodes, modification and change times of the files the raw data is read from.
+
+    The change time too, because ``cp -p``, ``rsync -a`` and ``tar x`` keep a replaced file's modification time,
+    and nothing can set the change time back.
 
     A folder's files, or a file's and those beside it (P5's ``datamaps.json``, RecBole's ``.item``). None when
     the raw data is not there (a machine that holds only the prepared file).
@@ -40,16 +43,19 @@ def source_fingerprint(data: DataConfig) -> str | None:
     if not source.exists():
         return None
     stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
-    text = "\n".join(f"{name} {stat.st_size} {stat.st_mtime_ns}" for name, stat in stats)
+    text = "\n".join(f"{name} {s.st_size} {s.st_mtime_ns} {s.st_ino} {s.st_ctime_ns}" for name, s in stats)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def prepare(data: DataConfig, seed: int, out_dir: str | Path | None = None) -> tuple[SequenceDataset, Path]:
     """Read, filter and number ``data.dataset``, save it under ``out_dir`` (default: the cache) and return both."""
     out = Path(out_dir) if out_dir else cache_dir() / "prepared"
+    read = source_fingerprint(
+        data
+    )  # before the read: a file changed while it is read is prepared again next time
     raw = read_dataset(data.dataset, data.data_dir or None)
     dataset = build_dataset(raw, data.kcore, data.numbering, seed, name=data.dataset)
-    dataset = replace(dataset, meta={**dataset.meta, SOURCE_KEY: source_fingerprint(data)})
+    dataset = replace(dataset, meta={**dataset.meta, SOURCE_KEY: read})
     return dataset, dataset.save(out / prepared_name(data, seed))
 
 

@@ -130,6 +130,8 @@ def test_bad_file_is_a_config_error(tmp_path: Path) -> None:
         ("out_dir = true\n", "out_dir: must be of type str, got True"),  # not a folder named "True"
         ("[data]\ndataset = 5\n", "data.dataset: must be of type str, got 5"),
         ("[data]\ndataset = {}\n", r"data.dataset: must be of type str, got \{\}"),  # not the default
+        (f"[federation]\nbudget = {10**400}\n", "federation.budget: must be a finite float"),
+        ('"data.kcore" = 3\n[data]\nkcore = 4\n', "data.kcore: is set twice in the file"),
     ],
 )
 def test_toml_types_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:

@@ -79,6 +79,36 @@ def test_p5_rejects_non_numeric_and_lone_user(tmp_path: Path) -> None:
         read_p5(tmp_path)
 
 
+def test_an_id_is_one_id_however_it_is_written(tmp_path: Path) -> None:
+    """A zero-padded export must not split a movie, a user or a P5 user's one line into two."""
+    write(tmp_path / "ml" / "ratings.csv", "userId,movieId,rating,timestamp\n1,007,4,1\n01,8,4,2\n2,7,3,3\n")
+    write(tmp_path / "ml" / "movies.csv", "movieId,title\n07,Seven (1995)\n")
+    raw = read_movielens(tmp_path / "ml")
+    assert raw.users.tolist() == ["1", "1", "2"] and raw.items.tolist() == ["7", "8", "7"]
+    assert raw.titles == {"7": "Seven (1995)"}
+    write(tmp_path / "p5" / "sequential_data.txt", "1 5 6\n01 7 8\n")
+    with pytest.raises(DataFormatError, match=r":2: user 1 already has a line \(line 1\)"):
+        read_p5(tmp_path / "p5")
+
+
+def test_a_rating_given_twice_is_named_at_its_second_line(tmp_path: Path) -> None:
+    """A re-appended row would make a user's newest item both targets and put it in its own history."""
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,5,4,1\n1,6,4,2\n1,6,4,2\n")
+    with pytest.raises(DataFormatError, match=r"ratings.csv:4: user 1 rated movie 6 already \(line 3\)"):
+        read_movielens(tmp_path)
+
+
+def test_a_tie_is_broken_by_the_two_ids_alone(tmp_path: Path) -> None:
+    """Items 9 and 10 rated in one second come as 9, 10, whatever long id another user's file holds."""
+    long_id = "1" * 19  # beyond int64: it once turned every tie in the file to string order ("10" < "9")
+    rows = ["1,10,4,5", "1,9,4,5", "1,3,4,1", "2,10,4,6", "2,9,4,6", "2,3,4,1", "3,3,4,1", f"3,{long_id},4,2"]
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    for kcore in (1, 2):  # the long id is kept by one, dropped by the other
+        dataset = build_dataset(read_movielens(tmp_path), kcore=kcore, numbering="sequential")
+        first = dataset.item_ids[dataset.sequence(0) - 1].tolist()
+        assert first[-2:] == ["9", "10"], kcore
+
+
 def test_ids_beyond_int64_sort_as_strings(tmp_path: Path) -> None:
     write(tmp_path / "sequential_data.txt", "1 99999999999999999999999 5\n2 5 99999999999999999999999\n")
     dataset = build_dataset(read_p5(tmp_path), kcore=1, numbering="sequential")
@@ -92,6 +122,9 @@ def test_p5_checks_datamaps(tmp_path: Path) -> None:
         read_p5(tmp_path)
     write(tmp_path / "datamaps.json", "{not json")
     with pytest.raises(DataFormatError, match="not valid JSON"):
+        read_p5(tmp_path)
+    write(tmp_path / "datamaps.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataFormatError, match="nested too deeply"):
         read_p5(tmp_path)
     for shape in ('["id2item"]', '{"id2item": ["5", "6"]}'):  # valid JSON, not P5's shape
         write(tmp_path / "datamaps.json", shape)
@@ -370,6 +403,17 @@ def test_a_cached_preparation_of_raw_files_since_edited_is_made_again(tmp_path: 
     write(raw, "1 5 6\n")
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # as an editor would
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 2  # not the stale cached file
+    stamp = raw.stat().st_mtime_ns
+    write(raw, "1 5 7\n")  # the same size, and the old time put back, as `cp -p` or `rsync -a` would
+    os.utime(raw, ns=(stamp, stamp))
+    assert load_or_prepare(data, 0, cache).item_ids.tolist() == ["5", "7"]
+
+
+def test_users_a_k_core_drops_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n3 8 9\n")
+    with caplog.at_level("WARNING"):
+        build_dataset(read_p5(tmp_path), kcore=2)
+    assert "2-core kept 2 of 3 users and 3 of 5 items" in caplog.text
 
 
 @pytest.mark.parametrize(

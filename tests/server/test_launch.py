@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
@@ -42,6 +43,7 @@ from server.launch import (
     superlink,
     supernodes,
 )
+from server.launch import _toml as run_config_toml
 
 
 def _with_checkpoint(folder: Path, server_round: int = 1) -> Path:
@@ -59,6 +61,15 @@ def test_run_folder_new_given_and_resumed(federation_config: RunConfig, tmp_path
     done = _with_checkpoint(tmp_path / "done")
     resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
     assert run_folder(resumed) == done
+
+
+def test_the_run_config_flwr_reads_holds_any_folder_name(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """JSON escapes an emoji into a surrogate pair, which TOML refuses: `flwr run` would fail after the service started."""
+    folder = tmp_path / 'runs 😀 "quoted"'
+    cfg = federation_config.override([f"out_dir={folder}"])
+    assert RunConfig.from_flat(tomllib.loads(run_config_toml(cfg.to_flat()))) == cfg
 
 
 @pytest.mark.parametrize(
