@@ -80,13 +80,15 @@ class ManagedServer:
         self.stopped = True
         pgid = self.process.pid
         deadline = time.monotonic() + grace_s
-        _signal_group(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace_s)
-        while _group_alive(pgid) and time.monotonic() < deadline:  # workers finishing their shutdown
-            time.sleep(0.1)
-        _signal_group(pgid, signal.SIGKILL)
-        self.process.wait()
+        try:
+            _signal_group(pgid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace_s)
+            while _group_alive(pgid) and time.monotonic() < deadline:  # workers finishing their shutdown
+                time.sleep(0.1)
+        finally:  # a second Ctrl-C while waiting cuts the grace short, not the kill
+            _signal_group(pgid, signal.SIGKILL)
+            self.process.wait()
 
     def __enter__(self) -> ManagedServer:
         return self
@@ -204,16 +206,25 @@ def stop_processes_with_env(name: str, folder: str, grace_s: float = 10.0) -> No
     """
     stats = process_stats()
     groups = {stats[pid][2] for pid in processes_with_env(name, folder) if pid in stats} - {os.getpgrp()}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+
+    def signal_all(sig: int) -> None:
         for pid in processes_with_env(name, folder):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         for pgid in groups:
             _signal_group(pgid, sig)
+
+    signal_all(signal.SIGTERM)
+    try:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and (processes_with_env(name, folder) or _running(groups)):
             time.sleep(0.1)
+    finally:  # a second Ctrl-C while waiting cuts the grace short, not the kill
         groups = _running(groups)
+        signal_all(signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (processes_with_env(name, folder) or _running(groups)):
+            time.sleep(0.1)
 
 
 def _running(groups: set[int]) -> set[int]:

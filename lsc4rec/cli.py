@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lsc4rec.config import FederationConfig, RunConfig, load_config, override_pairs
+from lsc4rec.config import FederationConfig, RunConfig, TrainConfig, load_config, override_pairs
 from lsc4rec.errors import ConfigError, run_main
 
 app = typer.Typer(
@@ -199,6 +199,12 @@ def federate(
                 "federation.run_dir",
                 f"names the run folder itself, so --out {out} (where new run folders go) would be ignored. "
                 "Pass one of them.",
+            )
+        if cfg.train != TrainConfig():  # accepted and then never read would be worse than refused
+            raise ConfigError(
+                "train",
+                "sets the centralized SRM's training (`lsc4rec srm train`), which a federation does not run: "
+                "devices train with federation.local_lr, local_epochs and local_batch_size.",
             )
     elif config is not None:
         raise typer.BadParameter(

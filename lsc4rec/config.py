@@ -86,7 +86,7 @@ class SRMConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of the SRM (centralized baseline and on-device training)."""
+    """Optimisation of the centralized SRM (``lsc4rec srm train``); devices train by ``federation.local_*``."""
 
     epochs: int = 200  # upper bound; early stopping on validation NDCG@10 usually ends sooner
     batch_size: int = 128  # sequences per step

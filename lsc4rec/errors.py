@@ -66,10 +66,12 @@ def run_main(main: Callable[[], object], show_traceback: Callable[[], bool] = la
 
     Every entry point (the ``lsc4rec`` command, the benchmark scripts) ends here, so a user never sees a
     traceback for input the project checks; ``show_traceback`` (``lsc4rec --debug``) lets it through.
-    SIGTERM (``timeout``, a stopped job) unwinds like Ctrl-C: Python's default would end the process without
-    running ``finally`` blocks, leaving the servers it started in their own sessions running.
+    SIGTERM (``timeout``, a stopped job) and SIGHUP (a closed terminal, a dropped ssh session) unwind like
+    Ctrl-C: Python's default would end the process without running ``finally`` blocks, leaving the servers it
+    started in their own sessions running.
     """
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda number, _: sys.exit(128 + number))
     try:
         main()
     except LSC4RecError as exc:

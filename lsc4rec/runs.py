@@ -28,15 +28,20 @@ def make_run_dir(out_dir: str | Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = Path(out_dir) / f"{name}-{stamp}"
     path, suffix = base, 1
-    while os.path.lexists(path):  # os.path's tests answer False where Path's raise (a name too long)
-        path, suffix = Path(f"{base}-{suffix}"), suffix + 1
-    try:
-        path.mkdir(parents=True)
-    except OSError as exc:
-        raise ConfigError(
-            "out_dir", f"must be a folder runs can be written to, got {out_dir} ({exc})."
-        ) from None
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)  # not exist_ok: a folder another run made in this second is its own
+            return path
+        except FileExistsError as exc:
+            if not path.parent.is_dir():  # a file where out_dir, or a folder above it, should be
+                raise ConfigError(
+                    "out_dir", f"must be a folder runs can be written to, got {out_dir} ({exc})."
+                ) from None
+            path, suffix = Path(f"{base}-{suffix}"), suffix + 1
+        except OSError as exc:
+            raise ConfigError(
+                "out_dir", f"must be a folder runs can be written to, got {out_dir} ({exc})."
+            ) from None
 
 
 def output_path(path: str | Path, option: str, folder: bool = False) -> Path:

@@ -35,7 +35,7 @@ from llm_cloud.processes import (
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import TLSFiles, make_loopback_tls, make_node_key
 from lsc4rec.data.partition import fleet_size
-from lsc4rec.data.prepared import load_or_prepare, prepared_name
+from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.sources import cache_dir
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
@@ -120,11 +120,22 @@ class Launch:
 
 
 def llm_cache_folder(cfg: RunConfig) -> Path:
-    """Where the LLM for these data and LLM settings is cached: the folder's name hashes all of them."""
-    # the prepared file's name holds where the raw data was read from, as data.data_dir alone may not
-    data = [dataclasses.asdict(cfg.data), prepared_name(cfg.data, cfg.seed)]
-    key = json.dumps([*data, dataclasses.asdict(cfg.llm), cfg.seed], sort_keys=True)
-    name = f"{cfg.data.dataset.replace('/', '_')}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    """Where the LLM for these data and LLM settings is cached: the folder's name hashes what training reads.
+
+    That is the prepared data's contents (not where they were read from, nor how the folder was spelled: a
+    ratings file edited in place must not find the LLM trained on the old one, which may have trained on what
+    are now its test targets), the lag, the seed, a pretrained base's file, and every LLM setting but K, which
+    only the requests carry.
+    """
+    dataset = load_or_prepare(cfg.data, cfg.seed)
+    data = hashlib.sha1(dataset.items.tobytes() + dataset.offsets.tobytes())
+    data.update("\n".join([*dataset.item_ids.tolist(), *dataset.titles.tolist()]).encode())
+    llm = {key: value for key, value in dataclasses.asdict(cfg.llm).items() if key != "k"}
+    if cfg.llm.base != "scratch":  # a path: the file it names, which may be replaced under the same name
+        base = Path(cfg.llm.base).resolve()
+        llm["base"] = [str(base), *((base.stat().st_size, base.stat().st_mtime_ns) if base.exists() else ())]
+    key = json.dumps([data.hexdigest(), cfg.data.lag, llm, cfg.seed], sort_keys=True)
+    name = f"{Path(cfg.data.dataset).name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     return cache_dir() / "llm" / name
 
 
@@ -341,6 +352,7 @@ def run_folder(cfg: RunConfig, num_items: int | None = None) -> Path:
         )
     if fed.resume:
         _check_resumable(cfg, given, num_items)
+    _outside_the_app(given or Path(cfg.out_dir), "federation.run_dir" if given else "out_dir")
     if given is None:
         return make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
     if not fed.resume and complete_checkpoints(given):
@@ -350,6 +362,21 @@ def run_folder(cfg: RunConfig, num_items: int | None = None) -> Path:
             f"{given}, or choose another folder.",
         )
     return output_path(given, "federation.run_dir", folder=True)
+
+
+def _outside_the_app(folder: Path, key: str) -> None:
+    """Refuse a run folder that ``flwr run`` would ship with the app.
+
+    It packs the checkout into the app (every .py, .md, .toml and .json that .gitignore does not leave out), so
+    a run folder there goes into every later run's app, which grows until Flower refuses it.
+    """
+    inside = folder.resolve()
+    if inside.is_relative_to(REPO_ROOT) and "runs" not in inside.relative_to(REPO_ROOT).parts:
+        raise ConfigError(
+            key,
+            f"must be outside this checkout or below a folder named runs/ in it (which .gitignore leaves out "
+            f"of the app flwr run ships), got {folder}.",
+        )
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
@@ -459,14 +486,17 @@ def run_federation(
 
         if (reason := vllm_unavailable_reason()) is not None:
             raise LSC4RecError(f"--engine vllm: {reason}; or run on --engine transformers.")
-    run_dir = run_folder(cfg, dataset.num_items)
+    # absolute: two runs started in one second from two folders get the same relative name, and the
+    # processes each stops at its end are found by their FLWR_HOME below it
+    run_dir = run_folder(cfg, dataset.num_items).resolve()
     started = time.time()
     try:
-        checkpoint = llm_checkpoint(cfg)
-        tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
-        with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
-            Launch(engine, runtime, eager).save(run_dir)  # what the federation runs on, once it can start
-            _federate(cfg, service.url, runtime, nodes, run_dir, tls)
+        with _held(run_dir):
+            checkpoint = llm_checkpoint(cfg)
+            tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
+            with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
+                Launch(engine, runtime, eager).save(run_dir)  # what the federation runs on, once it can start
+                _federate(cfg, service.url, runtime, nodes, run_dir, tls)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (``run_main`` makes it a SystemExit)
         raise LSC4RecError(
             f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"
@@ -482,6 +512,29 @@ def run_federation(
             + resume_hint(run_dir)
         )
     return summary
+
+
+@contextmanager
+def _held(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this launch (a lock on the folder itself, which the system frees if we die).
+
+    A second launch of one folder (a retry in another terminal, a resume while the first still runs) would
+    share its checkpoints, metrics.jsonl and Flower's state, and the first to end would stop the other's
+    processes.
+    """
+    folder = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                "federation.run_dir",
+                f"{run_dir} is in use by another launch that is still running: wait for it to end (or stop it), "
+                "or choose another folder.",
+            ) from None
+        yield
+    finally:
+        os.close(folder)
 
 
 def sampling_note(cfg: RunConfig, nodes: int) -> str | None:

@@ -91,10 +91,12 @@ def test_stop_reaches_workers_whose_leader_has_exited(tmp_path: Path) -> None:
     server.stop()  # stopping twice is harmless
 
 
-def test_sigterm_to_an_entry_point_stops_the_servers_it_started(tmp_path: Path) -> None:
-    """``timeout`` or a stopped job sends SIGTERM; every entry point (``run_main``) must unwind and stop its servers.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_to_an_entry_point_stops_the_servers_it_started(tmp_path: Path, signum: int) -> None:
+    """``timeout`` or a stopped job sends SIGTERM, a closed terminal or a dropped ssh session SIGHUP; every entry
+    point (``run_main``) must unwind and stop its servers.
 
-    Python's default SIGTERM ends the process without running ``finally``, and a server in its own session would
+    Python's default for both ends the process without running ``finally``, and a server in its own session would
     outlive it (a benchmark killed by ``timeout`` used to leave its candidate service running).
     """
     pid_file = tmp_path / "pid"
@@ -115,8 +117,8 @@ run_main(main)
     parent = subprocess.Popen([sys.executable, "-c", entry_point], cwd=processes.REPO_ROOT)
     server = _pid_from(pid_file)
     try:
-        parent.terminate()
-        assert parent.wait(30) == 143
+        parent.send_signal(signum)
+        assert parent.wait(30) == 128 + signum
         assert _wait_gone(server)
     finally:  # a failing run must not leave the server behind either
         processes._signal_group(server, signal.SIGKILL)

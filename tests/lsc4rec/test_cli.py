@@ -53,6 +53,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "federation.run_dir: names the run folder itself, so --out elsewhere",
         ),
         (["federate", "--out", "--vllm-eager"], "--out: needs a value, got the option --vllm-eager"),
+        (["federate", "--set", "train.lr=0.5"], "config train: sets the centralized SRM's training"),
         # the transformers engine starts no vLLM
         (["federate", "--vllm-eager"], "--vllm-eager: starts vLLM, so it needs --engine vllm."),
         (

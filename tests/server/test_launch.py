@@ -43,6 +43,7 @@ from server.launch import (
     superlink,
     supernodes,
 )
+from server.launch import _held as held_for_this_launch
 from server.launch import _toml as run_config_toml
 
 
@@ -61,6 +62,28 @@ def test_run_folder_new_given_and_resumed(federation_config: RunConfig, tmp_path
     done = _with_checkpoint(tmp_path / "done")
     resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
     assert run_folder(resumed) == done
+
+
+def test_a_run_folder_is_held_by_one_launch_and_kept_out_of_the_app(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """A second launch of one folder would share its checkpoints and stop the first's processes at its end; a
+    folder in the checkout that .gitignore misses would go into every later run's app."""
+    in_use = pytest.raises(ConfigError, match="is in use by another launch that is still running")
+    with held_for_this_launch(tmp_path), in_use, held_for_this_launch(tmp_path):
+        pass
+    with held_for_this_launch(tmp_path):  # free again once the first launch let go
+        pass
+    for key, setting in (
+        ("out_dir", "out_dir={root}/results"),
+        ("federation.run_dir", "federation.run_dir={root}/r"),
+    ):
+        cfg = federation_config.override([setting.format(root=REPO_ROOT)])
+        with pytest.raises(
+            ConfigError, match=f"{key}: must be outside this checkout or below a folder named runs/"
+        ):
+            run_folder(cfg)
+    assert not (REPO_ROOT / "results").exists() and not (REPO_ROOT / "r").exists()
 
 
 def test_the_run_config_flwr_reads_holds_any_folder_name(
@@ -225,6 +248,21 @@ def test_runs_needing_the_same_llm_take_turns_and_the_later_one_uses_the_first_o
         f"==> waiting for another run that trains this LLM: {folder}",
         f"==> LLM checkpoint (cached): {folder}",
     ]
+
+
+def test_the_cached_llm_is_keyed_by_what_its_training_reads(
+    federation_config: RunConfig, synthetic_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data file edited in place must not find the LLM of the old one; another K must not train it again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shop = shutil.copytree(synthetic_folder, tmp_path / "shop")
+    cfg = federation_config.override([f"data.dataset={shop}"])
+    folder = llm_cache_folder(cfg)
+    assert llm_cache_folder(cfg.override(["llm.k=20"])) == folder  # K: only the requests carry it
+    assert llm_cache_folder(cfg.override(["data.lag=1"])) != folder
+    lines = (shop / "sequential_data.txt").read_text().splitlines()
+    (shop / "sequential_data.txt").write_text("\n".join([*lines[:-1], lines[-1] + " 1"]) + "\n")
+    assert llm_cache_folder(cfg) != folder  # one interaction more: the old LLM trained on another split
 
 
 def test_a_damaged_cached_llm_names_its_folder_and_the_remedy(
