@@ -399,7 +399,11 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
 
 
 def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None) -> None:
-    """A resumed run must train the SRM its checkpoints hold, on the same data (its shapes and items).
+    """A resumed run must train the SRM its checkpoints hold, on the same data, fleet and LLM.
+
+    Another LLM would serve other lists than the rounds before calibrated τ and α on, another fleet size other
+    partitions than the restored node sampler describes; and config.json, which the ServerApp writes again,
+    would no longer say what the earlier rounds ran with.
 
     What the ServerApp reads when it resumes is read here first (the newest checkpoint whole, the rounds' lines),
     so that a damaged file ends in one line naming it before anything starts, not minutes into the run.
@@ -420,7 +424,12 @@ def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None
     if not saved_file.is_file():
         return
     saved, now = RunConfig.load(saved_file).to_flat(), cfg.to_flat()
-    keys = [k for k in now if k == "seed" or (k.startswith(("srm.", "data.")) and k != "data.data_dir")]
+    fixed = ("srm.", "data.", "llm.")
+    keys = [
+        k
+        for k in now
+        if k in ("seed", "federation.num_nodes") or (k.startswith(fixed) and k != "data.data_dir")
+    ]
     differing = [k for k in keys if saved.get(k) != now[k]]
     if differing:
         key = differing[0]

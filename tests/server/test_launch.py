@@ -296,7 +296,7 @@ def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfi
     federation_config.save(done / "config.json")  # what the ServerApp wrote when the run started
     resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
     assert run_folder(resumed.override(["federation.rounds=20"])) == done  # more rounds: fine
-    for change in ("srm.hidden=16", "data.lag=1", "seed=3"):
+    for change in ("srm.hidden=16", "data.lag=1", "seed=3", "llm.k=20", "federation.num_nodes=3"):
         with pytest.raises(
             ConfigError, match=rf"federation\.resume: .* trained with {change.split('=')[0]}="
         ):
