@@ -71,7 +71,7 @@ class Outages:
             self._failed.pop(url, None)
 
     def clear(self) -> None:
-        """Forget every outage (a new run in the same process starts trusting its service again)."""
+        """Forget every outage: the tests start each from a clean slate, as a new process does."""
         with self._lock:
             self._failed.clear()
 
