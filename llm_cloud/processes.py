@@ -114,7 +114,11 @@ def spawn_server(
     if anything (a failed start, a timeout, Ctrl-C or SIGTERM during the wait) ends the wait early.
     """
     name = _program_name(command)
-    with open(log_path, "w") as log:  # the child holds its own copy of the file descriptor
+    # appended, not replaced: a resumed run's folder keeps the logs of the launches before it, which the error
+    # that stopped one told the user to read; the child holds its own copy of the file descriptor
+    with open(log_path, "a") as log:
+        log.write(f"==> {time.strftime('%Y-%m-%d %H:%M:%S')}: {name} started\n")
+        log.flush()
         process = subprocess.Popen(
             command,
             stdout=log,

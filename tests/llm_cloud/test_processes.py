@@ -168,3 +168,15 @@ def test_an_ipv6_host_goes_in_brackets_in_a_url() -> None:
     """``http://::1:8000`` is no URL: httpx would read a port of ':1:8000' and `vllm-serve --host ::1` crash."""
     assert server_url("::1", 8000) == "http://[::1]:8000"
     assert server_url("127.0.0.1", 8443, "https") == "https://127.0.0.1:8443"
+
+
+def test_a_log_keeps_what_earlier_starts_wrote(tmp_path: Path) -> None:
+    """A resumed run starts its servers again: the log the first launch's error named must survive it."""
+    log = tmp_path / "service.log"
+    log.write_text("the first launch's traceback\n")
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with spawn_server(command, f"http://127.0.0.1:{port}", "/", log):
+        pass
+    lines = log.read_text().splitlines()
+    assert lines[0] == "the first launch's traceback" and lines[1].endswith(": http.server started")
