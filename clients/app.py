@@ -281,14 +281,15 @@ def _stale_lists(
     """The lists the node's users hold, made by the cloud from its stale views ``cloud``.
 
     A list the cloud never delivered is replaced by the SRM's own top-K over the catalogue from the device
-    view ``device``, with flat LLM scores, so that fusion ranks by the SRM.
+    view ``device``, its SRM scores standing in for the LLM's: fusion then ranks it in the SRM's order at every
+    α, α = 1 included (flat scores there would tie the whole list, and a tie ranks the target last).
     """
     stale = _fetch(cfg, node, cache, [int(u) for u in node.users], cloud)
     if stale.missing.any():
         rows = np.flatnonzero(stale.missing)
         scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)
-        stale.items[rows] = torch.topk(scores, cfg.llm.k, dim=1).indices.numpy()
-        stale.scores[rows] = 0.0
+        top = torch.topk(scores, cfg.llm.k, dim=1)
+        stale.items[rows], stale.scores[rows] = top.indices.numpy(), top.values.numpy()
     return stale
 
 

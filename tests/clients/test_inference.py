@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import clients.inference
+from clients.app import _stale_lists
+from clients.cloud import ListCache
 from clients.inference import (
     catalogue_signals,
     collaborative_inference,
@@ -15,10 +17,12 @@ from clients.inference import (
     gate,
     rerank,
 )
+from clients.node import load_node
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
-from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES
+from llm_cloud.processes import free_port
+from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES, RunConfig
 from lsc4rec.outcomes import StageOutcome, signal_bin_edges, signal_bins, threshold_for_budget
-from lsc4rec.ranking import disagreement, fuse
+from lsc4rec.ranking import disagreement, fuse, scored_list_ranks
 from lsc4rec.scoring import catalogue_scores
 
 NUM_ITEMS, K, MAX_LEN = 40, 12, 8
@@ -317,3 +321,22 @@ def test_collaborative_inference_bins_the_same_rankings_by_every_signal(model: S
     assert outcomes["drift"].bin_count.tolist() != outcomes["kendall"].bin_count.tolist()
     with pytest.raises(ValueError, match="live signal 'topk' must be one of"):
         infer(model, targets, measures=("drift",), live="topk")
+
+
+def test_a_list_the_cloud_never_delivered_ranks_in_the_srms_order_at_every_alpha(
+    federation_config: RunConfig,
+) -> None:
+    """With the service down, the stale list is the SRM's top-K; α = 1 must not tie it (a tie ranks last)."""
+    cfg = federation_config.override([f"federation.service_url=http://127.0.0.1:{free_port()}"])
+    node = load_node(cfg.data, cfg.seed, 0, 4)
+    device, cloud, _ = node.views("test")
+    personal = build_srm(cfg.srm, node.num_items).eval()  # as adaptive re-training leaves it
+    stale = _stale_lists(cfg, node, ListCache(), personal, device, cloud)
+    assert stale.missing.all()
+    srm = rerank(personal, device, torch.from_numpy(stale.items), cfg.srm.max_len)
+    in_list_order = torch.arange(stale.items.shape[1]).expand(len(device), -1)
+    for alpha in (0.0, 0.5, 1.0):
+        fused = fuse(torch.from_numpy(stale.scores), srm, alpha)
+        for position in (0, 3):  # the target at the list's position p ranks p, whatever α
+            ranks = scored_list_ranks(fused, stale.items, stale.items[:, position])
+            assert ranks.tolist() == in_list_order[:, position].double().tolist()
