@@ -31,6 +31,7 @@ from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
+from server.report import served_floor
 
 # Per-dataset settings, shared with the README's commands: configs/bench-DATASET.toml (10 edge boxes, each
 # dataset's LLM recipe). A dataset without one runs on the code defaults.
@@ -133,6 +134,28 @@ def central_ndcg(paths: list[str]) -> dict[str, float]:
     return central
 
 
+BEAUTY_AT_5 = (
+    0.0264  # check 4: twice the official LSC4Rec code's shipped fused NDCG@10 at 5 % requests (0.0132)
+)
+FLOORS = {"transition": "item-transition", "popularity": "most-popular"}  # this table's name: the report's
+
+
+def floors_beside(final: dict, fresh_only: bool = False, cloud: dict | None = None) -> dict[str, float]:
+    """Both floors from the cloud's view and from the device's (``final["floors"]``, over the full catalogue).
+
+    ``cloud`` replaces the cloud-view figures (a policy row's floor served by the cloud at its budget);
+    ``fresh_only`` leaves them out (the federated SRM ranks the catalogue from the device view alone).
+    """
+    columns = {}
+    for name, floor in FLOORS.items():
+        if not fresh_only:
+            columns[f"{name} floor, cloud"] = (cloud or {}).get(
+                floor, final["floors"][floor]["stale"]["ndcg@10"]
+            )
+        columns[f"{name} floor, device"] = final["floors"][floor]["fresh"]["ndcg@10"]
+    return columns
+
+
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     """Table rows: the rankings at the chosen α, then each request policy, with the checks of the issue."""
     rankings = {(r["ranking"], r["list"]): r for r in final["rankings"]}
@@ -142,30 +165,32 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
         {
             "dataset": dataset,
             "row": f"{r['ranking']} ({r['list']} list)",
+            "alpha": r["alpha"],
             "ndcg@10": r["ndcg@10"],
             "hr@10": r["hr@10"],
-            "transition floor": r["item-transition floor"],
-            "popularity floor": r["most-popular floor"],
+            **floors_beside(final),
         }
         for r in final["rankings"]
     ]
     signal = final.get("request signal", final["protocol"]["measure"])  # older reports lack the first
     for p in final["policies"]:
+        served = {floor: served_floor(final["floors"][floor], p["budget"]) for floor in FLOORS.values()}
         rows.append(
             {
                 "dataset": dataset,
                 "row": f"budget {p['budget']:.0%}: gated by {signal} (rate {p['gated rate']:.3f})",
+                "alpha": final["alpha"],
                 "ndcg@10": p["gated ndcg@10"],
                 "random at same rate": p["random ndcg@10 at gated rate"],
-                "random sd": p.get("random sd at gated rate"),  # older reports lack it
-                "transition floor": p["item-transition floor"],
-                "popularity floor": p["most-popular floor"],
+                "random sd": p["random sd at gated rate"],
+                **floors_beside(final, cloud=served),
             }
         )
     for label, key in (
         (f"final round {fed['final round']}", "final"),
         (f"round {fed['best-validation round']}, best validation", "best-validation"),
     ):
+        ratio = fed[f"{key} test ndcg@10"] / central if central else None
         rows.append(
             {
                 "dataset": dataset,
@@ -173,13 +198,19 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                 "ndcg@10": fed[f"{key} test ndcg@10"],
                 "valid ndcg@10": fed[f"{key} valid ndcg@10"],
                 "central SRM": central,
-                "ratio": fed[f"{key} test ndcg@10"] / central if central else None,
+                "ratio": ratio,
+                **floors_beside(final, fresh_only=True),
+                # check 3 reads the round validation chose, never the test's best
+                **({"pass": ratio >= 0.9} if key == "best-validation" and ratio is not None else {}),
             }
         )
+    alpha = final["alpha"]
+    tie = " (α is 0 or 1: fused is one of the two, a tie by construction)" if alpha in (0.0, 1.0) else ""
     rows.append(
         {
             "dataset": dataset,
-            "row": f"check: fused >= max(LLM, SRM) at α={final['alpha']:.1f}",
+            "row": f"check: fused >= max(LLM, SRM){tie}",
+            "alpha": alpha,
             "ndcg@10": fused,
             "pass": fused >= max(llm, srm),
         }
@@ -190,10 +221,23 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                 {
                     "dataset": dataset,
                     "row": f"check: gated > random at {p['gated rate']:.3f}",
+                    "alpha": alpha,
                     "ndcg@10": p["gated ndcg@10"],
                     "random at same rate": p["random ndcg@10 at gated rate"],
-                    "random sd": p.get("random sd at gated rate"),
+                    "random sd": p["random sd at gated rate"],
                     "pass": p["gated ndcg@10"] > p["random ndcg@10 at gated rate"],
+                }
+            )
+        if p["budget"] == 0.05 and dataset == "beauty":
+            floor = served_floor(final["floors"]["item-transition"], p["budget"])
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "row": f"check: fused at 5 % >= {BEAUTY_AT_5} and > the cloud's transition floor",
+                    "alpha": alpha,
+                    "ndcg@10": p["gated ndcg@10"],
+                    **floors_beside(final, cloud={"item-transition": floor}),
+                    "pass": p["gated ndcg@10"] >= BEAUTY_AT_5 and p["gated ndcg@10"] > floor,
                 }
             )
     return rows
@@ -261,22 +305,29 @@ def main() -> None:
     columns = [
         "dataset",
         "row",
+        "alpha",
         "ndcg@10",
         "hr@10",
         "valid ndcg@10",
         "random at same rate",
         "random sd",
-        "transition floor",
-        "popularity floor",
+        "transition floor, cloud",
+        "transition floor, device",
+        "popularity floor, cloud",
+        "popularity floor, device",
         "central SRM",
         "ratio",
         "pass",
     ]
     ranking = (
-        "over the candidate list (full catalogue for the SRM and the floors); each run's protocol in runs"
+        "LLM-only, SRM-only, fused and the policies rank the candidate list; the federated SRM and the floors "
+        "the full catalogue. The floors are queried with the cloud's view (ℓ items behind; in a policy row "
+        "refreshed by random requests at its budget) and with the device's view, which the SRM reads in every "
+        "row. Each run's protocol in runs"
     )
     report(
-        "Federation quality (test; α and τ chosen on validation)",
+        "Federation quality (test; α and the request signal chosen on validation, τ on the label-free "
+        "test-time histogram)",
         rows,
         columns,
         args.json,

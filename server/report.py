@@ -28,6 +28,21 @@ ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round
 # per round and in final.json: users by bin of each request signal over the test-time lists, {signal: [bins]}
 SIGNAL_HISTOGRAMS = "test-signal-histograms"
 
+FLOOR_VIEWS = {
+    "stale": "cloud view",
+    "fresh": "device view",
+}  # the queries of lsc4rec.floors.reference_floors
+
+
+def floor_column(floor: str, query: str) -> str:
+    """The report's column for ``floor`` (a name of ``reference_floors``) queried with ``query``'s view."""
+    return f"{floor} floor ({FLOOR_VIEWS[query]})"
+
+
+def served_floor(queries: dict[str, dict[str, float]], budget: float) -> float:
+    """NDCG@10 of a floor served by the cloud: its stale figure, refreshed by random requests at ``budget``."""
+    return (1 - budget) * queries["stale"]["ndcg@10"] + budget * queries["fresh"]["ndcg@10"]
+
 
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one round's figures to ``metrics.jsonl``, first cutting off a line a crash left unfinished.
@@ -88,29 +103,33 @@ def final_figures(
     alphas = list(test.alphas)
     one, zero = alphas.index(1.0), alphas.index(0.0)
 
-    def row(name: str, lst: str, index: int, floor_query: str) -> dict[str, Any]:
+    # every row beside both queries of each floor: the LLM's stale list reads the cloud view, while the SRM
+    # (SRM-only, fused) reads the device view, which the device holds without asking the cloud
+    both_views = {
+        floor_column(floor, query): v[query]["ndcg@10"]
+        for floor, v in floors.items()
+        for query in FLOOR_VIEWS
+    }
+
+    def row(name: str, lst: str, index: int) -> dict[str, Any]:
         return {
             "ranking": name,
             "list": lst,
             "alpha": alphas[index],
             "ndcg@10": float(means[f"{lst}-ndcg"][index]),
             "hr@10": float(means[f"{lst}-hr"][index]),
-            **{f"{floor} floor": v[floor_query]["ndcg@10"] for floor, v in floors.items()},
+            **both_views,
         }
 
     rows = []
-    for lst, query in (("stale", "stale"), ("fresh", "fresh")):
-        rows += [
-            row("LLM-only", lst, one, query),
-            row("SRM-only", lst, zero, query),
-            row("fused", lst, best, query),
-        ]
+    for lst in ("stale", "fresh"):
+        rows += [row("LLM-only", lst, one), row("SRM-only", lst, zero), row("fused", lst, best)]
     policies = []
     for budget in BUDGETS:
         point = budget_point(test, best, budget)
-        floor_at = {
-            f"{floor} floor": (1 - budget) * v["stale"]["ndcg@10"] + budget * v["fresh"]["ndcg@10"]
-            for floor, v in floors.items()
+        floor_at = {  # a floor served by the cloud, refreshed by random requests at the budget; then on the device
+            **{f"{floor} floor (cloud at budget)": served_floor(v, budget) for floor, v in floors.items()},
+            **{floor_column(floor, "fresh"): v["fresh"]["ndcg@10"] for floor, v in floors.items()},
         }
         policies.append(
             {
@@ -167,15 +186,17 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         f"Recall@K of the stale list {figures['recall@k']['stale']:.4f}, of the fresh list "
         f"{figures['recall@k']['fresh']:.4f} (the ceiling of any reranking).",
         "",
-        "## Rankings (test, over the candidate list; the floors rank the full catalogue from the same query: the "
-        "cloud view for the stale list, the device view for the fresh one)",
+        "## Rankings (test, over the candidate list; the floors rank the full catalogue, fitted on the training "
+        "sequences, from the cloud view, ℓ items behind, which the LLM's stale list is made from, and from the "
+        "device view, which the SRM reads in every row)",
         "",
     ]
     lines += _markdown_table(figures["rankings"])
     lines += [
         "",
         "## Request policies (test, fused at α; random is the expectation, gated uses the τ "
-        "calibrated on the label-free histogram of the request signal)",
+        "calibrated on the label-free histogram of the request signal; a floor served by the cloud, refreshed "
+        "by random requests at the budget, and the floor run on the device from its own view)",
         "",
         f"Request signal: {figures['request signal']} (with `federation.measure = auto`, "
         "the one whose gate beat random requests by most on validation, summed over the budget, its double and "
@@ -197,7 +218,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     lines += _markdown_table([{c: row[c] for c in columns} for row in figures["signals"]])
     extra = {k: v for k, v in figures.items() if isinstance(v, int | float) and k not in ("alpha", "users")}
     if extra:
-        lines += ["", "## Other figures", ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
+        heading = "## Other figures (the full-catalogue figures of the federated SRM compare with the device-view floors)"
+        lines += ["", heading, ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -279,8 +301,14 @@ def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
     mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
     sd = np.array([p["random sd at gated rate"] for p in policies])
     ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")
+    for floor, style in (("item-transition", "--"), ("most-popular", ":")):
+        if floor in figures["floors"]:  # what the device's own view gives a floor, over the whole catalogue
+            level = figures["floors"][floor]["fresh"]["ndcg@10"]
+            ax.axhline(level, color="grey", linestyle=style, label=f"{floor} floor (device view)")
     ax.set(
-        xlabel="realized request rate", ylabel="test NDCG@10 (fused)", title="NDCG@10 against request rate"
+        xlabel="realized request rate",
+        ylabel="test NDCG@10 (fused at α, over the list)",
+        title=f"NDCG@10 against request rate, gated by {figures['request signal']}",
     )
     ax.grid(alpha=0.3)
     ax.legend()

@@ -74,6 +74,20 @@ def test_federation_trains_checkpoints_and_reports(
     # tau is calibrated on the test-time signal histogram (no labels), so each budget is met exactly
     assert [p["gated rate"] for p in final["policies"]] == pytest.approx([0.0, 0.05, 0.1, 0.2, 0.5, 1.0])
     assert {"most-popular", "item-transition"} <= set(final["floors"])
+    # every row stands beside both views of each floor: the SRM reads the device view even on the stale list
+    floors = final["floors"]
+    both_views = {
+        f"{floor} floor ({view})": floors[floor][query]["ndcg@10"]
+        for floor in floors
+        for query, view in (("stale", "cloud view"), ("fresh", "device view"))
+    }
+    assert all(both_views.items() <= r.items() for r in final["rankings"])
+    stale, fresh = (floors["item-transition"][query]["ndcg@10"] for query in ("stale", "fresh"))
+    assert stale != fresh  # so the views are told apart
+    for p in final["policies"]:  # a floor served by the cloud at the budget, and the one the device runs
+        served = p["item-transition floor (cloud at budget)"]
+        assert served == pytest.approx((1 - p["budget"]) * stale + p["budget"] * fresh)
+        assert p["item-transition floor (device view)"] == fresh
     # the spread of random requests: none at rates 0 and 1, some in between (the fleet's gains differ by user)
     spread = [p["random sd at gated rate"] for p in final["policies"]]
     assert spread[0] == 0.0 and spread[-1] == pytest.approx(0.0) and all(s >= 0 for s in spread)
@@ -89,7 +103,7 @@ def test_federation_trains_checkpoints_and_reports(
     summed = {m: sum(r["valid gain"] for r in final["signals"] if r["signal"] == m) for m in MEASURES}
     assert summed[final["request signal"]] == max(summed.values())  # validation's choice over 5, 10, 20 %
     summary = (tmp_path / "summary.md").read_text()
-    assert "| fused | stale |" in summary and "item-transition floor" in summary
+    assert "| fused | stale |" in summary and "item-transition floor (device view)" in summary
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
     # the final evaluation's gate was calibrated on all 24 users' signals under the final model, label-free
     fed, signal = federation_config.federation, final["live gate signal"]
@@ -490,9 +504,10 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
     kept = np.sort(np.concatenate(partition_users(split.num_users, NODES, cfg.seed)[:-1]))  # the last went
     floors = reference_floors(split, cfg.srm.max_len, kept)
     llm_row = next(r for r in final["rankings"] if (r["ranking"], r["list"]) == ("LLM-only", "stale"))
-    assert llm_row["item-transition floor"] == pytest.approx(floors["item-transition"]["stale"]["ndcg@10"])
+    cloud_view = llm_row["item-transition floor (cloud view)"]
+    assert cloud_view == pytest.approx(floors["item-transition"]["stale"]["ndcg@10"])
     everyone = reference_floors(split, cfg.srm.max_len)["item-transition"]["stale"]["ndcg@10"]
-    assert llm_row["item-transition floor"] != pytest.approx(everyone)  # so the line above tells them apart
+    assert cloud_view != pytest.approx(everyone)  # so the line above tells them apart
     assert "Users: 18 (6 more are missing" in (tmp_path / "summary.md").read_text()
     assert (
         final["users the floors cover"] == 18
