@@ -187,15 +187,19 @@ class CloudClient:
             exclude = older if any(older) else None
             answer = self._post(CandidateRequest(histories=chunk, k=self.k, exclude=exclude))
             top = max((max(r.items, default=0) for r in answer.lists), default=0)
-            if (
-                len(answer.lists) != len(chunk)
-                or any(len(r.items) > self.k for r in answer.lists)
-                or (limit is not None and top > limit)
-            ):
+            longest = max((len(r.items) for r in answer.lists), default=0)
+            if len(answer.lists) != len(chunk):
+                problem = f"{len(chunk)} histories with {len(answer.lists)} lists"
+            elif longest > self.k:
+                problem = f"with a list of {longest} items, longer than K = {self.k}"
+            elif limit is not None and top > limit:
+                problem = f"with items beyond the catalogue's {limit} (item {top})"
+            else:
+                problem = None
+            if problem:
                 raise CloudUnavailableError(
-                    f"candidate service at {self.url} answered {len(chunk)} histories with "
-                    f"{len(answer.lists)} lists, lists longer than K = {self.k}, or items beyond the catalogue's "
-                    f"{limit} (item {top}); is it this project's service, on this data?"
+                    f"candidate service at {self.url} answered {problem}; is it this project's service, on "
+                    "this data?"
                 )
             items = np.zeros((len(chunk), self.k), np.int64)
             scores = np.full((len(chunk), self.k), -np.inf)

@@ -12,8 +12,8 @@ ROOT = SCRIPT.parents[1]
 
 
 def hold(mib: int) -> str:
-    """A Python process that touches ``mib`` MiB and holds them for two seconds."""
-    return f"{sys.executable} -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep(2)'"
+    """A Python process that touches ``mib`` MiB and holds them for four seconds (both must overlap)."""
+    return f"{sys.executable} -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep(4)'"
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").is_file(), reason="needs Linux /proc smaps_rollup")

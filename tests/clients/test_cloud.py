@@ -132,7 +132,7 @@ def test_cloud_client_verifies_an_https_service_against_its_ca(
             ProtocolError, match=f"fails verification against the public CAs.*{SERVICE_CA_ENV}"
         ):
             CloudClient(secure.url, k=5, retries=3).candidates([np.array([1, 2, 3])])
-        assert time.monotonic() - started < 1.5  # three retries would sleep 0.5 + 1 + 2 s
+        assert time.monotonic() - started < 3.0  # three retries would sleep 0.5 + 1 + 2 s
         other = make_loopback_tls(tmp_path / "other")  # a CA that did not sign this service's certificate
         with pytest.raises(ProtocolError, match=f"against the CA in {other.ca}"):
             CloudClient(secure.url, k=5, ca_file=str(other.ca)).candidates([np.array([1, 2, 3])])
@@ -154,7 +154,10 @@ def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
         (b"not json", "outside the schema"),
         (b'{"lists": [{"items": [0, 5], "scores": [-1.0, -2.0]}], "model": "m"}', "outside the schema"),
         (b'{"lists": [], "model": "m"}', "answered 1 histories with 0 lists"),
-        (b'{"lists": [{"items": [4, 5, 6], "scores": [-1, -2, -3]}], "model": "m"}', "longer than K = 2"),
+        (
+            b'{"lists": [{"items": [4, 5, 6], "scores": [-1, -2, -3]}], "model": "m"}',
+            "a list of 3 items, longer than K = 2",
+        ),
     ],
 )
 def test_cloud_client_treats_a_reply_that_breaks_the_schema_as_unavailable(
@@ -223,8 +226,8 @@ def test_a_hung_service_is_skipped_for_the_cooldown_then_probed_once() -> None:
         assert len(connections) == 2
         started = time.monotonic()
         with pytest.raises(CloudUnavailableError, match="skipped: it failed in this process"):
-            CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([3])])
-        assert time.monotonic() - started < 0.2 and len(connections) == 2  # no attempt at all
+            CloudClient(url, k=2, timeout_s=5.0, retries=1, cooldown_s=1.0).candidates([np.array([3])])
+        assert time.monotonic() - started < 2.0 and len(connections) == 2  # no attempt (one would take 5 s)
         time.sleep(1.0)
         with pytest.raises(CloudUnavailableError, match="after 1 attempts"):  # a probe, without retries
             CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([3])])

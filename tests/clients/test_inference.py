@@ -72,10 +72,13 @@ def infer(
     model: SequentialRecommender,
     targets: np.ndarray,
     alphas: tuple[float, ...] = (0.0, 1.0),
-    measures: tuple[str, ...] = ("drift",),
+    measures: tuple[str, ...] | None = None,
     **kwargs,
 ) -> dict[str, StageOutcome]:
-    """Collaborative inference of the four test users: stale list from item 3 on, fresh list from item 20 on."""
+    """Collaborative inference of the four test users: stale list from item 3 on, fresh list from item 20 on.
+
+    ``measures=None`` leaves collaborative_inference its own default.
+    """
     stale_items, stale_scores = llm_list(3)
     fresh_items, fresh_scores = llm_list(20)
     return collaborative_inference(
@@ -88,8 +91,8 @@ def infer(
         fresh_scores,
         targets,
         alphas,
-        measures=measures,
         max_len=MAX_LEN,
+        **({} if measures is None else {"measures": measures}),
         **kwargs,
     )
 
@@ -302,7 +305,9 @@ def test_catalogue_signals_score_each_view_once_per_batch(
 
 
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.25)["drift"]
+    outcomes = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.25)  # no measures named
+    assert list(outcomes) == ["drift"]
+    outcome = outcomes["drift"]
     drift = signals(model, cloud_views())["drift"].numpy()
     assert outcome.bin_count.tolist() == np.histogram(drift, bins=4, range=(0, 1))[0].tolist()
     assert outcome.requests == int((drift >= 0.25).sum())

@@ -105,15 +105,18 @@ def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(t
 STAND_IN_VLLM = """
 import http.server, os, sys, threading, time
 port = int(sys.argv[sys.argv.index("--port") + 1])
+seen = threading.Event()
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
         self.end_headers()
+        seen.set()
     def log_message(self, *_):
         pass
 server = http.server.HTTPServer(("127.0.0.1", port), Health)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-time.sleep(2.0)
+seen.wait(60)  # dies only once the supervisor has seen it ready, however loaded the machine
+time.sleep(0.5)
 print("engine core died", flush=True)
 os._exit(3)
 """

@@ -394,15 +394,23 @@ def test_a_folder_of_several_inter_files_is_not_read_by_guess(tmp_path: Path) ->
 
 def test_a_cached_preparation_of_raw_files_since_edited_is_made_again(tmp_path: Path) -> None:
     from lsc4rec.config import DataConfig
-    from lsc4rec.data.prepared import load_or_prepare
+    from lsc4rec.data.prepared import load_or_prepare, prepared_name
 
     raw = write(tmp_path / "shop" / "sequential_data.txt", "1 5 6 7\n2 6 5 7\n")
     data, cache = DataConfig(dataset=str(raw.parent), kcore=1), tmp_path / "cache"
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6
-    assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6  # read back from the cache
+    prepared = cache / prepared_name(data, 0)
+
+    def stamp() -> tuple[int, int]:  # a preparation replaces the file (written atomically): a new inode
+        return prepared.stat().st_ino, prepared.stat().st_mtime_ns
+
+    written = stamp()
+    assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6
+    assert stamp() == written  # read back from the cache, not prepared again
     write(raw, "1 5 6\n")
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # as an editor would
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 2  # not the stale cached file
+    assert stamp() != written
     stamp = raw.stat().st_mtime_ns
     write(raw, "1 5 7\n")  # the same size, and the old time put back, as `cp -p` or `rsync -a` would
     os.utime(raw, ns=(stamp, stamp))

@@ -52,8 +52,15 @@ def test_strategy_defaults_and_explicit_server_lr() -> None:
 
 
 @pytest.mark.parametrize(
-    "setting", ["federation.strategy=fedsgd", "federation.server_momentum=1.0", "federation.server_lr=-1"]
+    ("setting", "rule"),
+    [
+        ("federation.strategy=fedsgd", r"federation\.strategy: must be fedavg\|fedprox\|fedadam\|fedavgm"),
+        ("federation.server_momentum=1.0", r"federation\.server_momentum: must be in \[0, 1\)"),
+        ("federation.server_momentum=-0.1", r"federation\.server_momentum: must be in \[0, 1\)"),
+        ("federation.server_lr=-1", r"federation\.server_lr: must be >= 0"),
+    ],
 )
-def test_bad_strategy_settings_name_the_field(setting: str) -> None:
-    with pytest.raises(ConfigError, match=setting.split("=")[0]):
-        RunConfig().override([setting])
+def test_bad_strategy_settings_name_the_field_and_the_rule(setting: str, rule: str) -> None:
+    """With FedAvgM, which reads them all, so that the rule itself is what refuses (not "used only by")."""
+    with pytest.raises(ConfigError, match=rule):
+        RunConfig().override(["federation.strategy=fedavgm", setting])
