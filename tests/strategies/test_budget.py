@@ -10,7 +10,7 @@ from flwr.serverapp.strategy import FedAvg
 from lsc4rec import records
 from strategies.budget import RequestBudget
 from tests.conftest import ALPHAS, outcome_from_users
-from tests.strategies.conftest import FakeGrid
+from tests.strategies.conftest import answer, grid
 
 BINS = 50
 
@@ -33,9 +33,6 @@ def evaluate_reply(
     ``helped[m]`` marks the users (in ``hist`` order) whom a fresh list helps on validation when signal m
     orders them: there, signal m's bins carry the gain; nobody gains on test or by default.
     """
-    instruction = Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.EVALUATE
-    )
     score = users_of(hist)
     zeros = np.zeros((len(score), len(ALPHAS)))
     metrics: dict = {records.REQUESTS: requests, "num-examples": examples}
@@ -46,7 +43,7 @@ def evaluate_reply(
         for stage, fresh in (("valid", gain), ("test", zeros)):
             outcome = outcome_from_users(score, zeros, fresh, BINS)
             metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=instruction)
+    return answer(node, RecordDict({"metrics": MetricRecord(metrics)}), MessageType.EVALUATE)
 
 
 def budget(value: float = 0.05, measures: tuple[str, ...] = ("drift",), window: int = 1) -> RequestBudget:
@@ -134,14 +131,14 @@ def test_a_saved_window_calibrates_a_resumed_budget_as_the_uninterrupted_one() -
 
 def test_request_budget_sends_current_tau_and_signal_in_evaluate_config() -> None:
     strategy = budget(0.2)
-    first = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    first = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid()))
     assert {m.content["config"][records.TAU] for m in first} == {1.0}
     assert {m.content["config"][records.MEASURE] for m in first} == {"drift"}
     strategy.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 1.0), 0, 1)])
-    messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), grid()))
     assert len(messages) == 2
     assert all(m.content["config"][records.TAU] == pytest.approx(0.8) for m in messages)
-    training = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    training = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid()))
     assert len(training) == 2 and all(records.TAU not in m.content["config"] for m in training)
 
 
@@ -163,16 +160,15 @@ def test_request_budget_switches_to_the_signal_that_wins_on_validation() -> None
     strategy.aggregate_evaluate(1, [reply])
     assert strategy.measure == "kendall" and strategy.measures_used == {1: "drift"}
     assert strategy.tau == pytest.approx(0.9)
-    messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), FakeGrid()))
+    messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), grid()))
     assert {m.content["config"][records.MEASURE] for m in messages} == {"kendall"}
 
 
 def test_request_budget_skips_replies_with_other_bins_and_keeps_tau_without_outcomes() -> None:
     strategy = budget(0.1)
-    instruction = Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=11, message_type=MessageType.EVALUATE
+    plain = answer(
+        11, RecordDict({"m": MetricRecord({"loss": 0.5, "num-examples": 2})}), MessageType.EVALUATE
     )
-    plain = Message(RecordDict({"m": MetricRecord({"loss": 0.5, "num-examples": 2})}), reply_to=instruction)
     metrics = strategy.aggregate_evaluate(1, [plain])
     assert (
         strategy.tau == 1.0 and metrics["loss"] == pytest.approx(0.5) and records.REALIZED_RATE not in metrics

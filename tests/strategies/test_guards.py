@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from strategies.guards import (
@@ -15,7 +15,7 @@ from strategies.guards import (
     UPDATE_NORM_MEDIAN,
     UpdateGuard,
 )
-from tests.strategies.conftest import FakeGrid
+from tests.strategies.conftest import answer, grid
 
 GLOBAL = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 
@@ -28,15 +28,12 @@ def arrays(offset: float, nan: bool = False) -> ArrayRecord:
 
 
 def reply(node: int, record: ArrayRecord, metrics: dict) -> Message:
-    instruction = Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
-    )
-    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=instruction)
+    return answer(node, RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}))
 
 
 def guard(max_update_norm: float | None = 5.0) -> UpdateGuard:
     strategy = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=max_update_norm)
-    messages = list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid((11, 12, 13))))
+    messages = list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), grid((11, 12, 13))))
     assert len(messages) == 3 and messages[0].content["arrays"]["w"].numpy().shape == (2, 2)
     return strategy
 
@@ -55,7 +52,7 @@ def test_update_guard_kept_replies_give_example_weighted_mean() -> None:
     assert metrics[UPDATE_NORM_MEDIAN] == pytest.approx(1.25 * np.sqrt(7))
     assert metrics[UPDATE_NORM_MAX] == pytest.approx(1.5 * np.sqrt(7))
     quiet = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), report_norms=False)  # private runs
-    list(quiet.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid((11, 12, 13))))
+    list(quiet.configure_train(1, arrays(0.0), ConfigRecord(), grid((11, 12, 13))))
     _, metrics = quiet.aggregate_train(1, replies)
     assert UPDATE_NORM_MAX not in metrics and UPDATE_NORM_MEDIAN not in metrics and "loss" in metrics
 

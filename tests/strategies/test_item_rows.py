@@ -4,12 +4,12 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedAvgM, Strategy
 
 from strategies.guards import REJECTED_MALFORMED, UpdateGuard
 from strategies.item_rows import ItemWeighting
-from tests.strategies.conftest import FakeGrid
+from tests.strategies.conftest import answer, grid
 
 ROWS, OTHER, COUNTS = "item_embedding.weight", "proj", "item-counts"
 GLOBAL = {ROWS: np.zeros((3, 2), dtype=np.float32), OTHER: np.zeros(2, dtype=np.float32)}
@@ -25,16 +25,13 @@ def reply(node: int, value: float, examples: int, counts: list[float] | None, ex
     )
     if counts is not None:
         content[extra] = ArrayRecord({"counts": Array(np.array(counts, dtype=np.float32))})
-    instruction = Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
-    )
-    return Message(content, reply_to=instruction)
+    return answer(node, content)
 
 
 def weighted(inner: Strategy) -> UpdateGuard:
     strategy = UpdateGuard(ItemWeighting(inner), extra_records=(COUNTS,))
     global_arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
-    list(strategy.configure_train(1, global_arrays, ConfigRecord(), FakeGrid((11, 12))))
+    list(strategy.configure_train(1, global_arrays, ConfigRecord(), grid((11, 12))))
     return strategy
 
 

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 from strategies.privacy import FleetPrivacy
-from tests.strategies.conftest import FakeGrid
+from tests.strategies.conftest import answer, grid
 
 SIZE = 20_000  # parameters: enough for the noise's spread to be measured to a few percent
 
@@ -22,18 +22,15 @@ def arrays(value: float, first: float | None = None) -> ArrayRecord:
 
 
 def reply(node: int, record: ArrayRecord, examples: int) -> Message:
-    instruction = Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
-    )
     metrics = MetricRecord({"num-examples": examples, "nodes": 1})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=instruction)
+    return answer(node, RecordDict({"arrays": record, "metrics": metrics}))
 
 
 def private(noise: float, nodes: tuple[int, ...] = (11, 12, 13), state: dict | None = None) -> FleetPrivacy:
     strategy = FleetPrivacy(
         FedAvg(min_available_nodes=1, min_train_nodes=1, weighted_by_key="nodes"), noise, 1.0, 10, 1e-5, state
     )
-    assert len(list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), FakeGrid(nodes)))) == len(nodes)
+    assert len(list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), grid(nodes)))) == len(nodes)
     return strategy
 
 
@@ -58,7 +55,7 @@ def test_noise_has_std_z_c_over_the_rounds_sample_and_epsilon_is_accounted() -> 
     assert aggregated is not None
     assert aggregated["w"].numpy().std() == pytest.approx(2.0 * 1.0 / 3, rel=0.05)
     # round 2: a node has gone offline; the noise and the event follow the 2 sampled, nothing is raised
-    assert len(list(strategy.configure_train(2, aggregated, ConfigRecord(), FakeGrid((11, 12))))) == 2
+    assert len(list(strategy.configure_train(2, aggregated, ConfigRecord(), grid((11, 12))))) == 2
     second, _ = strategy.aggregate_train(2, [reply(n, aggregated, 1) for n in (11, 12)])
     assert second is not None
     assert (second["w"].numpy() - aggregated["w"].numpy()).std() == pytest.approx(2.0 / 2, rel=0.05)
@@ -73,10 +70,7 @@ def test_noise_has_std_z_c_over_the_rounds_sample_and_epsilon_is_accounted() -> 
 def test_a_round_with_a_failed_node_releases_nothing_and_spends_nothing() -> None:
     """The mean of the two others would be less noisy than accounted for: Flower's strict rule skips the round."""
     strategy = private(noise=1.0)
-    instruction = Message(
-        RecordDict({"config": ConfigRecord()}), dst_node_id=13, message_type=MessageType.TRAIN
-    )
-    failed = Message(Error(code=0, reason="node crashed"), reply_to=instruction)
+    failed = answer(13, Error(code=0, reason="node crashed"))
     aggregated, _ = strategy.aggregate_train(
         1, [reply(11, arrays(0.0), 1), reply(12, arrays(0.0), 1), failed]
     )

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import ConfigError
 from server.app import flower_strategy
-from tests.strategies.conftest import FakeGrid
+from tests.strategies.conftest import answer, grid
 
 
 def weights(value: float) -> ArrayRecord:
@@ -17,18 +17,14 @@ def weights(value: float) -> ArrayRecord:
 
 def replies(values: list[float]) -> list[Message]:
     """Train replies from nodes 11, 12, ... holding ``values``, ten examples each."""
-    out = []
-    for node, value in enumerate(values, start=11):
-        instruction = Message(
-            RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
-        )
-        content = RecordDict({"arrays": weights(value), "metrics": MetricRecord({"num-examples": 10})})
-        out.append(Message(content, reply_to=instruction))
-    return out
+    return [
+        answer(node, RecordDict({"arrays": weights(value), "metrics": MetricRecord({"num-examples": 10})}))
+        for node, value in enumerate(values, start=11)
+    ]
 
 
 def one_round(strategy, server_round: int, start: ArrayRecord, values: list[float]) -> float:
-    list(strategy.configure_train(server_round, start, ConfigRecord(), FakeGrid()))
+    list(strategy.configure_train(server_round, start, ConfigRecord(), grid()))
     aggregated, _ = strategy.aggregate_train(server_round, replies(values))
     return float(aggregated["w"].numpy()[0])
 
