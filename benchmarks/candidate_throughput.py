@@ -126,11 +126,14 @@ def main() -> None:
     for row in rows:
         row["overhead_vs_vllm_direct"] = row["p50_ms"] / direct[row["batch"]] - 1.0
     print(f"vLLM ({'eager' if args.eager else 'compiled'}) was ready {vllm_ready_s:.1f} s after it started")
-    print(f"{'setup':22} {'batch':>5} {'hist/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'vs direct':>9}")
+    print(f"checkpoint {args.checkpoint}, K = {args.k}, history {args.history}")
+    print(
+        f"{'setup':22} {'batch':>5} {'calls':>6} {'hist/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'vs direct':>9}"
+    )
     for r in rows:
         print(
-            f"{r['setup']:22} {r['batch']:>5} {r['histories_per_s']:>9.1f} {r['p50_ms']:>9.1f} {r['p95_ms']:>9.1f} "
-            f"{100 * r['overhead_vs_vllm_direct']:>8.1f}%"
+            f"{r['setup']:22} {r['batch']:>5} {r['calls']:>6} {r['histories_per_s']:>9.1f} {r['p50_ms']:>9.1f} "
+            f"{r['p95_ms']:>9.1f} {100 * r['overhead_vs_vllm_direct']:>8.1f}%"
         )
     if args.json:
         write_json(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
 from server.report import served_floor
+
+log = logging.getLogger(__name__)
 
 # Per-dataset settings, shared with the README's commands: configs/bench-DATASET.toml (10 edge boxes, each
 # dataset's LLM recipe). A dataset without one runs on the code defaults.
@@ -119,19 +122,42 @@ def dataset_checkpoints(pairs: list[str]) -> dict[str, str]:
     return checkpoints
 
 
-def central_ndcg(paths: list[str]) -> dict[str, float]:
-    """The central SASRec-CE test NDCG@10 of each dataset, from ``benchmarks/srm_central.py`` JSON files."""
+def central_rows(paths: list[str]) -> dict[str, dict]:
+    """The central SASRec-CE row of each dataset, from ``benchmarks/srm_central.py`` JSON files."""
     central = {}
     for path in paths:
         try:
             rows = json.loads(Path(path).read_text())["rows"]
-            central |= {row["dataset"]: row["ndcg@10"] for row in rows if row["model"] == "sasrec-ce"}
+            central |= {row["dataset"]: row for row in rows if row["model"] == "sasrec-ce"}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 "--central",
                 f"must be a JSON file written by benchmarks/srm_central.py --json; {path}: {exc}.",
             ) from None
     return central
+
+
+def central_ndcg(row: dict | None, cfg: RunConfig) -> float | None:
+    """The central SRM's test NDCG@10, or ``None`` (no ratio, and a warning) if it was evaluated otherwise.
+
+    Otherwise: on other users, numbering or targets than ``cfg``'s. It is checked after a federation has run,
+    so its table is kept either way.
+    """
+    if row is None:
+        return None
+    theirs = {key: row[key] for key in cfg.evaluation() if key in row}  # files before 2026-12-06 have fewer
+    ours = {key: cfg.evaluation()[key] for key in theirs}
+    if theirs != ours:
+        log.warning(
+            "--central: the central SRM of %s was evaluated with %s, and this federation ran with %s: its "
+            "ratio is left out. Pass the JSON of benchmarks/srm_central.py run with the same settings "
+            "(--set seed=S, ...) to --report-only.",
+            cfg.data.dataset,
+            theirs,
+            ours,
+        )
+        return None
+    return row["ndcg@10"]
 
 
 BEAUTY_AT_5 = (
@@ -271,7 +297,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parse_args(parser)
     checkpoints = dataset_checkpoints(args.checkpoint)
-    central = central_ndcg(args.central)
+    central = central_rows(args.central)
     rows, runs = [], {}
     if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
         run_dir = Path(args.report_only)
@@ -288,7 +314,7 @@ def main() -> None:
             "protocol": final["protocol"],
             "config": cfg.to_flat(),
         }
-        rows += rows_for(cfg.data.dataset, final, central.get(cfg.data.dataset))
+        rows += rows_for(cfg.data.dataset, final, central_ndcg(central.get(cfg.data.dataset), cfg))
         args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(
@@ -301,7 +327,7 @@ def main() -> None:
             "protocol": final["protocol"],
             "config": cfg.to_flat(),
         }
-        rows += rows_for(dataset, final, central.get(dataset))
+        rows += rows_for(dataset, final, central_ndcg(central.get(dataset), cfg))
     columns = [
         "dataset",
         "row",
@@ -331,7 +357,14 @@ def main() -> None:
         rows,
         columns,
         args.json,
-        {"ranking": ranking, "runs": runs},
+        {
+            "ranking": ranking,
+            "protocol": {
+                name: ", ".join(f"{key} {value}" for key, value in run["protocol"].items())
+                for name, run in runs.items()
+            },
+            "runs": runs,
+        },
     )
 
 

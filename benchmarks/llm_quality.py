@@ -42,7 +42,14 @@ from lsc4rec.runs import output_path, write_json
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from lsc4rec.tables import parse_args
 
-COLUMNS = ("ndcg@10", "hr@10", "recall@50")
+RANKING = "the LLM's rows over its K-list; the floors and the cloud's-data rows over the full catalogue"
+
+
+def columns(k: int) -> tuple[str, ...]:
+    """The table's metrics for lists of ``k`` items."""
+    return ("ndcg@10", "hr@10", f"recall@{k}")
+
+
 VALID_ROW = "LLM, validation target x_{n-1}"  # what LLM settings are chosen by (never a training target)
 
 
@@ -102,7 +109,7 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
     rows = {}
     for stage, row in (("test", "LLM (scratch, over its list)"), ("valid", VALID_ROW)):
         llm = evaluate_engine(engine, dataset, config.data.lag, config.llm.k, stage=stage)
-        rows[row] = {q: {c: llm[q][c] for c in COLUMNS} for q in llm}
+        rows[row] = {q: {c: llm[q][c] for c in columns(config.llm.k)} for q in llm}
     split = TemporalSplit(dataset, config.data.lag)
     rows.update(floor_rows(split, config.srm.max_len, config.llm.k))
     if same_data:
@@ -113,6 +120,8 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
         "numbering": config.data.numbering,
         "lag": config.data.lag,
         "k": config.llm.k,
+        "seed": config.seed,
+        "ranking": RANKING,
         "users": dataset.num_users,
         "items": dataset.num_items,
         "checkpoint": str(checkpoint),
@@ -124,14 +133,19 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
 
 
 def print_table(results: list[dict]) -> None:
-    header = f"{'dataset':16} {'model':32} " + " ".join(
-        f"{q}_{c:>9}" for q in ("stale", "fresh") for c in COLUMNS
-    )
-    print(header)
+    """Each dataset's rows under its protocol line, with every figure the JSON holds for it."""
     for result in results:
+        print(
+            f"{result['dataset']}: {result['users']} users, {result['items']} items, k-core {result['kcore']}, "
+            f"{result['numbering']} numbering, seed {result['seed']}, lag {result['lag']}, K = {result['k']}; "
+            f"{result['ranking']}. LLM: best epoch {result['llm_best_epoch']}, "
+            f"{result['llm_train_seconds']:.0f} s, early stopping's NDCG@10 {result['llm_valid_ndcg@10']:.4f}"
+        )
+        names = columns(result["k"])
+        print(f"{'model':32} " + " ".join(f"{q}_{c:>9}" for q in ("stale", "fresh") for c in names))
         for model, queries in result["rows"].items():
-            cells = " ".join(f"{queries[q][c]:>15.4f}" for q in ("stale", "fresh") for c in COLUMNS)
-            print(f"{result['dataset']:16} {model:32} {cells}")
+            cells = " ".join(f"{queries[q][c]:>15.4f}" for q in ("stale", "fresh") for c in names)
+            print(f"{model:32} {cells}")
 
 
 def main() -> None:

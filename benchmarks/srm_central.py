@@ -49,12 +49,14 @@ def main() -> None:
                 *RUNS[name],
                 *args.overrides,
             ]
-            result = train_central(load_config(None, pairs))
+            cfg = load_config(None, pairs)
+            result = train_central(cfg)
             test = result["test"]
             rows.append(
                 {
                     "dataset": dataset,
                     "model": name,
+                    **{key: value for key, value in cfg.evaluation().items() if key != "dataset"},
                     "users": result["evaluated_users"],
                     "valid ndcg@10": result["valid_ndcg@10"],
                     "hr@10": test["hr@10"],
@@ -91,9 +93,7 @@ def main() -> None:
         "s/epoch",
         "train s",
     ]
-    protocol = {
-        "kcore": 5,
-        "numbering": "random",
+    protocol = {  # each model row gives its seed, k-core, numbering and lag
         "split": "leave-one-out",
         "ranking": "full catalogue",
         "ties": "pessimistic",

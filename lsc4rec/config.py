@@ -410,6 +410,20 @@ class RunConfig:
         """Flatten to dotted keys, the form Flower's ``run_config`` and ``--set`` use."""
         return _flatten(dataclasses.asdict(self))
 
+    def evaluation(self) -> dict[str, Any]:
+        """The settings that fix an evaluation's users, item numbering and targets.
+
+        Two figures compare only when these agree: a federated SRM and its central baseline, say.
+        """
+        data = self.data
+        return {
+            "dataset": data.dataset,
+            "seed": self.seed,
+            "kcore": data.kcore,
+            "numbering": data.numbering,
+            "lag": data.lag,
+        }
+
     def override(self, pairs: typing.Iterable[str]) -> RunConfig:
         """Apply ``key=value`` strings (command-line ``--set``); values are parsed by the field's type."""
         return _replace_flat(self, _parse_pairs(pairs))

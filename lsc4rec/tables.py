@@ -88,8 +88,21 @@ def report(
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     print_table(table)
+    for line in _settings(extra or {}):  # under the table, unwrapped: a caption would wrap to its width
+        print(line)
     if json_path:
         write_json(Path(json_path), {"title": title, **(extra or {}), "rows": list(rows)})
+
+
+def _settings(extra: dict[str, Any]) -> list[str]:
+    """The protocol beside a table, as the JSON holds it: every word or number of ``extra``, one level deep."""
+    lines = []
+    for key, value in extra.items():
+        if isinstance(value, str | int | float):
+            lines.append(f"{key}: {value}")
+        elif isinstance(value, dict) and all(isinstance(v, str | int | float) for v in value.values()):
+            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+    return lines
 
 
 def _cell(value: Any) -> str:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from lsc4rec.config import RunConfig
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "federation_quality.py"
 
 
@@ -97,3 +99,16 @@ def test_check_one_says_when_the_chosen_alpha_makes_it_a_tie() -> None:
     ]
     assert "a tie by construction" in tie[0]["row"] and tie[0]["alpha"] == 0.0
     assert "tie" not in real[0]["row"] and real[0]["alpha"] == 0.3 and real[0]["pass"]
+
+
+def test_a_central_srm_of_other_settings_gives_no_ratio(caplog: pytest.LogCaptureFixture) -> None:
+    benchmark = load_benchmark()
+    cfg = RunConfig().override(["data.dataset=beauty", "seed=1"])
+    row = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.047, **cfg.evaluation()}
+    assert benchmark.central_ndcg(row, cfg) == 0.047
+    assert benchmark.central_ndcg({**row, "seed": 0}, cfg) is None
+    assert (
+        "evaluated with {'dataset': 'beauty', 'seed': 0" in caplog.text and "ratio is left out" in caplog.text
+    )
+    older = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.047}  # written before rows named a seed
+    assert benchmark.central_ndcg(older, cfg) == 0.047 and benchmark.central_ndcg(None, cfg) is None
