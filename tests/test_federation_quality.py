@@ -1,20 +1,9 @@
 """benchmarks/federation_quality.py: the issue's checks and the floors beside each row, on a hand-made report."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from lsc4rec.config import RunConfig
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "federation_quality.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("federation_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def report(alpha: float, gated_at_5: float) -> dict:
@@ -58,7 +47,7 @@ def by_row(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_each_row_stands_beside_the_floors_of_the_views_it_reads() -> None:
-    rows = by_row(load_benchmark().rows_for("beauty", report(0.1, 0.029), central=0.047))
+    rows = by_row(load_benchmark("federation_quality").rows_for("beauty", report(0.1, 0.029), central=0.047))
     fused = rows["fused (stale list)"]
     assert (fused["transition floor, cloud"], fused["transition floor, device"]) == (0.0138, 0.0438)
     # a policy row's cloud floor is served at its budget; the device's own floor needs no request
@@ -71,7 +60,7 @@ def test_each_row_stands_beside_the_floors_of_the_views_it_reads() -> None:
 
 
 def test_checks_three_and_four_read_the_validation_round_and_beautys_target() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("federation_quality")
     rows = by_row(benchmark.rows_for("beauty", report(0.1, 0.029), central=0.047))
     assert rows["federated SRM, full catalogue (round 12, best validation)"]["pass"]  # 0.043 / 0.047 = 91 %
     assert "pass" not in rows["federated SRM, full catalogue (final round 14)"]
@@ -86,7 +75,7 @@ def test_checks_three_and_four_read_the_validation_round_and_beautys_target() ->
 
 
 def test_check_one_says_when_the_chosen_alpha_makes_it_a_tie() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("federation_quality")
     tie = [
         r
         for r in benchmark.rows_for("beauty", report(0.0, 0.029), None)
@@ -102,7 +91,7 @@ def test_check_one_says_when_the_chosen_alpha_makes_it_a_tie() -> None:
 
 
 def test_a_central_srm_of_other_settings_gives_no_ratio(caplog: pytest.LogCaptureFixture) -> None:
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("federation_quality")
     cfg = RunConfig().override(["data.dataset=beauty", "seed=1"])
     row = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.047, **cfg.evaluation()}
     assert benchmark.central_ndcg(row, cfg) == 0.047

@@ -1,21 +1,12 @@
 """benchmarks/gate_window.py: the live gate's calibration replayed from a run folder's recorded histograms."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gate_window.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("gate_window", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Path) -> None:
@@ -29,7 +20,7 @@ def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Pat
     (tmp_path / ROUNDS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rounds))
     final = {"live gate signal": "confidence", SIGNAL_HISTOGRAMS: {"confidence": uniform}}
     (tmp_path / "final.json").write_text(json.dumps(final))
-    benchmark = load_benchmark()
+    benchmark = load_benchmark("gate_window")
     final_counts, round_counts = benchmark.load_run(tmp_path)
     assert final_counts.tolist() == uniform and round_counts == [uniform, top, below]  # the live signal's
 

@@ -1,17 +1,12 @@
 """benchmarks/llm_quality.py: its table names the protocol and the list length it was run with."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "llm_quality.py"
+from tests.conftest import load_benchmark
 
 
 def test_the_table_states_the_protocol_and_reads_recall_at_the_runs_k(capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("llm_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("llm_quality")
     figures = {"ndcg@10": 0.01, "hr@10": 0.02, "recall@20": 0.05}
     result = {
         "dataset": "beauty",
