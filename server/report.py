@@ -266,7 +266,11 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
     fig, (ax, gate) = plt.subplots(1, 2, figsize=(11, 4))
     if points:
         ax.plot(*zip(*points, strict=True), marker="o")
-    ax.set(xlabel="round", ylabel="validation NDCG@10 (fused, sampled nodes)", title="Validation per round")
+    ax.set(
+        xlabel="round",
+        ylabel="validation NDCG@10 (fused at its best α, sampled nodes)",
+        title="Validation per round",
+    )
     ax.grid(alpha=0.3)
     if rates:
         gate.plot(*zip(*rates, strict=True), marker="o", label="sampled nodes, τ set the round before")
