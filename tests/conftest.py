@@ -32,7 +32,8 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop(API_KEY_ENV, None)  # a key in the developer's shell would lock the tests' services
 
-# Test models are tiny: one thread avoids OpenMP spin-waiting when the two cores are shared.
+# Test models are tiny: one thread avoids OpenMP spin-waiting when the two cores are shared (60 training steps
+# of a test SRM went from 0.1 s to 30 s with 2 threads under load).
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

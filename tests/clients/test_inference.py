@@ -1,7 +1,6 @@
 """Tests of device-side collaborative inference with a tiny real SRM and hand-made candidate lists."""
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,14 +25,6 @@ from lsc4rec.ranking import disagreement, fuse, scored_list_ranks
 from lsc4rec.scoring import catalogue_scores
 
 NUM_ITEMS, K, MAX_LEN = 40, 12, 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Tests of the small sequential recommenders: shapes, masking, losses and that they can learn."""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -9,16 +7,6 @@ from clients.srm import DIN, GRU4Rec, SASRec, SequentialRecommender, SRMConfig, 
 
 NUM_ITEMS = 30
 MODELS = ("sasrec", "gru4rec", "din")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are tiny, and on a busy machine torch's thread pool spins far
-    longer than the work takes (60 training steps went from 0.1 s to 30 s with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(name: str, **overrides: object) -> SequentialRecommender:

@@ -10,17 +10,15 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from llm_cloud.checkpoint import TEMPLATE_FILE, catalogue_of
 from llm_cloud.engines.base import EngineError
-from llm_cloud.engines.transformers_engine import TransformersEngine
 from llm_cloud.engines.vllm_engine import VLLMEngine
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
-from llm_cloud.service import create_app, exposure_warning
+from llm_cloud.service import exposure_warning
 from lsc4rec.protocol import (
     MAX_BATCH,
     MAX_BODY_BYTES,
@@ -266,11 +264,13 @@ def test_a_transformers_engine_that_fails_or_diverges_answers_503_and_is_counted
     tiny_checkpoint, tmp_path, how, problem
 ) -> None:
     """Not a bare 500, nor a 200 of null scores that break the wire schema: what the vLLM engine answers."""
-    client = TestClient(create_app(TransformersEngine(_damaged(tiny_checkpoint, tmp_path, how))))
-    reply = client.post("/v1/candidates", json={"histories": [[1, 2]], "k": 3})
+    args = ["--checkpoint", str(_damaged(tiny_checkpoint, tmp_path, how)), "--engine", "transformers"]
+    with start_service(args, free_port(), tmp_path / "service.log") as server:
+        reply = post(server.url, {"histories": [[1, 2]], "k": 3}, headers={})
+        metrics = httpx.get(f"{server.url}/metrics").text
     assert reply.status_code == 503, reply.text
     assert problem in reply.json()["error"]["message"] and ".." not in reply.json()["error"]["message"]
-    assert 'lsc4rec_requests_total{status="503"} 1' in client.get("/metrics").text
+    assert 'lsc4rec_requests_total{status="503"} 1' in metrics
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,9 @@ def test_bad_keys_and_values_name_the_key(pair: str, match: str) -> None:
 def test_private_runs_take_only_settings_their_guarantee_holds_for(pairs: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RunConfig().override(pairs)
+
+
+def test_a_private_fedprox_run_is_accepted() -> None:
     assert RunConfig().override(["federation.dp_noise=1", "federation.strategy=fedprox"]).federation.private
 
 
@@ -138,6 +141,9 @@ def test_toml_types_do_not_mix(tmp_path: Path, toml: str, match: str) -> None:
     (tmp_path / "run.toml").write_text(toml)
     with pytest.raises(ConfigError, match=match):
         load_config(tmp_path / "run.toml")
+
+
+def test_toml_booleans_empty_sections_and_a_bom_are_read(tmp_path: Path) -> None:
     assert load_config(None, ["federation.resume=1"]).federation.resume is True
     (tmp_path / "sections.toml").write_text("[data]\n[federation]\nrounds = 3\n")  # an empty section: fine
     assert load_config(tmp_path / "sections.toml").federation.rounds == 3

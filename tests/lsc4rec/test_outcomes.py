@@ -1,5 +1,7 @@
 """Tests of the mergeable collaborative-inference outcome and the request-policy curves drawn from it."""
 
+from itertools import combinations
+
 import numpy as np
 import pytest
 from flwr.app import MetricRecord
@@ -146,10 +148,11 @@ def test_budget_point_is_gate_at_label_free_tau_against_random_at_its_rate() -> 
     assert point.gated == pytest.approx((8 * 0.1 + 0.9 + 0.7) / 10)  # 0.24
     assert point.random == pytest.approx(0.8 * 0.1 + 0.2 * 0.24)  # a random fifth gets the mean fresh list
     assert point.gain == pytest.approx(0.24 - 0.128)
-    assert point.spread == pytest.approx(
-        random_spread(outcome_from_users(score, stale, fresh, bins=10), 1, 0.2)
-    )
-    assert point.spread > 0
+    # the spread over every random pair of requesters (rate 0.2 of 10 users), listed one by one
+    means = [
+        (stale[:, 1].sum() + (fresh - stale)[list(pair), 1].sum()) / 10 for pair in combinations(range(10), 2)
+    ]
+    assert point.spread == pytest.approx(np.std(means)) and point.spread > 0
 
 
 def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:
