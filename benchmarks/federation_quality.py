@@ -32,7 +32,6 @@ from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
-from server.report import served_floor
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +121,15 @@ def dataset_checkpoints(pairs: list[str]) -> dict[str, str]:
     return checkpoints
 
 
-def central_rows(paths: list[str]) -> dict[str, dict]:
-    """The central SASRec-CE row of each dataset, from ``benchmarks/srm_central.py`` JSON files."""
-    central = {}
+def central_rows(paths: list[str]) -> dict[str, list[dict]]:
+    """Every central SASRec-CE row of each dataset, in file order, from ``benchmarks/srm_central.py`` JSONs."""
+    central: dict[str, list[dict]] = {}
     for path in paths:
         try:
             rows = json.loads(Path(path).read_text())["rows"]
-            central |= {row["dataset"]: row for row in rows if row["model"] == "sasrec-ce"}
+            for row in rows:
+                if row["model"] == "sasrec-ce":
+                    central.setdefault(row["dataset"], []).append(row)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(
                 "--central",
@@ -137,49 +138,50 @@ def central_rows(paths: list[str]) -> dict[str, dict]:
     return central
 
 
-def central_ndcg(row: dict | None, cfg: RunConfig) -> float | None:
-    """The central SRM's test NDCG@10, or ``None`` (no ratio, and a warning) if it was evaluated otherwise.
+def central_ndcg(rows: list[dict], cfg: RunConfig) -> float | None:
+    """The test NDCG@10 of the last central SRM evaluated as ``cfg`` evaluates: same users, numbering, targets.
 
-    Otherwise: on other users, numbering or targets than ``cfg``'s. It is checked after a federation has run,
-    so its table is kept either way.
+    ``None`` (no ratio, and a warning) when no row matches. A row written before 2026-12-06 does not say its
+    settings: it is taken as it is, with a warning. Checked after a federation has run: its table is kept.
     """
-    if row is None:
+    ours = cfg.evaluation()
+    matching = [row for row in rows if all(row.get(key, value) == value for key, value in ours.items())]
+    if not matching:
+        if rows:
+            seen = [{key: row.get(key) for key in ours} for row in rows]
+            log.warning(
+                "--central: no central SRM of %s was evaluated with this federation's %s (given: %s); its "
+                "ratio is left out. Pass the JSON of benchmarks/srm_central.py run with the same settings.",
+                cfg.data.dataset,
+                ours,
+                seen,
+            )
         return None
-    theirs = {key: row[key] for key in cfg.evaluation() if key in row}  # files before 2026-12-06 have fewer
-    ours = {key: cfg.evaluation()[key] for key in theirs}
-    if theirs != ours:
+    if not all(key in matching[-1] for key in ours):
         log.warning(
-            "--central: the central SRM of %s was evaluated with %s, and this federation ran with %s: its "
-            "ratio is left out. Pass the JSON of benchmarks/srm_central.py run with the same settings "
-            "(--set seed=S, ...) to --report-only.",
-            cfg.data.dataset,
-            theirs,
-            ours,
+            "--central: the central SRM of %s does not say its seed; check it by hand", cfg.data.dataset
         )
-        return None
-    return row["ndcg@10"]
+    return matching[-1]["ndcg@10"]
 
 
 BEAUTY_AT_5 = (
     0.0264  # check 4: twice the official LSC4Rec code's shipped fused NDCG@10 at 5 % requests (0.0132)
 )
 FLOORS = {"transition": "item-transition", "popularity": "most-popular"}  # this table's name: the report's
+VIEWS = {"cloud view": "stale", "device view": "fresh"}  # the floors' two queries, as the report names them
 
 
-def floors_beside(final: dict, fresh_only: bool = False, cloud: dict | None = None) -> dict[str, float]:
-    """Both floors from the cloud's view and from the device's (``final["floors"]``, over the full catalogue).
+def floors_beside(final: dict, device_only: bool = False) -> dict[str, float]:
+    """Both floors (``final["floors"]``, over the full catalogue) queried with the cloud's and the device's view.
 
-    ``cloud`` replaces the cloud-view figures (a policy row's floor served by the cloud at its budget);
-    ``fresh_only`` leaves them out (the federated SRM ranks the catalogue from the device view alone).
+    ``device_only`` leaves the cloud's out: the federated SRM ranks the catalogue from the device view alone.
     """
-    columns = {}
-    for name, floor in FLOORS.items():
-        if not fresh_only:
-            columns[f"{name} floor, cloud"] = (cloud or {}).get(
-                floor, final["floors"][floor]["stale"]["ndcg@10"]
-            )
-        columns[f"{name} floor, device"] = final["floors"][floor]["fresh"]["ndcg@10"]
-    return columns
+    views = {"device view": "fresh"} if device_only else VIEWS
+    return {
+        f"{name} floor, {view}": final["floors"][floor][query]["ndcg@10"]
+        for name, floor in FLOORS.items()
+        for view, query in views.items()
+    }
 
 
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
@@ -187,6 +189,7 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     rankings = {(r["ranking"], r["list"]): r for r in final["rankings"]}
     fused, llm, srm = (rankings[(name, "stale")]["ndcg@10"] for name in ("fused", "LLM-only", "SRM-only"))
     fed = final["global SRM, central protocol"]
+    alpha = final["alpha"]
     rows = [
         {
             "dataset": dataset,
@@ -200,16 +203,15 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     ]
     signal = final.get("request signal", final["protocol"]["measure"])  # older reports lack the first
     for p in final["policies"]:
-        served = {floor: served_floor(final["floors"][floor], p["budget"]) for floor in FLOORS.values()}
         rows.append(
             {
                 "dataset": dataset,
                 "row": f"budget {p['budget']:.0%}: gated by {signal} (rate {p['gated rate']:.3f})",
-                "alpha": final["alpha"],
+                "alpha": alpha,
                 "ndcg@10": p["gated ndcg@10"],
                 "random at same rate": p["random ndcg@10 at gated rate"],
-                "random sd": p["random sd at gated rate"],
-                **floors_beside(final, cloud=served),
+                "random sd": p.get("random sd at gated rate"),  # reports before 2026-12-02 lack it
+                **floors_beside(final),
             }
         )
     for label, key in (
@@ -225,22 +227,22 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                 "valid ndcg@10": fed[f"{key} valid ndcg@10"],
                 "central SRM": central,
                 "ratio": ratio,
-                **floors_beside(final, fresh_only=True),
+                **floors_beside(final, device_only=True),
                 # check 3 reads the round validation chose, never the test's best
                 **({"pass": ratio >= 0.9} if key == "best-validation" and ratio is not None else {}),
             }
         )
-    alpha = final["alpha"]
-    tie = " (α is 0 or 1: fused is one of the two, a tie by construction)" if alpha in (0.0, 1.0) else ""
+    same = {0.0: " (α = 0: fused is SRM-only, a tie)", 1.0: " (α = 1: fused is LLM-only)"}.get(alpha, "")
     rows.append(
         {
             "dataset": dataset,
-            "row": f"check: fused >= max(LLM, SRM){tie}",
+            "row": f"check: fused >= max(LLM, SRM){same}",
             "alpha": alpha,
             "ndcg@10": fused,
             "pass": fused >= max(llm, srm),
         }
     )
+    stale_floor = final["floors"]["item-transition"]["stale"]["ndcg@10"]
     for p in final["policies"]:
         if p["budget"] in (0.05, 0.1, 0.2):
             rows.append(
@@ -250,20 +252,19 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                     "alpha": alpha,
                     "ndcg@10": p["gated ndcg@10"],
                     "random at same rate": p["random ndcg@10 at gated rate"],
-                    "random sd": p["random sd at gated rate"],
+                    "random sd": p.get("random sd at gated rate"),
                     "pass": p["gated ndcg@10"] > p["random ndcg@10 at gated rate"],
                 }
             )
-        if p["budget"] == 0.05 and dataset == "beauty":
-            floor = served_floor(final["floors"]["item-transition"], p["budget"])
+        if p["budget"] == 0.05 and dataset == "beauty":  # the issue's check 4, in its own words
             rows.append(
                 {
                     "dataset": dataset,
-                    "row": f"check: fused at 5 % >= {BEAUTY_AT_5} and > the cloud's transition floor",
+                    "row": f"check: fused at 5 % >= {BEAUTY_AT_5} and > the stale transition floor",
                     "alpha": alpha,
                     "ndcg@10": p["gated ndcg@10"],
-                    **floors_beside(final, cloud={"item-transition": floor}),
-                    "pass": p["gated ndcg@10"] >= BEAUTY_AT_5 and p["gated ndcg@10"] > floor,
+                    **floors_beside(final),
+                    "pass": p["gated ndcg@10"] >= BEAUTY_AT_5 and p["gated ndcg@10"] > stale_floor,
                 }
             )
     return rows
@@ -314,7 +315,7 @@ def main() -> None:
             "protocol": final["protocol"],
             "config": cfg.to_flat(),
         }
-        rows += rows_for(cfg.data.dataset, final, central_ndcg(central.get(cfg.data.dataset), cfg))
+        rows += rows_for(cfg.data.dataset, final, central_ndcg(central.get(cfg.data.dataset, []), cfg))
         args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(
@@ -327,7 +328,7 @@ def main() -> None:
             "protocol": final["protocol"],
             "config": cfg.to_flat(),
         }
-        rows += rows_for(dataset, final, central_ndcg(central.get(dataset), cfg))
+        rows += rows_for(dataset, final, central_ndcg(central.get(dataset, []), cfg))
     columns = [
         "dataset",
         "row",
@@ -337,19 +338,18 @@ def main() -> None:
         "valid ndcg@10",
         "random at same rate",
         "random sd",
-        "transition floor, cloud",
-        "transition floor, device",
-        "popularity floor, cloud",
-        "popularity floor, device",
+        "transition floor, cloud view",
+        "transition floor, device view",
+        "popularity floor, cloud view",
+        "popularity floor, device view",
         "central SRM",
         "ratio",
         "pass",
     ]
     ranking = (
         "LLM-only, SRM-only, fused and the policies rank the candidate list; the federated SRM and the floors "
-        "the full catalogue. The floors are queried with the cloud's view (ℓ items behind; in a policy row "
-        "refreshed by random requests at its budget) and with the device's view, which the SRM reads in every "
-        "row. Each run's protocol in runs"
+        "the full catalogue. The floors are queried with the cloud's view (ℓ items behind: the stale list's "
+        "query) and with the device's view, which the SRM reads in every row. Each run's protocol in runs"
     )
     report(
         "Federation quality (test; α and the request signal chosen on validation, τ on the label-free "
@@ -359,8 +359,11 @@ def main() -> None:
         args.json,
         {
             "ranking": ranking,
-            "protocol": {
-                name: ", ".join(f"{key} {value}" for key, value in run["protocol"].items())
+            **{
+                f"protocol of {name}": ", ".join(
+                    f"{key} {value}"
+                    for key, value in {"seed": run["config"]["seed"], **run["protocol"]}.items()
+                )
                 for name, run in runs.items()
             },
             "runs": runs,

@@ -50,13 +50,14 @@ def main() -> None:
                 *args.overrides,
             ]
             cfg = load_config(None, pairs)
+            settings = {key: value for key, value in cfg.evaluation().items() if key != "dataset"}
             result = train_central(cfg)
             test = result["test"]
             rows.append(
                 {
                     "dataset": dataset,
                     "model": name,
-                    **{key: value for key, value in cfg.evaluation().items() if key != "dataset"},
+                    **settings,
                     "users": result["evaluated_users"],
                     "valid ndcg@10": result["valid_ndcg@10"],
                     "hr@10": test["hr@10"],
@@ -74,6 +75,7 @@ def main() -> None:
                         {
                             "dataset": dataset,
                             "model": f"{floor} (floor)",
+                            **settings,
                             "users": result["evaluated_users"],
                             "hr@10": metrics["fresh"]["hr@10"],
                             "ndcg@10": metrics["fresh"]["ndcg@10"],
@@ -84,6 +86,10 @@ def main() -> None:
     columns = [
         "dataset",
         "model",
+        "seed",
+        "kcore",
+        "numbering",
+        "lag",
         "users",
         "valid ndcg@10",
         "hr@10",

@@ -185,8 +185,9 @@ def test_cloud_client_treats_items_beyond_its_catalogue_as_a_foreign_service() -
     """Such a list would crash the SRM's embedding lookup; it is a fallback instead."""
     with answering_server(b'{"lists": [{"items": [999, 5], "scores": [-1.0, -2.0]}], "model": "m"}') as url:
         client = CloudClient(url, k=2, timeout_s=2.0, retries=0, catalogue=(40, "0123456789abcdef"))
-        with pytest.raises(CloudUnavailableError, match=r"beyond the catalogue's 40 \(item 999\)"):
+        with pytest.raises(CloudUnavailableError, match=r"beyond the catalogue's 40 \(item 999\)") as raised:
             client.candidates([np.array([1, 2, 3])])
+        assert "longer than K" not in str(raised.value)  # the one condition that failed, not a list of three
 
 
 @contextmanager

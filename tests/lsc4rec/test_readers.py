@@ -401,16 +401,16 @@ def test_a_cached_preparation_of_raw_files_since_edited_is_made_again(tmp_path: 
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6
     prepared = cache / prepared_name(data, 0)
 
-    def stamp() -> tuple[int, int]:  # a preparation replaces the file (written atomically): a new inode
+    def identity() -> tuple[int, int]:  # a preparation replaces the file (written atomically): a new inode
         return prepared.stat().st_ino, prepared.stat().st_mtime_ns
 
-    written = stamp()
+    written = identity()
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 6
-    assert stamp() == written  # read back from the cache, not prepared again
+    assert identity() == written  # read back from the cache, not prepared again
     write(raw, "1 5 6\n")
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))  # as an editor would
     assert load_or_prepare(data, 0, cache).stats()["interactions"] == 2  # not the stale cached file
-    assert stamp() != written
+    assert identity() != written
     stamp = raw.stat().st_mtime_ns
     write(raw, "1 5 7\n")  # the same size, and the old time put back, as `cp -p` or `rsync -a` would
     os.utime(raw, ns=(stamp, stamp))

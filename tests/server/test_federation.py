@@ -104,6 +104,7 @@ def test_federation_trains_checkpoints_and_reports(
     assert summed[final["request signal"]] == max(summed.values())  # validation's choice over 5, 10, 20 %
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor (device view)" in summary
+    assert "did not deliver" not in summary  # the service answered every request
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
     # the final evaluation's gate was calibrated on all 24 users' signals under the final model, label-free
     fed, signal = federation_config.federation, final["live gate signal"]
@@ -396,6 +397,8 @@ def test_federation_survives_dead_service_and_crashed_node(
         server.stop()
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["cloud fallbacks (final evaluation)"] > 0 and final["cloud fallbacks (gate calibration)"] > 0
+    lists = final["cloud fallbacks (final evaluation)"]
+    assert f"The cloud did not deliver {lists} lists" in (tmp_path / "summary.md").read_text()
     assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
 
