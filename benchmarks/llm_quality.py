@@ -2,9 +2,9 @@
 
 For each dataset (5-core, random numbering, lag 2, K = 50 unless ``--set``): train the scratch item-token LLM on
 the cloud view (or reuse a checkpoint already in the output folder), then report NDCG@10, HR@10 and recall@K for
-the stale query (cloud view at test) and the fresh query (device view at test). The LLM is ranked over its K-list; the
-floors (MostPopular, ItemTransition fitted on the SRM training sequences) over the full catalogue with history
-items excluded. For NDCG/HR@10 the two coincide (the list is the top-K of the same exclusion-masked ranking).
+the stale query (cloud view at test) and the fresh query (device view at test). The LLM is ranked over its
+K-list; the floors (MostPopular, ItemTransition fitted on the SRM training sequences) over the full catalogue with
+history items excluded. For NDCG/HR@10 the two coincide (the list is the top-K of the same exclusion-masked ranking).
 Every row is on the test target x_n except the LLM's second row, the same queries one step earlier (target
 x_{n-1}, never a training target of the LLM): compare LLM settings there, not on test.
 

@@ -28,10 +28,8 @@ ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round
 # per round and in final.json: users by bin of each request signal over the test-time lists, {signal: [bins]}
 SIGNAL_HISTOGRAMS = "test-signal-histograms"
 
-FLOOR_VIEWS = {
-    "stale": "cloud view",
-    "fresh": "device view",
-}  # the queries of lsc4rec.floors.reference_floors
+# the two queries of lsc4rec.floors.reference_floors, as the report names them
+FLOOR_VIEWS = {"stale": "cloud view", "fresh": "device view"}
 
 
 def floor_column(floor: str, query: str) -> str:
