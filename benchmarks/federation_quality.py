@@ -32,6 +32,7 @@ from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
+from server.report import FLOOR_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,6 @@ def central_ndcg(rows: list[dict], cfg: RunConfig) -> float | None:
 # check 4: twice the official LSC4Rec code's shipped fused NDCG@10 on Beauty at 5 % requests (0.0132)
 BEAUTY_AT_5 = 0.0264
 FLOORS = {"transition": "item-transition", "popularity": "most-popular"}  # this table's name: the report's
-VIEWS = {"cloud view": "stale", "device view": "fresh"}  # the floors' two queries, as the report names them
 
 
 def floors_beside(final: dict, device_only: bool = False) -> dict[str, float]:
@@ -175,11 +175,11 @@ def floors_beside(final: dict, device_only: bool = False) -> dict[str, float]:
 
     ``device_only`` leaves the cloud's out: the federated SRM ranks the catalogue from the device view alone.
     """
-    views = {"device view": "fresh"} if device_only else VIEWS
+    queries = ("fresh",) if device_only else FLOOR_VIEWS
     return {
-        f"{name} floor, {view}": final["floors"][floor][query]["ndcg@10"]
+        f"{name} floor, {FLOOR_VIEWS[query]}": final["floors"][floor][query]["ndcg@10"]
         for name, floor in FLOORS.items()
-        for view, query in views.items()
+        for query in queries
     }
 
 

@@ -37,11 +37,6 @@ def floor_column(floor: str, query: str) -> str:
     return f"{floor} floor ({FLOOR_VIEWS[query]})"
 
 
-def served_floor(queries: dict[str, dict[str, float]], budget: float) -> float:
-    """NDCG@10 of a floor served by the cloud: its stale figure, refreshed by random requests at ``budget``."""
-    return (1 - budget) * queries["stale"]["ndcg@10"] + budget * queries["fresh"]["ndcg@10"]
-
-
 def append_round(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one round's figures to ``metrics.jsonl``, first cutting off a line a crash left unfinished.
 
@@ -129,7 +124,11 @@ def final_figures(
     for budget in BUDGETS:
         point = budget_point(test, best, budget)
         floor_at = {  # a floor served by the cloud, refreshed by random requests at the budget; then on the device
-            **{f"{floor} floor (cloud at budget)": served_floor(v, budget) for floor, v in floors.items()},
+            **{
+                f"{floor} floor (cloud at budget)": (1 - budget) * v["stale"]["ndcg@10"]
+                + budget * v["fresh"]["ndcg@10"]
+                for floor, v in floors.items()
+            },
             **{floor_column(floor, "fresh"): v["fresh"]["ndcg@10"] for floor, v in floors.items()},
         }
         policies.append(
