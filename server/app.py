@@ -61,7 +61,7 @@ from server.report import (
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
-from strategies.guards import REASONS
+from strategies.guards import REASONS, SKIPPED_EMPTY
 from strategies.privacy import FleetPrivacy
 from strategies.sums import sum_metrics, train_metrics
 from strategies.wrapper import StrategyWrapper
@@ -188,6 +188,7 @@ def main(grid: Grid, context: Context) -> None:
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         # from the rounds' lines, which a resumed run keeps: the guard counts only the rounds it ran itself
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
+        "updates with no training example": sum(int(r.get(f"train-{SKIPPED_EMPTY}", 0)) for r in rounds),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }

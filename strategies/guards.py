@@ -27,15 +27,21 @@ from strategies.wrapper import StrategyWrapper
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
 REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_update_norm
 REJECTED_MALFORMED = (
-    "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, no weight > 0
+    "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, no weight >= 0
 )
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
+SKIPPED_EMPTY = (
+    "skipped-empty"  # replies of nodes with nothing to train on (weight 0): not an error, not averaged
+)
 UPDATE_NORM_MEDIAN = "update-norm-median"  # train metric: median ||w_node - w_global||_2 of the kept replies
 UPDATE_NORM_MAX = "update-norm-max"  # train metric: the largest of them
 
 
 class UpdateGuard(StrategyWrapper):
     """Reject non-finite, oversized and malformed train replies, then delegate to ``strategy``.
+
+    A well-formed reply of weight 0 (a node with nothing to train on) is not an error: it is counted as
+    ``skipped-empty`` and left out, since a weighted mean over it alone would divide by zero.
 
     Parameters
     ----------
@@ -56,7 +62,7 @@ class UpdateGuard(StrategyWrapper):
     Attributes
     ----------
     rejected_by_round
-        Rejections by round and reason; the round's counts are also added to the train MetricRecord, which is
+        Rejections (and skipped empty replies) by round and reason; the round's counts are also added to the train MetricRecord, which is
         only the counts in a round where no reply was kept.
     """
 
@@ -106,10 +112,13 @@ class UpdateGuard(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies that pass every check; no arrays, only the counts, when none is left."""
-        counts = dict.fromkeys(REASONS, 0)
+        counts = dict.fromkeys((*REASONS, SKIPPED_EMPTY), 0)
         kept, norms = [], []
         for reply in replies:
             reason, norm = (None, None) if reply.has_error() else self._rejection(reply)
+            if reason == SKIPPED_EMPTY:  # an unchanged model with weight 0: nothing to average, nothing wrong
+                counts[reason] += 1
+                continue
             if reason is None:
                 kept.append(reply)  # error replies go on: the inner strategy logs them as failures
                 if norm is not None:
@@ -136,7 +145,7 @@ class UpdateGuard(StrategyWrapper):
         return arrays, metrics
 
     def _rejection(self, reply: Message) -> tuple[str | None, float | None]:
-        """The reason to reject ``reply`` (``None`` to keep it), and its update's L2 norm where measured."""
+        """The reason to leave ``reply`` out (``None`` to keep it), and its update's L2 norm where measured."""
         content = reply.content
         names = set(content.array_records)
         if self.arrayrecord_key not in names or not names <= {self.arrayrecord_key, *self.extra_records}:
@@ -145,7 +154,7 @@ class UpdateGuard(StrategyWrapper):
             return REJECTED_MALFORMED, None
         weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
         # an infinite count would weigh inf / inf = NaN into every aggregated weight; True is no count
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
             return REJECTED_MALFORMED, None
         arrays = {key: array.numpy() for key, array in content.array_records[self.arrayrecord_key].items()}
         shapes = {key: a.shape for key, a in arrays.items()}
@@ -153,6 +162,8 @@ class UpdateGuard(StrategyWrapper):
             return REJECTED_MALFORMED, None
         if not all(np.isfinite(a).all() for a in arrays.values()):
             return REJECTED_NONFINITE, None
+        if weight == 0:  # a node whose users have no training target yet (lag 0, three interactions)
+            return SKIPPED_EMPTY, None
         if not self._global:
             if self.max_update_norm is not None:
                 raise RuntimeError("aggregate_train needs the global arrays: call configure_train first.")

@@ -24,10 +24,14 @@ TRAIN_COUNTS = (records.FALLBACKS, records.NUM_EXAMPLES)  # train metrics that a
 def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
     """Flower's weighted mean of the train replies' metrics (the loss), but the fleet's sum of their counts.
 
-    A mean of cloud fallbacks weighted by examples would report 1 for nodes that had 4 and 0.
+    A mean of cloud fallbacks weighted by examples would report 1 for nodes that had 4 and 0. The mean is
+    over the nodes that trained: a node with no example reports a loss of 0 that is no loss (a private run
+    weighs it like any node), and a round where none trained has no loss at all.
     """
     replies = list(replies)
-    merged = aggregate_metricrecords(replies, weighted_by_key)  # drops the weighting key itself
+    trained = [r for r in replies if _metrics(r).get(records.NUM_EXAMPLES, 1) > 0]
+    # the mean drops the weighting key itself
+    merged = aggregate_metricrecords(trained, weighted_by_key) if trained else MetricRecord()
     summed = sum_metrics(replies)
     for key in (*TRAIN_COUNTS, weighted_by_key):
         if key in summed:
@@ -56,6 +60,10 @@ def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examp
         total = np.sum([np.asarray(v, dtype=float) for v in values], axis=0)
         merged[key] = total.tolist() if isinstance(values[0], list) else _scalar(total, values[0])
     return MetricRecord(merged)
+
+
+def _metrics(reply: RecordDict) -> MetricRecord:
+    return next(iter(reply.metric_records.values()))
 
 
 def _scalar(total: np.ndarray, example: object) -> int | float:

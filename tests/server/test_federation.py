@@ -428,6 +428,33 @@ def test_a_cloud_down_from_the_start_adds_no_training_examples(
         assert metrics[records.NUM_EXAMPLES] == len(node.training_windows(cfg.srm.max_len))
 
 
+def test_nodes_with_no_training_example_are_counted_not_averaged_or_called_malformed(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """Lag 0 lets a user of three interactions join with no SRM target: its node trains on nothing."""
+    users = [[3 * u + 1, 3 * u + 2, 3 * u + 3] for u in range(12)] + [list(range(1, 11))] * 2
+    folder = tmp_path / "data"
+    folder.mkdir()
+    lines = [" ".join(map(str, [u + 1, *items])) for u, items in enumerate(users)]
+    (folder / "sequential_data.txt").write_text("\n".join(lines) + "\n")
+    cfg = federation_config.override([f"data.dataset={folder}", "data.lag=0"])
+    empty = [p for p in range(NODES) if not load_node(cfg.data, cfg.seed, p, NODES).training_windows(20)]
+    assert 0 < len(empty) < NODES  # the fleet mixes nodes with and without an example
+    run(
+        cfg,
+        tmp_path / "run",
+        f"http://127.0.0.1:{free_port()}",  # no cloud: the lists fall back, the training goes on
+        "federation.rounds=2",
+        "federation.fraction_train=1.0",
+        "federation.item_weighted=true",  # the item counts of a node with no sequence
+    )
+    for line in rounds(tmp_path / "run"):
+        assert line["train-skipped-empty"] == len(empty) and line["train-rejected-malformed"] == 0
+        assert np.isfinite(line["train-loss"]) and line["train-loss"] > 0
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["updates with no training example"] == 2 * len(empty)
+
+
 def test_rounds_without_an_update_leave_the_starting_model(
     federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ from strategies.guards import (
     REJECTED_MALFORMED,
     REJECTED_NONFINITE,
     REJECTED_NORM,
+    SKIPPED_EMPTY,
     UPDATE_NORM_MAX,
     UPDATE_NORM_MEDIAN,
     UpdateGuard,
@@ -86,14 +87,14 @@ def test_update_guard_no_norm_bound_keeps_large_updates() -> None:
     assert metrics[REJECTED_NORM] == 0
 
 
-def test_update_guard_missing_zero_or_infinite_examples_and_wrong_shapes_rejected() -> None:
+def test_update_guard_missing_negative_or_infinite_examples_and_wrong_shapes_rejected() -> None:
     strategy = guard()
     wrong_shape = ArrayRecord(
         {"w": Array(np.zeros(4, dtype=np.float32)), "b": Array(np.zeros(3, dtype=np.float32))}
     )
     replies = [
         reply(11, arrays(1.0), {"loss": 1.0}),
-        reply(12, arrays(1.0), {"num-examples": 0}),
+        reply(12, arrays(1.0), {"num-examples": -1}),
         reply(13, wrong_shape, {"num-examples": 4}),
     ]
     aggregated, metrics = strategy.aggregate_train(1, replies)
@@ -107,3 +108,26 @@ def test_update_guard_missing_zero_or_infinite_examples_and_wrong_shapes_rejecte
     )
     np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.5))
     assert metrics[REJECTED_MALFORMED] == 1
+
+
+def test_update_guard_skips_replies_of_nodes_with_no_example_without_calling_them_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node with nothing to train on replies its unchanged model with weight 0: left out, counted apart."""
+    strategy = guard()
+    with caplog.at_level(logging.WARNING):
+        aggregated, metrics = strategy.aggregate_train(
+            1, [reply(11, arrays(0.0), {"num-examples": 0}), reply(12, arrays(1.5), {"num-examples": 3})]
+        )
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.5))  # the empty one weighs nothing
+    assert metrics[SKIPPED_EMPTY] == 1 and metrics[REJECTED_MALFORMED] == 0
+    assert "rejected" not in caplog.text
+    # a round of empty nodes only: no aggregate (FedAvg would divide by a total weight of 0), the count kept
+    aggregated, metrics = strategy.aggregate_train(2, [reply(11, arrays(0.0), {"num-examples": 0})])
+    assert aggregated is None and metrics[SKIPPED_EMPTY] == 1
+    # weight 0 does not launder a non-finite update
+    _, metrics = strategy.aggregate_train(
+        3,
+        [reply(11, arrays(0.0, nan=True), {"num-examples": 0}), reply(12, arrays(1.0), {"num-examples": 1})],
+    )
+    assert metrics[REJECTED_NONFINITE] == 1 and metrics[SKIPPED_EMPTY] == 0
