@@ -272,6 +272,8 @@ def collaborative_inference(
         sums[f"{name}_ndcg"] = per_user[name].sum(axis=1)
         sums[f"{name}_hr"] = (by_alpha < CUTOFF).sum(axis=1).astype(np.float64)
     sums["gain_sq"] = ((per_user["fresh"] - per_user["stale"]) ** 2).sum(axis=1)  # [A]
+    sums["pair_sq_first"] = ((per_user["stale"] - per_user["stale"][0]) ** 2).sum(axis=1)  # [A]: vs SRM-only
+    sums["pair_sq_last"] = ((per_user["stale"] - per_user["stale"][-1]) ** 2).sum(axis=1)  # [A]: vs LLM-only
     recall = {
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for name, (items, llm, _) in lists.items()

@@ -19,7 +19,8 @@ import numpy as np
 
 CUTOFF = 10  # the cut-off of every NDCG / HR summed here
 _TOTALS = ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")  # [A] each
-_ARRAYS = (*_TOTALS, "gain_sq", "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg")
+_PAIRED = ("pair_sq_first", "pair_sq_last")  # [A] each; runs before 2026-12-06 lack them
+_ARRAYS = (*_TOTALS, "gain_sq", *_PAIRED, "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg")
 _SCALARS = ("users", "stale_recall", "fresh_recall", "requests")
 
 
@@ -40,6 +41,10 @@ class StageOutcome:
     gain_sq
         [A] sums of the squared per-user gain (fresh minus stale NDCG@10): with the totals, the spread of
         random requests (:func:`random_spread`).
+    pair_sq_first, pair_sq_last
+        [A] sums of the squared per-user difference of the stale list's NDCG@10 at each α and at the first
+        (resp. last) α of the grid: SRM-only (0) and LLM-only (1) in every run. With the totals, the paired
+        standard error of fused's margin over either (:func:`paired_se`); NaN where a run did not record them.
     stale_recall, fresh_recall
         Users whose target is in the stale resp. fresh list (the ceiling of any reranking).
     bin_count
@@ -59,6 +64,8 @@ class StageOutcome:
     fresh_ndcg: np.ndarray
     fresh_hr: np.ndarray
     gain_sq: np.ndarray
+    pair_sq_first: np.ndarray
+    pair_sq_last: np.ndarray
     stale_recall: float
     fresh_recall: float
     bin_count: np.ndarray
@@ -105,10 +112,16 @@ class StageOutcome:
         alphas = tuple(float(a) for a in metrics[f"{prefix}-alphas"])  # type: ignore[attr-defined]
         edges = np.asarray(metrics[f"{prefix}-bin-edges"], dtype=float)
         shapes = {"bin_count": (len(edges) - 1,)}
-        shapes.update({name: (len(alphas),) for name in (*_TOTALS, "gain_sq")})
+        shapes.update({name: (len(alphas),) for name in (*_TOTALS, "gain_sq", *_PAIRED)})
         shapes.update({name: (len(alphas), len(edges) - 1) for name in ("bin_stale_ndcg", "bin_fresh_ndcg")})
+        unrecorded = np.full(len(alphas), np.nan)
         values: dict[str, object] = {
-            name: np.asarray(metrics[_key(prefix, name)], dtype=float).reshape(shapes[name])
+            name: np.asarray(
+                metrics[_key(prefix, name)]
+                if name not in _PAIRED
+                else metrics.get(_key(prefix, name), unrecorded),
+                dtype=float,
+            ).reshape(shapes[name])
             for name in _ARRAYS
         }
         for name in _SCALARS:
@@ -191,6 +204,25 @@ def random_spread(outcome: StageOutcome, alpha_index: int, rate: float) -> float
     variance = max(outcome.gain_sq[alpha_index] / n - mean**2, 0.0)
     m = rate * n
     return float(np.sqrt(m * (n - m) / (n - 1) * variance) / n)
+
+
+def paired_se(outcome: StageOutcome, alpha_index: int, against: int) -> float:
+    """Standard error of the mean per-user difference of the stale list's NDCG@10 at two α of the grid.
+
+    ``against`` is 0 (the grid's first α: SRM-only) or -1 (its last: LLM-only). The two rankings rank the same
+    users, so their difference is paired: its spread is far smaller than either ranking's. With d the per-user
+    differences, whose sum and sum of squares the outcome holds: ``se = sqrt(var(d) / n)``, ``var`` with
+    n - 1. NaN with fewer than two users, or where the run did not record the squares.
+    """
+    if against not in (0, -1):
+        raise ValueError(f"against must be 0 (SRM-only) or -1 (LLM-only), got {against!r}.")
+    n = outcome.users
+    if n < 2:
+        return float("nan")
+    squares = outcome.pair_sq_first if against == 0 else outcome.pair_sq_last
+    mean = (outcome.stale_ndcg[alpha_index] - outcome.stale_ndcg[against]) / n
+    variance = max(squares[alpha_index] / n - mean**2, 0.0) * n / (n - 1)
+    return float(np.sqrt(variance / n))
 
 
 def requested_share(bin_edges: np.ndarray, tau: float) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from lsc4rec import records
 from lsc4rec.errors import DataFormatError
-from lsc4rec.outcomes import StageOutcome, budget_point, random_policy
+from lsc4rec.outcomes import StageOutcome, budget_point, paired_se, random_policy
 from lsc4rec.runs import write_json
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -156,6 +156,15 @@ def final_figures(
             "test": means["stale-ndcg"].tolist(),
         },
         "rankings": rows,
+        # check 1's margins, each with its paired standard error; the grid runs from α 0 (SRM-only) to 1
+        # (LLM-only): FederationConfig.alphas
+        "fused margins": {
+            name: {
+                "ndcg@10": float(means["stale-ndcg"][best] - means["stale-ndcg"][end]),
+                "paired se": paired_se(test, best, end),
+            }
+            for name, end in (("over SRM-only", 0), ("over LLM-only", -1))
+        },
         "policies": policies,
         "floors": floors,
         **extra,
@@ -192,6 +201,7 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
     ]
     lines += _markdown_table(figures["rankings"])
+    lines += _margins(figures)
     lines += [
         "",
         "## Request policies (test, fused at α; random is the expectation, gated uses the τ "
@@ -221,6 +231,21 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         heading = "## Other figures (the federated SRM's full-catalogue figures compare with the device-view floors)"
         lines += ["", heading, ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+def _margins(figures: dict[str, Any]) -> list[str]:
+    """Fused minus SRM-only and LLM-only on the stale list, with paired standard errors; none in old reports."""
+    margins = figures.get("fused margins")
+    if not margins:
+        return []
+    said = "; ".join(
+        f"{name} {m['ndcg@10']:+.4f} (paired se {m['paired se']:.4f})" for name, m in margins.items()
+    )
+    return [
+        "",
+        f"Fused NDCG@10 on the stale list, {said}: a margin within about two standard errors of 0 is not "
+        "evidence either way.",
+    ]
 
 
 def _fallback_note(figures: dict[str, Any]) -> str:

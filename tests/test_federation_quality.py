@@ -39,6 +39,10 @@ def report(alpha: float, gated_at_5: float) -> dict:
         "request signal": "confidence",
         "protocol": {"measure": "auto"},
         "global SRM, central protocol": rounds | srm,
+        "fused margins": {
+            "over SRM-only": {"ndcg@10": 0.028 - 0.027, "paired se": 0.0004},
+            "over LLM-only": {"ndcg@10": 0.028 - 0.016, "paired se": 0.0009},
+        },
     }
 
 
@@ -93,13 +97,26 @@ def test_check_one_says_when_the_chosen_alpha_makes_fused_one_of_the_two(alpha: 
     assert note in check_1["row"] and ("(α" in check_1["row"]) == bool(note)
 
 
+def test_check_one_shows_the_margin_over_the_stronger_row_with_its_paired_se() -> None:
+    benchmark = load_benchmark("federation_quality")
+    check_1 = check_rows(benchmark.rows_for("beauty", report(0.3, 0.029), None))["check: fused >="]
+    assert (
+        check_1["margin"] == pytest.approx(0.001) and check_1["paired se"] == 0.0004
+    )  # SRM-only is stronger
+    llm_stronger = report(0.3, 0.029)
+    llm_stronger["rankings"][0]["ndcg@10"] = 0.0275  # LLM-only on the stale list
+    check_1 = check_rows(benchmark.rows_for("beauty", llm_stronger, None))["check: fused >="]
+    assert check_1["margin"] == pytest.approx(0.0005) and check_1["paired se"] == 0.0009
+
+
 def test_a_report_from_before_the_random_sd_reads(tmp_path) -> None:
-    """Run folders from before 2026-12-02 lack the random sd: --report-only still tables them."""
+    """Run folders from before 2026-12-02 lack the random sd (and before 2026-12-06 the paired se): both read."""
     old = report(0.1, 0.029)
     for p in old["policies"]:
         del p["random sd at gated rate"]
+    del old["fused margins"]
     rows = load_benchmark("federation_quality").rows_for("beauty", old, None)
-    assert all(r.get("random sd") is None for r in rows)
+    assert all(r.get("random sd") is None and r.get("paired se") is None for r in rows)
     assert sum(r["row"].startswith("check:") for r in rows) == 5  # checks 1, 2 at three rates, 4
 
 

@@ -149,6 +149,12 @@ def test_collaborative_inference_alpha_zero_reproduces_srm_ranks(model: Sequenti
     assert outcome.stale_ndcg[0] != pytest.approx(outcome.stale_ndcg[1])  # the SRM order is not the LLM's
     fresh = [srm_order_rank(model, h, fresh_items[u], int(targets[u])) for u, h in enumerate(histories())]
     assert outcome.fresh_ndcg[0] == pytest.approx(ndcg_sum(fresh))
+    # the paired squares: per user, SRM-only's NDCG@10 against LLM-only's (the kept items in the LLM's order)
+    llm = [((kept[u] != 0).cumsum(0) - 1)[kept[u] == t].tolist() or [math.inf] for u, t in enumerate(targets)]
+    gaps = [ndcg_sum([srm]) - ndcg_sum(by_llm) for srm, by_llm in zip(ranks, llm, strict=True)]
+    assert sum(g * g for g in gaps) > 0  # the two orders disagree on some user's target
+    assert outcome.pair_sq_first.tolist() == pytest.approx([0.0, sum(g * g for g in gaps)])
+    assert outcome.pair_sq_last.tolist() == pytest.approx([sum(g * g for g in gaps), 0.0])
 
 
 def test_collaborative_inference_fuses_with_the_configured_normalisation(

@@ -12,6 +12,7 @@ from lsc4rec.outcomes import (
     choice_budgets,
     choose_measure,
     gated_policy,
+    paired_se,
     random_policy,
     random_spread,
     signal_comparison,
@@ -97,6 +98,20 @@ def test_random_spread_is_the_spread_of_random_request_sets() -> None:
     assert random_spread(outcome_from_users(score[:1], stale[:1], fresh[:1], bins=10), 1, 0.5) == 0.0
 
 
+def test_paired_se_is_the_standard_error_of_the_per_user_differences() -> None:
+    score, stale, fresh = random_users(50, seed=4)
+    parts = [outcome_from_users(score[s], stale[s], fresh[s], bins=10) for s in (slice(0, 20), slice(20, 50))]
+    merged = StageOutcome.sum(parts)  # what the server holds: the nodes' sums, added
+    for end in (0, -1):
+        differences = stale[:, 1] - stale[:, end]
+        expected = np.std(differences, ddof=1) / np.sqrt(50)
+        assert paired_se(merged, 1, end) == pytest.approx(expected)
+    assert paired_se(merged, 0, 0) == 0.0  # SRM-only against itself
+    assert np.isnan(paired_se(outcome_from_users(score[:1], stale[:1], fresh[:1], bins=10), 1, 0))
+    with pytest.raises(ValueError, match="against must be 0"):
+        paired_se(merged, 1, 1)
+
+
 def test_stage_outcome_merge_is_addition_of_user_sets() -> None:
     score, stale, fresh = random_users(60, seed=2)
     parts = [outcome_from_users(score[s], stale[s], fresh[s], bins=10) for s in (slice(0, 25), slice(25, 60))]
@@ -123,8 +138,11 @@ def test_stage_outcome_metrics_round_trip_through_flower_record() -> None:
     record = MetricRecord({**metrics, "num-examples": 30})  # accepted by Flower as-is
     back = StageOutcome.from_metrics(record, "valid")
     assert back.alphas == ALPHAS and back.users == 30 and back.requests == outcome.requests
-    for name in ("stale_hr", "gain_sq", "bin_count", "bin_stale_ndcg", "bin_edges"):
+    for name in ("stale_hr", "gain_sq", "pair_sq_last", "bin_count", "bin_stale_ndcg", "bin_edges"):
         np.testing.assert_allclose(getattr(back, name), getattr(outcome, name))
+    # a round's line written before 2026-12-06 lacks the paired squares: read back as unknown
+    older = {k: v for k, v in record.items() if "pair-sq" not in k}
+    assert np.isnan(paired_se(StageOutcome.from_metrics(older, "valid"), 1, 0))
 
 
 def test_stage_outcome_means_and_best_alpha_use_stale_ndcg() -> None:

@@ -105,6 +105,12 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor (device view)" in summary
     assert "did not deliver" not in summary  # the service answered every request
+    # check 1's margins over both rows, as the rankings give them, each with the spread of its 24 differences
+    stale = {r["ranking"]: r["ndcg@10"] for r in final["rankings"] if r["list"] == "stale"}
+    for name, margin in final["fused margins"].items():
+        assert margin["ndcg@10"] == pytest.approx(stale["fused"] - stale[name.removeprefix("over ")])
+        assert margin["paired se"] >= 0 and f"{name} {margin['ndcg@10']:+.4f} (paired se" in summary
+    assert final["fused margins"]["over LLM-only"]["paired se"] > 0 or final["alpha"] == 1.0
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
     # the final evaluation's gate was calibrated on all 24 users' signals under the final model, label-free
     fed, signal = federation_config.federation, final["live gate signal"]
