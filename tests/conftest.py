@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +42,34 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` in its own process from the repository root, as a user or the launcher runs
+    it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=BENCHMARKS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run_benchmark(
+    name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/NAME.py ARGS`` from the repository root with it on ``PYTHONPATH``, as the README runs
+    them; ``env`` replaces the environment (``PYTHONPATH`` is still set)."""
+    root = BENCHMARKS.parent
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+        cwd=root,
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -1,14 +1,14 @@
 """benchmarks/peak_memory.py: a command's processes, orphans included, summed at their peak."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "peak_memory.py"
-ROOT = SCRIPT.parents[1]
+from tests.conftest import run_benchmark
+
+BARE = {"PATH": "/usr/bin:/bin"}  # no inherited environment: the script must name what it needs
 
 
 def hold(mib: int) -> str:
@@ -20,25 +20,8 @@ def hold(mib: int) -> str:
 def test_sums_every_process_even_an_orphan(tmp_path: Path) -> None:
     # the 120 MiB process is orphaned at once (its parent subshell exits) and must still be counted
     command = f"({hold(120)} &); {hold(80)}; exit 3"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--interval",
-            "0.2",
-            "--json",
-            str(tmp_path / "m.json"),
-            "--",
-            "bash",
-            "-c",
-            command,
-        ],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = ("--interval", "0.2", "--json", str(tmp_path / "m.json"), "--", "bash", "-c", command)
+    done = run_benchmark("peak_memory", *args, env=BARE, timeout=60)
     assert done.returncode == 3, done.stderr  # the command's status
     row = json.loads((tmp_path / "m.json").read_text())["rows"][0]
     assert row["exit status"] == 3
@@ -49,12 +32,5 @@ def test_sums_every_process_even_an_orphan(tmp_path: Path) -> None:
 
 
 def test_a_missing_command_is_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--", "no-such-command-here"],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_benchmark("peak_memory", "--", "no-such-command-here", env=BARE, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: cannot start 'no-such-command-here'")

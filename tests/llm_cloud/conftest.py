@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def tiny_checkpoint(
     out = tmp_path_factory.mktemp("ckpt") / "tiny-scratch"
     train_llm(tiny_config, tiny_dataset, out, progress=False)
     return out
+
+
+@pytest.fixture
+def copied_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny checkpoint that a test may damage."""
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
 
 
 def smollm2_gguf() -> Path | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,6 @@ from llm_cloud.model import ItemTokenLM
 from llm_cloud.templates import TEMPLATE_FILE
 from lsc4rec.data import SequenceDataset
 from lsc4rec.errors import ConfigError, DataFormatError
-
-
-@pytest.fixture
-def copied_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
-    """A copy of the tiny checkpoint that a test may damage."""
-    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 import json
 import pathlib
-import subprocess
 import sys
 
 from typer.testing import CliRunner
@@ -10,7 +9,7 @@ from llm_cloud.processes import free_port
 from llm_cloud.train import TRAIN_RESULT_FILE
 from llm_cloud.vllm_server import VENV_MARKER
 from lsc4rec.errors import ConfigError, LSC4RecError
-from tests.conftest import TINY_SETTINGS
+from tests.conftest import TINY_SETTINGS, run_module
 
 
 def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp_path) -> None:
@@ -81,22 +80,7 @@ def test_cli_train_refuses_an_out_it_would_replace_or_could_not_move_into_before
 def test_the_module_entry_point_the_launcher_starts_reports_errors_in_one_line(tmp_path) -> None:
     """``python -m llm_cloud.cli serve`` (what the launcher runs, its stderr going to service.log) ends a bad
     checkpoint with the one-line message `lsc4rec llm serve` gives, not a traceback."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llm_cloud.cli",
-            "serve",
-            "--checkpoint",
-            str(tmp_path / "none"),
-            "--port",
-            "9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=pathlib.Path(__file__).parents[2],
-    )
+    done = run_module("llm_cloud.cli", "serve", "--checkpoint", str(tmp_path / "none"), "--port", "9")
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: --checkpoint: must be a folder written by `lsc4rec llm train`")
     assert "Traceback" not in done.stderr

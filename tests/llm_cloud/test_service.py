@@ -1,6 +1,5 @@
 import http.client
 import json
-import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -244,9 +243,9 @@ def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, pr
     assert "warning: vLLM at" in (tmp_path / "service.log").read_text()  # said at start, before any request
 
 
-def _damaged(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
-    """A copy of the checkpoint that loads, and then fails (a prefix token beyond the vocabulary) or diverges."""
-    folder = shutil.copytree(tiny_checkpoint, tmp_path / how)
+def _damaged(folder: Path, how: str) -> Path:
+    """Damage a copy of the checkpoint so that it loads, and then fails (a prefix token beyond the vocabulary)
+    or diverges."""
     if how == "nan":
         weights = load_file(folder / "model.safetensors")
         save_file(
@@ -261,10 +260,10 @@ def _damaged(tiny_checkpoint: Path, tmp_path: Path, how: str) -> Path:
 
 @pytest.mark.parametrize(("how", "problem"), [("nan", "non-finite"), ("prefix", "IndexError")])
 def test_a_transformers_engine_that_fails_or_diverges_answers_503_and_is_counted(
-    tiny_checkpoint, tmp_path, how, problem
+    copied_checkpoint, tmp_path, how, problem
 ) -> None:
     """Not a bare 500, nor a 200 of null scores that break the wire schema: what the vLLM engine answers."""
-    args = ["--checkpoint", str(_damaged(tiny_checkpoint, tmp_path, how)), "--engine", "transformers"]
+    args = ["--checkpoint", str(_damaged(copied_checkpoint, how)), "--engine", "transformers"]
     with start_service(args, free_port(), tmp_path / "service.log") as server:
         reply = post(server.url, {"histories": [[1, 2]], "k": 3}, headers={})
         metrics = httpx.get(f"{server.url}/metrics").text

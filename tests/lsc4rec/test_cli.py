@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llm_cloud.processes import free_port
 from lsc4rec.credentials import make_loopback_tls
-from tests.conftest import synthetic_dataset
+from tests.conftest import run_benchmark, run_module, synthetic_dataset
 
 
 def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lsc4rec.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return run_module("lsc4rec.cli", *args)
 
 
 @pytest.mark.parametrize(
@@ -184,14 +180,7 @@ def test_cli_serve_checks_its_certificate_before_the_model_loads(tmp_path: Path)
 def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: Path) -> None:
     """Benchmarks share the command's error edge: one line, exit 2, and the --json path is checked first."""
     (tmp_path / "a-file").write_text("")
-    script = Path(__file__).parents[2] / "benchmarks" / "srm_central.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--json", str(tmp_path / "a-file" / "x.json"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(script.parents[1])},
-    )
+    done = run_benchmark("srm_central", "--json", str(tmp_path / "a-file" / "x.json"), "--out", str(tmp_path))
     assert done.returncode == 2 and "error: --json: must be a path whose folder" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]  # no run folder was made
@@ -249,13 +238,6 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
     ],
 )
 def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:
-    path = Path(__file__).parents[2] / "benchmarks" / script
-    done = subprocess.run(
-        [sys.executable, str(path), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(path.parents[1])},
-    )
+    done = run_benchmark(script.removesuffix(".py"), *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr

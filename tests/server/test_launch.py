@@ -45,6 +45,7 @@ from server.launch import (
 )
 from server.launch import _held as held_for_this_launch
 from server.launch import _toml as run_config_toml
+from tests.conftest import run_module
 
 
 def _with_checkpoint(folder: Path, server_round: int = 1) -> Path:
@@ -416,21 +417,11 @@ def test_resume_runs_on_the_runtime_the_run_started_with(
     run.mkdir()
     federation_config.override(["federation.num_nodes=0"]).save(run / "config.json")
     Launch(runtime="deployment").save(run)
-    done = subprocess.run(
-        [sys.executable, "-m", "lsc4rec.cli", "federate", "--resume", str(run)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_module("lsc4rec.cli", "federate", "--resume", str(run))
     assert done.returncode == 2
     assert "with --runtime deployment each node is a flower-supernode process" in done.stderr
     Launch().save(run)  # the transformers engine, which starts no vLLM
-    done = subprocess.run(
-        [sys.executable, "-m", "lsc4rec.cli", "federate", "--resume", str(run), "--vllm-eager"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_module("lsc4rec.cli", "federate", "--resume", str(run), "--vllm-eager")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "needs --engine vllm (the resumed run used the transformers engine)" in done.stderr
 
