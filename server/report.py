@@ -188,7 +188,7 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     lines = [
         "# LSC4Rec federation: results",
         "",
-        "Protocol: " + ", ".join(f"{k} {v}" for k, v in protocol.items()),
+        "Protocol: " + ", ".join(f"{k} {v}" for k, v in _chosen(protocol, figures).items()),
         "",
         f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}"
         f"{_missing_users(figures)}. "
@@ -231,6 +231,13 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         heading = "## Other figures (the federated SRM's full-catalogue figures compare with the device-view floors)"
         lines += ["", heading, ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+def _chosen(protocol: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+    """The protocol as configured, with the request signal ``auto`` resolved to validation's choice."""
+    if protocol.get("measure") != "auto":
+        return protocol
+    return {**protocol, "measure": f"auto (validation chose {figures['request signal']})"}
 
 
 def _margins(figures: dict[str, Any]) -> list[str]:

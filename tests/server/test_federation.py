@@ -112,6 +112,7 @@ def test_federation_trains_checkpoints_and_reports(
         assert margin["paired se"] >= 0 and f"{name} {margin['ndcg@10']:+.4f} (paired se" in summary
     assert final["fused margins"]["over LLM-only"]["paired se"] > 0 or final["alpha"] == 1.0
     assert f"Request signal: {final['request signal']}" in summary and "## Every request signal" in summary
+    assert f"measure auto (validation chose {final['request signal']})," in summary.splitlines()[2]
     # the final evaluation's gate was calibrated on all 24 users' signals under the final model, label-free
     fed, signal = federation_config.federation, final["live gate signal"]
     assert final["live gate tau calibrated on users"] == 24
