@@ -183,6 +183,28 @@ def floors_beside(final: dict, device_only: bool = False) -> dict[str, float]:
     }
 
 
+# the printed table's columns: every figure of every row (the JSON holds the same rows)
+COLUMNS = [
+    "dataset",
+    "row",
+    "alpha",
+    "ndcg@10",
+    "hr@10",
+    "valid ndcg@10",
+    "random at same rate",
+    "random sd",
+    "margin",
+    "paired se",
+    "transition floor, cloud view",
+    "transition floor, device view",
+    "popularity floor, cloud view",
+    "popularity floor, device view",
+    "central SRM",
+    "ratio",
+    "pass",
+]
+
+
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
     """Table rows: the rankings at the chosen α, then each request policy, with the checks of the issue."""
     rankings = {(r["ranking"], r["list"]): r for r in final["rankings"]}
@@ -332,23 +354,6 @@ def main() -> None:
             "config": cfg.to_flat(),
         }
         rows += rows_for(dataset, final, central_ndcg(central.get(dataset, []), cfg))
-    columns = [
-        "dataset",
-        "row",
-        "alpha",
-        "ndcg@10",
-        "hr@10",
-        "valid ndcg@10",
-        "random at same rate",
-        "random sd",
-        "transition floor, cloud view",
-        "transition floor, device view",
-        "popularity floor, cloud view",
-        "popularity floor, device view",
-        "central SRM",
-        "ratio",
-        "pass",
-    ]
     ranking = (
         "LLM-only, SRM-only, fused and the policies rank the candidate list; the federated SRM and the floors "
         "the full catalogue. The floors are queried with the cloud's view (ℓ items behind: the stale list's "
@@ -358,7 +363,7 @@ def main() -> None:
         "Federation quality (test; α and the request signal chosen on validation, τ on the label-free "
         "test-time histogram)",
         rows,
-        columns,
+        COLUMNS,
         args.json,
         {
             "ranking": ranking,

@@ -62,7 +62,8 @@ def train(msg: Message, context: Context) -> Message:
     context.state[records.STATE_LISTS] = cache.to_record()
     metrics = {
         records.NUM_EXAMPLES: len(sequences),
-        records.TRAIN_LOSS: loss if sequences else 0.0,  # no example, no loss: the fleet's mean skips it
+        # with no example there is no loss: 0, not NaN, keeps the record finite, and the fleet's mean skips it
+        records.TRAIN_LOSS: loss if sequences else 0.0,
         records.FALLBACKS: cache.fallbacks - fallbacks_before,
         **_equal_weight(fed),
     }
@@ -70,7 +71,7 @@ def train(msg: Message, context: Context) -> Message:
         {records.ARRAYS: ArrayRecord(model.state_dict()), records.METRICS: MetricRecord(metrics)}
     )
     if fed.item_weighted:
-        items = np.concatenate([np.zeros(0, np.int64), *sequences])
+        items = np.concatenate(sequences) if sequences else np.zeros(0, np.int64)
         counts = np.bincount(items, minlength=node.num_items + 1).astype(np.float32)
         content[records.ITEM_COUNTS] = ArrayRecord({"counts": torch.from_numpy(counts)})
     return Message(content, reply_to=msg)

@@ -22,7 +22,15 @@ from clients.srm import SequentialRecommender
 from lsc4rec.config import CATALOGUE_SIGNALS
 from lsc4rec.data.batching import left_pad
 from lsc4rec.metrics import ndcg_per_user
-from lsc4rec.outcomes import CUTOFF, StageOutcome, requested_share, signal_bin_edges, signal_bins
+from lsc4rec.outcomes import (
+    CUTOFF,
+    LLM_ONLY,
+    SRM_ONLY,
+    StageOutcome,
+    requested_share,
+    signal_bin_edges,
+    signal_bins,
+)
 from lsc4rec.ranking import disagreement, fuse, scored_list_ranks, top_certainty, topk_drift
 from lsc4rec.scoring import catalogue_scores
 
@@ -232,7 +240,7 @@ def collaborative_inference(
     targets
         [B] the next item of each user; a target outside a list is a miss (ranking is over the list).
     alphas
-        The A fusion weights to evaluate.
+        The A fusion weights to evaluate, from 0 (SRM-only) to 1 (LLM-only).
     bins, measures
         The histogram (equal bins over [0, 1]) and the request signals to bin by: ``"drift"``
         (over the list length K) or ``"confidence"`` (both :func:`catalogue_signals`), or an order
@@ -250,6 +258,11 @@ def collaborative_inference(
         One outcome per signal: sums over the B users (the same rankings, split by that signal's bins; only
         the live signal's counts requests). Seen items are dropped from both lists first.
     """
+    if (alphas[SRM_ONLY], alphas[LLM_ONLY]) != (0.0, 1.0):
+        raise ValueError(
+            f"alphas must run from 0 (SRM-only) to 1 (LLM-only), got {tuple(alphas)}: the margins of fused over "
+            "both are summed against those ends."
+        )
     live = live or measures[0]
     if live not in measures:
         raise ValueError(
@@ -272,8 +285,8 @@ def collaborative_inference(
         sums[f"{name}_ndcg"] = per_user[name].sum(axis=1)
         sums[f"{name}_hr"] = (by_alpha < CUTOFF).sum(axis=1).astype(np.float64)
     sums["gain_sq"] = ((per_user["fresh"] - per_user["stale"]) ** 2).sum(axis=1)  # [A]
-    sums["pair_sq_first"] = ((per_user["stale"] - per_user["stale"][0]) ** 2).sum(axis=1)  # [A]: vs SRM-only
-    sums["pair_sq_last"] = ((per_user["stale"] - per_user["stale"][-1]) ** 2).sum(axis=1)  # [A]: vs LLM-only
+    sums["pair_sq_first"] = ((per_user["stale"] - per_user["stale"][SRM_ONLY]) ** 2).sum(axis=1)  # [A]
+    sums["pair_sq_last"] = ((per_user["stale"] - per_user["stale"][LLM_ONLY]) ** 2).sum(axis=1)  # [A]
     recall = {
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for name, (items, llm, _) in lists.items()

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 CUTOFF = 10  # the cut-off of every NDCG / HR summed here
+SRM_ONLY, LLM_ONLY = 0, -1  # indices of α 0 and 1: every α grid runs from one to the other (FederationConfig)
 _TOTALS = ("stale_ndcg", "stale_hr", "fresh_ndcg", "fresh_hr")  # [A] each
 _PAIRED = ("pair_sq_first", "pair_sq_last")  # [A] each; runs before 2026-12-06 lack them
 _ARRAYS = (*_TOTALS, "gain_sq", *_PAIRED, "bin_count", "bin_stale_ndcg", "bin_fresh_ndcg")
@@ -209,17 +210,18 @@ def random_spread(outcome: StageOutcome, alpha_index: int, rate: float) -> float
 def paired_se(outcome: StageOutcome, alpha_index: int, against: int) -> float:
     """Standard error of the mean per-user difference of the stale list's NDCG@10 at two α of the grid.
 
-    ``against`` is 0 (the grid's first α: SRM-only) or -1 (its last: LLM-only). The two rankings rank the same
-    users, so their difference is paired: its spread is far smaller than either ranking's. With d the per-user
+    ``against`` is ``SRM_ONLY`` (0, the grid's first α) or ``LLM_ONLY`` (-1, its last). The two rankings rank
+    the same users, so their difference is paired, and its spread, not either ranking's, says whether one beats
+    the other. With d the per-user
     differences, whose sum and sum of squares the outcome holds: ``se = sqrt(var(d) / n)``, ``var`` with
     n - 1. NaN with fewer than two users, or where the run did not record the squares.
     """
-    if against not in (0, -1):
+    if against not in (SRM_ONLY, LLM_ONLY):
         raise ValueError(f"against must be 0 (SRM-only) or -1 (LLM-only), got {against!r}.")
     n = outcome.users
-    if n < 2:
+    squares = outcome.pair_sq_first if against == SRM_ONLY else outcome.pair_sq_last
+    if n < 2 or not np.isfinite(squares[alpha_index]):
         return float("nan")
-    squares = outcome.pair_sq_first if against == 0 else outcome.pair_sq_last
     mean = (outcome.stale_ndcg[alpha_index] - outcome.stale_ndcg[against]) / n
     variance = max(squares[alpha_index] / n - mean**2, 0.0) * n / (n - 1)
     return float(np.sqrt(variance / n))

@@ -1,5 +1,7 @@
 """Keys of the Flower records devices and server exchange (kebab-case, defined once for both sides)."""
 
+from flwr.app import MetricRecord, RecordDict
+
 ARRAYS = "arrays"  # ArrayRecord: the SRM weights (global in instructions, local in train replies)
 ITEM_COUNTS = "item-counts"  # ArrayRecord of a train reply (federation.item_weighted): per-item counts
 CONFIG = "config"  # ConfigRecord of an instruction
@@ -36,6 +38,11 @@ STATE_LISTS = "llm-lists"
 # (the simulation adapts a new one at each evaluation and does not read it back)
 STATE_PERSONAL = "personal-srm"
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
+
+
+def reply_metrics(content: RecordDict) -> MetricRecord:
+    """A reply's one MetricRecord, whatever its name (Flower's strategies take the first, as here)."""
+    return next(iter(content.metric_records.values()))
 
 
 def outcome_prefix(stage: str, measure: str) -> str:

@@ -32,6 +32,8 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import LSC4RecError
 from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import (
+    LLM_ONLY,
+    SRM_ONLY,
     StageOutcome,
     choice_budgets,
     choose_measure,
@@ -61,7 +63,7 @@ from server.report import (
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
-from strategies.guards import REASONS, SKIPPED_EMPTY
+from strategies.guards import EMPTY_UPDATES, REASONS
 from strategies.privacy import FleetPrivacy
 from strategies.sums import sum_metrics, train_metrics
 from strategies.wrapper import StrategyWrapper
@@ -104,8 +106,8 @@ def _sum_and_report(replies: list[RecordDict], weighted_by_key: str) -> MetricRe
             valid.users,
             valid.means()["stale-ndcg"][best],
             valid.alphas[best],
-            valid.means()["stale-ndcg"][-1],
-            valid.means()["stale-ndcg"][0],
+            valid.means()["stale-ndcg"][LLM_ONLY],
+            valid.means()["stale-ndcg"][SRM_ONLY],
         )
     return metrics
 
@@ -188,7 +190,7 @@ def main(grid: Grid, context: Context) -> None:
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
         # from the rounds' lines, which a resumed run keeps: the guard counts only the rounds it ran itself
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
-        "updates with no training example": sum(int(r.get(f"train-{SKIPPED_EMPTY}", 0)) for r in rounds),
+        "updates with no training example": sum(int(r.get(f"train-{EMPTY_UPDATES}", 0)) for r in rounds),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
@@ -308,7 +310,11 @@ def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
         aggregator, ITEM_ROWS, records.ITEM_COUNTS, records.ARRAYS, records.NUM_EXAMPLES
     )
     return UpdateGuard(
-        weighting, fed.max_update_norm or None, records.NUM_EXAMPLES, records.ARRAYS, (records.ITEM_COUNTS,)
+        weighting,
+        fed.max_update_norm or None,
+        records.NUM_EXAMPLES,
+        arrayrecord_key=records.ARRAYS,
+        extra_records=(records.ITEM_COUNTS,),
     )
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from clients.srm import SequentialRecommender, build_srm
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import DataFormatError
+from lsc4rec.runs import write_json
 
 DAMAGED = "Remove that round's two files to resume from the round before, or choose another run folder."
 PRIVACY_LEDGER = "privacy-ledger.json"  # in checkpoints/: the accountant after every release (save_ledger)
@@ -53,7 +54,7 @@ def save_checkpoint(
         meta["privacy"] = privacy
     if server:
         meta["server"] = server
-    path.with_suffix(".json").write_text(json.dumps(meta) + "\n")
+    write_json(path.with_suffix(".json"), meta)  # a NaN (an unrecorded sum of an old window) as null
     return path
 
 

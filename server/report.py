@@ -20,7 +20,7 @@ import numpy as np
 
 from lsc4rec import records
 from lsc4rec.errors import DataFormatError
-from lsc4rec.outcomes import StageOutcome, budget_point, paired_se, random_policy
+from lsc4rec.outcomes import LLM_ONLY, SRM_ONLY, StageOutcome, budget_point, paired_se, random_policy
 from lsc4rec.runs import write_json
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -97,7 +97,6 @@ def final_figures(
     best = valid.best_alpha()
     means = test.means()
     alphas = list(test.alphas)
-    one, zero = alphas.index(1.0), alphas.index(0.0)
 
     # every row beside both queries of each floor: the LLM's stale list reads the cloud view, while the SRM
     # (SRM-only, fused) reads the device view, which the device holds without asking the cloud
@@ -119,7 +118,7 @@ def final_figures(
 
     rows = []
     for lst in ("stale", "fresh"):
-        rows += [row("LLM-only", lst, one), row("SRM-only", lst, zero), row("fused", lst, best)]
+        rows += [row("LLM-only", lst, LLM_ONLY), row("SRM-only", lst, SRM_ONLY), row("fused", lst, best)]
     policies = []
     for budget in BUDGETS:
         point = budget_point(test, best, budget)
@@ -156,14 +155,13 @@ def final_figures(
             "test": means["stale-ndcg"].tolist(),
         },
         "rankings": rows,
-        # check 1's margins, each with its paired standard error; the grid runs from α 0 (SRM-only) to 1
-        # (LLM-only): FederationConfig.alphas
+        # check 1's margins, each with its paired standard error
         "fused margins": {
             name: {
                 "ndcg@10": float(means["stale-ndcg"][best] - means["stale-ndcg"][end]),
                 "paired se": paired_se(test, best, end),
             }
-            for name, end in (("over SRM-only", 0), ("over LLM-only", -1))
+            for name, end in (("over SRM-only", SRM_ONLY), ("over LLM-only", LLM_ONLY))
         },
         "policies": policies,
         "floors": floors,

@@ -22,17 +22,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import get_norm
 
+from lsc4rec.records import reply_metrics
 from strategies.wrapper import StrategyWrapper
 
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
 REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_update_norm
-REJECTED_MALFORMED = (
-    "rejected-malformed"  # no model ArrayRecord shaped like the global one, an unknown record, no weight >= 0
-)
+# no model ArrayRecord shaped like the global one, an unknown record, a weight missing, negative or not finite
+REJECTED_MALFORMED = "rejected-malformed"
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
-SKIPPED_EMPTY = (
-    "skipped-empty"  # replies of nodes with nothing to train on (weight 0): not an error, not averaged
-)
+EMPTY_UPDATES = "empty-updates"  # well-formed replies of nodes with no training example: no error
 UPDATE_NORM_MEDIAN = "update-norm-median"  # train metric: median ||w_node - w_global||_2 of the kept replies
 UPDATE_NORM_MAX = "update-norm-max"  # train metric: the largest of them
 
@@ -40,8 +38,9 @@ UPDATE_NORM_MAX = "update-norm-max"  # train metric: the largest of them
 class UpdateGuard(StrategyWrapper):
     """Reject non-finite, oversized and malformed train replies, then delegate to ``strategy``.
 
-    A well-formed reply of weight 0 (a node with nothing to train on) is not an error: it is counted as
-    ``skipped-empty`` and left out, since a weighted mean over it alone would divide by zero.
+    A well-formed reply of a node with no training example is no error either; it is counted as
+    ``empty-updates``. Weighted by examples (weight 0) it is left out, since a mean over such replies alone would
+    divide by zero; where every node weighs alike (a private run) it is kept: the zero update it is.
 
     Parameters
     ----------
@@ -50,7 +49,8 @@ class UpdateGuard(StrategyWrapper):
     max_update_norm
         Largest accepted L2 norm of a client's update over all arrays; ``None`` = no bound.
     weighted_by_key
-        The MetricRecord key holding the reply's example count (Flower's ``num-examples``).
+        The MetricRecord key holding the reply's weight: its example count (Flower's ``num-examples``), or
+        ``nodes`` (1 each) in a private run.
     arrayrecord_key
         The reply's ArrayRecord holding the model (Flower's ``arrays``).
     extra_records
@@ -58,12 +58,14 @@ class UpdateGuard(StrategyWrapper):
         reply with any other ArrayRecord is malformed.
     report_norms
         Add the kept updates' median and largest norm to the round's train metrics.
+    examples_key
+        The MetricRecord key holding the reply's example count, whatever the weight.
 
     Attributes
     ----------
-    rejected_by_round
-        Rejections (and skipped empty replies) by round and reason; the round's counts are also added to the train MetricRecord, which is
-        only the counts in a round where no reply was kept.
+    counts_by_round
+        Rejections by round and reason, and empty updates; the round's counts are also added to the train
+        MetricRecord, which is only the counts in a round where no reply was kept.
     """
 
     def __init__(
@@ -74,22 +76,24 @@ class UpdateGuard(StrategyWrapper):
         arrayrecord_key: str = "arrays",
         extra_records: tuple[str, ...] = (),
         report_norms: bool = True,
+        examples_key: str = "num-examples",
     ) -> None:
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}.")
         super().__init__(strategy)
         self.max_update_norm = max_update_norm
         self.weighted_by_key = weighted_by_key
+        self.examples_key = examples_key
         self.arrayrecord_key = arrayrecord_key
         self.extra_records = extra_records
         self.report_norms = report_norms
-        self.rejected_by_round: dict[int, dict[str, int]] = {}
+        self.counts_by_round: dict[int, dict[str, int]] = {}
         self._global: dict[str, np.ndarray] = {}
 
     @property
     def rejected_total(self) -> Counter[str]:
-        """Rejections of the rounds this guard aggregated, by reason (the sum of ``rejected_by_round``)."""
-        return sum((Counter(counts) for counts in self.rejected_by_round.values()), Counter())
+        """Rejections of the rounds this guard aggregated, by reason (summed over ``counts_by_round``)."""
+        return Counter({r: sum(counts[r] for counts in self.counts_by_round.values()) for r in REASONS})
 
     def summary(self) -> None:
         """Log the guard's settings, then the inner strategy's."""
@@ -112,12 +116,13 @@ class UpdateGuard(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies that pass every check; no arrays, only the counts, when none is left."""
-        counts = dict.fromkeys((*REASONS, SKIPPED_EMPTY), 0)
+        counts = dict.fromkeys((*REASONS, EMPTY_UPDATES), 0)
         kept, norms = [], []
         for reply in replies:
             reason, norm = (None, None) if reply.has_error() else self._rejection(reply)
-            if reason == SKIPPED_EMPTY:  # an unchanged model with weight 0: nothing to average, nothing wrong
-                counts[reason] += 1
+            if reason in (None, EMPTY_UPDATES) and not reply.has_error():
+                counts[EMPTY_UPDATES] += reply_metrics(reply.content).get(self.examples_key) == 0
+            if reason == EMPTY_UPDATES:  # weight 0: nothing to average, nothing wrong
                 continue
             if reason is None:
                 kept.append(reply)  # error replies go on: the inner strategy logs them as failures
@@ -132,7 +137,7 @@ class UpdateGuard(StrategyWrapper):
                 reply.metadata.src_node_id,
                 reason,
             )
-        self.rejected_by_round[server_round] = counts
+        self.counts_by_round[server_round] = counts
         if all(reply.has_error() for reply in kept):  # nothing left to aggregate: the model stays, counted
             return None, MetricRecord(counts)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
@@ -152,7 +157,7 @@ class UpdateGuard(StrategyWrapper):
             return REJECTED_MALFORMED, None
         if len(content.metric_records) != 1:
             return REJECTED_MALFORMED, None
-        weight = next(iter(content.metric_records.values())).get(self.weighted_by_key)
+        weight = reply_metrics(content).get(self.weighted_by_key)
         # an infinite count would weigh inf / inf = NaN into every aggregated weight; True is no count
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
             return REJECTED_MALFORMED, None
@@ -163,7 +168,7 @@ class UpdateGuard(StrategyWrapper):
         if not all(np.isfinite(a).all() for a in arrays.values()):
             return REJECTED_NONFINITE, None
         if weight == 0:  # a node whose users have no training target yet (lag 0, three interactions)
-            return SKIPPED_EMPTY, None
+            return EMPTY_UPDATES, None
         if not self._global:
             if self.max_update_norm is not None:
                 raise RuntimeError("aggregate_train needs the global arrays: call configure_train first.")

@@ -27,6 +27,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from lsc4rec.records import reply_metrics
 from strategies.wrapper import StrategyWrapper
 
 
@@ -104,8 +105,7 @@ class ItemWeighting(StrategyWrapper):
             reply.content = content
 
     def _examples(self, reply: Message) -> float:
-        metrics = next(iter(reply.content.metric_records.values()))
-        return float(metrics[self.weighted_by_key])
+        return float(reply_metrics(reply.content)[self.weighted_by_key])
 
     def _counts(self, server_round: int, reply: Message) -> np.ndarray:
         """The reply's per-row counts, or zeros (the smoothing weight alone) when missing or malformed."""

@@ -29,7 +29,7 @@ def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-exa
     weighs it like any node), and a round where none trained has no loss at all.
     """
     replies = list(replies)
-    trained = [r for r in replies if _metrics(r).get(records.NUM_EXAMPLES, 1) > 0]
+    trained = [r for r in replies if records.reply_metrics(r).get(records.NUM_EXAMPLES, 1) > 0]
     # the mean drops the weighting key itself
     merged = aggregate_metricrecords(trained, weighted_by_key) if trained else MetricRecord()
     summed = sum_metrics(replies)
@@ -60,10 +60,6 @@ def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examp
         total = np.sum([np.asarray(v, dtype=float) for v in values], axis=0)
         merged[key] = total.tolist() if isinstance(values[0], list) else _scalar(total, values[0])
     return MetricRecord(merged)
-
-
-def _metrics(reply: RecordDict) -> MetricRecord:
-    return next(iter(reply.metric_records.values()))
 
 
 def _scalar(total: np.ndarray, example: object) -> int | float:

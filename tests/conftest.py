@@ -45,8 +45,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m MODULE ARGS`` in its own process from the repository root, as a user or the launcher runs
-    it; output captured."""
+    """``python -m MODULE ARGS`` in its own process from the repository root (relative paths in ``args`` land
+    there), as a user or the launcher runs it; output captured."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=BENCHMARKS.parent,

@@ -97,6 +97,12 @@ def test_check_one_says_when_the_chosen_alpha_makes_fused_one_of_the_two(alpha: 
     assert note in check_1["row"] and ("(α" in check_1["row"]) == bool(note)
 
 
+def test_the_printed_table_has_a_column_for_every_figure_of_every_row() -> None:
+    benchmark = load_benchmark("federation_quality")
+    rows = benchmark.rows_for("beauty", report(0.3, 0.029), central=0.047)
+    assert {key for row in rows for key in row} == set(benchmark.COLUMNS)
+
+
 def test_check_one_shows_the_margin_over_the_stronger_row_with_its_paired_se() -> None:
     benchmark = load_benchmark("federation_quality")
     check_1 = check_rows(benchmark.rows_for("beauty", report(0.3, 0.029), None))["check: fused >="]
@@ -105,6 +111,7 @@ def test_check_one_shows_the_margin_over_the_stronger_row_with_its_paired_se() -
     )  # SRM-only is stronger
     llm_stronger = report(0.3, 0.029)
     llm_stronger["rankings"][0]["ndcg@10"] = 0.0275  # LLM-only on the stale list
+    llm_stronger["fused margins"]["over LLM-only"] = {"ndcg@10": 0.028 - 0.0275, "paired se": 0.0009}
     check_1 = check_rows(benchmark.rows_for("beauty", llm_stronger, None))["check: fused >="]
     assert check_1["margin"] == pytest.approx(0.0005) and check_1["paired se"] == 0.0009
 

@@ -186,10 +186,10 @@ def test_collaborative_inference_fuses_with_the_configured_normalisation(
             items,
             scores,
             tops["rank"],
-            (0.5,),
+            (0.0, 0.5, 1.0),
             max_len=MAX_LEN,
             norm=norm,
-        )["drift"].stale_ndcg[0]
+        )["drift"].stale_ndcg[1]
         for norm in ("rank", "minmax")
     }
     assert ndcg["rank"] == pytest.approx(4.0)  # every user's target ranked first
@@ -200,7 +200,7 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     model: SequentialRecommender,
 ) -> None:
     stale_items, stale_scores = llm_list(3)
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.5,), ("displacement",), bins=4, tau=0.25)[
+    outcome = infer(model, np.array([5, 15, 25, 39]), (0.0, 0.5, 1.0), ("displacement",), bins=4, tau=0.25)[
         "displacement"
     ]
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
@@ -301,8 +301,16 @@ def test_catalogue_signals_score_each_view_once_per_batch(
         catalogue_signals(model, histories(), cloud_views(), "drift", K, MAX_LEN)
 
 
+def test_collaborative_inference_refuses_a_grid_without_both_ends(model: SequentialRecommender) -> None:
+    """Fused's margins over SRM-only and LLM-only are summed against the grid's first and last α."""
+    with pytest.raises(ValueError, match="alphas must run from 0"):
+        infer(model, np.array([5, 15, 25, 39]), (0.0, 0.5))
+    with pytest.raises(ValueError, match="alphas must run from 0"):
+        infer(model, np.array([5, 15, 25, 39]), (1.0, 0.0))
+
+
 def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommender) -> None:
-    outcomes = infer(model, np.array([5, 15, 25, 39]), (0.5,), bins=4, tau=0.25)  # no measures named
+    outcomes = infer(model, np.array([5, 15, 25, 39]), (0.0, 0.5, 1.0), bins=4, tau=0.25)  # no measures named
     assert list(outcomes) == ["drift"]
     outcome = outcomes["drift"]
     drift = signals(model, cloud_views())["drift"].numpy()
@@ -312,10 +320,10 @@ def test_collaborative_inference_bins_drift_by_default(model: SequentialRecommen
 
 def test_collaborative_inference_bins_the_same_rankings_by_every_signal(model: SequentialRecommender) -> None:
     targets = np.array([5, 15, 25, 39])
-    outcomes = infer(model, targets, (0.0, 0.5), MEASURES, bins=4, tau=0.05, live="kendall")
+    outcomes = infer(model, targets, (0.0, 0.5, 1.0), MEASURES, bins=4, tau=0.05, live="kendall")
     assert list(outcomes) == list(MEASURES)
     for measure, outcome in outcomes.items():
-        alone = infer(model, targets, (0.0, 0.5), (measure,), bins=4, tau=0.05)[measure]
+        alone = infer(model, targets, (0.0, 0.5, 1.0), (measure,), bins=4, tau=0.05)[measure]
         np.testing.assert_allclose(outcome.stale_ndcg, alone.stale_ndcg)
         np.testing.assert_allclose(outcome.bin_count, alone.bin_count)
         np.testing.assert_allclose(outcome.bin_fresh_ndcg, alone.bin_fresh_ndcg)

@@ -138,7 +138,15 @@ def test_stage_outcome_metrics_round_trip_through_flower_record() -> None:
     record = MetricRecord({**metrics, "num-examples": 30})  # accepted by Flower as-is
     back = StageOutcome.from_metrics(record, "valid")
     assert back.alphas == ALPHAS and back.users == 30 and back.requests == outcome.requests
-    for name in ("stale_hr", "gain_sq", "pair_sq_last", "bin_count", "bin_stale_ndcg", "bin_edges"):
+    for name in (
+        "stale_hr",
+        "gain_sq",
+        "pair_sq_first",
+        "pair_sq_last",
+        "bin_count",
+        "bin_stale_ndcg",
+        "bin_edges",
+    ):
         np.testing.assert_allclose(getattr(back, name), getattr(outcome, name))
     # a round's line written before 2026-12-06 lacks the paired squares: read back as unknown
     older = {k: v for k, v in record.items() if "pair-sq" not in k}

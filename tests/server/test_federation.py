@@ -456,7 +456,7 @@ def test_nodes_with_no_training_example_are_counted_not_averaged_or_called_malfo
         "federation.item_weighted=true",  # the item counts of a node with no sequence
     )
     for line in rounds(tmp_path / "run"):
-        assert line["train-skipped-empty"] == len(empty) and line["train-rejected-malformed"] == 0
+        assert line["train-empty-updates"] == len(empty) and line["train-rejected-malformed"] == 0
         assert np.isfinite(line["train-loss"]) and line["train-loss"] > 0
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["updates with no training example"] == 2 * len(empty)

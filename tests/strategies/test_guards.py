@@ -8,10 +8,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from strategies.guards import (
+    EMPTY_UPDATES,
+    REASONS,
     REJECTED_MALFORMED,
     REJECTED_NONFINITE,
     REJECTED_NORM,
-    SKIPPED_EMPTY,
     UPDATE_NORM_MAX,
     UPDATE_NORM_MEDIAN,
     UpdateGuard,
@@ -75,7 +76,7 @@ def test_update_guard_nan_and_oversized_replies_rejected_and_counted(
     strategy.aggregate_train(
         2, [reply(13, arrays(3.0), {"num-examples": 5}), reply(11, arrays(0.5), {"num-examples": 5})]
     )
-    assert strategy.rejected_by_round[2][REJECTED_NORM] == 1
+    assert strategy.counts_by_round[2][REJECTED_NORM] == 1
     assert strategy.rejected_total[REJECTED_NORM] == 2 and strategy.rejected_total[REJECTED_NONFINITE] == 1
 
 
@@ -100,7 +101,7 @@ def test_update_guard_missing_negative_or_infinite_examples_and_wrong_shapes_rej
     aggregated, metrics = strategy.aggregate_train(1, replies)
     assert aggregated is None  # none left: no aggregate, and the round's line still counts the rejections
     assert metrics[REJECTED_MALFORMED] == 3 and metrics[REJECTED_NORM] == 0
-    assert strategy.rejected_by_round[1][REJECTED_MALFORMED] == 3
+    assert strategy.counts_by_round[1][REJECTED_MALFORMED] == 3
     # an infinite count would make every weight inf / inf = NaN: rejected, and the finite reply alone is kept
     aggregated, metrics = strategy.aggregate_train(
         2,
@@ -120,14 +121,31 @@ def test_update_guard_skips_replies_of_nodes_with_no_example_without_calling_the
             1, [reply(11, arrays(0.0), {"num-examples": 0}), reply(12, arrays(1.5), {"num-examples": 3})]
         )
     np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.5))  # the empty one weighs nothing
-    assert metrics[SKIPPED_EMPTY] == 1 and metrics[REJECTED_MALFORMED] == 0
+    assert metrics[EMPTY_UPDATES] == 1 and metrics[REJECTED_MALFORMED] == 0
     assert "rejected" not in caplog.text
     # a round of empty nodes only: no aggregate (FedAvg would divide by a total weight of 0), the count kept
     aggregated, metrics = strategy.aggregate_train(2, [reply(11, arrays(0.0), {"num-examples": 0})])
-    assert aggregated is None and metrics[SKIPPED_EMPTY] == 1
+    assert aggregated is None and metrics[EMPTY_UPDATES] == 1
     # weight 0 does not launder a non-finite update
     _, metrics = strategy.aggregate_train(
         3,
         [reply(11, arrays(0.0, nan=True), {"num-examples": 0}), reply(12, arrays(1.0), {"num-examples": 1})],
     )
-    assert metrics[REJECTED_NONFINITE] == 1 and metrics[SKIPPED_EMPTY] == 0
+    assert metrics[REJECTED_NONFINITE] == 1 and metrics[EMPTY_UPDATES] == 0
+    assert strategy.rejected_total == {reason: 1 if reason == REJECTED_NONFINITE else 0 for reason in REASONS}
+
+
+def test_a_private_run_averages_a_node_with_no_example_as_the_zero_update_it_is_and_counts_it() -> None:
+    """Every node weighs 1 there (the noise assumes it): leaving one out would change the mean's size."""
+    inner = FedAvg(min_available_nodes=1, min_train_nodes=1, weighted_by_key="nodes")
+    strategy = UpdateGuard(inner, None, "nodes")
+    list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), grid((11, 12))))
+    aggregated, metrics = strategy.aggregate_train(
+        1,
+        [
+            reply(11, arrays(0.0), {"nodes": 1, "num-examples": 0}),
+            reply(12, arrays(1.0), {"nodes": 1, "num-examples": 3}),
+        ],
+    )
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 0.5))
+    assert metrics[EMPTY_UPDATES] == 1 and metrics[REJECTED_MALFORMED] == 0
