@@ -212,9 +212,9 @@ def paired_se(outcome: StageOutcome, alpha_index: int, against: int) -> float:
 
     ``against`` is ``SRM_ONLY`` (0, the grid's first α) or ``LLM_ONLY`` (-1, its last). The two rankings rank
     the same users, so their difference is paired, and its spread, not either ranking's, says whether one beats
-    the other. With d the per-user
-    differences, whose sum and sum of squares the outcome holds: ``se = sqrt(var(d) / n)``, ``var`` with
-    n - 1. NaN with fewer than two users, or where the run did not record the squares.
+    the other. With d the per-user differences, whose sum and sum of squares the outcome holds:
+    ``se = sqrt(var(d) / n)``, ``var`` with n - 1. NaN with fewer than two users, or where the run did not record
+    the squares.
     """
     if against not in (SRM_ONLY, LLM_ONLY):
         raise ValueError(f"against must be 0 (SRM-only) or -1 (LLM-only), got {against!r}.")
