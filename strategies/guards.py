@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import get_norm
 
-from lsc4rec.records import reply_metrics
+from lsc4rec.records import NUM_EXAMPLES, reply_metrics
 from strategies.wrapper import StrategyWrapper
 
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
@@ -58,8 +58,6 @@ class UpdateGuard(StrategyWrapper):
         reply with any other ArrayRecord is malformed.
     report_norms
         Add the kept updates' median and largest norm to the round's train metrics.
-    examples_key
-        The MetricRecord key holding the reply's example count, whatever the weight.
 
     Attributes
     ----------
@@ -76,14 +74,12 @@ class UpdateGuard(StrategyWrapper):
         arrayrecord_key: str = "arrays",
         extra_records: tuple[str, ...] = (),
         report_norms: bool = True,
-        examples_key: str = "num-examples",
     ) -> None:
         if max_update_norm is not None and not max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm!r}.")
         super().__init__(strategy)
         self.max_update_norm = max_update_norm
         self.weighted_by_key = weighted_by_key
-        self.examples_key = examples_key
         self.arrayrecord_key = arrayrecord_key
         self.extra_records = extra_records
         self.report_norms = report_norms
@@ -121,7 +117,7 @@ class UpdateGuard(StrategyWrapper):
         for reply in replies:
             reason, norm = (None, None) if reply.has_error() else self._rejection(reply)
             if reason in (None, EMPTY_UPDATES) and not reply.has_error():
-                counts[EMPTY_UPDATES] += reply_metrics(reply.content).get(self.examples_key) == 0
+                counts[EMPTY_UPDATES] += reply_metrics(reply.content).get(NUM_EXAMPLES) == 0
             if reason == EMPTY_UPDATES:  # weight 0: nothing to average, nothing wrong
                 continue
             if reason is None:
