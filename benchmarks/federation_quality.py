@@ -255,7 +255,7 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
         )
     same = {0.0: " (α = 0: fused is SRM-only, a tie)", 1.0: " (α = 1: fused is LLM-only)"}.get(alpha, "")
     # the margin over the stronger of the two, with its paired standard error (reports before 2026-12-06 lack it)
-    margin = final.get("fused margins", {}).get("over SRM-only" if srm >= llm else "over LLM-only", {})
+    paired = final.get("fused margins", {}).get("over SRM-only" if srm >= llm else "over LLM-only", {})
     rows.append(
         {
             "dataset": dataset,
@@ -263,7 +263,7 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
             "alpha": alpha,
             "ndcg@10": fused,
             "margin": fused - max(llm, srm),
-            "paired se": margin.get("paired se"),
+            "paired se": paired.get("paired se"),
             "pass": fused >= max(llm, srm),
         }
     )
