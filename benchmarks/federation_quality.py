@@ -32,7 +32,7 @@ from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
-from server.report import FLOOR_VIEWS
+from server.report import FLOOR_VIEWS, resolved_protocol
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def main() -> None:
         final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users)
         runs[cfg.data.dataset] = {
             "run_dir": str(run_dir),
-            "protocol": final["protocol"],
+            "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
         rows += rows_for(cfg.data.dataset, final, central_ndcg(central.get(cfg.data.dataset, []), cfg))
@@ -350,7 +350,7 @@ def main() -> None:
         runs[dataset] = {
             "run_dir": final["run_dir"],
             "wall_seconds": final["wall_seconds"],
-            "protocol": final["protocol"],
+            "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
         rows += rows_for(dataset, final, central_ndcg(central.get(dataset, []), cfg))

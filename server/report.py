@@ -186,7 +186,7 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     lines = [
         "# LSC4Rec federation: results",
         "",
-        "Protocol: " + ", ".join(f"{k} {v}" for k, v in _chosen(protocol, figures).items()),
+        "Protocol: " + ", ".join(f"{k} {v}" for k, v in resolved_protocol(protocol, figures).items()),
         "",
         f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}"
         f"{_missing_users(figures)}. "
@@ -231,9 +231,12 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _chosen(protocol: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
-    """The protocol as configured, with the request signal ``auto`` resolved to validation's choice."""
-    if protocol.get("measure") != "auto":
+def resolved_protocol(protocol: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+    """The protocol as configured, with the request signal ``auto`` resolved to validation's choice.
+
+    Reports written before the choice was recorded keep ``auto``.
+    """
+    if protocol.get("measure") != "auto" or "request signal" not in figures:
         return protocol
     return {**protocol, "measure": f"auto (validation chose {figures['request signal']})"}
 

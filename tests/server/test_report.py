@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lsc4rec.errors import DataFormatError
-from server.report import ROUNDS_FILE, append_round, read_rounds
+from server.report import ROUNDS_FILE, append_round, read_rounds, resolved_protocol
 
 
 def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
@@ -20,3 +20,17 @@ def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: 
     (tmp_path / ROUNDS_FILE).write_text('{"round": 1}\nnot json\n{"round": 3}\n')
     with pytest.raises(DataFormatError, match=rf"{ROUNDS_FILE}:2: is not a round's figures"):
         read_rounds(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("measure", "figures", "shown"),
+    [
+        ("auto", {"request signal": "kendall"}, "auto (validation chose kendall)"),
+        ("drift", {"request signal": "drift"}, "drift"),
+        ("auto", {}, "auto"),  # a report from before validation's choice was recorded
+    ],
+)
+def test_the_protocol_names_the_signal_validation_chose(measure: str, figures: dict, shown: str) -> None:
+    protocol = {"lag": 2, "measure": measure}
+    assert resolved_protocol(protocol, figures) == {"lag": 2, "measure": shown}
+    assert protocol["measure"] == measure  # the run's own protocol is left as configured
