@@ -17,16 +17,18 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from clients.app import app as client_app
-from clients.central import evaluation_users
+from clients.central import evaluation_users, load_central_srm
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, run_main
-from lsc4rec.scoring import evaluate_full
+from lsc4rec.metrics import ndcg_per_user
+from lsc4rec.scoring import evaluate_full, stage_ranks
 from lsc4rec.tables import parse_args, report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
@@ -139,8 +141,8 @@ def central_rows(paths: list[str]) -> dict[str, list[dict]]:
     return central
 
 
-def central_ndcg(rows: list[dict], cfg: RunConfig) -> float | None:
-    """The test NDCG@10 of the last central SRM evaluated as ``cfg`` evaluates: same users, numbering, targets.
+def central_row(rows: list[dict], cfg: RunConfig) -> dict | None:
+    """The row of the last central SRM evaluated as ``cfg`` evaluates: same users, numbering, targets.
 
     ``None`` (no ratio, and a warning) when no row matches. A row written before 2026-12-06 does not say its
     settings: it is taken as it is, with a warning. Checked after a federation has run: its table is kept.
@@ -162,7 +164,58 @@ def central_ndcg(rows: list[dict], cfg: RunConfig) -> float | None:
         log.warning(
             "--central: the central SRM of %s does not say its seed; check it by hand", cfg.data.dataset
         )
-    return matching[-1]["ndcg@10"]
+    return matching[-1]
+
+
+# check 3: the federated SRM reaches this share of the central SRM's test NDCG@10
+CENTRAL_SHARE = 0.9
+
+
+def check_three_margin(cfg: RunConfig, run_dir: Path, best_round: int, central: dict) -> dict[str, float]:
+    """Check 3 as a paired difference: the best-validation round's test NDCG@10 minus 90 % of the central SRM's.
+
+    Both SRMs rank every user's test target over the catalogue, so the per-user differences are paired and their
+    spread gives the margin's standard error (a ratio of two means has none of its own). Empty, with a warning,
+    when the central SRM's run folder (``run`` in its row) cannot be read.
+    """
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    num_items = split.dataset.num_items
+    try:
+        central_srm = load_central_srm(central["run"], cfg.data.dataset, num_items)
+    except (KeyError, OSError, ValueError) as exc:
+        log.warning("--central: check 3's paired standard error is left out: %s", exc)
+        return {}
+    per_user = {
+        name: ndcg_per_user(stage_ranks(model, split, "test", cfg.srm.max_len), 10)
+        for name, model in (
+            ("federated", load_global_srm(cfg, num_items, run_dir, best_round)),
+            ("central", central_srm),
+        )
+    }
+    if not np.isclose(per_user["central"].mean(), central["ndcg@10"]):
+        log.warning(
+            "--central: the SRM in %s gives test NDCG@10 %.4f, its JSON %.4f; the JSON's is the ratio's",
+            central["run"],
+            per_user["central"].mean(),
+            central["ndcg@10"],
+        )
+    diff = per_user["federated"] - CENTRAL_SHARE * per_user["central"]
+    return {
+        "check 3 margin": float(diff.mean()),
+        "check 3 paired se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+    }
+
+
+def central_figure(
+    final: dict, cfg: RunConfig, run_dir: Path, central: dict[str, list[dict]]
+) -> float | None:
+    """The matching central SRM's test NDCG@10 (None when none matches); check 3's paired margin joins ``final``."""
+    row = central_row(central.get(cfg.data.dataset, []), cfg)
+    if row is None:
+        return None
+    fed = final["global SRM, central protocol"]
+    fed.update(check_three_margin(cfg, run_dir, fed["best-validation round"], row))
+    return row["ndcg@10"]
 
 
 # check 4: twice the official LSC4Rec code's shipped fused NDCG@10 on Beauty at 5 % requests (0.0132)
@@ -203,6 +256,16 @@ COLUMNS = [
     "ratio",
     "pass",
 ]
+
+
+def check_three(fed: dict, ratio: float) -> dict:
+    """Check 3's verdict, with its paired margin where it was computed (runs without a central folder lack it)."""
+    paired = (
+        {"margin": fed["check 3 margin"], "paired se": fed["check 3 paired se"]}
+        if "check 3 margin" in fed
+        else {}
+    )
+    return {**paired, "pass": ratio >= CENTRAL_SHARE}
 
 
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
@@ -250,7 +313,7 @@ def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
                 "ratio": ratio,
                 **floors_beside(final, device_only=True),
                 # check 3 reads the round validation chose, never the test's best
-                **({"pass": ratio >= 0.9} if key == "best-validation" and ratio is not None else {}),
+                **(check_three(fed, ratio) if key == "best-validation" and ratio is not None else {}),
             }
         )
     same = {0.0: " (α = 0: fused is SRM-only, a tie)", 1.0: " (α = 1: fused is LLM-only)"}.get(alpha, "")
@@ -340,7 +403,7 @@ def main() -> None:
             "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
-        rows += rows_for(cfg.data.dataset, final, central_ndcg(central.get(cfg.data.dataset, []), cfg))
+        rows += rows_for(cfg.data.dataset, final, central_figure(final, cfg, run_dir, central))
         args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(
@@ -353,7 +416,7 @@ def main() -> None:
             "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
-        rows += rows_for(dataset, final, central_ndcg(central.get(dataset, []), cfg))
+        rows += rows_for(dataset, final, central_figure(final, cfg, Path(final["run_dir"]), central))
     ranking = (
         "LLM-only, SRM-only, fused and the policies rank the candidate list; the federated SRM and the floors "
         "the full catalogue. The floors are queried with the cloud's view (ℓ items behind: the stale list's "

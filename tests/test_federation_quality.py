@@ -1,8 +1,20 @@
 """benchmarks/federation_quality.py: the issue's checks and the floors beside each row, on a hand-made report."""
 
-import pytest
+from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+from safetensors.torch import save_file
+
+from clients.srm import build_srm
 from lsc4rec.config import RunConfig
+from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.data.split import TemporalSplit
+from lsc4rec.metrics import ndcg_per_user
+from lsc4rec.scoring import stage_ranks
+from server.checkpoint import save_checkpoint
 from tests.conftest import load_benchmark
 
 
@@ -134,9 +146,49 @@ def test_the_central_srm_of_the_federations_settings_gives_the_ratio(
     cfg = RunConfig().override(["data.dataset=beauty", "seed=1"])
     row = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.047, **cfg.evaluation()}
     other_seed = {**row, "seed": 0, "ndcg@10": 0.050}
-    assert benchmark.central_ndcg([row, other_seed], cfg) == 0.047  # the matching one, wherever it stands
-    assert benchmark.central_ndcg([other_seed], cfg) is None
+    assert benchmark.central_row([row, other_seed], cfg) == row  # the matching one, wherever it stands
+    assert benchmark.central_row([other_seed], cfg) is None
     assert "'seed': 0" in caplog.text and "ratio is left out" in caplog.text
     older = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.046}  # written before rows named a seed
-    assert benchmark.central_ndcg([older], cfg) == 0.046 and "does not say its seed" in caplog.text
-    assert benchmark.central_ndcg([], cfg) is None
+    assert benchmark.central_row([older], cfg) == older and "does not say its seed" in caplog.text
+    assert benchmark.central_row([], cfg) is None
+
+
+def test_check_three_is_a_paired_margin_over_90_percent_of_central(
+    federation_config: RunConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The federated round and the central SRM rank the same users: the margin's se is their differences'."""
+    benchmark = load_benchmark("federation_quality")
+    cfg = federation_config
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    torch.manual_seed(0)
+    federated, central = (build_srm(cfg.srm, split.dataset.num_items).eval() for _ in range(2))
+    run_dir, central_dir = tmp_path / "federation", tmp_path / "central"
+    save_checkpoint(run_dir, 3, ArrayRecord(federated.state_dict()), tau=1.0)
+    central_dir.mkdir()
+    cfg.save(central_dir / "config.json")
+    save_file(central.state_dict(), central_dir / "model.safetensors")
+    per_user = {
+        name: ndcg_per_user(stage_ranks(model, split, "test", cfg.srm.max_len), 10)
+        for name, model in (("federated", federated), ("central", central))
+    }
+    row = {"ndcg@10": float(per_user["central"].mean()), "run": str(central_dir)}
+    got = benchmark.check_three_margin(cfg, run_dir, 3, row)
+    diff = per_user["federated"] - 0.9 * per_user["central"]
+    assert got["check 3 margin"] == pytest.approx(diff.mean())
+    assert got["check 3 paired se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(split.num_users))
+    assert got["check 3 paired se"] > 0  # two different models: their per-user figures differ
+    assert "--central" not in caplog.text
+    # the row's folder gone: the ratio stands, its se is left out with a warning
+    assert benchmark.check_three_margin(cfg, run_dir, 3, {**row, "run": str(tmp_path / "gone")}) == {}
+    assert "paired standard error is left out" in caplog.text
+
+
+def test_check_three_shows_its_paired_margin_when_computed() -> None:
+    benchmark = load_benchmark("federation_quality")
+    final = report(0.1, 0.029)
+    final["global SRM, central protocol"] |= {"check 3 margin": 0.0007, "check 3 paired se": 0.0011}
+    row = by_row(benchmark.rows_for("beauty", final, central=0.047))[
+        "federated SRM, full catalogue (round 12, best validation)"
+    ]
+    assert (row["margin"], row["paired se"], row["pass"]) == (0.0007, 0.0011, True)
