@@ -28,7 +28,7 @@ from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.metrics import ndcg_per_user
-from lsc4rec.scoring import evaluate_full, stage_ranks
+from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from lsc4rec.tables import parse_args, report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
@@ -185,8 +185,9 @@ def check_three_margin(cfg: RunConfig, run_dir: Path, best_round: int, central: 
     except (KeyError, OSError, ValueError) as exc:
         log.warning("--central: check 3's paired standard error is left out: %s", exc)
         return {}
+    test_views, targets = split.views("test", "device"), split.targets("test")
     per_user = {
-        name: ndcg_per_user(stage_ranks(model, split, "test", cfg.srm.max_len), 10)
+        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, cfg.srm.max_len), 10)
         for name, model in (
             ("federated", load_global_srm(cfg, num_items, run_dir, best_round)),
             ("central", central_srm),

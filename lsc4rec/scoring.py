@@ -52,24 +52,6 @@ def full_catalogue_ranks(
     return np.concatenate(ranks)
 
 
-def stage_ranks(
-    scorer: Scorer,
-    split: TemporalSplit,
-    stage: Stage,
-    max_len: int,
-    users: np.ndarray | None = None,
-    side: Literal["device", "cloud"] = "device",
-) -> np.ndarray:
-    """Each user's 0-based rank of the ``stage`` target over the full catalogue, history excluded.
-
-    ``side`` picks the query: the fresh device view (default) or the stale cloud view. ``users`` restricts the
-    evaluation to those users (default: all), in that order.
-    """
-    users = np.arange(split.num_users) if users is None else users
-    view = split.device_view if side == "device" else split.cloud_view
-    return full_catalogue_ranks(scorer, [view(u, stage) for u in users], split.targets(stage)[users], max_len)
-
-
 def evaluate_full(
     scorer: Scorer,
     split: TemporalSplit,
@@ -79,5 +61,14 @@ def evaluate_full(
     side: Literal["device", "cloud"] = "device",
     cutoffs: tuple[int, ...] = (1, 5, 10, 20),
 ) -> dict[str, float]:
-    """HR/NDCG/MRR of ``scorer`` on the ``stage`` target over the full catalogue (see :func:`stage_ranks`)."""
-    return metrics_from_ranks(stage_ranks(scorer, split, stage, max_len, users, side), cutoffs)
+    """HR/NDCG/MRR of ``scorer`` on the ``stage`` target over the full catalogue, history excluded.
+
+    ``side`` picks the query: the fresh device view (default) or the stale cloud view. ``users`` restricts the
+    evaluation to those users (default: all).
+    """
+    users = np.arange(split.num_users) if users is None else users
+    view = split.device_view if side == "device" else split.cloud_view
+    ranks = full_catalogue_ranks(
+        scorer, [view(u, stage) for u in users], split.targets(stage)[users], max_len
+    )
+    return metrics_from_ranks(ranks, cutoffs)

@@ -13,7 +13,7 @@ from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.metrics import ndcg_per_user
-from lsc4rec.scoring import stage_ranks
+from lsc4rec.scoring import full_catalogue_ranks
 from server.checkpoint import save_checkpoint
 from tests.conftest import load_benchmark
 
@@ -168,8 +168,9 @@ def test_check_three_is_a_paired_margin_over_90_percent_of_central(
     central_dir.mkdir()
     cfg.save(central_dir / "config.json")
     save_file(central.state_dict(), central_dir / "model.safetensors")
+    test_views, targets = split.views("test", "device"), split.targets("test")
     per_user = {
-        name: ndcg_per_user(stage_ranks(model, split, "test", cfg.srm.max_len), 10)
+        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, cfg.srm.max_len), 10)
         for name, model in (("federated", federated), ("central", central))
     }
     row = {"ndcg@10": float(per_user["central"].mean()), "run": str(central_dir)}
