@@ -174,20 +174,25 @@ CENTRAL_SHARE = 0.9
 def check_three_margin(cfg: RunConfig, run_dir: Path, best_round: int, central: dict) -> dict[str, float]:
     """Check 3 as a paired difference: the best-validation round's test NDCG@10 minus 90 % of the central SRM's.
 
-    Both SRMs rank every user's test target over the catalogue, so the per-user differences are paired and their
-    spread gives the margin's standard error (a ratio of two means has none of its own). Empty, with a warning,
-    when the central SRM's run folder (``run`` in its row) cannot be read.
+    Both SRMs rank every user's test target over the catalogue, so the per-user differences are paired, and their
+    spread is the margin's standard error; its sign is the check's verdict. Empty, with a warning, when the
+    central SRM's run folder (``run`` in its row; older rows may lack it) cannot be read, or when its model does
+    not give the row's figure (evaluated on a sample, or the folder since replaced): a margin whose sign could
+    contradict the ratio is no margin.
     """
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     num_items = split.dataset.num_items
     try:
         central_srm = load_central_srm(central["run"], cfg.data.dataset, num_items)
-    except (KeyError, OSError, ValueError) as exc:
+    except KeyError:
+        log.warning("--central: its row names no run folder; check 3's paired standard error is left out")
+        return {}
+    except (OSError, TypeError, ValueError) as exc:
         log.warning("--central: check 3's paired standard error is left out: %s", exc)
         return {}
     test_views, targets = split.views("test", "device"), split.targets("test")
     per_user = {
-        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, cfg.srm.max_len), 10)
+        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, model.config.max_len), 10)
         for name, model in (
             ("federated", load_global_srm(cfg, num_items, run_dir, best_round)),
             ("central", central_srm),
@@ -195,11 +200,13 @@ def check_three_margin(cfg: RunConfig, run_dir: Path, best_round: int, central: 
     }
     if not np.isclose(per_user["central"].mean(), central["ndcg@10"]):
         log.warning(
-            "--central: the SRM in %s gives test NDCG@10 %.4f, its JSON %.4f; the JSON's is the ratio's",
+            "--central: the SRM in %s gives test NDCG@10 %.4f over every user, its row %.4f; check 3's paired "
+            "standard error is left out",
             central["run"],
             per_user["central"].mean(),
             central["ndcg@10"],
         )
+        return {}
     diff = per_user["federated"] - CENTRAL_SHARE * per_user["central"]
     return {
         "check 3 margin": float(diff.mean()),
@@ -207,11 +214,14 @@ def check_three_margin(cfg: RunConfig, run_dir: Path, best_round: int, central: 
     }
 
 
-def central_figure(
-    final: dict, cfg: RunConfig, run_dir: Path, central: dict[str, list[dict]]
+def add_check_three(
+    final: dict, cfg: RunConfig, run_dir: Path, central_by_dataset: dict[str, list[dict]]
 ) -> float | None:
-    """The matching central SRM's test NDCG@10 (None when none matches); check 3's paired margin joins ``final``."""
-    row = central_row(central.get(cfg.data.dataset, []), cfg)
+    """Add check 3's paired margin to ``final``'s federated-SRM figures; return the central SRM's test NDCG@10.
+
+    None (and no margin) when no central row matches the run's settings.
+    """
+    row = central_row(central_by_dataset.get(cfg.data.dataset, []), cfg)
     if row is None:
         return None
     fed = final["global SRM, central protocol"]
@@ -404,7 +414,7 @@ def main() -> None:
             "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
-        rows += rows_for(cfg.data.dataset, final, central_figure(final, cfg, run_dir, central))
+        rows += rows_for(cfg.data.dataset, final, add_check_three(final, cfg, run_dir, central))
         args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(
@@ -417,7 +427,7 @@ def main() -> None:
             "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
-        rows += rows_for(dataset, final, central_figure(final, cfg, Path(final["run_dir"]), central))
+        rows += rows_for(dataset, final, add_check_three(final, cfg, Path(final["run_dir"]), central))
     ranking = (
         "LLM-only, SRM-only, fused and the policies rank the candidate list; the federated SRM and the floors "
         "the full catalogue. The floors are queried with the cloud's view (ℓ items behind: the stale list's "
@@ -431,6 +441,8 @@ def main() -> None:
         args.json,
         {
             "ranking": ranking,
+            "margin": "check 1: fused minus the stronger of LLM-only and SRM-only (stale list); check 3: the "
+            "federated SRM minus 90 % of the central one (per user, full catalogue); each with its paired se",
             **{
                 f"protocol of {name}": ", ".join(
                     f"{key} {value}"

@@ -97,12 +97,20 @@ def load_central_srm(run_dir: str | Path, dataset: str, num_items: int) -> Seque
             f"{run_dir} is not a central SRM run folder (config.json and model.safetensors); "
             "make one with `lsc4rec srm train`."
         )
-    saved = json.loads((run_dir / "config.json").read_text())
-    if saved["data"]["dataset"] != dataset:
-        raise ValueError(f"{run_dir} holds an SRM trained on {saved['data']['dataset']}, not on {dataset}.")
-    model = build_srm(SRMConfig(**saved["srm"]), num_items)
     try:
-        model.load_state_dict(load_file(run_dir / "model.safetensors"))
+        saved = json.loads((run_dir / "config.json").read_text())
+        trained_on, srm = saved["data"]["dataset"], SRMConfig(**saved["srm"])
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, a table missing, an unknown SRM setting
+        raise ValueError(f"{run_dir / 'config.json'} is not a central SRM run's config ({exc!r}).") from None
+    if trained_on != dataset:
+        raise ValueError(f"{run_dir} holds an SRM trained on {trained_on}, not on {dataset}.")
+    model = build_srm(srm, num_items)
+    try:
+        weights = load_file(run_dir / "model.safetensors")
+    except Exception as exc:  # safetensors' own error kinds for a truncated or foreign file
+        raise ValueError(f"{run_dir / 'model.safetensors'} is not readable ({exc}).") from None
+    try:
+        model.load_state_dict(weights)
     except RuntimeError:  # shapes differ: the same dataset name, other data settings (k-core, lag, ...)
         raise ValueError(
             f"{run_dir} holds an SRM whose weights do not fit {num_items} items; was it trained with other "

@@ -13,7 +13,7 @@ from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.metrics import ndcg_per_user
-from lsc4rec.scoring import full_catalogue_ranks
+from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from server.checkpoint import save_checkpoint
 from tests.conftest import load_benchmark
 
@@ -157,32 +157,38 @@ def test_the_central_srm_of_the_federations_settings_gives_the_ratio(
 def test_check_three_is_a_paired_margin_over_90_percent_of_central(
     federation_config: RunConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The federated round and the central SRM rank the same users: the margin's se is their differences'."""
+    """The chosen round and the central SRM rank the same users: the margin's se is their differences'."""
     benchmark = load_benchmark("federation_quality")
     cfg = federation_config
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     torch.manual_seed(0)
-    federated, central = (build_srm(cfg.srm, split.dataset.num_items).eval() for _ in range(2))
+    chosen, later, central = (build_srm(cfg.srm, split.dataset.num_items).eval() for _ in range(3))
     run_dir, central_dir = tmp_path / "federation", tmp_path / "central"
-    save_checkpoint(run_dir, 3, ArrayRecord(federated.state_dict()), tau=1.0)
+    save_checkpoint(run_dir, 3, ArrayRecord(chosen.state_dict()), tau=1.0)
+    save_checkpoint(run_dir, 4, ArrayRecord(later.state_dict()), tau=1.0)  # not the round asked for
     central_dir.mkdir()
     cfg.save(central_dir / "config.json")
     save_file(central.state_dict(), central_dir / "model.safetensors")
-    test_views, targets = split.views("test", "device"), split.targets("test")
-    per_user = {
-        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, cfg.srm.max_len), 10)
-        for name, model in (("federated", federated), ("central", central))
+    ndcg = {  # as the central SRM's row and the ratio's federated figure are computed
+        name: evaluate_full(model, split, "test", cfg.srm.max_len, cutoffs=(10,))["ndcg@10"]
+        for name, model in (("chosen", chosen), ("central", central))
     }
-    row = {"ndcg@10": float(per_user["central"].mean()), "run": str(central_dir)}
+    row = {"ndcg@10": ndcg["central"], "run": str(central_dir)}
     got = benchmark.check_three_margin(cfg, run_dir, 3, row)
-    diff = per_user["federated"] - 0.9 * per_user["central"]
-    assert got["check 3 margin"] == pytest.approx(diff.mean())
+    assert got["check 3 margin"] == pytest.approx(ndcg["chosen"] - 0.9 * ndcg["central"])
+    test_views, targets = split.views("test", "device"), split.targets("test")
+    diff = ndcg_per_user(full_catalogue_ranks(chosen, test_views, targets, cfg.srm.max_len), 10) - 0.9 * (
+        ndcg_per_user(full_catalogue_ranks(central, test_views, targets, cfg.srm.max_len), 10)
+    )
     assert got["check 3 paired se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(split.num_users))
-    assert got["check 3 paired se"] > 0  # two different models: their per-user figures differ
-    assert "--central" not in caplog.text
-    # the row's folder gone: the ratio stands, its se is left out with a warning
+    assert got["check 3 paired se"] > 0 and "--central" not in caplog.text
+    # without a readable central folder, or where the folder's model is not the row's, the ratio stands alone
     assert benchmark.check_three_margin(cfg, run_dir, 3, {**row, "run": str(tmp_path / "gone")}) == {}
     assert "paired standard error is left out" in caplog.text
+    assert benchmark.check_three_margin(cfg, run_dir, 3, {"ndcg@10": ndcg["central"]}) == {}
+    assert "its row names no run folder" in caplog.text
+    assert benchmark.check_three_margin(cfg, run_dir, 3, {**row, "ndcg@10": ndcg["central"] + 0.01}) == {}
+    assert "over every user, its row" in caplog.text
 
 
 def test_check_three_shows_its_paired_margin_when_computed() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +53,15 @@ def test_short_sasrec_run_beats_most_popular_on_movielens_slice(data_root: Path,
         load_central_srm(result["run_dir"], cfg.data.dataset, split.dataset.num_items + 1)
     with pytest.raises(FileNotFoundError, match="lsc4rec srm train"):
         load_central_srm(tmp_path, cfg.data.dataset, split.dataset.num_items)
+    # a damaged folder is a ValueError that names the file, whatever safetensors or the config raised
+    damaged = tmp_path / "damaged"
+    shutil.copytree(result["run_dir"], damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"model\.safetensors is not readable"):
+        load_central_srm(damaged, cfg.data.dataset, split.dataset.num_items)
+    saved = json.loads((damaged / "config.json").read_text())
+    saved["srm"]["no_such_setting"] = 1
+    (damaged / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="is not a central SRM run's config"):
+        load_central_srm(damaged, cfg.data.dataset, split.dataset.num_items)
