@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from clients.app import app as client_app
 from clients.central import evaluation_users, load_central_srm
+from clients.srm import SequentialRecommender
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
@@ -50,10 +51,16 @@ def recipe(dataset: str) -> Path | None:
 
 
 def run_dataset(
-    dataset: str, overrides: list[str], checkpoint: str | None, out: Path, select_users: int
+    dataset: str,
+    overrides: list[str],
+    checkpoint: str | None,
+    out: Path,
+    select_users: int,
+    central_by_dataset: dict[str, list[dict]],
 ) -> dict:
-    """One federation on ``dataset``; returns its final figures with the run folder and wall time."""
+    """One federation on ``dataset``; returns its final figures with the run folder, wall time and central SRM."""
     cfg = load_config(recipe(dataset), [f"data.dataset={dataset}", *overrides])
+    central = central_row(central_by_dataset.get(dataset, []), cfg)  # a mismatch warns before the run
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     split.check_trainable("SRM")  # as the launcher does before it trains anything
     nodes = fleet_size(cfg.federation.num_nodes, split.num_users)
@@ -67,19 +74,23 @@ def run_dataset(
     final = json.loads((run_dir / "final.json").read_text())
     return {
         **final,
-        "global SRM, central protocol": global_srm_figures(cfg, run_dir, select_users),
+        "global SRM, central protocol": global_srm_figures(cfg, run_dir, select_users, central),
+        "central SRM ndcg@10": None if central is None else central["ndcg@10"],
         "run_dir": str(run_dir),
         "wall_seconds": time.perf_counter() - started,
         "config": cfg,
     }
 
 
-def global_srm_figures(cfg: RunConfig, run_dir: Path, select_users: int) -> dict[str, float]:
+def global_srm_figures(
+    cfg: RunConfig, run_dir: Path, select_users: int, central: dict | None = None
+) -> dict[str, float]:
     """The global SRM under the central baseline's protocol (full catalogue, test NDCG@10 of every user).
 
     Two models: the final round's, and the round with the best full-catalogue validation NDCG@10 on a seeded
     sample of ``select_users`` users (0 = all), found over the per-round checkpoints. The central SRM keeps its
-    best validation epoch, so the second is the like-for-like comparison; neither choice looks at test.
+    best validation epoch, so the second is the like-for-like comparison; neither choice looks at test. With
+    ``central`` (the matching row of ``--central``), check 3's paired margin joins them.
     """
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     sample = evaluation_users(split.num_users, select_users, cfg.seed)
@@ -91,24 +102,27 @@ def global_srm_figures(cfg: RunConfig, run_dir: Path, select_users: int) -> dict
     best = max(valid, key=lambda r: valid[r])
 
     test = {  # one evaluation when the final round is the best one
-        r: evaluate_full(
-            load_global_srm(cfg, split.dataset.num_items, run_dir, r),
-            split,
-            "test",
-            cfg.srm.max_len,
-            cutoffs=(10,),
-        )["ndcg@10"]
+        r: ndcg_per_user_on_test(load_global_srm(cfg, split.dataset.num_items, run_dir, r), split)
         for r in {rounds[-1], best}
     }
-    return {
+    figures = {
         "final round": rounds[-1],
         "final valid ndcg@10": valid[rounds[-1]],
-        "final test ndcg@10": test[rounds[-1]],
+        "final test ndcg@10": float(test[rounds[-1]].mean()),
         "best-validation round": best,
         "best-validation valid ndcg@10": valid[best],
-        "best-validation test ndcg@10": test[best],
+        "best-validation test ndcg@10": float(test[best].mean()),
         "validation users": len(sample),
     }
+    return figures if central is None else figures | check_three_margin(cfg, split, test[best], central)
+
+
+def ndcg_per_user_on_test(model: SequentialRecommender, split: TemporalSplit) -> np.ndarray:
+    """Each user's test NDCG@10 over the full catalogue from the device view: what ``evaluate_full`` averages."""
+    ranks = full_catalogue_ranks(
+        model, split.views("test", "device"), split.targets("test"), model.config.max_len
+    )
+    return ndcg_per_user(ranks, 10)
 
 
 def dataset_checkpoints(pairs: list[str]) -> dict[str, str]:
@@ -145,7 +159,7 @@ def central_row(rows: list[dict], cfg: RunConfig) -> dict | None:
     """The row of the last central SRM evaluated as ``cfg`` evaluates: same users, numbering, targets.
 
     ``None`` (no ratio, and a warning) when no row matches. A row written before 2026-12-06 does not say its
-    settings: it is taken as it is, with a warning. Checked after a federation has run: its table is kept.
+    settings: it is taken as it is, with a warning. Matched before a federation runs, so the warning comes first.
     """
     ours = cfg.evaluation()
     matching = [row for row in rows if all(row.get(key, value) == value for key, value in ours.items())]
@@ -171,62 +185,40 @@ def central_row(rows: list[dict], cfg: RunConfig) -> dict | None:
 CENTRAL_SHARE = 0.9
 
 
-def check_three_margin(cfg: RunConfig, run_dir: Path, best_round: int, central: dict) -> dict[str, float]:
-    """Check 3 as a paired difference: the best-validation round's test NDCG@10 minus 90 % of the central SRM's.
+def check_three_margin(
+    cfg: RunConfig, split: TemporalSplit, federated: np.ndarray, central: dict
+) -> dict[str, float]:
+    """Check 3 as a paired difference: the chosen round's test NDCG@10 minus 90 % of the central SRM's.
 
-    Both SRMs rank every user's test target over the catalogue, so the per-user differences are paired, and their
-    spread is the margin's standard error; its sign is the check's verdict. Empty, with a warning, when the
-    central SRM's run folder (``run`` in its row; older rows may lack it) cannot be read, or when its model does
-    not give the row's figure (evaluated on a sample, or the folder since replaced): a margin whose sign could
-    contradict the ratio is no margin.
+    ``federated`` holds the chosen round's per-user test NDCG@10. Both SRMs rank every user's test target over
+    the catalogue, so the per-user differences are paired, and their spread is the margin's standard error; its
+    sign is the check's verdict. Empty, with a warning, when the central SRM's run folder (``run`` in its row;
+    older rows may lack it) cannot be read, or when its model does not give the row's figure (evaluated on a
+    sample, or the folder since replaced): a margin whose sign could contradict the ratio is no margin.
     """
-    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
-    num_items = split.dataset.num_items
     try:
-        central_srm = load_central_srm(central["run"], cfg.data.dataset, num_items)
+        central_srm = load_central_srm(central["run"], cfg.data.dataset, split.dataset.num_items)
     except KeyError:
         log.warning("--central: its row names no run folder; check 3's paired standard error is left out")
         return {}
     except (OSError, TypeError, ValueError) as exc:
         log.warning("--central: check 3's paired standard error is left out: %s", exc)
         return {}
-    test_views, targets = split.views("test", "device"), split.targets("test")
-    per_user = {
-        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, model.config.max_len), 10)
-        for name, model in (
-            ("federated", load_global_srm(cfg, num_items, run_dir, best_round)),
-            ("central", central_srm),
-        )
-    }
-    if not np.isclose(per_user["central"].mean(), central["ndcg@10"]):
+    central_per_user = ndcg_per_user_on_test(central_srm, split)
+    if not np.isclose(central_per_user.mean(), central["ndcg@10"]):
         log.warning(
             "--central: the SRM in %s gives test NDCG@10 %.4f over every user, its row %.4f; check 3's paired "
             "standard error is left out",
             central["run"],
-            per_user["central"].mean(),
+            central_per_user.mean(),
             central["ndcg@10"],
         )
         return {}
-    diff = per_user["federated"] - CENTRAL_SHARE * per_user["central"]
+    diff = federated - CENTRAL_SHARE * central_per_user
     return {
         "check 3 margin": float(diff.mean()),
         "check 3 paired se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
     }
-
-
-def add_check_three(
-    final: dict, cfg: RunConfig, run_dir: Path, central_by_dataset: dict[str, list[dict]]
-) -> float | None:
-    """Add check 3's paired margin to ``final``'s federated-SRM figures; return the central SRM's test NDCG@10.
-
-    None (and no margin) when no central row matches the run's settings.
-    """
-    row = central_row(central_by_dataset.get(cfg.data.dataset, []), cfg)
-    if row is None:
-        return None
-    fed = final["global SRM, central protocol"]
-    fed.update(check_three_margin(cfg, run_dir, fed["best-validation round"], row))
-    return row["ndcg@10"]
 
 
 # check 4: twice the official LSC4Rec code's shipped fused NDCG@10 on Beauty at 5 % requests (0.0132)
@@ -408,17 +400,18 @@ def main() -> None:
             )
         cfg = RunConfig.load(run_dir / "config.json")
         final = json.loads((run_dir / "final.json").read_text())
-        final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users)
+        row = central_row(central.get(cfg.data.dataset, []), cfg)
+        final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users, row)
         runs[cfg.data.dataset] = {
             "run_dir": str(run_dir),
             "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
-        rows += rows_for(cfg.data.dataset, final, add_check_three(final, cfg, run_dir, central))
+        rows += rows_for(cfg.data.dataset, final, None if row is None else row["ndcg@10"])
         args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(
-            dataset, args.overrides, checkpoints.get(dataset), Path(args.out), args.select_users
+            dataset, args.overrides, checkpoints.get(dataset), Path(args.out), args.select_users, central
         )
         cfg: RunConfig = final.pop("config")
         runs[dataset] = {
@@ -427,7 +420,7 @@ def main() -> None:
             "protocol": resolved_protocol(final["protocol"], final),
             "config": cfg.to_flat(),
         }
-        rows += rows_for(dataset, final, add_check_three(final, cfg, Path(final["run_dir"]), central))
+        rows += rows_for(dataset, final, final["central SRM ndcg@10"])
     ranking = (
         "LLM-only, SRM-only, fused and the policies rank the candidate list; the federated SRM and the floors "
         "the full catalogue. The floors are queried with the cloud's view (ℓ items behind: the stale list's "

@@ -157,38 +157,52 @@ def test_the_central_srm_of_the_federations_settings_gives_the_ratio(
 def test_check_three_is_a_paired_margin_over_90_percent_of_central(
     federation_config: RunConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The chosen round and the central SRM rank the same users: the margin's se is their differences'."""
+    """The validation-chosen round and the central SRM rank the same users: the margin's se is their differences'."""
     benchmark = load_benchmark("federation_quality")
     cfg = federation_config
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     torch.manual_seed(0)
-    chosen, later, central = (build_srm(cfg.srm, split.dataset.num_items).eval() for _ in range(3))
+    rounds = {
+        3: build_srm(cfg.srm, split.dataset.num_items).eval(),
+        4: build_srm(cfg.srm, split.dataset.num_items),
+    }
+    central = build_srm(cfg.srm, split.dataset.num_items).eval()
     run_dir, central_dir = tmp_path / "federation", tmp_path / "central"
-    save_checkpoint(run_dir, 3, ArrayRecord(chosen.state_dict()), tau=1.0)
-    save_checkpoint(run_dir, 4, ArrayRecord(later.state_dict()), tau=1.0)  # not the round asked for
+    for r, model in rounds.items():
+        save_checkpoint(run_dir, r, ArrayRecord(model.eval().state_dict()), tau=1.0)
     central_dir.mkdir()
     cfg.save(central_dir / "config.json")
     save_file(central.state_dict(), central_dir / "model.safetensors")
-    ndcg = {  # as the central SRM's row and the ratio's federated figure are computed
+    test = {  # as the central SRM's row and the ratio's federated figure are computed
         name: evaluate_full(model, split, "test", cfg.srm.max_len, cutoffs=(10,))["ndcg@10"]
-        for name, model in (("chosen", chosen), ("central", central))
+        for name, model in (*rounds.items(), ("central", central))
     }
-    row = {"ndcg@10": ndcg["central"], "run": str(central_dir)}
-    got = benchmark.check_three_margin(cfg, run_dir, 3, row)
-    assert got["check 3 margin"] == pytest.approx(ndcg["chosen"] - 0.9 * ndcg["central"])
+    assert test[3] != test[4]  # so that a margin taken from the other round would show
+    row = {"ndcg@10": test["central"], "run": str(central_dir)}
+    got = benchmark.global_srm_figures(cfg, run_dir, 0, row)
+    chosen = got["best-validation round"]
+    assert got["best-validation test ndcg@10"] == pytest.approx(test[chosen])
+    assert got["check 3 margin"] == pytest.approx(test[chosen] - 0.9 * test["central"])
     test_views, targets = split.views("test", "device"), split.targets("test")
-    diff = ndcg_per_user(full_catalogue_ranks(chosen, test_views, targets, cfg.srm.max_len), 10) - 0.9 * (
-        ndcg_per_user(full_catalogue_ranks(central, test_views, targets, cfg.srm.max_len), 10)
-    )
+    per_user = {
+        name: ndcg_per_user(full_catalogue_ranks(model, test_views, targets, cfg.srm.max_len), 10)
+        for name, model in (("chosen", rounds[chosen]), ("central", central))
+    }
+    diff = per_user["chosen"] - 0.9 * per_user["central"]
     assert got["check 3 paired se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(split.num_users))
     assert got["check 3 paired se"] > 0 and "--central" not in caplog.text
+    assert "check 3 margin" not in benchmark.global_srm_figures(
+        cfg, run_dir, 0
+    )  # no central row: the ratio alone
     # without a readable central folder, or where the folder's model is not the row's, the ratio stands alone
-    assert benchmark.check_three_margin(cfg, run_dir, 3, {**row, "run": str(tmp_path / "gone")}) == {}
-    assert "paired standard error is left out" in caplog.text
-    assert benchmark.check_three_margin(cfg, run_dir, 3, {"ndcg@10": ndcg["central"]}) == {}
-    assert "its row names no run folder" in caplog.text
-    assert benchmark.check_three_margin(cfg, run_dir, 3, {**row, "ndcg@10": ndcg["central"] + 0.01}) == {}
-    assert "over every user, its row" in caplog.text
+    left_out = [
+        ({**row, "run": str(tmp_path / "gone")}, "paired standard error is left out"),
+        ({"ndcg@10": test["central"]}, "its row names no run folder"),
+        ({**row, "ndcg@10": test["central"] + 0.01}, "over every user, its row"),
+    ]
+    for damaged, message in left_out:
+        assert benchmark.check_three_margin(cfg, split, per_user["chosen"], damaged) == {}
+        assert message in caplog.text
 
 
 def test_check_three_shows_its_paired_margin_when_computed() -> None:
