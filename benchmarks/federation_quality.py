@@ -239,9 +239,8 @@ def floors_beside(final: dict, device_only: bool = False) -> dict[str, float]:
     }
 
 
-# the printed table's columns: every figure of every row (the JSON holds the same rows)
+# the printed tables' columns: every figure of every row (the JSON holds the same rows, with their dataset)
 COLUMNS = [
-    "dataset",
     "row",
     "alpha",
     "ndcg@10",
@@ -269,6 +268,19 @@ def check_three(fed: dict, ratio: float) -> dict:
         else {}
     )
     return {**paired, "pass": ratio >= CENTRAL_SHARE}
+
+
+def part_of(row: dict) -> str:
+    """The printed table a row belongs in: its dataset's rankings and policies, its federated SRM, its checks."""
+    name = row["row"]
+    kind = (
+        "the issue's checks"
+        if name.startswith("check:")
+        else "federated SRM against the central one"
+        if name.startswith("federated SRM")
+        else "rankings and request policies"
+    )
+    return f"{row['dataset']}, {kind}"
 
 
 def rows_for(dataset: str, final: dict, central: float | None) -> list[dict]:
@@ -432,7 +444,7 @@ def main() -> None:
         rows,
         COLUMNS,
         args.json,
-        {
+        extra={
             "ranking": ranking,
             "margin": "check 1: fused minus the stronger of LLM-only and SRM-only (stale list); check 3: the "
             "federated SRM minus 90 % of the central one (per user, full catalogue); each with its paired se",
@@ -445,6 +457,7 @@ def main() -> None:
             },
             "runs": runs,
         },
+        group=part_of,
     )
 
 

@@ -63,8 +63,8 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-def print_table(table: Table) -> None:
-    """Print ``table`` at the terminal's width; piped or redirected, 200 columns wide.
+def print_table(table: Table | str) -> None:
+    """Print ``table`` (or a line of text) at the terminal's width; piped or redirected, 200 columns wide.
 
     Rich would otherwise squeeze a redirected table's columns into 80 characters, cutting numbers short.
     """
@@ -77,17 +77,31 @@ def report(
     columns: Sequence[str],
     json_path: str | None,
     extra: dict[str, Any] | None = None,
+    group: Callable[[dict[str, Any]], str] | None = None,
 ) -> None:
-    """Print ``rows`` (dicts) as a table of ``columns``; with ``json_path`` also write rows and ``extra``."""
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(
-            column,
-            justify="left" if column in TEXT_COLUMNS else "right",
-        )
+    """Print ``rows`` (dicts) as a table of ``columns``; with ``json_path`` also write rows and ``extra``.
+
+    A column no row fills is left out. ``group`` names each row's part: one table per part, in the order parts
+    first appear, each with the columns its own rows fill, so that a benchmark with many kinds of row stays
+    inside the terminal. The JSON keeps every row whole, in order.
+    """
+    parts: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        table.add_row(*(_cell(row.get(column)) for column in columns))
-    print_table(table)
+        parts.setdefault(group(row) if group else "", []).append(row)
+    if group:  # the title once, above its parts
+        print_table(title)
+    for name, part in parts.items():
+        table = Table(title=name or title)
+        shown = [c for c in columns if any(row.get(c) is not None for row in part)]
+        for column in shown:
+            table.add_column(
+                column,
+                justify="left" if column in TEXT_COLUMNS else "right",
+                no_wrap=column == "row",  # a row's name is read whole; the figures' headers wrap instead
+            )
+        for row in part:
+            table.add_row(*(_cell(row.get(column)) for column in shown))
+        print_table(table)
     for line in _settings(extra or {}):  # under the table, unwrapped: a caption would wrap to its width
         print(line)
     if json_path:

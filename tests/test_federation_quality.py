@@ -112,7 +112,13 @@ def test_check_one_says_when_the_chosen_alpha_makes_fused_one_of_the_two(alpha: 
 def test_the_printed_table_has_a_column_for_every_figure_of_every_row() -> None:
     benchmark = load_benchmark("federation_quality")
     rows = benchmark.rows_for("beauty", report(0.3, 0.029), central=0.047)
-    assert {key for row in rows for key in row} == set(benchmark.COLUMNS)
+    # the dataset names each printed table rather than a column
+    assert {key for row in rows for key in row} == set(benchmark.COLUMNS) | {"dataset"}
+    parts = {row["row"]: benchmark.part_of(row) for row in rows}
+    assert (
+        len(set(parts.values())) == 3
+        and parts["fused (stale list)"] != parts["check: fused >= max(LLM, SRM)"]
+    )
 
 
 def test_check_one_shows_the_margin_over_the_stronger_row_with_its_paired_se() -> None:

@@ -1,6 +1,7 @@
 """lsc4rec/tables.py: a benchmark's table prints the protocol its JSON holds."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,22 @@ def test_the_printed_table_carries_the_protocol_of_its_json(
     assert "0.0312" in printed and "run_dir" not in printed
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["protocol"] == {"lag": 2, "K": 50} and written["rows"][0]["ndcg@10"] == 0.03125
+
+
+def test_grouped_rows_print_one_table_each_with_the_columns_they_fill(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rows = [
+        {"row": "fused", "ndcg@10": 0.5, "ratio": None},
+        {"row": "federated SRM", "ratio": 0.25},
+        {"row": "fused again", "ndcg@10": 0.75},
+    ]
+    report(
+        "A title", rows, ["row", "ndcg@10", "ratio"], str(tmp_path / "t.json"), group=lambda r: r["row"][:3]
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("A title") == 1 and printed.index("fus") < printed.index("fed")
+    fused, federated = re.split(r"^\s*fed\s*$", printed, flags=re.M)  # the second table's title line
+    assert "ndcg@10" in fused and "ratio" not in fused and "fused again" in fused
+    assert "ratio" in federated and "ndcg@10" not in federated and "0.2500" in federated
+    assert json.loads((tmp_path / "t.json").read_text())["rows"] == rows  # whole rows, in their order
