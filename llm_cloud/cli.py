@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lsc4rec.errors import ConfigError, LSC4RecError, run_main
-from lsc4rec.protocol import API_KEY_ENV, MAX_K, check_api_key
+from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
 
@@ -159,7 +159,7 @@ def serve(
         str | None, typer.Option("--vllm-url", help="vLLM server serving CHECKPOINT.")
     ] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Port = 8080,
+    port: Port = DEFAULT_PORT,
     api_key: Annotated[
         str | None,
         typer.Option("--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY'."),

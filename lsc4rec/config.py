@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lsc4rec.errors import ConfigError, DataFormatError
-from lsc4rec.protocol import MAX_K
+from lsc4rec.protocol import DEFAULT_PORT, MAX_K
 
 # Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
 # the fleet's validation pick one (strategies.budget).
@@ -236,7 +236,9 @@ class FederationConfig:
     measure: str = "auto"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
-    service_url: str = "http://127.0.0.1:8800"  # the candidate service
+    service_url: str = (
+        f"http://127.0.0.1:{DEFAULT_PORT}"  # the candidate service (`lsc4rec llm serve` on this host)
+    )
     timeout_s: float = 20.0  # per attempt at a candidate request: the whole answer, not each read
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
     # seconds a device process skips a service that failed every attempt, then probes it once; 0 never skips

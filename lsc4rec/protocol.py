@@ -26,6 +26,8 @@ MAX_K = 200  # longest candidate list the cloud returns
 MAX_BODY_BYTES = 16 * 2**20
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
+# where `lsc4rec llm serve` listens and where devices look for it, unless told otherwise
+DEFAULT_PORT = 8800
 API_KEY_ENV = "LSC4REC_API_KEY"
 SERVICE_CA_ENV = "LSC4REC_SERVICE_CA"  # a device's CA file for an https service with a private certificate
 

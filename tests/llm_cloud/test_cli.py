@@ -1,13 +1,16 @@
+import inspect
 import json
 import pathlib
 import sys
+from urllib.parse import urlparse
 
 from typer.testing import CliRunner
 
-from llm_cloud.cli import app
+from llm_cloud.cli import app, serve
 from llm_cloud.processes import free_port
 from llm_cloud.train import TRAIN_RESULT_FILE
 from llm_cloud.vllm_server import VENV_MARKER
+from lsc4rec.config import FederationConfig
 from lsc4rec.errors import ConfigError, LSC4RecError
 from tests.conftest import TINY_SETTINGS, run_module
 
@@ -126,3 +129,10 @@ def test_vllm_serve_fails_when_vllm_dies_after_it_was_ready(tiny_checkpoint, tmp
         done.exception
     )
     assert "engine core died" in log.read_text()
+
+
+def test_serve_listens_where_a_device_looks_by_default() -> None:
+    """A plain `flwr run .` beside a plain `lsc4rec llm serve` must find it (they once said 8800 and 8080)."""
+    device_looks_at = urlparse(FederationConfig().service_url)
+    assert device_looks_at.hostname == "127.0.0.1"
+    assert inspect.signature(serve).parameters["port"].default == device_looks_at.port
