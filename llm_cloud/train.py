@@ -10,11 +10,12 @@ Each position's loss covers its next ``llm.target_window`` items (ℓ + 1 by def
 With ``llm.average_epochs = N`` the weights of the last N epochs are averaged when training stops (stochastic weight
 averaging along the trajectory); the average replaces the best epoch only if validation prefers it.
 
-After early stopping, ``llm.refit_epochs`` more epochs (none by default) can continue from the best epoch on the
-whole cloud view at validation time (x_1 … x_{n-2-ℓ}), so that the model also learns the newest interaction the
-cloud has seen. The price is the validation stage: its stale query ends on that very item, which the model then
-has trained on, while a test query (and every query in service) ends on an item it has not. Validation then
-flatters the LLM, and the fusion weight and request signal chosen there lean on it (BENCHMARKS.md).
+After early stopping, ``llm.refit_epochs`` more epochs (none by default) can continue from the kept weights (the
+best epoch's, or their average) on the whole cloud view at validation time (x_1 … x_{n-2-ℓ}), so that the model
+also learns the newest interaction the cloud has seen. The price is the validation stage: its stale query ends on
+that very item, which the model then has trained on, while a test query (and every query in service) ends on an
+item it has not. Validation then flatters the LLM, and the fusion weight and request signal chosen there lean on
+it (BENCHMARKS.md).
 """
 
 from __future__ import annotations

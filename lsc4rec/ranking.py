@@ -42,8 +42,8 @@ def normalize(scores: ArrayLike, method: str = "minmax") -> torch.Tensor:
     -------
     torch.Tensor
         [B, K] float64, ``-inf`` at padding. A row whose real scores are all equal (one real item included)
-        maps them to 1.0, never NaN: such a row carries no order, and a constant leaves the fused order to
-        the other model.
+        maps them to one constant (1.0 under minmax and rank, 1/n under softmax), never NaN: such a row
+        carries no order, and a constant leaves the fused order to the other model.
     """
     scores = torch.as_tensor(scores).double()
     real = _real(scores)
@@ -126,7 +126,7 @@ def topk_overlap_distance(llm_scores: ArrayLike, srm_scores: ArrayLike, k: int =
     r_llm, r_srm, real = _ordinal_ranks(llm_scores, srm_scores)
     kept = real.sum(dim=1).clamp(max=k)
     shared = ((r_llm < kept[:, None]) & (r_srm < kept[:, None])).sum(dim=1).double()
-    return 1.0 - shared / kept.clamp(min=1)
+    return torch.where(kept > 0, 1.0 - shared / kept.clamp(min=1), 0.0)
 
 
 def topk_drift(now_scores: ArrayLike, before_scores: ArrayLike, k: int) -> torch.Tensor:

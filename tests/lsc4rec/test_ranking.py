@@ -104,6 +104,13 @@ def test_topk_overlap_distance_counts_shared_top_items() -> None:
     assert topk_overlap_distance(llm, srm, k=10).item() == 0.0  # k capped at the 5 real items
 
 
+def test_every_list_distance_is_zero_on_a_row_without_real_items() -> None:
+    """A list the history emptied carries no disagreement: no signal may make it look like the worst row."""
+    empty = torch.full((1, 4), -INF)
+    for distance in (rank_displacement, kendall_distance, topk_overlap_distance):
+        assert distance(empty, empty).item() == 0.0, distance.__name__
+
+
 def test_topk_drift_weights_the_changed_head_more() -> None:
     before = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]] * 3)  # top-3 {0, 1, 2}
     now = torch.tensor(
