@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.cloud import CandidateLists, CloudClient, ListCache
@@ -35,7 +35,6 @@ def train(msg: Message, context: Context) -> Message:
     cfg, node, model = _setup(msg, context)
     fed = cfg.federation
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
-    fallbacks_before = cache.fallbacks
     sequences = node.training_windows(model.config.max_len)
     negatives = [np.zeros(0, np.int64)] * len(sequences)
     if fed.collab_prefixes > 0:
@@ -64,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
         records.NUM_EXAMPLES: len(sequences),
         # with no example there is no loss: 0, not NaN, keeps the record finite, and the fleet's mean skips it
         records.TRAIN_LOSS: loss if sequences else 0.0,
-        records.FALLBACKS: cache.fallbacks - fallbacks_before,
+        records.FALLBACKS: cache.fallbacks,
         **_equal_weight(fed),
     }
     content = RecordDict(
@@ -85,9 +84,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content[records.CONFIG]
     tau = float(config.get(records.TAU, 1.0))
     live = str(config.get(records.MEASURE, fed.measures[0]))
-    gate_bins = int(config.get(records.GATE_BINS, fed.bins))
+    gate_bins = _gate_bins(config, fed)
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
-    fallbacks_before = cache.fallbacks
     alphas = np.array(fed.alphas)
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
@@ -108,7 +106,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)
             if fed.keep_personal:
                 context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
-    metrics[records.FALLBACKS] = cache.fallbacks - fallbacks_before
+    metrics[records.FALLBACKS] = cache.fallbacks
     context.state[records.STATE_LISTS] = cache.to_record()
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
@@ -129,7 +127,6 @@ def signals(msg: Message, context: Context) -> Message:
             f"the server asked for signal {measure!r}; this run evaluates {cfg.federation.measures}."
         )
     cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
-    fallbacks_before = cache.fallbacks
     personal = _personal(cfg, node, model, "test", context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
@@ -137,7 +134,7 @@ def signals(msg: Message, context: Context) -> Message:
         personal, device, torch.from_numpy(stale.items), torch.from_numpy(stale.scores), cfg.srm.max_len
     )
     score = request_signals(personal, device, cloud, held, (measure,), cfg.srm.max_len)[measure]
-    edges = signal_bin_edges(int(config.get(records.GATE_BINS, cfg.federation.bins)))
+    edges = signal_bin_edges(_gate_bins(config, cfg.federation))
     counts = np.bincount(signal_bins(score, edges), minlength=len(edges) - 1).astype(float)
     context.state[records.STATE_LISTS] = cache.to_record()
     return Message(
@@ -147,7 +144,7 @@ def signals(msg: Message, context: Context) -> Message:
                     {
                         records.SIGNAL_COUNTS: counts.tolist(),
                         records.USERS: len(score),
-                        records.FALLBACKS: cache.fallbacks - fallbacks_before,
+                        records.FALLBACKS: cache.fallbacks,
                     }
                 )
             }
@@ -166,6 +163,11 @@ def query(msg: Message, context: Context) -> Message:
 def _equal_weight(fed: FederationConfig) -> dict[str, int]:
     """The weight a private mean gives every node alike (``records.NODES``), in private runs only."""
     return {records.NODES: 1} if fed.private else {}
+
+
+def _gate_bins(config: ConfigRecord, fed: FederationConfig) -> int:
+    """The gate histogram's bins: the finer ones the server sends for the final gate, else the rounds' (run config)."""
+    return int(config.get(records.GATE_BINS, fed.bins))
 
 
 def _round_seed(cfg: RunConfig, msg: Message, context: Context) -> int:

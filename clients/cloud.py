@@ -342,7 +342,9 @@ class ListCache:
     """Candidate lists keyed by (user, prefix length), storable in Flower's node state (``context.state``)."""
 
     lists: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    fallbacks: int = 0  # lists that could not be had from the cloud (cumulative on this node)
+    # lists that could not be had from the cloud since this cache was made or loaded: the handler's reply counts
+    # them, and the state does not keep them (the server sums the replies)
+    fallbacks: int = 0
 
     def fetch(
         self, client: CloudClient, users: Sequence[int], prefixes: Sequence[np.ndarray]
@@ -382,7 +384,6 @@ class ListCache:
                 "keys": Array(keys),
                 "items": Array(items),
                 "scores": Array(scores),
-                "fallbacks": Array(np.array([self.fallbacks])),
             }
         )
 
@@ -392,4 +393,4 @@ class ListCache:
             return cls()
         keys, items, scores = (record[name].numpy() for name in ("keys", "items", "scores"))
         lists = {(int(u), int(n)): (items[i], scores[i]) for i, (u, n) in enumerate(keys)}
-        return cls(lists, int(record["fallbacks"].numpy()[0]))
+        return cls(lists)
