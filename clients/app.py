@@ -188,12 +188,12 @@ def _personal(
 
 def _partition(context: Context) -> int:
     """The node's partition id: seeds derive from it, not from the node id, which a simulation draws anew per run."""
-    return int(context.node_config["partition-id"])
+    return int(context.node_config[records.PARTITION])
 
 
 def _num_partitions(context: Context) -> int:
     """How many partitions the node was told the fleet has (``num-partitions``; 0 is one user per node)."""
-    return int(context.node_config["num-partitions"])
+    return int(context.node_config[records.NUM_PARTITIONS])
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, SequentialRecommender]:

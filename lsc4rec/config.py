@@ -23,6 +23,11 @@ from lsc4rec.protocol import DEFAULT_PORT, MAX_K
 # Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
 # the fleet's validation pick one (strategies.budget).
 MEASURES = ("drift", "displacement", "kendall", "topk", "confidence")
+NORMALIZATIONS = (
+    "minmax",
+    "softmax",
+    "rank",
+)  # score normalisations before fusion (lsc4rec.ranking.normalize)
 # the signals read from the SRM's scores of the whole catalogue (clients.inference.catalogue_signals); the
 # others compare the LLM's and the SRM's orders of the list (lsc4rec.ranking.disagreement)
 CATALOGUE_SIGNALS = ("drift", "confidence")
@@ -303,9 +308,9 @@ class FederationConfig:
             self.measure,
         )
         _check(
-            self.norm in ("minmax", "softmax", "rank"),
+            self.norm in NORMALIZATIONS,
             "federation.norm",
-            "must be minmax|softmax|rank",
+            "must be " + "|".join(NORMALIZATIONS),
             self.norm,
         )
         _check(self.collab_weight >= 0, "federation.collab_weight", "must be >= 0", self.collab_weight)

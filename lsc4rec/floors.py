@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lsc4rec.data.split import TemporalSplit
+from lsc4rec.metrics import CUTOFFS
 from lsc4rec.scoring import evaluate_full
 
 
@@ -63,7 +64,7 @@ def reference_floors(
     split: TemporalSplit,
     max_len: int,
     users: np.ndarray | None = None,
-    cutoffs: tuple[int, ...] = (1, 5, 10, 20),
+    cutoffs: tuple[int, ...] = CUTOFFS,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Test metrics of both floors, fitted on the SRM training sequences, from both queries.
 

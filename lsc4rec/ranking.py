@@ -12,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES
+from lsc4rec.config import CATALOGUE_SIGNALS, MEASURES, NORMALIZATIONS
 from lsc4rec.metrics import target_ranks
-
-NORMALIZATIONS = ("minmax", "softmax", "rank")
 
 ArrayLike = torch.Tensor | np.ndarray
 

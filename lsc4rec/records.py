@@ -12,8 +12,8 @@ NODES = "nodes"  # 1 in every reply of a private run (federation.dp_noise): the 
 TRAIN_LOSS = "train-loss"  # mean local training loss of the last local epoch
 FALLBACKS = "cloud-fallbacks"  # lists the node could not get from the cloud this round
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
-PARTITION = "partition-id"  # query reply: the node's partition id (its users), for run-independent sampling
-NUM_PARTITIONS = "num-partitions"  # query reply: how many partitions the node was told the fleet has
+PARTITION = "partition-id"  # node config (Flower's name) and query reply: the node's partition id (its users)
+NUM_PARTITIONS = "num-partitions"  # node config (Flower's name) and query reply: partitions in the fleet
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round

@@ -15,7 +15,7 @@ import torch
 
 from lsc4rec.data.batching import left_pad
 from lsc4rec.data.split import Stage, TemporalSplit
-from lsc4rec.metrics import metrics_from_ranks, target_ranks
+from lsc4rec.metrics import CUTOFFS, metrics_from_ranks, target_ranks
 
 
 class Scorer(Protocol):
@@ -59,7 +59,7 @@ def evaluate_full(
     max_len: int,
     users: np.ndarray | None = None,
     side: Literal["device", "cloud"] = "device",
-    cutoffs: tuple[int, ...] = (1, 5, 10, 20),
+    cutoffs: tuple[int, ...] = CUTOFFS,
 ) -> dict[str, float]:
     """HR/NDCG/MRR of ``scorer`` on the ``stage`` target over the full catalogue, history excluded.
 
@@ -67,8 +67,7 @@ def evaluate_full(
     evaluation to those users (default: all).
     """
     users = np.arange(split.num_users) if users is None else users
-    view = split.device_view if side == "device" else split.cloud_view
     ranks = full_catalogue_ranks(
-        scorer, [view(u, stage) for u in users], split.targets(stage)[users], max_len
+        scorer, split.views(stage, side, users), split.targets(stage)[users], max_len
     )
     return metrics_from_ranks(ranks, cutoffs)

@@ -18,6 +18,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from lsc4rec import records
+
 SERVER_NODE_ID = 1
 FIRST_NODE_ID = 1000
 
@@ -40,7 +42,11 @@ class InProcessGrid(Grid):
             raise ValueError(f"node_ids must be {num_nodes} distinct ids, got {ids!r}.")
         self.contexts = {
             node: Context(
-                run_id, node, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), dict(run_config)
+                run_id,
+                node,
+                {records.PARTITION: i, records.NUM_PARTITIONS: num_nodes},
+                RecordDict(),
+                dict(run_config),
             )
             for i, node in enumerate(ids)
         }

@@ -32,6 +32,7 @@ from llm_cloud.processes import (
     start_service,
     stop_processes_with_env,
 )
+from lsc4rec import records
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import TLSFiles, make_loopback_tls, make_node_key
 from lsc4rec.data.partition import fleet_size
@@ -290,7 +291,7 @@ def supernodes(
                 "--port",
                 str(port),
                 "--node-config",
-                f"partition-id={partition} num-partitions={nodes}",
+                f"{records.PARTITION}={partition} {records.NUM_PARTITIONS}={nodes}",
             ]
             log = run_dir / f"supernode-{partition}.log"
             env = {"FLWR_HOME": str(home), **_flower_env(tls)}

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import get_norm
 
-from lsc4rec.records import NUM_EXAMPLES, reply_metrics
+from lsc4rec.records import ARRAYS, NUM_EXAMPLES, reply_metrics
 from strategies.wrapper import StrategyWrapper
 
 REJECTED_NONFINITE = "rejected-nonfinite"  # replies whose arrays hold NaN or inf
@@ -70,8 +70,8 @@ class UpdateGuard(StrategyWrapper):
         self,
         strategy: Strategy,
         max_update_norm: float | None = None,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
+        weighted_by_key: str = NUM_EXAMPLES,
+        arrayrecord_key: str = ARRAYS,
         extra_records: tuple[str, ...] = (),
         report_norms: bool = True,
     ) -> None:

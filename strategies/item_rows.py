@@ -27,7 +27,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from lsc4rec.records import reply_metrics
+from lsc4rec.records import ARRAYS, ITEM_COUNTS, NUM_EXAMPLES, reply_metrics
 from strategies.wrapper import StrategyWrapper
 
 
@@ -52,9 +52,9 @@ class ItemWeighting(StrategyWrapper):
         self,
         strategy: Strategy,
         rows_key: str = "item_embedding.weight",
-        counts_key: str = "item-counts",
-        arrayrecord_key: str = "arrays",
-        weighted_by_key: str = "num-examples",
+        counts_key: str = ITEM_COUNTS,
+        arrayrecord_key: str = ARRAYS,
+        weighted_by_key: str = NUM_EXAMPLES,
     ) -> None:
         super().__init__(strategy)
         self.rows_key = rows_key

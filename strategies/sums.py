@@ -21,7 +21,7 @@ OUTCOME_MARK = "-alphas"  # every StageOutcome in a record carries f"{prefix}-al
 TRAIN_COUNTS = (records.FALLBACKS, records.NUM_EXAMPLES)  # train metrics that are counts, summed over nodes
 
 
-def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = records.NUM_EXAMPLES) -> MetricRecord:
     """Flower's weighted mean of the train replies' metrics (the loss), but the fleet's sum of their counts.
 
     A mean of cloud fallbacks weighted by examples would report 1 for nodes that had 4 and 0. The mean is
@@ -39,7 +39,7 @@ def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-exa
     return merged
 
 
-def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = records.NUM_EXAMPLES) -> MetricRecord:
     """Sum every metric of ``replies`` (lists elementwise); merge StageOutcomes with ``StageOutcome.sum``.
 
     ``weighted_by_key`` is accepted for Flower's signature; sums need no weights.

@@ -47,9 +47,14 @@ def source_fingerprint(data: DataConfig) -> str | None:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def _prepared_dir(out_dir: str | Path | None) -> Path:
+    """Where prepared datasets live: ``out_dir``, else the cache's ``prepared/``."""
+    return Path(out_dir) if out_dir else cache_dir() / "prepared"
+
+
 def prepare(data: DataConfig, seed: int, out_dir: str | Path | None = None) -> tuple[SequenceDataset, Path]:
     """Read, filter and number ``data.dataset``, save it under ``out_dir`` (default: the cache) and return both."""
-    out = Path(out_dir) if out_dir else cache_dir() / "prepared"
+    out = _prepared_dir(out_dir)
     read = source_fingerprint(
         data
     )  # before the read: a file changed while it is read is prepared again next time
@@ -65,8 +70,7 @@ def load_or_prepare(data: DataConfig, seed: int, out_dir: str | Path | None = No
     A cached file is prepared again when the raw files changed since (an edited or replaced ratings file would
     otherwise go on being read as it was, with no sign), or when it is damaged and the raw files are there.
     """
-    out = Path(out_dir) if out_dir else cache_dir() / "prepared"
-    path = out / prepared_name(data, seed)
+    path = _prepared_dir(out_dir) / prepared_name(data, seed)
     if path.exists():
         now = source_fingerprint(data)
         try:
@@ -83,4 +87,4 @@ def load_or_prepare(data: DataConfig, seed: int, out_dir: str | Path | None = No
                 "preparing it again",
                 path,
             )
-    return prepare(data, seed, out)[0]
+    return prepare(data, seed, out_dir)[0]

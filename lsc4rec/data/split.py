@@ -19,6 +19,7 @@ Every view is a prefix of the user's sequence, so the split stores only the data
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,10 +101,12 @@ class TemporalSplit:
         """x_{n-2-ℓ}: the newest item of the cloud view at validation, held out for the LLM's early stopping."""
         return int(self.cloud_view(user, "valid")[-1])
 
-    def views(self, stage: Stage, side: Literal["device", "cloud"]) -> list[np.ndarray]:
-        """The ``side`` view of every user for ``stage``."""
+    def views(
+        self, stage: Stage, side: Literal["device", "cloud"], users: Iterable[int] | None = None
+    ) -> list[np.ndarray]:
+        """The ``side`` view for ``stage`` of each of ``users`` (default: every user)."""
         view = self.device_view if side == "device" else self.cloud_view
-        return [view(u, stage) for u in range(self.num_users)]
+        return [view(int(u), stage) for u in (range(self.num_users) if users is None else users)]
 
     def targets(self, stage: Stage) -> np.ndarray:
         return np.array([self.target(u, stage) for u in range(self.num_users)], dtype=np.int64)
