@@ -136,13 +136,9 @@ def adapt(
     calibrates the request gate and the evaluation after it adapt the same copy.
     """
     personal = copy.deepcopy(model)
-    if steps > 0 and any(len(s) >= 2 for s in sequences):
+    if steps > 0 and any(len(s) >= 2 for s in sequences):  # a step is one batch of all the sequences
         optimizer = torch.optim.Adam(personal.parameters(), lr=lr)
-        rng = np.random.default_rng(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for _ in range(steps):
-                train_epoch(personal, sequences, optimizer, len(sequences), rng)
+        local_train(personal, sequences, None, steps, len(sequences), optimizer, seed)
     personal.eval()
     return personal
 
