@@ -23,6 +23,10 @@ from lsc4rec.protocol import DEFAULT_PORT, MAX_K
 # Request signals a device can gate on (lsc4rec.ranking, clients.inference); "auto" evaluates them all and lets
 # the fleet's validation pick one (strategies.budget).
 MEASURES = ("drift", "displacement", "kendall", "topk", "confidence")
+# The server learning rate each strategy takes when ``federation.server_lr`` is 0: FedAdam's η (the value this
+# project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum; with no
+# momentum, plain FedAvg).
+SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 NORMALIZATIONS = (
     "minmax",
     "softmax",
@@ -201,8 +205,8 @@ class FederationConfig:
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedavgm (Flower's own strategies)
     proximal_mu: float = 0.0  # FedProx μ (used by fedprox; 0 disables the proximal term)
     # server learning rate: FedAdam's η, FedAvgM's step on the averaged update; 0 takes the strategy's usual
-    # value (server/app.py: 0.01 for FedAdam, 1.0 for FedAvgM, where 1.0 with no momentum is plain FedAvg);
-    # FedAdam's moments and FedAvgM's momentum live in server memory, so a resumed run starts them afresh
+    # value (SERVER_LR, see ``effective_server_lr``); FedAdam's moments and FedAvgM's momentum live in server
+    # memory, so a resumed run starts them afresh
     server_lr: float = 0.0
     server_momentum: float = 0.0  # FedAvgM's server momentum β
     max_update_norm: float = 0.0  # reject updates with ||w_node - w_global|| above this (0: no bound)
@@ -385,6 +389,11 @@ class FederationConfig:
         """The fusion weights α validation chooses from: 0, 1/steps, ..., 1 (as ``np.linspace`` spaces them)."""
         step = 1.0 / self.alpha_steps
         return (*(i * step for i in range(self.alpha_steps)), 1.0)
+
+    @property
+    def effective_server_lr(self) -> float:
+        """The server learning rate the strategy runs with: ``server_lr``, or the strategy's usual one when 0."""
+        return self.server_lr or SERVER_LR.get(self.strategy, 0.0)
 
     @property
     def measures(self) -> tuple[str, ...]:

@@ -70,9 +70,6 @@ from strategies.wrapper import StrategyWrapper
 
 app = ServerApp()
 
-# The server learning rate each strategy takes when ``federation.server_lr`` is 0: FedAdam's η (the value this
-# project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum).
-SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 DP_EPSILON = "dp-epsilon"  # metrics.jsonl: ε spent after the round (federation.dp_noise > 0)
 # The final gate's histogram: fine, so that τ's own bin, whose users request by coin flip, holds a user or two.
 FINAL_GATE_BINS = 1000
@@ -287,11 +284,12 @@ def flower_strategy(cfg: RunConfig) -> Strategy:
     }
     if fed.strategy == "fedprox":
         return FedProx(proximal_mu=fed.proximal_mu, **common)
-    server_lr = fed.server_lr or SERVER_LR.get(fed.strategy, 0.0)
     if fed.strategy == "fedadam":
-        return FedAdam(eta=server_lr, **common)
+        return FedAdam(eta=fed.effective_server_lr, **common)
     if fed.strategy == "fedavgm":
-        return FedAvgM(server_learning_rate=server_lr, server_momentum=fed.server_momentum, **common)
+        return FedAvgM(
+            server_learning_rate=fed.effective_server_lr, server_momentum=fed.server_momentum, **common
+        )
     return FedAvg(**common)
 
 
