@@ -55,7 +55,7 @@ def data_prepare(
     dataset: Annotated[
         str | None, typer.Option(help="ml-latest-small, beauty, toys, or a path (default: the config's).")
     ] = None,
-    kcore: Annotated[int | None, typer.Option(help="k-core filter (default 5).")] = None,
+    kcore: Annotated[int | None, typer.Option(help="k-core filter (default: the config's).")] = None,
     numbering: Annotated[str | None, typer.Option(help="random | sequential item numbering.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for the prepared .npz (default: the cache).")
@@ -231,7 +231,7 @@ def federate(
         saved = resume is not None and engine is None and (resume / LAUNCH_FILE).is_file()
         was = " (the resumed run used the transformers engine)" if saved else ""
         raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
-    summary = run_federation(cfg, launch.engine, launch.runtime, launch.vllm_eager)
+    summary = run_federation(cfg, launch)
     console.print(summary.read_text(), markup=False, highlight=False)  # markdown as written, no rich markup
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 

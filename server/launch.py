@@ -462,12 +462,10 @@ def _check_checkpoint_shapes(
         )
 
 
-def run_federation(
-    cfg: RunConfig, engine: str = "transformers", runtime: str = "simulation", eager: bool = False
-) -> Path:
-    """Run the whole pipeline of the module docstring; return ``summary.md`` (in the run folder).
+def run_federation(cfg: RunConfig, launch: Launch = Launch()) -> Path:
+    """Run the whole pipeline of the module docstring on ``launch``'s engine and runtime; return ``summary.md``.
 
-    ``runtime="deployment"`` runs the nodes as ``flower-supernode`` processes connected to a deployment
+    ``Launch(runtime="deployment")`` runs the nodes as ``flower-supernode`` processes connected to a deployment
     SuperLink, the commands edge boxes run (README), here all on 127.0.0.1; and since edge boxes talk over
     networks nobody trusts, every link of that runtime (SuperLink, supernodes, ``flwr run``, the candidate
     service) runs over TLS, with a CA made for the run (``tls/`` in the run folder).
@@ -481,7 +479,7 @@ def run_federation(
     split.check_trainable("SRM")
     split.check_trainable("LLM")
     nodes = fleet_size(cfg.federation.num_nodes, dataset.num_users)
-    if runtime == "deployment" and nodes > MAX_LOCAL_SUPERNODES:
+    if launch.runtime == "deployment" and nodes > MAX_LOCAL_SUPERNODES:
         raise ConfigError(
             "federation.num_nodes",
             f"with --runtime deployment each node is a flower-supernode process on this machine: at most "
@@ -489,9 +487,9 @@ def run_federation(
         )
     if (note := sampling_note(cfg, nodes)) is not None:
         print(f"==> note: {note}", flush=True)
-    if runtime == "simulation":
+    if launch.runtime == "simulation":
         check_node_state_fits(cfg, nodes, _srm_bytes(cfg, dataset.num_items), available_memory())
-    if engine == "vllm":
+    if launch.engine == "vllm":
         from llm_cloud.vllm_server import vllm_unavailable_reason
 
         if (reason := vllm_unavailable_reason()) is not None:
@@ -503,10 +501,12 @@ def run_federation(
     try:
         with _held(run_dir):
             checkpoint = llm_checkpoint(cfg)
-            tls = make_loopback_tls(run_dir / "tls") if runtime == "deployment" else None
-            with candidate_service(cfg, checkpoint, engine, run_dir, eager, tls) as service:
-                Launch(engine, runtime, eager).save(run_dir)  # what the federation runs on, once it can start
-                _federate(cfg, service.url, runtime, nodes, run_dir, tls)
+            tls = make_loopback_tls(run_dir / "tls") if launch.runtime == "deployment" else None
+            with candidate_service(
+                cfg, checkpoint, launch.engine, run_dir, launch.vllm_eager, tls
+            ) as service:
+                launch.save(run_dir)  # what the federation runs on, once it can start
+                _federate(cfg, service.url, launch.runtime, nodes, run_dir, tls)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (``run_main`` makes it a SystemExit)
         raise LSC4RecError(
             f"interrupted; every process it started is stopped.{resume_hint(run_dir)}"

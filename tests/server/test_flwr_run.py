@@ -14,7 +14,7 @@ from llm_cloud.processes import processes_with_env
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context
 from lsc4rec.protocol import API_KEY_ENV
-from server.launch import LAUNCH_FILE, run_federation
+from server.launch import LAUNCH_FILE, Launch, run_federation
 from server.report import ROUNDS_FILE
 
 
@@ -47,7 +47,7 @@ def test_flwr_run_writes_report_and_stops_its_processes(
             f"federation.run_dir={run_dir}",
         ]
     )
-    summary = run_federation(cfg, runtime=runtime)
+    summary = run_federation(cfg, Launch(runtime=runtime))
     assert summary == run_dir / "summary.md"
     # what --resume continues it with, beside its settings
     assert json.loads((run_dir / LAUNCH_FILE).read_text()) == {

@@ -155,7 +155,7 @@ def test_a_deployment_too_large_for_one_machine_fails_before_any_folder(
     """One user per node is 24 supernode processes here, above the bound: refused before training or folders."""
     cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}", "federation.num_nodes=0"])
     with pytest.raises(ConfigError, match=r"federation\.num_nodes: .* at most 16, got 24"):
-        run_federation(cfg, runtime="deployment")
+        run_federation(cfg, Launch(runtime="deployment"))
     assert not (tmp_path / "runs").exists()
 
 
@@ -201,7 +201,7 @@ def test_vllm_without_its_venv_fails_before_training_or_folders(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cfg = federation_config.override([f"out_dir={tmp_path / 'runs'}"])
     with pytest.raises(LSC4RecError, match="--engine vllm: "):
-        run_federation(cfg, engine="vllm")
+        run_federation(cfg, Launch(engine="vllm"))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "llm").exists()
 
 
