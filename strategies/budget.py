@@ -67,8 +67,8 @@ class RequestBudget(StrategyWrapper):
     ----------
     tau, measure
         The threshold and signal sent with the next messages.
-    realized_rates, measures_used
-        Fleet request rate by evaluate round, and the signal that round's gate read.
+    measures_used
+        The signal each evaluate round's gate read (its realized rate is the round's ``records.REALIZED_RATE``).
     calibration_users, calibration_rounds
         How many users' histograms ``tau`` was calibrated on, from how many evaluate rounds (0 before the first
         calibration), logged each round: with few users the budget's quantile is a rough estimate, so the next
@@ -101,7 +101,6 @@ class RequestBudget(StrategyWrapper):
         self.measures = tuple(measures)
         self.tau = initial_tau
         self.measure = initial_measure or self.measures[0]
-        self.realized_rates: dict[int, float] = {}
         self.measures_used: dict[int, str] = {}
         self.calibration_users = 0
         self.calibration_rounds = 0
@@ -159,7 +158,7 @@ class RequestBudget(StrategyWrapper):
         metrics[records.NEXT_TAU] = self.tau
         self.measures_used[server_round] = used_measure
         if users > 0:
-            self.realized_rates[server_round] = metrics[records.REALIZED_RATE] = requests / users
+            metrics[records.REALIZED_RATE] = requests / users
         log(
             INFO,
             "request budget: round %d, %s tau %.4f -> %s tau %.4f (on %d users of %d rounds), requests %d / %d",

@@ -11,7 +11,6 @@ a private run turns them off (``report_norms``), since the largest is one node's
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
@@ -59,11 +58,8 @@ class UpdateGuard(StrategyWrapper):
     report_norms
         Add the kept updates' median and largest norm to the round's train metrics.
 
-    Attributes
-    ----------
-    counts_by_round
-        Rejections by round and reason, and empty updates; the round's counts are also added to the train
-        MetricRecord, which is only the counts in a round where no reply was kept.
+    Each round's rejections by reason, and its empty updates, are added to its train MetricRecord, which holds
+    only these counts in a round where no reply was kept.
     """
 
     def __init__(
@@ -83,13 +79,7 @@ class UpdateGuard(StrategyWrapper):
         self.arrayrecord_key = arrayrecord_key
         self.extra_records = extra_records
         self.report_norms = report_norms
-        self.counts_by_round: dict[int, dict[str, int]] = {}
         self._global: dict[str, np.ndarray] = {}
-
-    @property
-    def rejected_total(self) -> Counter[str]:
-        """Rejections of the rounds this guard aggregated, by reason (summed over ``counts_by_round``)."""
-        return Counter({r: sum(counts[r] for counts in self.counts_by_round.values()) for r in REASONS})
 
     def summary(self) -> None:
         """Log the guard's settings, then the inner strategy's."""
@@ -133,7 +123,6 @@ class UpdateGuard(StrategyWrapper):
                 reply.metadata.src_node_id,
                 reason,
             )
-        self.counts_by_round[server_round] = counts
         if all(reply.has_error() for reply in kept):  # nothing left to aggregate: the model stays, counted
             return None, MetricRecord(counts)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)

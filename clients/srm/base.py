@@ -71,9 +71,7 @@ class SequentialRecommender(nn.Module, ABC):
         scores = self._score_catalogue(self._last_states(history))  # [B, N]
         return torch.cat([scores.new_full((scores.size(0), 1), float("-inf")), scores], dim=1)
 
-    def loss(
-        self, batch: dict[str, Tensor], negatives: Tensor | None = None, hard_weight: float = 1.0
-    ) -> Tensor:
+    def loss(self, batch: dict[str, Tensor], hard_weight: float = 1.0) -> Tensor:
         """Mean next-item loss over the non-padding targets of ``batch``.
 
         Parameters
@@ -84,10 +82,6 @@ class SequentialRecommender(nn.Module, ABC):
             the last position, e.g. the LLM's candidate list in collaborative training. A hard negative
             equal to the target is masked out. They add a second term: ce adds the listwise
             ``-log softmax([s_target, s_hard...])[0]``; bce adds ``-sum log sigmoid(-s_hard)``.
-        negatives
-            Pre-drawn negatives replacing the uniform draw (custom samplers, reproducible tests): ce takes
-            ``[M]`` shared by all positions (and then always uses the sampled softmax), bce takes
-            ``[B, T, n]``, one set per position.
         hard_weight
             Weight of the hard-negative term against the next-item loss (0 drops it). The term is a mean over
             the rows that hold a hard negative, so a row's weight does not depend on how many plain windows
@@ -108,16 +102,9 @@ class SequentialRecommender(nn.Module, ABC):
         positives = target[rows, cols]  # [P]
         states = self._position_states(history, rows, cols)
         if self.config.loss == "ce":
-            if negatives is not None and negatives.dim() != 1:
-                raise ValueError(f"negatives must be [M] for ce, got shape {tuple(negatives.shape)}.")
-            loss = self._cross_entropy(states, positives, negatives)
+            loss = self._cross_entropy(states, positives)
         else:
-            if negatives is None:
-                negatives = self._draw((rows.numel(), self.config.num_negatives or 1), history.device)
-            elif negatives.dim() == 3 and negatives.shape[:2] == target.shape:
-                negatives = negatives[rows, cols]  # [P, n]
-            else:
-                raise ValueError(f"negatives must be [B, T, n] for bce, got shape {tuple(negatives.shape)}.")
+            negatives = self._draw((rows.numel(), self.config.num_negatives or 1), history.device)
             loss = self._binary_cross_entropy(states, positives, negatives)
         hard = batch.get("hard_negatives")
         if hard is not None and hard_weight > 0:
@@ -152,12 +139,12 @@ class SequentialRecommender(nn.Module, ABC):
         """Uniform item ids in ``1..N``; uniform, so sampled softmax needs no log-Q correction term."""
         return torch.randint(1, self.num_items + 1, shape, device=device)
 
-    def _cross_entropy(self, states: Tensor, positives: Tensor, negatives: Tensor | None) -> Tensor:
+    def _cross_entropy(self, states: Tensor, positives: Tensor) -> Tensor:
+        """Softmax over the whole catalogue, or over the target and ``sampled`` uniform negatives shared by all."""
         sampled = self.config.num_negatives or self.default_ce_negatives
-        if negatives is None and sampled == 0:
+        if sampled == 0:
             return F.cross_entropy(self._score_catalogue(states), positives - 1)
-        if negatives is None:
-            negatives = self._draw((sampled,), positives.device)
+        negatives = self._draw((sampled,), positives.device)
         target_scores = self._score_states(states, positives[:, None])  # [P, 1]
         negative_scores = self._score_states(states, negatives)  # [P, M]
         negative_scores = negative_scores.masked_fill(negatives[None] == positives[:, None], float("-inf"))

@@ -147,7 +147,7 @@ def test_request_budget_reports_realized_rate_of_the_round() -> None:
     replies = [evaluate_reply(11, np.full(BINS, 1.0), 7, 1), evaluate_reply(12, np.full(BINS, 1.0), 3, 1)]
     metrics = strategy.aggregate_evaluate(3, replies)
     assert metrics[records.REALIZED_RATE] == pytest.approx(10 / 100) and metrics[records.REQUESTS] == 10
-    assert strategy.realized_rates == {3: pytest.approx(0.1)} and strategy.measures_used == {3: "drift"}
+    assert strategy.measures_used == {3: "drift"}
 
 
 def test_request_budget_switches_to_the_signal_that_wins_on_validation() -> None:
