@@ -7,7 +7,6 @@ users, optionally with the LLM's candidate lists as hard negatives: collaborativ
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from clients.srm import SequentialRecommender
 from lsc4rec.config import TrainConfig
 from lsc4rec.data.batching import left_pad, length_bucketed_batches, next_item_batch
 from lsc4rec.errors import check_loss
+from lsc4rec.stopping import EarlyStopping
 
 ValidFn = Callable[[SequentialRecommender], float]
 
@@ -169,9 +169,9 @@ def fit(
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(seed)
-    best, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
+    stop = EarlyStopping(config.patience, config.max_minutes)
+    best_state = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
-    started = time.perf_counter()
     bar = tqdm(
         range(1, config.epochs + 1), desc=f"train {model.config.model}", disable=not progress, unit="ep"
     )
@@ -179,19 +179,17 @@ def fit(
     for epoch in bar:
         loss = train_epoch(model, sequences, optimizer, config.batch_size, rng)
         check_loss(loss, "train", config.lr, epoch)
-        record = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
+        record = {"epoch": epoch, "loss": loss, "seconds": stop.seconds}
         if epoch % config.eval_every == 0:
             record["valid_ndcg@10"] = score = valid_fn(model)
-            if score > best:
-                best, best_epoch, stale = score, epoch, 0
+            if stop.update(score, epoch):
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-            bar.set_postfix(loss=f"{loss:.4f}", valid=f"{score:.4f}", best=f"{best:.4f}@{best_epoch}")
+            bar.set_postfix(
+                loss=f"{loss:.4f}", valid=f"{score:.4f}", best=f"{stop.best:.4f}@{stop.best_epoch}"
+            )
         history.append(record)
-        out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
-        if stale >= config.patience or out_of_time:
+        if stop.done:
             break
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(float(best), best_epoch, epoch, time.perf_counter() - started, history)
+    return FitResult(float(stop.best), stop.best_epoch, epoch, stop.seconds, history)

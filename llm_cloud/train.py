@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,7 @@ from lsc4rec.data.batching import length_bucketed_batches
 from lsc4rec.errors import LSC4RecError, check_loss
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
 from lsc4rec.runs import seed_everything
+from lsc4rec.stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 TRAIN_LOG_FILE = "train_log.jsonl"
@@ -82,7 +82,7 @@ def train_llm(
     What is saved is the best epoch's weights, or the average of the last ``llm.average_epochs`` epochs' weights
     where validation prefers it, continued by ``llm.refit_epochs`` when set (see the module docstring).
     """
-    started = time.monotonic()
+    stop = EarlyStopping(config.llm.patience, config.llm.max_minutes)  # its clock starts with the training
     seed_everything(config.seed)
     llm = config.llm
     split = TemporalSplit(dataset, config.data.lag)
@@ -99,27 +99,22 @@ def train_llm(
     rng = np.random.default_rng(config.seed)
     window = llm.target_window or config.data.lag + 1
     log.info("each position learns its next %d items (llm.target_window)", window)
-    best, best_state, best_epoch, stale, epochs = -1.0, None, 0, 0, []
+    best_state, epochs = None, []
     recent: deque[dict[str, torch.Tensor]] = deque(maxlen=llm.average_epochs)  # the last epochs' weights
     for epoch in range(1, llm.epochs + 1):
         loss = _train_epoch(lm, examples, optimizer, llm, window, rng, progress, epoch)
         check_loss(loss, "llm", llm.lr, epoch)
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
-        epochs.append(
-            {"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": time.monotonic() - started}
-        )
+        epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": stop.seconds})
         log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f", epoch, loss, valid)
-        state = copy.deepcopy(lm.model.state_dict()) if llm.average_epochs or valid > best else None
+        state = copy.deepcopy(lm.model.state_dict()) if llm.average_epochs or valid > stop.best else None
         if llm.average_epochs:
             recent.append(state)
-        if valid > best:
-            best, best_epoch, best_state, stale = valid, epoch, state, 0
-        else:
-            stale += 1
-        out_of_time = llm.max_minutes > 0 and time.monotonic() - started > 60 * llm.max_minutes
-        if stale >= llm.patience or out_of_time:
+        if stop.update(valid, epoch):
+            best_state = state
+        if stop.done:
             break
-    averaged = 0
+    best, averaged = stop.best, 0
     if len(recent) > 1:
         lm.model.load_state_dict(_average_states(recent))
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
@@ -135,10 +130,10 @@ def train_llm(
         for refit in range(1, llm.refit_epochs + 1):
             loss = _train_epoch(lm, seen, optimizer, llm, window, rng, progress, f"refit {refit}")
             check_loss(loss, "llm", llm.lr, f"refit {refit}")
-            epochs.append({"refit": refit, "loss": loss, "seconds": time.monotonic() - started})
+            epochs.append({"refit": refit, "loss": loss, "seconds": stop.seconds})
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
-    result = TrainResult(str(out), best_epoch, best, time.monotonic() - started, window, averaged, epochs)
+    result = TrainResult(str(out), stop.best_epoch, best, stop.seconds, window, averaged, epochs)
     target = Path(out).resolve()  # a link's folder is written, not the link replaced
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")  # trainings may overlap
     try:
