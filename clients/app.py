@@ -1,7 +1,7 @@
 """The Flower ClientApp: one node (a device, or an edge box of several users) of the federation.
 
 ``train``: collaborative training of the global SRM on the node's private sequences, with the cloud's lists as
-hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (rerank,
+hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (srm_list_scores,
 fuse, gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``). Two queries: the node's
 partition (the server orders and checks the fleet by it), and ``signals``, the label-free histogram the server
 calibrates the final gate on.
@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients.cloud import CandidateLists, CloudClient, ListCache
-from clients.inference import collaborative_inference, request_signals, reranked
+from clients.inference import collaborative_inference, request_signals, served_list
 from clients.node import NodeData, load_node
 from clients.srm import SequentialRecommender, build_srm
 from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
@@ -130,7 +130,7 @@ def signals(msg: Message, context: Context) -> Message:
     personal = _personal(cfg, node, model, "test", context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
-    held = reranked(
+    held = served_list(
         personal, device, torch.from_numpy(stale.items), torch.from_numpy(stale.scores), cfg.srm.max_len
     )
     score = request_signals(personal, device, cloud, held, (measure,), cfg.srm.max_len)[measure]

@@ -76,7 +76,7 @@ def _eval_batches(
         model.train(was_training)
 
 
-def rerank(
+def srm_list_scores(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
     items: torch.Tensor,
@@ -173,7 +173,7 @@ def gate(scores: np.ndarray, tau: float, bin_edges: np.ndarray, rng: np.random.G
     return rng.random(chance.shape) < chance
 
 
-def reranked(
+def served_list(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
     items: torch.Tensor,
@@ -182,7 +182,7 @@ def reranked(
 ) -> ScoredList:
     """A cloud list [B, K] as the device serves it: consumed items dropped (:func:`drop_seen`), SRM-scored."""
     items, llm_scores = drop_seen(items, llm_scores, histories)
-    return ScoredList(items, llm_scores, rerank(model, histories, items, max_len))
+    return ScoredList(items, llm_scores, srm_list_scores(model, histories, items, max_len))
 
 
 def request_signals(
@@ -272,8 +272,8 @@ def collaborative_inference(
     edges = signal_bin_edges(bins)  # [bins + 1]
     gate_edges = signal_bin_edges(gate_bins or bins)
     lists = {
-        "stale": reranked(model, histories, stale_items, stale_scores, max_len),
-        "fresh": reranked(model, histories, fresh_items, fresh_scores, max_len),
+        "stale": served_list(model, histories, stale_items, stale_scores, max_len),
+        "fresh": served_list(model, histories, fresh_items, fresh_scores, max_len),
     }
     ranks = {  # [A, B] rank of each user's target in the fused ranking of each list
         name: np.stack([scored_list_ranks(fuse(llm, srm, a, norm), items, targets).numpy() for a in alphas])

@@ -14,7 +14,7 @@ from clients.inference import (
     collaborative_inference,
     drop_seen,
     gate,
-    rerank,
+    srm_list_scores,
 )
 from clients.node import load_node
 from clients.srm import SequentialRecommender, SRMConfig, build_srm
@@ -118,7 +118,7 @@ def test_drop_seen_pads_history_items_in_place() -> None:
 def test_rerank_scores_real_slots_masks_padding_and_restores_mode(model: SequentialRecommender) -> None:
     items = torch.tensor([[5, 0, 7], [9, 10, 0]])
     model.train()
-    scores = rerank(model, [np.array([1, 2]), np.array([3])], items, MAX_LEN)
+    scores = srm_list_scores(model, [np.array([1, 2]), np.array([3])], items, MAX_LEN)
     assert model.training
     assert torch.isinf(scores[0, 1]) and torch.isinf(scores[1, 2]) and torch.isfinite(scores[0, [0, 2]]).all()
     model.eval()
@@ -170,7 +170,7 @@ def test_collaborative_inference_fuses_with_the_configured_normalisation(
         [torch.full((4, 1), -0.1), -5.0 - 0.01 * torch.arange(K - 1.0).expand(4, K - 1)], dim=1
     )
     kept, llm = drop_seen(items, scores, histories())
-    srm = rerank(model, histories(), kept, MAX_LEN)
+    srm = srm_list_scores(model, histories(), kept, MAX_LEN)
     tops = {
         norm: kept.gather(1, fuse(llm, srm, 0.5, norm).argmax(dim=1, keepdim=True))[:, 0].numpy()
         for norm in ("rank", "minmax")
@@ -204,7 +204,7 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
         "displacement"
     ]
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
-    score = disagreement(kept_scores, rerank(model, histories(), kept_items, MAX_LEN)).numpy()
+    score = disagreement(kept_scores, srm_list_scores(model, histories(), kept_items, MAX_LEN)).numpy()
     assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()
     assert outcome.requests == int((score >= 0.25).sum())  # τ on an edge: the bins above it request
     np.testing.assert_allclose(outcome.bin_stale_ndcg.sum(1), outcome.stale_ndcg)
@@ -343,7 +343,7 @@ def test_a_list_the_cloud_never_delivered_ranks_in_the_srms_order_at_every_alpha
     personal = build_srm(cfg.srm, node.num_items).eval()  # as adaptive re-training leaves it
     stale = _stale_lists(cfg, node, ListCache(), personal, device, cloud)
     assert stale.missing.all()
-    srm = rerank(personal, device, torch.from_numpy(stale.items), cfg.srm.max_len)
+    srm = srm_list_scores(personal, device, torch.from_numpy(stale.items), cfg.srm.max_len)
     in_list_order = torch.arange(stale.items.shape[1]).expand(len(device), -1)
     for alpha in (0.0, 0.5, 1.0):
         fused = fuse(torch.from_numpy(stale.scores), srm, alpha)
