@@ -165,6 +165,27 @@ def main(grid: Grid, context: Context) -> None:
             arrays = result.arrays
         else:
             log(WARNING, "no round aggregated an update; the final evaluation uses the starting model")
+    summary = _final_report(grid, arrays, cfg, split, nodes, strategy, privacy, run_dir, started)
+    log(INFO, "report written: %s", summary)
+
+
+def _final_report(
+    grid: Grid,
+    arrays: ArrayRecord,
+    cfg: RunConfig,
+    split: TemporalSplit,
+    nodes: int,
+    strategy: RequestBudget,
+    privacy: FleetPrivacy | None,
+    run_dir: Path,
+    started: float,
+) -> Path:
+    """The final evaluation of ``arrays`` over every node, under a gate calibrated afresh, and the run report.
+
+    The request signal is chosen on validation, as α is; the floors cover the users the final evaluation
+    reached. Returns ``summary.md``.
+    """
+    fed = cfg.federation
     gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
     final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
@@ -201,8 +222,7 @@ def main(grid: Grid, context: Context) -> None:
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
     figures[SIGNAL_HISTOGRAMS] = {m: test[m].bin_count.tolist() for m in fed.measures}
-    summary = write_report(run_dir, figures, rounds, _protocol(cfg, nodes))
-    log(INFO, "report written: %s", summary)
+    return write_report(run_dir, figures, rounds, _protocol(cfg, nodes))
 
 
 def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> Checkpoint:
