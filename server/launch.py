@@ -399,28 +399,12 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     )
 
 
-def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None) -> None:
-    """A resumed run must train the SRM its checkpoints hold, on the same data, fleet and LLM.
+def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
+    """A resumed run keeps the data, SRM, LLM, seed and fleet its ``config.json`` says it was trained with.
 
-    Another LLM would serve other lists than the rounds before calibrated τ and α on, another fleet size other
-    partitions than the restored node sampler describes; and config.json, which the ServerApp writes again,
-    would no longer say what the earlier rounds ran with.
-
-    What the ServerApp reads when it resumes is read here first (the newest checkpoint whole, the rounds' lines),
-    so that a damaged file ends in one line naming it before anything starts, not minutes into the run.
+    Checked before anything else (the data's preparation, the memory check, the checkpoint's shapes), so that
+    a changed setting is named as such, not as the symptom it would cause further on.
     """
-    newest = latest_checkpoint(run_dir)
-    if newest is not None and cfg.federation.rounds < newest.round:
-        raise ConfigError(
-            "federation.rounds",
-            f"is {cfg.federation.rounds}, below round {newest.round} that {run_dir} has checkpointed. Pass "
-            f"--rounds {newest.round} or more (as many finishes with the final evaluation alone).",
-        )
-    if newest is not None and num_items is not None:
-        _check_checkpoint_shapes(cfg, newest.arrays.to_torch_state_dict(), num_items, run_dir)
-    read_rounds(run_dir)
-    if cfg.federation.private:  # as the ServerApp, which reads it in private runs only
-        read_ledger(run_dir)
     saved_file = run_dir / "config.json"  # the ServerApp writes it before the first round
     if not saved_file.is_file():
         return
@@ -439,6 +423,31 @@ def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None
             f"must continue the run with its own settings, but {run_dir} was trained with {key}={saved.get(key)!r} "
             f"and this run sets {now[key]!r}. Drop that change, or start a new run without resume.",
         )
+
+
+def _check_resumable(cfg: RunConfig, run_dir: Path, num_items: int | None = None) -> None:
+    """A resumed run must train the SRM its checkpoints hold, on the same data, fleet and LLM.
+
+    Another LLM would serve other lists than the rounds before calibrated τ and α on, another fleet size other
+    partitions than the restored node sampler describes; and config.json, which the ServerApp writes again,
+    would no longer say what the earlier rounds ran with.
+
+    What the ServerApp reads when it resumes is read here first (the newest checkpoint whole, the rounds' lines),
+    so that a damaged file ends in one line naming it before anything starts, not minutes into the run.
+    """
+    _check_same_settings(cfg, run_dir)
+    newest = latest_checkpoint(run_dir)
+    if newest is not None and cfg.federation.rounds < newest.round:
+        raise ConfigError(
+            "federation.rounds",
+            f"is {cfg.federation.rounds}, below round {newest.round} that {run_dir} has checkpointed. Pass "
+            f"--rounds {newest.round} or more (as many finishes with the final evaluation alone).",
+        )
+    if newest is not None and num_items is not None:
+        _check_checkpoint_shapes(cfg, newest.arrays.to_torch_state_dict(), num_items, run_dir)
+    read_rounds(run_dir)
+    if cfg.federation.private:  # as the ServerApp, which reads it in private runs only
+        read_ledger(run_dir)
 
 
 def _check_checkpoint_shapes(
@@ -474,6 +483,8 @@ def run_federation(cfg: RunConfig, launch: Launch = Launch()) -> Path:
     venv, the run folder), so that bad settings end in one line before minutes of LLM training, and leave no
     empty folder; a training that fails or is interrupted removes the new run's folder while it is still empty.
     """
+    if cfg.federation.resume and cfg.federation.run_dir:  # a changed setting, named before its symptoms
+        _check_same_settings(cfg, Path(cfg.federation.run_dir))
     dataset = load_or_prepare(cfg.data, cfg.seed)
     split = TemporalSplit(dataset, cfg.data.lag)
     split.check_trainable("SRM")

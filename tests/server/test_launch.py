@@ -304,6 +304,20 @@ def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfi
             run_folder(resumed.override([change]))
 
 
+def test_a_resume_names_a_changed_setting_before_its_symptoms(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    """Another dataset or SRM is named as the change it is, not as missing data or a checkpoint of other shapes."""
+    done = _with_checkpoint(tmp_path / "done")
+    federation_config.save(done / "config.json")
+    resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
+    elsewhere = tmp_path / "no-such-data"  # preparing it first would fail on the data, not on the change
+    with pytest.raises(ConfigError, match=r"trained with data\.dataset=.* this run sets .*no-such-data"):
+        run_federation(resumed.override([f"data.dataset={elsewhere}"]))
+    with pytest.raises(ConfigError, match=r"trained with srm\.model='sasrec' and this run sets 'gru4rec'"):
+        run_folder(resumed.override(["srm.model=gru4rec"]), num_items=40)  # not its shapes
+
+
 def test_resume_reads_what_the_server_will_read_before_anything_starts(
     federation_config: RunConfig, tmp_path: Path
 ) -> None:
