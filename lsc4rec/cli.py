@@ -154,8 +154,8 @@ def federate(
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run in this folder from its newest checkpoint, with the settings, engine and "
-            "runtime it started with (other options and --set still apply, e.g. more --rounds)."
+            help="Continue the run in this folder from its newest checkpoint, with its settings and the engine "
+            "and runtime it last ran on (other options and --set still apply, e.g. more --rounds)."
         ),
     ] = None,
     data_dir: DataDirOpt = None,

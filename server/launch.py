@@ -639,6 +639,20 @@ def resume_hint(run_dir: Path) -> str:
     return f" Round {max(done)} is checkpointed: ./run_federation.sh --resume {run_dir} continues from there."
 
 
+def _rounds_ahead(cfg: RunConfig, run_dir: Path) -> str:
+    """The rounds this launch runs, in words: a resumed run's are not Flower's ``[ROUND 1/N]`` numbers."""
+    total = cfg.federation.rounds
+    done = max(complete_checkpoints(run_dir), default=0) if cfg.federation.resume else 0
+    if done == 0:
+        return f"{total} round{'s' if total != 1 else ''}"
+    if done >= total:
+        return f"all {total} rounds done: the final evaluation alone"
+    return (
+        f"rounds {done + 1} to {total} of {total}, resumed after round {done} "
+        f"(Flower counts them from 1, the report by the run's numbers)"
+    )
+
+
 def _federate(
     cfg: RunConfig, service_url: str, runtime: str, nodes: int, run_dir: Path, tls: TLSFiles | None
 ) -> None:
@@ -653,7 +667,7 @@ def _federate(
         run_config = run_dir / "run_config.toml"
         run_config.write_text(_toml(cfg.to_flat()))
         print(
-            f"==> federation: {nodes} supernodes, {cfg.federation.rounds} rounds (Flower {runtime}"
+            f"==> federation: {nodes} supernodes, {_rounds_ahead(cfg, run_dir)} (Flower {runtime}"
             f"{', every link over TLS with the CA ' + str(tls.ca) if tls else ''})",
             flush=True,
         )

@@ -44,6 +44,7 @@ from server.launch import (
     supernodes,
 )
 from server.launch import _held as held_for_this_launch
+from server.launch import _rounds_ahead as rounds_ahead
 from server.launch import _toml as run_config_toml
 from tests.conftest import run_module
 
@@ -316,6 +317,18 @@ def test_a_resume_names_a_changed_setting_before_its_symptoms(
         run_federation(resumed.override([f"data.dataset={elsewhere}"]))
     with pytest.raises(ConfigError, match=r"trained with srm\.model='sasrec' and this run sets 'gru4rec'"):
         run_folder(resumed.override(["srm.model=gru4rec"]), num_items=40)  # not its shapes
+
+
+def test_a_resumed_launch_says_which_of_the_runs_rounds_it_runs(
+    federation_config: RunConfig, tmp_path: Path
+) -> None:
+    done = _with_checkpoint(tmp_path / "done", server_round=3)
+    resumed = federation_config.override(["federation.resume=true", "federation.rounds=5"])
+    assert rounds_ahead(resumed, done).startswith("rounds 4 to 5 of 5, resumed after round 3")
+    assert rounds_ahead(resumed.override(["federation.rounds=3"]), done).endswith(
+        "the final evaluation alone"
+    )
+    assert rounds_ahead(federation_config.override(["federation.rounds=1"]), tmp_path) == "1 round"
 
 
 def test_resume_reads_what_the_server_will_read_before_anything_starts(
