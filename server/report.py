@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from lsc4rec import records
 from lsc4rec.errors import DataFormatError
@@ -307,30 +308,32 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
     """Validation NDCG@10 per round, and beside it the live gate's request rate per round against the budget."""
     points = [(r["round"], r["valid-fused-ndcg@10"]) for r in rounds if "valid-fused-ndcg@10" in r]
     rates = [(r["round"], r[records.REALIZED_RATE]) for r in rounds if records.REALIZED_RATE in r]
-    fig, (ax, gate) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, gate) = plt.subplots(1, 2, figsize=(11, 4.8))
     if points:
         ax.plot(*zip(*points, strict=True), marker="o")
     ax.set(
         xlabel="round",
-        ylabel="validation NDCG@10 (fused at its best α, sampled nodes)",
-        title="Validation per round",
+        ylabel="validation NDCG@10",
+        title="Validation per round\n(fused at its best α, sampled nodes)",
     )
     ax.grid(alpha=0.3)
     if rates:
         gate.plot(*zip(*rates, strict=True), marker="o", label="sampled nodes, τ set the round before")
     last = max((r["round"] for r in rounds), default=0)
-    gate.plot(
-        [last + 1],
+    gate.plot(  # at the last round: the final evaluation serves its model, with no round of its own
+        [last],
         [figures["live gate realized request rate"]],
         marker="*",
         markersize=12,
         linestyle="none",
-        label="final evaluation, τ from the final model",
+        label=f"final evaluation after round {last}, τ from the final model",
     )
     gate.axhline(budget, color="grey", linestyle="--", label=f"budget {budget:g}")
     gate.set(xlabel="round", ylabel="share of users requesting", title="The live gate's request rate")
     gate.grid(alpha=0.3)
-    gate.legend(fontsize="small")
+    for axes in (ax, gate):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds, never 1.2
+    gate.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))  # under it: no point hidden
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
