@@ -22,6 +22,7 @@ REQUESTS = "requests"
 USERS = "users"  # node metric: users evaluated (the histogram's total)
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
 NEXT_TAU = "next-request-tau"  # metric: the tau calibrated from this round, sent with the next one
+NEXT_MEASURE = "next-request-signal"  # metrics.jsonl: the signal NEXT_TAU is a threshold of (auto may switch)
 SIGNALS_ACTION = "signals"  # the query ("query.signals") for one request signal's test-time histogram
 SIGNAL_COUNTS = "signal-bin-count"  # its reply: users per signal bin (GATE_BINS of them), label-free
 GATE_BINS = (

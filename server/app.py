@@ -393,7 +393,11 @@ def _after_round(
         if server_round > 0:
             run_round = recorded.offset + server_round
             record = _round_record(
-                run_round, recorded.train, recorded.evaluate, budget.measures_used.get(run_round, "")
+                run_round,
+                recorded.train,
+                recorded.evaluate,
+                budget.measures_used.get(run_round, ""),
+                budget.measure,  # the hook runs last in the round: the signal the next round gates on
             )
             if privacy is not None:
                 record[DP_EPSILON] = privacy.epsilon
@@ -405,9 +409,17 @@ def _after_round(
 
 
 def _round_record(
-    server_round: int, train: MetricRecord | None, evaluation: MetricRecord | None, measure: str
+    server_round: int,
+    train: MetricRecord | None,
+    evaluation: MetricRecord | None,
+    measure: str,
+    next_measure: str,
 ) -> dict[str, Any]:
-    """One JSON line: training and (summed) validation figures, the gate (signal, τ), its realized rate."""
+    """One JSON line: training and (summed) validation figures, the gate and its realized rate, the next gate.
+
+    The gate is the round's signal and τ; the next is the signal and τ calibrated from this round (with
+    ``auto`` the signal may change from round to round, and a τ means nothing without its signal).
+    """
     record: dict[str, Any] = {
         "round": server_round,
         **{k if k.startswith("train-") else f"train-{k}": v for k, v in (train or {}).items()},
@@ -419,6 +431,8 @@ def _round_record(
         for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
             if key in evaluation:
                 record[key] = evaluation[key]
+        if records.NEXT_TAU in record:
+            record[records.NEXT_MEASURE] = next_measure
         # label-free, so the gate's calibration can be replayed from the run (benchmarks/gate_window.py)
         record[SIGNAL_HISTOGRAMS] = {
             m: outcome.bin_count.tolist() for m, outcome in _outcomes(evaluation, "test").items()

@@ -333,7 +333,8 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
     gate.grid(alpha=0.3)
     for axes in (ax, gate):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds, never 1.2
-    gate.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))  # under it: no point hidden
+    # under the plot, where it hides no point
+    gate.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Iterable
@@ -134,6 +135,11 @@ def test_federation_trains_checkpoints_and_reports(
     assert sum(fine[own + 1 :]) <= requested <= sum(fine[own:])
     # the τ the rounds had calibrated (on samples, under earlier models) is kept beside it, with its rate here
     assert final["tau of the last round"] == pytest.approx(history[-1]["next-request-tau"])
+    # each round names the signal its next τ is a threshold of: the one the next round gates on
+    assert all(
+        now["next-request-signal"] == then["request-signal"] for now, then in itertools.pairwise(history)
+    )
+    assert history[-1]["next-request-signal"] == final["live gate signal"]
     share = requested_share(signal_bin_edges(fed.bins), final["tau of the last round"])
     live = final[SIGNAL_HISTOGRAMS][signal]
     assert final["expected rate of the last round's tau"] == pytest.approx(float(share @ live) / 24)
