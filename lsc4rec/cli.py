@@ -13,10 +13,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from lsc4rec.config import FederationConfig, RunConfig, TrainConfig, load_config, override_pairs
 from lsc4rec.errors import ConfigError, run_main
+from lsc4rec.tables import print_table
 
 app = typer.Typer(
     help="LSC4Rec: a cloud LLM and federated small recommendation models.",
@@ -27,7 +29,7 @@ data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
 srm_app = typer.Typer(help="Small recommendation models (centralized baseline).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(srm_app, name="srm")
-console = Console(soft_wrap=True)  # long paths and the summary's table rows stay on one line each
+console = Console(soft_wrap=True)  # long paths stay on one line each
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with run settings.")]
 SetOpt = Annotated[
@@ -232,7 +234,7 @@ def federate(
         was = " (the resumed run used the transformers engine)" if saved else ""
         raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
     summary = run_federation(cfg, launch)
-    console.print(summary.read_text(), markup=False, highlight=False)  # markdown as written, no rich markup
+    print_table(Markdown(summary.read_text()))  # its tables aligned, as a terminal shows them
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 
 

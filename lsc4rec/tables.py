@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from lsc4rec.runs import output_path, write_json
@@ -63,8 +63,8 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-def print_table(table: Table | str) -> None:
-    """Print ``table`` (or a line of text) at the terminal's width; piped or redirected, 200 columns wide.
+def print_table(table: RenderableType) -> None:
+    """Print ``table`` (or any rich renderable) at the terminal's width; piped or redirected, 200 columns wide.
 
     Rich would otherwise squeeze a redirected table's columns into 80 characters, cutting numbers short.
     """
