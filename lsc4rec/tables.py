@@ -66,9 +66,16 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 def print_table(table: RenderableType) -> None:
     """Print ``table`` (or any rich renderable) at the terminal's width; piped or redirected, 200 columns wide.
 
-    Rich would otherwise squeeze a redirected table's columns into 80 characters, cutting numbers short.
+    Rich would otherwise squeeze a redirected table's columns into 80 characters, cutting numbers short. In a log
+    file the lines lose the padding rich adds to reach that width.
     """
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if sys.stdout.isatty():
+        Console().print(table)
+        return
+    console = Console(width=200)
+    with console.capture() as captured:
+        console.print(table)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()), flush=True)
 
 
 def report(

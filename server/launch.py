@@ -376,7 +376,7 @@ def _outside_the_app(folder: Path, key: str) -> None:
         raise ConfigError(
             key,
             f"must be outside this checkout or below a folder named runs/ in it (which .gitignore leaves out "
-            f"of the app flwr run ships), got {folder}.",
+            f"of the app flwr run ships), got {str(folder)!r}.",
         )
 
 

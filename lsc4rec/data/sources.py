@@ -89,7 +89,8 @@ def _download_movielens(target: Path) -> None:
         raise DataFormatError(
             target,
             f"MovieLens latest-small is not here and could not be downloaded ({exc}). "
-            f"Unzip {MOVIELENS_URL} into this folder, or set LSC4REC_DATA_DIR.",
+            f"Unzip {MOVIELENS_URL} into this folder, or point --data-dir / LSC4REC_DATA_DIR at the folder "
+            "that holds ml-latest-small/.",
         ) from None
     try:
         # ratings.csv last: its presence is what says the download is complete (read_dataset)
