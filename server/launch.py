@@ -647,10 +647,8 @@ def _rounds_ahead(cfg: RunConfig, run_dir: Path) -> str:
         return f"{total} round{'s' if total != 1 else ''}"
     if done >= total:
         return f"all {total} rounds done: the final evaluation alone"
-    return (
-        f"rounds {done + 1} to {total} of {total}, resumed after round {done} "
-        f"(Flower counts them from 1, the report by the run's numbers)"
-    )
+    span = f"round {total}" if done + 1 == total else f"rounds {done + 1} to {total}"
+    return f"{span} of {total}, resumed after round {done}; Flower's [ROUND n/m] lines count from 1"
 
 
 def _federate(
@@ -667,8 +665,8 @@ def _federate(
         run_config = run_dir / "run_config.toml"
         run_config.write_text(_toml(cfg.to_flat()))
         print(
-            f"==> federation: {nodes} supernodes, {_rounds_ahead(cfg, run_dir)} (Flower {runtime}"
-            f"{', every link over TLS with the CA ' + str(tls.ca) if tls else ''})",
+            f"==> federation (Flower {runtime}{', every link over TLS with the CA ' + str(tls.ca) if tls else ''}): "
+            f"{nodes} supernodes, {_rounds_ahead(cfg, run_dir)}",
             flush=True,
         )
         command = [_flower_bin("flwr"), "run", str(REPO_ROOT), FEDERATION, "--stream"]

@@ -325,6 +325,7 @@ def test_a_resumed_launch_says_which_of_the_runs_rounds_it_runs(
     done = _with_checkpoint(tmp_path / "done", server_round=3)
     resumed = federation_config.override(["federation.resume=true", "federation.rounds=5"])
     assert rounds_ahead(resumed, done).startswith("rounds 4 to 5 of 5, resumed after round 3")
+    assert rounds_ahead(resumed.override(["federation.rounds=4"]), done).startswith("round 4 of 4, resumed")
     assert rounds_ahead(resumed.override(["federation.rounds=3"]), done).endswith(
         "the final evaluation alone"
     )
