@@ -199,7 +199,7 @@ def federate(
 
     for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
         if value is not None and value not in choices:
-            raise typer.BadParameter(f"must be one of {'|'.join(choices)}, got {value!r}.", param_hint=option)
+            raise ConfigError(option, f"must be one of {'|'.join(choices)}, got {value!r}.")
     for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
         if value is not None and str(value).startswith("--"):  # `--out --nodes 3`: the value was forgotten
             raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
@@ -238,9 +238,7 @@ def federate(
                 "devices train with federation.local_lr, local_epochs and local_batch_size.",
             )
     elif config is not None:
-        raise typer.BadParameter(
-            "a resumed run keeps its own settings; drop --config.", param_hint="--resume"
-        )
+        raise ConfigError("--resume", "keeps the run's own settings: drop --config (--set still applies).")
     else:  # the run's own config.json holds the service its first launch started: not the user's choice
         fixed = sorted(set_keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
             ["--out"] if out else []

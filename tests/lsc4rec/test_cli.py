@@ -110,12 +110,17 @@ def test_cli_out_of_range_options_are_usage_errors() -> None:
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--k", "0"], "'--k'"),
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
         (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
-        (["federate", "--runtime", "cluster"], "--runtime"),
-        (["federate", "--resume", "runs/x", "--config", "c.toml"], "--resume"),
     ):
         done = lsc4rec(*args)
         assert done.returncode == 2 and "Invalid value for" in done.stderr and option in done.stderr
         assert "Traceback" not in done.stderr
+    # the federation's own checks answer in the one line every other setting error takes
+    for args, line in (
+        (["federate", "--runtime", "cluster"], "error: --runtime: must be one of simulation|deployment"),
+        (["federate", "--resume", "runs/x", "--config", "c.toml"], "error: --resume: keeps the run's own"),
+    ):
+        done = lsc4rec(*args)
+        assert done.returncode == 2 and done.stderr.startswith(line) and len(done.stderr.splitlines()) == 1
 
 
 def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None:
