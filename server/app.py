@@ -519,6 +519,7 @@ def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, w
             fleet,
         )
     messages = [Message(content, dst_node_id=node, message_type=message_type) for node in connected]
+    log(INFO, "%s: asking %d nodes", what, len(messages))  # the run's longest silent wait otherwise
     answered = list(grid.send_and_receive(messages, timeout=3600))
     replies = [r for r in answered if not r.has_error()]
     failed = len(messages) - len(replies)
