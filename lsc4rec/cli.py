@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -195,7 +195,7 @@ def federate(
 ) -> None:
     """Run the whole federation: data, cloud LLM, candidate service, Flower, report."""
     from llm_cloud.engines import ENGINES
-    from server.launch import LAUNCH_FILE, RUNTIMES, Launch, resume_config, run_federation
+    from server.launch import LAUNCH_FILE, RUNTIMES, Launch, run_federation
 
     for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
         if value is not None and value not in choices:
@@ -216,45 +216,11 @@ def federate(
         "out_dir": out,
         "data.data_dir": data_dir,
     }
-    set_keys = {pair.partition("=")[0].strip() for pair in overrides or []}
-    if resume is None:
-        cfg = build_config(config, overrides, **named)
-        asked_url = cfg.federation.service_url != FederationConfig.service_url
-        if cfg.federation.resume:  # from the defaults, it would overwrite the run's config.json with them
-            raise ConfigError(
-                "federation.resume",
-                "continues a run with the settings it was started with: pass --resume RUN_DIR instead.",
-            )
-        if cfg.federation.run_dir and out is not None:
-            raise ConfigError(
-                "federation.run_dir",
-                f"names the run folder itself, so --out {out} (where new run folders go) would be ignored. "
-                "Pass one of them.",
-            )
-        if cfg.train != TrainConfig():  # accepted and then never read would be worse than refused
-            raise ConfigError(
-                "train",
-                "sets the centralized SRM's training (`lsc4rec srm train`), which a federation does not run: "
-                "devices train with federation.local_lr, local_epochs and local_batch_size.",
-            )
-    elif config is not None:
-        raise ConfigError("--resume", "keeps the run's own settings: drop --config (--set still applies).")
-    else:  # the run's own config.json holds the service its first launch started: not the user's choice
-        fixed = sorted(set_keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
-            ["--out"] if out else []
-        )
-        if fixed:
-            raise ConfigError(
-                "--resume", f"names the run folder and continues it, so {fixed[0]} cannot be set with it."
-            )
-        cfg = resume_config(resume, override_pairs(overrides, **named))
-        asked_url = "federation.service_url" in set_keys
-    if asked_url:
-        raise ConfigError(
-            "federation.service_url",
-            "is the candidate service this command starts itself. To federate against a service of your own, "
-            "run the app with `flwr run` and a run config that names it (README, edge boxes).",
-        )
+    cfg = (
+        _fresh_config(config, overrides, named)
+        if resume is None
+        else _resumed_config(resume, config, overrides, named)
+    )
     launch = Launch.chosen(engine, runtime, vllm_eager, resume)
     if launch.vllm_eager and launch.engine != "vllm":
         saved = resume is not None and engine is None and (resume / LAUNCH_FILE).is_file()
@@ -263,6 +229,61 @@ def federate(
     summary = run_federation(cfg, launch)
     print_table(Markdown(summary.read_text()))  # its tables aligned, as a terminal shows them
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
+
+
+def _fresh_config(config: Path | None, overrides: list[str] | None, named: dict[str, Any]) -> RunConfig:
+    """A new run's settings (defaults, ``--config``, the options, ``--set``), less what a new run cannot take."""
+    cfg = build_config(config, overrides, **named)
+    if cfg.federation.resume:  # from the defaults, it would overwrite the run's config.json with them
+        raise ConfigError(
+            "federation.resume",
+            "continues a run with the settings it was started with: pass --resume RUN_DIR instead.",
+        )
+    if cfg.federation.run_dir and named["out_dir"] is not None:
+        raise ConfigError(
+            "federation.run_dir",
+            f"names the run folder itself, so --out {named['out_dir']} (where new run folders go) would be "
+            "ignored. Pass one of them.",
+        )
+    if cfg.train != TrainConfig():  # accepted and then never read would be worse than refused
+        raise ConfigError(
+            "train",
+            "sets the centralized SRM's training (`lsc4rec srm train`), which a federation does not run: "
+            "devices train with federation.local_lr, local_epochs and local_batch_size.",
+        )
+    _refuse_service_url(cfg.federation.service_url != FederationConfig.service_url)
+    return cfg
+
+
+def _resumed_config(
+    resume: Path, config: Path | None, overrides: list[str] | None, named: dict[str, Any]
+) -> RunConfig:
+    """A resumed run's settings: its own ``config.json``, then the options and ``--set`` it may change."""
+    from server.launch import resume_config
+
+    if config is not None:
+        raise ConfigError("--resume", "keeps the run's own settings: drop --config (--set still applies).")
+    set_keys = {pair.partition("=")[0].strip() for pair in overrides or []}
+    # the run's own config.json holds the service its first launch started: not the user's choice
+    fixed = sorted(set_keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
+        ["--out"] if named["out_dir"] else []
+    )
+    if fixed:
+        raise ConfigError(
+            "--resume", f"names the run folder and continues it, so {fixed[0]} cannot be set with it."
+        )
+    _refuse_service_url("federation.service_url" in set_keys)
+    return resume_config(resume, override_pairs(overrides, **named))
+
+
+def _refuse_service_url(asked: bool) -> None:
+    """``federate`` starts its own candidate service: a service URL set by hand would be silently replaced."""
+    if asked:
+        raise ConfigError(
+            "federation.service_url",
+            "is the candidate service this command starts itself. To federate against a service of your own, "
+            "run the app with `flwr run` and a run config that names it (README, edge boxes).",
+        )
 
 
 def _mount_llm() -> None:
