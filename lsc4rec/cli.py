@@ -120,7 +120,8 @@ def srm_train(
     console.print(f"run folder: {result['run_dir']}")
 
 
-_DEFAULTS = RunConfig()  # the option helps name the defaults of lsc4rec/config.py, their one source
+# the option helps name the defaults of lsc4rec/config.py, their one source (--config and --resume replace them)
+_DEFAULTS = RunConfig()
 
 
 @app.command("federate")
@@ -193,7 +194,10 @@ def federate(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Run the whole federation: data, cloud LLM, candidate service, Flower, report."""
+    """Run the whole federation: data, cloud LLM, candidate service, Flower, report.
+
+    The options' defaults are lsc4rec/config.py's; --config or a resumed run's own settings replace them.
+    """
     from llm_cloud.engines import ENGINES
     from server.launch import LAUNCH_FILE, RUNTIMES, Launch, run_federation
 
@@ -272,8 +276,11 @@ def _resumed_config(
         raise ConfigError(
             "--resume", f"names the run folder and continues it, so {fixed[0]} cannot be set with it."
         )
+    cfg = resume_config(
+        resume, override_pairs(overrides, **named)
+    )  # first, as ever: a wrong folder is named first
     _refuse_service_url("federation.service_url" in set_keys)
-    return resume_config(resume, override_pairs(overrides, **named))
+    return cfg
 
 
 def _refuse_service_url(asked: bool) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from lsc4rec.runs import output_path, write_json
 
@@ -96,9 +97,9 @@ def report(
     for row in rows:
         parts.setdefault(group(row) if group else "", []).append(row)
     if group:  # the title once, above its parts
-        print_table(title)
+        print_table(Text(title))  # as written: a dataset path may hold rich's [markup]
     for name, part in parts.items():
-        table = Table(title=name or title)
+        table = Table(title=Text(name or title))
         shown = [c for c in columns if any(row.get(c) is not None for row in part)]
         for column in shown:
             table.add_column(

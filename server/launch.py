@@ -483,8 +483,9 @@ def run_federation(cfg: RunConfig, launch: Launch = Launch()) -> Path:
     venv, the run folder), so that bad settings end in one line before minutes of LLM training, and leave no
     empty folder; a training that fails or is interrupted removes the new run's folder while it is still empty.
     """
-    if cfg.federation.resume and cfg.federation.run_dir:  # a changed setting, named before its symptoms
-        _check_same_settings(cfg, Path(cfg.federation.run_dir))
+    resumed = Path(cfg.federation.run_dir) if cfg.federation.resume and cfg.federation.run_dir else None
+    if resumed is not None and complete_checkpoints(resumed):  # a changed setting, named before its symptoms
+        _check_same_settings(cfg, resumed)
     dataset = load_or_prepare(cfg.data, cfg.seed)
     split = TemporalSplit(dataset, cfg.data.lag)
     split.check_trainable("SRM")
@@ -646,7 +647,7 @@ def _rounds_ahead(cfg: RunConfig, run_dir: Path) -> str:
     if done == 0:
         return f"{total} round{'s' if total != 1 else ''}"
     if done >= total:
-        return f"all {total} rounds done: the final evaluation alone"
+        return f"{'the round' if total == 1 else f'all {total} rounds'} done: the final evaluation alone"
     span = f"round {total}" if done + 1 == total else f"rounds {done + 1} to {total}"
     return f"{span} of {total}, resumed after round {done}; Flower's [ROUND n/m] lines count from 1"
 

@@ -9,6 +9,7 @@ meets the budget.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +183,17 @@ def write_report(
     return summary
 
 
+def _plain(value: Any) -> str:
+    """``value`` as Markdown shows it letter for letter: a dataset path such as ``/data/_x_/`` is no emphasis."""
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", str(value))
+
+
 def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     """The headline tables as Markdown (also printed by run_federation.sh)."""
     lines = [
         "# LSC4Rec federation: results",
         "",
-        "Protocol: " + ", ".join(f"{k} {v}" for k, v in resolved_protocol(protocol, figures).items()),
+        "Protocol: " + ", ".join(f"{k} {_plain(v)}" for k, v in resolved_protocol(protocol, figures).items()),
         "",
         f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}"
         f"{_missing_users(figures)}. "
@@ -332,7 +338,8 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
     gate.set(xlabel="round", ylabel="share of users requesting", title="The live gate's request rate")
     gate.grid(alpha=0.3)
     for axes in (ax, gate):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds, never 1.2
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # rounds, never 1.2
+        axes.set_xlim(0.5, max(last, 1) + 0.5)  # with one round, the locator alone finds no whole number
     # under the plot, where it hides no point
     gate.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()

@@ -5,8 +5,9 @@ import re
 from pathlib import Path
 
 import pytest
+from rich.markdown import Markdown
 
-from lsc4rec.tables import report
+from lsc4rec.tables import print_table, report
 
 
 def test_the_printed_table_carries_the_protocol_of_its_json(
@@ -44,3 +45,11 @@ def test_grouped_rows_print_one_table_each_with_the_columns_they_fill(
     assert "ndcg@10" in fused and "ratio" not in fused and "fused again" in fused
     assert "ratio" in federated and "ndcg@10" not in federated and "0.2500" in federated
     assert json.loads((tmp_path / "t.json").read_text())["rows"] == rows  # whole rows, in their order
+
+
+def test_a_logged_table_keeps_its_text_and_loses_the_padding(capsys: pytest.CaptureFixture) -> None:
+    """Piped (as run_federation.sh into a log), rich pads every line to 200 columns: the padding goes."""
+    print_table(Markdown("Protocol: dataset x\n\n| ranking | ndcg@10 |\n|---|---|\n| fused | 0.0340 |"))
+    printed = capsys.readouterr().out
+    assert "Protocol: dataset x" in printed and "fused" in printed and "0.0340" in printed
+    assert printed.splitlines() and not any(line.endswith(" ") for line in printed.splitlines())

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.markdown import Markdown
 
+import server.report as report
 from lsc4rec.errors import DataFormatError
-from server.report import ROUNDS_FILE, append_round, read_rounds, resolved_protocol
+from server.report import ROUNDS_FILE, _plain, append_round, read_rounds, resolved_protocol
 
 
 def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
@@ -34,3 +37,29 @@ def test_the_protocol_names_the_signal_validation_chose(measure: str, figures: d
     protocol = {"lag": 2, "measure": measure}
     assert resolved_protocol(protocol, figures) == {"lag": 2, "measure": shown}
     assert protocol["measure"] == measure  # the run's own protocol is left as configured
+
+
+def test_a_protocol_value_prints_letter_for_letter_through_markdown() -> None:
+    """summary.md is Markdown (and printed rendered): a dataset path must not turn into emphasis or a tag."""
+    path = "/data/_my_/ratings*2*.csv <x> [a]"
+    console = Console(width=200)
+    with console.capture() as captured:
+        console.print(Markdown(f"Protocol: dataset {_plain(path)}"))
+    assert f"Protocol: dataset {path}" in captured.get()
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_the_rounds_plot_numbers_its_rounds_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int
+) -> None:
+    """A one-round run once got ticks at 0.96, 0.98, ...: rounds are whole numbers, and no round is invented."""
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)  # keep the figure to read its axes
+    lines = [
+        {"round": r, "valid-fused-ndcg@10": 0.04, "realized-request-rate": 0.05} for r in range(1, rounds + 1)
+    ]
+    report._plot_rounds(tmp_path / "v.png", lines, {"live gate realized request rate": 0.05}, 0.05)
+    for axes in figures[0].axes:
+        low, high = axes.get_xlim()
+        shown = [t for t in axes.get_xticks() if low <= t <= high]
+        assert shown == list(range(1, rounds + 1))
