@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from clients.app import app as client_app
-from lsc4rec.config import load_config
+from lsc4rec.config import FederationConfig, load_config
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
@@ -62,8 +62,18 @@ def main() -> None:
     parser.add_argument(
         "--noise", type=non_negative_floats, default=[0.0, 0.3, 1.0], help="noise multipliers z"
     )
-    parser.add_argument("--clip", type=float, default=1.0, help="federation.dp_clip: L2 bound of one update")
-    parser.add_argument("--delta", type=float, default=1e-5, help="federation.dp_delta: δ of the reported ε")
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=FederationConfig.dp_clip,
+        help="federation.dp_clip: L2 bound of one update",
+    )
+    parser.add_argument(
+        "--delta",
+        type=float,
+        default=FederationConfig.dp_delta,
+        help="federation.dp_delta: δ of the reported ε",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="key=value for every run"
     )

@@ -216,11 +216,7 @@ def training_examples(lm: ItemTokenLM, sequences: Sequence[np.ndarray]) -> list[
 
 
 def sequence_loss(
-    lm: ItemTokenLM,
-    batch: list[list[int]],
-    label_smoothing: float = 0.0,
-    window: int = 1,
-    context_free: bool = True,
+    lm: ItemTokenLM, batch: list[list[int]], label_smoothing: float, window: int, context_free: bool
 ) -> torch.Tensor:
     """Mean cross-entropy over the item tokens of each of the next ``window`` items, at every item position.
 

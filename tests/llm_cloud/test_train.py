@@ -49,21 +49,25 @@ def _hand_loss(lm, batch: list[list[int]], window: int, first_position: int = 0)
 def test_windowed_loss_averages_every_future_item_within_its_own_sequence(lm_and_batch, window: int) -> None:
     lm, batch = lm_and_batch
     with torch.no_grad():
-        got = sequence_loss(lm, batch, window=window)
+        got = sequence_loss(lm, batch, 0.0, window, context_free=True)
         want = _hand_loss(lm, batch, window)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     if window > 1:  # the window adds terms: the loss differs from the next-item one
-        assert got.item() != pytest.approx(sequence_loss(lm, batch).item(), rel=1e-4)
+        assert got.item() != pytest.approx(
+            sequence_loss(lm, batch, 0.0, 1, context_free=True).item(), rel=1e-4
+        )
 
 
 @pytest.mark.parametrize("window", [1, 3])
 def test_without_context_free_targets_the_prefix_position_predicts_nothing(lm_and_batch, window: int) -> None:
     lm, batch = lm_and_batch
     with torch.no_grad():
-        got = sequence_loss(lm, batch, window=window, context_free=False)
+        got = sequence_loss(lm, batch, 0.0, window, context_free=False)
         want = _hand_loss(lm, batch, window, first_position=1)  # position 0 has read only the BOS token
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    assert got.item() != pytest.approx(sequence_loss(lm, batch, window=window).item(), rel=1e-4)
+    assert got.item() != pytest.approx(
+        sequence_loss(lm, batch, 0.0, window, context_free=True).item(), rel=1e-4
+    )
 
 
 def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy(lm_and_batch) -> None:
@@ -75,7 +79,7 @@ def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy(lm_and_
             logits.append(lm.item_logits(lm.hidden_states(ids, torch.ones_like(ids))[0, :-1]))
             labels.append(ids[0, 1:] - lm.template.first_item_token)
         want = F.cross_entropy(torch.cat(logits), torch.cat(labels), label_smoothing=0.1)
-        got = sequence_loss(lm, batch, label_smoothing=0.1)
+        got = sequence_loss(lm, batch, 0.1, window=1, context_free=True)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
