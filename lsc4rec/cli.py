@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,6 +122,22 @@ def srm_train(
     console.print(f"run folder: {result['run_dir']}")
 
 
+# federate's named options, in its signature's order, and the settings they set
+FEDERATE_OPTIONS = {
+    "data.dataset": "--dataset",
+    "srm.model": "--srm",
+    "federation.rounds": "--rounds",
+    "federation.num_nodes": "--nodes",
+    "federation.fraction_train": "--fraction",
+    "data.lag": "--lag",
+    "llm.k": "--k",
+    "federation.budget": "--budget",
+    "seed": "--seed",
+    "out_dir": "--out",
+    "data.data_dir": "--data-dir",
+}
+
+
 # the option helps name the defaults of lsc4rec/config.py, their one source (--config and --resume replace them)
 _DEFAULTS = RunConfig()
 
@@ -207,32 +225,34 @@ def federate(
     for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
         if value is not None and str(value).startswith("--"):  # `--out --nodes 3`: the value was forgotten
             raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
-    named = {
-        "data.dataset": dataset,
-        "srm.model": srm,
-        "federation.rounds": rounds,
-        "federation.num_nodes": nodes,
-        "federation.fraction_train": fraction,
-        "data.lag": lag,
-        "llm.k": k,
-        "federation.budget": budget,
-        "seed": seed,
-        "out_dir": out,
-        "data.data_dir": data_dir,
-    }
-    cfg = (
-        _fresh_config(config, overrides, named)
-        if resume is None
-        else _resumed_config(resume, config, overrides, named)
-    )
+    given = (dataset, srm, rounds, nodes, fraction, lag, k, budget, seed, out, data_dir)
+    named = dict(zip(FEDERATE_OPTIONS, given, strict=True))
+    with _named_as_typed(named):
+        cfg = (
+            _fresh_config(config, overrides, named)
+            if resume is None
+            else _resumed_config(resume, config, overrides, named)
+        )
     launch = Launch.chosen(engine, runtime, vllm_eager, resume)
     if launch.vllm_eager and launch.engine != "vllm":
         saved = resume is not None and engine is None and (resume / LAUNCH_FILE).is_file()
         was = " (the resumed run used the transformers engine)" if saved else ""
         raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
-    summary = run_federation(cfg, launch)
+    with _named_as_typed(named):
+        summary = run_federation(cfg, launch)
     print_table(Markdown(summary.read_text()))  # its tables aligned, as a terminal shows them
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
+
+
+@contextmanager
+def _named_as_typed(named: dict[str, Any]) -> Iterator[None]:
+    """A setting's error names the option it came from (``--rounds: must be >= 1``), when it came from one."""
+    try:
+        yield
+    except ConfigError as exc:
+        if named.get(exc.key) is None:  # set by --set, --config or the run's own settings: the key says it
+            raise
+        raise ConfigError(FEDERATE_OPTIONS[exc.key], exc.message) from None
 
 
 def _fresh_config(config: Path | None, overrides: list[str] | None, named: dict[str, Any]) -> RunConfig:

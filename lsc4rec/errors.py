@@ -26,6 +26,7 @@ class ConfigError(LSC4RecError, ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.message = message
         super().__init__(f"{key if key.startswith(('-', '$')) else f'config {key}'}: {message}")
 
 

@@ -34,7 +34,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         (["federate", "--resume", "/nonexistent/run"], "error: --resume: must be a run folder written by"),
         (
             ["federate", "--rounds", "3", "--set", "federation.rounds=5"],
-            "federation.rounds: is given twice, by --set federation.rounds=5 and by its own option (3)",
+            "error: --rounds: is given twice, by --set federation.rounds=5 and by its own option (3)",
         ),
         (
             ["federate", "--set", "federation.service_url=http://10.9.9.9:8800"],
@@ -246,3 +246,16 @@ def test_benchmark_arguments_are_checked_first(script: str, args: list[str], mes
     done = run_benchmark(script.removesuffix(".py"), *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_setting_error_names_what_the_user_typed() -> None:
+    """The option when the value came from one, the config key when it came from --set."""
+    for args, line in (
+        (["federate", "--rounds", "0"], "error: --rounds: must be >= 1, got 0."),
+        (
+            ["federate", "--set", "federation.rounds=0"],
+            "error: config federation.rounds: must be >= 1, got 0.",
+        ),
+    ):
+        done = lsc4rec(*args)
+        assert done.returncode == 2 and done.stderr.strip() == line

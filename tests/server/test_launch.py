@@ -146,7 +146,7 @@ def test_run_federation_sh_takes_relative_paths_from_the_callers_folder(
         timeout=120,
     )
     assert run.returncode == 2
-    assert run.stderr.startswith("error: config data.lag: must be in [0, ")  # the data were found and read
+    assert run.stderr.startswith("error: --lag: must be in [0, ")  # the data were found and read
     assert not (tmp_path / "myruns").exists()
 
 
