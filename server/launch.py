@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -640,6 +641,35 @@ def resume_hint(run_dir: Path) -> str:
     return f" Round {max(done)} is checkpointed: ./run_federation.sh --resume {run_dir} continues from there."
 
 
+# Lines of `flwr run` that mislead here: Flower's advice on sizing a federation the launcher has sized, and Ray's
+# tip on a GPU setting a CPU run never reads. Everything else is shown as it comes.
+NOISE = re.compile(
+    r"default simulated SuperNodes changed|To change federation size|flwr federation simulation-config"
+    r"|FutureWarning: Tip: In future versions of Ray"
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes: kept on a terminal, dropped in a log file
+
+
+def _run_shown(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command``, passing its output on line by line less the ``NOISE``; return its exit code."""
+    terminal = sys.stdout.isatty()
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        try:
+            skip_warn_line = False
+            for line in process.stdout or ():
+                if NOISE.search(line) or (skip_warn_line and line.strip() == "warnings.warn("):
+                    skip_warn_line = "FutureWarning" in line  # Python prints the warning's source line next
+                    continue
+                skip_warn_line = False
+                print(line if terminal else ANSI.sub("", line), end="", flush=True)
+        except BaseException:  # as subprocess.run does: an interrupted launcher leaves no flwr run behind
+            process.kill()
+            raise
+    return process.returncode
+
+
 def _rounds_ahead(cfg: RunConfig, run_dir: Path) -> str:
     """The rounds this launch runs, in words: a resumed run's are not Flower's ``[ROUND 1/N]`` numbers."""
     total = cfg.federation.rounds
@@ -674,10 +704,10 @@ def _federate(
         command += ["--run-config", str(run_config)]
         if runtime == "simulation":
             command += ["--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1"]
-        finished = subprocess.run(command, env={**os.environ, **env}, check=False)
-        if finished.returncode != 0:
+        returncode = _run_shown(command, {**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+        if returncode != 0:
             raise LSC4RecError(
-                f"flwr run exited with code {finished.returncode}; see the log above and "
+                f"flwr run exited with code {returncode}; see the log above and "
                 f"{run_dir / 'superlink.log'}.{resume_hint(run_dir)}"
             )
 

@@ -45,6 +45,7 @@ from server.launch import (
 )
 from server.launch import _held as held_for_this_launch
 from server.launch import _rounds_ahead as rounds_ahead
+from server.launch import _run_shown as run_shown
 from server.launch import _toml as run_config_toml
 from tests.conftest import run_module
 
@@ -330,6 +331,21 @@ def test_a_resumed_launch_says_which_of_the_runs_rounds_it_runs(
         "the final evaluation alone"
     )
     assert rounds_ahead(federation_config.override(["federation.rounds=1"]), tmp_path) == "1 round"
+
+
+def test_flwr_runs_output_is_shown_less_the_advice_that_misleads_here(capsys: pytest.CaptureFixture) -> None:
+    """Flower's "change federation size" advice and Ray's GPU tip go; every other line, and the exit code, stay."""
+    script = (
+        "import sys; print('\\x1b[92mINFO \\x1b[0m: [ROUND 1/2]');"
+        "print('WARNING : Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.');"
+        "print('INFO : To change federation size, use the following command:');"
+        "print('INFO : \\tflwr federation simulation-config @none/default <superlink> --num-supernodes <N>');"
+        "print('worker.py:2051: FutureWarning: Tip: In future versions of Ray, Ray will no longer', file=sys.stderr);"
+        "print('  warnings.warn(', file=sys.stderr); sys.stderr.flush();"
+        "print('INFO : report written'); sys.exit(3)"
+    )
+    assert run_shown([sys.executable, "-c", script], dict(os.environ)) == 3
+    assert capsys.readouterr().out == "INFO : [ROUND 1/2]\nINFO : report written\n"  # piped: no colour codes
 
 
 def test_resume_reads_what_the_server_will_read_before_anything_starts(
