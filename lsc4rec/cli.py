@@ -139,47 +139,32 @@ FEDERATE_OPTIONS = {
 
 
 # the option helps name the defaults of lsc4rec/config.py, their one source (--config and --resume replace them)
-_DEFAULTS = RunConfig()
+_DEFAULTS = RunConfig().to_flat()
+
+
+def _setting(key: str, what: str) -> Any:
+    """The ``typer.Option`` of a federate option that sets ``key``, its help naming the config's default."""
+    return typer.Option(help=f"{what} (default {_DEFAULTS[key]}).")
 
 
 @app.command("federate")
 def federate(
     dataset: Annotated[
-        str | None,
-        typer.Option(help=f"ml-latest-small, beauty, toys, or a path (default {_DEFAULTS.data.dataset})."),
+        str | None, _setting("data.dataset", "ml-latest-small, beauty, toys, or a path")
     ] = None,
-    srm: Annotated[
-        str | None, typer.Option(help=f"sasrec | gru4rec | din (default {_DEFAULTS.srm.model}).")
-    ] = None,
-    rounds: Annotated[
-        int | None, typer.Option(help=f"Federated rounds (default {_DEFAULTS.federation.rounds}).")
-    ] = None,
+    srm: Annotated[str | None, _setting("srm.model", "sasrec | gru4rec | din")] = None,
+    rounds: Annotated[int | None, _setting("federation.rounds", "Federated rounds")] = None,
     nodes: Annotated[
-        int | None,
-        typer.Option(
-            help=f"Nodes (edge boxes); 0 = one user per node (default {_DEFAULTS.federation.num_nodes})."
-        ),
+        int | None, _setting("federation.num_nodes", "Nodes (edge boxes); 0 = one user per node")
     ] = None,
     fraction: Annotated[
-        float | None,
-        typer.Option(
-            help=f"Share of nodes trained per round (default {_DEFAULTS.federation.fraction_train})."
-        ),
+        float | None, _setting("federation.fraction_train", "Share of nodes trained per round")
     ] = None,
-    lag: Annotated[
-        int | None, typer.Option(help=f"Interactions the cloud is behind (default {_DEFAULTS.data.lag}).")
-    ] = None,
-    k: Annotated[
-        int | None, typer.Option(help=f"Candidate list length K (default {_DEFAULTS.llm.k}).")
-    ] = None,
-    budget: Annotated[
-        float | None, typer.Option(help=f"Target request rate (default {_DEFAULTS.federation.budget}).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help=f"Seed of everything (default {_DEFAULTS.seed}).")] = None,
-    out: Annotated[
-        str | None,
-        typer.Option(help=f"Folder under which the run folder is made (default {_DEFAULTS.out_dir})."),
-    ] = None,
+    lag: Annotated[int | None, _setting("data.lag", "Interactions the cloud is behind")] = None,
+    k: Annotated[int | None, _setting("llm.k", "Candidate list length K")] = None,
+    budget: Annotated[float | None, _setting("federation.budget", "Target request rate")] = None,
+    seed: Annotated[int | None, _setting("seed", "Seed of everything")] = None,
+    out: Annotated[str | None, _setting("out_dir", "Folder under which the run folder is made")] = None,
     engine: Annotated[
         str | None,
         typer.Option(
