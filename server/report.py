@@ -304,8 +304,10 @@ def _cell(value: Any) -> str:
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """A Markdown table of ``rows``, figures right-aligned (``---:``) so that their decimals line up."""
     columns = list(rows[0])
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+    numeric = [all(isinstance(r[c], int | float) for r in rows) for c in columns]
+    return ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if n else "---|" for n in numeric)] + [
         "| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows
     ]
 
