@@ -63,3 +63,8 @@ def test_the_rounds_plot_numbers_its_rounds_whole(
         low, high = axes.get_xlim()
         shown = [t for t in axes.get_xticks() if low <= t <= high]
         assert shown == list(range(1, rounds + 1))
+
+
+def test_summary_tables_right_align_their_figures() -> None:
+    rows = [{"ranking": "fused", "list": "stale", "ndcg@10": 0.034, "users": 610}]
+    assert report._markdown_table(rows)[:2] == ["| ranking | list | ndcg@10 | users |", "|---|---|---:|---:|"]
