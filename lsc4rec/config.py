@@ -278,32 +278,7 @@ class FederationConfig:
             "must be in [0, 1]",
             self.fraction_evaluate,
         )
-        _check(
-            self.strategy in ("fedavg", "fedprox", "fedadam", "fedavgm"),
-            "federation.strategy",
-            "must be fedavg|fedprox|fedadam|fedavgm",
-            self.strategy,
-        )
-        _check(self.server_lr >= 0, "federation.server_lr", "must be >= 0", self.server_lr)
-        # a strategy's own setting given to another strategy would be ignored without a word
-        for key, value, users in (
-            ("proximal_mu", self.proximal_mu, ("fedprox",)),
-            ("server_lr", self.server_lr, ("fedadam", "fedavgm")),
-            ("server_momentum", self.server_momentum, ("fedavgm",)),
-        ):
-            _check(
-                value == 0 or self.strategy in users,
-                f"federation.{key}",
-                f"is used only by federation.strategy={'|'.join(users)} (this run's is {self.strategy}): set "
-                "that strategy, or leave it at 0",
-                value,
-            )
-        _check(
-            0.0 <= self.server_momentum < 1.0,
-            "federation.server_momentum",
-            "must be in [0, 1)",
-            self.server_momentum,
-        )
+        self._check_strategy()
         _check(0.0 <= self.budget <= 1.0, "federation.budget", "must be in [0, 1]", self.budget)
         _check(
             self.measure in (*MEASURES, "auto"),
@@ -340,6 +315,39 @@ class FederationConfig:
         _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
+        self._check_privacy()
+
+    def _check_strategy(self) -> None:
+        """The strategy, and that each strategy's own settings go to that strategy only."""
+        _check(
+            self.strategy in ("fedavg", "fedprox", "fedadam", "fedavgm"),
+            "federation.strategy",
+            "must be fedavg|fedprox|fedadam|fedavgm",
+            self.strategy,
+        )
+        _check(self.server_lr >= 0, "federation.server_lr", "must be >= 0", self.server_lr)
+        # a strategy's own setting given to another strategy would be ignored without a word
+        for key, value, users in (
+            ("proximal_mu", self.proximal_mu, ("fedprox",)),
+            ("server_lr", self.server_lr, ("fedadam", "fedavgm")),
+            ("server_momentum", self.server_momentum, ("fedavgm",)),
+        ):
+            _check(
+                value == 0 or self.strategy in users,
+                f"federation.{key}",
+                f"is used only by federation.strategy={'|'.join(users)} (this run's is {self.strategy}): set "
+                "that strategy, or leave it at 0",
+                value,
+            )
+        _check(
+            0.0 <= self.server_momentum < 1.0,
+            "federation.server_momentum",
+            "must be in [0, 1)",
+            self.server_momentum,
+        )
+
+    def _check_privacy(self) -> None:
+        """Differential privacy's settings, and what a private run cannot combine with them."""
         _check(
             self.dp_noise >= 0,
             "federation.dp_noise",
