@@ -134,18 +134,31 @@ def train_llm(
             log.info("refit epoch %d on the whole cloud view: loss %.4f", refit, loss)
     lm.model.eval()
     result = TrainResult(str(out), stop.best_epoch, best, stop.seconds, window, averaged, epochs)
-    target = Path(out).resolve()  # a link's folder is written, not the link replaced
+    _save(lm, config, dataset, result, Path(out), replace, progress)
+    return result
+
+
+def _save(
+    lm: ItemTokenLM,
+    config: RunConfig,
+    dataset: SequenceDataset,
+    result: TrainResult,
+    out: Path,
+    replace: bool,
+    progress: bool,
+) -> None:
+    """Write the checkpoint, its epochs' log and its result beside ``out``, then move it in whole."""
+    target = out.resolve()  # a link's folder is written, not the link replaced
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")  # trainings may overlap
     try:
         with _transformers_bars(progress):  # "Writing model shards"
             lm.save_pretrained(staging, config, dataset.item_ids.tolist())
-        (staging / TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in epochs))
+        (staging / TRAIN_LOG_FILE).write_text("".join(json.dumps(e) + "\n" for e in result.epochs))
         (staging / TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # half a checkpoint is worth nothing
         raise
     _put_in_place(staging, target, replace)
-    return result
 
 
 def _put_in_place(staging: Path, out: Path, replace: bool = True) -> None:
