@@ -1,8 +1,8 @@
 """The Flower ClientApp: one node (a device, or an edge box of several users) of the federation.
 
 ``train``: collaborative training of the global SRM on the node's private sequences, with the cloud's lists as
-hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (srm_list_scores,
-fuse, gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``). Two queries: the node's
+hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (rerank, fuse,
+gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``). Two queries: the node's
 partition (the server orders and checks the fleet by it), and ``signals``, the label-free histogram the server
 calibrates the final gate on.
 """

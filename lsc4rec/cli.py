@@ -281,9 +281,8 @@ def _resumed_config(
         raise ConfigError(
             "--resume", f"names the run folder and continues it, so {fixed[0]} cannot be set with it."
         )
-    cfg = resume_config(
-        resume, override_pairs(overrides, **named)
-    )  # first, as ever: a wrong folder is named first
+    # read first, as ever: a wrong folder is named before a refused setting
+    cfg = resume_config(resume, override_pairs(overrides, **named))
     _refuse_service_url("federation.service_url" in set_keys)
     return cfg
 

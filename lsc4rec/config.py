@@ -27,11 +27,8 @@ MEASURES = ("drift", "displacement", "kendall", "topk", "confidence")
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum; with no
 # momentum, plain FedAvg).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
-NORMALIZATIONS = (
-    "minmax",
-    "softmax",
-    "rank",
-)  # score normalisations before fusion (lsc4rec.ranking.normalize)
+# score normalisations before fusion (lsc4rec.ranking.normalize)
+NORMALIZATIONS = ("minmax", "softmax", "rank")
 # the signals read from the SRM's scores of the whole catalogue (clients.inference.catalogue_signals); the
 # others compare the LLM's and the SRM's orders of the list (lsc4rec.ranking.disagreement)
 CATALOGUE_SIGNALS = ("drift", "confidence")
@@ -245,9 +242,8 @@ class FederationConfig:
     measure: str = "auto"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
-    service_url: str = (
-        f"http://127.0.0.1:{DEFAULT_PORT}"  # the candidate service (`lsc4rec llm serve` on this host)
-    )
+    # the candidate service (`lsc4rec llm serve` on this host)
+    service_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     timeout_s: float = 20.0  # per attempt at a candidate request: the whole answer, not each read
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
     # seconds a device process skips a service that failed every attempt, then probes it once; 0 never skips

@@ -197,9 +197,8 @@ def test_check_three_is_a_paired_margin_over_90_percent_of_central(
     diff = per_user["chosen"] - 0.9 * per_user["central"]
     assert got["check 3 paired se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(split.num_users))
     assert got["check 3 paired se"] > 0 and "--central" not in caplog.text
-    assert "check 3 margin" not in benchmark.global_srm_figures(
-        cfg, run_dir, 0
-    )  # no central row: the ratio alone
+    # no central row: the ratio alone
+    assert "check 3 margin" not in benchmark.global_srm_figures(cfg, run_dir, 0)
     # without a readable central folder, or where the folder's model is not the row's, the ratio stands alone
     left_out = [
         ({**row, "run": str(tmp_path / "gone")}, "paired standard error is left out"),
