@@ -3,7 +3,7 @@
 The device holds a candidate list the cloud made from its stale view of the user (DESIGN.md section 2); the SRM
 scores that list with the fresh device history; the fused ranking is served; when the request signal (the
 SRM's drift since the list was made, its confidence in the next item, or a disagreement of the LLM's and the
-SRM's orders of the list, such as the paper's) exceeds the fleet threshold tau, the device requests a fresh
+SRM's orders of the list, such as the paper's consistency) exceeds the fleet threshold tau, the device requests a fresh
 list (:func:`gate`). Here both lists are evaluated
 for every user, and binned by every signal asked for, so that one pass yields every request policy's curve
 (``lsc4rec.outcomes``) and the fleet can choose its signal.

@@ -235,7 +235,7 @@ class FederationConfig:
     # budget over three seeds' label-free histograms (strategies/budget.py; BENCHMARKS.md, "The live gate's window")
     budget_window: int = 2
     # request signal: drift (how far the interactions the cloud has not seen moved the SRM's own top-K over the
-    # catalogue) | the LLM-vs-SRM orders of the list: displacement (the paper's) | kendall | topk (top-10
+    # catalogue) | the LLM-vs-SRM orders of the list: displacement (after the paper's) | kendall | topk (top-10
     # overlap) | confidence (how sure the SRM is of its own top item) | auto: nodes evaluate every signal and
     # the server gates on the one that beats random requests by most on validation, summed over the budget,
     # its double and its quadruple (lsc4rec.outcomes.choose_measure; which one wins depends on the SRM)

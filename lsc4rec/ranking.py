@@ -3,7 +3,8 @@
 Conventions: a candidate list is ``items`` [B, K] (item ids, 0 = padding slot) with ``scores`` [B, K]
 (``-inf`` at padding). The LLM's scores are log-probabilities (negative, spread over a few nats); the SRM's are
 unbounded dot-product logits. Their scales differ per model and per row, so they are normalised per row over
-the real slots before they are fused (as LSC4Rec, Lv et al. KDD 2025, fuses normalised scores).
+the real slots before they are fused. (The official LSC4Rec code instead adds a score linear in the LLM's list
+position to the SRM's sigmoid minus 0.5, with fixed weights; README, "Where this departs from the official code".)
 Every function accepts torch tensors or numpy arrays and returns torch tensors.
 """
 
@@ -31,7 +32,7 @@ def normalize(scores: ArrayLike, method: str = "minmax") -> torch.Tensor:
     scores
         [B, K] scores, ``-inf`` at padding.
     method
-        ``"minmax"`` (default): ``(s - min) / (max - min)``; keeps the score gaps, the paper's choice.
+        ``"minmax"`` (default): ``(s - min) / (max - min)``; keeps the score gaps.
         ``"softmax"``: the row's probabilities over the list; sensible for log-probabilities, but saturates
         for peaked SRM logits. ``"rank"``: ``1 - rank / (n - 1)`` (ties share the best rank); discards the
         gaps, robust to outliers.
@@ -98,7 +99,8 @@ def rank_displacement(llm_scores: ArrayLike, srm_scores: ArrayLike) -> torch.Ten
 
     LSC4Rec's consistency score is ``mean_i |rank_llm(i) - rank_srm(i)|``; here it is divided by its maximum
     over permutations of the row's n real items, ``floor(n^2 / 2) / n`` (the reversal), so that lists of
-    different real lengths share one threshold. 0 when n <= 1.
+    different real lengths share one threshold. 0 when n <= 1. Per user: the official code scores batches of
+    16 users and adds a penalty for the invalid ids its beam search emits, which item tokens cannot be.
     """
     r_llm, r_srm, real = _ordinal_ranks(llm_scores, srm_scores)
     n = real.sum(dim=1)
@@ -166,7 +168,7 @@ def disagreement(
 ) -> torch.Tensor:
     """Disagreement [B] in [0, 1] (higher = the SRM reorders the LLM's list more) by ``measure``.
 
-    ``"displacement"`` (the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The other request signals,
+    ``"displacement"`` (after the paper's), ``"kendall"``, or ``"topk"`` (with ``k``). The other request signals,
     ``"drift"`` and ``"confidence"``, need the SRM's catalogue scores rather than the list's, so the device
     computes them itself (``clients.inference.catalogue_signals``).
     """
