@@ -593,6 +593,15 @@ def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
         "nodes": nodes,
         "rounds": fed.rounds,
         "strategy": fed.strategy,
+        "collaborative training": (
+            f"the {fed.collab_prefixes} newest prefixes per user against the LLM's list, weight {fed.collab_weight:g}"
+            if fed.collab_prefixes and fed.collab_weight
+            else "off"
+        ),
+        "adaptation": (
+            f"{fed.adapt_steps} steps on the newest {cfg.srm.max_len + 1} items" if fed.adapt_steps else "off"
+        ),
+        "fusion": f"α·LLM + (1 - α)·SRM, {fed.norm}-normalised per list",
         "budget": fed.budget,
         "measure": fed.measure,
         "differential privacy": (

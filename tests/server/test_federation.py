@@ -118,6 +118,11 @@ def test_federation_trains_checkpoints_and_reports(
     fed, signal = federation_config.federation, final["live gate signal"]
     assert final["live gate tau calibrated on users"] == 24
     assert "τ calibrated on the 24 users' label-free signals under the final model" in summary
+    # the protocol line says how the SRM learnt from the LLM's lists and how the two were fused
+    protocol = final["protocol"]
+    assert protocol["collaborative training"].startswith(f"the {fed.collab_prefixes} newest prefixes")
+    assert protocol["adaptation"].startswith(f"{fed.adapt_steps} steps") and "minmax" in protocol["fusion"]
+    assert "collaborative training the " in summary.splitlines()[2]
     # the nodes asked again with the final model bin the very signals the final evaluation binned (the same
     # personal copies), and in the gate's fine bins they give its τ
     arrays = latest_checkpoint(tmp_path).arrays
@@ -177,11 +182,19 @@ def test_the_other_srms_federate_end_to_end(
     federation_config: RunConfig, service: str, tmp_path: Path, model: str
 ) -> None:
     """`--srm gru4rec|din`: the devices train, checkpoint and report with the model they were told to build."""
-    run(federation_config, tmp_path, service, f"srm.model={model}", "federation.rounds=2")
+    run(
+        federation_config,
+        tmp_path,
+        service,
+        f"srm.model={model}",
+        "federation.rounds=2",
+        "federation.collab_prefixes=0",  # and without the collaborative term, which the protocol says
+    )
     history = rounds(tmp_path)
     assert [r["round"] for r in history] == [1, 2] and all(np.isfinite(r["train-loss"]) for r in history)
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["protocol"]["srm"] == model and final["users"] == 24
+    assert final["protocol"]["collaborative training"] == "off"
     cfg = federation_config.override([f"srm.model={model}"])
     load_global_srm(cfg, load_or_prepare(cfg.data, cfg.seed).num_items, tmp_path)  # a strict load: it fits
     with pytest.raises(
