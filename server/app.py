@@ -82,13 +82,17 @@ class _ShortLines(logging.Filter):
     """Keep the log readable: metrics.jsonl and final.json hold every figure.
 
     Flower logs whole MetricRecords (histograms of hundreds of numbers) every round, and at the end the whole
-    history of them, one line of a pretty-printed dict per log record (tens of thousands of lines).
+    history of them, one line of a pretty-printed dict per log record (tens of thousands of lines). A node's
+    error and every warning are kept whatever their length: on edge boxes they are the operator's only view of
+    why a box fails (a wrong CA's message alone runs past 300 characters).
     """
 
     _DICT_LINE = re.compile(r"\t\s*(\{|'|\"|\d+: \{)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if record.levelno >= logging.WARNING or "error in reply from node" in message:
+            return True
         return len(message) <= 300 and not self._DICT_LINE.match(message)
 
 

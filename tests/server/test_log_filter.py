@@ -19,3 +19,15 @@ def test_metric_dumps_are_dropped_and_progress_kept() -> None:
     ]
     assert not any(kept(line) for line in dump)
     assert all(kept(line) for line in ("[ROUND 2/10]", "Final results:", "\tGlobal Arrays:"))
+
+
+def test_a_nodes_error_and_warnings_are_kept_whatever_their_length() -> None:
+    reason = (
+        "<class 'lsc4rec.errors.ConfigError'>:<'" + "the CA in LSC4REC_SERVICE_CA does not vouch " * 10 + "'>"
+    )
+    assert kept(f"\t> Received error in reply from node 42: {reason}")  # Flower logs it at INFO
+    warning = logging.LogRecord(
+        "flwr", logging.WARNING, "", 0, "final evaluation: 1 of 4 nodes failed " + reason, None, None
+    )
+    assert _ShortLines().filter(warning)
+    assert not kept("Aggregated MetricRecord: " + reason)  # a long progress line still goes
