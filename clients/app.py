@@ -22,6 +22,7 @@ from clients.training import adapt, load_optimizer_arrays, local_train, optimize
 from lsc4rec import records
 from lsc4rec.config import FederationConfig, RunConfig
 from lsc4rec.data.split import Stage
+from lsc4rec.errors import ConfigError
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.outcomes import StageOutcome, signal_bin_edges, signal_bins
 from lsc4rec.scoring import catalogue_scores, full_catalogue_ranks
@@ -188,12 +189,23 @@ def _personal(
 
 def _partition(context: Context) -> int:
     """The node's partition id: seeds derive from it, not from the node id, which a simulation draws anew per run."""
-    return int(context.node_config[records.PARTITION])
+    return _node_setting(context, records.PARTITION)
 
 
 def _num_partitions(context: Context) -> int:
     """How many partitions the node was told the fleet has (``num-partitions``; 0 is one user per node)."""
-    return int(context.node_config[records.NUM_PARTITIONS])
+    return _node_setting(context, records.NUM_PARTITIONS)
+
+
+def _node_setting(context: Context, key: str) -> int:
+    """An integer of the node's config, which a simulation sets and a hand-started supernode must be given."""
+    if key not in context.node_config:
+        raise ConfigError(
+            records.NODE_CONFIG_OPTION,
+            f"this supernode has no {key}; start it with "
+            f'--node-config "{records.PARTITION}=I {records.NUM_PARTITIONS}=N" (I = 0 … N-1, N boxes)',
+        )
+    return int(context.node_config[key])
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, SequentialRecommender]:

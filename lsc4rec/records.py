@@ -14,6 +14,7 @@ FALLBACKS = "cloud-fallbacks"  # lists the node could not get from the cloud thi
 SERVER_ROUND = "server-round"  # set by Flower's strategies in every instruction
 PARTITION = "partition-id"  # node config (Flower's name) and query reply: the node's partition id (its users)
 NUM_PARTITIONS = "num-partitions"  # node config (Flower's name) and query reply: partitions in the fleet
+NODE_CONFIG_OPTION = "--node-config"  # the flower-supernode option that sets both
 
 TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes used this round
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round

@@ -126,22 +126,33 @@ def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600
         )
         for node in grid.get_node_ids()
     ]
-    told = {}
+    told, errors = {}, {}
     for reply in send_and_receive(grid, messages, timeout_s):
-        if not reply.has_error():
-            metrics = reply.content[records.METRICS]
-            told[reply.metadata.src_node_id] = (
-                int(metrics[records.PARTITION]),
-                int(metrics[records.NUM_PARTITIONS]),
-            )
+        if reply.has_error():
+            errors[reply.metadata.src_node_id] = reply.error.reason
+            continue
+        metrics = reply.content[records.METRICS]
+        told[reply.metadata.src_node_id] = (
+            int(metrics[records.PARTITION]),
+            int(metrics[records.NUM_PARTITIONS]),
+        )
+    unconfigured = sorted(node for node, reason in errors.items() if records.NODE_CONFIG_OPTION in reason)
+    if unconfigured:  # such a box would fail every round it is sampled in
+        raise ConfigError(
+            records.NODE_CONFIG_OPTION,
+            f"{len(unconfigured)} supernode(s) (node ids {', '.join(map(str, unconfigured[:5]))}) were started "
+            f'without one: start each box with --node-config "{records.PARTITION}=I '
+            f'{records.NUM_PARTITIONS}={nodes}" (I = 0 … {nodes - 1}, one per box)',
+        )
     log(INFO, "fleet: %d of %d nodes told their partition id", len(told), len(messages))
     if len(told) < len(messages):
         log(
             WARNING,
-            "%d of %d nodes did not tell their partition id; they are listed after the others, by node id, "
-            "so node sampling may differ between runs",
+            "%d of %d nodes did not tell their partition id (the first: %s); they are listed after the others, "
+            "by node id, so node sampling may differ between runs",
             len(messages) - len(told),
             len(messages),
+            next(iter(errors.values()), "no reply before the timeout"),
         )
     return check_partitions(told, nodes, num_users)
 

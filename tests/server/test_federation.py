@@ -587,3 +587,21 @@ def test_two_nodes_started_as_the_same_partition_stop_the_run_before_training(
     ):
         run(federation_config, tmp_path, service, "federation.rounds=1")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_node_started_without_node_config_stops_the_run_and_says_how_to_start_it(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A box without --node-config would fail every round with a bare KeyError: the run stops before training."""
+
+    class BareGrid(InProcessGrid):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            list(self.contexts.values())[2].node_config.clear()  # as `flower-supernode` without the option
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", BareGrid)
+    with pytest.raises(
+        ConfigError, match=r'1 supernode\(s\) \(node ids 1002\).*--node-config "partition-id=I'
+    ):
+        run(federation_config, tmp_path, service, "federation.rounds=1")
+    assert not (tmp_path / "checkpoints").exists()
