@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from lsc4rec.credentials import client_context
 from lsc4rec.errors import CloudUnavailableError, ProtocolError
 from lsc4rec.protocol import (
+    API_KEY_ENV,
     MAX_BATCH,
     MAX_HISTORY,
     SERVICE_CA_ENV,
@@ -269,8 +270,13 @@ class CloudClient:
                         OUTAGES.answered(self.base)
                         return answer
                 elif status < 500 and status not in TRANSIENT_4XX:
+                    key = (
+                        f" Set ${API_KEY_ENV} on this device to the service's key."
+                        if status in (401, 403)
+                        else ""
+                    )
                     raise ProtocolError(
-                        "request", f"the candidate service refused it ({status}): {text[:300]}"
+                        "request", f"the candidate service refused it ({status}): {text[:300]}{key}"
                     )
                 else:
                     problem = f"HTTP {status}: {text[:200]}"

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from lsc4rec.errors import LSC4RecError
+from lsc4rec.protocol import SERVICE_CA_ENV
 
 VALID_DAYS = 7  # longer than any run (a resumed run makes new ones), short for a key left in a folder
 
@@ -124,5 +125,6 @@ def client_context(ca_file: str | None = None) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise LSC4RecError(
             f"the CA file {ca_file} cannot be read as a PEM certificate ({exc}). Give the CA that signed the "
-            "server's certificate (a loopback run writes it as tls/ca.crt in its run folder)."
+            f"server's certificate (a device reads its path from ${SERVICE_CA_ENV}, best absolute; a loopback run "
+            "writes it as tls/ca.crt in its run folder)."
         ) from None
