@@ -47,8 +47,10 @@ def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
     while (connected := len(list(grid.get_node_ids()))) < nodes:
         if time.monotonic() > deadline:
             raise LSC4RecError(
-                f"federation.num_nodes expects {nodes} nodes, but only {connected} connected after "
-                f"{timeout_s:.0f} s. Start that many supernodes (or set num-supernodes to match)."
+                f"federation.num_nodes expects {nodes} nodes (0 means one per user), but only {connected} "
+                f"connected after {timeout_s:.0f} s. Start that many supernodes, or set federation.num_nodes to "
+                "the boxes you run (a simulation: num-supernodes); a box that never connects says why in its "
+                "own log (an unregistered key, a certificate the SuperLink's CA did not sign)."
             )
         time.sleep(1.0)
 

@@ -21,8 +21,8 @@ from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
 from flwr.superlink.grid import InMemoryGrid
 
-from lsc4rec.errors import ConfigError
-from server.fleet import check_partitions, in_flight_window, send_and_receive
+from lsc4rec.errors import ConfigError, LSC4RecError
+from server.fleet import check_partitions, in_flight_window, send_and_receive, wait_for_nodes
 
 
 def test_partitions_of_a_well_started_fleet_map_nodes_to_ids() -> None:
@@ -111,3 +111,12 @@ def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_re
         replies = send_and_receive(fleet.grid, fleet.messages(), timeout=2.0)
     assert 2.0 <= time.monotonic() - started < 10.0
     assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes[1:])
+
+
+def test_a_fleet_short_of_nodes_names_the_setting_and_where_a_missing_box_says_why() -> None:
+    with SimulatedFleet(3) as fleet:
+        wait_for_nodes(fleet.grid, 3, timeout_s=0.5)  # all there: no wait
+        with pytest.raises(LSC4RecError, match=r"expects 4 nodes .* only 3 connected after 1 s") as error:
+            wait_for_nodes(fleet.grid, 4, timeout_s=1.0)
+    assert "set federation.num_nodes to the boxes you run" in str(error.value)
+    assert "says why in its own log" in str(error.value)
