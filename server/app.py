@@ -406,10 +406,30 @@ def _after_round(
             if privacy is not None:
                 record[DP_EPSILON] = privacy.epsilon
             append_round(run_dir, record)
+            _warn_of_fallbacks(record)
             state = None if privacy is None else privacy.state()
             save_checkpoint(run_dir, run_round, arrays, budget.tau, budget.measure, state, server_state())
 
     return after_round
+
+
+def _warn_of_fallbacks(record: dict[str, Any]) -> None:
+    """Say in the server's log when nodes served lists of their own: an unreachable service is otherwise silent.
+
+    Each node only warns in its own log; on edge boxes the operator reads the server's.
+    """
+    train, valid = (int(record.get(key, 0)) for key in (f"train-{records.FALLBACKS}", records.FALLBACKS))
+    if train + valid:
+        log(
+            WARNING,
+            "round %d: %d lists (training %d, validation %d) did not come from the candidate service; the nodes "
+            "served what they held. Check that every box reaches federation.service_url (its /healthz), and "
+            "the boxes' own logs for the reason",
+            record["round"],
+            train + valid,
+            train,
+            valid,
+        )
 
 
 def _round_record(

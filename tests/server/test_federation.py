@@ -406,6 +406,7 @@ def test_federation_survives_dead_service_and_crashed_node(
     federation_checkpoint: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The service dies after the first round's messages: rounds complete, fallbacks are counted."""
     server = start_service(["--checkpoint", str(federation_checkpoint)], free_port(), tmp_path / "svc.log")
@@ -427,6 +428,11 @@ def test_federation_survives_dead_service_and_crashed_node(
     assert f"The cloud did not deliver {lists} lists" in (tmp_path / "summary.md").read_text()
     assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
+    # the server's log says so from the first round the service was down, not only the summary at the end
+    warned = [
+        r.getMessage() for r in caplog.records if "did not come from the candidate service" in r.getMessage()
+    ]
+    assert warned and warned[0].startswith("round 1: ") and "federation.service_url" in warned[0]
 
 
 def test_a_cloud_down_from_the_start_adds_no_training_examples(
