@@ -253,7 +253,7 @@ def vllm_serve(
     ] = False,
 ) -> None:
     """Start vLLM on CHECKPOINT (in the vLLM venv), wait until ready, and keep it up until Ctrl-C."""
-    from llm_cloud.engines.vllm_engine import VLLM_API_KEY_ENV
+    from llm_cloud.engines.vllm_engine import VLLM_API_KEY_ENV, VLLM_PLAIN_HTTP
     from llm_cloud.processes import check_port_free
     from llm_cloud.service import exposure_warning
     from llm_cloud.vllm_server import start_vllm
@@ -261,7 +261,9 @@ def vllm_serve(
 
     output_path(log, "--log")
     check_port_free(host, port)
-    if warning := exposure_warning(host, os.environ.get(VLLM_API_KEY_ENV), VLLM_API_KEY_ENV):
+    if warning := exposure_warning(
+        host, os.environ.get(VLLM_API_KEY_ENV), VLLM_API_KEY_ENV, tls=False, encrypt=VLLM_PLAIN_HTTP
+    ):
         typer.echo(f"warning: {warning}.", err=True)
     with start_vllm(checkpoint, port, log, host, eager=eager) as server:
         typer.echo(f"vLLM ready at {server.url} (log: {log}); Ctrl-C stops it")

@@ -193,13 +193,17 @@ def _short(value: object, limit: int = 80) -> str:
 
 
 def exposure_warning(
-    host: str, api_key: str | None, how: str = f"{API_KEY_ENV} (or --api-key)", tls: bool | None = None
+    host: str,
+    api_key: str | None,
+    how: str = f"{API_KEY_ENV} (or --api-key)",
+    tls: bool | None = None,
+    encrypt: str = "Pass --ssl-certfile and --ssl-keyfile",
 ) -> str | None:
     """A warning when a server (this service, or vLLM) would listen beyond loopback without a key, else ``None``.
 
     Anyone who reaches such a port can have the LLM rank items for any history. ``how`` names where the key
-    is set. ``tls=False`` (this service over plain http) also warns a keyed server beyond loopback: its key and
-    the users' histories would cross the network readable by anyone on the path.
+    is set. ``tls=False`` (a server over plain http) also warns a keyed server beyond loopback: its key and
+    the users' histories would cross the network readable by anyone on the path; ``encrypt`` says what to do.
     """
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -215,6 +219,6 @@ def exposure_warning(
     if tls is False:
         return (
             f"listening on {host} over plain http: the key and the users' histories cross the network "
-            "unencrypted. Pass --ssl-certfile and --ssl-keyfile"
+            f"unencrypted. {encrypt}"
         )
     return None

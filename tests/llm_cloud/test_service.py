@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from llm_cloud.checkpoint import TEMPLATE_FILE, catalogue_of
 from llm_cloud.engines.base import EngineError
-from llm_cloud.engines.vllm_engine import VLLMEngine
+from llm_cloud.engines.vllm_engine import VLLM_PLAIN_HTTP, VLLMEngine
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.service import exposure_warning
@@ -329,3 +329,6 @@ def test_a_keyed_service_beyond_loopback_over_plain_http_is_warned(
     warning = exposure_warning(host, "fleet-secret", tls=tls)
     assert (warning is not None) == warned
     assert warning is None or ("over plain http" in warning and "--ssl-certfile" in warning)
+    vllm = exposure_warning(host, "fleet-secret", "VLLM_API_KEY", tls=tls, encrypt=VLLM_PLAIN_HTTP)
+    assert (vllm is not None) == warned  # vllm-serve has no TLS options: its warning says what to do instead
+    assert vllm is None or (vllm.endswith(VLLM_PLAIN_HTTP) and "--ssl-certfile" not in vllm)
