@@ -202,7 +202,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
         "## Rankings (test, over the candidate list; the floors rank the full catalogue, fitted on the training "
         "sequences, from the cloud view, ℓ items behind, which the LLM's stale list is made from, and from the "
-        "device view, which the SRM reads in every row)",
+        "device view, which the SRM reads in every row; the cloud-view floor leaves out the cloud view's items, as "
+        "the LLM does, while every served list also drops the ℓ newer ones the device holds)",
         "",
     ]
     lines += _markdown_table(figures["rankings"])
