@@ -60,8 +60,8 @@ def run_dataset(
 ) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder, wall time and central SRM."""
     cfg = load_config(recipe(dataset), [f"data.dataset={dataset}", *overrides])
-    central = central_row(central_by_dataset.get(dataset, []), cfg)  # a mismatch warns before the run
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    central = central_row(central_by_dataset.get(dataset, []), cfg, split.num_users)  # warns before the run
     split.check_trainable("SRM")  # as the launcher does before it trains anything
     nodes = fleet_size(cfg.federation.num_nodes, split.num_users)
     # --set federation.resume=true --set federation.run_dir=DIR continues that run (more rounds, same folder)
@@ -155,13 +155,15 @@ def central_rows(paths: list[str]) -> dict[str, list[dict]]:
     return central
 
 
-def central_row(rows: list[dict], cfg: RunConfig) -> dict | None:
+def central_row(rows: list[dict], cfg: RunConfig, num_users: int) -> dict | None:
     """The row of the last central SRM evaluated as ``cfg`` evaluates: same users, numbering, targets.
 
-    ``None`` (no ratio, and a warning) when no row matches. A row written before 2026-12-06 does not say its
-    settings: it is taken as it is, with a warning. Matched before a federation runs, so the warning comes first.
+    The federated SRM is evaluated on all ``num_users`` users, so a central row evaluated on a sample of them
+    (``train.eval_users``) does not match. ``None`` (no ratio, and a warning) when no row matches. A row
+    written before 2026-12-06 does not say its settings: it is taken as it is, with a warning. Matched before a
+    federation runs, so the warning comes first.
     """
-    ours = cfg.evaluation()
+    ours = {**cfg.evaluation(), "users": num_users}
     matching = [row for row in rows if all(row.get(key, value) == value for key, value in ours.items())]
     if not matching:
         if rows:
@@ -413,7 +415,8 @@ def main() -> None:
             )
         cfg = RunConfig.load(run_dir / "config.json")
         final = json.loads((run_dir / "final.json").read_text())
-        row = central_row(central.get(cfg.data.dataset, []), cfg)
+        num_users = load_or_prepare(cfg.data, cfg.seed).num_users
+        row = central_row(central.get(cfg.data.dataset, []), cfg, num_users)
         final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users, row)
         runs[cfg.data.dataset] = {
             "run_dir": str(run_dir),

@@ -150,14 +150,15 @@ def test_the_central_srm_of_the_federations_settings_gives_the_ratio(
 ) -> None:
     benchmark = load_benchmark("federation_quality")
     cfg = RunConfig().override(["data.dataset=beauty", "seed=1"])
-    row = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.047, **cfg.evaluation()}
+    row = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.047, **cfg.evaluation(), "users": 900}
     other_seed = {**row, "seed": 0, "ndcg@10": 0.050}
-    assert benchmark.central_row([row, other_seed], cfg) == row  # the matching one, wherever it stands
-    assert benchmark.central_row([other_seed], cfg) is None
+    assert benchmark.central_row([row, other_seed], cfg, 900) == row  # the matching one, wherever it stands
+    assert benchmark.central_row([other_seed], cfg, 900) is None
     assert "'seed': 0" in caplog.text and "ratio is left out" in caplog.text
+    assert benchmark.central_row([row], cfg, 22363) is None  # evaluated on 900 sampled users, not on all
     older = {"dataset": "beauty", "model": "sasrec-ce", "ndcg@10": 0.046}  # written before rows named a seed
-    assert benchmark.central_row([older], cfg) == older and "does not say its seed" in caplog.text
-    assert benchmark.central_row([], cfg) is None
+    assert benchmark.central_row([older], cfg, 900) == older and "does not say its seed" in caplog.text
+    assert benchmark.central_row([], cfg, 900) is None
 
 
 def test_check_three_is_a_paired_margin_over_90_percent_of_central(
