@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -576,38 +576,36 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
     )
 
 
-def test_two_nodes_started_as_the_same_partition_stop_the_run_before_training(
-    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("miswire", "message"),
+    [  # one partition-id twice would count its users twice
+        (
+            lambda configs: configs[1].update({"partition-id": 0}),
+            "partition-id must differ between nodes, got 0 on nodes 1000 and 1001",
+        ),
+        (  # a box without --node-config would fail every round with a bare KeyError
+            lambda configs: configs[2].clear(),
+            r'1 supernode\(s\) \(node ids 1002\).*--node-config "partition-id=I',
+        ),
+    ],
+    ids=["one-partition-twice", "no-node-config"],
+)
+def test_supernodes_started_with_a_wrong_node_config_stop_the_run_before_training(
+    federation_config: RunConfig,
+    service: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    miswire: Callable[[list[dict]], None],
+    message: str,
 ) -> None:
-    """Supernodes started by hand with one partition-id twice would count its users twice: a clear error."""
+    """Supernodes started by hand with a wrong --node-config: a clear error naming the fix, before round 1."""
 
-    class TwinGrid(InProcessGrid):
+    class MiswiredGrid(InProcessGrid):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            second = list(self.contexts)[1]
-            self.contexts[second].node_config["partition-id"] = 0  # the first node's partition, again
+            miswire([context.node_config for context in self.contexts.values()])
 
-    monkeypatch.setattr(inprocess, "InProcessGrid", TwinGrid)
-    with pytest.raises(
-        ConfigError, match="partition-id must differ between nodes, got 0 on nodes 1000 and 1001"
-    ):
-        run(federation_config, tmp_path, service, "federation.rounds=1")
-    assert not (tmp_path / "checkpoints").exists()
-
-
-def test_a_node_started_without_node_config_stops_the_run_and_says_how_to_start_it(
-    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A box without --node-config would fail every round with a bare KeyError: the run stops before training."""
-
-    class BareGrid(InProcessGrid):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            list(self.contexts.values())[2].node_config.clear()  # as `flower-supernode` without the option
-
-    monkeypatch.setattr(inprocess, "InProcessGrid", BareGrid)
-    with pytest.raises(
-        ConfigError, match=r'1 supernode\(s\) \(node ids 1002\).*--node-config "partition-id=I'
-    ):
+    monkeypatch.setattr(inprocess, "InProcessGrid", MiswiredGrid)
+    with pytest.raises(ConfigError, match=message):
         run(federation_config, tmp_path, service, "federation.rounds=1")
     assert not (tmp_path / "checkpoints").exists()
