@@ -176,9 +176,11 @@ def central_row(rows: list[dict], cfg: RunConfig, num_users: int) -> dict | None
                 seen,
             )
         return None
-    if not all(key in matching[-1] for key in ours):
+    if unsaid := [key for key in ours if key not in matching[-1]]:
         log.warning(
-            "--central: the central SRM of %s does not say its seed; check it by hand", cfg.data.dataset
+            "--central: the central SRM of %s does not say its %s; check it by hand",
+            cfg.data.dataset,
+            ", ".join(unsaid),
         )
     return matching[-1]
 

@@ -48,9 +48,9 @@ class Outages:
 
     One record per service URL, shared by every node the process runs (a simulation worker runs many, round
     after round; in deployment Flower starts a ClientApp process per message, so there it spans one message's
-    fetches, and each message pays for one failed fetch at most: the server's log says which rounds). A client of a service that failed less than ``cooldown_s`` ago
-    does not try it and falls back at once; after the cooldown its first attempt is a single probe, without
-    retries, and a success forgets the outage. Without this, a service that hangs would cost every fetch of
+    fetches, and each message pays for one failed fetch at most: the server's log says which rounds). A client
+    of a service that failed less than ``cooldown_s`` ago does not try it and falls back at once; after the
+    cooldown its first attempt is a single probe, without retries, and a success forgets the outage. Without this, a service that hangs would cost every fetch of
     every node ``(retries + 1) * timeout_s``: hours for the default run's final evaluation.
     """
 

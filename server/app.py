@@ -84,13 +84,17 @@ class _ShortLines(logging.Filter):
     Flower logs whole MetricRecords (histograms of hundreds of numbers) every round, and at the end the whole
     history of them, one line of a pretty-printed dict per log record (tens of thousands of lines). A node's
     error and every warning are kept whatever their length: on edge boxes they are the operator's only view of
-    why a box fails (a wrong CA's message alone runs past 300 characters).
+    why a box fails (a wrong CA's message alone runs past 300 characters). A simulation's worker logs each
+    failed message twice, its error, then its traceback as text: the traceback goes (hundreds a round when a
+    whole fleet is misconfigured), the error stays.
     """
 
     _DICT_LINE = re.compile(r"\t\s*(\{|'|\"|\d+: \{)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith("Traceback (most recent call last)"):
+            return False
         if record.levelno >= logging.WARNING or "error in reply from node" in message:
             return True
         return len(message) <= 300 and not self._DICT_LINE.match(message)
@@ -418,17 +422,17 @@ def _warn_of_fallbacks(record: dict[str, Any]) -> None:
 
     Each node only warns in its own log; on edge boxes the operator reads the server's.
     """
-    train, valid = (int(record.get(key, 0)) for key in (f"train-{records.FALLBACKS}", records.FALLBACKS))
-    if train + valid:
+    train, evaluation = (int(record.get(key, 0)) for key in (f"train-{records.FALLBACKS}", records.FALLBACKS))
+    if train + evaluation:
         log(
             WARNING,
-            "round %d: %d lists (training %d, validation %d) did not come from the candidate service; the nodes "
-            "served what they held. Check that every box reaches federation.service_url (its /healthz), and "
-            "the boxes' own logs for the reason",
+            "round %d: %d lists (training %d, evaluation %d) did not come from the candidate service, so the "
+            "nodes fell back (training examples dropped; the stale list or the SRM's own top-K served). Check "
+            "that every box reaches federation.service_url (its /healthz), and the boxes' own logs for the reason",
             record["round"],
-            train + valid,
+            train + evaluation,
             train,
-            valid,
+            evaluation,
         )
 
 
@@ -604,6 +608,16 @@ def _reported_users(
     return np.sort(np.concatenate([parts[p] for p in found]))
 
 
+def _collaborative(fed: FederationConfig) -> str:
+    """The protocol's word on collaborative training (no commas: the protocol line is comma-separated).
+
+    ``collab_prefixes`` > 0 trains on the extra prefixes even at weight 0, so only 0 prefixes is "off".
+    """
+    if not fed.collab_prefixes:
+        return "off"
+    return f"the {fed.collab_prefixes} newest prefixes per user against the LLM's list at weight {fed.collab_weight:g}"
+
+
 def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
     fed = cfg.federation
     return {
@@ -617,15 +631,11 @@ def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
         "nodes": nodes,
         "rounds": fed.rounds,
         "strategy": fed.strategy,
-        "collaborative training": (
-            f"the {fed.collab_prefixes} newest prefixes per user against the LLM's list, weight {fed.collab_weight:g}"
-            if fed.collab_prefixes and fed.collab_weight
-            else "off"
-        ),
+        "collaborative training": _collaborative(fed),
         "adaptation": (
             f"{fed.adapt_steps} steps on the newest {cfg.srm.max_len + 1} items" if fed.adapt_steps else "off"
         ),
-        "fusion": f"α·LLM + (1 - α)·SRM, {fed.norm}-normalised per list",
+        "fusion": f"α·LLM + (1 - α)·SRM on {fed.norm}-normalised lists",
         "budget": fed.budget,
         "measure": fed.measure,
         "differential privacy": (

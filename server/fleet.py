@@ -143,7 +143,7 @@ def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600
         raise ConfigError(
             records.NODE_CONFIG_OPTION,
             f"{len(unconfigured)} supernode(s) (node ids {', '.join(map(str, unconfigured[:5]))}) were started "
-            f'without one: start each box with --node-config "{records.PARTITION}=I '
+            f'without a whole one: start each box with --node-config "{records.PARTITION}=I '
             f'{records.NUM_PARTITIONS}={nodes}" (I = 0 … {nodes - 1}, one per box)',
         )
     log(INFO, "fleet: %d of %d nodes told their partition id", len(told), len(messages))

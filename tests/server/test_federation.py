@@ -30,7 +30,7 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
-from server.app import FINAL_GATE_BINS, _final_evaluation, fleet_signal_counts
+from server.app import FINAL_GATE_BINS, _final_evaluation, _protocol, fleet_signal_counts
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, latest_checkpoint, load_global_srm
 from server.inprocess import InProcessGrid, run_in_process
@@ -51,7 +51,7 @@ def rounds(run_dir: Path) -> list[dict]:
 
 
 def test_federation_trains_checkpoints_and_reports(
-    federation_config: RunConfig, service: str, tmp_path: Path
+    federation_config: RunConfig, service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     grid = run(
         federation_config,
@@ -106,6 +106,8 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor (device view)" in summary
     assert "did not deliver" not in summary  # the service answered every request
+    assert "did not come from the candidate service" not in caplog.text  # so no round warned of fallbacks
+    assert "[ROUND 4/4]" in caplog.text  # where Flower's own lines are captured too
     # check 1's margins over both rows, as the rankings give them, each with the spread of its 24 differences
     stale = {r["ranking"]: r["ndcg@10"] for r in final["rankings"] if r["list"] == "stale"}
     for name, margin in final["fused margins"].items():
@@ -167,6 +169,23 @@ def test_federation_trains_checkpoints_and_reports(
     assert final["federated SRM full-catalogue ndcg@10 (global)"] == pytest.approx(central, abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ([], "the 3 newest prefixes per user against the LLM's list at weight 0.02"),
+        (["federation.collab_weight=0"], "the 3 newest prefixes per user against the LLM's list at weight 0"),
+        (["federation.collab_prefixes=0"], "off"),
+    ],
+)
+def test_the_protocol_says_off_only_when_no_collaborative_prefix_is_trained(
+    settings: list, said: str
+) -> None:
+    """At weight 0 the nodes still fetch lists and train on the extra prefixes: that is not the run without them."""
+    protocol = _protocol(RunConfig().override(settings), nodes=10)
+    assert protocol["collaborative training"] == said
+    assert not any("," in str(value) for key, value in protocol.items() if key != "differential privacy")
+
+
 def evaluate_untrained(cfg: RunConfig) -> tuple[InProcessGrid, ArrayRecord, MetricRecord]:
     """A fresh fleet's grid, an untrained SRM's arrays, and the server's final evaluation of them (gate off)."""
     grid = InProcessGrid(client_app, NODES, cfg.to_flat())
@@ -182,19 +201,11 @@ def test_the_other_srms_federate_end_to_end(
     federation_config: RunConfig, service: str, tmp_path: Path, model: str
 ) -> None:
     """`--srm gru4rec|din`: the devices train, checkpoint and report with the model they were told to build."""
-    run(
-        federation_config,
-        tmp_path,
-        service,
-        f"srm.model={model}",
-        "federation.rounds=2",
-        "federation.collab_prefixes=0",  # and without the collaborative term, which the protocol says
-    )
+    run(federation_config, tmp_path, service, f"srm.model={model}", "federation.rounds=2")
     history = rounds(tmp_path)
     assert [r["round"] for r in history] == [1, 2] and all(np.isfinite(r["train-loss"]) for r in history)
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["protocol"]["srm"] == model and final["users"] == 24
-    assert final["protocol"]["collaborative training"] == "off"
     cfg = federation_config.override([f"srm.model={model}"])
     load_global_srm(cfg, load_or_prepare(cfg.data, cfg.seed).num_items, tmp_path)  # a strict load: it fits
     with pytest.raises(

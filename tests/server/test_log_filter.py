@@ -5,8 +5,8 @@ import logging
 from server.app import _ShortLines
 
 
-def kept(message: str) -> bool:
-    return _ShortLines().filter(logging.LogRecord("flwr", logging.INFO, "", 0, message, None, None))
+def kept(message: str, level: int = logging.INFO) -> bool:
+    return _ShortLines().filter(logging.LogRecord("flwr", level, "", 0, message, None, None))
 
 
 def test_metric_dumps_are_dropped_and_progress_kept() -> None:
@@ -26,8 +26,8 @@ def test_a_nodes_error_and_warnings_are_kept_whatever_their_length() -> None:
         "<class 'lsc4rec.errors.ConfigError'>:<'" + "the CA in LSC4REC_SERVICE_CA does not vouch " * 10 + "'>"
     )
     assert kept(f"\t> Received error in reply from node 42: {reason}")  # Flower logs it at INFO
-    warning = logging.LogRecord(
-        "flwr", logging.WARNING, "", 0, "final evaluation: 1 of 4 nodes failed " + reason, None, None
-    )
-    assert _ShortLines().filter(warning)
+    assert kept("final evaluation: 1 of 4 nodes failed " + reason, logging.WARNING)
+    assert kept(reason, logging.ERROR)  # a simulation worker's error line
+    traceback = 'Traceback (most recent call last):\n  File "clients/app.py", line 1\n' + reason
+    assert not kept(traceback, logging.ERROR)  # the text of its traceback, which follows it
     assert not kept("Aggregated MetricRecord: " + reason)  # a long progress line still goes
