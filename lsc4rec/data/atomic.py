@@ -36,6 +36,7 @@ def read_atomic(path: str | Path) -> Interactions:
         iu, ii = header.index("user_id"), header.index("item_id")
         it = header.index("timestamp") if "timestamp" in header else None
         users, items, times = [], [], []
+        seen: dict[tuple[str, str], int] = {}  # (user, item) -> its line: a repeat would be a sure miss
         for line_no, row in rows:
             if not row:
                 continue
@@ -45,8 +46,16 @@ def read_atomic(path: str | Path) -> Interactions:
                 )
             if not (row[iu].strip() and row[ii].strip()):
                 raise DataFormatError(path, "user_id and item_id must not be empty.", line_no)
-            users.append(row[iu].strip())
-            items.append(row[ii].strip())
+            pair = (row[iu].strip(), row[ii].strip())
+            if pair in seen:
+                raise DataFormatError(
+                    path,
+                    f"user {pair[0]} has item {pair[1]} already (line {seen[pair]}); each item once.",
+                    line_no,
+                )
+            seen[pair] = line_no
+            users.append(pair[0])
+            items.append(pair[1])
             times.append(parse_time(row[it], path, line_no) if it is not None else float(line_no))
     if not users:
         raise DataFormatError(path, "holds no interactions.")

@@ -37,7 +37,13 @@ def open_utf8(path: Path) -> Iterator[TextIO]:
     A byte-order mark (spreadsheets write one) is skipped, not read into the first column's name.
     """
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataFormatError(
+            path, f"cannot be read ({exc.strerror}). Make it a file you can read."
+        ) from None
+    try:
+        with handle:
             yield handle
     except UnicodeDecodeError as exc:
         raise DataFormatError(path, f"is not UTF-8 text ({exc.reason}). Convert it to UTF-8.") from None

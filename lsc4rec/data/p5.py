@@ -36,6 +36,13 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
                 raise DataFormatError(path, "a line must hold a user id and at least one item id.", line_no)
             fields = [str(int(f)) for f in fields]  # 007 is item 7: one id, however it is written
             user = fields[0]
+            if (
+                len(set(fields[1:])) < len(fields) - 1
+            ):  # a consumed item is never listed: its repeat, a sure miss
+                again = next(f for i, f in enumerate(fields[1:], 1) if f in fields[1:i])
+                raise DataFormatError(
+                    path, f"user {user} has item {again} twice; each item once per user.", line_no
+                )
             if user in first_line:  # positions are times, so two lines of one user would interleave
                 raise DataFormatError(
                     path,

@@ -42,7 +42,12 @@ def source_fingerprint(data: DataConfig) -> str | None:
     folder = source if source.is_dir() else source.parent
     if not source.exists():
         return None
-    stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    try:
+        stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    except OSError as exc:
+        raise DataFormatError(
+            folder, f"cannot be listed ({exc.strerror}). Make it a folder you can read."
+        ) from None
     text = "\n".join(f"{name} {s.st_size} {s.st_mtime_ns} {s.st_ino} {s.st_ctime_ns}" for name, s in stats)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 

@@ -91,10 +91,31 @@ def test_an_id_is_one_id_however_it_is_written(tmp_path: Path) -> None:
         read_p5(tmp_path / "p5")
 
 
-def test_a_rating_given_twice_is_named_at_its_second_line(tmp_path: Path) -> None:
-    """A re-appended row would make a user's newest item both targets and put it in its own history."""
+def test_an_item_given_twice_is_named_at_its_second_line(tmp_path: Path) -> None:
+    """A re-appended row would make a user's newest item both targets and put it in its own history.
+
+    Consumed items are never listed, so such a target is a sure miss: every reader refuses it.
+    """
     write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,5,4,1\n1,6,4,2\n1,6,4,2\n")
     with pytest.raises(DataFormatError, match=r"ratings.csv:4: user 1 rated movie 6 already \(line 3\)"):
+        read_movielens(tmp_path)
+    write(tmp_path / "sequential_data.txt", "1 5 6\n2 5 6 7 6\n")
+    with pytest.raises(DataFormatError, match=r"sequential_data.txt:2: user 2 has item 6 twice"):
+        read_p5(tmp_path)
+    write(tmp_path / "toy.inter", "user_id:token\titem_id:token\nu1\ti1\nu2\ti1\nu1\ti1\n")
+    with pytest.raises(DataFormatError, match=r"toy.inter:4: user u1 has item i1 already \(line 2\)"):
+        read_atomic(tmp_path / "toy.inter")
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without read permission (root reads anyway, so the refusal is made here) a file is named, not traced back."""
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,5,4,1\n")
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refused)
+    with pytest.raises(DataFormatError, match=r"ratings.csv: cannot be read \(Permission denied\)"):
         read_movielens(tmp_path)
 
 
