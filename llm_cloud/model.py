@@ -134,11 +134,15 @@ class ItemTokenLM:
         """Load a checkpoint written by :meth:`save_pretrained` (float32, eval mode).
 
         A folder that is not a whole checkpoint, or whose files do not load (truncated weights, edited JSON), is
-        a ConfigError naming ``--checkpoint``, not a traceback from deep inside transformers.
+        a ConfigError naming ``--checkpoint``, not a traceback from deep inside transformers. So are weights that
+        do not fill the model its config describes (a tensor missing, a layer added to config.json): transformers
+        would initialise the rest at random and only print a table.
         """
         template = read_template(folder)  # checks the folder's files first
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.float32, output_loading_info=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (ImportError, MemoryError):  # a missing package or too little memory: not the folder's fault
             raise
@@ -146,7 +150,15 @@ class ItemTokenLM:
             raise ConfigError(
                 "--checkpoint", f"{folder} does not load ({type(exc).__name__}: {exc}). {RETRAIN}"
             ) from None
-        return cls(model, tokenizer, template)
+        if unfit := {kind: keys for kind, keys in loading.items() if kind != "error_msgs" and keys}:
+            said = "; ".join(
+                f"{kind.replace('_', ' ')}: {', '.join(sorted(map(str, keys))[:3])}"
+                for kind, keys in unfit.items()
+            )
+            raise ConfigError(
+                "--checkpoint", f"{folder}'s weights do not match its config.json ({said}). {RETRAIN}"
+            )
+        return cls(model.eval(), tokenizer, template)
 
 
 def build_scratch(config: LLMConfig, num_items: int) -> ItemTokenLM:

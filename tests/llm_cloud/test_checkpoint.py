@@ -80,6 +80,18 @@ def test_truncated_weights_are_a_config_error(copied_checkpoint: Path) -> None:
         ItemTokenLM.from_pretrained(copied_checkpoint)
 
 
+def test_weights_that_do_not_fill_the_config_are_refused_not_initialised(copied_checkpoint: Path) -> None:
+    """A layer added to config.json would be random weights, which transformers only reports in a table."""
+    config = json.loads((copied_checkpoint / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (copied_checkpoint / "config.json").write_text(json.dumps(config))
+    layer = config["num_hidden_layers"] - 1
+    with pytest.raises(
+        ConfigError, match=rf"do not match its config.json \(missing keys: model.layers.{layer}\."
+    ):
+        ItemTokenLM.from_pretrained(copied_checkpoint)
+
+
 def test_weights_cut_short_are_found_by_their_header_single_or_sharded(copied_checkpoint: Path) -> None:
     check_weights(copied_checkpoint)  # whole: no error
     model = ItemTokenLM.from_pretrained(copied_checkpoint).model
