@@ -35,7 +35,7 @@ from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
-from server.report import FLOOR_VIEWS, resolved_protocol
+from server.report import FINAL_FILE, FLOOR_VIEWS, read_final, resolved_protocol
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run_dataset(
     with candidate_service(cfg, ckpt, "transformers", run_dir) as service:
         cfg = cfg.override([f"federation.service_url={service.url}", f"federation.run_dir={run_dir}"])
         run_in_process(server_app, client_app, nodes, cfg.to_flat())
-    final = json.loads((run_dir / "final.json").read_text())
+    final = read_final(run_dir)
     return {
         **final,
         "global SRM, central protocol": global_srm_figures(cfg, run_dir, select_users, central),
@@ -410,13 +410,13 @@ def main() -> None:
     rows, runs = [], {}
     if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
         run_dir = Path(args.report_only)
-        if not (run_dir / "final.json").is_file() or not (run_dir / "config.json").is_file():
+        if not (run_dir / FINAL_FILE).is_file() or not (run_dir / "config.json").is_file():
             raise ConfigError(
                 "--report-only",
-                f"must be a finished federation's run folder (with config.json and final.json), got {run_dir}.",
+                f"must be a finished federation's run folder (with config.json and {FINAL_FILE}), got {run_dir}.",
             )
         cfg = RunConfig.load(run_dir / "config.json")
-        final = json.loads((run_dir / "final.json").read_text())
+        final = read_final(run_dir)
         num_users = load_or_prepare(cfg.data, cfg.seed).num_users
         row = central_row(central.get(cfg.data.dataset, []), cfg, num_users)
         final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users, row)

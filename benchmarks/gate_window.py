@@ -16,22 +16,21 @@ Example, three seeds of the default run:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.errors import LSC4RecError, run_main
+from lsc4rec.errors import DataFormatError, LSC4RecError, run_main
 from lsc4rec.outcomes import expected_rate, signal_bin_edges, threshold_for_budget
 from lsc4rec.tables import parse_args, positive_ints, report, shares
-from server.report import SIGNAL_HISTOGRAMS, read_rounds
+from server.report import SIGNAL_HISTOGRAMS, read_final, read_rounds
 
 
 def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[float]]]:
     """(the final evaluation's histogram, each evaluate round's) of the signal the run's final gate used."""
     try:
-        final = json.loads((run_dir / "final.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        final = read_final(run_dir, (SIGNAL_HISTOGRAMS, "live gate signal"))
+    except DataFormatError:
         final = {}
     if SIGNAL_HISTOGRAMS not in final:
         raise LSC4RecError(

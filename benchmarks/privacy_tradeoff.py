@@ -17,7 +17,6 @@ operating system (strategies/privacy.py), so a private run does not repeat to th
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from server.app import DP_EPSILON_FIGURE
 from server.app import app as server_app
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
+from server.report import read_final
 
 
 def row(noise: float, final: dict, seconds: float, delta: float) -> dict:
@@ -100,7 +100,7 @@ def main() -> None:
             run_folder(cfg)
             started = time.perf_counter()
             run_in_process(server_app, client_app, nodes, cfg.to_flat())
-            final = json.loads((run_dir / "final.json").read_text())
+            final = read_final(run_dir)
             rows.append(row(noise, final, time.perf_counter() - started, args.delta))
             runs[f"{noise:g}"] = str(run_dir)
     fed = base.federation

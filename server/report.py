@@ -89,6 +89,31 @@ def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     return [rounds[number] for number in sorted(rounds)]
 
 
+FINAL_FILE = "final.json"
+
+
+def read_final(
+    run_dir: Path, needed: tuple[str, ...] = ("protocol", "rankings", "policies")
+) -> dict[str, Any]:
+    """A finished run's ``final.json``, or a ``DataFormatError`` naming it when it is not one holding ``needed``.
+
+    The benchmark scripts re-read run folders a user names; a damaged or foreign file is one line, before any
+    evaluation starts.
+    """
+    path = run_dir / FINAL_FILE
+    try:
+        final = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataFormatError(path, f"cannot be read as a run's report ({exc}). {_FINISHED}") from None
+    missing = [key for key in needed if key not in final] if isinstance(final, dict) else list(needed)
+    if missing:
+        raise DataFormatError(path, f"is not a finished run's report (no {', '.join(missing)}). {_FINISHED}")
+    return final
+
+
+_FINISHED = "Pass the folder of a run that finished, or finish it: ./run_federation.sh --resume RUN."
+
+
 def final_figures(
     valid: StageOutcome,
     test: StageOutcome,
@@ -175,7 +200,7 @@ def write_report(
     run_dir: Path, figures: dict[str, Any], rounds: list[dict[str, Any]], protocol: dict[str, Any]
 ) -> Path:
     """Write ``final.json``, ``summary.md`` and the plots; return the summary's path."""
-    write_json(run_dir / "final.json", {"protocol": protocol, **figures})
+    write_json(run_dir / FINAL_FILE, {"protocol": protocol, **figures})
     _plot_rounds(run_dir / "validation_per_round.png", rounds, figures, protocol["budget"])
     _plot_policies(run_dir / "ndcg_vs_request_rate.png", figures)
     summary = run_dir / "summary.md"

@@ -68,3 +68,22 @@ def test_the_rounds_plot_numbers_its_rounds_whole(
 def test_summary_tables_right_align_their_figures() -> None:
     rows = [{"ranking": "fused", "list": "stale", "ndcg@10": 0.034, "users": 610}]
     assert report._markdown_table(rows)[:2] == ["| ranking | list | ndcg@10 | users |", "|---|---|---:|---:|"]
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ('{"protocol": {', "cannot be read as a run's report"),  # cut short
+        ("{}", "is not a finished run's report \\(no protocol, rankings, policies\\)"),
+        ("[1, 2]", "is not a finished run's report"),  # JSON, but not a report
+    ],
+)
+def test_a_damaged_final_report_is_named_before_any_evaluation(
+    tmp_path: Path, content: str, said: str
+) -> None:
+    """The benchmark scripts re-read run folders a user names: one line naming the file, not a KeyError."""
+    (tmp_path / report.FINAL_FILE).write_text(content)
+    with pytest.raises(DataFormatError, match=f"final.json: {said}.*--resume RUN"):
+        report.read_final(tmp_path)
+    (tmp_path / report.FINAL_FILE).write_text('{"protocol": {}, "rankings": [], "policies": []}')
+    assert report.read_final(tmp_path)["rankings"] == []
