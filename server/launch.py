@@ -580,6 +580,9 @@ def sampling_note(cfg: RunConfig, nodes: int) -> str | None:
     return f"{'; '.join(short)}: Flower samples 1 node (its minimum) for it each round."
 
 
+TRAINING_COPIES = 4  # a model in training: its weights, their gradients and Adam's two moments
+
+
 def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available: int | None) -> None:
     """Refuse a simulation whose nodes' kept models (``srm_bytes`` each) cannot fit in ``available`` bytes.
 
@@ -590,6 +593,13 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available:
     (memory unknown) skips the check.
     """
     fed = cfg.federation
+    if available is not None and TRAINING_COPIES * srm_bytes > available:
+        raise ConfigError(
+            "srm.hidden",
+            f"one SRM on this catalogue holds {srm_bytes / 2**30:.1f} GiB, and training it needs about "
+            f"{TRAINING_COPIES} times that (weights, gradients, Adam's two moments), more than the "
+            f"{available / 2**30:.1f} GiB available, got {cfg.srm.hidden}. Lower it (or srm.max_len).",
+        )
     copies = int(fed.keep_personal) + 2 * int(fed.keep_optimizer)
     if available is None or not copies:
         return
@@ -615,8 +625,14 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available:
 
 
 def _srm_bytes(cfg: RunConfig, num_items: int) -> int:
-    """The size of the SRM's weights on this catalogue: what one personal copy holds."""
-    return sum(p.numel() * p.element_size() for p in build_srm(cfg.srm, num_items).parameters())
+    """The size of the SRM's weights on this catalogue: what one personal copy holds.
+
+    Built on the meta device, which allocates nothing: a model too large for the machine is then refused by the
+    memory check instead of failing, or swapping for minutes, in the allocator.
+    """
+    with torch.device("meta"):
+        model = build_srm(cfg.srm, num_items)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def available_memory() -> int | None:

@@ -31,6 +31,7 @@ from server.checkpoint import PRIVACY_LEDGER, read_ledger, save_checkpoint, save
 from server.launch import (
     LAUNCH_FILE,
     Launch,
+    _srm_bytes,
     candidate_service,
     check_node_state_fits,
     llm_cache_folder,
@@ -185,15 +186,29 @@ def test_a_simulation_whose_kept_models_cannot_fit_fails_before_training_or_fold
 def test_the_kept_models_are_sized_against_the_memory_available(
     federation_config: RunConfig, settings: list[str], fits: bool
 ) -> None:
-    """Room for three SRMs: 24 nodes' copies, or their Adam states, do not fit; 2 boxes' copies, or none, do."""
+    """Room for five SRMs: 24 nodes' copies, or their Adam states, do not fit; 2 boxes' copies, or none, do."""
     cfg = federation_config.override(["federation.num_nodes=0", *settings])
     nodes, srm_bytes = cfg.federation.num_nodes or 24, 2**20
     check_node_state_fits(cfg, nodes, srm_bytes, None)  # memory unknown: no check
     if fits:
-        check_node_state_fits(cfg, nodes, srm_bytes, 3 * srm_bytes)
+        check_node_state_fits(cfg, nodes, srm_bytes, 5 * srm_bytes)
     else:
         with pytest.raises(ConfigError, match=f"for each of {nodes} nodes .* x 1.0 MiB each"):
-            check_node_state_fits(cfg, nodes, srm_bytes, 3 * srm_bytes)
+            check_node_state_fits(cfg, nodes, srm_bytes, 5 * srm_bytes)
+
+
+def test_an_srm_too_large_to_train_is_refused_before_it_is_built(federation_config: RunConfig) -> None:
+    """Sized on the meta device (nothing allocated), refused by the memory check, not by the allocator."""
+    cfg = federation_config.override(["srm.hidden=100000", "federation.keep_personal=false"])
+    started = time.perf_counter()
+    srm_bytes = _srm_bytes(cfg, 50_000)
+    assert (
+        srm_bytes > 100 * 2**30 and time.perf_counter() - started < 5
+    )  # hundreds of GiB counted, not allocated
+    with pytest.raises(
+        ConfigError, match=r"srm.hidden: one SRM on this catalogue holds \d+\.\d GiB.*got 100000"
+    ):
+        check_node_state_fits(cfg, 1, srm_bytes, 64 * 2**30)
 
 
 def test_vllm_without_its_venv_fails_before_training_or_folders(
