@@ -66,6 +66,11 @@ def main() -> None:
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parse_args(parser)
     loaded = [load_run(run) for run in args.runs]  # each run's files read once
+    recorded = min(len(rounds) for _, rounds in loaded)
+    if max(args.windows) > recorded:  # a longer window would pool the same rounds under another name
+        parser.error(
+            f"--windows must not exceed the {recorded} evaluate rounds a run recorded, got {max(args.windows)}"
+        )
     rows = []
     for budget in args.budgets:
         for window in args.windows:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import math
 import os
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to measure, after --")
     args = parse_args(parser)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if args.interval <= 0:
+    if not 0 < args.interval < math.inf:  # NaN too
         parser.error(f"--interval must be > 0 seconds, got {args.interval}")
     if not command:
         parser.error("give the command to measure after --, e.g. -- ./run_federation.sh")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
-from tests.conftest import load_benchmark
+from tests.conftest import load_benchmark, run_benchmark
 
 
 def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Path) -> None:
@@ -34,3 +34,9 @@ def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Pat
     # W = 3 (and any longer window): 30 of 300 above tau 0.9 + 0.1 * 80 / 110
     expected = 10 * (1 - (0.9 + 0.1 * 80 / 110)) / 0.1 / 100
     assert replay(3, 0.1) == pytest.approx(expected) == replay(5, 0.1)
+    # so the script refuses a window longer than the rounds recorded, which would be W = 3 under another name
+    done = run_benchmark("gate_window", str(tmp_path), "--windows", "1,5")
+    assert (
+        done.returncode == 2
+        and "--windows must not exceed the 3 evaluate rounds a run recorded, got 5" in done.stderr
+    )

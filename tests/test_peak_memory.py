@@ -34,3 +34,15 @@ def test_sums_every_process_even_an_orphan(tmp_path: Path) -> None:
 def test_a_missing_command_is_one_line() -> None:
     done = run_benchmark("peak_memory", "--", "no-such-command-here", env=BARE, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: cannot start 'no-such-command-here'")
+
+
+@pytest.mark.parametrize("interval", ["nan", "inf", "0"])
+def test_an_interval_that_is_no_duration_is_refused_before_the_command_starts(
+    tmp_path: Path, interval: str
+) -> None:
+    started = tmp_path / "started"
+    done = run_benchmark(
+        "peak_memory", "--interval", interval, "--", "touch", str(started), env=BARE, timeout=60
+    )
+    assert done.returncode == 2 and f"--interval must be > 0 seconds, got {float(interval)}" in done.stderr
+    assert not started.exists()
