@@ -7,6 +7,7 @@ so that stopping one never leaves orphans and never touches other processes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -54,6 +55,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # the host resolved, but to no address of this machine
+                raise ConfigError(
+                    "--host", f"must be an address of this machine, got {host!r} ({exc.strerror})."
+                ) from None
             raise ConfigError(
                 "--port",
                 f"must be free on {host}, but {host}:{port} cannot be used ({exc.strerror}). Pick another.",

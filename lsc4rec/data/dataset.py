@@ -176,7 +176,10 @@ def build_dataset(
     dropped = len(users) - int(keep.sum())
     users, items, times = users[keep], items[keep], times[keep]
     if len(users) == 0:
-        raise DataFormatError(raw.source, f"no interactions survive {kcore}-core filtering. Lower --kcore.")
+        raise DataFormatError(
+            raw.source,
+            f"no interactions survive {kcore}-core filtering. Lower data.kcore (--kcore, or --set data.kcore=N).",
+        )
     log.info(
         "%s: %d-core kept %d of %d interactions (%d dropped)",
         raw.source,

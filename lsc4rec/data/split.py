@@ -44,14 +44,14 @@ class TemporalSplit:
             raise DataFormatError(
                 self.dataset.meta.get("name", "the dataset"),
                 f"every user needs at least 3 items (a history, the validation and the test target), but the "
-                f"shortest sequence has {shortest}. Raise --kcore (data.kcore) to 3 or more.",
+                f"shortest sequence has {shortest}. Raise data.kcore (--kcore, or --set data.kcore=N) to 3 or more.",
             )
         if self.lag < 0 or shortest - 3 - self.lag < 0:
             raise ConfigError(
                 "data.lag",
                 f"must be in [0, {shortest - 3}] so that every user's cloud view at "
                 f"validation holds an item (shortest sequence: {shortest}), got {self.lag}. "
-                "Lower the lag (--lag), or prepare the data with a higher --kcore (data.kcore).",
+                "Lower it, or prepare the data with a higher data.kcore (--kcore, or --set data.kcore=N).",
             )
 
     def check_trainable(self, model: Literal["SRM", "LLM"]) -> None:

@@ -72,6 +72,10 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             ["llm", "serve", "--checkpoint", "c", "--host", "a" * 64],
             "--host: must be an address of this machine",
         ),
+        (  # an address, but none of this machine's (TEST-NET-1): not a busy port
+            ["llm", "serve", "--checkpoint", "c", "--host", "192.0.2.1"],
+            "--host: must be an address of this machine, got '192.0.2.1' (Cannot assign requested address)",
+        ),
         (
             ["llm", "train", "--data", "d", "--out", "o", "--base", "scratch", "--set", "llm.base=/x"],
             "llm.base: is given twice",

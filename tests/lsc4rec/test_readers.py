@@ -218,7 +218,9 @@ def test_build_dataset_kcore_time_ties_and_numbering(tmp_path: Path) -> None:
     shuffled = build_dataset(raw, kcore=2, numbering="random", seed=3)
     decoded = [shuffled.item_ids[i - 1] for i in shuffled.sequence(0)]
     assert decoded == ["10", "20", "30"]  # numbering changes ids, never order
-    with pytest.raises(DataFormatError, match="no interactions survive 5-core"):
+    with pytest.raises(
+        DataFormatError, match=r"no interactions survive 5-core.*\(--kcore, or --set data.kcore=N\)"
+    ):
         build_dataset(raw, kcore=5)
 
 

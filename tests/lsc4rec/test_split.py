@@ -42,12 +42,15 @@ def test_split_invariants_hold_for_every_user(lag: int) -> None:
 
 
 def test_split_rejects_lag_that_empties_cloud_view() -> None:
-    with pytest.raises(ConfigError, match=r"data.lag: must be in \[0, 2\]"):
+    # the advice names options every command that prepares data takes (not all have --lag or --kcore)
+    with pytest.raises(ConfigError, match=r"data.lag: must be in \[0, 2\].*--kcore, or --set data.kcore=N"):
         TemporalSplit(make_dataset([[1, 2, 3, 4, 5]]), lag=3)
 
 
 def test_too_short_sequences_and_nothing_to_train_on_are_refused() -> None:
-    with pytest.raises(DataFormatError, match=r"every user needs at least 3 items.*shortest sequence has 2"):
+    with pytest.raises(
+        DataFormatError, match=r"at least 3 items.*has 2\. Raise data.kcore \(--kcore, or --set"
+    ):
         TemporalSplit(make_dataset([[1, 2, 3], [2, 3]]), lag=0)
     three = TemporalSplit(
         make_dataset([[1, 2, 3], [2, 3, 1]]), lag=0
