@@ -69,6 +69,10 @@ def read_json(folder: str | Path, name: str) -> dict[str, Any]:
     path = check_files(folder) / name
     try:
         tree = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError as exc:  # whole, but not this user's to read: training again would not help
+        raise ConfigError(
+            "--checkpoint", f"{path} cannot be read ({exc.strerror}). Make it readable."
+        ) from None
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise ConfigError("--checkpoint", f"{path} is damaged ({exc}). {RETRAIN}") from None
     if not isinstance(tree, dict):

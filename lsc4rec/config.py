@@ -458,7 +458,11 @@ class RunConfig:
         try:
             tree = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataFormatError(path, f"cannot be read as a run config ({exc}).") from None
+            raise DataFormatError(
+                path,
+                f"cannot be read as a run config ({exc}). Restore it from a copy of the run or checkpoint, "
+                "or start a new one.",
+            ) from None
         if not isinstance(tree, dict):
             raise DataFormatError(
                 path, "must hold a JSON object of config sections (a run config written by lsc4rec)."

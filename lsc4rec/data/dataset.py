@@ -31,6 +31,12 @@ _PREPARE = (
 )
 
 
+def _is_npy(path: Path) -> bool:
+    """Whether ``path`` starts as numpy's ``.npy`` format does (one bare array)."""
+    with path.open("rb") as handle:
+        return handle.read(6) == b"\x93NUMPY"
+
+
 @dataclass(frozen=True)
 class SequenceDataset:
     """Per-user chronological sequences over items 1..N.
@@ -106,8 +112,14 @@ class SequenceDataset:
         try:
             write_atomically(path, lambda partial: np.savez(partial, **arrays))
         except OSError as exc:
+            where = "--out, or the cache under $XDG_CACHE_HOME"
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a file stands where a folder must
+                raise DataFormatError(
+                    path,
+                    f"cannot be written: a file stands where its folder must. Choose a folder ({where}).",
+                ) from None
             raise DataFormatError(
-                path, f"cannot be written ({exc.strerror}). Choose a writable folder."
+                path, f"cannot be written ({exc.strerror}). Choose a folder you can write to ({where})."
             ) from None
         return path
 
@@ -120,6 +132,8 @@ class SequenceDataset:
         """
         path = Path(path)
         try:
+            if path.is_file() and not zipfile.is_zipfile(path) and not _is_npy(path):
+                raise ValueError("it is not an .npz archive")  # numpy's own words would suggest allow_pickle
             loaded = np.load(path, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one bare array
                 raise ValueError("it holds one array, not the arrays of an .npz")

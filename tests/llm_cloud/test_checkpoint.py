@@ -15,6 +15,7 @@ from llm_cloud.checkpoint import (
     check_files,
     check_same_items,
     check_weights,
+    read_json,
     read_run_config,
 )
 from llm_cloud.cli import app
@@ -109,7 +110,9 @@ def test_weights_cut_short_are_found_by_their_header_single_or_sharded(copied_ch
 
 def test_a_damaged_run_config_names_its_file(copied_checkpoint: Path) -> None:
     (copied_checkpoint / "lsc4rec_config.json").write_text('{"llm": ')
-    with pytest.raises(DataFormatError, match=r"lsc4rec_config\.json: cannot be read as a run config"):
+    with pytest.raises(
+        DataFormatError, match=r"lsc4rec_config\.json: cannot be read as a run config .*Restore it"
+    ):
         read_run_config(copied_checkpoint)
     (copied_checkpoint / "lsc4rec_config.json").write_text("[1, 2]")
     with pytest.raises(DataFormatError, match="must hold a JSON object"):
@@ -144,3 +147,18 @@ def test_evaluate_refuses_data_the_checkpoint_was_not_trained_on(
     done = CliRunner().invoke(app, args)
     assert isinstance(done.exception, ConfigError) and "numbers items differently" in str(done.exception)
     assert not out.exists()  # nothing evaluated, nothing written
+
+
+def test_a_checkpoint_file_that_cannot_be_read_is_not_called_damaged(
+    copied_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without read permission (root reads anyway, so the refusal is made here) retraining is the wrong advice."""
+
+    def refused(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    with pytest.raises(
+        ConfigError, match=r"lsc4rec_template\.json cannot be read \(Permission denied\)\. Make it readable"
+    ):
+        read_json(copied_checkpoint, TEMPLATE_FILE)

@@ -230,7 +230,9 @@ def test_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     loaded = type(seq).load(seq.save(tmp_path / "out" / "d.npz"))
     assert np.array_equal(loaded.items, seq.items) and loaded.meta == seq.meta
     assert loaded.stats()["interactions"] == 6
-    with pytest.raises(DataFormatError, match=r"d\.npz: cannot be written"):
+    with pytest.raises(
+        DataFormatError, match=r"d\.npz: cannot be written: a file stands where its folder must"
+    ):
         seq.save(tmp_path / "out" / "d.npz" / "d.npz")  # below a file
     good = (tmp_path / "out" / "d.npz").read_bytes()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["d.npz"]  # no partial file left beside it
@@ -272,6 +274,11 @@ def test_a_prepared_dataset_that_breaks_its_invariants_is_named(
     np.save(tmp_path / "plain.npy", np.arange(3))
     with pytest.raises(DataFormatError, match=r"plain\.npy: is not a prepared dataset \(it holds one array"):
         SequenceDataset.load(tmp_path / "plain.npy")
+    (tmp_path / "ratings.csv").write_text("userId,movieId\n1,2\n")  # a raw file given where the .npz goes
+    with pytest.raises(
+        DataFormatError, match=r"ratings\.csv: is not a prepared dataset \(it is not an \.npz archive\)"
+    ):
+        SequenceDataset.load(tmp_path / "ratings.csv")
 
 
 def test_shared_movielens_has_titles(data_root: Path) -> None:
@@ -332,7 +339,9 @@ def test_a_failed_save_leaves_the_earlier_file_whole(tmp_path: Path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", write_half_then_fail)
-    with pytest.raises(DataFormatError, match="cannot be written"):
+    with pytest.raises(
+        DataFormatError, match=r"cannot be written \(No space left on device\)\. Choose a folder"
+    ):
         seq.save(saved)
     assert saved.read_bytes() == before  # readers of the cache still find the earlier, whole file
     assert [p.name for p in saved.parent.iterdir()] == ["d.npz"]
