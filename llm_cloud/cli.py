@@ -220,8 +220,14 @@ def _check_url(vllm_url: str) -> None:
 
 
 def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
-    """The TLS arguments of ``uvicorn.run``, checked before the model loads: both files or neither, each readable."""
+    """The TLS arguments of ``uvicorn.run``, checked before the model loads: both files or neither, each readable.
+
+    An expired certificate is refused too: uvicorn serves it, and every device refuses the handshake.
+    """
+    import datetime
     import ssl
+
+    from cryptography import x509
 
     if certfile is None and keyfile is None:
         return {}
@@ -235,6 +241,11 @@ def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
             "--ssl-certfile",
             f"{certfile} and --ssl-keyfile {keyfile} must be a PEM certificate and its private key ({exc}).",
         ) from None
+    expires = x509.load_pem_x509_certificate(certfile.read_bytes()).not_valid_after_utc
+    if expires < datetime.datetime.now(datetime.UTC):
+        raise ConfigError(
+            "--ssl-certfile", f"{certfile} expired on {expires:%Y-%m-%d}: devices would refuse it. Renew it."
+        )
     return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
 
 
@@ -253,6 +264,7 @@ def vllm_serve(
     ] = False,
 ) -> None:
     """Start vLLM on CHECKPOINT (in the vLLM venv), wait until ready, and keep it up until Ctrl-C."""
+    from llm_cloud.checkpoint import check_weights
     from llm_cloud.engines.vllm_engine import VLLM_API_KEY_ENV, VLLM_PLAIN_HTTP
     from llm_cloud.processes import check_port_free
     from llm_cloud.service import exposure_warning
@@ -261,6 +273,7 @@ def vllm_serve(
 
     output_path(log, "--log")
     check_port_free(host, port)
+    check_weights(checkpoint)  # a file cut short is named here, not after vLLM has started on it
     if warning := exposure_warning(
         host, os.environ.get(VLLM_API_KEY_ENV), VLLM_API_KEY_ENV, tls=False, encrypt=VLLM_PLAIN_HTTP
     ):

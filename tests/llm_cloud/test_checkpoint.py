@@ -21,6 +21,7 @@ from llm_cloud.checkpoint import (
 from llm_cloud.cli import app
 from llm_cloud.engines import make_engine
 from llm_cloud.model import ItemTokenLM
+from llm_cloud.processes import free_port
 from llm_cloud.templates import TEMPLATE_FILE
 from lsc4rec.data import SequenceDataset
 from lsc4rec.errors import ConfigError, DataFormatError
@@ -106,6 +107,20 @@ def test_weights_cut_short_are_found_by_their_header_single_or_sharded(copied_ch
         ConfigError, match=rf"--checkpoint: .*{shards[-1].name} is damaged \(.*not fully covered"
     ):
         check_weights(copied_checkpoint)
+    # vllm-serve checks them before it starts vLLM (a port of its own, no venv needed to be refused)
+    log = copied_checkpoint.parent / "vllm.log"
+    args = [
+        "vllm-serve",
+        "--checkpoint",
+        str(copied_checkpoint),
+        "--port",
+        str(free_port()),
+        "--log",
+        str(log),
+    ]
+    done = CliRunner().invoke(app, args)
+    assert isinstance(done.exception, ConfigError) and "is damaged" in str(done.exception)
+    assert not log.exists()  # vLLM never started
 
 
 def test_a_damaged_run_config_names_its_file(copied_checkpoint: Path) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from llm_cloud.processes import free_port
 from lsc4rec.credentials import make_loopback_tls
@@ -184,6 +189,26 @@ def test_cli_serve_checks_its_certificate_before_the_model_loads(tmp_path: Path)
         done = lsc4rec("llm", "serve", "--checkpoint", "c", "--port", str(free_port()), *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_serve_refuses_an_expired_certificate_which_every_device_would(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    year = datetime.timedelta(days=365)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = x509.CertificateBuilder(
+        name, name, key.public_key(), x509.random_serial_number(), now - 2 * year, now - year
+    ).sign(key, hashes.SHA256())
+    (tmp_path / "old.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "old.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    args = ["--ssl-certfile", str(tmp_path / "old.pem"), "--ssl-keyfile", str(tmp_path / "old.key")]
+    done = lsc4rec("llm", "serve", "--checkpoint", "c", "--port", str(free_port()), *args)
+    expired = f"{(now - year):%Y-%m-%d}"
+    assert done.returncode == 2 and f"old.pem expired on {expired}: devices would refuse it" in done.stderr
 
 
 def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: Path) -> None:
