@@ -30,7 +30,7 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
-from lsc4rec.tables import parse_args, report
+from lsc4rec.tables import dataset_name, parse_args, report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
@@ -382,7 +382,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", nargs="+", default=["ml-latest-small", "beauty"])
+    parser.add_argument("--datasets", nargs="+", type=dataset_name, default=["ml-latest-small", "beauty"])
     parser.add_argument("--report-only", help="RUN_DIR of a finished federation: recompute its table only")
     parser.add_argument(
         "--checkpoint", action="append", default=[], help="DATASET=CKPT: an LLM checkpoint to use"

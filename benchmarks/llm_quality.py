@@ -40,7 +40,7 @@ from lsc4rec.floors import ItemTransition, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.runs import output_path, write_json
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
-from lsc4rec.tables import parse_args
+from lsc4rec.tables import dataset_names, parse_args
 
 RANKING = "the LLM's rows over its K-list; the floors and the cloud's-data rows over the full catalogue"
 
@@ -150,7 +150,7 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="ml-latest-small,beauty")
+    parser.add_argument("--datasets", type=dataset_names, default=["ml-latest-small", "beauty"])
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench-llm-quality"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="training key=value")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -160,9 +160,7 @@ def main() -> None:
     args = parse_args(parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_path(args.out_dir, "--out-dir", folder=True)
-    results = [
-        run_dataset(name, args.out_dir, args.overrides, args.same_data) for name in args.datasets.split(",")
-    ]
+    results = [run_dataset(name, args.out_dir, args.overrides, args.same_data) for name in args.datasets]
     print_table(results)
     if args.json:
         write_json(args.json, results)

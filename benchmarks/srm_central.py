@@ -13,7 +13,7 @@ import argparse
 from clients.central import train_central
 from lsc4rec.config import load_config
 from lsc4rec.errors import run_main
-from lsc4rec.tables import parse_args, report
+from lsc4rec.tables import dataset_name, parse_args, report
 
 # name -> overrides; dropout 0.5 for the sparse Amazon set, as SASRec's paper uses there.
 RUNS = {
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", nargs="+", default=["beauty", "ml-latest-small"])
+    parser.add_argument("--datasets", nargs="+", type=dataset_name, default=["beauty", "ml-latest-small"])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="key=value for every run"

@@ -29,6 +29,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def dataset_name(text: str) -> str:
+    """An argparse type: a named dataset or an existing path.
+
+    Checked before a multi-dataset benchmark starts: otherwise a typo in the last name is found only after the
+    datasets before it have trained.
+    """
+    from lsc4rec.data.sources import NAMED
+
+    if text not in NAMED and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"must be {', '.join(NAMED)} or an existing path, got {text!r}")
+    return text
+
+
+def dataset_names(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of :func:`dataset_name`, such as ``ml-latest-small,beauty``."""
+    return [dataset_name(part) for part in text.split(",")]
+
+
 def positive_ints(text: str) -> list[int]:
     """An argparse type: a comma-separated list of integers >= 1, such as ``1,32,256``."""
     return [positive_int(part) for part in text.split(",")]

@@ -242,6 +242,13 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             "error: --central: must be a JSON file written by benchmarks/srm_central.py",
         ),
         ("gate_window.py", ["."], "error: . is not a finished federation that recorded"),
+        (  # a typo in the last dataset is found before the first one trains
+            "srm_central.py",
+            ["--datasets", "ml-latest-small", "beuaty"],
+            "argument --datasets: must be ml-latest-small, beauty, toys or an existing path, got 'beuaty'",
+        ),
+        ("llm_quality.py", ["--datasets", "ml-latest-small,nosuch"], "argument --datasets: must be"),
+        ("federation_quality.py", ["--datasets", "nosuch"], "argument --datasets: must be"),
         (
             "gate_window.py",
             [".", "--budgets", "0.05,2"],
