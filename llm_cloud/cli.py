@@ -119,6 +119,7 @@ def evaluate(
     from llm_cloud.engines import make_engine
     from llm_cloud.evaluate import evaluate_engine
     from lsc4rec.data import SequenceDataset
+    from lsc4rec.data.split import TemporalSplit
     from lsc4rec.runs import output_path, write_json
     from lsc4rec.tables import print_table
 
@@ -129,6 +130,10 @@ def evaluate(
     check_same_items(checkpoint, dataset)
     lag = trained_with.data.lag if lag is None else lag
     k = trained_with.llm.k if k is None else k
+    try:  # a lag the data cannot take is refused before the model loads, naming this command's option
+        TemporalSplit(dataset, lag)
+    except ConfigError as exc:
+        raise ConfigError("--lag", exc.message) from None
     engine = make_engine("transformers", checkpoint)
     metrics = evaluate_engine(engine, dataset, lag, k)
     report = {

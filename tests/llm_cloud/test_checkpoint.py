@@ -177,3 +177,20 @@ def test_a_checkpoint_file_that_cannot_be_read_is_not_called_damaged(
         ConfigError, match=r"lsc4rec_template\.json cannot be read \(Permission denied\)\. Make it readable"
     ):
         read_json(copied_checkpoint, TEMPLATE_FILE)
+
+
+def test_evaluate_refuses_a_lag_the_data_cannot_take_before_the_model_loads(
+    tiny_checkpoint: Path, tiny_dataset: SequenceDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tiny_dataset.save(tmp_path / "d.npz")
+
+    def no_model(*args: object) -> None:
+        raise AssertionError("the model loaded before the lag was checked")
+
+    monkeypatch.setattr("llm_cloud.engines.make_engine", no_model)
+    done = CliRunner().invoke(
+        app, ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--lag", "1000"]
+    )
+    assert isinstance(done.exception, ConfigError) and str(done.exception).startswith(
+        "--lag: must be in [0, "
+    )
