@@ -59,7 +59,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished federations' folders")
-    parser.add_argument("--windows", type=positive_ints, default=[1, 2, 3, 4, 5], help="e.g. 1,2,3")
+    parser.add_argument(
+        "--windows",
+        type=positive_ints,
+        help="e.g. 1,2,3 (default: 1 to 5, as far as the runs recorded rounds)",
+    )
     parser.add_argument(
         "--budgets", type=shares, default=[0.05, 0.1, 0.2], help="request budgets, e.g. 0.05,0.1"
     )
@@ -67,6 +71,8 @@ def main() -> None:
     args = parse_args(parser)
     loaded = [load_run(run) for run in args.runs]  # each run's files read once
     recorded = min(len(rounds) for _, rounds in loaded)
+    if args.windows is None:
+        args.windows = list(range(1, min(5, recorded) + 1))
     if max(args.windows) > recorded:  # a longer window would pool the same rounds under another name
         parser.error(
             f"--windows must not exceed the {recorded} evaluate rounds a run recorded, got {max(args.windows)}"

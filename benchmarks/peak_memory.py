@@ -128,7 +128,7 @@ def main() -> None:
     args = parse_args(parser)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not 0 < args.interval < math.inf:  # NaN too
-        parser.error(f"--interval must be > 0 seconds, got {args.interval}")
+        parser.error(f"--interval must be a finite number of seconds > 0, got {args.interval}")
     if not command:
         parser.error("give the command to measure after --, e.g. -- ./run_federation.sh")
     if not Path("/proc/self/smaps_rollup").is_file():

@@ -64,17 +64,23 @@ def write_item_map(folder: Path, num_items: int, first_item_token: int, item_ids
     (folder / ITEM_MAP_FILE).write_text(json.dumps(item_map))
 
 
+def file_error(path: Path, exc: Exception) -> ConfigError:
+    """The error for a checkpoint file that does not load.
+
+    One this user may not read is whole, not damaged: training again would not help.
+    """
+    if isinstance(exc, PermissionError):
+        return ConfigError("--checkpoint", f"{path} cannot be read ({exc.strerror}). Make it readable.")
+    return ConfigError("--checkpoint", f"{path} is damaged ({exc}). {RETRAIN}")
+
+
 def read_json(folder: str | Path, name: str) -> dict[str, Any]:
     """The JSON object in the checkpoint's file ``name``; a damaged file is a ConfigError naming ``--checkpoint``."""
     path = check_files(folder) / name
     try:
         tree = json.loads(path.read_text(encoding="utf-8"))
-    except PermissionError as exc:  # whole, but not this user's to read: training again would not help
-        raise ConfigError(
-            "--checkpoint", f"{path} cannot be read ({exc.strerror}). Make it readable."
-        ) from None
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
-        raise ConfigError("--checkpoint", f"{path} is damaged ({exc}). {RETRAIN}") from None
+        raise file_error(path, exc) from None
     if not isinstance(tree, dict):
         raise ConfigError("--checkpoint", f"{path} is damaged (not a JSON object). {RETRAIN}")
     return tree
@@ -136,7 +142,7 @@ def check_weights(folder: str | Path) -> None:
             with safe_open(folder / name, "pt"):
                 pass
         except Exception as exc:  # SafetensorError, OSError: a missing or damaged file
-            raise ConfigError("--checkpoint", f"{folder / name} is damaged ({exc}). {RETRAIN}") from None
+            raise file_error(folder / name, exc) from None
 
 
 def trained_item_ids(folder: str | Path) -> list:

@@ -246,7 +246,12 @@ def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
             "--ssl-certfile",
             f"{certfile} and --ssl-keyfile {keyfile} must be a PEM certificate and its private key ({exc}).",
         ) from None
-    expires = x509.load_pem_x509_certificate(certfile.read_bytes()).not_valid_after_utc
+    try:
+        expires = x509.load_pem_x509_certificate(certfile.read_bytes()).not_valid_after_utc
+    except (
+        ValueError
+    ):  # a PEM form ssl reads and cryptography does not (TRUSTED CERTIFICATE): ssl accepted it
+        return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
     if expires < datetime.datetime.now(datetime.UTC):
         raise ConfigError(
             "--ssl-certfile", f"{certfile} expired on {expires:%Y-%m-%d}: devices would refuse it. Renew it."

@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, read_template, write_item_map
+from llm_cloud.checkpoint import RETRAIN, RUN_CONFIG_FILE, file_error, read_template, write_item_map
 from llm_cloud.templates import PromptTemplate
 from lsc4rec.config import LLMConfig, RunConfig
 from lsc4rec.errors import ConfigError
@@ -146,6 +146,8 @@ class ItemTokenLM:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (ImportError, MemoryError):  # a missing package or too little memory: not the folder's fault
             raise
+        except PermissionError as exc:
+            raise file_error(Path(exc.filename or folder), exc) from None
         except Exception as exc:  # transformers and safetensors raise many kinds for a bad file
             raise ConfigError(
                 "--checkpoint", f"{folder} does not load ({type(exc).__name__}: {exc}). {RETRAIN}"

@@ -457,6 +457,8 @@ class RunConfig:
         """Read a config written by :meth:`save`; a missing or damaged file is a DataFormatError naming it."""
         try:
             tree = json.loads(Path(path).read_text(encoding="utf-8"))
+        except PermissionError as exc:  # whole, but not this user's to read
+            raise DataFormatError(path, f"cannot be read ({exc.strerror}). Make it readable.") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataFormatError(
                 path,

@@ -37,7 +37,7 @@ def dataset_name(text: str) -> str:
     """
     from lsc4rec.data.sources import NAMED
 
-    if text not in NAMED and not Path(text).exists():
+    if text not in NAMED and not (text and Path(text).exists()):  # Path("") is the working directory
         raise argparse.ArgumentTypeError(f"must be {', '.join(NAMED)} or an existing path, got {text!r}")
     return text
 

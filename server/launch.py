@@ -598,7 +598,8 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available:
             "srm.hidden",
             f"one SRM on this catalogue holds {srm_bytes / 2**30:.1f} GiB, and training it needs about "
             f"{TRAINING_COPIES} times that (weights, gradients, Adam's two moments), more than the "
-            f"{available / 2**30:.1f} GiB available, got {cfg.srm.hidden}. Lower it (or srm.max_len).",
+            f"{available / 2**30:.1f} GiB available, got {cfg.srm.hidden}. Lower it, or shrink the catalogue "
+            "with a higher data.kcore.",
         )
     copies = int(fed.keep_personal) + 2 * int(fed.keep_optimizer)
     if available is None or not copies:

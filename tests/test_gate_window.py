@@ -40,3 +40,7 @@ def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Pat
         done.returncode == 2
         and "--windows must not exceed the 3 evaluate rounds a run recorded, got 5" in done.stderr
     )
+    # without --windows: 1 to 5, as far as the run recorded rounds
+    done = run_benchmark("gate_window", str(tmp_path), "--json", str(tmp_path / "w.json"))
+    windows = {row["window"] for row in json.loads((tmp_path / "w.json").read_text())["rows"]}
+    assert done.returncode == 0 and windows == {1, 2, 3}, done.stderr

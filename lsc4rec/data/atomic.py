@@ -50,7 +50,8 @@ def read_atomic(path: str | Path) -> Interactions:
             if pair in seen:
                 raise DataFormatError(
                     path,
-                    f"user {pair[0]} has item {pair[1]} already (line {seen[pair]}); each item once.",
+                    f"user {pair[0]} has item {pair[1]} already (line {seen[pair]}); each item once: keep the "
+                    "first row of each pair (RecBole's rm_dup_inter: first).",
                     line_no,
                 )
             seen[pair] = line_no

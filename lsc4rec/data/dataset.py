@@ -112,7 +112,7 @@ class SequenceDataset:
         try:
             write_atomically(path, lambda partial: np.savez(partial, **arrays))
         except OSError as exc:
-            where = "--out, or the cache under $XDG_CACHE_HOME"
+            where = "data prepare's --out, or the cache under $XDG_CACHE_HOME"
             if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a file stands where a folder must
                 raise DataFormatError(
                     path,

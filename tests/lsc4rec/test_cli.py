@@ -248,6 +248,7 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             "argument --datasets: must be ml-latest-small, beauty, toys or an existing path, got 'beuaty'",
         ),
         ("llm_quality.py", ["--datasets", "ml-latest-small,nosuch"], "argument --datasets: must be"),
+        ("llm_quality.py", ["--datasets", "ml-latest-small,"], "an existing path, got ''"),  # not the cwd
         ("federation_quality.py", ["--datasets", "nosuch"], "argument --datasets: must be"),
         (
             "gate_window.py",

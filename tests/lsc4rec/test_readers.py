@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lsc4rec.config import DataConfig
 from lsc4rec.data import build_dataset, read_dataset, sources
 from lsc4rec.data.atomic import read_atomic
 from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.data.movielens import read_movielens
 from lsc4rec.data.p5 import read_p5
+from lsc4rec.data.prepared import source_fingerprint
 from lsc4rec.errors import DataFormatError
 
 
@@ -105,6 +107,17 @@ def test_an_item_given_twice_is_named_at_its_second_line(tmp_path: Path) -> None
     write(tmp_path / "toy.inter", "user_id:token\titem_id:token\nu1\ti1\nu2\ti1\nu1\ti1\n")
     with pytest.raises(DataFormatError, match=r"toy.inter:4: user u1 has item i1 already \(line 2\)"):
         read_atomic(tmp_path / "toy.inter")
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "ml" / "ratings.csv", "userId,movieId,rating,timestamp\n1,5,4,1\n")
+
+    def refused(self: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(DataFormatError, match=r"ml: cannot be listed \(Permission denied\)"):
+        source_fingerprint(DataConfig(dataset=str(tmp_path / "ml")))
 
 
 def test_a_file_that_cannot_be_read_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
