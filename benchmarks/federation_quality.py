@@ -74,7 +74,7 @@ def run_dataset(
     final = read_final(run_dir)
     return {
         **final,
-        "global SRM, central protocol": global_srm_figures(cfg, run_dir, select_users, central),
+        "global SRM, central protocol": global_srm_figures(cfg, split, run_dir, select_users, central),
         "central SRM ndcg@10": None if central is None else central["ndcg@10"],
         "run_dir": str(run_dir),
         "wall_seconds": time.perf_counter() - started,
@@ -83,7 +83,7 @@ def run_dataset(
 
 
 def global_srm_figures(
-    cfg: RunConfig, run_dir: Path, select_users: int, central: dict | None = None
+    cfg: RunConfig, split: TemporalSplit, run_dir: Path, select_users: int, central: dict | None = None
 ) -> dict[str, float]:
     """The global SRM under the central baseline's protocol (full catalogue, test NDCG@10 of every user).
 
@@ -92,7 +92,6 @@ def global_srm_figures(
     best validation epoch, so the second is the like-for-like comparison; neither choice looks at test. With
     ``central`` (the matching row of ``--central``), check 3's paired margin joins them.
     """
-    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     sample = evaluation_users(split.num_users, select_users, cfg.seed)
     rounds = sorted(complete_checkpoints(run_dir))
     valid = {}
@@ -417,9 +416,11 @@ def main() -> None:
             )
         cfg = RunConfig.load(run_dir / "config.json")
         final = read_final(run_dir)
-        num_users = load_or_prepare(cfg.data, cfg.seed).num_users
-        row = central_row(central.get(cfg.data.dataset, []), cfg, num_users)
-        final["global SRM, central protocol"] = global_srm_figures(cfg, run_dir, args.select_users, row)
+        split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+        row = central_row(central.get(cfg.data.dataset, []), cfg, split.num_users)
+        final["global SRM, central protocol"] = global_srm_figures(
+            cfg, split, run_dir, args.select_users, row
+        )
         runs[cfg.data.dataset] = {
             "run_dir": str(run_dir),
             "protocol": resolved_protocol(final["protocol"], final),

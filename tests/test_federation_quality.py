@@ -186,7 +186,7 @@ def test_check_three_is_a_paired_margin_over_90_percent_of_central(
     }
     assert test[3] != test[4]  # so that a margin taken from the other round would show
     row = {"ndcg@10": test["central"], "run": str(central_dir)}
-    got = benchmark.global_srm_figures(cfg, run_dir, 0, row)
+    got = benchmark.global_srm_figures(cfg, split, run_dir, 0, row)
     chosen = got["best-validation round"]
     assert got["best-validation test ndcg@10"] == pytest.approx(test[chosen])
     assert got["check 3 margin"] == pytest.approx(test[chosen] - 0.9 * test["central"])
@@ -199,7 +199,7 @@ def test_check_three_is_a_paired_margin_over_90_percent_of_central(
     assert got["check 3 paired se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(split.num_users))
     assert got["check 3 paired se"] > 0 and "--central" not in caplog.text
     # no central row: the ratio alone
-    assert "check 3 margin" not in benchmark.global_srm_figures(cfg, run_dir, 0)
+    assert "check 3 margin" not in benchmark.global_srm_figures(cfg, split, run_dir, 0)
     # without a readable central folder, or where the folder's model is not the row's, the ratio stands alone
     left_out = [
         ({**row, "run": str(tmp_path / "gone")}, "paired standard error is left out"),
