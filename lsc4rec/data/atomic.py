@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time
+from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time, record_once
 from lsc4rec.errors import DataFormatError
 
 
@@ -36,7 +36,7 @@ def read_atomic(path: str | Path) -> Interactions:
         iu, ii = header.index("user_id"), header.index("item_id")
         it = header.index("timestamp") if "timestamp" in header else None
         users, items, times = [], [], []
-        seen: dict[tuple[str, str], int] = {}  # (user, item) -> its line: a repeat would be a sure miss
+        seen: dict[tuple[str, str], int] = {}  # (user, item) -> its line
         for line_no, row in rows:
             if not row:
                 continue
@@ -46,17 +46,10 @@ def read_atomic(path: str | Path) -> Interactions:
                 )
             if not (row[iu].strip() and row[ii].strip()):
                 raise DataFormatError(path, "user_id and item_id must not be empty.", line_no)
-            pair = (row[iu].strip(), row[ii].strip())
-            if pair in seen:
-                raise DataFormatError(
-                    path,
-                    f"user {pair[0]} has item {pair[1]} already (line {seen[pair]}); each item once: keep the "
-                    "first row of each pair (RecBole's rm_dup_inter: first).",
-                    line_no,
-                )
-            seen[pair] = line_no
-            users.append(pair[0])
-            items.append(pair[1])
+            user, item = row[iu].strip(), row[ii].strip()
+            record_once(seen, user, item, path, line_no)
+            users.append(user)
+            items.append(item)
             times.append(parse_time(row[it], path, line_no) if it is not None else float(line_no))
     if not users:
         raise DataFormatError(path, "holds no interactions.")

@@ -30,6 +30,23 @@ def parse_time(text: str, path: Path, line: int) -> float:
     return value
 
 
+def record_once(
+    seen: dict[tuple[str, str], int], user: str, item: str, path: Path, line: int, consumed: str = "has item"
+) -> None:
+    """Remember that ``user`` consumed ``item`` at ``line``; a second time is an error naming both lines.
+
+    Consumed items are never listed, so a repeat that became a target would be a sure miss, with no error
+    anywhere. Every reader refuses one (``consumed`` words it as the file does: "rated movie").
+    """
+    if (user, item) in seen:
+        raise DataFormatError(
+            path,
+            f"user {user} {consumed} {item} already (line {seen[user, item]}); keep its first occurrence only.",
+            line,
+        )
+    seen[user, item] = line
+
+
 @contextmanager
 def open_utf8(path: Path) -> Iterator[TextIO]:
     """``path`` opened as UTF-8 text (universal newlines kept for csv); bytes that are not UTF-8 name the file.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time
+from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time, record_once
 from lsc4rec.errors import DataFormatError
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -43,11 +43,7 @@ def read_movielens(folder: str | Path) -> Interactions:
                     line,
                 )
             user, item = str(int(user)), str(int(item))  # 007 is movie 7: one id, however it is written
-            if (user, item) in rated:  # a row appended twice: its target would sit in its own history
-                raise DataFormatError(
-                    ratings, f"user {user} rated movie {item} already (line {rated[user, item]}).", line
-                )
-            rated[user, item] = line
+            record_once(rated, user, item, ratings, line, "rated movie")
             times.append(parse_time(stamp, ratings, line))
             users.append(user)
             items.append(item)

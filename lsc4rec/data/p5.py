@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, open_utf8
+from lsc4rec.data.interactions import Interactions, open_utf8, record_once
 from lsc4rec.errors import DataFormatError
 
 
@@ -24,6 +24,7 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
         raise DataFormatError(path, "file not found. Put P5's sequential_data.txt there.")
     users, items, times = [], [], []
     first_line: dict[str, int] = {}  # user id -> the line that holds the user's sequence
+    seen: dict[tuple[str, str], int] = {}  # (user, item) -> its line
     with open_utf8(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             fields = line.split()
@@ -36,13 +37,6 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
                 raise DataFormatError(path, "a line must hold a user id and at least one item id.", line_no)
             fields = [str(int(f)) for f in fields]  # 007 is item 7: one id, however it is written
             user = fields[0]
-            if (
-                len(set(fields[1:])) < len(fields) - 1
-            ):  # a consumed item is never listed: its repeat, a sure miss
-                again = next(f for i, f in enumerate(fields[1:], 1) if f in fields[1:i])
-                raise DataFormatError(
-                    path, f"user {user} has item {again} twice; each item once per user.", line_no
-                )
             if user in first_line:  # positions are times, so two lines of one user would interleave
                 raise DataFormatError(
                     path,
@@ -50,6 +44,8 @@ def read_p5(folder_or_file: str | Path) -> Interactions:
                     line_no,
                 )
             first_line[user] = line_no
+            for item in fields[1:]:
+                record_once(seen, user, item, path, line_no)
             users.extend([user] * (len(fields) - 1))
             items.extend(fields[1:])
             times.extend(range(len(fields) - 1))

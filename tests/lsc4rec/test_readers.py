@@ -102,7 +102,7 @@ def test_an_item_given_twice_is_named_at_its_second_line(tmp_path: Path) -> None
     with pytest.raises(DataFormatError, match=r"ratings.csv:4: user 1 rated movie 6 already \(line 3\)"):
         read_movielens(tmp_path)
     write(tmp_path / "sequential_data.txt", "1 5 6\n2 5 6 7 6\n")
-    with pytest.raises(DataFormatError, match=r"sequential_data.txt:2: user 2 has item 6 twice"):
+    with pytest.raises(DataFormatError, match=r"sequential_data.txt:2: user 2 has item 6 already \(line 2\)"):
         read_p5(tmp_path)
     write(tmp_path / "toy.inter", "user_id:token\titem_id:token\nu1\ti1\nu2\ti1\nu1\ti1\n")
     with pytest.raises(DataFormatError, match=r"toy.inter:4: user u1 has item i1 already \(line 2\)"):
