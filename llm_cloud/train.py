@@ -107,10 +107,11 @@ def train_llm(
         valid = validation_ndcg10(lm, valid_histories, valid_targets, 4 * llm.batch_size)
         epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": valid, "seconds": stop.seconds})
         log.info("epoch %d: loss %.4f, valid NDCG@10 %.4f", epoch, loss, valid)
-        state = copy.deepcopy(lm.model.state_dict()) if llm.average_epochs or valid > stop.best else None
+        improved = stop.update(valid, epoch)
+        state = copy.deepcopy(lm.model.state_dict()) if llm.average_epochs or improved else None
         if llm.average_epochs:
             recent.append(state)
-        if stop.update(valid, epoch):
+        if improved:
             best_state = state
         if stop.done:
             break
