@@ -122,7 +122,7 @@ def srm_train(
     console.print(f"run folder: {result['run_dir']}")
 
 
-# federate's named options, in its signature's order, and the settings they set
+# the settings federate's named options set (each option is named after its parameter: --data-dir, data_dir)
 FEDERATE_OPTIONS = {
     "data.dataset": "--dataset",
     "srm.model": "--srm",
@@ -201,6 +201,7 @@ def federate(
 
     The options' defaults are lsc4rec/config.py's; --config or a resumed run's own settings replace them.
     """
+    given = dict(locals())  # the options by parameter name, which typer names each option after
     from llm_cloud.engines import ENGINES
     from server.launch import LAUNCH_FILE, RUNTIMES, Launch, run_federation
 
@@ -210,20 +211,18 @@ def federate(
     for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
         if value is not None and str(value).startswith("--"):  # `--out --nodes 3`: the value was forgotten
             raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
-    given = (dataset, srm, rounds, nodes, fraction, lag, k, budget, seed, out, data_dir)
-    named = dict(zip(FEDERATE_OPTIONS, given, strict=True))
+    named = {key: given[option[2:].replace("-", "_")] for key, option in FEDERATE_OPTIONS.items()}
     with _named_as_typed(named):
         cfg = (
             _fresh_config(config, overrides, named)
             if resume is None
             else _resumed_config(resume, config, overrides, named)
         )
-    launch = Launch.chosen(engine, runtime, vllm_eager, resume)
-    if launch.vllm_eager and launch.engine != "vllm":
-        saved = resume is not None and engine is None and (resume / LAUNCH_FILE).is_file()
-        was = " (the resumed run used the transformers engine)" if saved else ""
-        raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
-    with _named_as_typed(named):
+        launch = Launch.chosen(engine, runtime, vllm_eager, resume)
+        if launch.vllm_eager and launch.engine != "vllm":
+            saved = resume is not None and engine is None and (resume / LAUNCH_FILE).is_file()
+            was = " (the resumed run used the transformers engine)" if saved else ""
+            raise ConfigError("--vllm-eager", f"starts vLLM, so it needs --engine vllm{was}.")
         summary = run_federation(cfg, launch)
     print_table(Markdown(summary.read_text()))  # its tables aligned, as a terminal shows them
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
