@@ -62,7 +62,7 @@ class NodeData:
     def views(self, stage: Stage) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
         """Device views, cloud views and targets of the node's users at ``stage``."""
         device, cloud = (self.split.views(stage, side, self.users) for side in ("device", "cloud"))
-        return device, cloud, np.array([self.split.target(u, stage) for u in self.users], dtype=np.int64)
+        return device, cloud, self.split.targets(stage, self.users)
 
 
 @lru_cache(maxsize=4)

@@ -68,6 +68,6 @@ def evaluate_full(
     """
     users = np.arange(split.num_users) if users is None else users
     ranks = full_catalogue_ranks(
-        scorer, split.views(stage, side, users), split.targets(stage)[users], max_len
+        scorer, split.views(stage, side, users), split.targets(stage, users), max_len
     )
     return metrics_from_ranks(ranks, cutoffs)

@@ -19,7 +19,7 @@ Every view is a prefix of the user's sequence, so the split stores only the data
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -106,7 +106,12 @@ class TemporalSplit:
     ) -> list[np.ndarray]:
         """The ``side`` view for ``stage`` of each of ``users`` (default: every user)."""
         view = self.device_view if side == "device" else self.cloud_view
-        return [view(int(u), stage) for u in (range(self.num_users) if users is None else users)]
+        return [view(u, stage) for u in self._each(users)]
 
-    def targets(self, stage: Stage) -> np.ndarray:
-        return np.array([self.target(u, stage) for u in range(self.num_users)], dtype=np.int64)
+    def targets(self, stage: Stage, users: Iterable[int] | None = None) -> np.ndarray:
+        """The target of ``stage`` of each of ``users`` (default: every user)."""
+        return np.array([self.target(u, stage) for u in self._each(users)], dtype=np.int64)
+
+    def _each(self, users: Iterable[int] | None) -> Iterator[int]:
+        """``users`` as ints (numpy ids index sequences alike, but print and hash apart), or every user."""
+        return (int(u) for u in (range(self.num_users) if users is None else users))
