@@ -50,8 +50,9 @@ class Outages:
     after round; in deployment Flower starts a ClientApp process per message, so there it spans one message's
     fetches, and each message pays for one failed fetch at most: the server's log says which rounds). A client
     of a service that failed less than ``cooldown_s`` ago does not try it and falls back at once; after the
-    cooldown its first attempt is a single probe, without retries, and a success forgets the outage. Without this, a service that hangs would cost every fetch of
-    every node ``(retries + 1) * timeout_s``: hours for the default run's final evaluation.
+    cooldown its first attempt is a single probe, without retries, and a success forgets the outage. Without
+    this, a service that hangs would cost every fetch of every node ``(retries + 1) * timeout_s``: hours for the
+    default run's final evaluation.
     """
 
     def __init__(self) -> None:

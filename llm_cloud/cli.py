@@ -248,9 +248,8 @@ def _tls_files(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
         ) from None
     try:
         expires = x509.load_pem_x509_certificate(certfile.read_bytes()).not_valid_after_utc
-    except (
-        ValueError
-    ):  # a PEM form ssl reads and cryptography does not (TRUSTED CERTIFICATE): ssl accepted it
+    except ValueError:
+        # a PEM form ssl reads and cryptography does not (TRUSTED CERTIFICATE): ssl accepted it, so serve it
         return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
     if expires < datetime.datetime.now(datetime.UTC):
         raise ConfigError(

@@ -90,6 +90,7 @@ def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
 
 
 FINAL_FILE = "final.json"
+_FINISHED = "Pass the folder of a run that finished, or finish it: ./run_federation.sh --resume RUN."
 
 
 def read_final(
@@ -109,9 +110,6 @@ def read_final(
     if missing:
         raise DataFormatError(path, f"is not a finished run's report (no {', '.join(missing)}). {_FINISHED}")
     return final
-
-
-_FINISHED = "Pass the folder of a run that finished, or finish it: ./run_federation.sh --resume RUN."
 
 
 def final_figures(

@@ -30,7 +30,10 @@ MAX_LOGPROBS = MAX_K + 2 * MAX_HISTORY  # what the server must allow: K plus a f
 TOKEN_ID_PREFIX = "token_id:"  # keys of top_logprobs with return_tokens_as_token_ids
 VLLM_API_KEY_ENV = "VLLM_API_KEY"  # vLLM's own variable: a server started with it set requires the key
 # vLLM serves plain http here: what to do when it listens beyond loopback
-VLLM_PLAIN_HTTP = "Keep vLLM on the candidate service's host (--host 127.0.0.1) or a private link, or put a TLS proxy in front"
+VLLM_PLAIN_HTTP = (
+    "Keep vLLM on the candidate service's host (--host 127.0.0.1) or a private link, "
+    "or put a TLS proxy in front"
+)
 
 
 class VLLMEngine(CandidateEngine):
