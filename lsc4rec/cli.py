@@ -49,9 +49,14 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(message)s")
 
 
-def build_config(config: Path | None, overrides: list[str] | None, **flat: object) -> RunConfig:
-    """The effective config: file, then ``--set`` pairs, then the named options that were given."""
-    return load_config(config, override_pairs(overrides, **flat))
+def build_config(
+    config: Path | None, overrides: list[str] | None, reads: tuple[str, ...] | None = None, **flat: object
+) -> RunConfig:
+    """The effective config: file, then ``--set`` pairs, then the named options that were given.
+
+    ``reads``: the sections and top-level keys the command reads (None: all); ``--set`` may name no other.
+    """
+    return load_config(config, override_pairs(overrides, reads, **flat))
 
 
 @data_app.command("prepare")
@@ -74,6 +79,7 @@ def data_prepare(
     cfg = build_config(
         config,
         overrides,
+        ("data", "seed"),
         **{
             "data.dataset": dataset,
             "data.kcore": kcore,
@@ -108,6 +114,7 @@ def srm_train(
     cfg = build_config(
         config,
         overrides,
+        ("data", "srm", "train", "seed", "out_dir"),
         **{
             "data.dataset": dataset,
             "srm.model": model,

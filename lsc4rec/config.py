@@ -498,15 +498,31 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     return _replace_flat(RunConfig(), layers)
 
 
-def override_pairs(overrides: typing.Iterable[str] | None, **flat: object) -> list[str]:
+def override_pairs(
+    overrides: typing.Iterable[str] | None, reads: typing.Collection[str] | None = None, **flat: object
+) -> list[str]:
     """``--set`` pairs, then the named options that were given, as ``key=value`` strings.
 
-    A setting given both ways is refused: which one wins is nothing a user should have to know.
+    A setting given both ways is refused: which one wins is nothing a user should have to know. ``reads`` names
+    the sections and top-level keys the command reads (None: all); a ``--set`` outside them is refused, since
+    the command would run as if it had not been given (``llm train --set federation.rounds=5``). Only ``--set``
+    is held to it: a ``--config`` file may hold sections a command does not read, so that one file serves the
+    commands of a run.
     """
     overrides = list(overrides or [])
     named = {key: value for key, value in flat.items() if value is not None}
+    known = RunConfig().to_flat()
     for pair in overrides:
         key = pair.partition("=")[0].strip()
+        # a key that does not exist is left to load_config, which says so and lists the known ones
+        if reads is not None and key in known and key.split(".", 1)[0] not in reads:
+            sections = {name.split(".", 1)[0] for name in known if "." in name}
+            read = ", ".join(f"{name}.*" if name in sections else name for name in reads)
+            raise ConfigError(
+                key,
+                f"is not read by this command, which reads only {read}: drop it (it would have no effect), or "
+                "pass it to the command that reads it.",
+            )
         if key in named:
             raise ConfigError(
                 key, f"is given twice, by --set {pair} and by its own option ({named[key]}). Pass it once."

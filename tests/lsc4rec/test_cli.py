@@ -85,6 +85,19 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             ["llm", "train", "--data", "d", "--out", "o", "--base", "scratch", "--set", "llm.base=/x"],
             "llm.base: is given twice",
         ),
+        # a --set of a section the command never reads would run as if it had not been given
+        (
+            ["data", "prepare", "--set", "llm.epochs=3"],
+            "config llm.epochs: is not read by this command, which reads only data.*, seed:",
+        ),
+        (
+            ["srm", "train", "--set", "federation.rounds=3"],
+            "federation.rounds: is not read by this command, which reads only data.*, srm.*, train.*, seed, out_dir",
+        ),
+        (
+            ["llm", "train", "--data", "d", "--out", "o", "--set", "srm.hidden=8"],
+            "srm.hidden: is not read by this command, which reads only data.*, llm.*, seed:",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
