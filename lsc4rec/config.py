@@ -310,6 +310,12 @@ class FederationConfig:
         _check(self.local_lr > 0, "federation.local_lr", "must be > 0", self.local_lr)
         _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
+        # each node reports, per signal, one row of sums per α for each bin: their product sizes every reply
+        # (alpha_steps = bins = 10**6 would be terabytes per round); the final gate itself bins in 1,000
+        _check(self.bins <= 1000, "federation.bins", "must be <= 1000", self.bins)
+        _check(
+            self.alpha_steps <= 100, "federation.alpha_steps", "must be <= 100 (α by 0.01)", self.alpha_steps
+        )
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
         self._check_privacy()
 
