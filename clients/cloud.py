@@ -267,7 +267,9 @@ class CloudClient:
                     try:
                         answer = CandidateResponse.model_validate_json(body)
                     except ValidationError as exc:
-                        problem = f"a reply outside the schema ({exc.error_count()} errors): {text[:200]}"
+                        first = exc.errors()[0]
+                        where = ".".join(map(str, first["loc"])) or "body"
+                        problem = f"a reply outside the schema ({where}: {first['msg']}): {text[:200]}"
                     else:
                         OUTAGES.answered(self.base)
                         return answer

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lsc4rec.errors import ConfigError, LSC4RecError, run_main
-from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_K, check_api_key
+from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_HEAD_BYTES, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
 
@@ -205,7 +205,17 @@ def serve(
     url = server_url(host, port, "https" if tls else "http")
     typer.echo(f"serving {checkpoint.name} ({engine} engine) on {url}; Ctrl-C stops it", err=True)
     try:
-        uvicorn.run(create_app(candidate_engine, api_key), host=host, port=port, log_level="warning", **tls)
+        uvicorn.run(
+            create_app(candidate_engine, api_key),
+            host=host,
+            port=port,
+            log_level="warning",
+            # h11, whose parser bounds a request's head (httptools took 4 s of the event loop, before the key
+            # was checked, to read one 64 MB header): a head over MAX_HEAD_BYTES is a 400
+            http="h11",
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            **tls,
+        )
     finally:
         candidate_engine.close()
 

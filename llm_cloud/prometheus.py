@@ -13,7 +13,7 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 
 class ServiceMetrics:
-    """Thread-safe counters of ``POST /v1/candidates`` (the routes run in a thread pool)."""
+    """Thread-safe counters of ``POST /v1/candidates`` (requests are answered on the engine's threads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

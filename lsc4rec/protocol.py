@@ -13,7 +13,16 @@ import os
 from collections.abc import Iterable
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lsc4rec.errors import ConfigError
 
@@ -21,9 +30,11 @@ MAX_BATCH = 512  # histories per request; larger batches must be split by the cl
 MAX_HISTORY = 512  # items per history and per exclusion list (devices send their newest items)
 MAX_K = 200  # longest candidate list the cloud returns
 # Bytes in one request body. The largest valid request (MAX_BATCH histories and exclusion lists of MAX_HISTORY
-# seven-digit ids) is about 5 MB of compact JSON; the bound lets the service refuse a larger body from its
-# Content-Length alone, before reading it into memory.
-MAX_BODY_BYTES = 16 * 2**20
+# seven-digit ids) is about 4.2 MB of compact JSON; the bound leaves room for spaces after the commas and lets
+# the service refuse a larger body from its Content-Length alone, before reading it (16 MiB of empty lists
+# took 3 s and 400 MB to parse).
+MAX_BODY_BYTES = 8 * 2**20
+MAX_HEAD_BYTES = 16 * 2**10  # a request's line and headers (a bearer key takes a few dozen bytes)
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
 # where `lsc4rec llm serve` listens and where devices look for it, unless told otherwise
@@ -89,12 +100,16 @@ class CandidateRequest(BaseModel):
 
 
 class CandidateList(BaseModel):
-    """One ranked list: ``items[i]`` has score ``scores[i]``, best first."""
+    """One ranked list: ``items[i]`` has score ``scores[i]``, best first; each item once, each score finite.
+
+    A device checks a reply against this model: a NaN score would make fusion drop its item as padding, and a
+    repeated item would count twice as a hard negative, so such a reply is refused as a broken service's.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     items: list[ItemId]
-    scores: list[float]
+    scores: list[FiniteFloat]
 
     @model_validator(mode="after")
     def _paired(self) -> CandidateList:
@@ -102,6 +117,9 @@ class CandidateList(BaseModel):
             raise ValueError(
                 f"items ({len(self.items)}) and scores ({len(self.scores)}) must pair up one to one."
             )
+        if len(set(self.items)) != len(self.items):
+            repeated = next(item for item in self.items if self.items.count(item) > 1)
+            raise ValueError(f"items must each appear once, got {repeated} more than once.")
         return self
 
 

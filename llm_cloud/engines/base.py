@@ -32,11 +32,15 @@ class CandidateEngine(ABC):
     catalogue:
         The checkpoint's :func:`~lsc4rec.protocol.catalogue_digest`, reported on ``/healthz`` so that devices
         can check the LLM numbers items as their data do (None: not known, nothing to check).
+    workers:
+        How many requests the service hands the engine at once: one for a model in this process, whose forward
+        passes would only split the same cores; more for a server that batches what it is sent.
     """
 
     num_items: int
     model_name: str
     catalogue: str | None = None
+    workers: int = 1
 
     @abstractmethod
     def candidates(

@@ -44,6 +44,8 @@ class VLLMEngine(CandidateEngine):
     variable vLLM itself reads: set it where vLLM runs and where the candidate service runs.
     """
 
+    workers = 16  # requests in flight to vLLM at once: it batches them, and each waits mostly on the network
+
     def __init__(
         self, checkpoint: str | Path, url: str, timeout_s: float = 60.0, api_key: str | None = None
     ) -> None:

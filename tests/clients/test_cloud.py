@@ -154,6 +154,10 @@ def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
         (b'{"lists": [{"items": [4, 5], "scores": [-1.0]}], "model": "m"}', "outside the schema"),
         (b"not json", "outside the schema"),
         (b'{"lists": [{"items": [0, 5], "scores": [-1.0, -2.0]}], "model": "m"}', "outside the schema"),
+        # fusion would drop a NaN-scored item as padding, and a repeat would count twice as a hard negative
+        (b'{"lists": [{"items": [4, 5], "scores": [NaN, -2.0]}], "model": "m"}', "outside the schema"),
+        (b'{"lists": [{"items": [4, 5], "scores": [-1.0, Infinity]}], "model": "m"}', "outside the schema"),
+        (b'{"lists": [{"items": [4, 4], "scores": [-1.0, -2.0]}], "model": "m"}', "4 more than once"),
         (b'{"lists": [], "model": "m"}', "answered 1 histories with 0 lists"),
         (
             b'{"lists": [{"items": [4, 5, 6], "scores": [-1, -2, -3]}], "model": "m"}',

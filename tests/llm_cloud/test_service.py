@@ -1,26 +1,33 @@
 import http.client
 import json
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import torch
+import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from llm_cloud.checkpoint import TEMPLATE_FILE, catalogue_of
 from llm_cloud.engines.base import EngineError
+from llm_cloud.engines.transformers_engine import TransformersEngine
 from llm_cloud.engines.vllm_engine import VLLM_PLAIN_HTTP, VLLMEngine
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
-from llm_cloud.service import exposure_warning
+from llm_cloud.service import create_app, exposure_warning
 from lsc4rec.protocol import (
     MAX_BATCH,
     MAX_BODY_BYTES,
+    MAX_HEAD_BYTES,
     MAX_HISTORY,
     MAX_K,
     CandidateRequest,
@@ -295,9 +302,98 @@ def test_the_vllm_engine_refuses_replies_that_are_not_vllms(tiny_checkpoint, vll
             engine.candidates([[1], [2]] if b"}, {" in vllm_reply else [[1]], 3)
 
 
-def test_an_error_quotes_a_huge_input_in_a_few_characters(service_url) -> None:
-    reply = post(service_url, {"histories": [[10**3000]], "k": 3})
-    assert reply.status_code == 422 and len(reply.json()["error"]["message"]) < 200
+@pytest.mark.parametrize(
+    ("digits", "status", "field", "said"),
+    [
+        (3000, 422, "histories.0.0", "must be an item id"),
+        # past what JSON numbers hold here: a parse error that says where, not "an error parsing the body"
+        (5000, 400, "body", "number out of range at line 1 column"),
+    ],
+)
+def test_an_error_quotes_a_huge_input_in_a_few_characters(service_url, digits, status, field, said) -> None:
+    body = b'{"histories": [[1%s]], "k": 3}' % (b"0" * digits)
+    headers = {**AUTH, "Content-Type": "application/json"}
+    reply = httpx.post(f"{service_url}/v1/candidates", content=body, headers=headers, timeout=30)
+    assert reply.status_code == status and reply.json()["error"]["field"] == field
+    assert said in reply.json()["error"]["message"] and len(reply.json()["error"]["message"]) < 200
+
+
+def test_an_oversized_request_head_is_refused_before_the_key_is_read(service_url) -> None:
+    """httptools read a head of any size, seconds of the event loop for 64 MB, before the key was checked."""
+    # a head that arrives in several reads (asyncio reads up to 256 KiB at a time) and outgrows the bound
+    head = {"X-Padding": "x" * (64 * MAX_HEAD_BYTES)}
+    try:
+        status = httpx.get(f"{service_url}/healthz", headers=head, timeout=10).status_code
+    except (httpx.ReadError, httpx.WriteError):  # it answered 400 and closed while the head was being sent
+        status = 400
+    assert status == 400
+    assert httpx.get(f"{service_url}/healthz", timeout=10).status_code == 200
+
+
+class HeldEngine(TransformersEngine):
+    """The real engine, held at a gate: requests pile up in the service, as under a load it cannot keep up with."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(checkpoint)
+        self.gate, self.arrived = threading.Event(), threading.Event()
+        self.threads: set[int] = set()
+
+    def candidates(self, *args, **kwargs):
+        self.threads.add(threading.get_ident())
+        self.arrived.set()
+        self.gate.wait(60)
+        return super().candidates(*args, **kwargs)
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """``app`` under uvicorn in a thread of this process (so that a test can hold its engine), on 127.0.0.1."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_health_and_metrics_answer_while_candidate_requests_queue(tiny_checkpoint) -> None:
+    """45 requests wait on the engine: more than Starlette's 40 pool threads, which /healthz once queued behind.
+
+    They are handed to the engine one at a time, on one thread (a thread each had grown the service's memory
+    with an arena each).
+    """
+    engine = HeldEngine(tiny_checkpoint)
+    try:
+        with serving(create_app(engine)) as url, ThreadPoolExecutor(45) as pool:
+            pending = [pool.submit(post, url, {"histories": [[1 + i % 9]], "k": 3}, {}) for i in range(45)]
+            assert engine.arrived.wait(30)
+            time.sleep(1.0)  # the others arrive and wait
+            assert httpx.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+            assert "lsc4rec_requests_total" in httpx.get(f"{url}/metrics", timeout=5).text
+            engine.gate.set()
+            assert [r.result().status_code for r in pending] == [200] * 45
+    finally:
+        engine.gate.set()
+    assert len(engine.threads) == 1
+
+
+class RepeatingEngine(TransformersEngine):
+    """The real engine with its lists' first item written twice: a broken engine the wire schema refuses."""
+
+    def candidates(self, *args, **kwargs):
+        return [([items[0], *items[:-1]], scores) for items, scores in super().candidates(*args, **kwargs)]
+
+
+def test_an_engine_whose_lists_break_the_schema_answers_503(tiny_checkpoint) -> None:
+    with serving(create_app(RepeatingEngine(tiny_checkpoint))) as url:
+        reply = post(url, {"histories": [[1, 2]], "k": 3}, {})
+    assert reply.status_code == 503, reply.text
+    assert "more than once" in reply.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
