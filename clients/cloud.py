@@ -33,6 +33,7 @@ from lsc4rec.protocol import (
     API_KEY_ENV,
     MAX_BATCH,
     MAX_HISTORY,
+    MAX_REPLY_BYTES,
     SERVICE_CA_ENV,
     CandidateRequest,
     CandidateResponse,
@@ -310,11 +311,22 @@ class CloudClient:
         def attempt() -> None:
             try:
                 with http.stream(method, url, **kwargs) as response:
+                    if 300 <= response.status_code < 400:  # a device setting no retry fixes, as a wrong key is
+                        raise ProtocolError(
+                            "federation.service_url",
+                            f"the candidate service at {self.base} redirects to "
+                            f"{response.headers.get('location', 'another address')} (HTTP "
+                            f"{response.status_code}): set it to the address that answers.",
+                        )
                     body = bytearray()
                     for chunk in response.iter_bytes():
                         body += chunk
                         if time.monotonic() > deadline:
                             raise httpx.ReadTimeout(late, request=response.request)
+                        if len(body) > MAX_REPLY_BYTES:  # a foreign server's stream, not a list reply
+                            raise httpx.ReadError(
+                                f"a reply over {MAX_REPLY_BYTES} bytes", request=response.request
+                            )
                 outcome["answer"] = (response.status_code, bytes(body))
             except Exception as exc:  # handed to the caller's thread
                 outcome["error"] = exc

@@ -35,6 +35,9 @@ MAX_K = 200  # longest candidate list the cloud returns
 # took 3 s and 400 MB to parse).
 MAX_BODY_BYTES = 8 * 2**20
 MAX_HEAD_BYTES = 16 * 2**10  # a request's line and headers (a bearer key takes a few dozen bytes)
+# Bytes of one reply a device reads: the largest valid one (MAX_BATCH lists of MAX_K ids and float scores) is
+# about 3 MB; a longer stream comes from something else, which must not fill the device's memory.
+MAX_REPLY_BYTES = 16 * 2**20
 # The bearer key of a service started with one; the device reads it from its environment, never from the run
 # config (which is written into every run folder).
 # where `lsc4rec llm serve` listens and where devices look for it, unless told otherwise

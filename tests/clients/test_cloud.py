@@ -19,7 +19,7 @@ from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import CloudUnavailableError, ConfigError, LSC4RecError, ProtocolError
-from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, SERVICE_CA_ENV
+from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, MAX_REPLY_BYTES, SERVICE_CA_ENV
 from tests.conftest import answering_server
 
 
@@ -172,6 +172,21 @@ def test_cloud_client_treats_a_reply_that_breaks_the_schema_as_unavailable(
     with answering_server(reply) as url:
         client = CloudClient(url, k=2, timeout_s=2.0, retries=0)
         with pytest.raises(CloudUnavailableError, match=problem):
+            client.candidates([np.array([1, 2, 3])])
+
+
+def test_cloud_client_stops_reading_a_reply_longer_than_any_list_reply() -> None:
+    with answering_server(b"[" + b"1," * (MAX_REPLY_BYTES // 2) + b"1]") as url:
+        client = CloudClient(url, k=2, timeout_s=10.0, retries=0)
+        with pytest.raises(CloudUnavailableError, match=f"a reply over {MAX_REPLY_BYTES} bytes"):
+            client.candidates([np.array([1, 2, 3])])
+
+
+def test_cloud_client_names_a_redirect_as_a_setting_to_fix() -> None:
+    """A proxy's http -> https redirect was retried as a malformed reply and ended as an outage."""
+    with answering_server((301, b"moved")) as url:
+        client = CloudClient(url, k=2, timeout_s=5.0, retries=2)
+        with pytest.raises(ProtocolError, match=r"federation.service_url: .* redirects to .*\(HTTP 301\)"):
             client.candidates([np.array([1, 2, 3])])
 
 
