@@ -304,8 +304,9 @@ def _stale_lists(
     if stale.missing.any():
         rows = np.flatnonzero(stale.missing)
         scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)
-        top = torch.topk(scores, cfg.llm.k, dim=1)
-        stale.items[rows], stale.scores[rows] = top.indices.numpy(), top.values.numpy()
+        k = min(cfg.llm.k, scores.shape[1])  # a catalogue smaller than K fills part of each row, as the cloud's
+        top = torch.topk(scores, k, dim=1)
+        stale.items[rows, :k], stale.scores[rows, :k] = top.indices.numpy(), top.values.numpy()
     return stale
 
 

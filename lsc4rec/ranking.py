@@ -42,9 +42,13 @@ def normalize(scores: ArrayLike, method: str = "minmax") -> torch.Tensor:
     torch.Tensor
         [B, K] float64, ``-inf`` at padding. A row whose real scores are all equal (one real item included)
         maps them to one constant (1.0 under minmax and rank, 1/n under softmax), never NaN: such a row
-        carries no order, and a constant leaves the fused order to the other model.
+        carries no order, and a constant leaves the fused order to the other model. A NaN score (a broken
+        model's) stays NaN, normalised around: a ranking then counts it against the target
+        (:func:`lsc4rec.metrics.target_ranks`), where dropping it as padding would move the target up.
     """
-    scores = torch.as_tensor(scores).double()
+    raw = torch.as_tensor(scores).double()
+    broken = torch.isnan(raw)
+    scores = raw.masked_fill(broken, -torch.inf)
     real = _real(scores)
     if method == "minmax":
         lo = scores.masked_fill(~real, torch.inf).amin(dim=1, keepdim=True)
@@ -59,21 +63,27 @@ def normalize(scores: ArrayLike, method: str = "minmax") -> torch.Tensor:
         value = 1.0 - better.sum(dim=2).double() / (n - 1).clamp(min=1)
     else:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}.")
-    return value.masked_fill(~real, -torch.inf)
+    return value.masked_fill(~real, -torch.inf).masked_fill(broken, torch.nan)
 
 
 def fuse(llm_scores: ArrayLike, srm_scores: ArrayLike, alpha: float, method: str = "minmax") -> torch.Tensor:
     """Final scores [B, K] = ``alpha * norm(llm) + (1 - alpha) * norm(srm)``, ``-inf`` at padding.
 
-    ``alpha = 1`` ranks in the LLM's order, ``alpha = 0`` in the SRM's (DESIGN.md section 5). A slot is real
-    only where both scores are finite.
+    ``alpha = 1`` ranks in the LLM's order, ``alpha = 0`` in the SRM's (DESIGN.md section 5): the other model's
+    scores have no say there, not even a NaN one. A slot is padding where either score is ``-inf``; a NaN
+    score of the model that has a say makes the fused score NaN, which a ranking counts against the target.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
     llm, srm = normalize(llm_scores, method), normalize(srm_scores, method)
-    real = _real(llm) & _real(srm)
-    fused = alpha * llm.masked_fill(~real, 0.0) + (1.0 - alpha) * srm.masked_fill(~real, 0.0)
-    return fused.masked_fill(~real, -torch.inf)
+    padding = torch.isneginf(llm) | torch.isneginf(srm)
+    if alpha == 1.0:
+        fused = llm
+    elif alpha == 0.0:
+        fused = srm
+    else:
+        fused = alpha * llm + (1.0 - alpha) * srm
+    return fused.masked_fill(padding, -torch.inf)
 
 
 def _ordinal_ranks(

@@ -333,11 +333,14 @@ def test_collaborative_inference_bins_the_same_rankings_by_every_signal(model: S
         infer(model, targets, measures=("drift",), live="topk")
 
 
+@pytest.mark.parametrize("k", [None, NUM_ITEMS + 10])  # a K beyond the catalogue crashed the node's fallback
 def test_a_list_the_cloud_never_delivered_ranks_in_the_srms_order_at_every_alpha(
-    federation_config: RunConfig,
+    federation_config: RunConfig, k: int | None
 ) -> None:
     """With the service down, the stale list is the SRM's top-K; α = 1 must not tie it (a tie ranks last)."""
-    cfg = federation_config.override([f"federation.service_url=http://127.0.0.1:{free_port()}"])
+    cfg = federation_config.override(
+        [f"federation.service_url=http://127.0.0.1:{free_port()}", *([f"llm.k={k}"] if k else [])]
+    )
     node = load_node(cfg.data, cfg.seed, 0, 4)
     device, cloud, _ = node.views("test")
     personal = build_srm(cfg.srm, node.num_items).eval()  # as adaptive re-training leaves it
