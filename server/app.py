@@ -63,7 +63,7 @@ from server.report import (
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
-from strategies.guards import EMPTY_UPDATES, REASONS
+from strategies.guards import EMPTY_UPDATES, FAILED, REASONS
 from strategies.privacy import FleetPrivacy
 from strategies.sums import sum_metrics, train_metrics
 from strategies.wrapper import StrategyWrapper
@@ -217,6 +217,7 @@ def _final_report(
         # from the rounds' lines, which a resumed run keeps: the guard counts only the rounds it ran itself
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
         "updates with no training example": sum(int(r.get(f"train-{EMPTY_UPDATES}", 0)) for r in rounds),
+        "failed training replies": sum(int(r.get(f"train-{FAILED}", 0)) for r in rounds),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }

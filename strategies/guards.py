@@ -11,6 +11,7 @@ a private run turns them off (``report_norms``), since the largest is one node's
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
@@ -30,6 +31,7 @@ REJECTED_NORM = "rejected-norm"  # replies with ||w_client - w_global||_2 > max_
 REJECTED_MALFORMED = "rejected-malformed"
 REASONS = (REJECTED_NONFINITE, REJECTED_NORM, REJECTED_MALFORMED)
 EMPTY_UPDATES = "empty-updates"  # well-formed replies of nodes with no training example: no error
+FAILED = "failed"  # replies that carry an error instead of an update (the node failed, or never answered)
 UPDATE_NORM_MEDIAN = "update-norm-median"  # train metric: median ||w_node - w_global||_2 of the kept replies
 UPDATE_NORM_MAX = "update-norm-max"  # train metric: the largest of them
 
@@ -58,8 +60,11 @@ class UpdateGuard(StrategyWrapper):
     report_norms
         Add the kept updates' median and largest norm to the round's train metrics.
 
-    Each round's rejections by reason, and its empty updates, are added to its train MetricRecord, which holds
-    only these counts in a round where no reply was kept.
+    Each round's rejections by reason, its empty updates and its failed replies are added to its train
+    MetricRecord, which holds only these counts in a round where no reply was kept. A reply is malformed when
+    its model arrays are not the global ones (names, order, shapes and dtypes: the first reply's dtype would
+    become the model's, and FedAvgM pairs arrays by position) or its metrics have other keys than the round's
+    other replies (Flower's FedAvg refuses such a set of replies outright, which would end the run).
     """
 
     def __init__(
@@ -102,16 +107,22 @@ class UpdateGuard(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies that pass every check; no arrays, only the counts, when none is left."""
-        counts = dict.fromkeys((*REASONS, EMPTY_UPDATES), 0)
+        counts = dict.fromkeys((*REASONS, EMPTY_UPDATES, FAILED), 0)
+        replies = list(replies)
+        usual_keys = _usual_metric_keys(replies)
         kept, norms = [], []
         for reply in replies:
-            reason, norm = (None, None) if reply.has_error() else self._rejection(reply)
-            if reason in (None, EMPTY_UPDATES) and not reply.has_error():
+            if reply.has_error():
+                counts[FAILED] += 1
+                kept.append(reply)  # the inner strategy logs each one's reason
+                continue
+            reason, norm = self._rejection(reply, usual_keys)
+            if reason in (None, EMPTY_UPDATES):
                 counts[EMPTY_UPDATES] += reply_metrics(reply.content).get(NUM_EXAMPLES) == 0
             if reason == EMPTY_UPDATES:  # weight 0: nothing to average, nothing wrong
                 continue
             if reason is None:
-                kept.append(reply)  # error replies go on: the inner strategy logs them as failures
+                kept.append(reply)
                 if norm is not None:
                     norms.append(norm)
                 continue
@@ -124,6 +135,15 @@ class UpdateGuard(StrategyWrapper):
                 reason,
             )
         if all(reply.has_error() for reply in kept):  # nothing left to aggregate: the model stays, counted
+            if (
+                kept
+            ):  # the inner strategy, which logs failures, is not called: say why the round trained nothing
+                log(
+                    WARNING,
+                    "aggregate_train: round %d, every reply failed, e.g. %s",
+                    server_round,
+                    kept[0].error,
+                )
             return None, MetricRecord(counts)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         metrics = MetricRecord() if metrics is None else metrics
@@ -134,21 +154,22 @@ class UpdateGuard(StrategyWrapper):
             metrics[UPDATE_NORM_MAX] = float(max(norms))
         return arrays, metrics
 
-    def _rejection(self, reply: Message) -> tuple[str | None, float | None]:
+    def _rejection(
+        self, reply: Message, usual_keys: frozenset[str] | None
+    ) -> tuple[str | None, float | None]:
         """The reason to leave ``reply`` out (``None`` to keep it), and its update's L2 norm where measured."""
         content = reply.content
         names = set(content.array_records)
         if self.arrayrecord_key not in names or not names <= {self.arrayrecord_key, *self.extra_records}:
             return REJECTED_MALFORMED, None
-        if len(content.metric_records) != 1:
+        if len(content.metric_records) != 1 or frozenset(reply_metrics(content)) != usual_keys:
             return REJECTED_MALFORMED, None
         weight = reply_metrics(content).get(self.weighted_by_key)
         # an infinite count would weigh inf / inf = NaN into every aggregated weight; True is no count
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
             return REJECTED_MALFORMED, None
         arrays = {key: array.numpy() for key, array in content.array_records[self.arrayrecord_key].items()}
-        shapes = {key: a.shape for key, a in arrays.items()}
-        if self._global and shapes != {key: a.shape for key, a in self._global.items()}:
+        if self._global and _layout(arrays) != _layout(self._global):
             return REJECTED_MALFORMED, None
         if not all(np.isfinite(a).all() for a in arrays.values()):
             return REJECTED_NONFINITE, None
@@ -162,3 +183,18 @@ class UpdateGuard(StrategyWrapper):
         if self.max_update_norm is not None and norm > self.max_update_norm:
             return REJECTED_NORM, norm
         return None, norm
+
+
+def _usual_metric_keys(replies: list[Message]) -> frozenset[str] | None:
+    """The metric keys most of the round's well-formed replies carry (the first such set on a tie), or None."""
+    found = Counter(
+        frozenset(reply_metrics(r.content))
+        for r in replies
+        if not r.has_error() and len(r.content.metric_records) == 1
+    )
+    return found.most_common(1)[0][0] if found else None
+
+
+def _layout(arrays: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """The arrays' names, order, shapes and dtypes: what an update must share with the global model."""
+    return [(key, a.shape, a.dtype) for key, a in arrays.items()]

@@ -4,11 +4,12 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from strategies.guards import (
     EMPTY_UPDATES,
+    FAILED,
     REASONS,
     REJECTED_MALFORMED,
     REJECTED_NONFINITE,
@@ -107,6 +108,39 @@ def test_update_guard_missing_negative_or_infinite_examples_and_wrong_shapes_rej
     )
     np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.5))
     assert metrics[REJECTED_MALFORMED] == 1
+
+
+def test_replies_unlike_the_global_model_or_the_rounds_other_replies_are_malformed() -> None:
+    """Each was let through: other metric keys ended the run in FedAvg, a float16 first reply became the model's
+    dtype (and overflowed), and FedAvgM pairs a reordered reply's arrays with the model's by position."""
+    strategy = guard(None)
+    half = ArrayRecord({key: Array((value + 1).astype(np.float16)) for key, value in GLOBAL.items()})
+    reordered = ArrayRecord({key: Array(GLOBAL[key] + 1) for key in reversed(GLOBAL)})
+    replies = [
+        reply(11, half, {"num-examples": 1}),
+        reply(12, reordered, {"num-examples": 1}),
+        reply(13, arrays(1.0), {"num-examples": 1, "extra": 1.0}),
+        reply(14, arrays(2.0), {"num-examples": 1}),
+        reply(15, arrays(4.0), {"num-examples": 3}),
+    ]
+    aggregated, metrics = strategy.aggregate_train(1, replies)
+    assert metrics[REJECTED_MALFORMED] == 3
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), (2.0 + 3 * 4.0) / 4))
+    assert list(aggregated) == list(GLOBAL) and aggregated["w"].numpy().dtype == np.float32
+
+
+def test_failed_replies_are_counted_and_a_round_of_failures_logs_a_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    strategy = guard()
+    failed = answer(12, Error(code=0, reason="node 12 is down"))
+    with caplog.at_level(logging.WARNING):
+        aggregated, metrics = strategy.aggregate_train(1, [failed])
+    assert aggregated is None and metrics[FAILED] == 1
+    assert "every reply failed" in caplog.text and "node 12 is down" in caplog.text
+    aggregated, metrics = strategy.aggregate_train(2, [failed, reply(11, arrays(1.0), {"num-examples": 2})])
+    assert metrics[FAILED] == 1 and metrics[REJECTED_MALFORMED] == 0
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.0))
 
 
 def test_update_guard_skips_replies_of_nodes_with_no_example_without_calling_them_errors(
