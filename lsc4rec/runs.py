@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -68,14 +69,22 @@ def output_path(path: str | Path, option: str, folder: bool = False) -> Path:
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as indented JSON (non-finite floats become null, so any JSON reader accepts it).
 
+    The file is written beside ``path`` and then moved onto it, so a crash or a full disk leaves the old file or
+    the new one, never a torn one (a checkpoint's sidecar marks it complete; a torn one stopped every resume).
     A path that cannot be written (a full disk, a place such as /proc) is a ``DataFormatError`` naming it.
     """
     path = Path(path)
+    partial = path.with_name(f"{path.name}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+        partial.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+        os.replace(partial, path)
     except OSError as exc:
-        raise DataFormatError(path, f"cannot be written ({exc.strerror}). Choose another path.") from None
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise DataFormatError(
+            path, f"cannot be written ({exc.strerror}). Free space there, or choose another path."
+        ) from None
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,13 +68,10 @@ def save_ledger(run_dir: Path, privacy: dict) -> None:
     A round's checkpoint is written only once the round has ended, after the released model went out to the
     evaluating nodes: a run that dies in between would resume from the round before and release that round
     again, and an accountant read from the checkpoint would have forgotten the first release. The ledger
-    forgets none; it is replaced atomically, so a crash leaves the old one or the new one.
+    forgets none; it is replaced atomically (:func:`~lsc4rec.runs.write_json`), so a crash leaves the old one
+    or the new one.
     """
-    path = ledger_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial")
-    partial.write_text(json.dumps(privacy) + "\n")
-    os.replace(partial, path)
+    write_json(ledger_path(run_dir), privacy)
 
 
 def read_ledger(run_dir: Path) -> dict | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +45,23 @@ def test_outputs_that_cannot_be_written_are_named(tmp_path: Path) -> None:
         make_run_dir(too_long, "run")
     with pytest.raises(DataFormatError, match=r"x\.json: cannot be written"):
         write_json("/proc/x.json", {"a": 1})
+
+
+def test_a_disk_that_fills_during_write_json_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    """A checkpoint's sidecar marks it complete: a torn one stopped every resume until removed by hand.
+
+    The file-size limit stands in for a full disk, in a child process so that this one keeps no limit.
+    """
+    path = write_json(tmp_path / "round-0002.json", {"round": 1})
+    child = (
+        "import resource, signal, sys\n"
+        "from lsc4rec.runs import write_json\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
+        f"write_json({str(path)!r}, {{'round': 2, 'window': [0.5] * 10000}})\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", child], cwd=root, capture_output=True, text=True, timeout=60)
+    assert "DataFormatError" in done.stderr and "cannot be written (File too large)" in done.stderr
+    assert json.loads(path.read_text()) == {"round": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["round-0002.json"]  # nothing partial left behind
