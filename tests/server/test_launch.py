@@ -314,7 +314,10 @@ def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfi
     federation_config.save(done / "config.json")  # what the ServerApp wrote when the run started
     resumed = federation_config.override([f"federation.run_dir={done}", "federation.resume=true"])
     assert run_folder(resumed.override(["federation.rounds=20"])) == done  # more rounds: fine
-    for change in ("srm.hidden=16", "data.lag=1", "seed=3", "llm.k=20", "federation.num_nodes=3"):
+    changes = ("srm.hidden=16", "data.lag=1", "seed=3", "llm.k=20", "federation.num_nodes=3")
+    # the request budget's window in the checkpoint holds sums of these shapes
+    shapes = ("federation.measure=kendall", "federation.bins=20", "federation.alpha_steps=5")
+    for change in (*changes, *shapes):
         with pytest.raises(
             ConfigError, match=rf"federation\.resume: .* trained with {change.split('=')[0]}="
         ):
