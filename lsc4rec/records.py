@@ -1,5 +1,6 @@
 """Keys of the Flower records devices and server exchange (kebab-case, defined once for both sides)."""
 
+import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 ARRAYS = "arrays"  # ArrayRecord: the SRM weights (global in instructions, local in train replies)
@@ -45,6 +46,19 @@ STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam
 def reply_metrics(content: RecordDict) -> MetricRecord:
     """A reply's one MetricRecord, whatever its name (Flower's strategies take the first, as here)."""
     return next(iter(content.metric_records.values()))
+
+
+def unsound_sum(metrics: MetricRecord) -> str | None:
+    """The first key of an evaluation or signals reply whose value is not finite and >= 0, or None.
+
+    Everything such a reply holds is a sum, a count, an α or a bin edge: one NaN or negative count would spoil
+    the fleet's sums (a NaN in a histogram crashed the gate's calibration, in the rounds and at the end).
+    """
+    for key, value in metrics.items():
+        values = np.asarray(value, dtype=float)
+        if not (np.isfinite(values).all() and (values >= 0).all()):
+            return key
+    return None
 
 
 def outcome_prefix(stage: str, measure: str) -> str:

@@ -550,9 +550,10 @@ def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, w
     messages = [Message(content, dst_node_id=node, message_type=message_type) for node in connected]
     log(INFO, "%s: asking %d nodes", what, len(messages))  # the run's longest silent wait otherwise
     answered = list(grid.send_and_receive(messages, timeout=3600))
-    replies = [r for r in answered if not r.has_error()]
+    reasons = [_unusable(r) for r in answered]  # a reply of unsound sums is left out as a failed one is
+    replies = [r for r, reason in zip(answered, reasons, strict=True) if reason is None]
     failed = len(messages) - len(replies)
-    first = next((r.error.reason for r in answered if r.has_error()), "no reply before the timeout")
+    first = next((reason for reason in reasons if reason is not None), "no reply before the timeout")
     if not replies:
         who = f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
         raise LSC4RecError(
@@ -569,6 +570,14 @@ def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, w
             first,
         )
     return replies
+
+
+def _unusable(reply: Message) -> str | None:
+    """Why a node's reply to the final questions cannot be summed (its error, a sum not finite and >= 0), or None."""
+    if reply.has_error():
+        return reply.error.reason
+    bad = records.unsound_sum(reply.content[records.METRICS])
+    return None if bad is None else f"node {reply.metadata.src_node_id} sent {bad} not finite and >= 0"
 
 
 def _final_evaluation(

@@ -134,8 +134,12 @@ class RequestBudget(StrategyWrapper):
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate; merge the outcomes by addition, pool the window's, recalibrate the gate, report the rate."""
-        replies = list(replies)
+        """Delegate; merge the outcomes by addition, pool the window's, recalibrate the gate, report the rate.
+
+        A reply holding a sum that is not finite and >= 0 is left out of both, with a warning: one NaN in a
+        histogram left the gate's threshold search with nothing to find, and ended the run.
+        """
+        replies = [reply for reply in replies if _sound(reply)]
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         merged, requests, users = self._merge(replies)
         if "test" not in merged:
@@ -242,3 +246,15 @@ class RequestBudget(StrategyWrapper):
             )
             return None
         return found
+
+
+def _sound(reply: Message) -> bool:
+    """Whether an evaluation reply's sums may be added (an error reply is: the inner strategy logs it)."""
+    if reply.has_error():
+        return True
+    for record in reply.content.metric_records.values():
+        if (bad := records.unsound_sum(record)) is not None:
+            node = reply.metadata.src_node_id
+            log(WARNING, "request budget: node %d sent %s not finite and >= 0; left out", node, bad)
+            return False
+    return True

@@ -1,6 +1,7 @@
 """Tests of RequestBudget around Flower's real FedAvg: tau and signal from known outcomes, config, rate."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp.strategy import FedAvg
 
 from lsc4rec import records
+from server.app import _unusable
 from strategies.budget import RequestBudget
 from tests.conftest import ALPHAS, outcome_from_users
 from tests.strategies.conftest import answer, grid
@@ -176,6 +178,39 @@ def test_request_budget_skips_replies_with_other_bins_and_keeps_tau_without_outc
     other = RequestBudget(FedAvg(min_available_nodes=1), budget=0.1, bins=10)
     assert other.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 1.0), 0, 1)]) is not None
     assert other.tau == 1.0  # 50 bins where 10 were expected: skipped
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0])
+def test_a_reply_of_unsound_sums_is_left_out_not_the_end_of_the_run(
+    bad: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One NaN in a node's histogram left the threshold search with nothing to find: an IndexError, every round."""
+    key = f"{records.outcome_prefix('test', 'drift')}-bin-count"
+    broken = dict(evaluate_reply(12, np.full(BINS, 1.0), 2, 50).content["metrics"])
+    broken[key] = [bad, *broken[key][1:]]
+    strategy = budget(0.05)
+    alone = budget(0.05)
+    alone.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 2.0), 0, 100)])
+    with caplog.at_level(logging.WARNING):
+        metrics = strategy.aggregate_evaluate(
+            1,
+            [
+                evaluate_reply(11, np.full(BINS, 2.0), 0, 100),
+                answer(12, RecordDict({"metrics": MetricRecord(broken)}), MessageType.EVALUATE),
+            ],
+        )
+    assert f"node 12 sent {key} not finite and >= 0; left out" in caplog.text
+    assert strategy.tau == alone.tau and metrics[records.USERS] == 100
+
+
+def test_the_final_questions_leave_out_a_reply_of_unsound_sums_as_a_failed_one() -> None:
+    """The gate's calibration and the final evaluation sum every node's reply as the rounds' budget does."""
+    sums = {"users": 3.0, "bin-count": [0.0, 2.0, 1.0]}
+    good = answer(11, RecordDict({records.METRICS: MetricRecord(sums)}), MessageType.EVALUATE)
+    broken = {**sums, "bin-count": [0.0, float("inf"), 1.0]}
+    bad = answer(12, RecordDict({records.METRICS: MetricRecord(broken)}), MessageType.EVALUATE)
+    assert _unusable(good) is None
+    assert _unusable(bad) == "node 12 sent bin-count not finite and >= 0"
 
 
 def test_request_budget_rejects_an_initial_signal_it_does_not_evaluate() -> None:
