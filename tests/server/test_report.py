@@ -10,7 +10,7 @@ from rich.markdown import Markdown
 
 import server.report as report
 from lsc4rec.errors import DataFormatError
-from server.report import ROUNDS_FILE, _plain, append_round, read_rounds, resolved_protocol
+from server.report import ROUNDS_FILE, _cell, _plain, append_round, read_rounds, resolved_protocol
 
 
 def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
@@ -87,3 +87,15 @@ def test_a_damaged_final_report_is_named_before_any_evaluation(
         report.read_final(tmp_path)
     (tmp_path / report.FINAL_FILE).write_text('{"protocol": {}, "rankings": [], "policies": []}')
     assert report.read_final(tmp_path)["rankings"] == []
+
+
+def test_a_figure_below_a_thousandth_keeps_two_significant_digits() -> None:
+    """The random spread (about 0.0002) is what gains are read against: 0.00017 printed as 0.0002 at four decimals."""
+    assert [_cell(v) for v in (0.00017, -0.00015, 0.0016, 0.0, 3, "drift")] == [
+        "0.00017",
+        "-0.00015",
+        "0.0016",
+        "0.0000",
+        "3",
+        "drift",
+    ]
