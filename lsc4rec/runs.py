@@ -88,6 +88,11 @@ def write_json(path: str | Path, payload: Any) -> Path:
     return path
 
 
+def json_line(payload: Any) -> str:
+    """``payload`` as one line of JSON, non-finite floats as null (Python's ``NaN`` is not JSON)."""
+    return json.dumps(_finite(payload))
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None

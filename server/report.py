@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from lsc4rec import records
 from lsc4rec.errors import DataFormatError
 from lsc4rec.outcomes import LLM_ONLY, SRM_ONLY, StageOutcome, budget_point, paired_se, random_policy
-from lsc4rec.runs import write_json
+from lsc4rec.runs import json_line, write_json
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round ends
@@ -54,7 +54,7 @@ def append_round(run_dir: Path, record: dict[str, Any]) -> None:
                 kept = handle.read().rfind(b"\n") + 1
                 handle.truncate(kept)
     with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(json_line(record) + "\n")  # a NaN loss as null: strict JSON readers take every line
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: 
     (tmp_path / ROUNDS_FILE).write_text('{"round": 1}\nnot json\n{"round": 3}\n')
     with pytest.raises(DataFormatError, match=rf"{ROUNDS_FILE}:2: is not a round's figures"):
         read_rounds(tmp_path)
+
+
+def test_a_non_finite_figure_is_written_as_null_so_every_line_is_json(tmp_path: Path) -> None:
+    append_round(tmp_path, {"round": 1, "train-loss": float("nan"), "x": [1.0, float("inf")]})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    line = (tmp_path / ROUNDS_FILE).read_text().splitlines()[0]
+    assert json.loads(line, parse_constant=refuse) == {"round": 1, "train-loss": None, "x": [1.0, None]}
 
 
 @pytest.mark.parametrize(
