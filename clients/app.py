@@ -304,9 +304,8 @@ def _stale_lists(
     if stale.missing.any():
         rows = np.flatnonzero(stale.missing)
         scores = catalogue_scores(personal, [device[r] for r in rows], cfg.srm.max_len)
-        k = min(
-            cfg.llm.k, scores.shape[1]
-        )  # a catalogue smaller than K fills part of each row, as the cloud's
+        # a catalogue smaller than K fills part of each row, as the cloud's lists do
+        k = min(cfg.llm.k, scores.shape[1])
         top = torch.topk(scores, k, dim=1)
         stale.items[rows, :k], stale.scores[rows, :k] = top.indices.numpy(), top.values.numpy()
     return stale
