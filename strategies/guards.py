@@ -62,9 +62,10 @@ class UpdateGuard(StrategyWrapper):
 
     Each round's rejections by reason, its empty updates and its failed replies are added to its train
     MetricRecord, which holds only these counts in a round where no reply was kept. A reply is malformed when
-    its model arrays are not the global ones (names, order, shapes and dtypes: the first reply's dtype would
-    become the model's, and FedAvgM pairs arrays by position) or its metrics have other keys than the round's
-    other replies (Flower's FedAvg refuses such a set of replies outright, which would end the run).
+    its model arrays are not the global ones (names, order and shapes: FedAvgM pairs arrays by position; a
+    float narrower than 32 bits: the first reply's dtype becomes the aggregate's) or its metrics have other
+    keys than the round's other replies (Flower's FedAvg refuses such a set of replies outright, which would
+    end the run).
     """
 
     def __init__(
@@ -169,7 +170,10 @@ class UpdateGuard(StrategyWrapper):
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
             return REJECTED_MALFORMED, None
         arrays = {key: array.numpy() for key, array in content.array_records[self.arrayrecord_key].items()}
-        if self._global and _layout(arrays) != _layout(self._global):
+        if self._global and (
+            _layout(arrays) != _layout(self._global)
+            or not all(_same_precision(a, self._global[key]) for key, a in arrays.items())
+        ):
             return REJECTED_MALFORMED, None
         if not all(np.isfinite(a).all() for a in arrays.values()):
             return REJECTED_NONFINITE, None
@@ -195,6 +199,17 @@ def _usual_metric_keys(replies: list[Message]) -> frozenset[str] | None:
     return found.most_common(1)[0][0] if found else None
 
 
-def _layout(arrays: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], np.dtype]]:
-    """The arrays' names, order, shapes and dtypes: what an update must share with the global model."""
-    return [(key, a.shape, a.dtype) for key, a in arrays.items()]
+def _layout(arrays: dict[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
+    """The arrays' names, order and shapes: what an update must share with the global model."""
+    return [(key, a.shape) for key, a in arrays.items()]
+
+
+def _same_precision(update: np.ndarray, model: np.ndarray) -> bool:
+    """An update's dtype is the model's, or both are floats of 32 bits or more (FedAdam's model is float64).
+
+    The first kept reply's dtype becomes the aggregate's: a float16 one halved the model's precision and
+    overflowed to inf.
+    """
+    if update.dtype == model.dtype:
+        return True
+    return update.dtype.kind == model.dtype.kind == "f" and update.dtype.itemsize >= 4

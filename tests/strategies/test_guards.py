@@ -129,6 +129,16 @@ def test_replies_unlike_the_global_model_or_the_rounds_other_replies_are_malform
     assert list(aggregated) == list(GLOBAL) and aggregated["w"].numpy().dtype == np.float32
 
 
+def test_float32_updates_of_a_float64_model_are_kept() -> None:
+    """FedAdam's aggregate is float64 while devices reply float32: rejecting that stopped training at round 2."""
+    strategy = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1))
+    wide = ArrayRecord({key: Array(value.astype(np.float64)) for key, value in GLOBAL.items()})
+    list(strategy.configure_train(2, wide, ConfigRecord(), grid((11, 12))))
+    aggregated, metrics = strategy.aggregate_train(2, [reply(11, arrays(1.0), {"num-examples": 2})])
+    assert metrics[REJECTED_MALFORMED] == 0
+    np.testing.assert_allclose(aggregated["w"].numpy(), np.full((2, 2), 1.0))
+
+
 def test_failed_replies_are_counted_and_a_round_of_failures_logs_a_reason(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -7,7 +7,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import ConfigError
-from server.app import flower_strategy
+from server.app import _guarded, flower_strategy
 from tests.strategies.conftest import answer, grid
 
 
@@ -37,6 +37,18 @@ def test_fedavgm_applies_server_momentum_to_the_averaged_update() -> None:
     assert one_round(strategy, 1, weights(0.0), [1.0, 3.0]) == pytest.approx(2.0)
     # round 2: the nodes move 2 -> 3 (pseudo-gradient -1); momentum adds 0.5 * -2, so the step is 2, not 1
     assert one_round(strategy, 2, weights(2.0), [2.0, 4.0]) == pytest.approx(4.0)
+
+
+def test_fedadam_trains_past_its_first_round() -> None:
+    """FedAdam's aggregate comes back float64, the devices' updates float32: the guard must keep taking them."""
+    cfg = RunConfig().override(["federation.strategy=fedadam"])
+    strategy = _guarded(flower_strategy(cfg), cfg.federation)  # as the ServerApp wraps it
+    list(strategy.configure_train(1, weights(0.0), ConfigRecord(), grid()))
+    after_one, _ = strategy.aggregate_train(1, replies([1.0, 3.0]))
+    list(strategy.configure_train(2, after_one, ConfigRecord(), grid()))
+    after_two, metrics = strategy.aggregate_train(2, replies([1.0, 3.0]))
+    assert metrics["rejected-malformed"] == 0
+    assert float(after_two["w"].numpy()[0]) > float(after_one["w"].numpy()[0]) > 0.0
 
 
 def test_strategy_defaults_and_explicit_server_lr() -> None:
