@@ -27,6 +27,7 @@ MEASURES = ("drift", "displacement", "kendall", "topk", "confidence")
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum; with no
 # momentum, plain FedAvg).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
+MAX_BIN_ALPHA_SUMS = 2000  # federation.bins x (alpha_steps + 1): sums per signal in every evaluation reply
 # score normalisations before fusion (lsc4rec.ranking.normalize)
 NORMALIZATIONS = ("minmax", "softmax", "rank")
 # the signals read from the SRM's scores of the whole catalogue (clients.inference.catalogue_signals); the
@@ -310,11 +311,16 @@ class FederationConfig:
         _check(self.local_lr > 0, "federation.local_lr", "must be > 0", self.local_lr)
         _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
-        # each node reports, per signal, one row of sums per α for each bin: their product sizes every reply
-        # (alpha_steps = bins = 10**6 would be terabytes per round); the final gate itself bins in 1,000
-        _check(self.bins <= 1000, "federation.bins", "must be <= 1000", self.bins)
+        # each node's evaluation reply holds, per signal and stage, two sums per α for each bin: 50 bins and 11
+        # α by default (about 0.4 MiB a node); a product 4 times that keeps 610 nodes' final replies near 1 GiB
+        alphas = self.alpha_steps + 1
         _check(
-            self.alpha_steps <= 100, "federation.alpha_steps", "must be <= 100 (α by 0.01)", self.alpha_steps
+            self.bins * alphas <= MAX_BIN_ALPHA_SUMS,
+            "federation.bins",
+            f"must be at most {MAX_BIN_ALPHA_SUMS // alphas} with federation.alpha_steps={self.alpha_steps} (bins "
+            f"times its {alphas} α values may be at most {MAX_BIN_ALPHA_SUMS}: each node's evaluation reply holds "
+            "that many sums per signal)",
+            self.bins,
         )
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
         self._check_privacy()

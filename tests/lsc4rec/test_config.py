@@ -53,8 +53,8 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("federation.budget_window=0", "federation.budget_window: must be >= 1"),
         ("federation.timeout_s=0", "federation.timeout_s: must be > 0"),
         # sizes that every node's reply multiplies: in range, they used to run out of memory mid-run
-        ("federation.bins=1001", "federation.bins: must be <= 1000"),
-        ("federation.alpha_steps=101", "federation.alpha_steps: must be <= 100"),
+        ("federation.bins=1000", "federation.bins: must be at most 181 with federation.alpha_steps=10"),
+        ("federation.alpha_steps=100", "federation.bins: must be at most 19 with federation.alpha_steps=100"),
         # keys that used to be ignored without a word
         ("seed.x=1", "seed.x: is not a known key: seed takes a value"),
         ("data=3", "data: is a section"),
