@@ -66,18 +66,23 @@ def output_path(path: str | Path, option: str, folder: bool = False) -> Path:
     return path
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
+def write_json(path: str | Path, payload: Any, atomic: bool = False) -> Path:
     """Write ``payload`` as indented JSON (non-finite floats become null, so any JSON reader accepts it).
 
-    The file is written beside ``path`` and then moved onto it, so a crash or a full disk leaves the old file or
-    the new one, never a torn one (a checkpoint's sidecar marks it complete; a torn one stopped every resume).
+    ``atomic``: write beside ``path`` and move the file onto it, so that a crash or a full disk leaves the old
+    file or the new one, never a torn one (a checkpoint's sidecar marks it complete: a torn one stopped every
+    resume). Only for a run's own files: a user's ``--json`` may be a link or ``/dev/stdout``, written through.
     A path that cannot be written (a full disk, a place such as /proc) is a ``DataFormatError`` naming it.
     """
     path = Path(path)
+    text = json.dumps(_finite(payload), indent=2) + "\n"
     partial = path.with_name(f"{path.name}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+        if not atomic:
+            path.write_text(text)
+            return path
+        partial.write_text(text)
         os.replace(partial, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

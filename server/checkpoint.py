@@ -53,7 +53,8 @@ def save_checkpoint(
         meta["privacy"] = privacy
     if server:
         meta["server"] = server
-    write_json(path.with_suffix(".json"), meta)  # a NaN (an unrecorded sum of an old window) as null
+    # last, and whole or not at all: the sidecar marks the round complete; a NaN (an old window's) as null
+    write_json(path.with_suffix(".json"), meta, atomic=True)
     return path
 
 
@@ -71,7 +72,7 @@ def save_ledger(run_dir: Path, privacy: dict) -> None:
     forgets none; it is replaced atomically (:func:`~lsc4rec.runs.write_json`), so a crash leaves the old one
     or the new one.
     """
-    write_json(ledger_path(run_dir), privacy)
+    write_json(ledger_path(run_dir), privacy, atomic=True)
 
 
 def read_ledger(run_dir: Path) -> dict | None:

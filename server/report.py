@@ -9,6 +9,7 @@ meets the budget.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -323,14 +324,16 @@ def _live_gate_basis(figures: dict[str, Any]) -> str:
 
 
 def _cell(value: Any) -> str:
-    """Floats to four decimals, and below 0.001 to two significant digits; counts and words as they are.
+    """Floats to four decimals (from 1e-6 to 0.001 to two significant digits, fixed point); counts as they are.
 
     The spread of random requests is about 0.0002 on MovieLens: at four decimals 0.00017 read 0.0002, and the
     summary asks that gains be read against it.
     """
     if not isinstance(value, float):
         return str(value)
-    return f"{value:.2g}" if 0 < abs(value) < 0.001 else f"{value:.4f}"
+    if not 1e-6 <= abs(value) < 0.001:  # what is smaller still reads as 0.0000
+        return f"{value:.4f}"
+    return f"{value:.{1 - math.floor(math.log10(abs(value)))}f}"  # fixed point, never 9e-05
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:

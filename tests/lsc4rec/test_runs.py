@@ -58,10 +58,20 @@ def test_a_disk_that_fills_during_write_json_leaves_the_old_file_whole(tmp_path:
         "from lsc4rec.runs import write_json\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
-        f"write_json({str(path)!r}, {{'round': 2, 'window': [0.5] * 10000}})\n"
+        f"write_json({str(path)!r}, {{'round': 2, 'window': [0.5] * 10000}}, atomic=True)\n"
     )
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", child], cwd=root, capture_output=True, text=True, timeout=60)
     assert "DataFormatError" in done.stderr and "cannot be written (File too large)" in done.stderr
     assert json.loads(path.read_text()) == {"round": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["round-0002.json"]  # nothing partial left behind
+
+
+def test_write_json_writes_through_a_link_to_its_file(tmp_path: Path) -> None:
+    """A user's --json may be a link (or /dev/stdout): written through, the link kept."""
+    (tmp_path / "real.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    write_json(tmp_path / "link.json", {"a": 1})
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "real.json").read_text()) == {
+        "a": 1
+    }

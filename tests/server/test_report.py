@@ -102,9 +102,12 @@ def test_a_damaged_final_report_is_named_before_any_evaluation(
 
 def test_a_figure_below_a_thousandth_keeps_two_significant_digits() -> None:
     """The random spread (about 0.0002) is what gains are read against: 0.00017 printed as 0.0002 at four decimals."""
-    assert [_cell(v) for v in (0.00017, -0.00015, 0.0016, 0.0, 3, "drift")] == [
+    values = (0.00017, -0.00015, 0.000009, 2.7e-17, 0.0016, 0.0, 3, "drift")
+    assert [_cell(v) for v in values] == [
         "0.00017",
         "-0.00015",
+        "0.0000090",
+        "0.0000",
         "0.0016",
         "0.0000",
         "3",
