@@ -56,12 +56,15 @@ ENDPOINTS = f"POST {CANDIDATES_PATH}, GET /healthz, GET /metrics"
 
 def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
     """The service over ``engine``; with ``api_key`` set, candidate requests need ``Authorization: Bearer <key>``."""
-    workers = ThreadPoolExecutor(engine.workers, thread_name_prefix="engine")
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        workers.shutdown(wait=False, cancel_futures=True)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # made at each start, so that an app started again (a test client, an embedding server) has threads
+        app.state.workers = ThreadPoolExecutor(engine.workers, thread_name_prefix="engine")
+        try:
+            yield
+        finally:
+            app.state.workers.shutdown(wait=False, cancel_futures=True)
 
     # no /docs, /redoc or /openapi.json: the service answers the endpoints it documents and nothing else
     # (FastAPI's docs page would also load scripts from a CDN); nor a bodiless redirect for a trailing slash
@@ -163,7 +166,8 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
     @app.post(CANDIDATES_PATH)
     async def candidates(request: Request) -> Response:
         # the middleware has bounded the body by its Content-Length, so reading it whole is safe
-        return await asyncio.get_running_loop().run_in_executor(workers, answer, await request.body())
+        body = await request.body()
+        return await asyncio.get_running_loop().run_in_executor(request.app.state.workers, answer, body)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

@@ -382,6 +382,14 @@ def test_health_and_metrics_answer_while_candidate_requests_queue(tiny_checkpoin
     assert len(engine.threads) == 1
 
 
+def test_an_app_started_again_still_answers(tiny_checkpoint) -> None:
+    """Its engine threads were made once and shut down with the first server: then every request was a 500."""
+    app = create_app(TransformersEngine(tiny_checkpoint))
+    for _ in range(2):
+        with serving(app) as url:
+            assert post(url, {"histories": [[1, 2]], "k": 3}, {}).status_code == 200
+
+
 class RepeatingEngine(TransformersEngine):
     """The real engine with its lists' first item written twice: a broken engine the wire schema refuses."""
 
