@@ -105,8 +105,9 @@ class CandidateRequest(BaseModel):
 class CandidateList(BaseModel):
     """One ranked list: ``items[i]`` has score ``scores[i]``, best first; each item once, each score finite.
 
-    A device checks a reply against this model: a NaN score would make fusion drop its item as padding, and a
-    repeated item would count twice as a hard negative, so such a reply is refused as a broken service's.
+    A device checks a reply against this model: the LLM never scores an item NaN or infinite (ranking would read
+    such an item as broken or as padding), nor names one twice (it would count twice as a hard negative), so such
+    a reply is refused as a broken service's.
     """
 
     model_config = ConfigDict(extra="forbid")

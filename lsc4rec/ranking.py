@@ -42,12 +42,12 @@ def normalize(scores: ArrayLike, method: str = "minmax") -> torch.Tensor:
     torch.Tensor
         [B, K] float64, ``-inf`` at padding. A row whose real scores are all equal (one real item included)
         maps them to one constant (1.0 under minmax and rank, 1/n under softmax), never NaN: such a row
-        carries no order, and a constant leaves the fused order to the other model. A NaN score (a broken
-        model's) stays NaN, normalised around: a ranking then counts it against the target
+        carries no order, and a constant leaves the fused order to the other model. A NaN or +inf score (a
+        broken model's) comes out NaN, normalised around: a ranking then counts it against the target
         (:func:`lsc4rec.metrics.target_ranks`), where dropping it as padding would move the target up.
     """
     raw = torch.as_tensor(scores).double()
-    broken = torch.isnan(raw)
+    broken = torch.isnan(raw) | torch.isposinf(raw)
     scores = raw.masked_fill(broken, -torch.inf)
     real = _real(scores)
     if method == "minmax":
@@ -70,13 +70,15 @@ def fuse(llm_scores: ArrayLike, srm_scores: ArrayLike, alpha: float, method: str
     """Final scores [B, K] = ``alpha * norm(llm) + (1 - alpha) * norm(srm)``, ``-inf`` at padding.
 
     ``alpha = 1`` ranks in the LLM's order, ``alpha = 0`` in the SRM's (DESIGN.md section 5): the other model's
-    scores have no say there, not even a NaN one. A slot is padding where either score is ``-inf``; a NaN
-    score of the model that has a say makes the fused score NaN, which a ranking counts against the target.
+    scores have no say there, not even a broken one. A slot is padding where the LLM's score is ``-inf`` (the
+    list's empty and dropped slots; the SRM's are ``-inf`` there too); an SRM's ``-inf`` elsewhere ranks its item
+    last. A broken score (NaN, +inf) of a model that has a say makes the fused score NaN, which a ranking counts
+    against the target.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
     llm, srm = normalize(llm_scores, method), normalize(srm_scores, method)
-    padding = torch.isneginf(llm) | torch.isneginf(srm)
+    padding = torch.isneginf(llm)
     if alpha == 1.0:
         fused = llm
     elif alpha == 0.0:

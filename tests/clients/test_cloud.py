@@ -154,7 +154,7 @@ def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
         (b'{"lists": [{"items": [4, 5], "scores": [-1.0]}], "model": "m"}', "outside the schema"),
         (b"not json", "outside the schema"),
         (b'{"lists": [{"items": [0, 5], "scores": [-1.0, -2.0]}], "model": "m"}', "outside the schema"),
-        # fusion would drop a NaN-scored item as padding, and a repeat would count twice as a hard negative
+        # the LLM never scores an item NaN or infinite, nor names one twice (a double hard negative)
         (b'{"lists": [{"items": [4, 5], "scores": [NaN, -2.0]}], "model": "m"}', "outside the schema"),
         (b'{"lists": [{"items": [4, 5], "scores": [-1.0, Infinity]}], "model": "m"}', "outside the schema"),
         (b'{"lists": [{"items": [4, 4], "scores": [-1.0, -2.0]}], "model": "m"}', "4 more than once"),

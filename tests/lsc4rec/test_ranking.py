@@ -63,19 +63,28 @@ def test_fuse_alpha_extremes_follow_one_model_order() -> None:
 
 @pytest.mark.parametrize("method", ["minmax", "softmax", "rank"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_an_srm_nan_never_moves_the_target_up(method: str, alpha: float) -> None:
-    """Items [5, 6, 7, 8]: the LLM ranks the target 7 third; the SRM is broken (NaN) on 5 and 6.
+@pytest.mark.parametrize("broken", [math.nan, INF])
+def test_a_broken_srm_score_never_moves_the_target_up(method: str, alpha: float, broken: float) -> None:
+    """Items [5, 6, 7, 8]: the LLM ranks the target 7 third; the SRM is broken (NaN, +inf) on 5 and 6.
 
     Those slots were dropped as padding, which ranked the target first at every α, LLM-only included. At α = 1
-    the SRM has no say; elsewhere a NaN counts against the target, as over the catalogue.
+    the SRM has no say; elsewhere a broken score counts against the target, as over the catalogue.
     """
     items = torch.tensor([[5, 6, 7, 8]])
     llm = torch.tensor([[-0.1, -0.2, -0.3, -0.4]])
-    srm = torch.tensor([[math.nan, math.nan, 2.0, 1.0]])
+    srm = torch.tensor([[broken, broken, 2.0, 1.0]])
     fused = fuse(llm, srm, alpha, method)
     assert scored_list_ranks(fused, items, torch.tensor([7])).item() == 2.0
     assert torch.isnan(normalize(srm, method)[0, :2]).all()  # broken stays broken, the others normalised
     assert torch.isfinite(normalize(srm, method)[0, 2:]).all()
+
+
+def test_an_srm_minus_inf_ranks_its_item_last_but_is_no_padding() -> None:
+    """The SRM may rule an item out: it then ranks last where the SRM has a say, and stays in the LLM's order."""
+    items = torch.tensor([[5, 6, 7, 8]])
+    llm, srm = torch.tensor([[-0.1, -0.2, -0.3, -0.4]]), torch.tensor([[-INF, 3.0, 2.0, 1.0]])
+    assert scored_list_ranks(fuse(llm, srm, 1.0), items, torch.tensor([7])).item() == 2.0
+    assert scored_list_ranks(fuse(llm, srm, 0.5), items, torch.tensor([5])).item() == INF  # last: a miss
 
 
 def test_fuse_half_alpha_averages_minmax_scores() -> None:
