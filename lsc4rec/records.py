@@ -1,7 +1,7 @@
 """Keys of the Flower records devices and server exchange (kebab-case, defined once for both sides)."""
 
 import numpy as np
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 
 ARRAYS = "arrays"  # ArrayRecord: the SRM weights (global in instructions, local in train replies)
 ITEM_COUNTS = "item-counts"  # ArrayRecord of a train reply (federation.item_weighted): per-item counts
@@ -48,16 +48,19 @@ def reply_metrics(content: RecordDict) -> MetricRecord:
     return next(iter(content.metric_records.values()))
 
 
-def unsound_sum(metrics: MetricRecord) -> str | None:
-    """The first key of an evaluation or signals reply whose value is not finite and >= 0, or None.
+def unsound_reply(reply: Message) -> str | None:
+    """Why an evaluation or signals reply's sums cannot be added, or None (an error reply too: callers count it).
 
     Everything such a reply holds is a sum, a count, an α or a bin edge: one NaN or negative count would spoil
     the fleet's sums (a NaN in a histogram crashed the gate's calibration, in the rounds and at the end).
     """
-    for key, value in metrics.items():
-        values = np.asarray(value, dtype=float)
-        if not (np.isfinite(values).all() and (values >= 0).all()):
-            return key
+    if reply.has_error():
+        return None
+    for record in reply.content.metric_records.values():
+        for key, value in record.items():
+            values = np.asarray(value, dtype=float)
+            if not (np.isfinite(values).all() and (values >= 0).all()):
+                return f"node {reply.metadata.src_node_id} sent {key} not finite and >= 0"
     return None
 
 

@@ -574,10 +574,7 @@ def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, w
 
 def _unusable(reply: Message) -> str | None:
     """Why a node's reply to the final questions cannot be summed (its error, a sum not finite and >= 0), or None."""
-    if reply.has_error():
-        return reply.error.reason
-    bad = records.unsound_sum(reply.content[records.METRICS])
-    return None if bad is None else f"node {reply.metadata.src_node_id} sent {bad} not finite and >= 0"
+    return reply.error.reason if reply.has_error() else records.unsound_reply(reply)
 
 
 def _final_evaluation(

@@ -250,11 +250,7 @@ class RequestBudget(StrategyWrapper):
 
 def _sound(reply: Message) -> bool:
     """Whether an evaluation reply's sums may be added (an error reply is: the inner strategy logs it)."""
-    if reply.has_error():
+    if (why := records.unsound_reply(reply)) is None:
         return True
-    for record in reply.content.metric_records.values():
-        if (bad := records.unsound_sum(record)) is not None:
-            node = reply.metadata.src_node_id
-            log(WARNING, "request budget: node %d sent %s not finite and >= 0; left out", node, bad)
-            return False
-    return True
+    log(WARNING, "request budget: %s; left out", why)
+    return False

@@ -27,7 +27,9 @@ def test_a_burst_is_answered_and_the_probes_are_timed_while_it_waits(tiny_checkp
     assert set(row["probe_ms"]) == {"/healthz", "/metrics"} and all(ms > 0 for ms in row["probe_ms"].values())
     assert "/healthz while the requests wait" in done.stdout
     if Path("/proc/self/status").is_file():
-        assert row["rss_before_mib"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] - 1
+        assert row["rss_before_mib"] > 0
+        if row["peak_rss_mib"] is not None:  # None where the peak cannot be reset (some containers)
+            assert row["peak_rss_mib"] >= row["rss_before_mib"] - 1
 
 
 def test_more_clients_than_threads_it_will_start_is_refused(tiny_checkpoint) -> None:
