@@ -47,7 +47,9 @@ def train(
     from lsc4rec.runs import output_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_config = load_config(config, override_pairs(overrides, ("data", "llm", "seed"), **{"llm.base": base}))
+    run_config = load_config(
+        config, override_pairs(overrides, ("data.lag", "llm", "seed"), **{"llm.base": base})
+    )
     dataset = SequenceDataset.load(data)
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
     _check_out(out)

@@ -54,7 +54,7 @@ def build_config(
 ) -> RunConfig:
     """The effective config: file, then ``--set`` pairs, then the named options that were given.
 
-    ``reads``: the sections and top-level keys the command reads (None: all); ``--set`` may name no other.
+    ``reads``: the sections and keys the command reads (None: all); ``--set`` may name no other.
     """
     return load_config(config, override_pairs(overrides, reads, **flat))
 
@@ -79,7 +79,7 @@ def data_prepare(
     cfg = build_config(
         config,
         overrides,
-        ("data", "seed"),
+        ("data.dataset", "data.data_dir", "data.kcore", "data.numbering", "seed"),
         **{
             "data.dataset": dataset,
             "data.kcore": kcore,

@@ -516,7 +516,7 @@ def override_pairs(
     """``--set`` pairs, then the named options that were given, as ``key=value`` strings.
 
     A setting given both ways is refused: which one wins is nothing a user should have to know. ``reads`` names
-    the sections and top-level keys the command reads (None: all); a ``--set`` outside them is refused, since
+    the sections and keys the command reads (None: all); a ``--set`` outside them is refused, since
     the command would run as if it had not been given (``llm train --set federation.rounds=5``). Only ``--set``
     is held to it: a ``--config`` file may hold sections a command does not read, so that one file serves the
     commands of a run.
@@ -527,7 +527,7 @@ def override_pairs(
     for pair in overrides:
         key = pair.partition("=")[0].strip()
         # a key that does not exist is left to load_config, which says so and lists the known ones
-        if reads is not None and key in known and key.split(".", 1)[0] not in reads:
+        if reads is not None and key in known and key not in reads and key.split(".", 1)[0] not in reads:
             sections = {name.split(".", 1)[0] for name in known if "." in name}
             read = ", ".join(f"{name}.*" if name in sections else name for name in reads)
             raise ConfigError(

@@ -87,8 +87,9 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         # a --set of a section the command never reads would run as if it had not been given
         (
-            ["data", "prepare", "--set", "llm.epochs=3"],
-            "config llm.epochs: is not read by this command, which reads only data.*, seed:",
+            ["data", "prepare", "--set", "data.lag=3"],  # the split comes later: prepare never reads it
+            "config data.lag: is not read by this command, which reads only data.dataset, data.data_dir, "
+            "data.kcore, data.numbering, seed:",
         ),
         (
             ["srm", "train", "--set", "federation.rounds=3"],
@@ -96,7 +97,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         (
             ["llm", "train", "--data", "d", "--out", "o", "--set", "srm.hidden=8"],
-            "srm.hidden: is not read by this command, which reads only data.*, llm.*, seed:",
+            "srm.hidden: is not read by this command, which reads only data.lag, llm.*, seed:",
         ),
     ],
 )
