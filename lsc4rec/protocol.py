@@ -58,6 +58,8 @@ def check_api_key(api_key: str | None, where: str = f"${API_KEY_ENV}") -> None:
     """Refuse a key an HTTP header cannot carry (non-ASCII, spaces, control characters) where it is set."""
     if api_key and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
         raise ConfigError(where, "must be printable ASCII without spaces: an HTTP header cannot carry it.")
+    if api_key and len(api_key) > MAX_HEAD_BYTES // 4:  # the service refuses a longer request head, unread
+        raise ConfigError(where, f"must be at most {MAX_HEAD_BYTES // 4} characters, got {len(api_key)}.")
 
 
 def catalogue_digest(item_ids: Iterable[object]) -> str:

@@ -108,9 +108,21 @@ def test_cloud_client_sends_the_key_from_the_environment(
             CloudClient(keyed.url, k=5, api_key="wrong").candidates([np.array([1, 2, 3])])
 
 
-def test_a_key_no_header_can_carry_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(API_KEY_ENV, "two words")
-    with pytest.raises(ConfigError, match=rf"^\${API_KEY_ENV}: must be printable ASCII without spaces"):
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("two words", "must be printable ASCII without spaces"),
+        (
+            "k" * 5000,
+            "must be at most 4096 characters, got 5000",
+        ),  # the service would refuse the head, unread
+    ],
+)
+def test_a_key_no_header_can_carry_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, key: str, said: str
+) -> None:
+    monkeypatch.setenv(API_KEY_ENV, key)
+    with pytest.raises(ConfigError, match=rf"^\${API_KEY_ENV}: {said}"):
         CloudClient("http://127.0.0.1:9", k=5)
 
 
