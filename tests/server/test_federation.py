@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
@@ -191,6 +192,7 @@ def evaluate_untrained(cfg: RunConfig) -> tuple[InProcessGrid, ArrayRecord, Metr
     grid = InProcessGrid(client_app, NODES, cfg.to_flat())
     inprocess.act_as_server(grid, cfg.to_flat())
     num_items = load_or_prepare(cfg.data, cfg.seed).num_items
+    torch.manual_seed(cfg.seed)  # the same untrained SRM whatever ran before (it read the global generator)
     arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
     summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
     return grid, arrays, summed
@@ -222,7 +224,10 @@ def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     In a thousand bins a personal copy adapted with other dropout draws would show; the evaluation adapts
     a copy for validation first, the calibration only the test one.
     """
-    cfg = federation_config.override([f"federation.service_url={service}", "federation.bins=1000"])
+    # 1000 bins, as the gate: one α (LLM-only, SRM-only) keeps each reply within the bound on bins x alphas
+    cfg = federation_config.override(
+        [f"federation.service_url={service}", "federation.bins=1000", "federation.alpha_steps=1"]
+    )
     grid, arrays, summed = evaluate_untrained(cfg)
     evaluated = summed[f"{records.outcome_prefix('test', 'confidence')}-bin-count"]
     assert cfg.federation.adapt_steps > 0 and cfg.srm.dropout > 0 and sum(evaluated) == 24
