@@ -271,9 +271,18 @@ def _privacy(
         )
     assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
     state = ledger or start.privacy
+    if ledger and start.privacy and _releases(start.privacy) > _releases(ledger) >= 0:
+        # a ledger restored from an older copy: the accountant that counted more releases is the one whose ε
+        # covers every model the run has released
+        log(
+            WARNING,
+            "the privacy ledger counts fewer releases than round %d's checkpoint: going on from it",
+            start.round,
+        )
+        state = start.privacy
     damaged = (
         f"{ledger_path(run_dir)} is damaged, restore it or start a new run"
-        if ledger
+        if state is ledger
         else f"round {start.round}'s sidecar JSON is damaged: {DAMAGED}"
     )
     try:
@@ -291,6 +300,14 @@ def _privacy(
             f"cannot go on with this run's privacy accounting ({exc}). Resume it with the federation.dp_delta "
             f"and fleet it started with; if {damaged}"
         ) from None
+
+
+def _releases(state: dict) -> int:
+    """The noised models an accountant's state has counted (Flower's RDP state), or -1 where it cannot say."""
+    try:
+        return sum(int(composition["count"]) for composition in state["compositions"])
+    except (KeyError, TypeError, ValueError):
+        return -1
 
 
 def flower_strategy(cfg: RunConfig) -> Strategy:

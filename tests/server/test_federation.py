@@ -31,9 +31,15 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
-from server.app import FINAL_GATE_BINS, _final_evaluation, _protocol, fleet_signal_counts
+from server.app import FINAL_GATE_BINS, _final_evaluation, _privacy, _protocol, fleet_signal_counts
 from server.app import app as server_app
-from server.checkpoint import complete_checkpoints, latest_checkpoint, load_global_srm
+from server.checkpoint import (
+    Checkpoint,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_global_srm,
+    save_ledger,
+)
 from server.inprocess import InProcessGrid, run_in_process
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
@@ -390,6 +396,21 @@ def test_a_private_run_accounts_its_epsilon_across_a_crash_and_a_resume(
     assert max(complete_checkpoints(tmp_path)) == 3
     with pytest.raises(LSC4RecError, match=noiseless):
         run(federation_config, tmp_path, service, *private, "federation.rounds=4", "federation.resume=true")
+
+
+def test_a_ledger_restored_from_an_older_copy_does_not_under_report_epsilon(tmp_path: Path) -> None:
+    """The accountant that counted more releases goes on, the ledger's or the checkpoint's."""
+    fed = RunConfig().override(["federation.dp_noise=1.0", "federation.dp_clip=0.5"]).federation
+    accountant = FleetPrivacy(FedAvg(), 1.0, 0.5, NODES, fed.dp_delta)
+    event = GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=2, population_size=NODES)
+    accountant.accountant.compose(event, count=1)
+    older = accountant.state()
+    accountant.accountant.compose(event, count=2)
+    newer = accountant.state()
+    for ledger, checkpoint in ((older, newer), (newer, older)):
+        save_ledger(tmp_path, ledger)
+        start = Checkpoint(3, ArrayRecord(), 1.0, privacy=checkpoint)
+        assert _privacy(FedAvg(), fed, NODES, start, tmp_path).releases == 3
 
 
 class JitteryGrid(InProcessGrid):
