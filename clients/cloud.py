@@ -311,9 +311,8 @@ class CloudClient:
         def attempt() -> None:
             try:
                 with http.stream(method, url, **kwargs) as response:
-                    if (
-                        300 <= response.status_code < 400
-                    ):  # a device setting no retry fixes, as a wrong key is
+                    # a redirect is a device setting no retry fixes, as a wrong key is
+                    if 300 <= response.status_code < 400:
                         raise ProtocolError(
                             "federation.service_url",
                             f"the candidate service at {self.base} redirects to "

@@ -154,9 +154,7 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
             response = CandidateResponse(
                 lists=[CandidateList(items=i, scores=s) for i, s in lists], model=engine.model_name
             )
-        except (
-            ValidationError
-        ) as exc:  # the engine broke the schema (a repeated item): its failure, not the client's
+        except ValidationError as exc:  # the engine broke the schema (a repeated item), not the client
             raise EngineError(f"its lists break the reply's schema ({exc.errors()[0]['msg']})") from None
         metrics.served(len(lists), sum(len(items) for items, _ in lists))
         # Serialised by pydantic directly: FastAPI's response_model path re-validates and encodes in Python,

@@ -136,9 +136,8 @@ class UpdateGuard(StrategyWrapper):
                 reason,
             )
         if all(reply.has_error() for reply in kept):  # nothing left to aggregate: the model stays, counted
-            if (
-                kept
-            ):  # the inner strategy, which logs failures, is not called: say why the round trained nothing
+            # the inner strategy, which logs failures, is not called: say why the round trained nothing
+            if kept:
                 log(
                     WARNING,
                     "aggregate_train: round %d, every reply failed, e.g. %s",
