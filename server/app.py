@@ -9,6 +9,7 @@ and threshold τ for cloud requests). The nodes report sums, so evaluation metri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -270,22 +271,8 @@ def _privacy(
             "private federation in a new run folder (leave out --resume)."
         )
     assert isinstance(aggregator, FedAvg)  # the config allows fedavg|fedprox only when private
-    state = ledger or start.privacy
-    if ledger and start.privacy and _releases(start.privacy) > _releases(ledger) >= 0:
-        # a ledger restored from an older copy: the accountant that counted more releases is the one whose ε
-        # covers every model the run has released
-        log(
-            WARNING,
-            "the privacy ledger counts fewer releases than round %d's checkpoint: going on from it",
-            start.round,
-        )
-        state = start.privacy
-    damaged = (
-        f"{ledger_path(run_dir)} is damaged, restore it or start a new run"
-        if state is ledger
-        else f"round {start.round}'s sidecar JSON is damaged: {DAMAGED}"
-    )
-    try:
+
+    def going_on(state: dict | None) -> FleetPrivacy:
         return FleetPrivacy(
             aggregator,
             fed.dp_noise,
@@ -295,19 +282,32 @@ def _privacy(
             state,
             on_release=lambda released: save_ledger(run_dir, released),
         )
+
+    damaged = (
+        f"{ledger_path(run_dir)} is damaged, restore it or start a new run"
+        if ledger
+        else f"round {start.round}'s sidecar JSON is damaged: {DAMAGED}"
+    )
+    try:
+        privacy = going_on(ledger or start.privacy)
     except ValueError as exc:  # the accountant was for another δ or fleet, or its file is damaged
         raise LSC4RecError(
             f"cannot go on with this run's privacy accounting ({exc}). Resume it with the federation.dp_delta "
             f"and fleet it started with; if {damaged}"
         ) from None
-
-
-def _releases(state: dict) -> int:
-    """The noised models an accountant's state has counted (Flower's RDP state), or -1 where it cannot say."""
-    try:
-        return sum(int(composition["count"]) for composition in state["compositions"])
-    except (KeyError, TypeError, ValueError):
-        return -1
+    if ledger and start.privacy:
+        # a ledger restored from an older copy: the accountant that counted more releases is the one whose ε
+        # covers every model the run has released (a damaged sidecar's is no rival to a whole ledger)
+        with contextlib.suppress(ValueError):
+            checkpointed = going_on(start.privacy)
+            if checkpointed.releases > privacy.releases:
+                log(
+                    WARNING,
+                    "the privacy ledger counts fewer releases than round %d's checkpoint: going on from it",
+                    start.round,
+                )
+                privacy = checkpointed
+    return privacy
 
 
 def flower_strategy(cfg: RunConfig) -> Strategy:
