@@ -30,6 +30,8 @@ from lsc4rec.protocol import (
     MAX_HEAD_BYTES,
     MAX_HISTORY,
     MAX_K,
+    MAX_REPLY_BYTES,
+    CandidateList,
     CandidateRequest,
     CandidateResponse,
 )
@@ -104,6 +106,14 @@ def test_the_largest_valid_request_fits_the_body_bound() -> None:
     rows = [[widest_id] * MAX_HISTORY] * MAX_BATCH
     body = CandidateRequest(histories=rows, k=MAX_K, exclude=rows).model_dump_json()
     assert len(body.encode()) <= MAX_BODY_BYTES
+
+
+def test_the_largest_valid_reply_fits_what_a_device_reads() -> None:
+    widest_id = 10**7 - 1
+    widest_score = -12.345678901234567  # as many digits as a float64 prints
+    ranked = CandidateList(items=list(range(widest_id - MAX_K, widest_id)), scores=[widest_score] * MAX_K)
+    body = CandidateResponse(lists=[ranked] * MAX_BATCH, model="m" * 255).model_dump_json()
+    assert 2 * 2**20 < len(body.encode()) <= MAX_REPLY_BYTES
 
 
 def test_a_body_of_bad_ids_costs_one_error_per_field() -> None:
