@@ -179,7 +179,7 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _final_report(
-    grid: Grid,
+    grid: PartitionOrderedGrid,
     arrays: ArrayRecord,
     cfg: RunConfig,
     split: TemporalSplit,
@@ -195,6 +195,7 @@ def _final_report(
     reached. Returns ``summary.md``.
     """
     fed = cfg.federation
+    grid.learn_new_nodes(nodes, split.num_users)  # so that a box that reconnected is counted once
     gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
     final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
@@ -513,7 +514,7 @@ class FinalGate(NamedTuple):
 
 
 def _final_gate(
-    grid: Grid, arrays: ArrayRecord, measure: str, fed: FederationConfig, fleet: int
+    grid: PartitionOrderedGrid, arrays: ArrayRecord, measure: str, fed: FederationConfig, fleet: int
 ) -> FinalGate:
     """Calibrate the gate on the final model: τ from every connected node's histogram of ``measure``.
 
@@ -537,7 +538,7 @@ def _final_gate(
 
 
 def fleet_signal_counts(
-    grid: Grid, arrays: ArrayRecord, measure: str, bins: int, fleet: int
+    grid: PartitionOrderedGrid, arrays: ArrayRecord, measure: str, bins: int, fleet: int
 ) -> tuple[np.ndarray, int]:
     """The connected nodes' users per bin of ``measure`` under ``arrays`` (``query.signals``, label-free).
 
@@ -553,8 +554,13 @@ def fleet_signal_counts(
     return counts, sum(int(m[records.FALLBACKS]) for m in metrics)
 
 
-def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, what: str) -> list[Message]:
-    """Send ``content`` to every connected node; the replies without error (at least one, else an error)."""
+def _ask_fleet(
+    grid: PartitionOrderedGrid, content: RecordDict, message_type: str, fleet: int, what: str
+) -> list[Message]:
+    """Send ``content`` to every connected node; the replies without error (at least one, else an error).
+
+    One reply per partition is kept (``PartitionOrderedGrid.one_per_partition``).
+    """
     connected = list(grid.get_node_ids())
     if len(connected) < fleet:
         log(
@@ -570,6 +576,7 @@ def _ask_fleet(grid: Grid, content: RecordDict, message_type: str, fleet: int, w
     reasons = [_unusable(r) for r in answered]  # a reply of unsound sums is left out as a failed one is
     replies = [r for r, reason in zip(answered, reasons, strict=True) if reason is None]
     failed = len(messages) - len(replies)
+    replies = grid.one_per_partition(replies, what)
     first = next((reason for reason in reasons if reason is not None), "no reply before the timeout")
     if not replies:
         who = f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
@@ -595,7 +602,7 @@ def _unusable(reply: Message) -> str | None:
 
 
 def _final_evaluation(
-    grid: Grid, arrays: ArrayRecord, tau: float, measure: str, rounds: int, fleet: int
+    grid: PartitionOrderedGrid, arrays: ArrayRecord, tau: float, measure: str, rounds: int, fleet: int
 ) -> tuple[MetricRecord, list[int]]:
     """Evaluate the final global SRM on every connected node (adaptation, collaborative inference).
 

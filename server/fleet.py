@@ -122,11 +122,38 @@ def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600
     The partitions are checked against the fleet of ``nodes`` nodes (``check_partitions``): supernodes started
     by hand with the wrong ``--node-config`` would otherwise hold overlapping users and be counted twice.
     """
+    asked = list(grid.get_node_ids())
+    told, errors = _told_partitions(grid, asked, timeout_s)
+    unconfigured = sorted(node for node, reason in errors.items() if records.NODE_CONFIG_OPTION in reason)
+    if unconfigured:  # such a box would fail every round it is sampled in
+        raise ConfigError(
+            records.NODE_CONFIG_OPTION,
+            f"{len(unconfigured)} supernode(s) (node ids {', '.join(map(str, unconfigured[:5]))}) were started "
+            f'without a whole one: start each box with --node-config "{records.PARTITION}=I '
+            f'{records.NUM_PARTITIONS}={nodes}" (I = 0 … {nodes - 1}, one per box)',
+        )
+    log(INFO, "fleet: %d of %d nodes told their partition id", len(told), len(asked))
+    if len(told) < len(asked):
+        log(
+            WARNING,
+            "%d of %d nodes did not tell their partition id (the first: %s); they are listed after the others, "
+            "by node id, so node sampling may differ between runs",
+            len(asked) - len(told),
+            len(asked),
+            next(iter(errors.values()), "no reply before the timeout"),
+        )
+    return check_partitions(told, nodes, num_users)
+
+
+def _told_partitions(
+    grid: Grid, node_ids: list[int], timeout_s: float
+) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+    """Ask ``node_ids`` their node config: {node: (partition id, num-partitions)}, and {node: why it failed}."""
     messages = [
         Message(
             RecordDict({records.CONFIG: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY
         )
-        for node in grid.get_node_ids()
+        for node in node_ids
     ]
     told, errors = {}, {}
     for reply in send_and_receive(grid, messages, timeout_s):
@@ -138,25 +165,7 @@ def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600
             int(metrics[records.PARTITION]),
             int(metrics[records.NUM_PARTITIONS]),
         )
-    unconfigured = sorted(node for node, reason in errors.items() if records.NODE_CONFIG_OPTION in reason)
-    if unconfigured:  # such a box would fail every round it is sampled in
-        raise ConfigError(
-            records.NODE_CONFIG_OPTION,
-            f"{len(unconfigured)} supernode(s) (node ids {', '.join(map(str, unconfigured[:5]))}) were started "
-            f'without a whole one: start each box with --node-config "{records.PARTITION}=I '
-            f'{records.NUM_PARTITIONS}={nodes}" (I = 0 … {nodes - 1}, one per box)',
-        )
-    log(INFO, "fleet: %d of %d nodes told their partition id", len(told), len(messages))
-    if len(told) < len(messages):
-        log(
-            WARNING,
-            "%d of %d nodes did not tell their partition id (the first: %s); they are listed after the others, "
-            "by node id, so node sampling may differ between runs",
-            len(messages) - len(told),
-            len(messages),
-            next(iter(errors.values()), "no reply before the timeout"),
-        )
-    return check_partitions(told, nodes, num_users)
+    return told, errors
 
 
 def check_partitions(told: dict[int, tuple[int, int]], nodes: int, num_users: int) -> dict[int, int]:
@@ -170,17 +179,8 @@ def check_partitions(told: dict[int, tuple[int, int]], nodes: int, num_users: in
     )
     owner: dict[int, int] = {}
     for node, (partition, count) in sorted(told.items()):
-        if (count or num_users) != nodes:
-            raise ConfigError(
-                "--node-config",
-                f"num-partitions must be the run's fleet size, federation.num_nodes = {nodes}, got {count} on "
-                f"node {node}: its users would not be the ones the server counts on. {fix}",
-            )
-        if not 0 <= partition < nodes:
-            raise ConfigError(
-                "--node-config",
-                f"partition-id must be in [0, {nodes - 1}], got {partition} on node {node}. {fix}",
-            )
+        if (problem := _partition_problem(node, partition, count, nodes, num_users)) is not None:
+            raise ConfigError("--node-config", f"{problem}. {fix}")
         if partition in owner:
             raise ConfigError(
                 "--node-config",
@@ -191,20 +191,82 @@ def check_partitions(told: dict[int, tuple[int, int]], nodes: int, num_users: in
     return {node: partition for node, (partition, _) in told.items()}
 
 
+def _partition_problem(node: int, partition: int, count: int, nodes: int, num_users: int) -> str | None:
+    """What is wrong with ``node``'s node config in a fleet of ``nodes`` nodes, or None."""
+    if (count or num_users) != nodes:
+        return (
+            f"num-partitions must be the run's fleet size, federation.num_nodes = {nodes}, got {count} on "
+            f"node {node}: its users would not be the ones the server counts on"
+        )
+    if not 0 <= partition < nodes:
+        return f"partition-id must be in [0, {nodes - 1}], got {partition} on node {node}"
+    return None
+
+
 class PartitionOrderedGrid(Grid):
     """``grid`` with node ids and replies in partition order (unknown nodes last, by id); the rest delegated."""
 
     def __init__(self, grid: Grid, partitions: dict[int, int]) -> None:
         self.grid = grid
         self.partitions = partitions
+        self.misfits: set[int] = (
+            set()
+        )  # nodes that joined late with a node config that does not fit the fleet
 
     @classmethod
     def discover(cls, grid: Grid, nodes: int, num_users: int) -> PartitionOrderedGrid:
         """Ask the connected nodes their partitions, check them, and order ``grid`` by them."""
         return cls(grid, partition_ids(grid, nodes, num_users))
 
+    def learn_new_nodes(self, nodes: int, num_users: int, timeout_s: float = 600.0) -> None:
+        """Ask the nodes that connected since ``discover`` their partitions (a box that reconnected has a new id).
+
+        A node whose config does not fit the fleet is warned of and left out from then on (its users are not the
+        ones the server counts on): the run is at its end, and its report is worth more than stopping on one box.
+        """
+        new = [node for node in self.get_node_ids() if node not in self.partitions]
+        if not new:
+            return
+        told, _ = _told_partitions(self.grid, new, timeout_s)
+        for node, (partition, count) in sorted(told.items()):
+            if (problem := _partition_problem(node, partition, count, nodes, num_users)) is not None:
+                log(WARNING, "a node that joined during the run is left out: %s", problem)
+                self.misfits.add(node)
+            else:
+                self.partitions[node] = partition
+        log(
+            INFO,
+            "fleet: %d of %d nodes that joined during the run told their partition id",
+            len(told),
+            len(new),
+        )
+
+    def one_per_partition(self, replies: list[Message], what: str) -> list[Message]:
+        """``replies`` (in partition order), one per partition, the first kept; the others are warned of.
+
+        Two nodes of one partition hold the same users (a box that reconnected under a new id while its old id
+        still answers), who must count once.
+        """
+        kept, seen, twins = [], set(), []
+        for reply in replies:
+            partition = self.partitions.get(reply.metadata.src_node_id)  # None: a node that never told it
+            if partition is not None and partition in seen:
+                twins.append(f"node {reply.metadata.src_node_id} (partition {partition})")
+                continue
+            kept.append(reply)
+            seen.add(partition)
+        if twins:
+            log(
+                WARNING,
+                "%s: %d replies left out, from nodes whose partition another node answered for: %s",
+                what,
+                len(twins),
+                ", ".join(twins[:5]),
+            )
+        return kept
+
     def get_node_ids(self) -> Iterable[int]:
-        return sorted(self.grid.get_node_ids(), key=self._position)
+        return sorted((n for n in self.grid.get_node_ids() if n not in self.misfits), key=self._position)
 
     @property
     def run(self) -> Run:

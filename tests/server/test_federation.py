@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
@@ -40,6 +40,7 @@ from server.checkpoint import (
     load_global_srm,
     save_ledger,
 )
+from server.fleet import PartitionOrderedGrid
 from server.inprocess import InProcessGrid, run_in_process
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
@@ -134,7 +135,7 @@ def test_federation_trains_checkpoints_and_reports(
     assert "collaborative training the " in summary.splitlines()[2]
     # the nodes asked again with the final model bin the very signals the final evaluation binned (the same
     # personal copies), and in the gate's fine bins they give its τ
-    arrays = latest_checkpoint(tmp_path).arrays
+    arrays, grid = latest_checkpoint(tmp_path).arrays, PartitionOrderedGrid(grid, {})
     assert (
         fleet_signal_counts(grid, arrays, signal, fed.bins, NODES)[0].tolist()
         == final[SIGNAL_HISTOGRAMS][signal]
@@ -193,10 +194,11 @@ def test_the_protocol_says_off_only_when_no_collaborative_prefix_is_trained(
     assert not any("," in str(value) for key, value in protocol.items() if key != "differential privacy")
 
 
-def evaluate_untrained(cfg: RunConfig) -> tuple[InProcessGrid, ArrayRecord, MetricRecord]:
+def evaluate_untrained(cfg: RunConfig) -> tuple[PartitionOrderedGrid, ArrayRecord, MetricRecord]:
     """A fresh fleet's grid, an untrained SRM's arrays, and the server's final evaluation of them (gate off)."""
     grid = InProcessGrid(client_app, NODES, cfg.to_flat())
     inprocess.act_as_server(grid, cfg.to_flat())
+    grid = PartitionOrderedGrid(grid, {})
     num_items = load_or_prepare(cfg.data, cfg.seed).num_items
     torch.manual_seed(cfg.seed)  # the same untrained SRM whatever ran before (it read the global generator)
     arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
@@ -250,7 +252,7 @@ def test_nodes_keep_their_personal_copy_unless_told_not_to(
             [f"federation.service_url={service}", f"federation.keep_personal={str(keep).lower()}"]
         )
         grid, arrays, results[keep] = evaluate_untrained(cfg)
-        kept = [c.state.get(records.STATE_PERSONAL) for c in grid.contexts.values()]
+        kept = [c.state.get(records.STATE_PERSONAL) for c in grid.grid.contexts.values()]
         if keep:  # every node holds an adapted copy, not the global model it received
             assert all(
                 any(not np.array_equal(k[name].numpy(), arrays[name].numpy()) for name in arrays)
@@ -611,6 +613,58 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
         final["users the floors cover"] == 18
         and "the floors cover the same users" in (tmp_path / "summary.md").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("old_id_answers", "fleet_size", "warning"),
+    [
+        (True, NODES, "replies left out, from nodes whose partition another node answered for"),
+        (False, NODES, None),
+        (True, NODES + 1, "a node that joined during the run is left out: num-partitions must be"),
+    ],
+    ids=["old-id-still-answers", "old-id-gone", "rejoined-with-a-wrong-node-config"],
+)
+def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
+    federation_config: RunConfig,
+    service: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    old_id_answers: bool,
+    fleet_size: int,
+    warning: str | None,
+) -> None:
+    """A box reconnects after round 1 under a new node id; the fleet checked partitions once, at the start. Its
+    users count once in the report, whether its old id still answers or is gone; with a node config that does
+    not fit the fleet, it is left out."""
+
+    class RejoinGrid(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 4:  # after the partition query and round 1's training and evaluation
+                old = self.contexts[min(self.contexts)]
+                told = {**old.node_config, records.NUM_PARTITIONS: fleet_size}
+                self.contexts[REJOINED] = Context(
+                    old.run_id, REJOINED, told, RecordDict(), dict(old.run_config)
+                )
+                if not old_id_answers:
+                    self.down.add(old.node_id)
+
+        def get_node_ids(self):
+            return [node for node in super().get_node_ids() if node not in self.down]
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", RejoinGrid)
+    run(federation_config, tmp_path, service, "federation.rounds=2", "federation.fraction_train=1.0")
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["users"] == 24 and final["users missing from the final evaluation"] == 0
+    assert final["users the floors cover"] == 24 and final["live gate tau calibrated on users"] == 24
+    if warning is None:  # the box is known again, by its partition, and nothing needs leaving out
+        assert "replies left out" not in caplog.text and "is left out" not in caplog.text
+    else:
+        assert warning in caplog.text
+    assert "never told its partition" not in caplog.text
+
+
+REJOINED = 5000
 
 
 @pytest.mark.parametrize(
