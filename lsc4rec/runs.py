@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lsc4rec.data.files import write_atomically
 from lsc4rec.errors import ConfigError, DataFormatError
 
 
@@ -76,17 +76,13 @@ def write_json(path: str | Path, payload: Any, atomic: bool = False) -> Path:
     """
     path = Path(path)
     text = json.dumps(_finite(payload), indent=2) + "\n"
-    partial = path.with_name(f"{path.name}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not atomic:
+        if atomic:
+            write_atomically(path, lambda partial: partial.write_text(text))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            return path
-        partial.write_text(text)
-        os.replace(partial, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
         raise DataFormatError(
             path, f"cannot be written ({exc.strerror}). Free space there, or choose another path."
         ) from None

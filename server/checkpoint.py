@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from clients.srm import SequentialRecommender, build_srm
 from lsc4rec.config import RunConfig
+from lsc4rec.data.files import flush_to_disk
 from lsc4rec.errors import DataFormatError
 from lsc4rec.runs import write_json
 
@@ -48,6 +49,7 @@ def save_checkpoint(
     path = folder / f"round-{server_round:04d}.safetensors"
     state = {key: tensor.contiguous() for key, tensor in arrays.to_torch_state_dict().items()}
     save_file(state, path)
+    flush_to_disk(path)  # on disk before the sidecar that says it is whole
     meta = {"round": server_round, "request-tau": tau, "request-signal": measure}
     if privacy is not None:
         meta["privacy"] = privacy

@@ -286,3 +286,22 @@ def answering_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that ``os.fsync`` (with the name of the file or folder synced) and ``os.replace`` append to."""
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd: int) -> None:
+        events.append("fsync " + Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        fsync(fd)
+
+    def logged_replace(src: Path, dst: Path) -> None:
+        events.append("replace")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    return events

@@ -1,4 +1,7 @@
-"""Writing shared cache files so that no reader ever sees half of one."""
+"""Writing files so that no reader ever sees half of one, and a power cut does not undo them.
+
+The data cache, checkpoints' sidecars and the privacy ledger are written this way.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,22 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
+        flush_to_disk(partial)  # else a power cut after the rename can leave an empty file at ``path``
         os.replace(partial, path)
+        flush_to_disk(path.parent)  # the rename itself
     finally:
         with contextlib.suppress(OSError):  # gone after the rename, or its folder could not be made
             partial.unlink()
+
+
+def flush_to_disk(path: Path) -> None:
+    """``fsync`` a file, or a folder's entries (best effort: some file systems cannot sync a folder)."""
+    folder = path.is_dir()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)

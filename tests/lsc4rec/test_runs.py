@@ -67,6 +67,16 @@ def test_a_disk_that_fills_during_write_json_leaves_the_old_file_whole(tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["round-0002.json"]  # nothing partial left behind
 
 
+def test_an_atomic_write_is_on_disk_before_and_after_its_rename(
+    tmp_path: Path, disk_events: list[str]
+) -> None:
+    """A power cut after the rename must not leave an empty sidecar: the file is synced before it is moved in,
+    and its folder after."""
+    write_json(tmp_path / "round-0001.json", {"round": 1}, atomic=True)
+    assert disk_events[0].startswith("fsync .round-0001.json.")
+    assert disk_events[1:] == ["replace", f"fsync {tmp_path.name}"]
+
+
 def test_write_json_writes_through_a_link_to_its_file(tmp_path: Path) -> None:
     """A user's --json may be a link (or /dev/stdout): written through, the link kept."""
     (tmp_path / "real.json").write_text("{}")

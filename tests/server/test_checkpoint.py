@@ -55,3 +55,12 @@ def test_a_damaged_sidecar_or_weights_file_names_the_file(tmp_path: Path, sideca
     path.write_bytes(weights[:50])  # a half-copied weights file
     with pytest.raises(DataFormatError, match=r"round-0001\.safetensors: is not a readable round checkpoint"):
         latest_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_is_on_disk_before_its_sidecar_says_it_is_whole(
+    tmp_path: Path, disk_events: list[str]
+) -> None:
+    """After a power cut a sidecar must not vouch for a safetensors file the disk never received."""
+    save_checkpoint(tmp_path, 2, ArrayRecord({"w": torch.ones(3)}), tau=0.5)
+    assert disk_events[0] == "fsync round-0002.safetensors"
+    assert disk_events[1].startswith("fsync .round-0002.json.") and disk_events[2] == "replace"
