@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lsc4rec.errors import ConfigError, LSC4RecError, run_main
-from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_HEAD_BYTES, MAX_K, check_api_key
+from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_HEAD_BYTES, MAX_IN_FLIGHT, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
 
@@ -178,6 +178,14 @@ def serve(
     ssl_keyfile: Annotated[
         Path | None, typer.Option("--ssl-keyfile", help="The certificate's PEM private key.")
     ] = None,
+    max_in_flight: Annotated[
+        int,
+        typer.Option(
+            "--max-in-flight",
+            min=1,
+            help="Candidate requests held at once; more are answered 503 (devices retry, then fall back).",
+        ),
+    ] = MAX_IN_FLIGHT,
 ) -> None:
     """Serve POST /v1/candidates, GET /healthz and GET /metrics (over https with a certificate and key)."""
     import uvicorn
@@ -208,7 +216,7 @@ def serve(
     typer.echo(f"serving {checkpoint.name} ({engine} engine) on {url}; Ctrl-C stops it", err=True)
     try:
         uvicorn.run(
-            create_app(candidate_engine, api_key),
+            create_app(candidate_engine, api_key, max_in_flight),
             host=host,
             port=port,
             log_level="warning",

@@ -5,8 +5,10 @@
 is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
 :data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, no Content-Length
 411, a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared JSON 415, schema or
-item-id violations 422, engine failure 503. The size is judged from Content-Length before the body is read, so
-an oversized request costs the service no memory (which is why a body without a length is refused).
+item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a candidate request beyond the
+``max_in_flight`` the service holds at once. The size is judged from Content-Length before the body is read, so
+an oversized request costs the service no memory (which is why a body without a length is refused), and the
+bound on requests in flight bounds what their bodies can take together (a device retries a 503, then falls back).
 Client input never gets a 500.
 
 A request is parsed, ranked and encoded on the engine's own threads (:attr:`CandidateEngine.workers`), never on
@@ -37,7 +39,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llm_cloud.engines import CandidateEngine, EngineError
 from llm_cloud.prometheus import ServiceMetrics
 from lsc4rec.errors import ProtocolError
-from lsc4rec.protocol import API_KEY_ENV, MAX_BODY_BYTES, CandidateList, CandidateRequest, CandidateResponse
+from lsc4rec.protocol import (
+    API_KEY_ENV,
+    MAX_BODY_BYTES,
+    MAX_IN_FLIGHT,
+    CandidateList,
+    CandidateRequest,
+    CandidateResponse,
+)
 
 CANDIDATES_PATH = "/v1/candidates"
 STATUS = {
@@ -50,12 +59,18 @@ STATUS = {
     "not_json": 415,
     "invalid_request": 422,
     "engine": 503,
+    "busy": 503,
 }
 ENDPOINTS = f"POST {CANDIDATES_PATH}, GET /healthz, GET /metrics"
 
 
-def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
-    """The service over ``engine``; with ``api_key`` set, candidate requests need ``Authorization: Bearer <key>``."""
+def create_app(
+    engine: CandidateEngine, api_key: str | None = None, max_in_flight: int = MAX_IN_FLIGHT
+) -> FastAPI:
+    """The service over ``engine``; with ``api_key`` set, candidate requests need ``Authorization: Bearer <key>``.
+
+    At most ``max_in_flight`` candidate requests are held at once; one more is answered 503 before its body is read.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +92,7 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     metrics = ServiceMetrics()
+    in_flight = 0  # candidate requests between the middleware and their reply (all on the event loop)
 
     def error(request: Request, kind: str, field: str, message: str) -> JSONResponse:
         if request.url.path == CANDIDATES_PATH:  # the error counter counts failed candidate requests only
@@ -101,10 +117,27 @@ def create_app(engine: CandidateEngine, api_key: str | None = None) -> FastAPI:
             response.headers["WWW-Authenticate"] = "Bearer"  # RFC 7235: a 401 names the scheme it wants
         elif request.method == "POST" and (refusal := _refuse_body(request.headers)):
             response = error(request, *refusal)
+        elif in_flight >= max_in_flight:
+            response = error(
+                request,
+                "busy",
+                "request",
+                f"the service holds {max_in_flight} candidate requests already. Retry in a second; "
+                "`lsc4rec llm serve --max-in-flight N` raises the bound.",
+            )
+            response.headers["Retry-After"] = "1"
         else:
-            response = await call_next(request)
+            response = await _held(call_next, request)
         metrics.observe(response.status_code, time.perf_counter() - started)
         return response
+
+    async def _held(call_next: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            return await call_next(request)
+        finally:
+            in_flight -= 1
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

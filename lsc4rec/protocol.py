@@ -38,10 +38,14 @@ MAX_HEAD_BYTES = 16 * 2**10  # a request's line and headers (a bearer key takes 
 # Bytes of one reply a device reads: the largest valid one (MAX_BATCH lists of MAX_K ids and float scores) is
 # about 3 MB; a longer stream comes from something else, which must not fill the device's memory.
 MAX_REPLY_BYTES = 16 * 2**20
-# The bearer key of a service started with one; the device reads it from its environment, never from the run
-# config (which is written into every run folder).
+# Candidate requests the service holds at once, waiting for the engine or ranked; one more is answered 503 before
+# its body is read, so their bodies take at most this many MAX_BODY_BYTES. A simulation keeps four per core in
+# flight; past a few dozen, a request waits for the engine longer than a device's timeout anyway.
+MAX_IN_FLIGHT = 64
 # where `lsc4rec llm serve` listens and where devices look for it, unless told otherwise
 DEFAULT_PORT = 8800
+# The bearer key of a service started with one; the device reads it from its environment, never from the run
+# config (which is written into every run folder).
 API_KEY_ENV = "LSC4REC_API_KEY"
 SERVICE_CA_ENV = "LSC4REC_SERVICE_CA"  # a device's CA file for an https service with a private certificate
 

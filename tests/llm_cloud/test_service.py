@@ -392,6 +392,36 @@ def test_health_and_metrics_answer_while_candidate_requests_queue(tiny_checkpoin
     assert len(engine.threads) == 1
 
 
+def test_requests_beyond_the_bound_in_flight_are_told_to_retry_before_their_bodies_are_read(
+    tiny_checkpoint,
+) -> None:
+    """Unbounded, every waiting request held its body (up to 8 MiB each) until the engine reached it."""
+    engine = HeldEngine(tiny_checkpoint)
+    try:
+        with serving(create_app(engine, max_in_flight=3)) as url, ThreadPoolExecutor(5) as pool:
+            held = [pool.submit(post, url, {"histories": [[1 + i]], "k": 3}, {}) for i in range(3)]
+            assert engine.arrived.wait(30)
+            time.sleep(0.5)  # the other two reach the service and wait for the engine
+            extra = [pool.submit(post, url, {"histories": [[5]], "k": 3}, {}) for _ in range(2)]
+            for reply in (r.result(timeout=10) for r in extra):  # at once, while the engine is held
+                assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
+                assert reply.json()["error"]["field"] == "request"
+                assert "holds 3 candidate requests already" in reply.json()["error"]["message"]
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # not a candidate request
+            engine.gate.set()
+            assert [r.result().status_code for r in held] == [200] * 3
+            # a request leaves the count however it is answered: three can be held again
+            assert post(url, {"histories": [[0]], "k": 3}, {}).status_code == 422
+            engine.gate.clear()
+            again = [pool.submit(post, url, {"histories": [[1 + i]], "k": 3}, {}) for i in range(3)]
+            time.sleep(1.0)
+            engine.gate.set()
+            assert [r.result().status_code for r in again] == [200] * 3
+            assert 'lsc4rec_errors_total{kind="busy"} 2' in httpx.get(f"{url}/metrics", timeout=5).text
+    finally:
+        engine.gate.set()
+
+
 def test_an_app_started_again_still_answers(tiny_checkpoint) -> None:
     """Its engine threads were made once and shut down with the first server: then every request was a 500."""
     app = create_app(TransformersEngine(tiny_checkpoint))
