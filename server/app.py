@@ -61,6 +61,7 @@ from server.report import (
     append_round,
     final_figures,
     read_rounds,
+    set_aside_report,
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
@@ -152,6 +153,13 @@ def main(grid: Grid, context: Context) -> None:
         (run_dir / ROUNDS_FILE).unlink(missing_ok=True)
         ledger_path(run_dir).unlink(missing_ok=True)
     if fed.rounds > start_round:
+        if start_round > 0 and (aside := set_aside_report(run_dir, start_round)) is not None:
+            log(
+                INFO,
+                "the report of round %d moved to %s: it does not describe the rounds to come",
+                start_round,
+                aside,
+            )
         recorded = _RoundMetrics(strategy, start_round)
         # a checkpoint older than the sampler's saved state: a draw of its own, not round 1's sample again
         with seeded_node_sampling(cfg.seed + start_round, resumed.get(SAMPLER)) as sampler:

@@ -44,7 +44,7 @@ from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
 from lsc4rec.protocol import SERVICE_CA_ENV
 from lsc4rec.runs import make_run_dir, output_path, write_json
 from server.checkpoint import complete_checkpoints, latest_checkpoint, read_ledger
-from server.report import read_rounds
+from server.report import SUMMARY_FILE, read_rounds
 
 FEDERATION = "lsc4rec-local"
 RUNTIMES = ("simulation", "deployment")
@@ -529,7 +529,7 @@ def run_federation(cfg: RunConfig, launch: Launch = Launch()) -> Path:
     finally:  # a new run stopped before it wrote anything (say, in the LLM's training) leaves no folder
         with suppress(OSError):  # rmdir removes only an empty folder: never a resumed or finished run's
             run_dir.rmdir()
-    summary = run_dir / "summary.md"
+    summary = run_dir / SUMMARY_FILE
     # a resumed run's folder holds the report of the run it continues: only one written since counts
     if not summary.exists() or summary.stat().st_mtime < started:
         raise LSC4RecError(

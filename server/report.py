@@ -195,16 +195,38 @@ def final_figures(
     }
 
 
+SUMMARY_FILE = "summary.md"
+ROUNDS_PLOT = "validation_per_round.png"
+POLICIES_PLOT = "ndcg_vs_request_rate.png"
+
+
 def write_report(
     run_dir: Path, figures: dict[str, Any], rounds: list[dict[str, Any]], protocol: dict[str, Any]
 ) -> Path:
     """Write ``final.json``, ``summary.md`` and the plots; return the summary's path."""
     write_json(run_dir / FINAL_FILE, {"protocol": protocol, **figures})
-    _plot_rounds(run_dir / "validation_per_round.png", rounds, figures, protocol["budget"])
-    _plot_policies(run_dir / "ndcg_vs_request_rate.png", figures)
-    summary = run_dir / "summary.md"
+    _plot_rounds(run_dir / ROUNDS_PLOT, rounds, figures, protocol["budget"])
+    _plot_policies(run_dir / POLICIES_PLOT, figures)
+    summary = run_dir / SUMMARY_FILE
     summary.write_text(summary_markdown(figures, protocol))
     return summary
+
+
+def set_aside_report(run_dir: Path, server_round: int) -> Path | None:
+    """Move the report of a run that stood at ``server_round`` into ``report-round-NNNN/``; its folder, or None.
+
+    A finished run extended by more rounds keeps its report in its folder until the new one is written: a crash
+    on the way left the old report beside the newer rounds' checkpoints and metrics, as if it described them.
+    """
+    found = [run_dir / name for name in (FINAL_FILE, SUMMARY_FILE, ROUNDS_PLOT, POLICIES_PLOT)]
+    found = [path for path in found if path.exists()]
+    if not found:
+        return None
+    folder = run_dir / f"report-round-{server_round:04d}"
+    folder.mkdir(exist_ok=True)
+    for path in found:
+        path.replace(folder / path.name)
+    return folder
 
 
 def _plain(value: Any) -> str:

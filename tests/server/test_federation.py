@@ -320,6 +320,33 @@ def test_federation_crashed_mid_run_resumes_into_the_uninterrupted_run(
     )  # carried on, not restarted
 
 
+def test_a_finished_run_extended_sets_its_report_aside_until_the_new_one_is_written(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of 2 rounds resumed to 3 crashes in round 3: its 2-round report no longer sits beside 3 rounds' files."""
+
+    class CrashesInItsFirstRound(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 2:  # the partition query, then the resumed run's first training
+                raise ServerCrash("the ServerApp died in round 3")
+
+    run(federation_config, tmp_path, service, "federation.rounds=2")
+    before = {name: (tmp_path / name).read_bytes() for name in REPORT_FILES}
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInItsFirstRound)
+    with pytest.raises(ServerCrash):
+        run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
+    aside = tmp_path / "report-round-0002"
+    assert not any((tmp_path / name).exists() for name in REPORT_FILES)
+    assert {name: (aside / name).read_bytes() for name in REPORT_FILES} == before
+    monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
+    run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
+    assert json.loads((tmp_path / "final.json").read_text())["protocol"]["rounds"] == 3
+    assert json.loads((aside / "final.json").read_text())["protocol"]["rounds"] == 2
+
+
+REPORT_FILES = ("final.json", "summary.md", "validation_per_round.png", "ndcg_vs_request_rate.png")
+
+
 def test_a_fedavgm_run_with_server_momentum_resumes(
     federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
