@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.cloud import CandidateLists, CloudClient, ListCache
+from clients.cloud import OUTAGES, CandidateLists, CloudClient, ListCache
 from clients.inference import collaborative_inference, request_signals, served_list
 from clients.node import NodeData, load_node
 from clients.srm import SequentialRecommender, build_srm
@@ -35,7 +35,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global SRM on the node's sequences; reply weights, example count and metrics."""
     cfg, node, model = _setup(msg, context)
     fed = cfg.federation
-    cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    cache = _held_lists(context)
     sequences = node.training_windows(model.config.max_len)
     negatives = [np.zeros(0, np.int64)] * len(sequences)
     if fed.collab_prefixes > 0:
@@ -59,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     if fed.keep_optimizer:
         context.state[records.STATE_OPTIMIZER] = ArrayRecord(optimizer_arrays(optimizer))
-    context.state[records.STATE_LISTS] = cache.to_record()
+    _keep_held_lists(context, cache)
     metrics = {
         records.NUM_EXAMPLES: len(sequences),
         # with no example there is no loss: 0, not NaN, keeps the record finite, and the fleet's mean skips it
@@ -86,7 +86,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     tau = float(config.get(records.TAU, 1.0))
     live = str(config.get(records.MEASURE, fed.measures[0]))
     gate_bins = _gate_bins(config, fed)
-    cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    cache = _held_lists(context)
     alphas = np.array(fed.alphas)
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
@@ -108,7 +108,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             if fed.keep_personal:
                 context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
     metrics[records.FALLBACKS] = cache.fallbacks
-    context.state[records.STATE_LISTS] = cache.to_record()
+    _keep_held_lists(context, cache)
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -127,7 +127,7 @@ def signals(msg: Message, context: Context) -> Message:
         raise ValueError(
             f"the server asked for signal {measure!r}; this run evaluates {cfg.federation.measures}."
         )
-    cache = ListCache.from_record(context.state.get(records.STATE_LISTS))
+    cache = _held_lists(context)
     personal = _personal(cfg, node, model, "test", context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
@@ -137,7 +137,7 @@ def signals(msg: Message, context: Context) -> Message:
     score = request_signals(personal, device, cloud, held, (measure,), cfg.srm.max_len)[measure]
     edges = signal_bin_edges(_gate_bins(config, cfg.federation))
     counts = np.bincount(signal_bins(score, edges), minlength=len(edges) - 1).astype(float)
-    context.state[records.STATE_LISTS] = cache.to_record()
+    _keep_held_lists(context, cache)
     return Message(
         RecordDict(
             {
@@ -218,6 +218,21 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeData, Sequent
     model = build_srm(cfg.srm, node.num_items)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
     return cfg, node, model.eval()  # training switches to train mode itself; evaluation must not drop out
+
+
+def _held_lists(context: Context) -> ListCache:
+    """The lists the node holds, and the cloud outages its earlier messages met.
+
+    In deployment each message runs in a process of its own, which would otherwise try a hung service again.
+    """
+    OUTAGES.restore(context.state.get(records.STATE_OUTAGES))
+    return ListCache.from_record(context.state.get(records.STATE_LISTS))
+
+
+def _keep_held_lists(context: Context, cache: ListCache) -> None:
+    """Keep ``cache`` and the outages met so far in the node's state, for its next message."""
+    context.state[records.STATE_LISTS] = cache.to_record()
+    context.state[records.STATE_OUTAGES] = OUTAGES.to_record()
 
 
 def _fetch(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import ssl
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from pydantic import ValidationError
 
 from lsc4rec.credentials import client_context
@@ -48,16 +49,17 @@ class Outages:
     """When each candidate service failed in this process, so that its clients skip it for a cooldown.
 
     One record per service URL, shared by every node the process runs (a simulation worker runs many, round
-    after round; in deployment Flower starts a ClientApp process per message, so there it spans one message's
-    fetches, and each message pays for one failed fetch at most: the server's log says which rounds). A client
-    of a service that failed less than ``cooldown_s`` ago does not try it and falls back at once; after the
-    cooldown its first attempt is a single probe, without retries, and a success forgets the outage. Without
-    this, a service that hangs would cost every fetch of every node ``(retries + 1) * timeout_s``: hours for the
-    default run's final evaluation.
+    after round). A client of a service that failed less than ``cooldown_s`` ago does not try it and falls back
+    at once; after the cooldown its first attempt is a single probe, without retries, and a success forgets the
+    outage. Without this, a service that hangs would cost every fetch of every node ``(retries + 1) *
+    timeout_s``: hours for the default run's final evaluation. In deployment Flower starts a ClientApp process
+    per message, so the node carries the record from one message to the next in its state (:meth:`to_record`,
+    :meth:`restore`), in wall-clock time.
     """
 
     def __init__(self) -> None:
         self._failed: dict[str, tuple[float, float]] = {}  # url -> (monotonic time of failure, cooldown_s)
+        self._answered: dict[str, float] = {}  # url -> monotonic time of its last answer here
         self._lock = threading.Lock()
 
     def skip_until(self, url: str) -> float | None:
@@ -73,11 +75,30 @@ class Outages:
     def answered(self, url: str) -> None:
         with self._lock:
             self._failed.pop(url, None)
+            self._answered[url] = time.monotonic()
+
+    def to_record(self) -> ConfigRecord:
+        """The outages as ``{url: [wall-clock time of failure, cooldown_s]}``, for a node's state."""
+        offset = time.time() - time.monotonic()
+        with self._lock:
+            return ConfigRecord(
+                {url: [at + offset, cooldown] for url, (at, cooldown) in self._failed.items()}
+            )
+
+    def restore(self, record: ConfigRecord | None) -> None:
+        """Take on the outages a node's state kept (:meth:`to_record`), but none older than an answer seen here."""
+        offset = time.time() - time.monotonic()
+        with self._lock:
+            for url, (wall, cooldown) in (record or {}).items():
+                at = float(wall) - offset
+                if at > max(self._failed.get(url, (-math.inf,))[0], self._answered.get(url, -math.inf)):
+                    self._failed[url] = (at, float(cooldown))
 
     def clear(self) -> None:
-        """Forget every outage: the tests start each from a clean slate, as a new process does."""
+        """Forget every outage and answer: the tests start each from a clean slate, as a new process does."""
         with self._lock:
             self._failed.clear()
+            self._answered.clear()
 
 
 OUTAGES = Outages()
@@ -245,8 +266,8 @@ class CloudClient:
         if self.cooldown_s > 0 and (until := OUTAGES.skip_until(self.base)) is not None:
             if time.monotonic() < until:
                 raise CloudUnavailableError(
-                    f"candidate service at {self.url} skipped: it failed in this process and is tried again "
-                    f"in {until - time.monotonic():.0f} s (federation.cloud_cooldown_s)."
+                    f"candidate service at {self.url} skipped: it failed here (this process or this node) and is "
+                    f"tried again in {until - time.monotonic():.0f} s (federation.cloud_cooldown_s)."
                 )
             retries = 0  # a probe: one attempt, and a success forgets the outage
         delay = 0.5

@@ -37,6 +37,7 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
+STATE_OUTAGES = "cloud-outages"  # clients.cloud.Outages: a deployed node's process lasts one message
 # federation.keep_personal: the adapted copy a device would serve its user with until the next evaluation
 # (the simulation adapts a new one at each evaluation and does not read it back)
 STATE_PERSONAL = "personal-srm"

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import CloudUnavailableError, ConfigError, LSC4RecError, ProtocolError
 from lsc4rec.protocol import API_KEY_ENV, MAX_BATCH, MAX_HISTORY, MAX_REPLY_BYTES, SERVICE_CA_ENV
-from tests.conftest import answering_server
+from tests.conftest import answering_server, silent_server
 
 
 def test_cloud_client_dead_service_raises_after_bounded_retries() -> None:
@@ -222,26 +218,6 @@ def test_cloud_client_treats_items_beyond_its_catalogue_as_a_foreign_service() -
         assert "longer than K" not in str(raised.value)  # the one condition that failed, not a list of three
 
 
-@contextmanager
-def silent_server() -> Iterator[tuple[str, list[socket.socket]]]:
-    """A server on 127.0.0.1 that accepts connections and never answers: a hung service. Yields its URL and
-    the connections it accepted so far."""
-    connections: list[socket.socket] = []
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-
-        def accept() -> None:
-            with suppress(OSError):
-                while True:
-                    connections.append(silent.accept()[0])
-
-        threading.Thread(target=accept, daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{silent.getsockname()[1]}", connections
-        finally:
-            for connection in connections:
-                connection.close()
-
-
 def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:
     """A service that never answers costs the retries' time, not a probe's on top (one connection here)."""
     with silent_server() as (url, connections):
@@ -258,7 +234,9 @@ def test_a_hung_service_is_skipped_for_the_cooldown_then_probed_once() -> None:
             CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([1, 2])])
         assert len(connections) == 2
         started = time.monotonic()
-        with pytest.raises(CloudUnavailableError, match="skipped: it failed in this process"):
+        with pytest.raises(
+            CloudUnavailableError, match=r"skipped: it failed here \(this process or this node\)"
+        ):
             CloudClient(url, k=2, timeout_s=5.0, retries=1, cooldown_s=1.0).candidates([np.array([3])])
         assert time.monotonic() - started < 2.0 and len(connections) == 2  # no attempt (one would take 5 s)
         time.sleep(1.0)
@@ -269,6 +247,25 @@ def test_a_hung_service_is_skipped_for_the_cooldown_then_probed_once() -> None:
         with pytest.raises(CloudUnavailableError, match="after 2 attempts"):
             CloudClient(url, k=2, timeout_s=0.3, retries=1).candidates([np.array([3])])
         assert len(connections) == 5
+
+
+def test_an_outage_outlives_the_process_in_the_node_state_but_not_a_later_answer() -> None:
+    """In deployment each message runs in a new process: the node's state carries the outage, in wall time."""
+    with silent_server() as (url, connections):
+        with pytest.raises(CloudUnavailableError, match="after 1 attempts"):
+            CloudClient(url, k=2, timeout_s=0.3, retries=0, cooldown_s=60.0).candidates([np.array([1, 2])])
+        kept = OUTAGES.to_record()
+        OUTAGES.clear()  # the process ends; the next message's starts afresh
+        OUTAGES.restore(kept)
+        with pytest.raises(CloudUnavailableError, match=r"skipped: .* tried again in (59|60) s"):
+            CloudClient(url, k=2, timeout_s=5.0, retries=0, cooldown_s=60.0).candidates([np.array([3])])
+        assert len(connections) == 1
+    listed = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}'
+    with answering_server(listed) as url:
+        OUTAGES.clear()
+        CloudClient(url, k=2, retries=0, cooldown_s=60.0).candidates([np.array([1, 2])])
+        OUTAGES.restore({url: [time.time() - 1.0, 60.0]})  # a node's record of an outage before that answer
+        assert OUTAGES.skip_until(url) is None
 
 
 def test_a_service_that_answers_its_probe_is_trusted_again() -> None:

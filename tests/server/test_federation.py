@@ -17,6 +17,7 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 import server.inprocess as inprocess
 from clients.app import app as client_app
+from clients.cloud import OUTAGES
 from clients.node import load_node
 from clients.srm import build_srm
 from llm_cloud.processes import free_port, start_service
@@ -44,7 +45,7 @@ from server.fleet import PartitionOrderedGrid
 from server.inprocess import InProcessGrid, run_in_process
 from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
-from tests.conftest import NODES
+from tests.conftest import NODES, silent_server
 
 
 def run(
@@ -499,6 +500,36 @@ def test_federation_survives_dead_service_and_crashed_node(
         r.getMessage() for r in caplog.records if "did not come from the candidate service" in r.getMessage()
     ]
     assert warned and warned[0].startswith("round 1: ") and "federation.service_url" in warned[0]
+
+
+def test_a_node_whose_process_lasts_one_message_still_skips_a_hung_service(
+    federation_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In deployment Flower runs each message in a new ClientApp process: each message paid for a failed fetch."""
+
+    class ProcessPerMessage(InProcessGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = []
+            for message in messages:
+                OUTAGES.clear()  # a new process, whose module state starts afresh
+                replies += super().send_and_receive([message], timeout=timeout)
+            return replies
+
+    monkeypatch.setattr(inprocess, "InProcessGrid", ProcessPerMessage)
+    with silent_server() as (url, connections):
+        run(
+            federation_config,
+            tmp_path,
+            url,
+            "federation.rounds=2",
+            "federation.fraction_train=1.0",
+            "federation.timeout_s=0.2",
+            "federation.retries=0",
+            "federation.cloud_cooldown_s=600",
+        )
+        assert len(connections) == NODES  # each node's first fetch; its later messages skip the service
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["users"] == 24 and final["cloud fallbacks (final evaluation)"] > 0
 
 
 def test_a_cloud_down_from_the_start_adds_no_training_examples(
