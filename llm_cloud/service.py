@@ -9,6 +9,7 @@ item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a ca
 ``max_in_flight`` the service holds at once. The size is judged from Content-Length before the body is read, so
 an oversized request costs the service no memory (which is why a body without a length is refused), and the
 bound on requests in flight bounds what their bodies can take together (a device retries a 503, then falls back).
+A body that has not arrived within ``body_timeout_s`` of its head is answered 408 and its place freed.
 Client input never gets a 500.
 
 A request is parsed, ranked and encoded on the engine's own threads (:attr:`CandidateEngine.workers`), never on
@@ -41,6 +42,7 @@ from llm_cloud.prometheus import ServiceMetrics
 from lsc4rec.errors import ProtocolError
 from lsc4rec.protocol import (
     API_KEY_ENV,
+    BODY_TIMEOUT_S,
     MAX_BODY_BYTES,
     MAX_IN_FLIGHT,
     CandidateList,
@@ -54,6 +56,7 @@ STATUS = {
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "slow_body": 408,
     "length_required": 411,
     "too_large": 413,
     "not_json": 415,
@@ -65,11 +68,15 @@ ENDPOINTS = f"POST {CANDIDATES_PATH}, GET /healthz, GET /metrics"
 
 
 def create_app(
-    engine: CandidateEngine, api_key: str | None = None, max_in_flight: int = MAX_IN_FLIGHT
+    engine: CandidateEngine,
+    api_key: str | None = None,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The service over ``engine``; with ``api_key`` set, candidate requests need ``Authorization: Bearer <key>``.
 
-    At most ``max_in_flight`` candidate requests are held at once; one more is answered 503 before its body is read.
+    At most ``max_in_flight`` candidate requests are held at once; one more is answered 503 before its body is
+    read, and a body that takes longer than ``body_timeout_s`` to arrive 408.
     """
 
     @asynccontextmanager
@@ -197,7 +204,16 @@ def create_app(
     @app.post(CANDIDATES_PATH)
     async def candidates(request: Request) -> Response:
         # the middleware has bounded the body by its Content-Length, so reading it whole is safe
-        body = await request.body()
+        try:
+            body = await asyncio.wait_for(request.body(), body_timeout_s)
+        except TimeoutError:
+            return error(
+                request,
+                "slow_body",
+                "body",
+                f"must arrive within {body_timeout_s:g} s of the request's head. Send it at once, or smaller "
+                "batches over a slow link.",
+            )
         return await asyncio.get_running_loop().run_in_executor(request.app.state.workers, answer, body)
 
     @app.get("/healthz")

@@ -42,6 +42,10 @@ MAX_REPLY_BYTES = 16 * 2**20
 # its body is read, so their bodies take at most this many MAX_BODY_BYTES. A simulation keeps four per core in
 # flight; past a few dozen, a request waits for the engine longer than a device's timeout anyway.
 MAX_IN_FLIGHT = 64
+# Seconds a request's body may take to arrive once its head has (the largest valid body, 4.2 MB, takes ~34 s at
+# 1 Mbit/s; a device waits 20 s for a whole answer by default): a body trickled in would otherwise hold one of
+# the MAX_IN_FLIGHT places for as long as its sender liked.
+BODY_TIMEOUT_S = 30.0
 # where `lsc4rec llm serve` listens and where devices look for it, unless told otherwise
 DEFAULT_PORT = 8800
 # The bearer key of a service started with one; the device reads it from its environment, never from the run

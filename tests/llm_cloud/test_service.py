@@ -422,6 +422,25 @@ def test_requests_beyond_the_bound_in_flight_are_told_to_retry_before_their_bodi
         engine.gate.set()
 
 
+def test_a_body_that_trickles_in_is_answered_408_and_frees_its_place(tiny_checkpoint) -> None:
+    """With a bound on requests in flight, a few senders trickling their bodies would otherwise hold every place."""
+    app = create_app(TransformersEngine(tiny_checkpoint), max_in_flight=1, body_timeout_s=0.5)
+    with serving(app) as url:
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        with socket.create_connection((host, port), timeout=10) as slow:
+            slow.sendall(
+                b"POST /v1/candidates HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"histories": '
+            )
+            time.sleep(0.2)  # the head is in: it holds the one place
+            assert post(url, {"histories": [[1, 2]], "k": 3}, {}).status_code == 503
+            started = time.monotonic()
+            reply = slow.recv(4096).decode()
+            assert reply.startswith("HTTP/1.1 408") and time.monotonic() - started < 5.0
+            assert "must arrive within 0.5 s" in reply
+        assert post(url, {"histories": [[1, 2]], "k": 3}, {}).status_code == 200  # the place is free again
+
+
 def test_an_app_started_again_still_answers(tiny_checkpoint) -> None:
     """Its engine threads were made once and shut down with the first server: then every request was a 500."""
     app = create_app(TransformersEngine(tiny_checkpoint))
