@@ -82,15 +82,18 @@ class Outages:
         offset = time.time() - time.monotonic()
         with self._lock:
             return ConfigRecord(
-                {url: [at + offset, cooldown] for url, (at, cooldown) in self._failed.items()}
+                {url: [at + offset, float(cooldown)] for url, (at, cooldown) in self._failed.items()}
             )
 
     def restore(self, record: ConfigRecord | None) -> None:
-        """Take on the outages a node's state kept (:meth:`to_record`), but none older than an answer seen here."""
-        offset = time.time() - time.monotonic()
+        """Take on the outages a node's state kept (:meth:`to_record`), but none older than an answer seen here.
+
+        A failure dated in the future (the clock was set back since) counts as failing now.
+        """
+        now, offset = time.monotonic(), time.time() - time.monotonic()
         with self._lock:
             for url, (wall, cooldown) in (record or {}).items():
-                at = float(wall) - offset
+                at = min(float(wall) - offset, now)
                 if at > max(self._failed.get(url, (-math.inf,))[0], self._answered.get(url, -math.inf)):
                     self._failed[url] = (at, float(cooldown))
 
@@ -102,6 +105,12 @@ class Outages:
 
 
 OUTAGES = Outages()
+
+
+def _retry_after(status: int, headers: httpx.Headers) -> float | None:
+    """The seconds a 503 asks the client to wait (``Retry-After``): a service that is up but full, not down."""
+    value = headers.get("retry-after", "")
+    return float(value) if status == HTTPStatus.SERVICE_UNAVAILABLE and value.isdigit() else None
 
 
 @dataclass
@@ -242,7 +251,7 @@ class CloudClient:
         """
         if self.catalogue_checked:
             return
-        status, body = self._send("GET", self.base + "/healthz")
+        status, body, _ = self._send("GET", self.base + "/healthz")
         if status in TRANSIENT_4XX or (status >= 500 and status != HTTPStatus.NOT_IMPLEMENTED):
             raise httpx.HTTPError(f"/healthz answered HTTP {status}")
         try:
@@ -272,9 +281,10 @@ class CloudClient:
             retries = 0  # a probe: one attempt, and a success forgets the outage
         delay = 0.5
         for attempt in range(retries + 1):
+            busy = None  # seconds a service that is up but full asks us to wait (503 with Retry-After)
             try:
                 self._check_catalogue()
-                status, body = self._send(
+                status, body, headers = self._send(
                     "POST",
                     self.url,
                     content=request.model_dump_json(),
@@ -306,18 +316,19 @@ class CloudClient:
                     )
                 else:
                     problem = f"HTTP {status}: {text[:200]}"
+                    busy = _retry_after(status, headers)
             if attempt < retries:
-                time.sleep(delay)
+                time.sleep(max(delay, min(busy or 0.0, self.timeout_s)))
                 delay *= 2
-        if self.cooldown_s > 0:
+        if self.cooldown_s > 0 and busy is None:  # a full service is up: the next fetch may find room
             OUTAGES.failed(self.base, self.cooldown_s)
         raise CloudUnavailableError(
             f"candidate service at {self.url} unavailable after {retries + 1} "
             f"attempts ({problem}). Start it with `lsc4rec llm serve`, or check federation.service_url."
         )
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
-        """One request's status and body, whole within ``timeout_s`` of the start, or ``httpx.ReadTimeout``.
+    def _send(self, method: str, url: str, **kwargs: Any) -> tuple[int, bytes, httpx.Headers]:
+        """One request's status, body and headers, whole within ``timeout_s`` of the start, or ``httpx.ReadTimeout``.
 
         httpx's timeout bounds each read, not the answer: a server sending a byte a second, of its headers or
         its body, would hold the device for as long as it liked. So the request runs in a thread that is waited
@@ -349,7 +360,7 @@ class CloudClient:
                             raise httpx.ReadError(
                                 f"a reply over {MAX_REPLY_BYTES} bytes", request=response.request
                             )
-                outcome["answer"] = (response.status_code, bytes(body))
+                outcome["answer"] = (response.status_code, bytes(body), response.headers)
             except Exception as exc:  # handed to the caller's thread
                 outcome["error"] = exc
 

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from llm_cloud.engines import CandidateEngine, EngineError
 from llm_cloud.prometheus import ServiceMetrics
@@ -53,6 +54,7 @@ from lsc4rec.protocol import (
 CANDIDATES_PATH = "/v1/candidates"
 STATUS = {
     "invalid_json": 400,
+    "disconnected": 400,  # in the counters only: the client hung up before its body came
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
@@ -124,7 +126,7 @@ def create_app(
             response.headers["WWW-Authenticate"] = "Bearer"  # RFC 7235: a 401 names the scheme it wants
         elif request.method == "POST" and (refusal := _refuse_body(request.headers)):
             response = error(request, *refusal)
-        elif in_flight >= max_in_flight:
+        elif request.method == "POST" and in_flight >= max_in_flight:  # a GET here is answered 405
             response = error(
                 request,
                 "busy",
@@ -214,6 +216,9 @@ def create_app(
                 f"must arrive within {body_timeout_s:g} s of the request's head. Send it at once, or smaller "
                 "batches over a slow link.",
             )
+        # nobody reads this answer; it is counted, instead of a 500 and a traceback in the log
+        except ClientDisconnect:
+            return error(request, "disconnected", "body", "the client hung up before its body came.")
         return await asyncio.get_running_loop().run_in_executor(request.app.state.workers, answer, body)
 
     @app.get("/healthz")

@@ -33,13 +33,13 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def flush_to_disk(path: Path) -> None:
-    """``fsync`` a file, or a folder's entries (best effort: some file systems cannot sync a folder)."""
-    folder = path.is_dir()
-    fd = os.open(path, os.O_RDONLY)
+    """``fsync`` a file, or a folder's entries where the system allows (some cannot open or sync a folder)."""
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
-        if not folder:
+        if not path.is_dir():
             raise
-    finally:
-        os.close(fd)

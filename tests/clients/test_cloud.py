@@ -266,6 +266,11 @@ def test_an_outage_outlives_the_process_in_the_node_state_but_not_a_later_answer
         CloudClient(url, k=2, retries=0, cooldown_s=60.0).candidates([np.array([1, 2])])
         OUTAGES.restore({url: [time.time() - 1.0, 60.0]})  # a node's record of an outage before that answer
         assert OUTAGES.skip_until(url) is None
+    OUTAGES.clear()
+    OUTAGES.restore({url: [time.time() + 3600.0, 60.0]})  # the clock was set back an hour since the failure
+    assert (
+        OUTAGES.skip_until(url) <= time.monotonic() + 60.0
+    )  # skipped for the cooldown, not for an hour more
 
 
 def test_a_service_that_answers_its_probe_is_trusted_again() -> None:

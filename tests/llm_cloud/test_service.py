@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import uvicorn
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from clients.cloud import OUTAGES, CloudClient
 from llm_cloud.checkpoint import TEMPLATE_FILE, catalogue_of
 from llm_cloud.engines.base import EngineError
 from llm_cloud.engines.transformers_engine import TransformersEngine
@@ -24,6 +26,7 @@ from llm_cloud.engines.vllm_engine import VLLM_PLAIN_HTTP, VLLMEngine
 from llm_cloud.model import ItemTokenLM
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.service import create_app, exposure_warning
+from lsc4rec.errors import CloudUnavailableError
 from lsc4rec.protocol import (
     MAX_BATCH,
     MAX_BODY_BYTES,
@@ -422,8 +425,30 @@ def test_requests_beyond_the_bound_in_flight_are_told_to_retry_before_their_bodi
         engine.gate.set()
 
 
+def test_a_device_told_the_service_is_full_waits_as_asked_and_does_not_mark_it_down(tiny_checkpoint) -> None:
+    """A full service is up: marking it down would skip it for the whole cooldown, on every node of a process."""
+    engine = HeldEngine(tiny_checkpoint)
+    try:
+        with serving(create_app(engine, max_in_flight=1)) as url, ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, url, {"histories": [[1]], "k": 3}, {})
+            assert engine.arrived.wait(30)
+            client = CloudClient(url, k=3, timeout_s=5.0, retries=1, cooldown_s=60.0)
+            started = time.monotonic()
+            with pytest.raises(CloudUnavailableError, match=r"after 2 attempts .*HTTP 503"):
+                client.candidates([np.array([1, 2])])
+            assert time.monotonic() - started >= 1.0  # Retry-After: 1, not the first back-off's 0.5 s
+            assert OUTAGES.skip_until(url) is None
+            engine.gate.set()
+            assert held.result().status_code == 200
+            items, _ = client.candidates([np.array([1, 2])])  # tried at once, not skipped
+            assert items.shape == (1, 3)
+    finally:
+        engine.gate.set()
+
+
 def test_a_body_that_trickles_in_is_answered_408_and_frees_its_place(tiny_checkpoint) -> None:
-    """With a bound on requests in flight, a few senders trickling their bodies would otherwise hold every place."""
+    """With a bound on requests in flight, a few senders trickling their bodies would otherwise hold every place;
+    a sender that hangs up mid-body frees its place too, and is counted, not logged as a server error."""
     app = create_app(TransformersEngine(tiny_checkpoint), max_in_flight=1, body_timeout_s=0.5)
     with serving(app) as url:
         host, port = urlsplit(url).hostname, urlsplit(url).port
@@ -439,6 +464,15 @@ def test_a_body_that_trickles_in_is_answered_408_and_frees_its_place(tiny_checkp
             assert reply.startswith("HTTP/1.1 408") and time.monotonic() - started < 5.0
             assert "must arrive within 0.5 s" in reply
         assert post(url, {"histories": [[1, 2]], "k": 3}, {}).status_code == 200  # the place is free again
+        with socket.create_connection((host, port), timeout=10) as gone:  # and one that hangs up mid-body
+            gone.sendall(
+                b"POST /v1/candidates HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"histories": '
+            )
+        time.sleep(0.3)
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        assert 'lsc4rec_errors_total{kind="disconnected"} 1' in metrics and 'status="500"' not in metrics
+        assert post(url, {"histories": [[1, 2]], "k": 3}, {}).status_code == 200
 
 
 def test_an_app_started_again_still_answers(tiny_checkpoint) -> None:
