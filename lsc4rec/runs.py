@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from lsc4rec.data.files import write_atomically
 from lsc4rec.errors import ConfigError, DataFormatError
+from lsc4rec.files import write_atomically
 
 
 def seed_everything(seed: int) -> None:

@@ -203,7 +203,6 @@ def _final_report(
     reached. Returns ``summary.md``.
     """
     fed = cfg.federation
-    grid.learn_new_nodes(nodes, split.num_users)  # so that a box that reconnected is counted once
     gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
     final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
     valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
@@ -567,15 +566,17 @@ def _ask_fleet(
 ) -> list[Message]:
     """Send ``content`` to every connected node; the replies without error (at least one, else an error).
 
-    One reply per partition is kept (``PartitionOrderedGrid.one_per_partition``).
+    The nodes that joined since they were last asked are asked their partition first, and one reply per partition
+    is kept (``PartitionOrderedGrid.one_per_partition``).
     """
+    grid.learn_new_nodes()  # so that a box that reconnected under a new id is counted once
     connected = list(grid.get_node_ids())
-    if len(connected) < fleet:
+    if (boxes := grid.boxes(connected)) < fleet:
         log(
             WARNING,
             "%s: %d of the fleet's %d nodes are connected; the report covers their users only",
             what,
-            len(connected),
+            boxes,
             fleet,
         )
     messages = [Message(content, dst_node_id=node, message_type=message_type) for node in connected]
@@ -634,8 +635,8 @@ def _reported_users(
 ) -> np.ndarray | None:
     """The users of the nodes that answered, so that the floors cover the users the report covers.
 
-    ``None`` (every user) when all answered, or when a node that answered never told its partition (one that
-    reconnected under a new id); then with a warning. The partitions themselves were checked at the start.
+    ``None`` (every user) when all answered, or when a node that answered never told its partition (it failed
+    the question); then with a warning. Each partition was checked when its node was asked it.
     """
     if reported == num_users:
         return None

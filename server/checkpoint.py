@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from clients.srm import SequentialRecommender, build_srm
 from lsc4rec.config import RunConfig
-from lsc4rec.data.files import flush_to_disk
 from lsc4rec.errors import DataFormatError
+from lsc4rec.files import flush_to_disk
 from lsc4rec.runs import write_json
 
 DAMAGED = "Remove that round's two files to resume from the round before, or choose another run folder."

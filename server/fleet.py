@@ -6,8 +6,8 @@ Three things kept a fixed seed from repeating a run in Flower's Simulation Engin
 
 - the supernodes get new random node ids on every run (flwrlabs/flower#3328), so the positions that Flower's
   sampler draws (``random.sample(grid.get_node_ids(), n)``) hold other nodes. The server asks every node its
-  ``partition-id`` once (a query message; the ClientApp answers from its node config) and lists node ids in
-  partition order (``PartitionOrderedGrid``);
+  ``partition-id`` at the start (a query message; the ClientApp answers from its node config), and the nodes
+  that joined since before each final question, and lists node ids in partition order (``PartitionOrderedGrid``);
 - Flower's own background threads in the ServerApp process (heartbeat and retry jitter) draw from the global
   ``random`` module at moments that depend on timing, so seeding it does not fix the sampler's draws. The sampler
   gets a generator of its own for the run (``seeded_node_sampling``);
@@ -204,32 +204,41 @@ def _partition_problem(node: int, partition: int, count: int, nodes: int, num_us
 
 
 class PartitionOrderedGrid(Grid):
-    """``grid`` with node ids and replies in partition order (unknown nodes last, by id); the rest delegated."""
+    """``grid`` with node ids and replies in partition order (unknown nodes last, by id); the rest delegated.
 
-    def __init__(self, grid: Grid, partitions: dict[int, int]) -> None:
+    A node that joined during the run with a node config that does not fit the fleet (``misfits``) is not listed.
+    """
+
+    def __init__(self, grid: Grid, partitions: dict[int, int], nodes: int, num_users: int) -> None:
         self.grid = grid
         self.partitions = partitions
-        self.misfits: set[int] = (
-            set()
-        )  # nodes that joined late with a node config that does not fit the fleet
+        self.nodes, self.num_users = nodes, num_users  # the fleet the partitions are checked against
+        self.asked = set(partitions)  # the nodes asked their partition, answered or not
+        self.misfits: set[int] = set()
 
     @classmethod
     def discover(cls, grid: Grid, nodes: int, num_users: int) -> PartitionOrderedGrid:
         """Ask the connected nodes their partitions, check them, and order ``grid`` by them."""
-        return cls(grid, partition_ids(grid, nodes, num_users))
+        asked = set(grid.get_node_ids())
+        ordered = cls(grid, partition_ids(grid, nodes, num_users), nodes, num_users)
+        ordered.asked |= asked
+        return ordered
 
-    def learn_new_nodes(self, nodes: int, num_users: int, timeout_s: float = 600.0) -> None:
-        """Ask the nodes that connected since ``discover`` their partitions (a box that reconnected has a new id).
+    def learn_new_nodes(self, timeout_s: float = 600.0) -> None:
+        """Ask the nodes never asked before their partitions (a box that reconnected has a new id).
 
-        A node whose config does not fit the fleet is warned of and left out from then on (its users are not the
+        Each node is asked once, so that one that never answers costs the timeout once. A node whose config does not fit the fleet is warned of and left out from then on (its users are not the
         ones the server counts on): the run is at its end, and its report is worth more than stopping on one box.
         """
-        new = [node for node in self.get_node_ids() if node not in self.partitions]
+        new = [node for node in self.get_node_ids() if node not in self.asked]
         if not new:
             return
-        told, _ = _told_partitions(self.grid, new, timeout_s)
+        self.asked.update(new)
+        told, errors = _told_partitions(self.grid, new, timeout_s)
         for node, (partition, count) in sorted(told.items()):
-            if (problem := _partition_problem(node, partition, count, nodes, num_users)) is not None:
+            if (
+                problem := _partition_problem(node, partition, count, self.nodes, self.num_users)
+            ) is not None:
                 log(WARNING, "a node that joined during the run is left out: %s", problem)
                 self.misfits.add(node)
             else:
@@ -240,6 +249,19 @@ class PartitionOrderedGrid(Grid):
             len(told),
             len(new),
         )
+        if len(told) < len(new):
+            log(
+                WARNING,
+                "%d nodes that joined during the run did not tell their partition id (the first: %s); their "
+                "replies are counted as they come",
+                len(new) - len(told),
+                next(iter(errors.values()), "no reply before the timeout"),
+            )
+
+    def boxes(self, node_ids: list[int]) -> int:
+        """How many of the fleet's nodes ``node_ids`` stand for: one per partition, and each unknown node."""
+        known = {self.partitions[n] for n in node_ids if n in self.partitions}
+        return len(known) + sum(n not in self.partitions for n in node_ids)
 
     def one_per_partition(self, replies: list[Message], what: str) -> list[Message]:
         """``replies`` (in partition order), one per partition, the first kept; the others are warned of.
@@ -291,6 +313,6 @@ class PartitionOrderedGrid(Grid):
         replies = send_and_receive(self.grid, messages, timeout)
         return sorted(replies, key=lambda reply: self._position(reply.metadata.src_node_id))
 
-    def _position(self, node: int) -> tuple[int, int]:
+    def _position(self, node: int) -> tuple[int, int, int]:
         """Sort key of ``node``: its partition id, with unknown nodes after every known one, by node id."""
-        return self.partitions.get(node, len(self.partitions)), node
+        return (0, self.partitions[node], node) if node in self.partitions else (1, 0, node)

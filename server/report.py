@@ -198,6 +198,7 @@ def final_figures(
 SUMMARY_FILE = "summary.md"
 ROUNDS_PLOT = "validation_per_round.png"
 POLICIES_PLOT = "ndcg_vs_request_rate.png"
+REPORT_FILES = (FINAL_FILE, SUMMARY_FILE, ROUNDS_PLOT, POLICIES_PLOT)  # what write_report writes
 
 
 def write_report(
@@ -215,11 +216,11 @@ def write_report(
 def set_aside_report(run_dir: Path, server_round: int) -> Path | None:
     """Move the report of a run that stood at ``server_round`` into ``report-round-NNNN/``; its folder, or None.
 
-    A finished run extended by more rounds keeps its report in its folder until the new one is written: a crash
-    on the way left the old report beside the newer rounds' checkpoints and metrics, as if it described them.
+    Called before a finished run is extended by more rounds: left in place until the new report replaced it, the
+    old one would sit, after a crash on the way, beside the newer rounds' checkpoints and metrics as if it
+    described them.
     """
-    found = [run_dir / name for name in (FINAL_FILE, SUMMARY_FILE, ROUNDS_PLOT, POLICIES_PLOT)]
-    found = [path for path in found if path.exists()]
+    found = [run_dir / name for name in REPORT_FILES if (run_dir / name).exists()]
     if not found:
         return None
     folder = run_dir / f"report-round-{server_round:04d}"

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from lsc4rec.data.files import write_atomically
 from lsc4rec.data.interactions import Interactions
 from lsc4rec.errors import DataFormatError
+from lsc4rec.files import write_atomically
 from lsc4rec.protocol import catalogue_digest
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class SequenceDataset:
     def save(self, path: str | Path) -> Path:
         """Write the dataset as one ``.npz``; a folder that cannot be made or written is a DataFormatError.
 
-        Written atomically (:func:`~lsc4rec.data.files.write_atomically`): a run sharing the cache never reads
+        Written atomically (:func:`~lsc4rec.files.write_atomically`): a run sharing the cache never reads
         half a file, and a failed or interrupted save leaves any earlier file whole.
         """
         path = Path(path)

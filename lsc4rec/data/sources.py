@@ -16,11 +16,11 @@ import zlib
 from pathlib import Path
 
 from lsc4rec.data.atomic import read_atomic
-from lsc4rec.data.files import write_atomically
 from lsc4rec.data.interactions import Interactions
 from lsc4rec.data.movielens import read_movielens
 from lsc4rec.data.p5 import read_p5
 from lsc4rec.errors import DataFormatError
+from lsc4rec.files import write_atomically
 
 # Named datasets: folder below the data root, and the reader for it.
 NAMED = {

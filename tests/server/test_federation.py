@@ -43,7 +43,7 @@ from server.checkpoint import (
 )
 from server.fleet import PartitionOrderedGrid
 from server.inprocess import InProcessGrid, run_in_process
-from server.report import ROUNDS_FILE, SIGNAL_HISTOGRAMS
+from server.report import REPORT_FILES, ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
 from tests.conftest import NODES, silent_server
 
@@ -136,7 +136,7 @@ def test_federation_trains_checkpoints_and_reports(
     assert "collaborative training the " in summary.splitlines()[2]
     # the nodes asked again with the final model bin the very signals the final evaluation binned (the same
     # personal copies), and in the gate's fine bins they give its τ
-    arrays, grid = latest_checkpoint(tmp_path).arrays, PartitionOrderedGrid(grid, {})
+    arrays, grid = latest_checkpoint(tmp_path).arrays, PartitionOrderedGrid.discover(grid, NODES, 24)
     assert (
         fleet_signal_counts(grid, arrays, signal, fed.bins, NODES)[0].tolist()
         == final[SIGNAL_HISTOGRAMS][signal]
@@ -199,7 +199,7 @@ def evaluate_untrained(cfg: RunConfig) -> tuple[PartitionOrderedGrid, ArrayRecor
     """A fresh fleet's grid, an untrained SRM's arrays, and the server's final evaluation of them (gate off)."""
     grid = InProcessGrid(client_app, NODES, cfg.to_flat())
     inprocess.act_as_server(grid, cfg.to_flat())
-    grid = PartitionOrderedGrid(grid, {})
+    grid = PartitionOrderedGrid.discover(grid, NODES, 24)
     num_items = load_or_prepare(cfg.data, cfg.seed).num_items
     torch.manual_seed(cfg.seed)  # the same untrained SRM whatever ran before (it read the global generator)
     arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
@@ -343,9 +343,6 @@ def test_a_finished_run_extended_sets_its_report_aside_until_the_new_one_is_writ
     run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
     assert json.loads((tmp_path / "final.json").read_text())["protocol"]["rounds"] == 3
     assert json.loads((aside / "final.json").read_text())["protocol"]["rounds"] == 2
-
-
-REPORT_FILES = ("final.json", "summary.md", "validation_per_round.png", "ndcg_vs_request_rate.png")
 
 
 def test_a_fedavgm_run_with_server_momentum_resumes(
@@ -674,11 +671,11 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
 
 
 @pytest.mark.parametrize(
-    ("old_id_answers", "fleet_size", "warning"),
+    ("old_id_answers", "fleet_size", "users", "warning"),
     [
-        (True, NODES, "replies left out, from nodes whose partition another node answered for"),
-        (False, NODES, None),
-        (True, NODES + 1, "a node that joined during the run is left out: num-partitions must be"),
+        (True, NODES, 18, "replies left out, from nodes whose partition another node answered for"),
+        (False, NODES, 18, None),
+        (True, NODES + 1, 24, "a node that joined during the run is left out: num-partitions must be"),
     ],
     ids=["old-id-still-answers", "old-id-gone", "rejoined-with-a-wrong-node-config"],
 )
@@ -690,11 +687,13 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
     caplog: pytest.LogCaptureFixture,
     old_id_answers: bool,
     fleet_size: int,
+    users: int,
     warning: str | None,
 ) -> None:
-    """A box reconnects after round 1 under a new node id; the fleet checked partitions once, at the start. Its
-    users count once in the report, whether its old id still answers or is gone; with a node config that does
-    not fit the fleet, it is left out."""
+    """A box reconnects after round 1 under a new node id, after the start's check of partitions. Its users count
+    once in the report, whether its old id still answers or is gone, and its two ids do not hide another box gone
+    offline (the floors cover the users that answered); with a node config that does not fit the fleet, it is
+    left out."""
 
     class RejoinGrid(EventGrid):
         def at_call(self, n: int) -> None:
@@ -706,6 +705,8 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
                 )
                 if not old_id_answers:
                     self.down.add(old.node_id)
+                if users < 24:  # and another box goes offline
+                    self.down.add(max(node for node in self.contexts if node != REJOINED))
 
         def get_node_ids(self):
             return [node for node in super().get_node_ids() if node not in self.down]
@@ -713,8 +714,9 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
     monkeypatch.setattr(inprocess, "InProcessGrid", RejoinGrid)
     run(federation_config, tmp_path, service, "federation.rounds=2", "federation.fraction_train=1.0")
     final = json.loads((tmp_path / "final.json").read_text())
-    assert final["users"] == 24 and final["users missing from the final evaluation"] == 0
-    assert final["users the floors cover"] == 24 and final["live gate tau calibrated on users"] == 24
+    assert final["users"] == users and final["users missing from the final evaluation"] == 24 - users
+    assert final["users the floors cover"] == users and final["live gate tau calibrated on users"] == users
+    assert ("3 of the fleet's 4 nodes are connected" in caplog.text) is (users < 24)
     if warning is None:  # the box is known again, by its partition, and nothing needs leaving out
         assert "replies left out" not in caplog.text and "is left out" not in caplog.text
     else:

@@ -22,7 +22,13 @@ from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
 from flwr.superlink.grid import InMemoryGrid
 
 from lsc4rec.errors import ConfigError, LSC4RecError
-from server.fleet import check_partitions, in_flight_window, send_and_receive, wait_for_nodes
+from server.fleet import (
+    PartitionOrderedGrid,
+    check_partitions,
+    in_flight_window,
+    send_and_receive,
+    wait_for_nodes,
+)
 
 
 def test_partitions_of_a_well_started_fleet_map_nodes_to_ids() -> None:
@@ -45,6 +51,22 @@ def test_wrongly_started_supernodes_are_named_with_the_fix(told: dict, message: 
         check_partitions(told, nodes=3, num_users=30)
     assert str(error.value).startswith("--node-config: ")
     assert 'Start supernode i with --node-config "partition-id=i num-partitions=3"' in str(error.value)
+
+
+class ListedNodes:
+    """A grid's node list, all ``PartitionOrderedGrid.get_node_ids`` reads."""
+
+    def get_node_ids(self) -> list[int]:
+        return [5, 21, 20, 7]
+
+
+def test_nodes_that_never_told_their_partition_are_listed_after_every_known_one() -> None:
+    """The node of partition 1 did not answer at the start: its partition's place is no slot for unknown ones."""
+    grid = PartitionOrderedGrid(ListedNodes(), {20: 0, 21: 2}, nodes=3, num_users=30)
+    assert list(grid.get_node_ids()) == [20, 21, 5, 7]
+    assert grid.boxes([20, 21, 5]) == 3  # two known partitions and an unknown node
+    twins = PartitionOrderedGrid(ListedNodes(), {20: 0, 21: 2, 5: 0}, nodes=3, num_users=30)
+    assert twins.boxes([20, 21, 5, 7]) == 3  # 5 stands for the box 20 stands for
 
 
 class SimulatedFleet:
