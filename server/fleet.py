@@ -122,8 +122,13 @@ def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600
     The partitions are checked against the fleet of ``nodes`` nodes (``check_partitions``): supernodes started
     by hand with the wrong ``--node-config`` would otherwise hold overlapping users and be counted twice.
     """
-    asked = list(grid.get_node_ids())
-    told, errors = _told_partitions(grid, asked, timeout_s)
+    told, errors = _told_partitions(
+        grid,
+        list(grid.get_node_ids()),
+        timeout_s,
+        "nodes",
+        "they are listed after the others, by node id, so node sampling may differ between runs",
+    )
     unconfigured = sorted(node for node, reason in errors.items() if records.NODE_CONFIG_OPTION in reason)
     if unconfigured:  # such a box would fail every round it is sampled in
         raise ConfigError(
@@ -132,23 +137,16 @@ def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600
             f'without a whole one: start each box with --node-config "{records.PARTITION}=I '
             f'{records.NUM_PARTITIONS}={nodes}" (I = 0 … {nodes - 1}, one per box)',
         )
-    log(INFO, "fleet: %d of %d nodes told their partition id", len(told), len(asked))
-    if len(told) < len(asked):
-        log(
-            WARNING,
-            "%d of %d nodes did not tell their partition id (the first: %s); they are listed after the others, "
-            "by node id, so node sampling may differ between runs",
-            len(asked) - len(told),
-            len(asked),
-            next(iter(errors.values()), "no reply before the timeout"),
-        )
     return check_partitions(told, nodes, num_users)
 
 
 def _told_partitions(
-    grid: Grid, node_ids: list[int], timeout_s: float
+    grid: Grid, node_ids: list[int], timeout_s: float, who: str, untold: str
 ) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
-    """Ask ``node_ids`` their node config: {node: (partition id, num-partitions)}, and {node: why it failed}."""
+    """Ask ``node_ids`` their node config: {node: (partition id, num-partitions)}, and {node: why it failed}.
+
+    Logs how many of ``who`` told it, and warns of the rest, what that means for them (``untold``).
+    """
     messages = [
         Message(
             RecordDict({records.CONFIG: ConfigRecord()}), dst_node_id=node, message_type=MessageType.QUERY
@@ -164,6 +162,17 @@ def _told_partitions(
         told[reply.metadata.src_node_id] = (
             int(metrics[records.PARTITION]),
             int(metrics[records.NUM_PARTITIONS]),
+        )
+    log(INFO, "fleet: %d of %d %s told their partition id", len(told), len(node_ids), who)
+    if len(told) < len(node_ids):
+        log(
+            WARNING,
+            "%d of %d %s did not tell their partition id (the first: %s); %s",
+            len(node_ids) - len(told),
+            len(node_ids),
+            who,
+            next(iter(errors.values()), "no reply before the timeout"),
+            untold,
         )
     return told, errors
 
@@ -234,7 +243,13 @@ class PartitionOrderedGrid(Grid):
         if not new:
             return
         self.asked.update(new)
-        told, errors = _told_partitions(self.grid, new, timeout_s)
+        told, _ = _told_partitions(
+            self.grid,
+            new,
+            timeout_s,
+            "nodes that joined during the run",
+            "their replies are counted as they come",
+        )
         for node, (partition, count) in sorted(told.items()):
             if (
                 problem := _partition_problem(node, partition, count, self.nodes, self.num_users)
@@ -243,20 +258,6 @@ class PartitionOrderedGrid(Grid):
                 self.misfits.add(node)
             else:
                 self.partitions[node] = partition
-        log(
-            INFO,
-            "fleet: %d of %d nodes that joined during the run told their partition id",
-            len(told),
-            len(new),
-        )
-        if len(told) < len(new):
-            log(
-                WARNING,
-                "%d nodes that joined during the run did not tell their partition id (the first: %s); their "
-                "replies are counted as they come",
-                len(new) - len(told),
-                next(iter(errors.values()), "no reply before the timeout"),
-            )
 
     def boxes(self, node_ids: list[int]) -> int:
         """How many of the fleet's nodes ``node_ids`` stand for: one per partition, and each unknown node."""
