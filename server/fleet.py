@@ -116,15 +116,17 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
     return replies
 
 
-def partition_ids(grid: Grid, nodes: int, num_users: int, timeout_s: float = 600.0) -> dict[int, int]:
-    """Ask every connected node its partition: {node id: partition id}; nodes that fail are left out.
+def partition_ids(
+    grid: Grid, node_ids: list[int], nodes: int, num_users: int, timeout_s: float = 600.0
+) -> dict[int, int]:
+    """Ask ``node_ids`` (the connected nodes) their partition: {node id: partition id}; nodes that fail are left out.
 
     The partitions are checked against the fleet of ``nodes`` nodes (``check_partitions``): supernodes started
     by hand with the wrong ``--node-config`` would otherwise hold overlapping users and be counted twice.
     """
     told, errors = _told_partitions(
         grid,
-        list(grid.get_node_ids()),
+        node_ids,
         timeout_s,
         "nodes",
         "they are listed after the others, by node id, so node sampling may differ between runs",
@@ -228,16 +230,17 @@ class PartitionOrderedGrid(Grid):
     @classmethod
     def discover(cls, grid: Grid, nodes: int, num_users: int) -> PartitionOrderedGrid:
         """Ask the connected nodes their partitions, check them, and order ``grid`` by them."""
-        asked = set(grid.get_node_ids())
-        ordered = cls(grid, partition_ids(grid, nodes, num_users), nodes, num_users)
-        ordered.asked |= asked
+        connected = list(grid.get_node_ids())
+        ordered = cls(grid, partition_ids(grid, connected, nodes, num_users), nodes, num_users)
+        ordered.asked.update(connected)  # those that did not answer too: asked once
         return ordered
 
     def learn_new_nodes(self, timeout_s: float = 600.0) -> None:
         """Ask the nodes never asked before their partitions (a box that reconnected has a new id).
 
-        Each node is asked once, so that one that never answers costs the timeout once. A node whose config does not fit the fleet is warned of and left out from then on (its users are not the
-        ones the server counts on): the run is at its end, and its report is worth more than stopping on one box.
+        Each node is asked once, so that one that never answers costs the timeout once. A node whose config
+        does not fit the fleet is warned of and left out from then on (its users are not the ones the server
+        counts on): the run is at its end, and its report is worth more than stopping on one box.
         """
         new = [node for node in self.get_node_ids() if node not in self.asked]
         if not new:
