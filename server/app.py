@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,7 +67,7 @@ from server.report import (
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
 from strategies.guards import EMPTY_UPDATES, FAILED, REASONS
 from strategies.privacy import FleetPrivacy
-from strategies.sums import sum_metrics, train_metrics
+from strategies.sums import MetricSums, sum_metrics, train_metrics
 from strategies.wrapper import StrategyWrapper
 
 app = ServerApp()
@@ -553,21 +553,24 @@ def fleet_signal_counts(
     """
     config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: bins})
     content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
-    replies = _ask_fleet(
+    sums = MetricSums()
+    for reply in _ask_fleet(
         grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
-    )
-    metrics = [r.content[records.METRICS] for r in replies]
-    counts = np.sum([m[records.SIGNAL_COUNTS] for m in metrics], axis=0)
-    return counts, sum(int(m[records.FALLBACKS]) for m in metrics)
+    ):
+        sums.add(reply.content)
+    summed = sums.result()
+    return np.asarray(summed[records.SIGNAL_COUNTS], dtype=float), int(summed[records.FALLBACKS])
 
 
 def _ask_fleet(
     grid: PartitionOrderedGrid, content: RecordDict, message_type: str, fleet: int, what: str
-) -> list[Message]:
-    """Send ``content`` to every connected node; the replies without error (at least one, else an error).
+) -> Iterator[Message]:
+    """Send ``content`` to every connected node; its replies without error, in partition order as they come.
 
-    The nodes that joined since they were last asked are asked their partition first, and one reply per partition
-    is kept (``PartitionOrderedGrid.one_per_partition``).
+    The caller folds them (a fleet of one-user devices sends hundreds of MiB of replies). The nodes that joined
+    since they were last asked are asked their partition first, and one reply per partition is kept
+    (``PartitionOrderedGrid.one_per_partition``). When every reply is in: the failures are warned of, and if no
+    reply was usable, an error.
     """
     grid.learn_new_nodes()  # so that a box that reconnected under a new id is counted once
     connected = list(grid.get_node_ids())
@@ -581,13 +584,25 @@ def _ask_fleet(
         )
     messages = [Message(content, dst_node_id=node, message_type=message_type) for node in connected]
     log(INFO, "%s: asking %d nodes", what, len(messages))  # the run's longest silent wait otherwise
-    answered = list(grid.send_and_receive(messages, timeout=3600))
-    reasons = [_unusable(r) for r in answered]  # a reply of unsound sums is left out as a failed one is
-    replies = [r for r, reason in zip(answered, reasons, strict=True) if reason is None]
-    failed = len(messages) - len(replies)
-    replies = grid.one_per_partition(replies, what)
-    first = next((reason for reason in reasons if reason is not None), "no reply before the timeout")
-    if not replies:
+    reasons: list[str] = []  # why each unusable reply is (one of unsound sums is left out as a failed one is)
+    usable = 0
+
+    def sound(replies: Iterable[Message]) -> Iterator[Message]:
+        nonlocal usable
+        for reply in replies:
+            if (reason := _unusable(reply)) is None:
+                usable += 1
+                yield reply
+            else:
+                reasons.append(reason)
+
+    kept = 0
+    for reply in grid.one_per_partition(sound(grid.ordered_replies(messages, timeout=3600)), what):
+        kept += 1
+        yield reply
+    failed = len(messages) - usable
+    first = reasons[0] if reasons else "no reply before the timeout"
+    if not kept:
         who = f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
         raise LSC4RecError(
             f"{what}: {who}, so there is no report to write. Fix that and resume the run from its last "
@@ -602,7 +617,6 @@ def _ask_fleet(
             len(messages),
             first,
         )
-    return replies
 
 
 def _unusable(reply: Message) -> str | None:
@@ -626,8 +640,11 @@ def _final_evaluation(
         }
     )
     content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
-    replies = _ask_fleet(grid, content, MessageType.EVALUATE, fleet, "final evaluation")
-    return sum_metrics([r.content for r in replies]), [r.metadata.src_node_id for r in replies]
+    sums, answered = MetricSums(), []
+    for reply in _ask_fleet(grid, content, MessageType.EVALUATE, fleet, "final evaluation"):
+        sums.add(reply.content)
+        answered.append(reply.metadata.src_node_id)
+    return sums.result(), answered
 
 
 def _reported_users(

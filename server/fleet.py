@@ -87,7 +87,12 @@ def in_flight_window() -> int:
 
 
 def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
-    """``grid.send_and_receive``, but a simulation's grid gets the messages a few at a time.
+    """Every reply :func:`receive` hands on."""
+    return list(receive(grid, messages, timeout))
+
+
+def receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
+    """The replies to ``messages`` as they come; a simulation's grid gets the messages a few at a time.
 
     Flower's Simulation Engine looks for each node's next message by scanning every stored message, for every
     node, every 0.1 s (``vce_api.add_messages_to_queue``, ``InMemoryLinkState.get_message_ins``). With all 610
@@ -97,11 +102,13 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
     bounds the whole call, as Flower's: messages not yet sent by then are not sent. A message keeps its place until
     its reply comes; in a simulation every message gets one (a ClientApp that raises replies with an error), but
     a ClientApp that hangs holds its place until the timeout. Other grids (a deployment's SuperLink, whose nodes
-    work in parallel, and the in-process grid of the tests) get every message at once, as before.
+    work in parallel, and the in-process grid of the tests) get every message at once, as before, and hand on
+    their replies when all are in.
     """
     if not isinstance(grid, InMemoryGrid):
-        return list(grid.send_and_receive(messages, timeout=timeout))
-    waiting, replies, in_flight, window = list(messages), [], set(), in_flight_window()
+        yield from grid.send_and_receive(messages, timeout=timeout)
+        return
+    waiting, in_flight, window = list(messages), set(), in_flight_window()
     deadline = None if timeout is None else time.monotonic() + timeout
     while (waiting or in_flight) and (deadline is None or time.monotonic() < deadline):
         room = window - len(in_flight)
@@ -109,11 +116,10 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
             in_flight.update(grid.push_messages(waiting[:room]))
             del waiting[:room]
         answered = list(grid.pull_messages(in_flight))
-        replies += answered
         in_flight.difference_update(reply.metadata.reply_to_message_id for reply in answered)
+        yield from answered
         if not answered:
             time.sleep(PULL_INTERVAL_S)
-    return replies
 
 
 def partition_ids(
@@ -267,20 +273,20 @@ class PartitionOrderedGrid(Grid):
         known = {self.partitions[n] for n in node_ids if n in self.partitions}
         return len(known) + sum(n not in self.partitions for n in node_ids)
 
-    def one_per_partition(self, replies: list[Message], what: str) -> list[Message]:
-        """``replies`` (in partition order), one per partition, the first kept; the others are warned of.
+    def one_per_partition(self, replies: Iterable[Message], what: str) -> Iterator[Message]:
+        """``replies`` (in partition order), one per partition, the first kept; the others are warned of at the end.
 
         Two nodes of one partition hold the same users (a box that reconnected under a new id while its old id
         still answers), who must count once.
         """
-        kept, seen, twins = [], set(), []
+        seen, twins = set(), []
         for reply in replies:
             partition = self.partitions.get(reply.metadata.src_node_id)  # None: a node that never told it
             if partition is not None and partition in seen:
                 twins.append(f"node {reply.metadata.src_node_id} (partition {partition})")
                 continue
-            kept.append(reply)
             seen.add(partition)
+            yield reply
         if twins:
             log(
                 WARNING,
@@ -289,7 +295,6 @@ class PartitionOrderedGrid(Grid):
                 len(twins),
                 ", ".join(twins[:5]),
             )
-        return kept
 
     def get_node_ids(self) -> Iterable[int]:
         return sorted((n for n in self.grid.get_node_ids() if n not in self.misfits), key=self._position)
@@ -314,8 +319,26 @@ class PartitionOrderedGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """The replies in partition order, whatever order they arrived in: float sums (FedAvg) then repeat."""
-        replies = send_and_receive(self.grid, messages, timeout)
-        return sorted(replies, key=lambda reply: self._position(reply.metadata.src_node_id))
+        return list(self.ordered_replies(messages, timeout))
+
+    def ordered_replies(self, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
+        """The replies to ``messages`` (one per node) in partition order, each as soon as those before it are in.
+
+        A fold over them (the final evaluation's sums) then holds only the replies that came before their turn:
+        in a simulation, whose replies come about in the order the messages went, a few. A node that does not
+        answer holds back the replies after it until the timeout.
+        """
+        messages = list(messages)
+        turns = sorted((message.metadata.dst_node_id for message in messages), key=self._position)
+        early: dict[int, list[Message]] = {}
+        turn = 0
+        for reply in receive(self.grid, messages, timeout):
+            early.setdefault(reply.metadata.src_node_id, []).append(reply)
+            while turn < len(turns) and turns[turn] in early:
+                yield from early.pop(turns[turn])
+                turn += 1
+        for node in sorted(early, key=self._position):  # those held back by a node that did not answer
+            yield from early[node]
 
     def _position(self, node: int) -> tuple[int, int, int]:
         """Sort key of ``node``: its partition id, with unknown nodes after every known one, by node id."""

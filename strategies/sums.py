@@ -40,26 +40,73 @@ def train_metrics(replies: Iterable[RecordDict], weighted_by_key: str = records.
 
 
 def sum_metrics(replies: Iterable[RecordDict], weighted_by_key: str = records.NUM_EXAMPLES) -> MetricRecord:
-    """Sum every metric of ``replies`` (lists elementwise); merge StageOutcomes with ``StageOutcome.sum``.
+    """Sum every metric of ``replies`` (lists elementwise); merge StageOutcomes with ``StageOutcome.merge``.
 
     ``weighted_by_key`` is accepted for Flower's signature; sums need no weights.
     """
-    metrics = [m for reply in replies for m in reply.metric_records.values()]
-    if not metrics:
-        return MetricRecord()
-    prefixes = [key[: -len(OUTCOME_MARK)] for key in metrics[0] if key.endswith(OUTCOME_MARK)]
-    merged: dict = {}
-    for prefix in prefixes:
-        merged.update(
-            StageOutcome.sum(StageOutcome.from_metrics(m, prefix) for m in metrics).to_metrics(prefix)
-        )
-    for key in metrics[0]:
-        if key in merged:
-            continue
-        values = [m[key] for m in metrics if key in m]
-        total = np.sum([np.asarray(v, dtype=float) for v in values], axis=0)
-        merged[key] = total.tolist() if isinstance(values[0], list) else _scalar(total, values[0])
-    return MetricRecord(merged)
+    sums = MetricSums()
+    for reply in replies:
+        sums.add(reply)
+    return sums.result()
+
+
+class MetricSums:
+    """:func:`sum_metrics` one reply at a time, so that a fold over the fleet's replies holds none of them.
+
+    The final evaluation of 610 one-user nodes would otherwise hold about 250 MiB of replies before summing.
+    The keys are the first record's. The sums are :func:`sum_metrics`'s of the whole list, bit for bit: outcomes
+    merge in order; lists add elementwise in order, as numpy's sum over the first axis of their stack does; and
+    single numbers, whose numpy sum is pairwise, wait for the end (a few per node).
+    """
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []  # the first record's, in its order
+        self._outcomes: dict[str, StageOutcome] = {}  # by prefix
+        self._owned: set[str] = set()  # the keys the outcomes stand for
+        self._lists: dict[str, np.ndarray] = {}  # running elementwise sums of lists of two or more
+        self._singles: dict[str, list] = {}  # every value of the other keys, summed at the end
+        self._kinds: dict[str, object] = {}  # each key's first value: a list sums to a list, an int to an int
+
+    def add(self, reply: RecordDict) -> None:
+        """Add every metric record of ``reply``."""
+        for metrics in reply.metric_records.values():
+            self._add(metrics)
+
+    def _add(self, metrics: MetricRecord) -> None:
+        if not self._keys:
+            self._keys = list(metrics)
+            prefixes = [key[: -len(OUTCOME_MARK)] for key in metrics if key.endswith(OUTCOME_MARK)]
+            for prefix in prefixes:
+                self._outcomes[prefix] = StageOutcome.from_metrics(metrics, prefix)
+                self._owned.update(self._outcomes[prefix].to_metrics(prefix))
+            self._kinds = {key: metrics[key] for key in self._keys if key not in self._owned}
+        else:
+            for prefix, total in self._outcomes.items():
+                self._outcomes[prefix] = total.merge(StageOutcome.from_metrics(metrics, prefix))
+        for key, kind in self._kinds.items():
+            if key not in metrics:
+                continue
+            value = metrics[key]
+            if isinstance(kind, list) and len(kind) > 1:
+                if key in self._lists:
+                    self._lists[key] += np.asarray(value, dtype=float)
+                else:
+                    self._lists[key] = np.array(value, dtype=float)
+            else:
+                self._singles.setdefault(key, []).append(value)
+
+    def result(self) -> MetricRecord:
+        """The sums so far (an empty record before the first reply)."""
+        merged: dict = {}
+        for prefix, total in self._outcomes.items():
+            merged.update(total.to_metrics(prefix))
+        for key, kind in self._kinds.items():
+            if key in self._lists:
+                merged[key] = self._lists[key].tolist()
+                continue
+            total = np.sum([np.asarray(v, dtype=float) for v in self._singles[key]], axis=0)
+            merged[key] = total.tolist() if isinstance(kind, list) else _scalar(total, kind)
+        return MetricRecord(merged)
 
 
 def _scalar(total: np.ndarray, example: object) -> int | float:

@@ -86,6 +86,7 @@ class SimulatedFleet:
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, run.run_id, 1  # the server's
         self.silent = set(self.nodes[:silent])
         self.most_in_flight = 0
+        self.answered = 0  # replies stored so far
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._answer, daemon=True)
 
@@ -114,6 +115,7 @@ class SimulatedFleet:
                     reply = Message(RecordDict({"c": ConfigRecord({"node": node})}), reply_to=message)
                     reply.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's engine does
                     self.state.store_message_res(reply)
+                    self.answered += 1
             time.sleep(0.005)
 
 
@@ -124,6 +126,22 @@ def test_a_simulation_gets_every_reply_with_few_messages_in_flight() -> None:
         replies = send_and_receive(fleet.grid, fleet.messages(), timeout=60)
     assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes)
     assert 0 < fleet.most_in_flight <= window
+
+
+def test_a_simulations_replies_are_handed_on_in_partition_order_before_all_are_in() -> None:
+    """The final questions fold the replies as they come (``ordered_replies``), holding a few, not the fleet's."""
+    window = in_flight_window()
+    with SimulatedFleet(nodes=4 * window) as fleet:
+        # partitions in the reverse of node order: each pull brings a window's replies in the wrong order
+        partitions = {node: len(fleet.nodes) - 1 - i for i, node in enumerate(fleet.nodes)}
+        grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
+        by_node = {message.metadata.dst_node_id: message for message in fleet.messages()}
+        handed, answered_by_then = [], []
+        for reply in grid.ordered_replies([by_node[n] for n in grid.get_node_ids()], timeout=60):
+            handed.append(partitions[reply.metadata.src_node_id])
+            answered_by_then.append(fleet.answered)
+    assert handed == list(range(len(fleet.nodes)))
+    assert answered_by_then[0] <= 2 * window < len(fleet.nodes)
 
 
 def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_replies() -> None:
