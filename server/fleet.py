@@ -335,8 +335,9 @@ class PartitionOrderedGrid(Grid):
         for reply in receive(self.grid, messages, timeout):
             early.setdefault(reply.metadata.src_node_id, []).append(reply)
             while turn < len(turns) and turns[turn] in early:
-                yield from early.pop(turns[turn])
-                turn += 1
+                ready = early.pop(turns[turn])
+                yield from ready
+                turn += len(ready)  # a node sent two messages is listed twice, side by side
         for node in sorted(early, key=self._position):  # those held back by a node that did not answer
             yield from early[node]
 

@@ -55,11 +55,13 @@ class MetricSums:
 
     The final evaluation of 610 one-user nodes would otherwise hold about 250 MiB of replies before summing.
     The keys are the first record's. The sums are :func:`sum_metrics`'s of the whole list, bit for bit: outcomes
-    merge in order; lists add elementwise in order, as numpy's sum over the first axis of their stack does; and
-    single numbers, whose numpy sum is pairwise, wait for the end (a few per node).
+    merge in order; lists of two or more add elementwise in order, as numpy's sum over the first axis of their
+    stack does; and single numbers (and shorter lists), whose numpy sum is pairwise, wait for the end (a few per
+    node). Values of one key whose shapes differ are an error, as they were to numpy.
     """
 
     def __init__(self) -> None:
+        self._started = False
         self._keys: list[str] = []  # the first record's, in its order
         self._outcomes: dict[str, StageOutcome] = {}  # by prefix
         self._owned: set[str] = set()  # the keys the outcomes stand for
@@ -73,7 +75,8 @@ class MetricSums:
             self._add(metrics)
 
     def _add(self, metrics: MetricRecord) -> None:
-        if not self._keys:
+        if not self._started:
+            self._started = True
             self._keys = list(metrics)
             prefixes = [key[: -len(OUTCOME_MARK)] for key in metrics if key.endswith(OUTCOME_MARK)]
             for prefix in prefixes:
@@ -88,10 +91,15 @@ class MetricSums:
                 continue
             value = metrics[key]
             if isinstance(kind, list) and len(kind) > 1:
+                value = np.asarray(value, dtype=float)
+                if value.shape != (len(kind),):
+                    raise ValueError(
+                        f"{key} holds {len(kind)} values in one reply and {value.shape} in another."
+                    )
                 if key in self._lists:
-                    self._lists[key] += np.asarray(value, dtype=float)
+                    self._lists[key] += value
                 else:
-                    self._lists[key] = np.array(value, dtype=float)
+                    self._lists[key] = value.copy()
             else:
                 self._singles.setdefault(key, []).append(value)
 

@@ -144,6 +144,14 @@ def test_a_simulations_replies_are_handed_on_in_partition_order_before_all_are_i
     assert answered_by_then[0] <= 2 * window < len(fleet.nodes)
 
 
+def test_replies_held_back_by_a_node_that_never_answers_are_handed_on_at_the_timeout() -> None:
+    with SimulatedFleet(nodes=in_flight_window() + 3, silent=1) as fleet:
+        partitions = {node: i for i, node in enumerate(fleet.nodes)}  # the silent node's turn is the first
+        grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
+        replies = list(grid.ordered_replies(fleet.messages(), timeout=2.0))
+    assert [partitions[r.metadata.src_node_id] for r in replies] == list(range(1, len(fleet.nodes)))
+
+
 def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_replies() -> None:
     window = in_flight_window()
     with SimulatedFleet(nodes=window + 3, silent=1) as fleet:

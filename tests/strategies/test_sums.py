@@ -88,3 +88,16 @@ def test_metric_sums_fold_the_replies_to_the_whole_lists_sums_bit_for_bit() -> N
     assert all(summed[key] == whole[key] for key in whole), [k for k in whole if summed[k] != whole[k]]
     assert isinstance(summed[records.FALLBACKS], int)
     assert sum_metrics([]) == MetricRecord()
+
+
+def test_metric_sums_refuse_a_list_whose_length_differs_between_replies() -> None:
+    """numpy refused to stack them; added in place, a single number would have been added to every bin."""
+
+    def reply(counts: list[float] | float) -> RecordDict:
+        return RecordDict({records.METRICS: MetricRecord({records.SIGNAL_COUNTS: counts})})
+
+    for odd in ([3.0], 3.0, [1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match=records.SIGNAL_COUNTS):
+            sum_metrics([reply([1.0, 2.0]), reply(odd)])
+    empty_first = [RecordDict({records.METRICS: MetricRecord()}), reply([1.0, 2.0])]
+    assert sum_metrics(empty_first) == MetricRecord()  # the keys are the first record's, as ever
