@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from uuid import uuid4
@@ -22,6 +23,7 @@ from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
 from flwr.superlink.grid import InMemoryGrid
 
 from lsc4rec.errors import ConfigError, LSC4RecError
+from server.app import PROGRESS_NODES, _ask_fleet
 from server.fleet import (
     PartitionOrderedGrid,
     check_partitions,
@@ -168,3 +170,19 @@ def test_a_fleet_short_of_nodes_names_the_setting_and_where_a_missing_box_says_w
             wait_for_nodes(fleet.grid, 4, timeout_s=1.0)
     assert "set federation.num_nodes to the boxes you run" in str(error.value)
     assert "says why in its own log" in str(error.value)
+
+
+def test_the_final_questions_log_every_tenth_of_the_replies(caplog: pytest.LogCaptureFixture) -> None:
+    """A final question to the default run's 610 nodes takes a minute or two: the log shows it advancing."""
+    caplog.set_level(logging.INFO, logger="flwr")
+    with SimulatedFleet(nodes=PROGRESS_NODES) as fleet:
+        partitions = {node: i for i, node in enumerate(fleet.nodes)}
+        grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
+        content = RecordDict({"c": ConfigRecord()})
+        replies = list(_ask_fleet(grid, content, MessageType.QUERY, len(fleet.nodes), "final evaluation"))
+    assert len(replies) == PROGRESS_NODES
+    tenth = PROGRESS_NODES // 10
+    assert [r.getMessage() for r in caplog.records if "nodes answered" in r.getMessage()] == [
+        f"final evaluation: {n} of {PROGRESS_NODES} nodes answered"
+        for n in range(tenth, PROGRESS_NODES, tenth)
+    ]
