@@ -312,8 +312,8 @@ class FederationConfig:
         _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
         # each node's evaluation reply holds, per signal and stage, two sums per α for each bin: 50 bins and 11
-        # α by default (about 0.4 MiB a node); a product 4 times that keeps 610 nodes' final replies near 1 GiB
-        # where they are all held at once: in a deployment's grid (a simulation's server folds them as they come)
+        # α by default (about 0.4 MiB a node); a product 4 times that keeps the replies a round holds until its last
+        # near 1 GiB for 610 nodes sampled (the final questions' replies are summed as they come)
         alphas = self.alpha_steps + 1
         _check(
             self.bins * alphas <= MAX_BIN_ALPHA_SUMS,

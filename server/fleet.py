@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,12 +34,13 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import strategy_utils
 from flwr.supercore.run import Run
-from flwr.superlink.grid import InMemoryGrid
+from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
 from lsc4rec import records
 from lsc4rec.errors import ConfigError, LSC4RecError
 
 PULL_INTERVAL_S = 0.05  # how often a simulation's replies are pulled (Flower's own grid: 0.1 s)
+DEPLOYMENT_PULL_INTERVAL_S = 3.0  # how often a deployment's SuperLink is asked for replies (as Flower's grid)
 
 
 def wait_for_nodes(grid: Grid, nodes: int, timeout_s: float = 300.0) -> None:
@@ -101,14 +103,18 @@ def receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> I
     time), and replies are pulled as they come, so that a worker seldom waits for its next message. ``timeout``
     bounds the whole call, as Flower's: messages not yet sent by then are not sent. A message keeps its place until
     its reply comes; in a simulation every message gets one (a ClientApp that raises replies with an error), but
-    a ClientApp that hangs holds its place until the timeout. Other grids (a deployment's SuperLink, whose nodes
-    work in parallel, and the in-process grid of the tests) get every message at once, as before, and hand on
-    their replies when all are in.
+    a ClientApp that hangs holds its place until the timeout. A deployment's SuperLink, whose nodes work in
+    parallel, gets every message at once and is asked for replies every 3 s, as Flower's own grid does; the
+    in-process grid of the tests answers them all in one call.
     """
-    if not isinstance(grid, InMemoryGrid):
+    if isinstance(grid, InMemoryGrid):
+        window, interval = in_flight_window(), PULL_INTERVAL_S
+    elif isinstance(grid, HttpGrid):
+        window, interval = sys.maxsize, DEPLOYMENT_PULL_INTERVAL_S
+    else:
         yield from grid.send_and_receive(messages, timeout=timeout)
         return
-    waiting, in_flight, window = list(messages), set(), in_flight_window()
+    waiting, in_flight = list(messages), set()
     deadline = None if timeout is None else time.monotonic() + timeout
     while (waiting or in_flight) and (deadline is None or time.monotonic() < deadline):
         room = window - len(in_flight)
@@ -119,7 +125,7 @@ def receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> I
         in_flight.difference_update(reply.metadata.reply_to_message_id for reply in answered)
         yield from answered
         if not answered:
-            time.sleep(PULL_INTERVAL_S)
+            time.sleep(interval)
 
 
 def partition_ids(

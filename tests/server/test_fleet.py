@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from uuid import uuid4
 
 import pytest
@@ -20,7 +21,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
-from flwr.superlink.grid import InMemoryGrid
+from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
 from lsc4rec.errors import ConfigError, LSC4RecError
 from server.app import PROGRESS_NODES, _ask_fleet
@@ -28,6 +29,7 @@ from server.fleet import (
     PartitionOrderedGrid,
     check_partitions,
     in_flight_window,
+    receive,
     send_and_receive,
     wait_for_nodes,
 )
@@ -186,3 +188,52 @@ def test_the_final_questions_log_every_tenth_of_the_replies(caplog: pytest.LogCa
         f"final evaluation: {n} of {PROGRESS_NODES} nodes answered"
         for n in range(tenth, PROGRESS_NODES, tenth)
     ]
+
+
+class RecordedSuperLink(HttpGrid):
+    """A deployment's grid (Flower's ``HttpGrid``) answering from memory, two replies per pull."""
+
+    def __init__(self) -> None:  # no SuperLink to connect to
+        self.pending: list[Message] = []
+        self.pulls = 0
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())  # as the SuperLink does
+            self.pending.append(message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        self.pulls += 1
+        ready, self.pending = self.pending[:2], self.pending[2:]
+        return [Message(RecordDict(), reply_to=message) for message in ready]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        raise AssertionError("Flower's send_and_receive hands on the replies only when all are in")
+
+
+def test_a_deployments_replies_are_handed_on_as_the_superlink_has_them() -> None:
+    identity = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, 7, 1  # the server's
+    try:
+        grid = RecordedSuperLink()
+        messages = [
+            Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in range(10, 20)
+        ]
+        pulls_by_then = [grid.pulls for _ in receive(grid, messages, timeout=60)]
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = identity
+    assert pulls_by_then == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        4,
+        5,
+        5,
+    ]  # every message pushed at once, replies as they come
