@@ -313,7 +313,7 @@ class FederationConfig:
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
         # each node's evaluation reply holds, per signal and stage, two sums per α for each bin: 50 bins and 11
         # α by default (about 0.4 MiB a node); a product 4 times that keeps the replies a round holds until its last
-        # near 1 GiB for 610 nodes sampled (the final questions' replies are summed as they come)
+        # near 1 GiB for 610 nodes sampled (a simulation sums the final questions' replies as they come)
         alphas = self.alpha_steps + 1
         _check(
             self.bins * alphas <= MAX_BIN_ALPHA_SUMS,

@@ -78,8 +78,8 @@ FINAL_GATE_BINS = 1000
 DP_EPSILON_FIGURE = "DP epsilon at delta {delta:g} (global SRM, per node)"  # final.json: ε of the whole run
 # a checkpoint's server state (Checkpoint.server): the node sampler, the request budget's window, the seconds spent
 SAMPLER, BUDGET_WINDOW, SECONDS = "node-sampler", "request-budget-window", "federation-seconds"
-# the final questions (each a minute or two on the default run's 610 nodes) log every tenth of the replies
-# to a fleet of at least this many nodes
+# the final questions (about a minute and a half together on the default run's 610 nodes) log every tenth of
+# the replies from a fleet of at least this many nodes
 PROGRESS_NODES = 20
 
 
@@ -589,13 +589,16 @@ def _ask_fleet(
     log(INFO, "%s: asking %d nodes", what, len(messages))
     reasons: list[str] = []  # why each unusable reply is (one of unsound sums is left out as a failed one is)
     usable = 0
-    tenth = len(messages) // 10 if len(messages) >= PROGRESS_NODES else 0
+
+    def arrived(count: int) -> None:
+        """Log each tenth of the replies as they come (the sums wait for each reply's turn in partition order)."""
+        asked = len(messages)
+        if asked >= PROGRESS_NODES and count < asked and count * 10 // asked > (count - 1) * 10 // asked:
+            log(INFO, "%s: %d of %d nodes answered", what, count, asked)
 
     def sound(replies: Iterable[Message]) -> Iterator[Message]:
         nonlocal usable
-        for count, reply in enumerate(replies, 1):
-            if tenth and count % tenth == 0 and count < len(messages):
-                log(INFO, "%s: %d of %d nodes answered", what, count, len(messages))
+        for reply in replies:
             if (reason := _unusable(reply)) is None:
                 usable += 1
                 yield reply
@@ -603,7 +606,7 @@ def _ask_fleet(
                 reasons.append(reason)
 
     kept = 0
-    for reply in grid.one_per_partition(sound(grid.ordered_replies(messages, timeout=3600)), what):
+    for reply in grid.one_per_partition(sound(grid.ordered_replies(messages, 3600, arrived)), what):
         kept += 1
         yield reply
     failed = len(messages) - usable

@@ -24,7 +24,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from logging import INFO, WARNING
 from typing import Any
@@ -104,13 +104,13 @@ def receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> I
     bounds the whole call, as Flower's: messages not yet sent by then are not sent. A message keeps its place until
     its reply comes; in a simulation every message gets one (a ClientApp that raises replies with an error), but
     a ClientApp that hangs holds its place until the timeout. A deployment's SuperLink, whose nodes work in
-    parallel, gets every message at once and is asked for replies every 3 s, as Flower's own grid does; the
-    in-process grid of the tests answers them all in one call.
+    parallel, gets every message at once and is asked for replies every 3 s, as Flower's own grid does, but its
+    replies are handed on pull by pull; the in-process grid of the tests answers them all in one call.
     """
-    if isinstance(grid, InMemoryGrid):
-        window, interval = in_flight_window(), PULL_INTERVAL_S
-    elif isinstance(grid, HttpGrid):
-        window, interval = sys.maxsize, DEPLOYMENT_PULL_INTERVAL_S
+    if isinstance(grid, InMemoryGrid):  # pulled again at once after a reply, to keep the workers fed
+        window, interval, eager = in_flight_window(), PULL_INTERVAL_S, True
+    elif isinstance(grid, HttpGrid):  # each pull asks the SuperLink about every message still out
+        window, interval, eager = sys.maxsize, DEPLOYMENT_PULL_INTERVAL_S, False
     else:
         yield from grid.send_and_receive(messages, timeout=timeout)
         return
@@ -124,7 +124,7 @@ def receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> I
         answered = list(grid.pull_messages(in_flight))
         in_flight.difference_update(reply.metadata.reply_to_message_id for reply in answered)
         yield from answered
-        if not answered:
+        if (waiting or in_flight) and not (answered and eager):
             time.sleep(interval)
 
 
@@ -327,18 +327,26 @@ class PartitionOrderedGrid(Grid):
         """The replies in partition order, whatever order they arrived in: float sums (FedAvg) then repeat."""
         return list(self.ordered_replies(messages, timeout))
 
-    def ordered_replies(self, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
+    def ordered_replies(
+        self,
+        messages: Iterable[Message],
+        timeout: float | None,
+        arrived: Callable[[int], None] | None = None,
+    ) -> Iterator[Message]:
         """The replies to ``messages`` (one per node) in partition order, each as soon as those before it are in.
 
         A fold over them (the final evaluation's sums) then holds only the replies that came before their turn:
-        in a simulation, whose replies come about in the order the messages went, a few. A node that does not
-        answer holds back the replies after it until the timeout.
+        in a simulation, whose replies come about in the order the messages went, a few; in a deployment, whose
+        nodes answer in any order, up to all of them. A node that does not answer holds back the replies after it
+        until the timeout. ``arrived`` is told how many replies have come, as each comes (the progress log).
         """
         messages = list(messages)
         turns = sorted((message.metadata.dst_node_id for message in messages), key=self._position)
         early: dict[int, list[Message]] = {}
         turn = 0
-        for reply in receive(self.grid, messages, timeout):
+        for count, reply in enumerate(receive(self.grid, messages, timeout), 1):
+            if arrived is not None:
+                arrived(count)
             early.setdefault(reply.metadata.src_node_id, []).append(reply)
             while turn < len(turns) and turns[turn] in early:
                 ready = early.pop(turns[turn])

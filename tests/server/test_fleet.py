@@ -26,10 +26,10 @@ from flwr.superlink.grid import HttpGrid, InMemoryGrid
 from lsc4rec.errors import ConfigError, LSC4RecError
 from server.app import PROGRESS_NODES, _ask_fleet
 from server.fleet import (
+    DEPLOYMENT_PULL_INTERVAL_S,
     PartitionOrderedGrid,
     check_partitions,
     in_flight_window,
-    receive,
     send_and_receive,
     wait_for_nodes,
 )
@@ -174,24 +174,26 @@ def test_a_fleet_short_of_nodes_names_the_setting_and_where_a_missing_box_says_w
     assert "says why in its own log" in str(error.value)
 
 
-def test_the_final_questions_log_every_tenth_of_the_replies(caplog: pytest.LogCaptureFixture) -> None:
-    """A final question to the default run's 610 nodes takes a minute or two: the log shows it advancing."""
+@pytest.mark.parametrize("nodes", [PROGRESS_NODES, 25])
+def test_the_final_questions_log_every_tenth_of_the_replies(
+    nodes: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A final question to the default run's 610 nodes takes most of a minute: the log shows it advancing."""
     caplog.set_level(logging.INFO, logger="flwr")
-    with SimulatedFleet(nodes=PROGRESS_NODES) as fleet:
+    with SimulatedFleet(nodes=nodes) as fleet:
         partitions = {node: i for i, node in enumerate(fleet.nodes)}
         grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
         content = RecordDict({"c": ConfigRecord()})
         replies = list(_ask_fleet(grid, content, MessageType.QUERY, len(fleet.nodes), "final evaluation"))
-    assert len(replies) == PROGRESS_NODES
-    tenth = PROGRESS_NODES // 10
+    assert len(replies) == nodes
+    tenths = [-(-k * nodes // 10) for k in range(1, 10)]  # the first count at or past each tenth
     assert [r.getMessage() for r in caplog.records if "nodes answered" in r.getMessage()] == [
-        f"final evaluation: {n} of {PROGRESS_NODES} nodes answered"
-        for n in range(tenth, PROGRESS_NODES, tenth)
+        f"final evaluation: {n} of {nodes} nodes answered" for n in tenths
     ]
 
 
 class RecordedSuperLink(HttpGrid):
-    """A deployment's grid (Flower's ``HttpGrid``) answering from memory, two replies per pull."""
+    """A deployment's grid (Flower's ``HttpGrid``) answering from memory, two replies per pull, newest first."""
 
     def __init__(self) -> None:  # no SuperLink to connect to
         self.pending: list[Message] = []
@@ -207,33 +209,35 @@ class RecordedSuperLink(HttpGrid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         self.pulls += 1
-        ready, self.pending = self.pending[:2], self.pending[2:]
+        ready, self.pending = self.pending[-2:][::-1], self.pending[:-2]
         return [Message(RecordDict(), reply_to=message) for message in ready]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         raise AssertionError("Flower's send_and_receive hands on the replies only when all are in")
 
 
-def test_a_deployments_replies_are_handed_on_as_the_superlink_has_them() -> None:
+def test_a_deployments_replies_are_counted_as_they_come_and_handed_on_in_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every message is pushed at once, the SuperLink asked every 3 s, as Flower's grid does."""
     identity = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, 7, 1  # the server's
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     try:
-        grid = RecordedSuperLink()
-        messages = [
-            Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in range(10, 20)
+        superlink = RecordedSuperLink()
+        nodes = list(range(10, 20))
+        grid = PartitionOrderedGrid(
+            superlink, {node: i for i, node in enumerate(nodes)}, len(nodes), len(nodes)
+        )
+        messages = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+        arrivals: list[int] = []
+        handed = [
+            (reply.metadata.src_node_id, list(arrivals))
+            for reply in grid.ordered_replies(messages, 60, arrivals.append)
         ]
-        pulls_by_then = [grid.pulls for _ in receive(grid, messages, timeout=60)]
     finally:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = identity
-    assert pulls_by_then == [
-        1,
-        1,
-        2,
-        2,
-        3,
-        3,
-        4,
-        4,
-        5,
-        5,
-    ]  # every message pushed at once, replies as they come
+    assert [node for node, _ in handed] == nodes  # in partition order, the first to come last
+    assert handed[0][1] == list(range(1, 11))  # every reply counted as it came, before its turn
+    assert superlink.pulls == 5 and sleeps == [DEPLOYMENT_PULL_INTERVAL_S] * 4  # none after the last
