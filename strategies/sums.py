@@ -62,12 +62,12 @@ class MetricSums:
 
     def __init__(self) -> None:
         self._started = False
-        self._keys: list[str] = []  # the first record's, in its order
         self._outcomes: dict[str, StageOutcome] = {}  # by prefix
         self._owned: set[str] = set()  # the keys the outcomes stand for
         self._lists: dict[str, np.ndarray] = {}  # running elementwise sums of lists of two or more
         self._singles: dict[str, list] = {}  # every value of the other keys, summed at the end
-        self._kinds: dict[str, object] = {}  # each key's first value: a list sums to a list, an int to an int
+        # each key's first value, in the first record's order: a list sums to a list, an int to an int
+        self._kinds: dict[str, object] = {}
 
     def add(self, reply: RecordDict) -> None:
         """Add every metric record of ``reply``."""
@@ -77,12 +77,11 @@ class MetricSums:
     def _add(self, metrics: MetricRecord) -> None:
         if not self._started:
             self._started = True
-            self._keys = list(metrics)
             prefixes = [key[: -len(OUTCOME_MARK)] for key in metrics if key.endswith(OUTCOME_MARK)]
             for prefix in prefixes:
                 self._outcomes[prefix] = StageOutcome.from_metrics(metrics, prefix)
                 self._owned.update(self._outcomes[prefix].to_metrics(prefix))
-            self._kinds = {key: metrics[key] for key in self._keys if key not in self._owned}
+            self._kinds = {key: value for key, value in metrics.items() if key not in self._owned}
         else:
             for prefix, total in self._outcomes.items():
                 self._outcomes[prefix] = total.merge(StageOutcome.from_metrics(metrics, prefix))
