@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from uuid import uuid4
 
 import pytest
@@ -73,6 +74,17 @@ def test_nodes_that_never_told_their_partition_are_listed_after_every_known_one(
     assert twins.boxes([20, 21, 5, 7]) == 3  # 5 stands for the box 20 stands for
 
 
+@contextmanager
+def as_the_server(run_id: int) -> Iterator[None]:
+    """Within the block, the messages this process makes carry the ServerApp's identity, as in Flower's."""
+    before = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, run_id, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = before
+
+
 class SimulatedFleet:
     """Flower's own in-memory link state and grid (what ``flwr run`` gives a simulation's ServerApp), with a thread
     answering each node's messages as the Simulation Engine's workers do, except the nodes in ``silent``."""
@@ -86,8 +98,7 @@ class SimulatedFleet:
         self.state.task_store[11] = Task(task_id=11, run_id=run.run_id)
         self.grid = InMemoryGrid(state_factory=factory)
         self.grid.set_run(run)
-        self._identity = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, run.run_id, 1  # the server's
+        self._server = as_the_server(run.run_id)
         self.silent = set(self.nodes[:silent])
         self.most_in_flight = 0
         self.answered = 0  # replies stored so far
@@ -95,13 +106,19 @@ class SimulatedFleet:
         self._thread = threading.Thread(target=self._answer, daemon=True)
 
     def __enter__(self) -> SimulatedFleet:
+        self._server.__enter__()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = self._identity
+        self._server.__exit__(*exc)
+
+    def ordered(self, partitions: dict[int, int] | None = None) -> PartitionOrderedGrid:
+        """The grid in the order of ``partitions`` (by default the nodes' own order), as the server has it."""
+        partitions = partitions or {node: i for i, node in enumerate(self.nodes)}
+        return PartitionOrderedGrid(self.grid, partitions, len(self.nodes), len(self.nodes))
 
     def messages(self) -> list[Message]:
         return [
@@ -138,7 +155,7 @@ def test_a_simulations_replies_are_handed_on_in_partition_order_before_all_are_i
     with SimulatedFleet(nodes=4 * window) as fleet:
         # partitions in the reverse of node order: each pull brings a window's replies in the wrong order
         partitions = {node: len(fleet.nodes) - 1 - i for i, node in enumerate(fleet.nodes)}
-        grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
+        grid = fleet.ordered(partitions)
         by_node = {message.metadata.dst_node_id: message for message in fleet.messages()}
         handed, answered_by_then = [], []
         for reply in grid.ordered_replies([by_node[n] for n in grid.get_node_ids()], timeout=60):
@@ -150,10 +167,9 @@ def test_a_simulations_replies_are_handed_on_in_partition_order_before_all_are_i
 
 def test_replies_held_back_by_a_node_that_never_answers_are_handed_on_at_the_timeout() -> None:
     with SimulatedFleet(nodes=in_flight_window() + 3, silent=1) as fleet:
-        partitions = {node: i for i, node in enumerate(fleet.nodes)}  # the silent node's turn is the first
-        grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
+        grid = fleet.ordered()  # the silent node's turn is the first
         replies = list(grid.ordered_replies(fleet.messages(), timeout=2.0))
-    assert [partitions[r.metadata.src_node_id] for r in replies] == list(range(1, len(fleet.nodes)))
+    assert [grid.partitions[r.metadata.src_node_id] for r in replies] == list(range(1, len(fleet.nodes)))
 
 
 def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_replies() -> None:
@@ -181,10 +197,8 @@ def test_the_final_questions_log_every_tenth_of_the_replies(
     """A final question to the default run's 610 nodes takes most of a minute: the log shows it advancing."""
     caplog.set_level(logging.INFO, logger="flwr")
     with SimulatedFleet(nodes=nodes) as fleet:
-        partitions = {node: i for i, node in enumerate(fleet.nodes)}
-        grid = PartitionOrderedGrid(fleet.grid, partitions, len(fleet.nodes), len(fleet.nodes))
         content = RecordDict({"c": ConfigRecord()})
-        replies = list(_ask_fleet(grid, content, MessageType.QUERY, len(fleet.nodes), "final evaluation"))
+        replies = list(_ask_fleet(fleet.ordered(), content, MessageType.QUERY, nodes, "final evaluation"))
     assert len(replies) == nodes
     tenths = [-(-k * nodes // 10) for k in range(1, 10)]  # the first count at or past each tenth
     assert [r.getMessage() for r in caplog.records if "nodes answered" in r.getMessage()] == [
@@ -220,11 +234,9 @@ def test_a_deployments_replies_are_counted_as_they_come_and_handed_on_in_turn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every message is pushed at once, the SuperLink asked every 3 s, as Flower's grid does."""
-    identity = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, 7, 1  # the server's
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
-    try:
+    with as_the_server(7):
         superlink = RecordedSuperLink()
         nodes = list(range(10, 20))
         grid = PartitionOrderedGrid(
@@ -236,8 +248,6 @@ def test_a_deployments_replies_are_counted_as_they_come_and_handed_on_in_turn(
             (reply.metadata.src_node_id, list(arrivals))
             for reply in grid.ordered_replies(messages, 60, arrivals.append)
         ]
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = identity
     assert [node for node, _ in handed] == nodes  # in partition order, the first to come last
     assert handed[0][1] == list(range(1, 11))  # every reply counted as it came, before its turn
     assert superlink.pulls == 5 and sleeps == [DEPLOYMENT_PULL_INTERVAL_S] * 4  # none after the last
