@@ -9,6 +9,8 @@ calibrates the final gate on.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -94,7 +96,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         **_equal_weight(fed),
     }
     for stage in ("valid", "test"):
-        personal = _personal(cfg, node, model, stage, context)
+        personal = _personal(cfg, node, model, stage, msg, context)
         outcomes = _collaborative_inference(
             cfg, node, cache, personal, stage, alphas, live, tau, gate_bins, _round_seed(cfg, msg, context)
         )
@@ -105,8 +107,6 @@ def evaluate(msg: Message, context: Context) -> Message:
             metrics[records.REQUESTS] = outcomes[live].requests
             metrics[records.GLOBAL_NDCG] = _full_catalogue_ndcg_sum(model, node, stage)
             metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)
-            if fed.keep_personal:
-                context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
     metrics[records.FALLBACKS] = cache.fallbacks
     _keep_held_lists(context, cache)
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
@@ -117,8 +117,9 @@ def signals(msg: Message, context: Context) -> Message:
     """The histogram of one request signal over the node's test-time users, for the server's last calibration.
 
     Label-free: the node adapts its personal copy of the received model as the evaluation after this will
-    (the same data and seed), and bins the signal (``records.MEASURE``) of the stale lists it holds; no target
-    is used and no fresh list is requested. The server sets the gate's tau from the fleet's sum.
+    (the same data and seed; with ``federation.keep_personal`` the evaluation serves this very copy), and bins
+    the signal (``records.MEASURE``) of the stale lists it holds; no target is used and no fresh list is
+    requested. The server sets the gate's tau from the fleet's sum.
     """
     cfg, node, model = _setup(msg, context)
     config = msg.content[records.CONFIG]
@@ -128,7 +129,7 @@ def signals(msg: Message, context: Context) -> Message:
             f"the server asked for signal {measure!r}; this run evaluates {cfg.federation.measures}."
         )
     cache = _held_lists(context)
-    personal = _personal(cfg, node, model, "test", context)
+    personal = _personal(cfg, node, model, "test", msg, context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
     held = served_list(
@@ -179,12 +180,30 @@ def _round_seed(cfg: RunConfig, msg: Message, context: Context) -> int:
 
 
 def _personal(
-    cfg: RunConfig, node: NodeData, model: SequentialRecommender, stage: Stage, context: Context
+    cfg: RunConfig, node: NodeData, model: SequentialRecommender, stage: Stage, msg: Message, context: Context
 ) -> SequentialRecommender:
-    """Adaptive re-training: the personal copy of ``model`` the node serves ``stage``'s users with."""
+    """Adaptive re-training: the personal copy of ``model`` (``msg``'s) the node serves ``stage``'s users with.
+
+    With ``federation.keep_personal`` the test-time copy stays in the node's state, tagged with the content id
+    of the global model it was adapted from. The gate's calibration and the final evaluation receive the same
+    model, so the evaluation serves the copy the calibration adapted (the same one: ``adapt`` depends on its
+    arguments only) instead of adapting it a second time; a copy adapted from another model is not reused.
+    """
     fed = cfg.federation
+    keep = fed.keep_personal and stage == "test"
+    received = msg.content[records.ARRAYS].object_id
+    kept_from = context.state.config_records.get(records.STATE_PERSONAL_OF, {}).get(records.ADAPTED_FROM)
+    if keep and kept_from == received:
+        # a copy of the received model, not build_srm's, whose initialisation draws from the global generator
+        personal = copy.deepcopy(model)
+        personal.load_state_dict(context.state[records.STATE_PERSONAL].to_torch_state_dict())
+        return personal
     windows = node.adaptation_windows(stage, model.config.max_len)
-    return adapt(model, windows, fed.adapt_steps, fed.adapt_lr, cfg.seed + _partition(context))
+    personal = adapt(model, windows, fed.adapt_steps, fed.adapt_lr, cfg.seed + _partition(context))
+    if keep:
+        context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
+        context.state[records.STATE_PERSONAL_OF] = ConfigRecord({records.ADAPTED_FROM: received})
+    return personal
 
 
 def _partition(context: Context) -> int:

@@ -38,9 +38,12 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 # State kept on the node between rounds (context.state), never sent.
 STATE_LISTS = "llm-lists"
 STATE_OUTAGES = "cloud-outages"  # clients.cloud.Outages: a deployed node's process lasts one message
-# federation.keep_personal: the adapted copy a device would serve its user with until the next evaluation
-# (the simulation adapts a new one at each evaluation and does not read it back)
+# federation.keep_personal: the adapted test-time copy a device serves its user with until the next evaluation,
+# and the content id of the global model it was adapted from (an evaluation that receives that same model, as
+# the final one after the gate's calibration does, serves the kept copy instead of adapting it again)
 STATE_PERSONAL = "personal-srm"
+STATE_PERSONAL_OF = "personal-srm-of"
+ADAPTED_FROM = "global-object-id"
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
 
 

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
+import clients.app
 import server.inprocess as inprocess
 from clients.app import app as client_app
 from clients.cloud import OUTAGES
@@ -195,14 +196,22 @@ def test_the_protocol_says_off_only_when_no_collaborative_prefix_is_trained(
     assert not any("," in str(value) for key, value in protocol.items() if key != "differential privacy")
 
 
-def evaluate_untrained(cfg: RunConfig) -> tuple[PartitionOrderedGrid, ArrayRecord, MetricRecord]:
-    """A fresh fleet's grid, an untrained SRM's arrays, and the server's final evaluation of them (gate off)."""
+def fresh_fleet(cfg: RunConfig) -> PartitionOrderedGrid:
+    """A fleet of ``NODES`` nodes that have seen nothing yet, the server's grid to it."""
     grid = InProcessGrid(client_app, NODES, cfg.to_flat())
     inprocess.act_as_server(grid, cfg.to_flat())
-    grid = PartitionOrderedGrid.discover(grid, NODES, 24)
-    num_items = load_or_prepare(cfg.data, cfg.seed).num_items
-    torch.manual_seed(cfg.seed)  # the same untrained SRM whatever ran before (it read the global generator)
-    arrays = ArrayRecord(build_srm(cfg.srm, num_items).state_dict())
+    return PartitionOrderedGrid.discover(grid, NODES, 24)
+
+
+def untrained_srm(cfg: RunConfig, seed: int = 0) -> ArrayRecord:
+    """An untrained SRM's arrays, the same for the same seed whatever ran before (it reads the global generator)."""
+    torch.manual_seed(cfg.seed + seed)
+    return ArrayRecord(build_srm(cfg.srm, load_or_prepare(cfg.data, cfg.seed).num_items).state_dict())
+
+
+def evaluate_untrained(cfg: RunConfig) -> tuple[PartitionOrderedGrid, ArrayRecord, MetricRecord]:
+    """A fresh fleet's grid, an untrained SRM's arrays, and the server's final evaluation of them (gate off)."""
+    grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
     summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
     return grid, arrays, summed
 
@@ -262,6 +271,34 @@ def test_nodes_keep_their_personal_copy_unless_told_not_to(
         else:
             assert kept == [None] * NODES
     assert dict(results[True]) == dict(results[False])
+
+
+def test_the_final_evaluation_serves_the_copy_the_gate_calibration_adapted(
+    federation_config: RunConfig, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the personal copy kept, the final stage adapts each node's test-time copy once, in the gate's
+    calibration, and reports what adapting it again reports; a copy adapted from another model is not reused."""
+    adapted: list[int] = []  # one entry per copy adapted: the real adaptation, counted
+    adapt = clients.app.adapt
+    monkeypatch.setattr(clients.app, "adapt", lambda *args: adapted.append(1) or adapt(*args))
+
+    def final_stage(keep: bool, calibrated_on: ArrayRecord | None) -> tuple[MetricRecord, int]:
+        cfg = federation_config.override(
+            [f"federation.service_url={service}", f"federation.keep_personal={str(keep).lower()}"]
+        )
+        grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
+        fleet_signal_counts(grid, calibrated_on or arrays, "confidence", FINAL_GATE_BINS, NODES)
+        adapted.clear()
+        summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
+        return summed, len(adapted)
+
+    kept, kept_adapted = final_stage(True, None)
+    again, again_adapted = final_stage(False, None)
+    assert (kept_adapted, again_adapted) == (NODES, 2 * NODES)  # validation's copies, and test's again
+    assert dict(kept) == dict(again)
+    other = untrained_srm(federation_config, seed=1)
+    stale, stale_adapted = final_stage(True, other)  # the calibration adapted a copy of another SRM
+    assert stale_adapted == 2 * NODES and dict(stale) == dict(kept)
 
 
 class ServerCrash(RuntimeError):
