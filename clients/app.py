@@ -185,24 +185,26 @@ def _personal(
     """Adaptive re-training: the personal copy of ``model`` (``msg``'s) the node serves ``stage``'s users with.
 
     With ``federation.keep_personal`` the test-time copy stays in the node's state, tagged with the content id
-    of the global model it was adapted from. The gate's calibration and the final evaluation receive the same
-    model, so the evaluation serves the copy the calibration adapted (the same one: ``adapt`` depends on its
-    arguments only) instead of adapting it a second time; a copy adapted from another model is not reused.
+    of the global model it was adapted from (Flower's hash of its arrays). The final model reaches a node up to
+    three times (the last round's evaluation if the node is sampled, the gate's calibration, the final
+    evaluation); each time after the first, the kept copy is served (the same one: ``adapt`` depends on its
+    arguments only) instead of being adapted again. The model is all the tag needs: the node's data and the
+    adaptation's settings are fixed for a run, and a node's state lasts one run (a resume is a new Flower run).
     """
     fed = cfg.federation
     keep = fed.keep_personal and stage == "test"
-    received = msg.content[records.ARRAYS].object_id
-    kept_from = context.state.config_records.get(records.STATE_PERSONAL_OF, {}).get(records.ADAPTED_FROM)
-    if keep and kept_from == received:
-        # a copy of the received model, not build_srm's, whose initialisation draws from the global generator
+    received = ConfigRecord({"global-model": msg.content[records.ARRAYS].object_id}) if keep else None
+    kept_from = context.state.get(records.STATE_PERSONAL_OF)
+    if received is not None and kept_from is not None and dict(kept_from) == dict(received):
+        # the received model copied: in eval mode, as ``adapt`` returns it, with no draw from the global generator
         personal = copy.deepcopy(model)
         personal.load_state_dict(context.state[records.STATE_PERSONAL].to_torch_state_dict())
         return personal
     windows = node.adaptation_windows(stage, model.config.max_len)
     personal = adapt(model, windows, fed.adapt_steps, fed.adapt_lr, cfg.seed + _partition(context))
-    if keep:
+    if received is not None:
         context.state[records.STATE_PERSONAL] = ArrayRecord(personal.state_dict())
-        context.state[records.STATE_PERSONAL_OF] = ConfigRecord({records.ADAPTED_FROM: received})
+        context.state[records.STATE_PERSONAL_OF] = received
     return personal
 
 

@@ -39,11 +39,9 @@ PERSONAL_NDCG = "test-personal-ndcg-sum"  # the personal copy after adaptive re-
 STATE_LISTS = "llm-lists"
 STATE_OUTAGES = "cloud-outages"  # clients.cloud.Outages: a deployed node's process lasts one message
 # federation.keep_personal: the adapted test-time copy a device serves its user with until the next evaluation,
-# and the content id of the global model it was adapted from (an evaluation that receives that same model, as
-# the final one after the gate's calibration does, serves the kept copy instead of adapting it again)
+# and what it was adapted from (a message that brings the same model serves the kept copy, not a new one)
 STATE_PERSONAL = "personal-srm"
 STATE_PERSONAL_OF = "personal-srm-of"
-ADAPTED_FROM = "global-object-id"
 STATE_OPTIMIZER = "local-optimizer"  # federation.keep_optimizer: the local Adam state
 
 

@@ -591,7 +591,7 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available:
     Flower's simulation keeps every node's ``context.state`` in one process: a personal copy of the SRM per node
     (``federation.keep_personal``) and, with ``federation.keep_optimizer``, its Adam state (twice the SRM). On a
     large catalogue with one user per node (``--dataset beauty`` alone: 22,363 copies of 3.3 MB) that is more
-    than a laptop holds, and the run would be killed in its final evaluation, hours in. ``available`` None
+    than a laptop holds, and the run would be killed in its final questions to every node, hours in. ``available`` None
     (memory unknown) skips the check.
     """
     fed = cfg.federation

@@ -240,11 +240,17 @@ def test_the_gate_calibration_bins_the_signals_the_evaluation_bins(
     """The calibration pass adapts each node's personal copy as the evaluation does, whatever ran before it.
 
     In a thousand bins a personal copy adapted with other dropout draws would show; the evaluation adapts
-    a copy for validation first, the calibration only the test one.
+    a copy for validation first, the calibration only the test one. The nodes keep no copy, or the calibration
+    would serve the evaluation's instead of adapting its own.
     """
     # 1000 bins, as the gate: one α (LLM-only, SRM-only) keeps each reply within the bound on bins x alphas
     cfg = federation_config.override(
-        [f"federation.service_url={service}", "federation.bins=1000", "federation.alpha_steps=1"]
+        [
+            f"federation.service_url={service}",
+            "federation.bins=1000",
+            "federation.alpha_steps=1",
+            "federation.keep_personal=false",
+        ]
     )
     grid, arrays, summed = evaluate_untrained(cfg)
     evaluated = summed[f"{records.outcome_prefix('test', 'confidence')}-bin-count"]
@@ -287,7 +293,9 @@ def test_the_final_evaluation_serves_the_copy_the_gate_calibration_adapted(
             [f"federation.service_url={service}", f"federation.keep_personal={str(keep).lower()}"]
         )
         grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
-        fleet_signal_counts(grid, calibrated_on or arrays, "confidence", FINAL_GATE_BINS, NODES)
+        fleet_signal_counts(
+            grid, arrays if calibrated_on is None else calibrated_on, "confidence", FINAL_GATE_BINS, NODES
+        )
         adapted.clear()
         summed, _ = _final_evaluation(grid, arrays, 1.0, "confidence", 1, NODES)
         return summed, len(adapted)
