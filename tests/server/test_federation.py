@@ -279,14 +279,20 @@ def test_nodes_keep_their_personal_copy_unless_told_not_to(
     assert dict(results[True]) == dict(results[False])
 
 
+@pytest.fixture
+def adapted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per personal copy the nodes adapt: the real adaptation, counted."""
+    count: list[int] = []
+    adapt = clients.app.adapt
+    monkeypatch.setattr(clients.app, "adapt", lambda *args: count.append(1) or adapt(*args))
+    return count
+
+
 def test_the_final_evaluation_serves_the_copy_the_gate_calibration_adapted(
-    federation_config: RunConfig, service: str, monkeypatch: pytest.MonkeyPatch
+    federation_config: RunConfig, service: str, adapted: list[int]
 ) -> None:
     """With the personal copy kept, the final stage adapts each node's test-time copy once, in the gate's
     calibration, and reports what adapting it again reports; a copy adapted from another model is not reused."""
-    adapted: list[int] = []  # one entry per copy adapted: the real adaptation, counted
-    adapt = clients.app.adapt
-    monkeypatch.setattr(clients.app, "adapt", lambda *args: adapted.append(1) or adapt(*args))
 
     def final_stage(keep: bool, calibrated_on: ArrayRecord | None) -> tuple[MetricRecord, int]:
         cfg = federation_config.override(
@@ -307,6 +313,32 @@ def test_the_final_evaluation_serves_the_copy_the_gate_calibration_adapted(
     other = untrained_srm(federation_config, seed=1)
     stale, stale_adapted = final_stage(True, other)  # the calibration adapted a copy of another SRM
     assert stale_adapted == 2 * NODES and dict(stale) == dict(kept)
+
+
+def test_a_run_adapts_one_test_copy_per_node_and_model(
+    federation_config: RunConfig, service: str, tmp_path: Path, adapted: list[int]
+) -> None:
+    """The last round's evaluation already receives the final model (Flower evaluates after aggregating), so
+    its nodes serve their copy to the gate's calibration as well; the report is the one of a run keeping none."""
+    counts, finals = {}, {}
+    for keep in (False, True):
+        adapted.clear()
+        run_dir = tmp_path / str(keep)
+        run(
+            federation_config,
+            run_dir,
+            service,
+            "federation.rounds=2",
+            f"federation.keep_personal={str(keep).lower()}",
+        )
+        counts[keep] = len(adapted)
+        finals[keep] = json.loads((run_dir / "final.json").read_text())
+        finals[keep].pop("federation seconds")
+    evaluated = NODES // 2  # federation.fraction_evaluate = 0.5, each round
+    # without a kept copy: each round's evaluation adapts two copies a node, the calibration one, the final two
+    assert counts[False] == 2 * 2 * evaluated + NODES + 2 * NODES
+    assert counts[True] == counts[False] - NODES - evaluated
+    assert finals[True] == finals[False]
 
 
 class ServerCrash(RuntimeError):
