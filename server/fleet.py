@@ -14,7 +14,7 @@ Three things kept a fixed seed from repeating a run in Flower's Simulation Engin
 - the replies of a round arrive in whatever order the nodes finish, and FedAvg's float sums depend on that
   order. ``PartitionOrderedGrid`` hands them on in partition order.
 
-In a simulation the server also keeps only a few messages in flight (:func:`send_and_receive`): Flower's
+In a simulation the server also keeps only a few messages in flight (:func:`receive`): Flower's
 in-memory link state makes the ServerApp's process pay for every message in flight once per node every 0.1 s.
 """
 
@@ -86,11 +86,6 @@ def in_flight_window() -> int:
     """How many messages a simulation keeps in flight: four per core this process may use (macOS: every core)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 4 * cores
-
-
-def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
-    """Every reply :func:`receive` hands on."""
-    return list(receive(grid, messages, timeout))
 
 
 def receive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
@@ -168,7 +163,7 @@ def _told_partitions(
         for node in node_ids
     ]
     told, errors = {}, {}
-    for reply in send_and_receive(grid, messages, timeout_s):
+    for reply in receive(grid, messages, timeout_s):
         if reply.has_error():
             errors[reply.metadata.src_node_id] = reply.error.reason
             continue

@@ -31,7 +31,7 @@ from server.fleet import (
     PartitionOrderedGrid,
     check_partitions,
     in_flight_window,
-    send_and_receive,
+    receive,
     wait_for_nodes,
 )
 
@@ -144,7 +144,7 @@ def test_a_simulation_gets_every_reply_with_few_messages_in_flight() -> None:
     """Flower's engine scans every stored message for each node every 0.1 s: the server keeps few stored."""
     window = in_flight_window()
     with SimulatedFleet(nodes=3 * window) as fleet:
-        replies = send_and_receive(fleet.grid, fleet.messages(), timeout=60)
+        replies = list(receive(fleet.grid, fleet.messages(), timeout=60))
     assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes)
     assert 0 < fleet.most_in_flight <= window
 
@@ -176,7 +176,7 @@ def test_a_simulation_node_that_never_answers_costs_the_timeout_not_the_other_re
     window = in_flight_window()
     with SimulatedFleet(nodes=window + 3, silent=1) as fleet:
         started = time.monotonic()
-        replies = send_and_receive(fleet.grid, fleet.messages(), timeout=2.0)
+        replies = list(receive(fleet.grid, fleet.messages(), timeout=2.0))
     assert 2.0 <= time.monotonic() - started < 10.0
     assert sorted(r.content["c"]["node"] for r in replies) == sorted(fleet.nodes[1:])
 
