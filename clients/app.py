@@ -92,7 +92,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     alphas = np.array(fed.alphas)
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
-        records.USERS: len(node.users),
         **_equal_weight(fed),
     }
     for stage in ("valid", "test"):
@@ -145,7 +144,6 @@ def signals(msg: Message, context: Context) -> Message:
                 records.METRICS: MetricRecord(
                     {
                         records.SIGNAL_COUNTS: counts.tolist(),
-                        records.USERS: len(score),
                         records.FALLBACKS: cache.fallbacks,
                     }
                 )

@@ -2,7 +2,7 @@
 
 Every component reads its own sub-config from this tree; Flower's ``run_config`` (a flat mapping with dotted
 keys such as ``"srm.hidden"``) is read once into the same tree with :meth:`RunConfig.from_flat`. An unknown key
-is an error that names it. The effective config is written into every run folder and checkpoint.
+is an error that names it. The effective config is written into every run folder and LLM checkpoint.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round
 # node metric: test users the gate sent to the cloud (a signal above tau, or in tau's bin and won its coin flip)
 REQUESTS = "requests"
-USERS = "users"  # node metric: users evaluated (the histogram's total)
+USERS = "users"  # metric of the request budget's aggregate: the fleet's users under this round's tau
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
 NEXT_TAU = "next-request-tau"  # metric: the tau calibrated from this round, sent with the next one
 NEXT_MEASURE = "next-request-signal"  # metrics.jsonl: the signal NEXT_TAU is a threshold of (auto may switch)

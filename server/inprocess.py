@@ -22,6 +22,7 @@ from lsc4rec import records
 
 SERVER_NODE_ID = 1
 FIRST_NODE_ID = 1000
+RUN_ID = 1  # the one Flower run an in-process grid holds
 
 
 class InProcessGrid(Grid):
@@ -32,17 +33,16 @@ class InProcessGrid(Grid):
         client_app: ClientApp,
         num_nodes: int,
         run_config: Mapping[str, Any],
-        run_id: int = 1,
         node_ids: Sequence[int] | None = None,
     ) -> None:
         self.client_app = client_app
-        self._run = Run.create_empty(run_id)
+        self._run = Run.create_empty(RUN_ID)
         ids = list(node_ids) if node_ids is not None else [FIRST_NODE_ID + i for i in range(num_nodes)]
         if len(set(ids)) != num_nodes:
             raise ValueError(f"node_ids must be {num_nodes} distinct ids, got {ids!r}.")
         self.contexts = {
             node: Context(
-                run_id,
+                RUN_ID,
                 node,
                 {records.PARTITION: i, records.NUM_PARTITIONS: num_nodes},
                 RecordDict(),

@@ -369,7 +369,7 @@ def run_folder(cfg: RunConfig, num_items: int | None = None) -> Path:
 def _outside_the_app(folder: Path, key: str) -> None:
     """Refuse a run folder that ``flwr run`` would ship with the app.
 
-    It packs the checkout into the app (every .py, .md, .toml and .json that .gitignore does not leave out), so
+    It packs the checkout into the app (every .py, .md, .toml, .json, .jsonl and .yaml, among others, that .gitignore does not leave out), so
     a run folder there goes into every later run's app, which grows until Flower refuses it.
     """
     inside = folder.resolve()

@@ -1,6 +1,7 @@
 """The run report: ``metrics.jsonl`` per round, ``final.json``, ``summary.md`` and PNG plots.
 
-Every figure is on the test target with the fusion weight α chosen on validation. Request thresholds are
+Every figure not labelled validation (``valid``) is on the test target, with the fusion weight α chosen on
+validation. Request thresholds are
 calibrated on the histogram of the request signal over the test-time lists: no signal reads a label (each
 compares rankings or reads the SRM's own scores), so this is what the fleet does live, and the realized rate then
 meets the budget.
@@ -263,8 +264,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
         f"Request signal: {figures['request signal']} (with `federation.measure = auto`, "
         "the one whose gate beat random requests by most on validation, summed over the budget, its double and "
-        "its quadruple). The live gate of the "
-        f"last round used {figures['live gate signal']}{_live_gate_basis(figures)}. "
+        "its quadruple). The live gate (the final evaluation's, its signal chosen during the rounds) "
+        f"used {figures['live gate signal']}{_live_gate_basis(figures)}. "
         "`random sd at gated rate` is how much "
         "random requests at that rate spread: a gate that knows nothing beats random by more than one sd about "
         "one time in six, so gated minus random is evidence only well beyond it. The chosen signal's validation "
