@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time, record_once
+from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time, read_titles, record_once
 from lsc4rec.errors import DataFormatError
 
 
@@ -66,5 +66,4 @@ def _read_titles(inter: Path) -> dict[str, str]:
         title = next((c for c in ("title", "movie_title") if c in header), None)
         if "item_id" not in header or title is None:
             return {}
-        ii, ti = header.index("item_id"), header.index(title)
-        return {row[ii]: row[ti] for _, row in rows if len(row) == len(header)}
+        return read_titles(rows, item_file, len(header), header.index("item_id"), header.index(title))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +19,23 @@ import numpy as np
 from lsc4rec.errors import DataFormatError
 
 
-def parse_time(text: str, path: Path, line: int) -> float:
-    """A timestamp field as a finite float (``nan`` would sort anywhere and reorder the user's history)."""
+def parse_number(text: str, name: str, path: Path, line: int) -> float:
+    """A numeric field as a finite float (a ``nan`` time would sort anywhere and reorder a history).
+
+    ``name`` words the field in the error.
+    """
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise DataFormatError(path, f"timestamp must be a finite number, got {text!r}.", line)
+        raise DataFormatError(path, f"{name} must be a finite number, got {text!r}.", line)
     return value
+
+
+def parse_time(text: str, path: Path, line: int) -> float:
+    """A timestamp field as a finite float."""
+    return parse_number(text, "timestamp", path, line)
 
 
 def record_once(
@@ -45,6 +53,39 @@ def record_once(
             line,
         )
     seen[user, item] = line
+
+
+def read_titles(
+    rows: Iterator[tuple[int, list[str]]],
+    path: Path,
+    columns: int,
+    id_column: int,
+    title_column: int,
+    item_id: Callable[[str], str] = str.strip,
+) -> dict[str, str]:
+    """Titles by item id from the data rows of an item file (``rows`` from :func:`csv_rows`, header read).
+
+    Titles go into the LLM's prompts (``llm.template = titles``), so a short row or a second row for one item
+    is an error naming its line, not a title silently dropped or replaced. ``item_id`` reads an id as the
+    interactions are read (a ``ValueError`` from it names the line too).
+    """
+    titles: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for line, row in rows:
+        if not row:
+            continue
+        if len(row) < columns:
+            raise DataFormatError(path, f"expected {columns} fields, got {len(row)}.", line)
+        try:
+            item = item_id(row[id_column])
+        except ValueError as exc:
+            raise DataFormatError(path, str(exc), line) from None
+        if item in lines:
+            raise DataFormatError(
+                path, f"item {item} has a row already (line {lines[item]}); keep one row per item.", line
+            )
+        lines[item], titles[item] = line, row[title_column].strip()
+    return titles
 
 
 @contextmanager

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.data.interactions import Interactions, csv_rows, open_utf8, parse_time, record_once
+from lsc4rec.data.interactions import (
+    Interactions,
+    csv_rows,
+    open_utf8,
+    parse_number,
+    parse_time,
+    read_titles,
+    record_once,
+)
 from lsc4rec.errors import DataFormatError
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
@@ -33,9 +41,9 @@ def read_movielens(folder: str | Path) -> Interactions:
         for line, row in rows:
             if not row:
                 continue
-            if len(row) < 4:
-                raise DataFormatError(ratings, f"expected 4 columns, got {len(row)}.", line)
-            user, item, _, stamp = (value.strip() for value in row[:4])
+            if len(row) != len(header):
+                raise DataFormatError(ratings, f"expected {len(header)} columns, got {len(row)}.", line)
+            user, item, rating, stamp = (value.strip() for value in row[:4])
             if not all(value.isascii() and value.isdigit() for value in (user, item)):
                 raise DataFormatError(
                     ratings,
@@ -44,6 +52,9 @@ def read_movielens(folder: str | Path) -> Interactions:
                 )
             user, item = str(int(user)), str(int(item))  # 007 is movie 7: one id, however it is written
             record_once(rated, user, item, ratings, line, "rated movie")
+            parse_number(
+                rating, "rating", ratings, line
+            )  # read as implicit feedback, but a bad one is a bad row
             times.append(parse_time(stamp, ratings, line))
             users.append(user)
             items.append(item)
@@ -63,10 +74,12 @@ def _read_titles(folder: Path) -> dict[str, str]:
             raise DataFormatError(
                 movies, f"header must start with movieId,title, got {header or 'nothing'}.", 1
             )
-        return {_canonical(row[0]): row[1].strip() for _, row in rows if len(row) >= 2}
+        return read_titles(rows, movies, 2, 0, 1, _canonical)
 
 
 def _canonical(movie_id: str) -> str:
     """A movieId as the ratings are read: ``007`` is movie 7."""
     movie_id = movie_id.strip()
-    return str(int(movie_id)) if movie_id.isascii() and movie_id.isdigit() else movie_id
+    if not (movie_id.isascii() and movie_id.isdigit()):
+        raise ValueError(f"movieId must be a non-negative integer, got {movie_id!r}.")
+    return str(int(movie_id))

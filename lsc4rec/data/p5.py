@@ -65,7 +65,7 @@ def _check_datamaps(datamaps: Path, items: set[str]) -> None:
         raise DataFormatError(datamaps, f"is not valid JSON ({exc.msg}).", exc.lineno) from None
     except RecursionError:
         raise DataFormatError(datamaps, "is not P5's datamaps (nested too deeply).") from None
-    id2item = tree.get("id2item", {}) if isinstance(tree, dict) else None
+    id2item = tree.get("id2item") if isinstance(tree, dict) else None
     if not isinstance(id2item, dict):
         raise DataFormatError(datamaps, "must be P5's JSON object with an id2item mapping of item ids.")
     if id2item:

@@ -68,6 +68,20 @@ def read_dataset(dataset: str, data_dir: str | Path | None = None) -> Interactio
     if not path.exists():
         names = ", ".join(NAMED)
         raise DataFormatError(path, f"is neither a known dataset ({names}) nor an existing path.")
+    if path.is_dir():
+        held = [
+            name
+            for name, present in (
+                (".inter", any(path.glob("*.inter"))),
+                ("sequential_data.txt", (path / "sequential_data.txt").exists()),
+                ("ratings.csv", (path / "ratings.csv").exists()),
+            )
+            if present
+        ]
+        if len(held) > 1:
+            raise DataFormatError(
+                path, f"holds datasets of more than one format ({', '.join(held)}); give the file to read."
+            )
     if path.suffix == ".inter" or (path.is_dir() and any(path.glob("*.inter"))):
         return read_atomic(path)
     if path.name == "sequential_data.txt" or (path / "sequential_data.txt").exists():

@@ -43,11 +43,38 @@ def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
         ("userId,movieId,rating,timestamp\n1,2,3,yesterday\n", r":2: timestamp must be a finite number"),
         ("userId,movieId,rating,timestamp\n1,2,3,4\n1,3,3,nan\n", r":3: timestamp must be a finite number"),
         ("userId,movieId,rating,timestamp\n1,2\n", r":2: expected 4 columns"),
+        (
+            "userId,movieId,rating,timestamp\n1,2,3,4,5\n",
+            r":2: expected 4 columns, got 5",
+        ),  # a field too many
+        ("userId,movieId,rating,timestamp\n1,2,good,4\n", r":2: rating must be a finite number, got 'good'"),
         ("userId,movieId,rating,timestamp\n", "no ratings"),
     ],
 )
 def test_movielens_bad_files_name_file_and_line(tmp_path: Path, text: str, match: str) -> None:
     write(tmp_path / "ratings.csv", text)
+    with pytest.raises(DataFormatError, match=match):
+        read_movielens(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("movies", "match"),
+    [
+        ("movieId,title\n10,Heat\n10,Up\n", r"movies\.csv:3: item 10 has a row already \(line 2\)"),
+        (
+            "movieId,title\n10,Heat\n010,Up\n",
+            r"movies\.csv:3: item 10 has a row already",
+        ),  # one id, written twice
+        ("movieId,title\n10\n", r"movies\.csv:2: expected 2 fields, got 1"),
+        ("movieId,title\nten,Heat\n", r"movies\.csv:2: movieId must be a non-negative integer, got 'ten'"),
+    ],
+)
+def test_movielens_titles_are_never_silently_replaced_or_dropped(
+    tmp_path: Path, movies: str, match: str
+) -> None:
+    """Titles go into the LLM's prompts with ``llm.template = titles``: a movie given twice has no one title."""
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n")
+    write(tmp_path / "movies.csv", movies)
     with pytest.raises(DataFormatError, match=match):
         read_movielens(tmp_path)
 
@@ -160,7 +187,7 @@ def test_p5_checks_datamaps(tmp_path: Path) -> None:
     write(tmp_path / "datamaps.json", "[" * 100_000 + "]" * 100_000)
     with pytest.raises(DataFormatError, match="nested too deeply"):
         read_p5(tmp_path)
-    for shape in ('["id2item"]', '{"id2item": ["5", "6"]}'):  # valid JSON, not P5's shape
+    for shape in ('["id2item"]', '{"id2item": ["5", "6"]}', '{"item2id": {}}'):  # valid JSON, not P5's shape
         write(tmp_path / "datamaps.json", shape)
         with pytest.raises(DataFormatError, match="must be P5's JSON object with an id2item mapping"):
             read_p5(tmp_path)
@@ -190,6 +217,12 @@ def test_atomic_reads_inter_and_item_titles(tmp_path: Path) -> None:
     assert raw.items.tolist() == ["i1", "i2"]
     assert raw.times.tolist() == [2.0, 1.0]
     assert raw.titles == {"i1": "First", "i2": "Second"}
+    write(tmp_path / "toy.item", "item_id:token\ttitle:token_seq\ni1\tFirst\ni1\tAgain\n")
+    with pytest.raises(DataFormatError, match=r"toy\.item:3: item i1 has a row already \(line 2\)"):
+        read_atomic(tmp_path / "toy.inter")
+    write(tmp_path / "toy.item", "item_id:token\ttitle:token_seq\ni1\n")
+    with pytest.raises(DataFormatError, match=r"toy\.item:2: expected 2 fields, got 1"):
+        read_atomic(tmp_path / "toy.inter")
 
 
 def test_atomic_bad_header_and_row(tmp_path: Path) -> None:
@@ -428,6 +461,14 @@ def test_a_byte_order_mark_is_skipped_and_an_endless_field_is_named(tmp_path: Pa
         DataFormatError, match=r"ratings\.csv:2: cannot be read as delimited text .*never closed"
     ):
         read_movielens(tmp_path)
+
+
+def test_a_folder_of_datasets_in_several_formats_is_not_read_by_guess(tmp_path: Path) -> None:
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n")
+    write(tmp_path / "sequential_data.txt", "1 5 6\n")
+    with pytest.raises(DataFormatError, match=r"more than one format \(sequential_data\.txt, ratings\.csv\)"):
+        read_dataset(str(tmp_path))
+    assert len(read_dataset(str(tmp_path / "ratings.csv"))) == 1  # the file named is read
 
 
 def test_a_folder_of_several_inter_files_is_not_read_by_guess(tmp_path: Path) -> None:
