@@ -50,7 +50,7 @@ def check_files(folder: str | Path) -> Path:
 
 
 def read_run_config(folder: str | Path) -> RunConfig:
-    """The run config the checkpoint was trained with (lag, K and data settings default from it)."""
+    """The run config the checkpoint was trained with (``lsc4rec llm evaluate`` takes its lag and K from it)."""
     return RunConfig.load(check_files(folder) / RUN_CONFIG_FILE)
 
 
@@ -89,9 +89,10 @@ def read_json(folder: str | Path, name: str) -> dict[str, Any]:
 def read_template(folder: str | Path) -> PromptTemplate:
     """The checkpoint's prompt template: what every engine reads first, so where a wrong folder shows."""
     fields, item_map = read_json(folder, TEMPLATE_FILE), read_json(folder, ITEM_MAP_FILE)
+    vocab = read_json(folder, "config.json").get("vocab_size")
     try:
         template = PromptTemplate(**fields)
-        _check_template(template, item_map)
+        _check_template(template, item_map, vocab)
     except (TypeError, ValueError) as exc:  # fields missing, unknown, of the wrong kind, or at odds
         raise ConfigError(
             "--checkpoint", f"{Path(folder, TEMPLATE_FILE)} is damaged ({exc}). {RETRAIN}"
@@ -99,15 +100,30 @@ def read_template(folder: str | Path) -> PromptTemplate:
     return template
 
 
-def _check_template(template: PromptTemplate, item_map: dict) -> None:
-    """Raise ValueError unless the template's values have their types and agree with the item map.
+def _check_template(template: PromptTemplate, item_map: dict, vocab: object) -> None:
+    """Raise ValueError unless the template's values have their types, fit the vocabulary and match the item map.
 
     Its fields are read as they are, so a hand-edited or damaged file would otherwise fail as an IndexError in
-    the middle of an evaluation, or serve lists of a catalogue cut short.
+    the middle of an evaluation, or serve lists of a catalogue cut short. ``vocab`` is the model's
+    ``vocab_size`` (``config.json``), which every token id the template names must lie under.
     """
     counts = ("num_items", "first_item_token", "max_len", "pad_token")
     if not all(type(getattr(template, name)) is int for name in counts):
         raise ValueError(f"{', '.join(counts)} must be integers")
+    if type(vocab) is not int:
+        raise ValueError(f"config.json's vocab_size is {vocab!r}, not an integer")
+    token_lists = {"prefix": template.prefix, "separator": template.separator}
+    token_lists.update({f"title_tokens[{i}]": t for i, t in enumerate(template.title_tokens)})
+    for name, tokens in [*token_lists.items(), ("pad_token", [template.pad_token])]:
+        if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < vocab for t in tokens):
+            raise ValueError(f"{name} must hold token ids from 0 to {vocab - 1}, got {tokens!r}")
+    if not template.prefix:
+        raise ValueError("prefix is empty: a prompt needs a token before its first item")
+    if not 0 <= template.first_item_token <= vocab - template.num_items:
+        raise ValueError(
+            f"{template.num_items} item tokens from token {template.first_item_token} do not fit a vocabulary "
+            f"of {vocab}"
+        )
     if template.kind not in ("items", "titles") or template.num_items < 1 or template.max_len < 1:
         raise ValueError(
             f"kind {template.kind!r}, num_items {template.num_items}, max_len {template.max_len}"

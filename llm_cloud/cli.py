@@ -51,10 +51,20 @@ def train(
         config, override_pairs(overrides, ("data.lag", "llm", "seed"), **{"llm.base": base})
     )
     dataset = SequenceDataset.load(data)
+    # the checkpoint records the data it was trained on: the prepared file's own settings, not the defaults
+    meta = dataset.meta
+    prepared = {
+        "dataset": meta.get("source") or meta.get("name"),
+        "kcore": meta.get("kcore"),
+        "numbering": meta.get("numbering"),
+    }
+    run_config = run_config.override(
+        [f"data.{key}={value}" for key, value in prepared.items() if value is not None]
+    )
     TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
     _check_out(out)
     # torch and transformers load only now, after the cheap checks, so that their errors come at once
-    from llm_cloud.train import train_llm
+    from llm_cloud.train import kept_weights, train_llm
 
     created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
     output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
@@ -66,7 +76,7 @@ def train(
                 out.rmdir()
         raise
     typer.echo(
-        f"saved {result.checkpoint}: best epoch {result.best_epoch}, valid NDCG@10 "
+        f"saved {result.checkpoint}: {kept_weights(result.best_epoch, result.averaged_epochs)}, valid NDCG@10 "
         f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"
     )
 

@@ -210,8 +210,16 @@ def build_pretrained(config: LLMConfig, num_items: int, titles: Sequence[str] = 
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = _load_base(Path(config.base))
+    start = _start_token(tokenizer)
     first = len(tokenizer)
     tokenizer.add_tokens([item_token_name(i) for i in range(1, num_items + 1)])
+    if tokenizer.convert_tokens_to_ids(item_token_name(1)) != first or len(tokenizer) != first + num_items:
+        raise ConfigError(
+            "llm.base",
+            f"{config.base} already has item tokens ({item_token_name(1)} is token "
+            f"{tokenizer.convert_tokens_to_ids(item_token_name(1))}), as an LSC4Rec checkpoint does: give the "
+            "pretrained model it was trained from instead.",
+        )
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -219,13 +227,12 @@ def build_pretrained(config: LLMConfig, num_items: int, titles: Sequence[str] = 
     if config.template == "titles":
         title_tokens = [tokenizer(f" {t}", add_special_tokens=False).input_ids for t in titles]
         separator = tokenizer("\n", add_special_tokens=False).input_ids
-    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     template = PromptTemplate(
         config.template,
         num_items,
         first,
         config.max_len,
-        prefix,
+        [start],
         tokenizer.pad_token_id,
         separator,
         title_tokens,
@@ -238,6 +245,21 @@ def build_pretrained(config: LLMConfig, num_items: int, titles: Sequence[str] = 
         trainable_token_indices={"embed_tokens": list(range(first, first + num_items))},
     )
     return ItemTokenLM(get_peft_model(model, lora), tokenizer, template)
+
+
+def _start_token(tokenizer: PreTrainedTokenizerFast) -> int:
+    """The token every prompt starts with: the base's BOS, else its EOS (as GPT-2's and Qwen2's models are fed).
+
+    A prompt must hold a token before its first item: the prediction made there is the context-free one that
+    :func:`llm_cloud.train.sequence_loss` may leave out, and an empty history must still be a prompt.
+    """
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    raise ConfigError(
+        "llm.base",
+        "has neither a BOS nor an EOS token to start its prompts with; give a base whose tokenizer has one.",
+    )
 
 
 def _load_base(path: Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:

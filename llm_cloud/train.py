@@ -48,6 +48,12 @@ from lsc4rec.metrics import list_ranks, metrics_from_ranks
 from lsc4rec.runs import seed_everything
 from lsc4rec.stopping import EarlyStopping
 
+# Raised whenever a change to this module trains other weights from the same settings, so that the launcher's
+# cached LLMs (keyed by it) are trained again rather than served as if the new code had made them.
+# 2 (2026-12-07): without context-free targets, training windows overlap by one item (each window's first item
+# had been no target at all).
+TRAINING_RECIPE = 2
+
 log = logging.getLogger(__name__)
 TRAIN_LOG_FILE = "train_log.jsonl"
 TRAIN_RESULT_FILE = "train_result.json"  # written last: a folder without it is an interrupted training
@@ -64,6 +70,13 @@ class TrainResult:
     target_window: int  # items each position learned (llm.target_window, with 0 resolved to ℓ + 1)
     averaged_epochs: int  # epochs whose weights the checkpoint averages (0: the best epoch's weights alone)
     epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+def kept_weights(best_epoch: int, averaged_epochs: int) -> str:
+    """Which weights a checkpoint holds, in words: its validation score is theirs, not the best epoch's."""
+    if averaged_epochs:
+        return f"the last {averaged_epochs} epochs averaged (best single epoch {best_epoch})"
+    return f"best epoch {best_epoch}"
 
 
 def train_llm(
@@ -92,7 +105,8 @@ def train_llm(
     else:
         lm = build_pretrained(llm, dataset.num_items, dataset.titles.tolist())
     _add_embedding_dropout(lm, llm.dropout)
-    examples = training_examples(lm, [split.llm_train_sequence(u) for u in range(split.num_users)])
+    sequences = [split.llm_train_sequence(u) for u in range(split.num_users)]
+    examples = training_examples(lm, sequences, llm.context_free_targets)
     valid_histories, valid_targets = validation_queries(split)
     params = [p for p in lm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=llm.lr, weight_decay=llm.weight_decay)
@@ -127,7 +141,8 @@ def train_llm(
             best, best_state, averaged = valid, copy.deepcopy(lm.model.state_dict()), len(recent)
     lm.model.load_state_dict(best_state)
     if llm.refit_epochs > 0:
-        seen = training_examples(lm, [split.cloud_view(u, "valid") for u in range(split.num_users)])
+        views = [split.cloud_view(u, "valid") for u in range(split.num_users)]
+        seen = training_examples(lm, views, llm.context_free_targets)
         for refit in range(1, llm.refit_epochs + 1):
             loss = _train_epoch(lm, seen, optimizer, llm, window, rng, progress, f"refit {refit}")
             check_loss(loss, "llm", llm.lr, f"refit {refit}")
@@ -216,16 +231,25 @@ def validation_queries(split: TemporalSplit) -> tuple[list[list[int]], np.ndarra
     return histories, np.array([split.llm_valid_target(u) for u in range(split.num_users)])
 
 
-def training_examples(lm: ItemTokenLM, sequences: Sequence[np.ndarray]) -> list[list[int]]:
-    """Token-id prompts covering every target once: windows of ``max_len + 1`` items ending at the newest.
+def training_examples(
+    lm: ItemTokenLM, sequences: Sequence[np.ndarray], context_free: bool
+) -> list[list[int]]:
+    """Token-id prompts in which every item is a next-item target once: windows of ``max_len + 1`` items.
 
     Each window is a prompt of the template, so a target sees at most ``max_len`` items of context, as served.
+    The windows end at the newest item and tile the sequence backwards. Without context-free targets
+    (``context_free = False``, see :func:`sequence_loss`) a window's first item is context only, so each window
+    starts on the last item of the one before it, where that item was a target.
     """
     width = lm.template.max_len + 1
+    step = width if context_free else width - 1
     examples = []
     for seq in sequences:
-        for end in range(len(seq), 0, -width):
-            examples.append(lm.template.encode_all(seq[max(0, end - width) : end].tolist()))
+        for end in range(len(seq), 0, -step):
+            start = max(0, end - width)
+            examples.append(lm.template.encode_all(seq[start:end].tolist()))
+            if start == 0:
+                break
     return examples
 
 

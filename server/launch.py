@@ -126,9 +126,11 @@ def llm_cache_folder(cfg: RunConfig) -> Path:
 
     That is the prepared data's contents (not where they were read from, nor how the folder was spelled: a
     ratings file edited in place must not find the LLM trained on the old one, which may have trained on what
-    are now its test targets), the lag, the seed, a pretrained base's file, and every LLM setting but K, which
-    only the requests carry.
+    are now its test targets), the lag, the seed, a pretrained base's file, every LLM setting but K, which
+    only the requests carry, and the version of the training code's recipe (``TRAINING_RECIPE``).
     """
+    from llm_cloud.train import TRAINING_RECIPE
+
     dataset = load_or_prepare(cfg.data, cfg.seed)
     data = hashlib.sha1(dataset.items.tobytes() + dataset.offsets.tobytes())
     data.update("\n".join([*dataset.item_ids.tolist(), *dataset.titles.tolist()]).encode())
@@ -136,7 +138,7 @@ def llm_cache_folder(cfg: RunConfig) -> Path:
     if cfg.llm.base != "scratch":  # a path: the file it names, which may be replaced under the same name
         base = Path(cfg.llm.base).resolve()
         llm["base"] = [str(base), *((base.stat().st_size, base.stat().st_mtime_ns) if base.exists() else ())]
-    key = json.dumps([data.hexdigest(), cfg.data.lag, llm, cfg.seed], sort_keys=True)
+    key = json.dumps([data.hexdigest(), cfg.data.lag, llm, cfg.seed, TRAINING_RECIPE], sort_keys=True)
     name = f"{Path(cfg.data.dataset).name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     return cache_dir() / "llm" / name
 

@@ -58,6 +58,12 @@ def test_a_damaged_template_is_refused_by_every_engine(copied_checkpoint: Path, 
         ),  # a catalogue cut short
         ("kind", "words", "kind 'words'"),
         ("kind", "titles", "0 titles for 40 items"),  # every request would fail on the first title
+        # token ids the model has no row for would fail as an IndexError inside the first forward pass
+        ("prefix", [100000], r"prefix must hold token ids from 0 to 43, got \[100000\]"),
+        ("prefix", ["a"], "prefix must hold token ids"),
+        ("prefix", [], "prefix is empty"),
+        ("pad_token", -5, r"pad_token must hold token ids from 0 to 43, got \[-5\]"),
+        ("first_item_token", 10, "40 item tokens from token 10 do not fit a vocabulary of 44"),
     ],
 )
 def test_a_template_whose_values_are_wrong_is_refused(

@@ -26,6 +26,12 @@ def test_cli_train_then_evaluate_writes_checkpoint_and_metrics(tiny_dataset, tmp
     assert "Writing model shards" not in trained.output  # --quiet silences transformers' bars too
     config = json.loads((tmp_path / "ckpt" / "lsc4rec_config.json").read_text())
     assert config["llm"]["hidden"] == 64 and config["data"]["lag"] == 2
+    # the data settings recorded are the prepared file's, not the defaults of a dataset it was not
+    assert (config["data"]["dataset"], config["data"]["kcore"], config["data"]["numbering"]) == (
+        "synthetic",
+        1,
+        "sequential",
+    )
 
     def evaluate(json_out: str, *extra: str) -> dict:
         """``llm evaluate`` on the tiny checkpoint with ``extra`` options; its JSON report."""

@@ -87,9 +87,33 @@ def test_training_examples_use_only_the_llm_training_sequence(tiny_dataset, tiny
     for user in range(split.num_users):
         seq = split.llm_train_sequence(user)
         first = lm.template.first_item_token
-        tokens = [t for ex in training_examples(lm, [seq]) for t in ex if first <= t < first + lm.num_items]
+        examples = training_examples(lm, [seq], context_free=True)
+        tokens = [t for ex in examples for t in ex if first <= t < first + lm.num_items]
         assert sorted(t - first + 1 for t in tokens) == sorted(seq.tolist())
         assert len(seq) == len(tiny_dataset.sequence(user)) - 3 - tiny_config.data.lag
+
+
+@pytest.mark.parametrize("context_free", [True, False])
+@pytest.mark.parametrize("length", [1, 5, 6, 7, 13, 16])
+def test_every_item_is_a_next_item_target_once_in_windows_of_max_len_plus_one(
+    context_free: bool, length: int
+) -> None:
+    """A sequence longer than a prompt is cut into windows; none of its items may fall out as a target.
+
+    A window's targets are its items, less its first one when the prediction from the prompt prefix alone is
+    left out (``context_free = False``): then the windows overlap by that item, else the one before each window
+    would never be predicted from the items before it.
+    """
+    lm = build_scratch(LLMConfig(hidden=16, heads=1, layers=1, max_len=5), num_items=20)
+    first = lm.template.first_item_token
+    seq = np.arange(1, length + 1)
+    windows = [
+        [t - first + 1 for t in ex[len(lm.template.prefix) :]]
+        for ex in training_examples(lm, [seq], context_free)
+    ]
+    assert windows[0][-1] == length and all(len(w) <= 6 for w in windows)  # the newest first, as served
+    targets = sorted(item for w in windows for item in (w if context_free else w[1:]))
+    assert targets == list(range(1 if context_free else 2, length + 1))
 
 
 def test_titles_template_puts_title_tokens_between_items() -> None:
@@ -104,6 +128,45 @@ def test_titles_template_puts_title_tokens_between_items() -> None:
     )
     assert template.encode([1, 2, 3]) == [1, 101, 21, 22, 9, 102, 31, 9]
     assert template.max_prompt_tokens() == 1 + 2 * 4
+
+
+def test_a_checkpoint_of_this_project_is_refused_as_a_base(tiny_checkpoint) -> None:
+    """Its vocabulary already holds the item tokens, which adding them again would not append."""
+    from llm_cloud.model import build_pretrained
+
+    with pytest.raises(
+        ConfigError, match=r"config llm\.base: .* already has item tokens \(<item_1> is token 1\)"
+    ):
+        build_pretrained(LLMConfig(base=str(tiny_checkpoint)), num_items=40)
+
+
+def _base_without_bos(folder, eos: bool) -> str:
+    """A tiny Llama whose tokenizer has no BOS token (as Qwen2's), and no EOS either unless ``eos``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "a": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", **({"eos_token": "<eos>"} if eos else {})
+    )
+    config = LlamaConfig(
+        vocab_size=3, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_base_without_bos_starts_its_prompts_with_eos(tmp_path) -> None:
+    """Every prompt needs a token before its first item: an empty history is a prompt, and the prediction made
+    from the prefix alone is the one training may leave out (``context_free_targets``)."""
+    from llm_cloud.model import build_pretrained
+
+    lm = build_pretrained(LLMConfig(base=_base_without_bos(tmp_path / "eos", eos=True)), num_items=5)
+    assert lm.template.prefix == [1] and lm.template.encode([]) == [1]
+    with pytest.raises(ConfigError, match=r"config llm\.base: has neither a BOS nor an EOS token"):
+        build_pretrained(LLMConfig(base=_base_without_bos(tmp_path / "none", eos=False)), num_items=5)
 
 
 @pytest.mark.parametrize("name", ["not-a-model", "fake.gguf"])

@@ -278,6 +278,9 @@ def test_the_cached_llm_is_keyed_by_what_its_training_reads(
     folder = llm_cache_folder(cfg)
     assert llm_cache_folder(cfg.override(["llm.k=20"])) == folder  # K: only the requests carry it
     assert llm_cache_folder(cfg.override(["data.lag=1"])) != folder
+    with monkeypatch.context() as patch:  # training code that trains other weights from the same settings
+        patch.setattr("llm_cloud.train.TRAINING_RECIPE", 3)
+        assert llm_cache_folder(cfg) != folder
     lines = (shop / "sequential_data.txt").read_text().splitlines()
     (shop / "sequential_data.txt").write_text("\n".join([*lines[:-1], lines[-1] + " 1"]) + "\n")
     assert llm_cache_folder(cfg) != folder  # one interaction more: the old LLM trained on another split
