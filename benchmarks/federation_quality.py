@@ -30,7 +30,7 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
-from lsc4rec.tables import dataset_name, parse_args, report
+from lsc4rec.tables import dataset_name, non_negative_int, parse_args, report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
@@ -381,8 +381,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", nargs="+", type=dataset_name, default=["ml-latest-small", "beauty"])
-    parser.add_argument("--report-only", help="RUN_DIR of a finished federation: recompute its table only")
+    parser.add_argument(
+        "--datasets", nargs="+", type=dataset_name, help="datasets to run (default: ml-latest-small beauty)"
+    )
+    parser.add_argument(
+        "--report-only",
+        help="RUN_DIR of a finished federation: recompute its table only (with --central, --select-users, --json)",
+    )
     parser.add_argument(
         "--checkpoint", action="append", default=[], help="DATASET=CKPT: an LLM checkpoint to use"
     )
@@ -395,16 +400,32 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="key=value for every run"
     )
-    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--out", help="folder for the run folders (default: runs/bench)")
     parser.add_argument(
         "--select-users",
-        type=int,
+        type=non_negative_int,
         default=5000,
         help="users (seeded sample; 0 = all) whose validation picks the best round's global SRM",
     )
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parse_args(parser)
+    args = parse_args(
+        parser,
+        {
+            "data.dataset": "name the datasets with --datasets",
+            "federation.service_url": "it starts its own candidate service (--checkpoint picks the LLM)",
+            "out_dir": "use --out",
+        },
+    )
+    if args.report_only and (args.datasets or args.checkpoint or args.overrides or args.out):
+        parser.error(
+            "--report-only reads a finished run as it is: drop --datasets, --checkpoint, --set and --out"
+        )
+    args.datasets = [] if args.report_only else args.datasets or ["ml-latest-small", "beauty"]
     checkpoints = dataset_checkpoints(args.checkpoint)
+    if unknown := sorted(set(checkpoints) - set(args.datasets)):
+        parser.error(
+            f"--checkpoint {unknown[0]}=…: {unknown[0]} is not among --datasets {' '.join(args.datasets)}"
+        )
     central = central_rows(args.central)
     rows, runs = [], {}
     if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
@@ -427,10 +448,14 @@ def main() -> None:
             "config": cfg.to_flat(),
         }
         rows += rows_for(cfg.data.dataset, final, None if row is None else row["ndcg@10"])
-        args.datasets = []
     for dataset in args.datasets:
         final = run_dataset(
-            dataset, args.overrides, checkpoints.get(dataset), Path(args.out), args.select_users, central
+            dataset,
+            args.overrides,
+            checkpoints.get(dataset),
+            Path(args.out or "runs/bench"),
+            args.select_users,
+            central,
         )
         cfg: RunConfig = final.pop("config")
         runs[dataset] = {

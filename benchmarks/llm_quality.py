@@ -19,6 +19,7 @@ on the LLM's own held-out item). They separate what the model achieves from what
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -27,15 +28,15 @@ import numpy as np
 
 from clients.srm import build_srm
 from clients.training import fit
-from llm_cloud.checkpoint import check_same_items
+from llm_cloud.checkpoint import check_same_items, read_run_config
 from llm_cloud.engines import make_engine
 from llm_cloud.evaluate import evaluate_engine
-from llm_cloud.train import TRAIN_RESULT_FILE, train_llm
+from llm_cloud.train import TRAIN_RESULT_FILE, kept_weights, train_llm
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data import TemporalSplit
 from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
-from lsc4rec.errors import run_main
+from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.floors import ItemTransition, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.runs import output_path, write_json
@@ -95,6 +96,24 @@ def same_data_rows(config: RunConfig, split: TemporalSplit, k: int) -> dict[str,
     return rows
 
 
+def check_same_settings(checkpoint: Path, config: RunConfig) -> None:
+    """Refuse a checkpoint in ``--out-dir`` trained with other LLM settings, lag or seed than those asked for.
+
+    The script reuses a finished checkpoint (so that a second look costs no training); one trained with other
+    ``--set llm.*`` values would otherwise be reported under the new ones.
+    """
+    trained = read_run_config(checkpoint)
+    ours, theirs = dataclasses.asdict(config.llm), dataclasses.asdict(trained.llm)
+    differ = [f"llm.{key}" for key in ours if key != "k" and ours[key] != theirs[key]]
+    differ += ["data.lag"] * (config.data.lag != trained.data.lag) + ["seed"] * (config.seed != trained.seed)
+    if differ:
+        raise ConfigError(
+            "--out-dir",
+            f"holds {checkpoint}, trained with other {', '.join(differ)} than asked for; give another "
+            "--out-dir, or remove that folder to train it again.",
+        )
+
+
 def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool) -> dict:
     config = load_config(
         None, [f"data.dataset={name}", "data.kcore=5", "data.numbering=random", "data.lag=2", *overrides]
@@ -104,6 +123,7 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
     if not (checkpoint / TRAIN_RESULT_FILE).exists():
         train_llm(config, dataset, checkpoint)
     check_same_items(checkpoint, dataset)  # a folder reused from other settings is refused, not evaluated
+    check_same_settings(checkpoint, config)
     trained = json.loads((checkpoint / TRAIN_RESULT_FILE).read_text())
     engine = make_engine("transformers", checkpoint)
     rows = {}
@@ -126,6 +146,7 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
         "items": dataset.num_items,
         "checkpoint": str(checkpoint),
         "llm_best_epoch": trained["best_epoch"],
+        "llm_averaged_epochs": trained.get("averaged_epochs", 0),
         "llm_train_seconds": trained["seconds"],
         "llm_valid_ndcg@10": trained["best_valid_ndcg10"],
         "rows": rows,
@@ -138,8 +159,8 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{result['dataset']}: {result['users']} users, {result['items']} items, k-core {result['kcore']}, "
             f"{result['numbering']} numbering, seed {result['seed']}, lag {result['lag']}, K = {result['k']}; "
-            f"{result['ranking']}. LLM: best epoch {result['llm_best_epoch']}, "
-            f"{result['llm_train_seconds']:.0f} s, early stopping's NDCG@10 {result['llm_valid_ndcg@10']:.4f}"
+            f"{result['ranking']}. LLM: {kept_weights(result['llm_best_epoch'], result['llm_averaged_epochs'])}, "
+            f"{result['llm_train_seconds']:.0f} s, validation NDCG@10 {result['llm_valid_ndcg@10']:.4f}"
         )
         names = columns(result["k"])
         print(f"{'model':32} " + " ".join(f"{q}_{c:>9}" for q in ("stale", "fresh") for c in names))
@@ -157,7 +178,7 @@ def main() -> None:
     parser.add_argument(
         "--same-data", action="store_true", help="add ItemTransition and SASRec fitted on the cloud's data"
     )
-    args = parse_args(parser)
+    args = parse_args(parser, {"data.dataset": "name the datasets with --datasets"})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_path(args.out_dir, "--out-dir", folder=True)
     results = [run_dataset(name, args.out_dir, args.overrides, args.same_data) for name in args.datasets]

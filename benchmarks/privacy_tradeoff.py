@@ -79,7 +79,17 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parse_args(parser)
+    args = parse_args(
+        parser,
+        {
+            "data.dataset": "use --dataset",
+            "federation.dp_noise": "use --noise",
+            "federation.dp_clip": "use --clip",
+            "federation.dp_delta": "use --delta",
+            "federation.service_url": "it starts its own candidate service",
+            "federation.run_dir": "use --out",
+        },
+    )
     base = load_config(None, [f"data.dataset={args.dataset}", *args.overrides])
     # noise 0 is plain FedAvg, which takes no clip or δ
     private = [f"federation.dp_clip={args.clip}", f"federation.dp_delta={args.delta}"]

@@ -30,7 +30,7 @@ from lsc4rec.config import MEASURES, RunConfig
 from lsc4rec.data.split import Stage
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.outcomes import signal_comparison
-from lsc4rec.tables import parse_args, report
+from lsc4rec.tables import non_negative_int, parse_args, report
 from server.checkpoint import load_global_srm
 
 
@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument(
         "--srm", help="a central SRM run folder (lsc4rec srm train) to use instead of the run's global SRM"
     )
-    parser.add_argument("--users", type=int, default=6000, help="seeded sample of users (0 = all)")
+    parser.add_argument(
+        "--users", type=non_negative_int, default=6000, help="seeded sample of users (0 = all)"
+    )
     parser.add_argument("--json", help="write the table as JSON to this file")
     args = parse_args(parser)
 

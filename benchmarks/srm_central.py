@@ -36,7 +36,15 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/bench", help="folder for the run folders")
     parser.add_argument("--json", help="write the table as JSON to this file")
-    args = parse_args(parser)
+    args = parse_args(
+        parser,
+        {
+            "data.dataset": "name the datasets with --datasets",
+            "srm.model": "pick the models with --runs",
+            "srm.loss": "pick the models with --runs",
+            "out_dir": "use --out",
+        },
+    )
 
     rows = []
     for dataset in args.datasets:

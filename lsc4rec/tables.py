@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,17 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (0 meaning all, where an option says so)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
 
 
@@ -53,8 +64,8 @@ def positive_ints(text: str) -> list[int]:
 
 
 def shares(text: str) -> list[float]:
-    """An argparse type: a comma-separated list of shares in [0, 1], such as ``0.05,0.1``."""
-    return _floats(text, lambda v: 0.0 <= v <= 1.0, "shares in [0, 1]")
+    """An argparse type: a comma-separated list of shares in (0, 1], such as ``0.05,0.1``."""
+    return _floats(text, lambda v: 0.0 < v <= 1.0, "shares in (0, 1]")
 
 
 def non_negative_floats(text: str) -> list[float]:
@@ -74,9 +85,18 @@ def _floats(text: str, ok: Callable[[float], bool], what: str) -> list[float]:
     return values
 
 
-def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """The benchmark's arguments, with its ``--json`` path checked before the benchmark spends its time."""
+def parse_args(parser: argparse.ArgumentParser, owned: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The benchmark's arguments, with its ``--json`` path checked before the benchmark spends its time.
+
+    ``owned`` maps the settings the script sets itself for each run (and labels its rows with) to what to do
+    instead: a ``--set`` of one would win over the script's value and leave the row mislabelled, so it is
+    refused (argparse's one-line error).
+    """
     args = parser.parse_args()
+    for pair in getattr(args, "overrides", None) or []:
+        key = pair.partition("=")[0].strip()
+        if key in (owned or {}):
+            parser.error(f"--set {key}: this script sets it for each run; {owned[key]}")
     if getattr(args, "json", None):
         output_path(args.json, "--json")
     return args

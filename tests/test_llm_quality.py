@@ -19,6 +19,7 @@ def test_the_table_states_the_protocol_and_reads_recall_at_the_runs_k(capsys: py
         "k": 20,  # recall@50 would be a KeyError: the list holds 20
         "ranking": module.RANKING,
         "llm_best_epoch": 7,
+        "llm_averaged_epochs": 4,
         "llm_train_seconds": 12.0,
         "llm_valid_ndcg@10": 0.03,
         "rows": {"LLM (scratch, over its list)": {"stale": figures, "fresh": figures}},
@@ -29,3 +30,22 @@ def test_the_table_states_the_protocol_and_reads_recall_at_the_runs_k(capsys: py
         "seed 2, lag 2, K = 20" in printed and "over its K-list" in printed and "stale_recall@20" in printed
     )
     assert printed.splitlines()[-1].split()[-1] == "0.0500"  # fresh recall@20
+    # the validation score is the average's, which the best epoch alone did not reach
+    assert "LLM: the last 4 epochs averaged (best single epoch 7), 12 s, validation NDCG@10 0.0300" in printed
+
+
+def test_a_checkpoint_trained_with_other_settings_is_refused_not_reported(tmp_path) -> None:
+    """The script reuses the checkpoint in --out-dir; one of other --set llm.* values must not pass as new."""
+    from llm_cloud.train import train_llm
+    from lsc4rec.config import RunConfig
+    from lsc4rec.errors import ConfigError
+    from tests.conftest import TINY_SETTINGS, synthetic_dataset
+
+    module = load_benchmark("llm_quality")
+    cfg = RunConfig().override([*TINY_SETTINGS, "llm.epochs=1"])
+    train_llm(cfg, synthetic_dataset(), tmp_path / "ckpt", progress=False)
+    module.check_same_settings(tmp_path / "ckpt", cfg.override(["llm.k=20"]))  # K only shapes the requests
+    with pytest.raises(
+        ConfigError, match=r"--out-dir: holds .*ckpt, trained with other llm\.hidden, seed than"
+    ):
+        module.check_same_settings(tmp_path / "ckpt", cfg.override(["llm.hidden=32", "seed=3"]))

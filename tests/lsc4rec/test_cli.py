@@ -245,10 +245,47 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             ["--report-only", "."],
             "error: --report-only: must be a finished federation",
         ),
+        ("federation_quality.py", ["--checkpoint", "beauty"], "error: --checkpoint: must be DATASET=CKPT"),
+        (  # the options a finished run's report does not read are refused, not ignored
+            "federation_quality.py",
+            ["--report-only", ".", "--datasets", "beauty"],
+            "error: --report-only reads a finished run as it is: drop --datasets, --checkpoint, --set and --out",
+        ),
+        (  # a typo in the dataset would train that dataset's LLM instead
+            "federation_quality.py",
+            ["--datasets", "ml-latest-small", "--checkpoint", "ml=."],
+            "error: --checkpoint ml=…: ml is not among --datasets ml-latest-small",
+        ),
         (
             "federation_quality.py",
-            ["--checkpoint", "beauty", "--report-only", "."],
-            "error: --checkpoint: must be DATASET=CKPT",
+            ["--select-users", "-5"],
+            "argument --select-users: must be an integer >= 0",
+        ),
+        (
+            "request_signals.py",
+            ["--run", ".", "--checkpoint", ".", "--users", "-7"],
+            "argument --users: must be an integer >= 0, got '-7'",
+        ),
+        # a --set of what the script sets per run would win over it and leave the rows mislabelled
+        (
+            "srm_central.py",
+            ["--set", "srm.model=gru4rec"],
+            "error: --set srm.model: this script sets it for each run; pick the models with --runs",
+        ),
+        (
+            "llm_quality.py",
+            ["--set", "data.dataset=beauty"],
+            "error: --set data.dataset: this script sets it",
+        ),
+        (
+            "privacy_tradeoff.py",
+            ["--set", "federation.dp_noise=1"],
+            "error: --set federation.dp_noise: this script sets it for each run; use --noise",
+        ),
+        (
+            "gate_window.py",
+            [".", "--budgets", "0"],
+            "argument --budgets: must be comma-separated shares in (0, 1]",
         ),
         (
             "federation_quality.py",
