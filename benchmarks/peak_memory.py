@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -133,7 +134,7 @@ def main() -> None:
         parser.error("give the command to measure after --, e.g. -- ./run_federation.sh")
     if not Path("/proc/self/smaps_rollup").is_file():
         raise LSC4RecError("this benchmark needs Linux's /proc/PID/smaps_rollup (kernel 4.14 or later).")
-    row = {"command": " ".join(command), **measure(command, args.interval)}
+    row = {"command": shlex.join(command), **measure(command, args.interval)}
     report("Wall time and peak memory of one command", [row], list(row), args.json)
     sys.exit(row["exit status"])  # a failed command fails the benchmark too
 

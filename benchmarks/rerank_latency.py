@@ -39,7 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "din"])
+    models = ["sasrec", "gru4rec", "din"]
+    parser.add_argument("--models", nargs="+", default=models, choices=models)
     parser.add_argument(
         "--items", type=positive_int, default=12101, help="catalogue size N (Beauty's by default)"
     )
