@@ -217,27 +217,39 @@ def test_atomic_reads_inter_and_item_titles(tmp_path: Path) -> None:
     assert raw.items.tolist() == ["i1", "i2"]
     assert raw.times.tolist() == [2.0, 1.0]
     assert raw.titles == {"i1": "First", "i2": "Second"}
-    write(tmp_path / "toy.item", "item_id:token\ttitle:token_seq\ni1\tFirst\ni1\tAgain\n")
-    with pytest.raises(DataFormatError, match=r"toy\.item:3: item i1 has a row already \(line 2\)"):
-        read_atomic(tmp_path / "toy.inter")
-    write(tmp_path / "toy.item", "item_id:token\ttitle:token_seq\ni1\n")
-    with pytest.raises(DataFormatError, match=r"toy\.item:2: expected 2 fields, got 1"):
-        read_atomic(tmp_path / "toy.inter")
 
 
-def test_atomic_bad_header_and_row(tmp_path: Path) -> None:
-    write(tmp_path / "a.inter", "uid:token\titem_id:token\nu\ti\n")
-    with pytest.raises(DataFormatError, match="user_id:token column"):
+ONE_ROW = "user_id:token\titem_id:token\nu\ti\n"
+
+
+@pytest.mark.parametrize(
+    ("inter", "item", "match"),
+    [
+        ("uid:token\titem_id:token\nu\ti\n", None, "user_id:token column"),
+        ("user_id:token\titem_id:token\nu\ti\textra\n", None, r"a\.inter:2: expected 2 tab-separated fields"),
+        (ONE_ROW + " \ti\n", None, r"a\.inter:3: user_id and item_id must not be empty"),
+        (
+            "user_id:token\titem_id:token\ttimestamp:float\nu\ti\tinf\n",
+            None,
+            r"a\.inter:2: timestamp must be a finite number, got 'inf'",
+        ),
+        # titles go into the LLM's prompts: none is silently replaced or dropped
+        (
+            ONE_ROW,
+            "item_id:token\ttitle:token_seq\ni\tFirst\ni\tAgain\n",
+            r"a\.item:3: item i has a row already",
+        ),
+        (ONE_ROW, "item_id:token\ttitle:token_seq\ni\n", r"a\.item:2: expected 2 fields, got 1"),
+    ],
+)
+def test_atomic_bad_files_name_file_and_line(
+    tmp_path: Path, inter: str, item: str | None, match: str
+) -> None:
+    write(tmp_path / "a.inter", inter)
+    if item is not None:
+        write(tmp_path / "a.item", item)
+    with pytest.raises(DataFormatError, match=match):
         read_atomic(tmp_path / "a.inter")
-    write(tmp_path / "b.inter", "user_id:token\titem_id:token\nu\ti\textra\n")
-    with pytest.raises(DataFormatError, match=r"b.inter:2: expected 2 tab-separated fields"):
-        read_atomic(tmp_path / "b.inter")
-    write(tmp_path / "c.inter", "user_id:token\titem_id:token\nu\ti\n \ti\n")
-    with pytest.raises(DataFormatError, match=r"c\.inter:3: user_id and item_id must not be empty"):
-        read_atomic(tmp_path / "c.inter")
-    write(tmp_path / "d.inter", "user_id:token\titem_id:token\ttimestamp:float\nu\ti\tinf\n")
-    with pytest.raises(DataFormatError, match=r"d\.inter:2: timestamp must be a finite number, got 'inf'"):
-        read_atomic(tmp_path / "d.inter")
 
 
 def test_read_dataset_dispatches_paths_and_rejects_unknown(tmp_path: Path) -> None:
