@@ -31,7 +31,7 @@ from clients.training import fit
 from llm_cloud.checkpoint import check_same_items, read_run_config
 from llm_cloud.engines import make_engine
 from llm_cloud.evaluate import evaluate_engine
-from llm_cloud.train import TRAIN_RESULT_FILE, kept_weights, train_llm
+from llm_cloud.train import TRAIN_RESULT_FILE, TRAINING_RECIPE, kept_weights, train_llm
 from lsc4rec.config import RunConfig, load_config
 from lsc4rec.data import TemporalSplit
 from lsc4rec.data.batching import windows
@@ -96,16 +96,18 @@ def same_data_rows(config: RunConfig, split: TemporalSplit, k: int) -> dict[str,
     return rows
 
 
-def check_same_settings(checkpoint: Path, config: RunConfig) -> None:
-    """Refuse a checkpoint in ``--out-dir`` trained with other LLM settings, lag or seed than those asked for.
+def check_same_settings(checkpoint: Path, config: RunConfig, recipe: int) -> None:
+    """Refuse a checkpoint in ``--out-dir`` trained otherwise than asked for.
 
-    The script reuses a finished checkpoint (so that a second look costs no training); one trained with other
-    ``--set llm.*`` values would otherwise be reported under the new ones.
+    That is with other LLM settings, lag or seed, or by an older training recipe (``recipe``, from its
+    ``train_result.json``; the launcher's cache keys on it too). The script reuses a finished checkpoint (so that a second look costs no training); one trained with other
+    ``--set llm.*`` values, or by older training code, would otherwise be reported as the new one.
     """
     trained = read_run_config(checkpoint)
     ours, theirs = dataclasses.asdict(config.llm), dataclasses.asdict(trained.llm)
     differ = [f"llm.{key}" for key in ours if key != "k" and ours[key] != theirs[key]]
     differ += ["data.lag"] * (config.data.lag != trained.data.lag) + ["seed"] * (config.seed != trained.seed)
+    differ += [f"training code (recipe {recipe}, now {TRAINING_RECIPE})"] * (recipe != TRAINING_RECIPE)
     if differ:
         raise ConfigError(
             "--out-dir",
@@ -123,8 +125,8 @@ def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool)
     if not (checkpoint / TRAIN_RESULT_FILE).exists():
         train_llm(config, dataset, checkpoint)
     check_same_items(checkpoint, dataset)  # a folder reused from other settings is refused, not evaluated
-    check_same_settings(checkpoint, config)
     trained = json.loads((checkpoint / TRAIN_RESULT_FILE).read_text())
+    check_same_settings(checkpoint, config, trained.get("recipe", 1))
     engine = make_engine("transformers", checkpoint)
     rows = {}
     for stage, row in (("test", "LLM (scratch, over its list)"), ("valid", VALID_ROW)):

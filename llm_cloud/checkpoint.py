@@ -89,7 +89,15 @@ def read_json(folder: str | Path, name: str) -> dict[str, Any]:
 def read_template(folder: str | Path) -> PromptTemplate:
     """The checkpoint's prompt template: what every engine reads first, so where a wrong folder shows."""
     fields, item_map = read_json(folder, TEMPLATE_FILE), read_json(folder, ITEM_MAP_FILE)
-    vocab = read_json(folder, "config.json").get("vocab_size")
+    model_config = read_json(folder, "config.json")
+    text_config = model_config.get("text_config")  # multimodal configs keep the language model's here
+    vocab = model_config.get(
+        "vocab_size", text_config.get("vocab_size") if isinstance(text_config, dict) else None
+    )
+    if type(vocab) is not int:
+        raise ConfigError(
+            "--checkpoint", f"{Path(folder, 'config.json')} is damaged (vocab_size {vocab!r}). {RETRAIN}"
+        )
     try:
         template = PromptTemplate(**fields)
         _check_template(template, item_map, vocab)
@@ -100,7 +108,7 @@ def read_template(folder: str | Path) -> PromptTemplate:
     return template
 
 
-def _check_template(template: PromptTemplate, item_map: dict, vocab: object) -> None:
+def _check_template(template: PromptTemplate, item_map: dict, vocab: int) -> None:
     """Raise ValueError unless the template's values have their types, fit the vocabulary and match the item map.
 
     Its fields are read as they are, so a hand-edited or damaged file would otherwise fail as an IndexError in
@@ -110,15 +118,11 @@ def _check_template(template: PromptTemplate, item_map: dict, vocab: object) -> 
     counts = ("num_items", "first_item_token", "max_len", "pad_token")
     if not all(type(getattr(template, name)) is int for name in counts):
         raise ValueError(f"{', '.join(counts)} must be integers")
-    if type(vocab) is not int:
-        raise ValueError(f"config.json's vocab_size is {vocab!r}, not an integer")
     token_lists = {"prefix": template.prefix, "separator": template.separator}
     token_lists.update({f"title_tokens[{i}]": t for i, t in enumerate(template.title_tokens)})
     for name, tokens in [*token_lists.items(), ("pad_token", [template.pad_token])]:
         if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < vocab for t in tokens):
             raise ValueError(f"{name} must hold token ids from 0 to {vocab - 1}, got {tokens!r}")
-    if not template.prefix:
-        raise ValueError("prefix is empty: a prompt needs a token before its first item")
     if not 0 <= template.first_item_token <= vocab - template.num_items:
         raise ValueError(
             f"{template.num_items} item tokens from token {template.first_item_token} do not fit a vocabulary "

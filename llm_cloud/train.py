@@ -70,6 +70,7 @@ class TrainResult:
     target_window: int  # items each position learned (llm.target_window, with 0 resolved to ℓ + 1)
     averaged_epochs: int  # epochs whose weights the checkpoint averages (0: the best epoch's weights alone)
     epochs: list[dict[str, float]] = field(default_factory=list)
+    recipe: int = TRAINING_RECIPE  # the training code's recipe version; a result without one predates it (1)
 
 
 def kept_weights(best_epoch: int, averaged_epochs: int) -> str:

@@ -1,5 +1,7 @@
 """benchmarks/llm_quality.py: its table names the protocol and the list length it was run with."""
 
+import json
+
 import pytest
 
 from tests.conftest import load_benchmark
@@ -44,8 +46,13 @@ def test_a_checkpoint_trained_with_other_settings_is_refused_not_reported(tmp_pa
     module = load_benchmark("llm_quality")
     cfg = RunConfig().override([*TINY_SETTINGS, "llm.epochs=1"])
     train_llm(cfg, synthetic_dataset(), tmp_path / "ckpt", progress=False)
-    module.check_same_settings(tmp_path / "ckpt", cfg.override(["llm.k=20"]))  # K only shapes the requests
+    recipe = json.loads((tmp_path / "ckpt" / "train_result.json").read_text())["recipe"]
+    module.check_same_settings(
+        tmp_path / "ckpt", cfg.override(["llm.k=20"]), recipe
+    )  # K only shapes requests
     with pytest.raises(
         ConfigError, match=r"--out-dir: holds .*ckpt, trained with other llm\.hidden, seed than"
     ):
-        module.check_same_settings(tmp_path / "ckpt", cfg.override(["llm.hidden=32", "seed=3"]))
+        module.check_same_settings(tmp_path / "ckpt", cfg.override(["llm.hidden=32", "seed=3"]), recipe)
+    with pytest.raises(ConfigError, match=r"other training code \(recipe 1, now \d+\) than asked for"):
+        module.check_same_settings(tmp_path / "ckpt", cfg, 1)  # a result of older code holds no recipe: 1

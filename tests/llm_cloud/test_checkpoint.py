@@ -61,7 +61,6 @@ def test_a_damaged_template_is_refused_by_every_engine(copied_checkpoint: Path, 
         # token ids the model has no row for would fail as an IndexError inside the first forward pass
         ("prefix", [100000], r"prefix must hold token ids from 0 to 43, got \[100000\]"),
         ("prefix", ["a"], "prefix must hold token ids"),
-        ("prefix", [], "prefix is empty"),
         ("pad_token", -5, r"pad_token must hold token ids from 0 to 43, got \[-5\]"),
         ("first_item_token", 10, "40 item tokens from token 10 do not fit a vocabulary of 44"),
     ],
@@ -72,6 +71,15 @@ def test_a_template_whose_values_are_wrong_is_refused(
     template = json.loads((copied_checkpoint / TEMPLATE_FILE).read_text())
     (copied_checkpoint / TEMPLATE_FILE).write_text(json.dumps({**template, field: value}))
     with pytest.raises(ConfigError, match=rf"{TEMPLATE_FILE} is damaged \(.*{problem}"):
+        ItemTokenLM.from_pretrained(copied_checkpoint)
+
+
+def test_a_config_without_a_vocabulary_size_is_named_itself(copied_checkpoint: Path) -> None:
+    """The template's token ids are checked against ``vocab_size``: a config without one is the config's fault."""
+    config = json.loads((copied_checkpoint / "config.json").read_text())
+    del config["vocab_size"]
+    (copied_checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"--checkpoint: .*config\.json is damaged \(vocab_size None\)"):
         ItemTokenLM.from_pretrained(copied_checkpoint)
 
 
