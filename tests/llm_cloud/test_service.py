@@ -1,3 +1,4 @@
+import dataclasses
 import http.client
 import json
 import socket
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from clients.cloud import OUTAGES, CloudClient
-from llm_cloud.checkpoint import TEMPLATE_FILE, catalogue_of
+from llm_cloud.checkpoint import catalogue_of
 from llm_cloud.engines.base import EngineError
 from llm_cloud.engines.transformers_engine import TransformersEngine
 from llm_cloud.engines.vllm_engine import VLLM_PLAIN_HTTP, VLLMEngine
@@ -263,33 +264,30 @@ def test_service_engine_failure_is_503(tiny_checkpoint, tmp_path, vllm_reply, pr
     assert "warning: vLLM at" in (tmp_path / "service.log").read_text()  # said at start, before any request
 
 
-def _damaged(folder: Path, how: str) -> Path:
-    """Damage a copy of the checkpoint so that it loads, and then fails (a prefix token beyond the vocabulary)
-    or diverges."""
-    if how == "nan":
-        weights = load_file(folder / "model.safetensors")
-        save_file(
-            {name: torch.full_like(w, float("nan")) for name, w in weights.items()},
-            folder / "model.safetensors",
-        )
-    else:
-        template = json.loads((folder / TEMPLATE_FILE).read_text())
-        (folder / TEMPLATE_FILE).write_text(json.dumps({**template, "prefix": [10_000]}))
-    return folder
-
-
-@pytest.mark.parametrize(("how", "problem"), [("nan", "non-finite"), ("prefix", "IndexError")])
-def test_a_transformers_engine_that_fails_or_diverges_answers_503_and_is_counted(
-    copied_checkpoint, tmp_path, how, problem
-) -> None:
-    """Not a bare 500, nor a 200 of null scores that break the wire schema: what the vLLM engine answers."""
-    args = ["--checkpoint", str(_damaged(copied_checkpoint, how)), "--engine", "transformers"]
+def test_a_transformers_engine_that_diverges_answers_503_and_is_counted(copied_checkpoint, tmp_path) -> None:
+    """Not a 200 of null scores that break the wire schema: what the vLLM engine answers."""
+    weights = load_file(copied_checkpoint / "model.safetensors")  # loads, then scores NaN
+    save_file(
+        {name: torch.full_like(w, float("nan")) for name, w in weights.items()},
+        copied_checkpoint / "model.safetensors",
+    )
+    args = ["--checkpoint", str(copied_checkpoint), "--engine", "transformers"]
     with start_service(args, free_port(), tmp_path / "service.log") as server:
         reply = post(server.url, {"histories": [[1, 2]], "k": 3}, headers={})
         metrics = httpx.get(f"{server.url}/metrics").text
     assert reply.status_code == 503, reply.text
-    assert problem in reply.json()["error"]["message"] and ".." not in reply.json()["error"]["message"]
+    assert "non-finite" in reply.json()["error"]["message"] and ".." not in reply.json()["error"]["message"]
     assert 'lsc4rec_requests_total{status="503"} 1' in metrics
+
+
+def test_a_transformers_engine_that_fails_raises_engine_error_naming_the_failure(tiny_checkpoint) -> None:
+    """Whatever a forward pass raises (out of memory, a state gone bad) becomes the EngineError the service
+    answers 503 for, not a bare 500. A checkpoint's own token ids are checked when it loads, so the failure is
+    made in the loaded engine: a prompt token beyond its vocabulary."""
+    engine = TransformersEngine(tiny_checkpoint)
+    engine.lm.template = dataclasses.replace(engine.lm.template, prefix=[10_000])
+    with pytest.raises(EngineError, match=r"^IndexError: index out of range"):
+        engine.candidates([[1, 2]], 3)
 
 
 @pytest.mark.parametrize(
