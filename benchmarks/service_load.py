@@ -23,8 +23,8 @@ from llm_cloud.checkpoint import read_template
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K
-from lsc4rec.runs import output_path, write_json
-from lsc4rec.tables import parse_args, positive_int
+from lsc4rec.runs import output_path
+from lsc4rec.tables import parse_args, positive_int, report
 
 PROBES = ("/healthz", "/metrics")
 
@@ -123,21 +123,26 @@ def main() -> None:
         "peak_rss_mib": peak / 1024 if peak is not None and peak_reset else None,
         "rss_after_mib": None if after is None else after / 1024,
     }
-    print(
-        f"checkpoint {args.checkpoint}: {args.clients} requests of {args.batch} histories at once, K = {args.k}"
-    )
-    print(f"/healthz idle: {idle_ms:.1f} ms")
-    for path, ms in row["probe_ms"].items():
-        print(f"{path} while the requests wait: {ms:.1f} ms")
-    print(f"burst: {row['ok']} of {row['answers']} answered 200 in {row['burst_s']:.1f} s")
-    if row["rss_before_mib"] is not None:
-        peak_text = "n/a" if row["peak_rss_mib"] is None else f"{row['peak_rss_mib']:.0f}"
-        print(
-            f"service memory (RSS): {row['rss_before_mib']:.0f} MiB before, peak {peak_text} MiB, "
-            f"{row['rss_after_mib']:.0f} MiB after"
-        )
-    if args.json:
-        write_json(args.json, row)
+    waiting = {
+        f"{path.strip('/')}_waiting_ms": ms for path, ms in row["probe_ms"].items()
+    }  # the requests' wait
+    row.update(waiting)
+    columns = [
+        "clients",
+        "batch",
+        "k",
+        "history",
+        "healthz_idle_ms",
+        *waiting,
+        "ok",
+        "answers",
+        "burst_s",
+        "rss_before_mib",
+        "peak_rss_mib",
+        "rss_after_mib",
+    ]
+    title = "The candidate service under a burst (transformers engine; memory: the service's RSS, peak VmHWM)"
+    report(title, [row], columns, args.json and str(args.json), extra={"checkpoint": str(args.checkpoint)})
 
 
 if __name__ == "__main__":
