@@ -166,6 +166,9 @@ def _settings(extra: dict[str, Any]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
+    """A value as the table shows it: floats to four places, a list as its values (the JSON keeps them whole)."""
+    if isinstance(value, list):
+        return " ".join(_cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return "" if value is None else str(value)

@@ -42,5 +42,9 @@ def test_replay_pools_the_last_rounds_and_measures_the_final_users(tmp_path: Pat
     )
     # without --windows: 1 to 5, as far as the run recorded rounds
     done = run_benchmark("gate_window", str(tmp_path), "--json", str(tmp_path / "w.json"))
-    windows = {row["window"] for row in json.loads((tmp_path / "w.json").read_text())["rows"]}
-    assert done.returncode == 0 and windows == {1, 2, 3}, done.stderr
+    rows = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert done.returncode == 0 and {row["window"] for row in rows} == {1, 2, 3}, done.stderr
+    # the JSON holds the realized rates as numbers, one per run, and the table prints them
+    one = next(row for row in rows if (row["budget"], row["window"]) == (0.05, 1))
+    assert one["realized rates"] == [pytest.approx(benchmark.replay(final_counts, round_counts, 1, 0.05))]
+    assert f"{one['realized rates'][0]:.4f}" in done.stdout

@@ -24,6 +24,8 @@ def test_the_printed_table_carries_the_protocol_of_its_json(
     printed = capsys.readouterr().out
     assert "ranking: over the list" in printed and "protocol: lag 2, K 50" in printed
     assert "0.0312" in printed and "run_dir" not in printed
+    report("Rates", [{"model": "m", "rates": [0.05, 0.125]}], ["model", "rates"], None)
+    assert "0.0500 0.1250" in capsys.readouterr().out  # a list prints as its values
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["protocol"] == {"lag": 2, "K": 50} and written["rows"][0]["ndcg@10"] == 0.03125
 
