@@ -28,6 +28,12 @@ NAMED = {
     "beauty": ("p5/beauty", read_p5),
     "toys": ("p5/toys", read_p5),
 }
+# Formats of a dataset given by path: the file name (or suffix) that marks it, and its reader.
+FORMATS = {
+    ".inter": read_atomic,
+    "sequential_data.txt": read_p5,
+    "ratings.csv": lambda path: read_movielens(path if path.is_dir() else path.parent),
+}
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 
 
@@ -68,27 +74,21 @@ def read_dataset(dataset: str, data_dir: str | Path | None = None) -> Interactio
     if not path.exists():
         names = ", ".join(NAMED)
         raise DataFormatError(path, f"is neither a known dataset ({names}) nor an existing path.")
-    if path.is_dir():
-        held = [
-            name
-            for name, present in (
-                (".inter", any(path.glob("*.inter"))),
-                ("sequential_data.txt", (path / "sequential_data.txt").exists()),
-                ("ratings.csv", (path / "ratings.csv").exists()),
-            )
-            if present
-        ]
-        if len(held) > 1:
-            raise DataFormatError(
-                path, f"holds datasets of more than one format ({', '.join(held)}); give the file to read."
-            )
-    if path.suffix == ".inter" or (path.is_dir() and any(path.glob("*.inter"))):
-        return read_atomic(path)
-    if path.name == "sequential_data.txt" or (path / "sequential_data.txt").exists():
-        return read_p5(path)
-    if path.name == "ratings.csv" or (path / "ratings.csv").exists():
-        return read_movielens(path if path.is_dir() else path.parent)
-    raise DataFormatError(path, "has no ratings.csv, sequential_data.txt or .inter file to read.")
+    held = _formats_at(path)
+    if len(held) > 1:
+        raise DataFormatError(
+            path, f"holds datasets of more than one format ({', '.join(held)}); give the file to read."
+        )
+    if not held:
+        raise DataFormatError(path, f"has no {' or '.join(FORMATS)} file to read.")
+    return FORMATS[held[0]](path)
+
+
+def _formats_at(path: Path) -> list[str]:
+    """The formats of ``FORMATS`` that ``path`` is in: a file by its name, a folder by the files it holds."""
+    if not path.is_dir():
+        return [name for name in FORMATS if name in (path.name, path.suffix)]
+    return [name for name in FORMATS if any(path.glob(f"*{name}" if name.startswith(".") else name))]
 
 
 def _download_movielens(target: Path) -> None:
