@@ -421,6 +421,7 @@ def main() -> None:
             "--report-only reads a finished run as it is: drop --datasets, --checkpoint, --set and --out"
         )
     args.datasets = [] if args.report_only else args.datasets or ["ml-latest-small", "beauty"]
+    args.out = args.out or "runs/bench"
     checkpoints = dataset_checkpoints(args.checkpoint)
     if unknown := sorted(set(checkpoints) - set(args.datasets)):
         parser.error(
@@ -453,7 +454,7 @@ def main() -> None:
             dataset,
             args.overrides,
             checkpoints.get(dataset),
-            Path(args.out or "runs/bench"),
+            Path(args.out),
             args.select_users,
             central,
         )

@@ -100,8 +100,9 @@ def check_same_settings(checkpoint: Path, config: RunConfig, recipe: int) -> Non
     """Refuse a checkpoint in ``--out-dir`` trained otherwise than asked for.
 
     That is with other LLM settings, lag or seed, or by an older training recipe (``recipe``, from its
-    ``train_result.json``; the launcher's cache keys on it too). The script reuses a finished checkpoint (so that a second look costs no training); one trained with other
-    ``--set llm.*`` values, or by older training code, would otherwise be reported as the new one.
+    ``train_result.json``; the launcher's cache keys on it too). The script reuses a finished checkpoint (so
+    that a second look costs no training); one trained with other ``--set llm.*`` values, or by older training
+    code, would otherwise be reported as the new one.
     """
     trained = read_run_config(checkpoint)
     ours, theirs = dataclasses.asdict(config.llm), dataclasses.asdict(trained.llm)

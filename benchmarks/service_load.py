@@ -123,9 +123,8 @@ def main() -> None:
         "peak_rss_mib": peak / 1024 if peak is not None and peak_reset else None,
         "rss_after_mib": None if after is None else after / 1024,
     }
-    waiting = {
-        f"{path.strip('/')}_waiting_ms": ms for path, ms in row["probe_ms"].items()
-    }  # the requests' wait
+    # the probes timed while the burst's requests wait, as columns of their own
+    waiting = {f"{path.strip('/')}_waiting_ms": ms for path, ms in row["probe_ms"].items()}
     row.update(waiting)
     columns = [
         "clients",

@@ -213,12 +213,12 @@ def build_pretrained(config: LLMConfig, num_items: int, titles: Sequence[str] = 
     start = _start_token(tokenizer)
     first = len(tokenizer)
     tokenizer.add_tokens([item_token_name(i) for i in range(1, num_items + 1)])
-    if tokenizer.convert_tokens_to_ids(item_token_name(1)) != first or len(tokenizer) != first + num_items:
+    item_1 = tokenizer.convert_tokens_to_ids(item_token_name(1))
+    if item_1 != first or len(tokenizer) != first + num_items:
         raise ConfigError(
             "llm.base",
-            f"{config.base} already has item tokens ({item_token_name(1)} is token "
-            f"{tokenizer.convert_tokens_to_ids(item_token_name(1))}), as an LSC4Rec checkpoint does: give the "
-            "pretrained model it was trained from instead.",
+            f"{config.base} already has item tokens ({item_token_name(1)} is token {item_1}), as an LSC4Rec "
+            "checkpoint does: give the pretrained model it was trained from instead.",
         )
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if tokenizer.pad_token is None:

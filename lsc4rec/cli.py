@@ -197,8 +197,8 @@ def federate(
         Path | None,
         typer.Option(
             help="Continue the run in this folder from its newest checkpoint, with its settings and the engine "
-            "and runtime it last ran on (the other options but --config and --out, and --set, still apply, e.g. more "
-            "--rounds)."
+            "and runtime it last ran on (the other options but --config and --out, and --set, still apply, "
+            "e.g. more --rounds)."
         ),
     ] = None,
     data_dir: DataDirOpt = None,

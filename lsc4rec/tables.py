@@ -92,10 +92,10 @@ def parse_args(parser: argparse.ArgumentParser, owned: Mapping[str, str] | None 
     instead: a ``--set`` of one would win over the script's value and leave the row mislabelled, so it is
     refused (argparse's one-line error).
     """
-    args = parser.parse_args()
+    args, owned = parser.parse_args(), owned or {}
     for pair in getattr(args, "overrides", None) or []:
         key = pair.partition("=")[0].strip()
-        if key in (owned or {}):
+        if key in owned:
             parser.error(f"--set {key}: this script sets it for each run; {owned[key]}")
     if getattr(args, "json", None):
         output_path(args.json, "--json")

@@ -371,8 +371,9 @@ def run_folder(cfg: RunConfig, num_items: int | None = None) -> Path:
 def _outside_the_app(folder: Path, key: str) -> None:
     """Refuse a run folder that ``flwr run`` would ship with the app.
 
-    It packs the checkout into the app (every .py, .md, .toml, .json, .jsonl and .yaml, among others, that .gitignore does not leave out), so
-    a run folder there goes into every later run's app, which grows until Flower refuses it.
+    It packs the checkout into the app (every .py, .md, .toml, .json, .jsonl and .yaml, among others, that
+    .gitignore does not leave out), so a run folder there goes into every later run's app, which grows until
+    Flower refuses it.
     """
     inside = folder.resolve()
     if inside.is_relative_to(REPO_ROOT) and "runs" not in inside.relative_to(REPO_ROOT).parts:
@@ -593,8 +594,8 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available:
     Flower's simulation keeps every node's ``context.state`` in one process: a personal copy of the SRM per node
     (``federation.keep_personal``) and, with ``federation.keep_optimizer``, its Adam state (twice the SRM). On a
     large catalogue with one user per node (``--dataset beauty`` alone: 22,363 copies of 3.3 MB) that is more
-    than a laptop holds, and the run would be killed in its final questions to every node, hours in. ``available`` None
-    (memory unknown) skips the check.
+    than a laptop holds, and the run would be killed in its final questions to every node, hours in.
+    ``available`` None (memory unknown) skips the check.
     """
     fed = cfg.federation
     if available is not None and TRAINING_COPIES * srm_bytes > available:

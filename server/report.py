@@ -1,10 +1,9 @@
 """The run report: ``metrics.jsonl`` per round, ``final.json``, ``summary.md`` and PNG plots.
 
 Every figure not labelled validation (``valid``) is on the test target, with the fusion weight α chosen on
-validation. Request thresholds are
-calibrated on the histogram of the request signal over the test-time lists: no signal reads a label (each
-compares rankings or reads the SRM's own scores), so this is what the fleet does live, and the realized rate then
-meets the budget.
+validation. Request thresholds are calibrated on the histogram of the request signal over the test-time lists:
+no signal reads a label (each compares rankings or reads the SRM's own scores), so this is what the fleet does
+live, and the realized rate then meets the budget.
 """
 
 from __future__ import annotations

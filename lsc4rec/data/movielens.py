@@ -52,9 +52,8 @@ def read_movielens(folder: str | Path) -> Interactions:
                 )
             user, item = str(int(user)), str(int(item))  # 007 is movie 7: one id, however it is written
             record_once(rated, user, item, ratings, line, "rated movie")
-            parse_number(
-                rating, "rating", ratings, line
-            )  # read as implicit feedback, but a bad one is a bad row
+            # ratings are read as implicit feedback, but one that is no number marks a damaged row
+            parse_number(rating, "rating", ratings, line)
             times.append(parse_time(stamp, ratings, line))
             users.append(user)
             items.append(item)
