@@ -112,10 +112,10 @@ def test_every_item_is_a_next_item_target_once_in_windows_of_max_len_plus_one(
         for ex in training_examples(lm, [seq], context_free)
     ]
     assert windows[0][-1] == length and all(len(w) <= 6 for w in windows)  # the newest first, as served
+    # no window beyond the one that starts the sequence: one, and one more per step before it
     step = 6 if context_free else 5
-    assert len(windows) == 1 + max(
-        0, -(-(length - 6) // step)
-    )  # no window beyond the one that starts the sequence
+    beyond_first = max(0, length - 6)
+    assert len(windows) == 1 + -(-beyond_first // step)
     targets = sorted(item for w in windows for item in (w if context_free else w[1:]))
     assert targets == list(range(1 if context_free else 2, length + 1))
 

@@ -43,10 +43,8 @@ def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
         ("userId,movieId,rating,timestamp\n1,2,3,yesterday\n", r":2: timestamp must be a finite number"),
         ("userId,movieId,rating,timestamp\n1,2,3,4\n1,3,3,nan\n", r":3: timestamp must be a finite number"),
         ("userId,movieId,rating,timestamp\n1,2\n", r":2: expected 4 columns"),
-        (
-            "userId,movieId,rating,timestamp\n1,2,3,4,5\n",
-            r":2: expected 4 columns, got 5",
-        ),  # a field too many
+        # a field too many
+        ("userId,movieId,rating,timestamp\n1,2,3,4,5\n", r":2: expected 4 columns, got 5"),
         ("userId,movieId,rating,timestamp\n1,2,good,4\n", r":2: rating must be a finite number, got 'good'"),
         ("userId,movieId,rating,timestamp\n", "no ratings"),
     ],
@@ -61,10 +59,8 @@ def test_movielens_bad_files_name_file_and_line(tmp_path: Path, text: str, match
     ("movies", "match"),
     [
         ("movieId,title\n10,Heat\n10,Up\n", r"movies\.csv:3: item 10 has a row already \(line 2\)"),
-        (
-            "movieId,title\n10,Heat\n010,Up\n",
-            r"movies\.csv:3: item 10 has a row already",
-        ),  # one id, written twice
+        # one id, written twice
+        ("movieId,title\n10,Heat\n010,Up\n", r"movies\.csv:3: item 10 has a row already"),
         ("movieId,title\n10\n", r"movies\.csv:2: expected 2 fields, got 1"),
         ("movieId,title\nten,Heat\n", r"movies\.csv:2: movieId must be a non-negative integer, got 'ten'"),
     ],
