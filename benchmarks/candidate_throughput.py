@@ -29,8 +29,8 @@ from llm_cloud.vllm_server import start_vllm
 from lsc4rec.credentials import client_context, make_loopback_tls
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.protocol import MAX_BATCH, MAX_HISTORY, MAX_K
-from lsc4rec.runs import output_path, write_json
-from lsc4rec.tables import parse_args, positive_int, positive_ints
+from lsc4rec.runs import output_path
+from lsc4rec.tables import parse_args, positive_int, positive_ints, report
 
 
 def measure(
@@ -125,28 +125,19 @@ def main() -> None:
     direct = {r["batch"]: r["p50_ms"] for r in rows if r["setup"] == "vllm direct"}
     for row in rows:
         row["overhead_vs_vllm_direct"] = row["p50_ms"] / direct[row["batch"]] - 1.0
-    print(f"vLLM ({'eager' if args.eager else 'compiled'}) was ready {vllm_ready_s:.1f} s after it started")
-    print(f"checkpoint {args.checkpoint}, K = {args.k}, history {args.history}")
-    print(
-        f"{'setup':22} {'batch':>5} {'calls':>6} {'hist/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'vs direct':>9}"
+    report(
+        "Candidate throughput (p50 latency over vLLM direct's, minus one: the overhead)",
+        rows,
+        ["setup", "batch", "calls", "histories_per_s", "p50_ms", "p95_ms", "overhead_vs_vllm_direct"],
+        args.json and str(args.json),
+        extra={
+            "checkpoint": str(args.checkpoint),
+            "k": args.k,
+            "history": args.history,
+            "vllm_eager": args.eager,
+            "vllm_ready_s": round(vllm_ready_s, 1),
+        },
     )
-    for r in rows:
-        print(
-            f"{r['setup']:22} {r['batch']:>5} {r['calls']:>6} {r['histories_per_s']:>9.1f} {r['p50_ms']:>9.1f} "
-            f"{r['p95_ms']:>9.1f} {100 * r['overhead_vs_vllm_direct']:>8.1f}%"
-        )
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "checkpoint": str(args.checkpoint),
-                "k": args.k,
-                "history": args.history,
-                "vllm_eager": args.eager,
-                "vllm_ready_s": vllm_ready_s,
-                "rows": rows,
-            },
-        )
 
 
 def _measure_all(args: argparse.Namespace, vllm_url: str, pool: list[list[int]]) -> list[dict]:

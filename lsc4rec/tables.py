@@ -15,7 +15,7 @@ from rich.text import Text
 from lsc4rec.runs import output_path, write_json
 
 # left-aligned; numbers right
-TEXT_COLUMNS = ("dataset", "model", "loss", "engine", "signal", "row", "command")
+TEXT_COLUMNS = ("dataset", "model", "loss", "engine", "signal", "row", "command", "setup")
 
 
 def positive_int(text: str) -> int:
