@@ -163,7 +163,7 @@ def main(grid: Grid, context: Context) -> None:
                 start_round,
                 aside,
             )
-        recorded = _RoundMetrics(strategy, start_round)
+        recorded = _RoundMetrics(strategy, grid, start_round)
         # a checkpoint older than the sampler's saved state: a draw of its own, not round 1's sample again
         with seeded_node_sampling(cfg.seed + start_round, resumed.get(SAMPLER)) as sampler:
 
@@ -374,15 +374,19 @@ def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
 
 
 class _RoundMetrics(StrategyWrapper):
-    """Number the rounds as the run does, and hold the current round's metrics for the end-of-round hook.
+    """Number the rounds as the run does, count each box once, and hold the round's metrics for the hook.
 
     Flower's ``start`` counts a resumed run's rounds from 1 again; the strategies below, and through the
     messages' ``server-round`` the nodes, which seed each round from it, get ``offset`` (the checkpoint's round)
-    added. Flower's result keeps the whole history; the hook, called last in each round, needs only this round's.
+    added. A box that reconnected under a new id while its old id is still listed can be sampled under both: the
+    nodes that joined are asked their partition before each sample (a query, only when one has joined), and of
+    one partition's sound replies only the first is aggregated, as in the final questions. Flower's result keeps
+    the whole history; the hook, called last in each round, needs only this round's.
     """
 
-    def __init__(self, strategy: Strategy, offset: int = 0) -> None:
+    def __init__(self, strategy: Strategy, grid: PartitionOrderedGrid, offset: int = 0) -> None:
         super().__init__(strategy)
+        self.grid = grid
         self.offset = offset
         self.train: MetricRecord | None = None
         self.evaluate: MetricRecord | None = None
@@ -390,26 +394,42 @@ class _RoundMetrics(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate with the run's round number."""
+        """Delegate with the run's round number, the nodes that joined known by their partitions."""
+        self.grid.learn_new_nodes()
         return self.strategy.configure_train(self.offset + server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Delegate with the run's round number, and keep the metrics."""
-        arrays, self.train = self.strategy.aggregate_train(self.offset + server_round, replies)
+        """Delegate with the run's round number and one reply per box, and keep the metrics."""
+        run_round = self.offset + server_round
+        once = self._once_per_box(replies, f"round {run_round} training")
+        arrays, self.train = self.strategy.aggregate_train(run_round, once)
         return arrays, self.train
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Delegate with the run's round number."""
+        """Delegate with the run's round number, the nodes that joined known by their partitions."""
+        self.grid.learn_new_nodes()
         return self.strategy.configure_evaluate(self.offset + server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate with the run's round number, and keep the metrics."""
-        self.evaluate = self.strategy.aggregate_evaluate(self.offset + server_round, replies)
+        """Delegate with the run's round number and one reply per box, and keep the metrics."""
+        run_round = self.offset + server_round
+        once = self._once_per_box(replies, f"round {run_round} evaluation")
+        self.evaluate = self.strategy.aggregate_evaluate(run_round, once)
         return self.evaluate
+
+    def _once_per_box(self, replies: Iterable[Message], what: str) -> list[Message]:
+        """``replies`` in their order, less a sound reply whose partition an earlier sound reply answered for.
+
+        Failed replies stay (the strategies count them): a box's old id that fails does not hide its new one.
+        """
+        replies = list(replies)
+        sound = (reply for reply in replies if not reply.has_error())
+        kept = {id(reply) for reply in self.grid.one_per_partition(sound, what)}
+        return [reply for reply in replies if reply.has_error() or id(reply) in kept]
 
 
 def _after_round(

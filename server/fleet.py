@@ -245,9 +245,10 @@ class PartitionOrderedGrid(Grid):
     def learn_new_nodes(self, timeout_s: float = 600.0) -> None:
         """Ask the nodes never asked before their partitions (a box that reconnected has a new id).
 
-        Each node is asked once, so that one that never answers costs the timeout once. A node whose config
-        does not fit the fleet is warned of and left out from then on (its users are not the ones the server
-        counts on): the run is at its end, and its report is worth more than stopping on one box.
+        Called before each round's samples and before the final questions. Each node is asked once, so that one
+        that never answers costs the timeout once. A node whose config does not fit the fleet is warned of and
+        left out from then on (its users are not the ones the server counts on): the run is under way, and its
+        report is worth more than stopping on one box.
         """
         new = [node for node in self.get_node_ids() if node not in self.asked]
         if not new:

@@ -767,14 +767,14 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
     users: int,
     warning: str | None,
 ) -> None:
-    """A box reconnects after round 1 under a new node id, after the start's check of partitions. Its users count
-    once in the report, whether its old id still answers or is gone, and its two ids do not hide another box gone
-    offline (the floors cover the users that answered); with a node config that does not fit the fleet, it is
-    left out."""
+    """A box reconnects in round 1 under a new node id, after the start's check of partitions. Its users count
+    once in round 2 (every box trains and evaluates) and in the report, whether its old id still answers or is
+    gone, and its two ids do not hide another box gone offline before the final questions (the floors cover the
+    users that answered); with a node config that does not fit the fleet, it is left out."""
 
     class RejoinGrid(EventGrid):
         def at_call(self, n: int) -> None:
-            if n == 4:  # after the partition query and round 1's training and evaluation
+            if n == 3:  # after the partition query and round 1's training: round 2 samples from both ids
                 old = self.contexts[min(self.contexts)]
                 told = {**old.node_config, records.NUM_PARTITIONS: fleet_size}
                 self.contexts[REJOINED] = Context(
@@ -782,14 +782,30 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
                 )
                 if not old_id_answers:
                     self.down.add(old.node_id)
-                if users < 24:  # and another box goes offline
-                    self.down.add(max(node for node in self.contexts if node != REJOINED))
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if (
+                users < 24 and messages[0].metadata.message_type == FINAL_GATE_QUERY
+            ):  # another box goes offline
+                self.down.add(max(node for node in self.contexts if node != REJOINED))
+            return super().send_and_receive(messages, timeout=timeout)
 
         def get_node_ids(self):
             return [node for node in super().get_node_ids() if node not in self.down]
 
     monkeypatch.setattr(inprocess, "InProcessGrid", RejoinGrid)
-    run(federation_config, tmp_path, service, "federation.rounds=2", "federation.fraction_train=1.0")
+    run(
+        federation_config,
+        tmp_path,
+        service,
+        "federation.rounds=2",
+        "federation.fraction_train=1.0",
+        "federation.fraction_evaluate=1.0",
+    )
+    first, second = rounds(tmp_path)
+    assert second["train-num-examples"] == first["train-num-examples"]  # the same boxes, each once
+    assert second["valid-users"] == 24
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["users"] == users and final["users missing from the final evaluation"] == 24 - users
     assert final["users the floors cover"] == users and final["live gate tau calibrated on users"] == users
@@ -802,6 +818,7 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
 
 
 REJOINED = 5000
+FINAL_GATE_QUERY = f"{MessageType.QUERY}.{records.SIGNALS_ACTION}"  # the first of the final questions
 
 
 @pytest.mark.parametrize(
