@@ -81,6 +81,9 @@ SAMPLER, BUDGET_WINDOW, SECONDS = "node-sampler", "request-budget-window", "fede
 # the final questions (about a minute and a half together on the default run's 610 nodes) log every tenth of
 # the replies from a fleet of at least this many nodes
 PROGRESS_NODES = 20
+# how long a round waits for the nodes that joined to tell their partitions (a box that misses it is then listed
+# as one of its own): a query the ClientApp answers from its node config, while the round's fleet waits on it
+ROUND_QUERY_TIMEOUT_S = 120.0
 
 
 class _ShortLines(logging.Filter):
@@ -374,14 +377,14 @@ def _guarded(aggregator: Strategy, fed: FederationConfig) -> UpdateGuard:
 
 
 class _RoundMetrics(StrategyWrapper):
-    """Number the rounds as the run does, count each box once, and hold the round's metrics for the hook.
+    """Number the rounds as the run does, learn the nodes that joined, and hold the round's metrics for the hook.
 
     Flower's ``start`` counts a resumed run's rounds from 1 again; the strategies below, and through the
     messages' ``server-round`` the nodes, which seed each round from it, get ``offset`` (the checkpoint's round)
-    added. A box that reconnected under a new id while its old id is still listed can be sampled under both: the
-    nodes that joined are asked their partition before each sample (a query, only when one has joined), and of
-    one partition's sound replies only the first is aggregated, as in the final questions. Flower's result keeps
-    the whole history; the hook, called last in each round, needs only this round's.
+    added. Before each sample the nodes that joined are asked their partition (a query, only when one has
+    joined), so that a box that reconnected under a new id is sampled once (``PartitionOrderedGrid``) and one
+    with a node config that does not fit the fleet not at all. Flower's result keeps the whole history; the hook,
+    called last in each round, needs only this round's.
     """
 
     def __init__(self, strategy: Strategy, grid: PartitionOrderedGrid, offset: int = 0) -> None:
@@ -395,41 +398,27 @@ class _RoundMetrics(StrategyWrapper):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate with the run's round number, the nodes that joined known by their partitions."""
-        self.grid.learn_new_nodes()
+        self.grid.learn_new_nodes(ROUND_QUERY_TIMEOUT_S)
         return self.strategy.configure_train(self.offset + server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Delegate with the run's round number and one reply per box, and keep the metrics."""
-        run_round = self.offset + server_round
-        once = self._once_per_box(replies, f"round {run_round} training")
-        arrays, self.train = self.strategy.aggregate_train(run_round, once)
+        """Delegate with the run's round number, and keep the metrics."""
+        arrays, self.train = self.strategy.aggregate_train(self.offset + server_round, replies)
         return arrays, self.train
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Delegate with the run's round number, the nodes that joined known by their partitions."""
-        self.grid.learn_new_nodes()
+        self.grid.learn_new_nodes(ROUND_QUERY_TIMEOUT_S)
         return self.strategy.configure_evaluate(self.offset + server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate with the run's round number and one reply per box, and keep the metrics."""
-        run_round = self.offset + server_round
-        once = self._once_per_box(replies, f"round {run_round} evaluation")
-        self.evaluate = self.strategy.aggregate_evaluate(run_round, once)
+        """Delegate with the run's round number, and keep the metrics."""
+        self.evaluate = self.strategy.aggregate_evaluate(self.offset + server_round, replies)
         return self.evaluate
-
-    def _once_per_box(self, replies: Iterable[Message], what: str) -> list[Message]:
-        """``replies`` in their order, less a sound reply whose partition an earlier sound reply answered for.
-
-        Failed replies stay (the strategies count them): a box's old id that fails does not hide its new one.
-        """
-        replies = list(replies)
-        sound = (reply for reply in replies if not reply.has_error())
-        kept = {id(reply) for reply in self.grid.one_per_partition(sound, what)}
-        return [reply for reply in replies if reply.has_error() or id(reply) in kept]
 
 
 def _after_round(
@@ -591,13 +580,13 @@ def _ask_fleet(
     """Send ``content`` to every connected node; its replies without error, in partition order as they come.
 
     The caller folds them (a fleet of one-user devices sends hundreds of MiB of replies). The nodes that joined
-    since they were last asked are asked their partition first, and one reply per partition is kept
-    (``PartitionOrderedGrid.one_per_partition``). When every reply is in: the failures are warned of, and if no
-    reply was usable, an error.
+    since they were last asked are asked their partition first, so that a box that reconnected under a new id is
+    asked once (``PartitionOrderedGrid``). When every reply is in: the failures are warned of, and if no reply
+    was usable, an error.
     """
-    grid.learn_new_nodes()  # so that a box that reconnected under a new id is counted once
+    grid.learn_new_nodes()
     connected = list(grid.get_node_ids())
-    if (boxes := grid.boxes(connected)) < fleet:
+    if (boxes := len(connected)) < fleet:
         log(
             WARNING,
             "%s: %d of the fleet's %d nodes are connected; the report covers their users only",
@@ -626,7 +615,7 @@ def _ask_fleet(
                 reasons.append(reason)
 
     kept = 0
-    for reply in grid.one_per_partition(sound(grid.ordered_replies(messages, 3600, arrived)), what):
+    for reply in sound(grid.ordered_replies(messages, 3600, arrived)):
         kept += 1
         yield reply
     failed = len(messages) - usable

@@ -7,7 +7,8 @@ Three things kept a fixed seed from repeating a run in Flower's Simulation Engin
 - the supernodes get new random node ids on every run (flwrlabs/flower#3328), so the positions that Flower's
   sampler draws (``random.sample(grid.get_node_ids(), n)``) hold other nodes. The server asks every node its
   ``partition-id`` at the start (a query message; the ClientApp answers from its node config), and the nodes
-  that joined since before each final question, and lists node ids in partition order (``PartitionOrderedGrid``);
+  that joined since before each sample and each final question, and lists node ids in partition order, one per
+  partition (``PartitionOrderedGrid``);
 - Flower's own background threads in the ServerApp process (heartbeat and retry jitter) draw from the global
   ``random`` module at moments that depend on timing, so seeding it does not fix the sampler's draws. The sampler
   gets a generator of its own for the run (``seeded_node_sampling``);
@@ -224,15 +225,19 @@ def _partition_problem(node: int, partition: int, count: int, nodes: int, num_us
 class PartitionOrderedGrid(Grid):
     """``grid`` with node ids and replies in partition order (unknown nodes last, by id); the rest delegated.
 
-    A node that joined during the run with a node config that does not fit the fleet (``misfits``) is not listed.
+    One node is listed per partition: a box that reconnected under a new id while the SuperLink still lists its
+    old one (until that misses its heartbeats) holds the same users, who must be sampled, aggregated and counted
+    once, and its newest id is the one that answers. A node that joined during the run with a node config that
+    does not fit the fleet (``misfits``) is not listed either.
     """
 
     def __init__(self, grid: Grid, partitions: dict[int, int], nodes: int, num_users: int) -> None:
         self.grid = grid
-        self.partitions = partitions
+        self.partitions = partitions  # in the order the nodes told them: a partition's newest node last
         self.nodes, self.num_users = nodes, num_users  # the fleet the partitions are checked against
         self.asked = set(partitions)  # the nodes asked their partition, answered or not
         self.misfits: set[int] = set()
+        self.replaced: set[int] = set()  # nodes whose partition a newer node tells (warned of once)
 
     @classmethod
     def discover(cls, grid: Grid, nodes: int, num_users: int) -> PartitionOrderedGrid:
@@ -245,8 +250,8 @@ class PartitionOrderedGrid(Grid):
     def learn_new_nodes(self, timeout_s: float = 600.0) -> None:
         """Ask the nodes never asked before their partitions (a box that reconnected has a new id).
 
-        Called before each round's samples and before the final questions. Each node is asked once, so that one
-        that never answers costs the timeout once. A node whose config does not fit the fleet is warned of and
+        Called before each sample of a round and before the final questions. Each node is asked once, so that one
+        that never answers costs the timeout once (and is then listed as a box of its own). A node whose config does not fit the fleet is warned of and
         left out from then on (its users are not the ones the server counts on): the run is under way, and its
         report is worth more than stopping on one box.
         """
@@ -270,36 +275,23 @@ class PartitionOrderedGrid(Grid):
             else:
                 self.partitions[node] = partition
 
-    def boxes(self, node_ids: list[int]) -> int:
-        """How many of the fleet's nodes ``node_ids`` stand for: one per partition, and each unknown node."""
-        known = {self.partitions[n] for n in node_ids if n in self.partitions}
-        return len(known) + sum(n not in self.partitions for n in node_ids)
-
-    def one_per_partition(self, replies: Iterable[Message], what: str) -> Iterator[Message]:
-        """``replies`` (in partition order), one per partition, the first kept; the others are warned of at the end.
-
-        Two nodes of one partition hold the same users (a box that reconnected under a new id while its old id
-        still answers), who must count once.
-        """
-        seen, twins = set(), []
-        for reply in replies:
-            partition = self.partitions.get(reply.metadata.src_node_id)  # None: a node that never told it
-            if partition is not None and partition in seen:
-                twins.append(f"node {reply.metadata.src_node_id} (partition {partition})")
-                continue
-            seen.add(partition)
-            yield reply
-        if twins:
+    def get_node_ids(self) -> Iterable[int]:
+        """The listed nodes in partition order, less misfits and nodes whose partition a newer node tells."""
+        listed = [node for node in self.grid.get_node_ids() if node not in self.misfits]
+        here = set(listed)
+        newest = {self.partitions[node]: node for node in self.partitions if node in here}
+        replaced = [n for n in listed if n in self.partitions and newest[self.partitions[n]] != n]
+        for node in sorted(set(replaced) - self.replaced):
+            partition = self.partitions[node]
             log(
                 WARNING,
-                "%s: %d replies left out, from nodes whose partition another node answered for: %s",
-                what,
-                len(twins),
-                ", ".join(twins[:5]),
+                "node %d is left out: node %d joined later with its partition (%d), as a box that reconnected does",
+                node,
+                newest[partition],
+                partition,
             )
-
-    def get_node_ids(self) -> Iterable[int]:
-        return sorted((n for n in self.grid.get_node_ids() if n not in self.misfits), key=self._position)
+        self.replaced.update(replaced)
+        return sorted((n for n in listed if n not in replaced), key=self._position)
 
     @property
     def run(self) -> Run:

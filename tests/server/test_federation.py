@@ -33,7 +33,14 @@ from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
 from lsc4rec.scoring import evaluate_full
-from server.app import FINAL_GATE_BINS, _final_evaluation, _privacy, _protocol, fleet_signal_counts
+from server.app import (
+    DP_EPSILON,
+    FINAL_GATE_BINS,
+    _final_evaluation,
+    _privacy,
+    _protocol,
+    fleet_signal_counts,
+)
 from server.app import app as server_app
 from server.checkpoint import (
     Checkpoint,
@@ -43,7 +50,7 @@ from server.checkpoint import (
     save_ledger,
 )
 from server.fleet import PartitionOrderedGrid
-from server.inprocess import InProcessGrid, run_in_process
+from server.inprocess import FIRST_NODE_ID, InProcessGrid, run_in_process
 from server.report import REPORT_FILES, ROUNDS_FILE, SIGNAL_HISTOGRAMS
 from strategies.privacy import FleetPrivacy
 from tests.conftest import NODES, silent_server
@@ -748,53 +755,74 @@ def test_a_node_gone_offline_does_not_stall_the_rounds(
 
 
 @pytest.mark.parametrize(
-    ("old_id_answers", "fleet_size", "users", "warning"),
+    ("old_ids", "fleet_size", "users", "private", "warning"),
     [
-        (True, NODES, 18, "replies left out, from nodes whose partition another node answered for"),
-        (False, NODES, 18, None),
-        (True, NODES + 1, 24, "a node that joined during the run is left out: num-partitions must be"),
+        ("answer", NODES, 18, False, "node 1000 is left out: node 5000 joined later with its partition (0)"),
+        ("fail", NODES, 18, False, "node 1001 is left out: node 5001 joined later with its partition (1)"),
+        ("are gone", NODES, 18, False, None),
+        ("answer", NODES, 24, True, "node 1000 is left out: node 5000 joined later with its partition (0)"),
+        (
+            "answer",
+            NODES + 1,
+            24,
+            False,
+            "a node that joined during the run is left out: num-partitions must be",
+        ),
     ],
-    ids=["old-id-still-answers", "old-id-gone", "rejoined-with-a-wrong-node-config"],
+    ids=[
+        "old-ids-still-answer",
+        "old-ids-listed-but-failing",
+        "old-ids-gone",
+        "private-run",
+        "rejoined-with-a-wrong-node-config",
+    ],
 )
-def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
+def test_boxes_that_rejoin_under_new_ids_count_their_users_once(
     federation_config: RunConfig,
     service: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    old_id_answers: bool,
+    old_ids: str,
     fleet_size: int,
     users: int,
+    private: bool,
     warning: str | None,
 ) -> None:
-    """A box reconnects in round 1 under a new node id, after the start's check of partitions. Its users count
-    once in round 2 (every box trains and evaluates) and in the report, whether its old id still answers or is
-    gone, and its two ids do not hide another box gone offline before the final questions (the floors cover the
-    users that answered); with a node config that does not fit the fleet, it is left out."""
+    """Two boxes reconnect under new node ids after the start's check of partitions: one after round 1's
+    training (its evaluation's sample must know it), one after round 1's evaluation (round 2's training's must).
+    Every box trains and evaluates in every round. Their users count once in each round and in the report,
+    whether their old ids still answer, fail while still listed, or are gone; a private round is not voided by
+    them; their ids do not hide another box gone offline before the final questions (the floors cover the users
+    that answered). With a node config that does not fit the fleet, they are left out."""
 
     class RejoinGrid(EventGrid):
-        def at_call(self, n: int) -> None:
-            if n == 3:  # after the partition query and round 1's training: round 2 samples from both ids
-                old = self.contexts[min(self.contexts)]
-                told = {**old.node_config, records.NUM_PARTITIONS: fleet_size}
-                self.contexts[REJOINED] = Context(
-                    old.run_id, REJOINED, told, RecordDict(), dict(old.run_config)
-                )
-                if not old_id_answers:
-                    self.down.add(old.node_id)
+        rejoined = 0
 
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
-            if (
-                users < 24 and messages[0].metadata.message_type == FINAL_GATE_QUERY
-            ):  # another box goes offline
-                self.down.add(max(node for node in self.contexts if node != REJOINED))
-            return super().send_and_receive(messages, timeout=timeout)
+            kind = messages[0].metadata.message_type
+            if users < 24 and kind == FINAL_GATE_QUERY:  # another box goes offline
+                self.down.add(FIRST_NODE_ID + NODES - 1)
+            replies = super().send_and_receive(messages, timeout=timeout)
+            if self.rejoined < 2 and kind == (MessageType.TRAIN, MessageType.EVALUATE)[self.rejoined]:
+                self.rejoin(FIRST_NODE_ID + self.rejoined, REJOINED + self.rejoined)
+                self.rejoined += 1
+            return replies
+
+        def rejoin(self, old_id: int, new_id: int) -> None:
+            old = self.contexts[old_id]
+            told = {**old.node_config, records.NUM_PARTITIONS: fleet_size}
+            self.contexts[new_id] = Context(old.run_id, new_id, told, RecordDict(), dict(old.run_config))
+            if old_ids != "answer":
+                self.down.add(old_id)
 
         def get_node_ids(self):
-            return [node for node in super().get_node_ids() if node not in self.down]
+            listed = super().get_node_ids()
+            return listed if old_ids == "fail" else [node for node in listed if node not in self.down]
 
     monkeypatch.setattr(inprocess, "InProcessGrid", RejoinGrid)
+    privately = ("federation.dp_noise=1.0", "federation.dp_clip=0.5") if private else ()
     run(
         federation_config,
         tmp_path,
@@ -802,19 +830,24 @@ def test_a_box_that_rejoins_under_a_new_id_counts_its_users_once(
         "federation.rounds=2",
         "federation.fraction_train=1.0",
         "federation.fraction_evaluate=1.0",
+        *privately,
     )
     first, second = rounds(tmp_path)
+    assert first["valid-users"] == second["valid-users"] == 24
     assert second["train-num-examples"] == first["train-num-examples"]  # the same boxes, each once
-    assert second["valid-users"] == 24
+    if private:  # round 2 released its model
+        assert second[DP_EPSILON] > first[DP_EPSILON] > 0
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["users"] == users and final["users missing from the final evaluation"] == 24 - users
     assert final["users the floors cover"] == users and final["live gate tau calibrated on users"] == users
-    assert ("3 of the fleet's 4 nodes are connected" in caplog.text) is (users < 24)
-    if warning is None:  # the box is known again, by its partition, and nothing needs leaving out
-        assert "replies left out" not in caplog.text and "is left out" not in caplog.text
+    gone_offline = users < 24 and old_ids != "fail"  # else the box gone offline is listed, asked, and fails
+    assert ("3 of the fleet's 4 nodes are connected" in caplog.text) is gone_offline
+    if warning is None:  # the boxes are known again, by their partitions, and nothing needs leaving out
+        assert "is left out" not in caplog.text
     else:
         assert warning in caplog.text
     assert "never told its partition" not in caplog.text
+    assert first["train-failed"] == second["train-failed"] == 0  # no message went to an old id
 
 
 REJOINED = 5000
