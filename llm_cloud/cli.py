@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lsc4rec.errors import ConfigError, LSC4RecError, run_main
+from lsc4rec.errors import ConfigError, LSC4RecError, named_as_typed, run_main
 from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_HEAD_BYTES, MAX_IN_FLIGHT, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
@@ -46,39 +46,42 @@ def train(
     from lsc4rec.data import SequenceDataset, TemporalSplit
     from lsc4rec.runs import output_path
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_config = load_config(
-        config, override_pairs(overrides, ("data.lag", "llm", "seed"), **{"llm.base": base})
-    )
-    dataset = SequenceDataset.load(data)
-    # the checkpoint records the data it was trained on: the prepared file's own settings, not the defaults
-    meta = dataset.meta
-    prepared = {
-        "dataset": meta.get("source") or meta.get("name"),
-        "kcore": meta.get("kcore"),
-        "numbering": meta.get("numbering"),
-    }
-    run_config = run_config.override(
-        [f"data.{key}={value}" for key, value in prepared.items() if value is not None]
-    )
-    TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
-    _check_out(out)
-    # torch and transformers load only now, after the cheap checks, so that their errors come at once
-    from llm_cloud.train import kept_weights, train_llm
+    with named_as_typed({"llm.base": base}, {"llm.base": "--base"}):
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        run_config = load_config(
+            config, override_pairs(overrides, ("data.lag", "llm", "seed"), **{"llm.base": base})
+        )
+        dataset = SequenceDataset.load(data)
+        # the checkpoint records the data it was trained on: the prepared file's own settings, not the defaults
+        meta = dataset.meta
+        prepared = {
+            "dataset": meta.get("source") or meta.get("name"),
+            "kcore": meta.get("kcore"),
+            "numbering": meta.get("numbering"),
+        }
+        run_config = run_config.override(
+            [f"data.{key}={value}" for key, value in prepared.items() if value is not None]
+        )
+        TemporalSplit(dataset, run_config.data.lag).check_trainable("LLM")
+        _check_out(out)
+        # torch and transformers load only now, after the cheap checks, so that their errors come at once
+        from llm_cloud.train import kept_weights, train_llm
 
-    created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
-    output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
-    try:
-        result = train_llm(run_config, dataset, out, progress=not quiet, replace=False)
-    except BaseException:  # a base that does not load, Ctrl-C: a folder made for nothing is not left behind
-        if created:
-            with suppress(OSError):  # rmdir removes only an empty folder
-                out.rmdir()
-        raise
-    typer.echo(
-        f"saved {result.checkpoint}: {kept_weights(result.best_epoch, result.averaged_epochs)}, valid NDCG@10 "
-        f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"
-    )
+        created = not os.path.lexists(out)  # os.path: a name too long is left to output_path to name
+        output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
+        try:
+            result = train_llm(run_config, dataset, out, progress=not quiet, replace=False)
+        except (
+            BaseException
+        ):  # a base that does not load, Ctrl-C: a folder made for nothing is not left behind
+            if created:
+                with suppress(OSError):  # rmdir removes only an empty folder
+                    out.rmdir()
+            raise
+        typer.echo(
+            f"saved {result.checkpoint}: {kept_weights(result.best_epoch, result.averaged_epochs)}, valid NDCG@10 "
+            f"{result.best_valid_ndcg10:.4f}, {result.seconds:.0f} s"
+        )
 
 
 def _check_out(out: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +16,8 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from lsc4rec.config import FederationConfig, RunConfig, TrainConfig, load_config, override_pairs
-from lsc4rec.errors import ConfigError, run_main
+from lsc4rec.config import FederationConfig, RunConfig, load_config, override_pairs
+from lsc4rec.errors import ConfigError, named_as_typed, run_main
 from lsc4rec.tables import print_table
 
 app = typer.Typer(
@@ -59,6 +57,28 @@ def build_config(
     return load_config(config, override_pairs(overrides, reads, **flat))
 
 
+def _named(options: dict[str, str], given: dict[str, Any]) -> dict[str, Any]:
+    """{config key: the value its option was given, or None}; each option is named after its parameter."""
+    return {key: given[option[2:].replace("-", "_")] for key, option in options.items()}
+
+
+# the settings each command's named options set
+PREPARE_OPTIONS = {
+    "data.dataset": "--dataset",
+    "data.data_dir": "--data-dir",
+    "data.kcore": "--kcore",
+    "data.numbering": "--numbering",
+}
+SRM_TRAIN_OPTIONS = {
+    "data.dataset": "--dataset",
+    "srm.model": "--model",
+    "srm.loss": "--loss",
+    "train.epochs": "--epochs",
+    "out_dir": "--out",
+    "data.data_dir": "--data-dir",
+}
+
+
 @data_app.command("prepare")
 def data_prepare(
     dataset: Annotated[
@@ -76,18 +96,10 @@ def data_prepare(
     """Read, k-core filter and number a dataset; save it as .npz and print its statistics."""
     from lsc4rec.data.prepared import prepare
 
-    cfg = build_config(
-        config,
-        overrides,
-        ("data.dataset", "data.data_dir", "data.kcore", "data.numbering", "seed"),
-        **{
-            "data.dataset": dataset,
-            "data.kcore": kcore,
-            "data.numbering": numbering,
-            "data.data_dir": data_dir,
-        },
-    )
-    dataset_obj, path = prepare(cfg.data, cfg.seed, out)
+    named = _named(PREPARE_OPTIONS, locals())
+    with named_as_typed(named, PREPARE_OPTIONS):
+        cfg = build_config(config, overrides, (*PREPARE_OPTIONS, "seed"), **named)
+        dataset_obj, path = prepare(cfg.data, cfg.seed, out)
     table = Table(title=f"{cfg.data.dataset} ({cfg.data.kcore}-core, {cfg.data.numbering} numbering)")
     table.add_column("statistic")
     table.add_column("value", justify="right")
@@ -111,20 +123,10 @@ def srm_train(
     """Train an SRM on every user's device view, early-stop on validation, evaluate on test (full catalogue)."""
     from clients.central import train_central
 
-    cfg = build_config(
-        config,
-        overrides,
-        ("data", "srm", "train", "seed", "out_dir"),
-        **{
-            "data.dataset": dataset,
-            "srm.model": model,
-            "srm.loss": loss,
-            "train.epochs": epochs,
-            "out_dir": out,
-            "data.data_dir": data_dir,
-        },
-    )
-    result = train_central(cfg)
+    named = _named(SRM_TRAIN_OPTIONS, locals())
+    with named_as_typed(named, SRM_TRAIN_OPTIONS):
+        cfg = build_config(config, overrides, ("data", "srm", "train", "seed", "out_dir"), **named)
+        result = train_central(cfg)
     console.print_json(json.dumps(result["test"]))
     console.print(f"run folder: {result['run_dir']}")
 
@@ -209,7 +211,7 @@ def federate(
 
     The options' defaults are lsc4rec/config.py's; --config or a resumed run's own settings replace them.
     """
-    given = dict(locals())  # the options by parameter name, which typer names each option after
+    named = _named(FEDERATE_OPTIONS, locals())
     from llm_cloud.engines import ENGINES
     from server.launch import LAUNCH_FILE, RUNTIMES, Launch, run_federation
 
@@ -217,10 +219,9 @@ def federate(
         if value is not None and value not in choices:
             raise ConfigError(option, f"must be one of {'|'.join(choices)}, got {value!r}.")
     for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
-        if value is not None and str(value).startswith("--"):  # `--out --nodes 3`: the value was forgotten
+        if value is not None and str(value).startswith("--"):  # `--out --vllm-eager`: the value was forgotten
             raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
-    named = {key: given[option[2:].replace("-", "_")] for key, option in FEDERATE_OPTIONS.items()}
-    with _named_as_typed(named):
+    with named_as_typed(named, FEDERATE_OPTIONS):
         cfg = (
             _fresh_config(config, overrides, named)
             if resume is None
@@ -236,19 +237,9 @@ def federate(
     console.print(f"report: {summary.parent} (summary.md, final.json, metrics.jsonl, *.png)")
 
 
-@contextmanager
-def _named_as_typed(named: dict[str, Any]) -> Iterator[None]:
-    """A setting's error names the option it came from (``--rounds: must be >= 1``), when it came from one."""
-    try:
-        yield
-    except ConfigError as exc:
-        if named.get(exc.key) is None:  # set by --set, --config or the run's own settings: the key says it
-            raise
-        raise ConfigError(FEDERATE_OPTIONS[exc.key], exc.message) from None
-
-
 def _fresh_config(config: Path | None, overrides: list[str] | None, named: dict[str, Any]) -> RunConfig:
     """A new run's settings (defaults, ``--config``, the options, ``--set``), less what a new run cannot take."""
+    _refuse_train_settings(overrides)
     cfg = build_config(config, overrides, **named)
     if cfg.federation.resume:  # from the defaults, it would overwrite the run's config.json with them
         raise ConfigError(
@@ -261,14 +252,23 @@ def _fresh_config(config: Path | None, overrides: list[str] | None, named: dict[
             f"names the run folder itself, so --out {named['out_dir']} (where new run folders go) would be "
             "ignored. Pass one of them.",
         )
-    if cfg.train != TrainConfig():  # accepted and then never read would be worse than refused
-        raise ConfigError(
-            "train",
-            "sets the centralized SRM's training (`lsc4rec srm train`), which a federation does not run: "
-            "devices train with federation.local_lr, local_epochs and local_batch_size.",
-        )
     _refuse_service_url(cfg.federation.service_url != FederationConfig.service_url)
     return cfg
+
+
+def _refuse_train_settings(overrides: list[str] | None) -> None:
+    """Refuse a ``--set train.*``: a federation would accept it and never read it.
+
+    A ``--config`` file's [train] section is left alone: it is for ``srm train``, and one file may serve every
+    command of a run.
+    """
+    for pair in overrides or []:
+        if (key := pair.partition("=")[0].strip()).split(".", 1)[0] == "train":
+            raise ConfigError(
+                key,
+                "sets the centralized SRM's training (`lsc4rec srm train`), which a federation does not run: "
+                "devices train with federation.local_lr, local_epochs and local_batch_size.",
+            )
 
 
 def _resumed_config(
@@ -279,6 +279,7 @@ def _resumed_config(
 
     if config is not None:
         raise ConfigError("--resume", "keeps the run's own settings: drop --config (--set still applies).")
+    _refuse_train_settings(overrides)
     set_keys = {pair.partition("=")[0].strip() for pair in overrides or []}
     # the run's own config.json holds the service its first launch started: not the user's choice
     fixed = sorted(set_keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (

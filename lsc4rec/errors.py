@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,6 +29,21 @@ class ConfigError(LSC4RecError, ValueError):
         self.key = key
         self.message = message
         super().__init__(f"{key if key.startswith(('-', '$')) else f'config {key}'}: {message}")
+
+
+@contextmanager
+def named_as_typed(named: Mapping[str, object], options: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, a setting's error names the option it came from (``--rounds: must be >= 1``).
+
+    ``options`` maps config keys to the command's options that set them, ``named`` the keys to the values those
+    options were given (None: not given). A value from ``--set``, ``--config`` or a resumed run keeps its key.
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        if named.get(exc.key) is None:
+            raise
+        raise ConfigError(options[exc.key], exc.message) from None
 
 
 def check_loss(loss: float, section: str, lr: float, epoch: int | str) -> None:

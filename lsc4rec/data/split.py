@@ -28,6 +28,10 @@ import numpy as np
 from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.errors import ConfigError, DataFormatError
 
+# how each command takes a higher k-core: the commands that read prepared files (llm train, llm evaluate) take
+# one that `data prepare` made; those that prepare the data themselves take the setting
+KCORE_FIX = "`lsc4rec data prepare --kcore N` for the commands given a prepared file, `--set data.kcore=N` for the others"
+
 Stage = Literal["valid", "test"]
 
 
@@ -44,14 +48,14 @@ class TemporalSplit:
             raise DataFormatError(
                 self.dataset.meta.get("name", "the dataset"),
                 f"every user needs at least 3 items (a history, the validation and the test target), but the "
-                f"shortest sequence has {shortest}. Raise data.kcore (--kcore, or --set data.kcore=N) to 3 or more.",
+                f"shortest sequence has {shortest}. Prepare it with a k-core of 3 or more ({KCORE_FIX}).",
             )
         if self.lag < 0 or shortest - 3 - self.lag < 0:
             raise ConfigError(
                 "data.lag",
                 f"must be in [0, {shortest - 3}] so that every user's cloud view at "
                 f"validation holds an item (shortest sequence: {shortest}), got {self.lag}. "
-                "Lower it, or prepare the data with a higher data.kcore (--kcore, or --set data.kcore=N).",
+                f"Lower it, or prepare the data with a higher k-core ({KCORE_FIX}).",
             )
 
     def check_trainable(self, model: Literal["SRM", "LLM"]) -> None:

@@ -8,13 +8,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from flwr.app import ArrayRecord
 
 from llm_cloud.processes import free_port
+from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls
+from server.checkpoint import save_checkpoint
 from tests.conftest import run_benchmark, run_module, synthetic_dataset
 
 
@@ -27,7 +31,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["data", "prepare", "--dataset", "/nonexistent/folder"], "is neither a known dataset"),
         (["data", "prepare", "--set", "srm.wings=2"], "srm.wings: is not a known key"),
-        (["data", "prepare", "--kcore", "0"], "data.kcore: must be >= 1"),
+        (["data", "prepare", "--kcore", "0"], "error: --kcore: must be >= 1"),
         (
             ["llm", "serve", "--checkpoint", "/nonexistent/ckpt"],
             "error: --checkpoint: must be a folder written by",
@@ -54,7 +58,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "federation.run_dir: names the run folder itself, so --out elsewhere",
         ),
         (["federate", "--out", "--vllm-eager"], "--out: needs a value, got the option --vllm-eager"),
-        (["federate", "--set", "train.lr=0.5"], "config train: sets the centralized SRM's training"),
+        (["federate", "--set", "train.lr=0.5"], "config train.lr: sets the centralized SRM's training"),
         # the transformers engine starts no vLLM
         (["federate", "--vllm-eager"], "--vllm-eager: starts vLLM, so it needs --engine vllm."),
         (
@@ -83,7 +87,7 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         (
             ["llm", "train", "--data", "d", "--out", "o", "--base", "scratch", "--set", "llm.base=/x"],
-            "llm.base: is given twice",
+            "error: --base: is given twice, by --set llm.base=/x and by its own option (scratch)",
         ),
         # a --set of a section the command never reads would run as if it had not been given
         (
@@ -182,7 +186,8 @@ def test_cli_resume_takes_no_other_run_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("base", "message"), [("/nonexistent/model", "existing model folder"), ("", "llm.base")]
+    ("base", "message"),
+    [("/nonexistent/model", "--base: must be scratch or an existing model folder"), ("", "--base: must be")],
 )
 def test_cli_llm_train_with_a_bad_base_leaves_no_folder(tmp_path: Path, base: str, message: str) -> None:
     data = str(synthetic_dataset().save(tmp_path / "d.npz"))
@@ -336,14 +341,34 @@ def test_benchmark_arguments_are_checked_first(script: str, args: list[str], mes
     assert "Traceback" not in done.stderr
 
 
-def test_a_setting_error_names_what_the_user_typed() -> None:
-    """The option when the value came from one, the config key when it came from --set."""
+def test_a_setting_error_names_what_the_user_typed(tmp_path: Path) -> None:
+    """The option when the value came from one, the config key when it came from --set, in every command."""
+    run = tmp_path / "run"  # a run to resume, trained with the default seed
+    run.mkdir()
+    RunConfig().save(run / "config.json")
+    save_checkpoint(run, 1, ArrayRecord({"w": torch.zeros(2)}), 0.5)
+    resumed = f"must stay 0 to resume {run}, which was trained with it; this run sets 1."
     for args, line in (
         (["federate", "--rounds", "0"], "error: --rounds: must be >= 1, got 0."),
         (
             ["federate", "--set", "federation.rounds=0"],
             "error: config federation.rounds: must be >= 1, got 0.",
         ),
+        (["data", "prepare", "--set", "data.kcore=0"], "error: config data.kcore: must be >= 1, got 0."),
+        (["srm", "train", "--model", "foo"], "error: --model: must be sasrec|gru4rec|din, got 'foo'."),
+        (["srm", "train", "--epochs", "0"], "error: --epochs: must be >= 1, got 0."),
+        (["federate", "--resume", str(run), "--seed", "1"], f"error: --seed: {resumed}"),
+        (["federate", "--resume", str(run), "--set", "seed=1"], f"error: config seed: {resumed}"),
     ):
         done = lsc4rec(*args)
-        assert done.returncode == 2 and done.stderr.strip() == line
+        assert done.returncode == 2 and done.stderr.strip().startswith(line), done.stderr
+
+
+def test_a_config_file_may_hold_sections_federate_does_not_read(tmp_path: Path) -> None:
+    """One file serves every command of a run: federate takes its [train] (srm train's) and goes on to the
+    next check; a --set train.* is refused, since it would change nothing."""
+    (tmp_path / "run.toml").write_text("[train]\nepochs = 50\n")
+    done = lsc4rec("federate", "--config", str(tmp_path / "run.toml"), "--rounds", "0")
+    assert done.returncode == 2 and done.stderr.strip() == "error: --rounds: must be >= 1, got 0.", (
+        done.stderr
+    )

@@ -42,14 +42,16 @@ def test_split_invariants_hold_for_every_user(lag: int) -> None:
 
 
 def test_split_rejects_lag_that_empties_cloud_view() -> None:
-    # the advice names options every command that prepares data takes (not all have --lag or --kcore)
-    with pytest.raises(ConfigError, match=r"data.lag: must be in \[0, 2\].*--kcore, or --set data.kcore=N"):
+    # the advice says how each kind of command takes a higher k-core (not all have --kcore or --set)
+    fix = r"higher k-core \(`lsc4rec data prepare --kcore N` for the commands given a prepared file, `--set"
+    with pytest.raises(ConfigError, match=rf"data.lag: must be in \[0, 2\].*{fix}"):
         TemporalSplit(make_dataset([[1, 2, 3, 4, 5]]), lag=3)
 
 
 def test_too_short_sequences_and_nothing_to_train_on_are_refused() -> None:
     with pytest.raises(
-        DataFormatError, match=r"at least 3 items.*has 2\. Raise data.kcore \(--kcore, or --set"
+        DataFormatError,
+        match=r"at least 3 items.*has 2\. Prepare it with a k-core of 3 or more \(`lsc4rec data",
     ):
         TemporalSplit(make_dataset([[1, 2, 3], [2, 3]]), lag=0)
     three = TemporalSplit(
