@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lsc4rec.errors import ConfigError, LSC4RecError, named_as_typed, run_main
+from lsc4rec.errors import ConfigError, LSC4RecError, check_values_given, named_as_typed, run_main
 from lsc4rec.protocol import API_KEY_ENV, DEFAULT_PORT, MAX_HEAD_BYTES, MAX_IN_FLIGHT, MAX_K, check_api_key
 
 app = typer.Typer(help="The cloud LLM: train, evaluate, serve candidates, run vLLM.", no_args_is_help=True)
@@ -46,6 +46,7 @@ def train(
     from lsc4rec.data import SequenceDataset, TemporalSplit
     from lsc4rec.runs import output_path
 
+    check_values_given((("--data", data), ("--out", out), ("--base", base), ("--config", config)))
     with named_as_typed({"llm.base": base}, {"llm.base": "--base"}):
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         run_config = load_config(
@@ -71,9 +72,8 @@ def train(
         output_path(out, "--out", folder=True)  # after the inputs, so a typo there leaves no empty folder
         try:
             result = train_llm(run_config, dataset, out, progress=not quiet, replace=False)
-        except (
-            BaseException
-        ):  # a base that does not load, Ctrl-C: a folder made for nothing is not left behind
+        # a base that does not load, Ctrl-C: a folder made for nothing is not left behind
+        except BaseException:
             if created:
                 with suppress(OSError):  # rmdir removes only an empty folder
                     out.rmdir()

@@ -17,7 +17,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from lsc4rec.config import FederationConfig, RunConfig, load_config, override_pairs
-from lsc4rec.errors import ConfigError, named_as_typed, run_main
+from lsc4rec.errors import ConfigError, check_values_given, named_as_typed, run_main
 from lsc4rec.tables import print_table
 
 app = typer.Typer(
@@ -96,6 +96,7 @@ def data_prepare(
     """Read, k-core filter and number a dataset; save it as .npz and print its statistics."""
     from lsc4rec.data.prepared import prepare
 
+    check_values_given((("--dataset", dataset), ("--out", out), ("--config", config)))
     named = _named(PREPARE_OPTIONS, locals())
     with named_as_typed(named, PREPARE_OPTIONS):
         cfg = build_config(config, overrides, (*PREPARE_OPTIONS, "seed"), **named)
@@ -123,6 +124,7 @@ def srm_train(
     """Train an SRM on every user's device view, early-stop on validation, evaluate on test (full catalogue)."""
     from clients.central import train_central
 
+    check_values_given((("--dataset", dataset), ("--out", out), ("--config", config)))
     named = _named(SRM_TRAIN_OPTIONS, locals())
     with named_as_typed(named, SRM_TRAIN_OPTIONS):
         cfg = build_config(config, overrides, ("data", "srm", "train", "seed", "out_dir"), **named)
@@ -218,9 +220,7 @@ def federate(
     for option, value, choices in (("--engine", engine, ENGINES), ("--runtime", runtime, RUNTIMES)):
         if value is not None and value not in choices:
             raise ConfigError(option, f"must be one of {'|'.join(choices)}, got {value!r}.")
-    for option, value in (("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)):
-        if value is not None and str(value).startswith("--"):  # `--out --vllm-eager`: the value was forgotten
-            raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
+    check_values_given((("--dataset", dataset), ("--out", out), ("--resume", resume), ("--config", config)))
     with named_as_typed(named, FEDERATE_OPTIONS):
         cfg = (
             _fresh_config(config, overrides, named)

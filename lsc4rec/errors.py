@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +44,17 @@ def named_as_typed(named: Mapping[str, object], options: Mapping[str, str]) -> I
         if named.get(exc.key) is None:
             raise
         raise ConfigError(options[exc.key], exc.message) from None
+
+
+def check_values_given(options: Iterable[tuple[str, object]]) -> None:
+    """Refuse an option whose value is another option: ``--out --vllm-eager`` forgot the folder.
+
+    The parser would take ``--vllm-eager`` as the folder's name and the command would run, for an hour of
+    training perhaps, before anyone noticed.
+    """
+    for option, value in options:
+        if value is not None and str(value).startswith("--"):
+            raise ConfigError(option, f"needs a value, got the option {value}. Pass it the value it takes.")
 
 
 def check_loss(loss: float, section: str, lr: float, epoch: int | str) -> None:

@@ -233,7 +233,9 @@ class PartitionOrderedGrid(Grid):
 
     def __init__(self, grid: Grid, partitions: dict[int, int], nodes: int, num_users: int) -> None:
         self.grid = grid
-        self.partitions = partitions  # in the order the nodes told them: a partition's newest node last
+        # in the order learned, a partition's newest node last; within one learning by node id (each of them
+        # answered just then, so any one stands for the box)
+        self.partitions = partitions
         self.nodes, self.num_users = nodes, num_users  # the fleet the partitions are checked against
         self.asked = set(partitions)  # the nodes asked their partition, answered or not
         self.misfits: set[int] = set()
@@ -251,9 +253,9 @@ class PartitionOrderedGrid(Grid):
         """Ask the nodes never asked before their partitions (a box that reconnected has a new id).
 
         Called before each sample of a round and before the final questions. Each node is asked once, so that one
-        that never answers costs the timeout once (and is then listed as a box of its own). A node whose config does not fit the fleet is warned of and
-        left out from then on (its users are not the ones the server counts on): the run is under way, and its
-        report is worth more than stopping on one box.
+        that never answers costs the timeout once (and is then listed as a box of its own). A node whose config
+        does not fit the fleet is warned of and left out from then on (its users are not the ones the server
+        counts on): the run is under way, and its report is worth more than stopping on one box.
         """
         new = [node for node in self.get_node_ids() if node not in self.asked]
         if not new:
@@ -264,7 +266,7 @@ class PartitionOrderedGrid(Grid):
             new,
             timeout_s,
             "nodes that joined during the run",
-            "their replies are counted as they come",
+            "they are listed after the others, each as a box of its own",
         )
         for node, (partition, count) in sorted(told.items()):
             if (

@@ -30,7 +30,10 @@ from lsc4rec.errors import ConfigError, DataFormatError
 
 # how each command takes a higher k-core: the commands that read prepared files (llm train, llm evaluate) take
 # one that `data prepare` made; those that prepare the data themselves take the setting
-KCORE_FIX = "`lsc4rec data prepare --kcore N` for the commands given a prepared file, `--set data.kcore=N` for the others"
+KCORE_FIX = (
+    "`lsc4rec data prepare --kcore N` for the commands given a prepared file, "
+    "`--set data.kcore=N` for the others"
+)
 
 Stage = Literal["valid", "test"]
 

@@ -58,6 +58,10 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
             "federation.run_dir: names the run folder itself, so --out elsewhere",
         ),
         (["federate", "--out", "--vllm-eager"], "--out: needs a value, got the option --vllm-eager"),
+        # the parser would name a folder "--x", and the command run (srm train: for minutes)
+        (["srm", "train", "--out", "--x"], "error: --out: needs a value, got the option --x"),
+        (["data", "prepare", "--out", "--x"], "error: --out: needs a value, got the option --x"),
+        (["llm", "train", "--data", "d", "--out", "--quiet"], "error: --out: needs a value, got the option"),
         (["federate", "--set", "train.lr=0.5"], "config train.lr: sets the centralized SRM's training"),
         # the transformers engine starts no vLLM
         (["federate", "--vllm-eager"], "--vllm-eager: starts vLLM, so it needs --engine vllm."),
@@ -359,6 +363,10 @@ def test_a_setting_error_names_what_the_user_typed(tmp_path: Path) -> None:
         (["srm", "train", "--epochs", "0"], "error: --epochs: must be >= 1, got 0."),
         (["federate", "--resume", str(run), "--seed", "1"], f"error: --seed: {resumed}"),
         (["federate", "--resume", str(run), "--set", "seed=1"], f"error: config seed: {resumed}"),
+        (  # not compared with the run's own, and never read: refused as in a new run
+            ["federate", "--resume", str(run), "--set", "train.lr=0.5"],
+            "error: config train.lr: sets the centralized SRM's training",
+        ),
     ):
         done = lsc4rec(*args)
         assert done.returncode == 2 and done.stderr.strip().startswith(line), done.stderr
@@ -366,9 +374,11 @@ def test_a_setting_error_names_what_the_user_typed(tmp_path: Path) -> None:
 
 def test_a_config_file_may_hold_sections_federate_does_not_read(tmp_path: Path) -> None:
     """One file serves every command of a run: federate takes its [train] (srm train's) and goes on to the
-    next check; a --set train.* is refused, since it would change nothing."""
+    checks of the settings as a whole (here a service URL, which it starts itself)."""
     (tmp_path / "run.toml").write_text("[train]\nepochs = 50\n")
-    done = lsc4rec("federate", "--config", str(tmp_path / "run.toml"), "--rounds", "0")
-    assert done.returncode == 2 and done.stderr.strip() == "error: --rounds: must be >= 1, got 0.", (
-        done.stderr
+    given = ("--config", str(tmp_path / "run.toml"), "--set", "federation.service_url=http://127.0.0.1:1")
+    done = lsc4rec("federate", *given)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        "error: config federation.service_url: is the candidate service this command"
     )
