@@ -194,7 +194,9 @@ class CloudClient:
         self.http = self._connect()
 
     def _connect(self) -> httpx.Client:
-        return httpx.Client(timeout=self.timeout_s, headers=self.headers, verify=client_context(self.ca_file))
+        # replies uncompressed: a kilobyte of nested gzip would otherwise inflate to gigabytes before any bound
+        headers = {"Accept-Encoding": "identity", **self.headers}
+        return httpx.Client(timeout=self.timeout_s, headers=headers, verify=client_context(self.ca_file))
 
     def candidates(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Ranked items and scores [B, K] for each history (all of them, or ``CloudUnavailableError``)."""
@@ -257,7 +259,8 @@ class CloudClient:
         try:
             health = json.loads(body)
             served = (int(health["num_items"]), health["catalogue"])
-        except (ValueError, KeyError, TypeError):
+        # a foreign health page: Infinity items overflow int(), a deeply nested one recurses
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             self.catalogue_checked = True
             return
         if served[1] is not None and served != self.catalogue:
@@ -351,8 +354,14 @@ class CloudClient:
                             f"{response.headers.get('location', 'another address')} (HTTP "
                             f"{response.status_code}): set it to the address that answers.",
                         )
+                    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                    if encoding not in ("identity", ""):
+                        raise httpx.DecodingError(
+                            f"a reply encoded {encoding!r}, which the device does not accept",
+                            request=response.request,
+                        )
                     body = bytearray()
-                    for chunk in response.iter_bytes():
+                    for chunk in response.iter_raw():
                         body += chunk
                         if time.monotonic() > deadline:
                             raise httpx.ReadTimeout(late, request=response.request)

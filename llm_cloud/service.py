@@ -4,7 +4,7 @@
 :class:`~lsc4rec.protocol.CandidateResponse`; ``GET /healthz``; ``GET /metrics`` (Prometheus text). Every error
 is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
 :data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, no Content-Length
-411, a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared JSON 415, schema or
+411 (so is a chunked body), a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared JSON 415, schema or
 item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a candidate request beyond the
 ``max_in_flight`` the service holds at once. The size is judged from Content-Length before the body is read, so
 an oversized request costs the service no memory (which is why a body without a length is refused), and the
@@ -248,6 +248,12 @@ def _refuse_body(headers: Headers) -> tuple[str, str, str] | None:
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         return "not_json", "Content-Type", f"must be application/json, got {media_type or 'none'}."
+    if "transfer-encoding" in headers:  # a chunked body is read whole whatever its Content-Length says
+        return (
+            "length_required",
+            "Transfer-Encoding",
+            "must not be sent: the service bounds a body's size by its Content-Length. Send the body whole.",
+        )
     length = headers.get("content-length")
     if length is None or not length.isdigit():
         return "length_required", "Content-Length", "must be sent: the service bounds a body's size by it."

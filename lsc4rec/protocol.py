@@ -116,13 +116,14 @@ class CandidateList(BaseModel):
     """One ranked list: ``items[i]`` has score ``scores[i]``, best first; each item once, each score finite.
 
     A device checks a reply against this model: the LLM never scores an item NaN or infinite (ranking would read
-    such an item as broken or as padding), nor names one twice (it would count twice as a hard negative), so such
-    a reply is refused as a broken service's.
+    such an item as broken or as padding), nor names one twice (it would count twice as a hard negative), nor
+    lists a better-scored item after a worse one (the device reads the order as the LLM's ranking), so such a
+    reply is refused as a broken service's.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ItemId]
+    items: list[Annotated[ItemId, Field(lt=2**63)]]  # the device holds them in int64 arrays
     scores: list[FiniteFloat]
 
     @model_validator(mode="after")
@@ -134,6 +135,11 @@ class CandidateList(BaseModel):
         if len(set(self.items)) != len(self.items):
             repeated = next(item for item in self.items if self.items.count(item) > 1)
             raise ValueError(f"items must each appear once, got {repeated} more than once.")
+        if rise := next((i for i in range(1, len(self.scores)) if self.scores[i] > self.scores[i - 1]), None):
+            raise ValueError(
+                f"scores must not rise along the list (best first), got {self.scores[rise - 1]} then "
+                f"{self.scores[rise]} at position {rise}."
+            )
         return self
 
 

@@ -242,14 +242,17 @@ def _forget_cloud_outages() -> None:
 
 @contextmanager
 def answering_server(
-    *replies: bytes | tuple[int, bytes], trickle_s: float = 0.0, health: tuple[int, bytes] | None = None
+    *replies: bytes | tuple[int, bytes],
+    trickle_s: float = 0.0,
+    health: tuple[int, bytes] | None = None,
+    encoding: str | None = None,
 ) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 that answers POSTs with ``replies``; yields its URL.
 
     It stands in for a broken or foreign service (a candidate service or vLLM) that the code must survive.
     The n-th POST gets the n-th reply (the last one from then on), each a body answered with 200 or a
     (status, body) pair. With ``trickle_s`` the answer, headers first, goes out a byte every ``trickle_s`` s.
-    A GET gets ``health``, else http.server's 501.
+    A GET gets ``health``, else http.server's 501. ``encoding`` is sent as every answer's Content-Encoding.
     """
     answered = itertools.count()
 
@@ -266,7 +269,8 @@ def answering_server(
             self.answer(*(reply if isinstance(reply, tuple) else (200, reply)))
 
         def answer(self, status: int, body: bytes) -> None:
-            head = f"HTTP/1.0 {status} Reply\r\nContent-Type: application/json\r\n\r\n"
+            encoded = f"Content-Encoding: {encoding}\r\n" if encoding else ""
+            head = f"HTTP/1.0 {status} Reply\r\nContent-Type: application/json\r\n{encoded}\r\n"
             answer = head.encode() + body
             try:
                 for chunk in [answer[i : i + 1] for i in range(len(answer))] if trickle_s else [answer]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -166,6 +167,13 @@ def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
         (b'{"lists": [{"items": [4, 5], "scores": [NaN, -2.0]}], "model": "m"}', "outside the schema"),
         (b'{"lists": [{"items": [4, 5], "scores": [-1.0, Infinity]}], "model": "m"}', "outside the schema"),
         (b'{"lists": [{"items": [4, 4], "scores": [-1.0, -2.0]}], "model": "m"}', "4 more than once"),
+        # the order is the LLM's ranking, best first
+        (
+            b'{"lists": [{"items": [4, 5], "scores": [-9.0, -2.0]}], "model": "m"}',
+            "must not rise along the list",
+        ),
+        # an id beyond the int64 arrays the device holds (a client without a catalogue to check it against)
+        (b'{"lists": [{"items": [1' + b"0" * 30 + b', 5], "scores": [-1.0, -2.0]}], "model": "m"}', "schema"),
         (b'{"lists": [], "model": "m"}', "answered 1 histories with 0 lists"),
         (
             b'{"lists": [{"items": [4, 5, 6], "scores": [-1, -2, -3]}], "model": "m"}',
@@ -181,6 +189,33 @@ def test_cloud_client_treats_a_reply_that_breaks_the_schema_as_unavailable(
         client = CloudClient(url, k=2, timeout_s=2.0, retries=0)
         with pytest.raises(CloudUnavailableError, match=problem):
             client.candidates([np.array([1, 2, 3])])
+
+
+def test_cloud_client_asks_for_and_accepts_only_uncompressed_replies() -> None:
+    """A kilobyte of nested gzip inflated to 1.6 GB in the device before its size bound could act."""
+    listed = gzip.compress(b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}')
+    with answering_server(listed, encoding="gzip") as url:
+        client = CloudClient(url, k=2, timeout_s=2.0, retries=0)
+        assert client.http.headers["Accept-Encoding"] == "identity"
+        with pytest.raises(
+            CloudUnavailableError, match="a reply encoded 'gzip', which the device does not accept"
+        ):
+            client.candidates([np.array([1, 2, 3])])
+
+
+@pytest.mark.parametrize(
+    "health",
+    [b'{"num_items": Infinity, "catalogue": "x"}', b"[" * 100_000 + b"]" * 100_000],
+    ids=["infinite-count", "nested-deep"],
+)
+def test_a_health_page_that_says_nothing_readable_is_no_word_on_the_catalogue(health: bytes) -> None:
+    """A foreign /healthz that int() or the JSON parser cannot take was an OverflowError or a RecursionError out of
+    the node's handler; it is a service that does not report its catalogue, as a page without the keys is."""
+    listed = b'{"lists": [{"items": [4, 5], "scores": [-1.0, -2.0]}], "model": "m"}'
+    with answering_server(listed, health=(200, health)) as url:
+        client = CloudClient(url, k=2, timeout_s=5.0, retries=0, catalogue=(40, "0123456789abcdef"))
+        items, _ = client.candidates([np.array([1, 2, 3])])
+    assert items.tolist() == [[4, 5]] and client.catalogue_checked
 
 
 def test_cloud_client_stops_reading_a_reply_longer_than_any_list_reply() -> None:

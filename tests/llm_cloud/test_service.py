@@ -137,7 +137,7 @@ JSON_BODY = b'{"histories": [[1]], "k": 3}'
     [
         ("text/plain", JSON_BODY, 415, "Content-Type"),
         (None, JSON_BODY, 415, "Content-Type"),
-        ("application/json", iter([JSON_BODY[:10], JSON_BODY[10:]]), 411, "Content-Length"),  # chunked
+        ("application/json", iter([JSON_BODY[:10], JSON_BODY[10:]]), 411, "Transfer-Encoding"),  # chunked
     ],
 )
 def test_service_refuses_a_body_not_declared_json_or_of_unknown_length(
@@ -167,6 +167,23 @@ def test_service_refuses_an_oversized_body_before_it_arrives(service_url) -> Non
     assert reply.status == 413, body
     error = json.loads(body)["error"]
     assert error["field"] == "body" and f"at most {MAX_BODY_BYTES} bytes" in error["message"]
+
+
+def test_service_refuses_a_chunked_body_whatever_content_length_it_claims(service_url) -> None:
+    """A chunked body is read to its last chunk, so a small Content-Length beside it let any size in (40 MiB
+    were answered 200); the service refuses it from the head, as it does an oversized length."""
+    host, port = urlsplit(service_url).hostname, urlsplit(service_url).port
+    head = (
+        f"POST /v1/candidates HTTP/1.1\r\nHost: {host}\r\nAuthorization: {AUTH['Authorization']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(head.encode() + f"{len(JSON_BODY):x}\r\n".encode() + JSON_BODY + b"\r\n")
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        body = reply.read()
+    assert reply.status == 411, body
+    assert json.loads(body)["error"]["field"] == "Transfer-Encoding"
 
 
 @pytest.mark.parametrize(
