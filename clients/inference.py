@@ -6,7 +6,8 @@ SRM's drift since the list was made, its confidence in the next item, or a disag
 SRM's orders of the list, such as the paper's consistency) exceeds the fleet threshold tau, the device requests a fresh
 list (:func:`gate`). Here both lists are evaluated
 for every user, and binned by every signal asked for, so that one pass yields every request policy's curve
-(``lsc4rec.outcomes``) and the fleet can choose its signal.
+(``lsc4rec.outcomes``) and the fleet can choose its signal: evaluation fetches every user's fresh list (the
+device view goes to the cloud whatever the gate decides; README, privacy).
 Shape letters: B users, T history length, K candidates, A alphas.
 """
 

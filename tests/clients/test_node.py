@@ -1,10 +1,13 @@
 """A node's data: the partition it is told must be one of the fleet's."""
 
+import numpy as np
 import pytest
 
-from clients.node import load_node
+from clients.node import NodeData, load_node
 from lsc4rec.config import RunConfig
+from lsc4rec.data import TemporalSplit
 from lsc4rec.errors import ConfigError
+from tests.conftest import synthetic_dataset
 
 
 @pytest.mark.parametrize("partition", [-1, 4])
@@ -15,3 +18,21 @@ def test_a_partition_outside_the_fleet_is_refused(federation_config: RunConfig, 
     ):
         load_node(federation_config.data, federation_config.seed, partition, 4)
     assert len(load_node(federation_config.data, federation_config.seed, 3, 4).users) > 0
+
+
+@pytest.mark.parametrize("lag", [0, 1, 2, 3])
+def test_training_asks_the_cloud_only_for_what_it_has_seen(lag: int) -> None:
+    """The privacy rule of collaborative training: a query is the example's input while the cloud has seen it,
+    else the cloud view at validation (the list the device holds then), never a fresher prefix."""
+    split = TemporalSplit(synthetic_dataset(), lag)
+    node = NodeData(split, np.arange(split.num_users))
+    users, examples, queries = node.collaborative_prefixes(5)
+    assert len(queries) > split.num_users  # several prefixes per user, some fresher than the cloud's view
+    fresher = 0
+    for user, example, query in zip(users, examples, queries, strict=True):
+        seen = split.cloud_view(user, "valid")
+        assert len(query) == min(len(example) - 1, len(seen)) > 0
+        assert np.array_equal(query, seen[: len(query)])  # a prefix the cloud holds
+        fresher += len(example) - 1 > len(seen)
+    # the rule's second half exercised: at lag 0 and 1 every training input x_1 … x_{n-3} is one the cloud has seen
+    assert (fresher > 0) is (lag >= 2)
