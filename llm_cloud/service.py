@@ -4,8 +4,8 @@
 :class:`~lsc4rec.protocol.CandidateResponse`; ``GET /healthz``; ``GET /metrics`` (Prometheus text). Every error
 is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
 :data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, no Content-Length
-411 (so is a chunked body), a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared JSON 415, schema or
-item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a candidate request beyond the
+(or a chunked body) 411, a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared
+JSON 415, schema or item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a candidate request beyond the
 ``max_in_flight`` the service holds at once. The size is judged from Content-Length before the body is read, so
 an oversized request costs the service no memory (which is why a body without a length is refused), and the
 bound on requests in flight bounds what their bodies can take together (a device retries a 503, then falls back).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from lsc4rec.config import FederationConfig, RunConfig, load_config, override_pairs
+from lsc4rec.config import FederationConfig, RunConfig, load_config, override_pairs, set_key
 from lsc4rec.errors import ConfigError, check_values_given, named_as_typed, run_main
 from lsc4rec.tables import print_table
 
@@ -239,7 +240,7 @@ def federate(
 
 def _fresh_config(config: Path | None, overrides: list[str] | None, named: dict[str, Any]) -> RunConfig:
     """A new run's settings (defaults, ``--config``, the options, ``--set``), less what a new run cannot take."""
-    _refuse_train_settings(overrides)
+    _refuse_train_settings(set_key(pair) for pair in overrides or [])
     cfg = build_config(config, overrides, **named)
     if cfg.federation.resume:  # from the defaults, it would overwrite the run's config.json with them
         raise ConfigError(
@@ -256,14 +257,14 @@ def _fresh_config(config: Path | None, overrides: list[str] | None, named: dict[
     return cfg
 
 
-def _refuse_train_settings(overrides: list[str] | None) -> None:
-    """Refuse a ``--set train.*``: a federation would accept it and never read it.
+def _refuse_train_settings(set_keys: Iterable[str]) -> None:
+    """Refuse a ``--set train.*`` (``set_keys``: the ``--set`` pairs' keys), which a federation would not read.
 
     A ``--config`` file's [train] section is left alone: it is for ``srm train``, and one file may serve every
     command of a run.
     """
-    for pair in overrides or []:
-        if (key := pair.partition("=")[0].strip()).split(".", 1)[0] == "train":
+    for key in set_keys:
+        if key.split(".", 1)[0] == "train":
             raise ConfigError(
                 key,
                 "sets the centralized SRM's training (`lsc4rec srm train`), which a federation does not run: "
@@ -279,8 +280,8 @@ def _resumed_config(
 
     if config is not None:
         raise ConfigError("--resume", "keeps the run's own settings: drop --config (--set still applies).")
-    _refuse_train_settings(overrides)
-    set_keys = {pair.partition("=")[0].strip() for pair in overrides or []}
+    set_keys = {set_key(pair) for pair in overrides or []}
+    _refuse_train_settings(sorted(set_keys))
     # the run's own config.json holds the service its first launch started: not the user's choice
     fixed = sorted(set_keys & {"federation.run_dir", "federation.resume", "out_dir"}) + (
         ["--out"] if named["out_dir"] else []

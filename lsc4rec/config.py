@@ -511,6 +511,11 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     return _replace_flat(RunConfig(), layers)
 
 
+def set_key(pair: str) -> str:
+    """The key of a ``--set key=value`` pair, as the commands that check their ``--set`` keys read it."""
+    return pair.partition("=")[0].strip()
+
+
 def override_pairs(
     overrides: typing.Iterable[str] | None, reads: typing.Collection[str] | None = None, **flat: object
 ) -> list[str]:
@@ -526,7 +531,7 @@ def override_pairs(
     named = {key: value for key, value in flat.items() if value is not None}
     known = RunConfig().to_flat()
     for pair in overrides:
-        key = pair.partition("=")[0].strip()
+        key = set_key(pair)
         # a key that does not exist is left to load_config, which says so and lists the known ones
         if reads is not None and key in known and key not in reads and key.split(".", 1)[0] not in reads:
             sections = {name.split(".", 1)[0] for name in known if "." in name}

@@ -12,6 +12,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from lsc4rec.config import set_key
 from lsc4rec.runs import output_path, write_json
 
 # left-aligned; numbers right
@@ -94,7 +95,7 @@ def parse_args(parser: argparse.ArgumentParser, owned: Mapping[str, str] | None 
     """
     args, owned = parser.parse_args(), owned or {}
     for pair in getattr(args, "overrides", None) or []:
-        key = pair.partition("=")[0].strip()
+        key = set_key(pair)
         if key in owned:
             parser.error(f"--set {key}: this script sets it for each run; {owned[key]}")
     if getattr(args, "json", None):
