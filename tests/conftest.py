@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,7 @@ from llm_cloud.train import train_llm
 from lsc4rec.config import RunConfig
 from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.data.prepared import load_or_prepare
+from lsc4rec.errors import run_main
 from lsc4rec.outcomes import StageOutcome
 from lsc4rec.protocol import API_KEY_ENV
 
@@ -79,6 +81,36 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run(main, prog, *args)``: an entry point's ``main`` run here with ``argv``, from the repository root,
+    through the same ``run_main`` edge as :func:`run_module` and :func:`run_benchmark`, answered as they answer.
+
+    For the tables of bad input whose every row ends before any work: a row then costs milliseconds instead of a
+    new interpreter's seconds of imports. The process edge itself (nothing else on stderr) keeps its own tests
+    in a process of their own. The signal handlers ``run_main`` installs are put back.
+    """
+    monkeypatch.chdir(BENCHMARKS.parent)
+
+    def run(main: Callable[[], object], prog: str, *args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(sys, "argv", [prog, *args])
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            run_main(main)
+            status = 0
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([prog, *args], status, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,14 +18,24 @@ from cryptography.x509.oid import NameOID
 from flwr.app import ArrayRecord
 
 from llm_cloud.processes import free_port
+from lsc4rec import cli
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import make_loopback_tls
 from server.checkpoint import save_checkpoint
-from tests.conftest import run_benchmark, run_module, synthetic_dataset
+from tests.conftest import load_benchmark, run_benchmark, run_module, synthetic_dataset
 
 
 def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
+    """``lsc4rec ARGS`` in a process of its own, as a user's shell runs it."""
     return run_module("lsc4rec.cli", *args)
+
+
+@pytest.fixture
+def here(
+    run_in_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``lsc4rec ARGS`` run in this process (``tests.conftest.run_in_process``), for errors found before work."""
+    return functools.partial(run_in_process, cli.main, "lsc4rec")
 
 
 @pytest.mark.parametrize(
@@ -109,11 +121,20 @@ def lsc4rec(*args: str) -> subprocess.CompletedProcess[str]:
         ),
     ],
 )
-def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    done = lsc4rec(*args)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    args: list[str], message: str, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    done = here(*args)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_input_in_a_process_of_its_own_is_one_line_and_exit_2() -> None:
+    """The table above runs in this process; a row as a user's shell runs it prints that line and nothing else."""
+    done = lsc4rec("federate", "--vllm-eager")
+    assert done.returncode == 2
+    assert done.stderr == "error: --vllm-eager: starts vLLM, so it needs --engine vllm.\n"
 
 
 def test_cli_malformed_file_names_file_and_line(tmp_path: Path) -> None:
@@ -135,14 +156,16 @@ def test_cli_prepare_prints_statistics(tmp_path: Path, how: str) -> None:
     assert f"prepared dataset: {prepared}\n" in done.stdout  # one line, however long: no wrap at 80 columns
 
 
-def test_cli_out_of_range_options_are_usage_errors() -> None:
+def test_cli_out_of_range_options_are_usage_errors(
+    here: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     """Typer checks ranges before any work; its usage message names the option."""
     for args, option in (
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--k", "0"], "'--k'"),
         (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--lag", "-1"], "'--lag'"),
         (["llm", "serve", "--checkpoint", "c", "--port", "70000"], "'--port'"),
     ):
-        done = lsc4rec(*args)
+        done = here(*args)
         assert done.returncode == 2 and "Invalid value for" in done.stderr and option in done.stderr
         assert "Traceback" not in done.stderr
     # the federation's own checks answer in the one line every other setting error takes
@@ -150,11 +173,13 @@ def test_cli_out_of_range_options_are_usage_errors() -> None:
         (["federate", "--runtime", "cluster"], "error: --runtime: must be one of simulation|deployment"),
         (["federate", "--resume", "runs/x", "--config", "c.toml"], "error: --resume: keeps the run's own"),
     ):
-        done = lsc4rec(*args)
+        done = here(*args)
         assert done.returncode == 2 and done.stderr.startswith(line) and len(done.stderr.splitlines()) == 1
 
 
-def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None:
+def test_cli_busy_port_and_unwritable_outputs_fail_first(
+    tmp_path: Path, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     """Checked before a model loads or trains: a busy port, an output path below a file."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -177,15 +202,17 @@ def test_cli_busy_port_and_unwritable_outputs_fail_first(tmp_path: Path) -> None
             (["llm", "evaluate", "--checkpoint", "c", "--data", "d", "--json", str(tmp_path)], "is a folder"),
         ]
         for args, message in cases:
-            done = lsc4rec(*args)
+            done = here(*args)
             assert done.returncode == 2 and message in done.stderr, done.stderr
             assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_cli_resume_takes_no_other_run_folder(tmp_path: Path) -> None:
+def test_cli_resume_takes_no_other_run_folder(
+    tmp_path: Path, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     """--resume names the folder: a run_dir, out_dir or --out beside it would be dropped without a word."""
     for extra in (["--set", "federation.run_dir=elsewhere"], ["--out", "elsewhere"]):
-        done = lsc4rec("federate", "--resume", str(tmp_path), *extra)
+        done = here("federate", "--resume", str(tmp_path), *extra)
         assert done.returncode == 2 and "--resume: names the run folder and continues it" in done.stderr
 
 
@@ -193,9 +220,11 @@ def test_cli_resume_takes_no_other_run_folder(tmp_path: Path) -> None:
     ("base", "message"),
     [("/nonexistent/model", "--base: must be scratch or an existing model folder"), ("", "--base: must be")],
 )
-def test_cli_llm_train_with_a_bad_base_leaves_no_folder(tmp_path: Path, base: str, message: str) -> None:
+def test_cli_llm_train_with_a_bad_base_leaves_no_folder(
+    tmp_path: Path, base: str, message: str, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     data = str(synthetic_dataset().save(tmp_path / "d.npz"))
-    done = lsc4rec("llm", "train", "--data", data, "--out", str(tmp_path / "ckpt"), "--base", base)
+    done = here("llm", "train", "--data", data, "--out", str(tmp_path / "ckpt"), "--base", base)
     assert done.returncode == 2 and message in done.stderr, done.stderr  # "" is not taken for scratch
     assert not (tmp_path / "ckpt").exists()
 
@@ -339,13 +368,20 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
         ),
     ],
 )
-def test_benchmark_arguments_are_checked_first(script: str, args: list[str], message: str) -> None:
-    done = run_benchmark(script.removesuffix(".py"), *args)
+def test_benchmark_arguments_are_checked_first(
+    script: str,
+    args: list[str],
+    message: str,
+    run_in_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    done = run_in_process(load_benchmark(script.removesuffix(".py")).main, script, *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_a_setting_error_names_what_the_user_typed(tmp_path: Path) -> None:
+def test_a_setting_error_names_what_the_user_typed(
+    tmp_path: Path, here: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     """The option when the value came from one, the config key when it came from --set, in every command."""
     run = tmp_path / "run"  # a run to resume, trained with the default seed
     run.mkdir()
@@ -366,7 +402,7 @@ def test_a_setting_error_names_what_the_user_typed(tmp_path: Path) -> None:
             "error: config train.lr: sets the centralized SRM's training",
         ),
     ):
-        done = lsc4rec(*args)
+        done = here(*args)
         assert done.returncode == 2 and done.stderr.strip().startswith(line), done.stderr
 
 
