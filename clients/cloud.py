@@ -63,7 +63,7 @@ class Outages:
         self._lock = threading.Lock()
 
     def skip_until(self, url: str) -> float | None:
-        """The monotonic time until which ``url`` is skipped, or None when it never failed here."""
+        """The monotonic time until which ``url`` is skipped; None when it has not failed here since it last answered."""
         with self._lock:
             failed = self._failed.get(url)
         return None if failed is None else failed[0] + failed[1]
@@ -154,7 +154,8 @@ class CloudClient:
     which are transient. Those, connection failures, timeouts, 5xx answers and replies that break the schema
     are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at once, a reply with the
     wrong number of lists, lists longer than K or items outside the catalogue (a foreign service).
-    ``timeout_s`` bounds each attempt, headers and body, not only each read: a server that trickles its reply
+    ``timeout_s`` bounds each HTTP request (an attempt's first also asks ``/healthz`` for the catalogue), headers
+    and body, not only each read: a server that trickles its reply
     cannot hold a device. The bearer key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable
     ``lsc4rec llm serve`` reads its key from).
     An https service is verified against ``ca_file``, else ``$LSC4REC_SERVICE_CA``, else the public CAs; a

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ MEASURES = ("drift", "displacement", "kendall", "topk", "confidence")
 # project used before it was configurable) and FedAvgM's step (1.0: the averaged update, plus momentum; with no
 # momentum, plain FedAvg).
 SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
-MAX_BIN_ALPHA_SUMS = 2000  # federation.bins x (alpha_steps + 1): sums per signal in every evaluation reply
+# federation.bins x (alpha_steps + 1): it bounds each evaluation reply's [α, bin] sums (four such arrays per signal)
+MAX_BIN_ALPHA_SUMS = 2000
 # score normalisations before fusion (lsc4rec.ranking.normalize)
 NORMALIZATIONS = ("minmax", "softmax", "rank")
 # the signals read from the SRM's scores of the whole catalogue (clients.inference.catalogue_signals); the
@@ -245,7 +245,7 @@ class FederationConfig:
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
     # the candidate service (`lsc4rec llm serve` on this host)
     service_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
-    timeout_s: float = 20.0  # per attempt at a candidate request: the whole answer, not each read
+    timeout_s: float = 20.0  # per HTTP request to the service: the whole answer, not each read
     retries: int = 2  # retries after a failed request (exponential back-off) before falling back
     # seconds a device process skips a service that failed every attempt, then probes it once; 0 never skips
     cloud_cooldown_s: float = 60.0
@@ -320,7 +320,7 @@ class FederationConfig:
             "federation.bins",
             f"must be at most {MAX_BIN_ALPHA_SUMS // alphas} with federation.alpha_steps={self.alpha_steps} (bins "
             f"times its {alphas} α values may be at most {MAX_BIN_ALPHA_SUMS}: each node's evaluation reply holds "
-            "that many sums per signal)",
+            "four arrays of that many sums per signal)",
             self.bins,
         )
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1", self.rounds)
@@ -552,10 +552,9 @@ def _parse_pairs(pairs: typing.Iterable[str]) -> dict[str, str]:
     """``key=value`` strings as a flat mapping (values stay strings until the field's type parses them)."""
     flat: dict[str, str] = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
+        if "=" not in pair:
             raise ConfigError(pair, "an override must look like key=value, for example srm.hidden=64.")
-        flat[key.strip()] = value.strip()
+        flat[set_key(pair)] = pair.partition("=")[2].strip()
     return flat
 
 
@@ -630,8 +629,6 @@ def _replace_flat(obj: Any, flat: dict[str, Any], prefix: str = "") -> Any:
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Convert ``value`` (from TOML, Flower or a command line string) to the field's declared type."""
-    if isinstance(hint, types.UnionType):
-        hint = next(t for t in typing.get_args(hint) if t is not type(None))
     try:
         if hint is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):

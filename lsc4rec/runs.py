@@ -45,6 +45,15 @@ def make_run_dir(out_dir: str | Path, name: str) -> Path:
             ) from None
 
 
+def new_federation_dir(out_dir: str | Path, dataset: str) -> Path:
+    """A new federation's run folder: ``out_dir/federation-<dataset's name>-<UTC time>``.
+
+    The same however the run was started: by the launcher, or by ``flwr run`` on a SuperLink of edge boxes
+    (README) without ``federation.run_dir``.
+    """
+    return make_run_dir(out_dir, f"federation-{Path(dataset).name}")
+
+
 def output_path(path: str | Path, option: str, folder: bool = False) -> Path:
     """``path`` once the folder it goes into exists (created if needed) and is writable; else a ConfigError.
 

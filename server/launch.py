@@ -42,7 +42,7 @@ from lsc4rec.data.sources import cache_dir
 from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
 from lsc4rec.protocol import SERVICE_CA_ENV
-from lsc4rec.runs import make_run_dir, output_path, write_json
+from lsc4rec.runs import new_federation_dir, output_path, write_json
 from server.checkpoint import complete_checkpoints, latest_checkpoint, read_ledger
 from server.report import SUMMARY_FILE, read_rounds
 
@@ -240,7 +240,7 @@ def superlink(
             "--enable-supernode-auth",
         ]
     command = [
-        _flower_bin("flower-superlink"),
+        _venv_bin("flower-superlink"),
         *security,
         *(["--simulation"] if runtime == "simulation" else []),
         "--disable-runtime-dependency-installation",
@@ -287,7 +287,7 @@ def supernodes(
                 _register_node(public, control_env or {})
                 security = ["--root-certificates", str(tls.ca), "--auth-supernode-private-key", str(private)]
             command = [
-                _flower_bin("flower-supernode"),
+                _venv_bin("flower-supernode"),
                 *security,
                 "--superlink",
                 address,
@@ -304,7 +304,7 @@ def supernodes(
 
 def _register_node(public_key: Path, control_env: dict[str, str]) -> None:
     """``flwr supernode register``: admit the box holding the private half of ``public_key`` to the SuperLink."""
-    command = [_flower_bin("flwr"), "supernode", "register", str(public_key), FEDERATION]
+    command = [_venv_bin("flwr"), "supernode", "register", str(public_key), FEDERATION]
     done = subprocess.run(
         command, env={**os.environ, **control_env}, capture_output=True, text=True, check=False
     )
@@ -315,20 +315,20 @@ def _register_node(public_key: Path, control_env: dict[str, str]) -> None:
         )
 
 
-def _flower_bin(program: str = "") -> str:
-    """A Flower program of this interpreter's environment (its folder when no program is named)."""
+def _venv_bin(program: str = "") -> str:
+    """A program of this interpreter's environment, Flower's here (the environment's bin folder when none is named)."""
     return str(Path(sys.executable).parent / program)
 
 
 def _flower_env(tls: TLSFiles | None = None) -> dict[str, str]:
-    """What Flower's processes need: this repository importable and ``flower-superexec`` on PATH.
+    """What Flower's processes need: this repository importable, ``flower-superexec`` on PATH, one thread each.
 
-    With ``tls``, also the CA that the nodes' ClientApps verify the candidate service against.
+    One OpenMP thread: the small models of many nodes share the machine's cores. With ``tls``, also the CA that the nodes' ClientApps verify the candidate service against.
     """
     return {
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
-        "PATH": f"{_flower_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{_venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
         **({SERVICE_CA_ENV: str(tls.ca)} if tls else {}),
     }
 
@@ -358,7 +358,7 @@ def run_folder(cfg: RunConfig, num_items: int | None = None) -> Path:
         _check_resumable(cfg, given, num_items)
     _outside_the_app(given or Path(cfg.out_dir), "federation.run_dir" if given else "out_dir")
     if given is None:
-        return make_run_dir(cfg.out_dir, f"federation-{Path(cfg.data.dataset).name}")
+        return new_federation_dir(cfg.out_dir, cfg.data.dataset)
     if not fed.resume and complete_checkpoints(given):
         raise ConfigError(
             "federation.run_dir",
@@ -505,8 +505,10 @@ def run_federation(cfg: RunConfig, launch: Launch = Launch()) -> Path:
         )
     if (note := sampling_note(cfg, nodes)) is not None:
         print(f"==> note: {note}", flush=True)
+    srm_bytes, available = _srm_bytes(cfg, dataset.num_items), available_memory()
+    check_srm_trains(cfg, srm_bytes, available)  # every node trains one, in either runtime
     if launch.runtime == "simulation":
-        check_node_state_fits(cfg, nodes, _srm_bytes(cfg, dataset.num_items), available_memory())
+        check_node_state_fits(cfg, nodes, srm_bytes, available)
     if launch.engine == "vllm":
         from llm_cloud.vllm_server import vllm_unavailable_reason
 
@@ -588,6 +590,21 @@ def sampling_note(cfg: RunConfig, nodes: int) -> str | None:
 TRAINING_COPIES = 4  # a model in training: its weights, their gradients and Adam's two moments
 
 
+def check_srm_trains(cfg: RunConfig, srm_bytes: int, available: int | None) -> None:
+    """Refuse an SRM (``srm_bytes`` of weights) whose training cannot fit in ``available`` bytes (None: unknown).
+
+    Sized before the model is built (``_srm_bytes``), so that the machine's allocator never meets it.
+    """
+    if available is not None and TRAINING_COPIES * srm_bytes > available:
+        raise ConfigError(
+            "srm.hidden",
+            f"one SRM on this catalogue holds {srm_bytes / 2**30:.1f} GiB, and training it needs about "
+            f"{TRAINING_COPIES} times that (weights, gradients, Adam's two moments), more than the "
+            f"{available / 2**30:.1f} GiB available, got {cfg.srm.hidden}. Lower it, or shrink the catalogue "
+            "with a higher data.kcore.",
+        )
+
+
 def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available: int | None) -> None:
     """Refuse a simulation whose nodes' kept models (``srm_bytes`` each) cannot fit in ``available`` bytes.
 
@@ -598,14 +615,6 @@ def check_node_state_fits(cfg: RunConfig, nodes: int, srm_bytes: int, available:
     ``available`` None (memory unknown) skips the check.
     """
     fed = cfg.federation
-    if available is not None and TRAINING_COPIES * srm_bytes > available:
-        raise ConfigError(
-            "srm.hidden",
-            f"one SRM on this catalogue holds {srm_bytes / 2**30:.1f} GiB, and training it needs about "
-            f"{TRAINING_COPIES} times that (weights, gradients, Adam's two moments), more than the "
-            f"{available / 2**30:.1f} GiB available, got {cfg.srm.hidden}. Lower it, or shrink the catalogue "
-            "with a higher data.kcore.",
-        )
     copies = int(fed.keep_personal) + 2 * int(fed.keep_optimizer)
     if available is None or not copies:
         return
@@ -722,7 +731,7 @@ def _federate(
             f"{nodes} supernodes, {_rounds_ahead(cfg, run_dir)}",
             flush=True,
         )
-        command = [_flower_bin("flwr"), "run", str(REPO_ROOT), FEDERATION, "--stream"]
+        command = [_venv_bin("flwr"), "run", str(REPO_ROOT), FEDERATION, "--stream"]
         command += ["--run-config", str(run_config)]
         if runtime == "simulation":
             command += ["--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -852,6 +853,20 @@ def test_boxes_that_rejoin_under_new_ids_count_their_users_once(
 
 REJOINED = 5000
 FINAL_GATE_QUERY = f"{MessageType.QUERY}.{records.SIGNALS_ACTION}"  # the first of the final questions
+
+
+def test_a_serverapp_given_no_run_folder_names_it_as_the_launcher_does(
+    federation_config: RunConfig, service: str, tmp_path: Path
+) -> None:
+    """`flwr run` on a SuperLink of edge boxes (README) sets no federation.run_dir: the ServerApp makes the folder
+    the README names, ``federation-<dataset>-<UTC time>``, as the launcher would."""
+    cfg = federation_config.override(
+        [f"out_dir={tmp_path}", f"federation.service_url={service}", "federation.rounds=1"]
+    )
+    run_in_process(server_app, client_app, NODES, cfg.to_flat())
+    [folder] = tmp_path.iterdir()
+    assert re.fullmatch(rf"federation-{Path(cfg.data.dataset).name}-\d{{8}}-\d{{6}}", folder.name), folder
+    assert (folder / "summary.md").is_file()
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from server.launch import (
     _srm_bytes,
     candidate_service,
     check_node_state_fits,
+    check_srm_trains,
     llm_cache_folder,
     llm_checkpoint,
     resume_config,
@@ -208,7 +209,18 @@ def test_an_srm_too_large_to_train_is_refused_before_it_is_built(federation_conf
     with pytest.raises(
         ConfigError, match=r"srm.hidden: one SRM on this catalogue holds \d+\.\d GiB.*got 100000"
     ):
-        check_node_state_fits(cfg, 1, srm_bytes, 64 * 2**30)
+        check_srm_trains(cfg, srm_bytes, 64 * 2**30)
+
+
+@pytest.mark.parametrize("runtime", ["simulation", "deployment"])
+def test_a_launch_refuses_an_srm_too_large_to_train_in_either_runtime(
+    federation_config: RunConfig, tmp_path: Path, runtime: str
+) -> None:
+    """A deployment's supernodes train it too (here, all on this machine): refused before any folder."""
+    cfg = federation_config.override(["srm.hidden=100000", f"out_dir={tmp_path / 'runs'}"])
+    with pytest.raises(ConfigError, match=r"srm.hidden: one SRM on this catalogue holds"):
+        run_federation(cfg, Launch(runtime=runtime))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_vllm_without_its_venv_fails_before_training_or_folders(
