@@ -1,7 +1,11 @@
 """Keys of the Flower records devices and server exchange (kebab-case, defined once for both sides)."""
 
+from collections.abc import Iterable, Mapping
+
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
+
+from lsc4rec.outcomes import StageOutcome
 
 ARRAYS = "arrays"  # ArrayRecord: the SRM weights (global in instructions, local in train replies)
 ITEM_COUNTS = "item-counts"  # ArrayRecord of a train reply (federation.item_weighted): per-item counts
@@ -69,3 +73,17 @@ def unsound_reply(reply: Message) -> str | None:
 def outcome_prefix(stage: str, measure: str) -> str:
     """Key prefix of a node's collaborative-inference outcome (``lsc4rec.outcomes``) per stage and signal."""
     return f"{stage}-{measure}"
+
+
+def stage_outcomes(
+    metrics: Mapping[str, object], stage: str, measures: Iterable[str]
+) -> dict[str, StageOutcome]:
+    """The ``stage``'s outcome under each of ``measures`` that ``metrics`` holds for at least one user.
+
+    One reader for a node's reply and for the fleet's sums: a stage no user was evaluated in is absent.
+    """
+    return {
+        m: StageOutcome.from_metrics(metrics, outcome_prefix(stage, m))
+        for m in measures
+        if float(metrics.get(f"{outcome_prefix(stage, m)}-users", 0)) > 0  # type: ignore[arg-type]
+    }

@@ -211,7 +211,10 @@ def _final_report(
     fed = cfg.federation
     gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
     final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
-    valid, test = ({m: _outcome(final, stage, m) for m in fed.measures} for stage in ("valid", "test"))
+    valid, test = (
+        {m: StageOutcome.from_metrics(final, records.outcome_prefix(stage, m)) for m in fed.measures}
+        for stage in ("valid", "test")
+    )
     measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
     users = max(test[measure].users, 1)
     reported = _reported_users(grid, answered, nodes, cfg.seed, split.num_users, test[measure].users)
@@ -503,27 +506,15 @@ def _round_record(
             record[records.NEXT_MEASURE] = next_measure
         # label-free, so the gate's calibration can be replayed from the run (benchmarks/gate_window.py)
         record[SIGNAL_HISTOGRAMS] = {
-            m: outcome.bin_count.tolist() for m, outcome in _outcomes(evaluation, "test").items()
+            m: outcome.bin_count.tolist()
+            for m, outcome in records.stage_outcomes(evaluation, "test", MEASURES).items()
         }
     return record
 
 
-def _outcome(metrics: MetricRecord, stage: str, measure: str) -> StageOutcome:
-    return StageOutcome.from_metrics(metrics, records.outcome_prefix(stage, measure))
-
-
-def _outcomes(metrics: MetricRecord, stage: str) -> dict[str, StageOutcome]:
-    """The stage's outcome under each signal some user was evaluated with (none when the stage is absent)."""
-    return {
-        m: _outcome(metrics, stage, m)
-        for m in MEASURES
-        if metrics.get(f"{records.outcome_prefix(stage, m)}-users", 0) > 0
-    }
-
-
 def _any_outcome(metrics: MetricRecord, stage: str) -> StageOutcome | None:
     """The stage's outcome under any signal (rankings and totals are the same under each); None if absent."""
-    return next(iter(_outcomes(metrics, stage).values()), None)
+    return next(iter(records.stage_outcomes(metrics, stage, MEASURES).values()), None)
 
 
 class FinalGate(NamedTuple):

@@ -230,9 +230,8 @@ class RequestBudget(StrategyWrapper):
         """The record's outcomes by stage and signal; ``None`` (and a warning) unless it holds a usable set."""
         found: dict[str, dict[str, StageOutcome]] = {}
         for stage in ("valid", "test"):
-            prefixes = {m: records.outcome_prefix(stage, m) for m in self.measures}
-            if all(f"{p}-alphas" in record for p in prefixes.values()):
-                found[stage] = {m: StageOutcome.from_metrics(record, p) for m, p in prefixes.items()}
+            if len(outcomes := records.stage_outcomes(record, stage, self.measures)) == len(self.measures):
+                found[stage] = outcomes
         if "test" not in found:
             return None
         edges = next(iter(found["test"].values())).bin_edges
