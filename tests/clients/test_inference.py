@@ -200,14 +200,27 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     model: SequentialRecommender,
 ) -> None:
     stale_items, stale_scores = llm_list(3)
-    outcome = infer(model, np.array([5, 15, 25, 39]), (0.0, 0.5, 1.0), ("displacement",), bins=4, tau=0.25)[
-        "displacement"
-    ]
+    targets = np.array([5, 15, 25, 39])
+    outcome = infer(model, targets, (0.0, 0.5, 1.0), ("displacement",), bins=4, tau=0.25)["displacement"]
     kept_items, kept_scores = drop_seen(stale_items, stale_scores, histories())
     score = disagreement(kept_scores, srm_list_scores(model, histories(), kept_items, MAX_LEN)).numpy()
     assert outcome.bin_count.tolist() == np.histogram(score, bins=4, range=(0, 1))[0].tolist()
     assert outcome.requests == int((score >= 0.25).sum())  # τ on an edge: the bins above it request
     np.testing.assert_allclose(outcome.bin_stale_ndcg.sum(1), outcome.stale_ndcg)
+    # the gate reads τ on the bins it was calibrated on (the final gate's 20), not on the report's 4
+    for tau in (0.05, 0.1, 0.15, 0.3, 0.35, 0.6, 0.65):
+        outcome = infer(model, targets, (0.0, 1.0), ("displacement",), bins=4, tau=tau, gate_bins=20)
+        assert (
+            outcome["displacement"].requests
+            == gate(score, tau, signal_bin_edges(20), np.random.default_rng(0)).sum()
+        )
+
+
+def test_a_hit_at_10_counts_ranks_0_to_9(model: SequentialRecommender) -> None:
+    """User 3's stale list is items 6 to 17 in the LLM's order: item 15 sits at rank 9, item 16 at rank 10."""
+    for target, hit in ((15, 1.0), (16, 0.0)):
+        outcome = infer(model, np.array([39, 39, 39, target]))["drift"]
+        assert outcome.stale_hr[-1] == hit  # α = 1: the LLM's order; nobody else's list holds their target
 
 
 def test_gate_requests_the_bins_above_tau_and_the_share_of_its_own_bin_above_it() -> None:
@@ -252,6 +265,13 @@ def test_drift_is_zero_without_new_interactions_and_matches_catalogue_top_k(
     new = ~torch.isin(now.topk(K).indices, before.topk(K).indices)
     weights = 1 / torch.log2(torch.arange(K) + 2.0)
     assert drift[1].item() == pytest.approx(float((new * weights).sum() / weights.sum()))
+
+
+def test_drift_compares_the_top_k_without_the_items_consumed_since() -> None:
+    """Item 0 led the SRM's order from the cloud view, and the user has consumed it since (-inf now): the top
+    item of the rest did not change, so nothing moved."""
+    now, before = torch.tensor([[-torch.inf, 2.0, 1.0]]), torch.tensor([[5.0, 2.0, 1.0]])
+    assert clients.inference._drift(now, before, k=1).item() == 0.0
 
 
 def test_confidence_is_the_certainty_of_the_top_item_with_the_history_excluded(

@@ -36,6 +36,8 @@ def test_normalize_single_item_or_equal_scores_gives_no_nan(method: str) -> None
     assert torch.isfinite(out[0, 0]) and torch.isinf(out[0, 1:]).all()
     assert torch.equal(out[1], out[1, :1].expand(3))
     assert (out[2] == -INF).all()
+    if method != "softmax":  # the constant the docstring promises (softmax's is 1/n, a probability)
+        assert out[0, 0] == out[1, 0] == 1.0
 
 
 def test_normalize_softmax_gives_list_probabilities() -> None:
@@ -91,6 +93,9 @@ def test_fuse_half_alpha_averages_minmax_scores() -> None:
     fused = fuse(torch.tensor([[0.0, -1.0, -2.0]]), torch.tensor([[0.0, 4.0, 2.0]]), 0.5)
     # norm(llm) = [1, .5, 0], norm(srm) = [0, 1, .5]
     assert torch.allclose(fused, torch.tensor([[0.5, 0.75, 0.25]], dtype=torch.float64))
+    # α weighs the LLM: at 0.5 the weights could be swapped unseen, at 0.25 not
+    fused = fuse(torch.tensor([[0.0, -1.0, -2.0]]), torch.tensor([[0.0, 4.0, 2.0]]), 0.25)
+    assert torch.allclose(fused, torch.tensor([[0.25, 0.875, 0.375]], dtype=torch.float64))
 
 
 def brute_displacement(llm: list[float], srm: list[float]) -> float:
@@ -121,6 +126,8 @@ def test_kendall_distance_counts_discordant_pairs() -> None:
     srm = torch.tensor([[3.0, 4.0, 1.0, 2.0, -INF]])
     assert kendall_distance(llm, srm).item() == pytest.approx(2 / 6)
     assert kendall_distance(llm, -llm).item() == pytest.approx(1.0)
+    # a slot the SRM scores -inf is padding to both orders: the pair left, (a, c), is discordant
+    assert kendall_distance(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[1.0, -INF, 3.0]])).item() == 1.0
 
 
 def test_topk_overlap_distance_counts_shared_top_items() -> None:

@@ -29,21 +29,24 @@ def evaluate_reply(
     examples: int,
     measures: tuple[str, ...] = ("drift",),
     helped: dict[str, np.ndarray] | None = None,
+    valid_hist: np.ndarray | None = None,
 ) -> Message:
     """A node's evaluate reply: every signal binned as ``hist`` says, on validation and test.
 
     ``helped[m]`` marks the users (in ``hist`` order) whom a fresh list helps on validation when signal m
-    orders them: there, signal m's bins carry the gain; nobody gains on test or by default.
+    orders them: there, signal m's bins carry the gain; nobody gains on test or by default. ``valid_hist``
+    (as many users as ``hist``) bins the validation users otherwise.
     """
     score = users_of(hist)
+    valid_score = score if valid_hist is None else users_of(valid_hist)
     zeros = np.zeros((len(score), len(ALPHAS)))
     metrics: dict = {records.REQUESTS: requests, "num-examples": examples}
     for measure in measures:
         gain = zeros.copy()
         if helped is not None and measure in helped:
             gain[helped[measure]] = 1.0
-        for stage, fresh in (("valid", gain), ("test", zeros)):
-            outcome = outcome_from_users(score, zeros, fresh, BINS)
+        for stage, users, fresh in (("valid", valid_score, gain), ("test", score, zeros)):
+            outcome = outcome_from_users(users, zeros, fresh, BINS)
             metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
     return answer(node, RecordDict({"metrics": MetricRecord(metrics)}), MessageType.EVALUATE)
 
@@ -69,6 +72,16 @@ def test_request_budget_uniform_histogram_gives_tau_meeting_budget() -> None:
     )  # round 1 ran with the initial tau
     assert metrics[records.USERS] == 500  # sums, not weighted means
     assert strategy.calibration_users == 500  # the log says how large a sample τ came from
+
+
+def test_request_budget_calibrates_tau_on_the_test_time_signals_not_the_validation_ones() -> None:
+    """The gate serves the lists the devices hold at test time: their histogram sets τ (validation's, whose
+    users sit in the lower half here, would give 0.25)."""
+    lower, upper = np.zeros(BINS), np.zeros(BINS)
+    lower[: BINS // 2], upper[BINS // 2 :] = 4, 4
+    strategy = budget(0.5)
+    strategy.aggregate_evaluate(1, [evaluate_reply(11, upper, 0, 100, valid_hist=lower)])
+    assert strategy.tau == pytest.approx(0.75)
 
 
 def test_request_budget_merges_histograms_by_addition_not_weighted_mean() -> None:

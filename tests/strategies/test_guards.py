@@ -60,6 +60,36 @@ def test_update_guard_kept_replies_give_example_weighted_mean() -> None:
     assert UPDATE_NORM_MAX not in metrics and UPDATE_NORM_MEDIAN not in metrics and "loss" in metrics
 
 
+def test_update_guard_measures_updates_from_the_global_model() -> None:
+    """Norms of reply minus global model, on a model far from zero: updates of 1, 2 and 6 (times sqrt 7); the
+    median is the middle one; an update exactly at the bound is kept."""
+    strategy = UpdateGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=None)
+    list(strategy.configure_train(1, arrays(10.0), ConfigRecord(), grid((11, 12, 13))))
+    replies = [
+        reply(node, arrays(10.0 + step), {"num-examples": 10}) for node, step in ((11, 1), (12, 2), (13, 6))
+    ]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics[UPDATE_NORM_MEDIAN] == pytest.approx(2 * np.sqrt(7))  # the mean would be 3 sqrt(7)
+    assert metrics[UPDATE_NORM_MAX] == pytest.approx(6 * np.sqrt(7))
+    strategy = guard(max_update_norm=5.0)  # global model zero
+    at_bound = ArrayRecord(
+        {"w": Array(np.zeros((2, 2), np.float32)), "b": Array(np.array([3, 4, 0], np.float32))}
+    )
+    _, metrics = strategy.aggregate_train(1, [reply(11, at_bound, {"num-examples": 10})])
+    assert metrics[REJECTED_NORM] == 0 and metrics[UPDATE_NORM_MAX] == 5.0
+
+
+def test_update_guard_takes_the_metric_keys_most_replies_carry_even_when_the_odd_one_comes_first() -> None:
+    strategy = guard()
+    replies = [
+        reply(11, arrays(1.0), {"num-examples": 10, "extra": 1.0}),
+        reply(12, arrays(1.0), {"num-examples": 10}),
+        reply(13, arrays(1.0), {"num-examples": 10}),
+    ]
+    aggregated, metrics = strategy.aggregate_train(1, replies)
+    assert aggregated is not None and metrics[REJECTED_MALFORMED] == 1
+
+
 def test_update_guard_nan_and_oversized_replies_rejected_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

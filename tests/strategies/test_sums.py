@@ -46,8 +46,15 @@ def test_train_metrics_leave_nodes_with_no_example_out_of_the_loss() -> None:
 
     merged = train_metrics([node(5, 2.0), node(0, 0.0), node(7, 4.0)], records.NODES)
     assert merged[records.TRAIN_LOSS] == pytest.approx(3.0) and merged[records.NUM_EXAMPLES] == 12
+    assert merged[records.NODES] == 3  # the weighting key, which the mean drops, summed back (train-nodes)
     merged = train_metrics([node(0, 0.0)], records.NODES)
     assert records.TRAIN_LOSS not in merged and merged[records.NUM_EXAMPLES] == 0
+
+
+def test_a_key_missing_from_one_reply_leaves_the_other_keys_summed() -> None:
+    replies = [RecordDict({"metrics": MetricRecord(m)}) for m in ({"a": 1.0, "b": 2.0}, {"b": 3.0})]
+    summed = sum_metrics(replies)
+    assert summed["a"] == 1.0 and summed["b"] == 5.0
 
 
 def test_metric_sums_fold_the_replies_to_the_whole_lists_sums_bit_for_bit() -> None:
