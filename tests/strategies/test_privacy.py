@@ -26,27 +26,63 @@ def reply(node: int, record: ArrayRecord, examples: int) -> Message:
     return answer(node, RecordDict({"arrays": record, "metrics": metrics}))
 
 
-def private(noise: float, nodes: tuple[int, ...] = (11, 12, 13), state: dict | None = None) -> FleetPrivacy:
+def private(
+    noise: float,
+    nodes: tuple[int, ...] = (11, 12, 13),
+    state: dict | None = None,
+    start: ArrayRecord | None = None,
+) -> FleetPrivacy:
+    """The DP wrapper (C = 1, 10 nodes in the fleet) after round 1's sample of ``nodes``, from ``start``."""
     strategy = FleetPrivacy(
         FedAvg(min_available_nodes=1, min_train_nodes=1, weighted_by_key="nodes"), noise, 1.0, 10, 1e-5, state
     )
-    assert len(list(strategy.configure_train(1, arrays(0.0), ConfigRecord(), grid(nodes)))) == len(nodes)
+    start = arrays(0.0) if start is None else start
+    assert len(list(strategy.configure_train(1, start, ConfigRecord(), grid(nodes)))) == len(nodes)
     return strategy
 
 
 def test_updates_are_clipped_and_averaged_with_equal_weights() -> None:
     strategy = private(noise=1e-9)  # noise far below the tolerance: the mean itself is checked
     replies = [
-        reply(11, arrays(0.0, first=0.5), examples=1),  # norm 0.5: kept as is
+        reply(11, arrays(0.0, first=0.25), examples=1),  # norm 0.25: kept as is, not scaled up to C
         reply(12, arrays(0.0, first=4.0), examples=100),  # norm 4: clipped to 1
         reply(13, arrays(0.0, first=-0.5), examples=10),
     ]
     aggregated, _ = strategy.aggregate_train(1, replies)
     assert aggregated is not None
     assert aggregated["w"].numpy()[0] == pytest.approx(
-        (0.5 + 1.0 - 0.5) / 3, abs=1e-6
+        (0.25 + 1.0 - 0.5) / 3, abs=1e-6
     )  # not example-weighted
     assert strategy.releases == 1 and strategy.epsilon > 0
+
+
+def test_the_update_is_clipped_not_the_weights_and_all_arrays_as_one_vector() -> None:
+    """From a model of ones, three updates of +0.5 on one entry stay as they are; an update of 1 on each of two
+    arrays has norm sqrt 2 together, so both shrink to 1/sqrt 2 (each alone would be within C = 1)."""
+    strategy = private(noise=1e-9, start=arrays(1.0))
+    w = np.ones(SIZE)
+    w[0] = 1.5
+    replies = [reply(n, ArrayRecord({"w": Array(w.copy())}), 1) for n in (11, 12, 13)]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    assert aggregated is not None
+    np.testing.assert_allclose(aggregated["w"].numpy(), w, atol=1e-6)
+    pair = ArrayRecord({"a": Array(np.zeros(4)), "b": Array(np.zeros(4))})
+    strategy = private(noise=1e-9, nodes=(11,), start=pair)
+    step = np.array([1.0, 0.0, 0.0, 0.0])
+    aggregated, _ = strategy.aggregate_train(
+        1, [reply(11, ArrayRecord({"a": Array(step), "b": Array(step)}), 1)]
+    )
+    assert aggregated is not None
+    assert [aggregated[key].numpy()[0] for key in ("a", "b")] == pytest.approx([2**-0.5] * 2, abs=1e-6)
+
+
+def test_every_array_gets_its_noise() -> None:
+    pair = ArrayRecord({"a": Array(np.zeros(SIZE)), "b": Array(np.zeros(SIZE))})
+    strategy = private(noise=2.0, start=pair)
+    aggregated, _ = strategy.aggregate_train(1, [reply(n, pair, 1) for n in (11, 12, 13)])
+    assert aggregated is not None
+    for key in ("a", "b"):
+        assert aggregated[key].numpy().std() == pytest.approx(2.0 / 3, rel=0.05)
 
 
 def test_noise_has_std_z_c_over_the_rounds_sample_and_epsilon_is_accounted() -> None:
