@@ -36,3 +36,12 @@ def test_training_asks_the_cloud_only_for_what_it_has_seen(lag: int) -> None:
         fresher += len(example) - 1 > len(seen)
     # the rule's second half exercised: at lag 0 and 1 every training input x_1 … x_{n-3} is one the cloud has seen
     assert (fresher > 0) is (lag >= 2)
+    _, examples, queries = node.collaborative_prefixes(100)  # every target back to the first, x_2
+    assert min(len(e) for e in examples) == 2 and min(len(q) for q in queries) == 1  # no empty history asked
+
+
+def test_adaptation_sees_the_newest_window_of_each_device_view() -> None:
+    split = TemporalSplit(synthetic_dataset(), 1)
+    node = NodeData(split, np.arange(split.num_users))
+    for user, window in zip(node.users, node.adaptation_windows("test", 4), strict=True):
+        assert np.array_equal(window, split.device_view(user, "test")[-5:])

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from clients.srm import SRMConfig, build_srm
-from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
+from clients.training import (
+    adapt,
+    load_optimizer_arrays,
+    local_train,
+    optimizer_arrays,
+    proximal_term,
+    train_epoch,
+)
 
 
 def test_restored_adam_state_continues_exactly_where_it_stopped() -> None:
@@ -29,6 +36,38 @@ def test_restored_adam_state_continues_exactly_where_it_stopped() -> None:
     for a, b in zip(model.parameters(), restored.parameters(), strict=True):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, c) for a, c in zip(model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_a_collaborative_example_trains_its_last_target_against_the_llms_list() -> None:
+    """An example with hard negatives (the LLM's list for its prefix) trains its last position only, with the
+    hard term weighted as asked; one without trains every position; two items are one example."""
+    torch.manual_seed(0)
+    model = build_srm(SRMConfig(hidden=8, layers=1, max_len=6, dropout=0.0), 20)
+    seen = []
+    loss = model.loss
+
+    def recording(batch: dict, hard_weight: float = 1.0) -> torch.Tensor:
+        seen.append((batch["target"].clone(), hard_weight))
+        return loss(batch, hard_weight=hard_weight)
+
+    model.loss = recording
+    sequences = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8, 9, 10])]
+    hard = [np.array([], dtype=np.int64), np.array([11, 12])]
+    rng = np.random.default_rng(0)
+    train_epoch(model, sequences, torch.optim.Adam(model.parameters()), 2, rng, hard, hard_weight=0.25)
+    [(targets, weight)] = seen
+    assert {int(row[-1]): int((row > 0).sum()) for row in targets} == {5: 4, 10: 1} and weight == 0.25
+    assert np.isfinite(train_epoch(model, [np.array([3, 4])], torch.optim.Adam(model.parameters()), 2, rng))
+
+
+def test_the_proximal_term_measures_the_distance_from_the_weights_it_started_from() -> None:
+    model = build_srm(SRMConfig(hidden=8, layers=1, max_len=6, dropout=0.0), 20)
+    penalty = proximal_term(model, mu=2.0)
+    assert penalty().item() == 0.0
+    first = next(model.parameters())
+    with torch.no_grad():
+        first.add_(1.0)  # an optimizer's step moves the weights in place
+    assert penalty().item() == pytest.approx(0.5 * 2.0 * first.numel())
 
 
 def test_adapt_depends_on_its_arguments_only() -> None:
