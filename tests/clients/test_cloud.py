@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.cloud import OUTAGES, CloudClient, ListCache
+from clients.cloud import OUTAGES, CandidateLists, CloudClient, ListCache
 from llm_cloud.processes import free_port, start_service
 from lsc4rec.config import RunConfig
 from lsc4rec.credentials import client_context, make_loopback_tls
@@ -245,12 +245,40 @@ def test_cloud_client_gives_up_on_a_trickled_answer_within_its_timeout() -> None
 
 
 def test_cloud_client_treats_items_beyond_its_catalogue_as_a_foreign_service() -> None:
-    """Such a list would crash the SRM's embedding lookup; it is a fallback instead."""
+    """Such a list would crash the SRM's embedding lookup; it is a fallback instead. The last item is no such."""
+    with answering_server(b'{"lists": [{"items": [40, 5], "scores": [-1.0, -2.0]}], "model": "m"}') as url:
+        client = CloudClient(url, k=2, timeout_s=2.0, retries=0, catalogue=(40, "0123456789abcdef"))
+        assert client.candidates([np.array([1, 2, 3])])[0].tolist() == [[40, 5]]
     with answering_server(b'{"lists": [{"items": [999, 5], "scores": [-1.0, -2.0]}], "model": "m"}') as url:
         client = CloudClient(url, k=2, timeout_s=2.0, retries=0, catalogue=(40, "0123456789abcdef"))
         with pytest.raises(CloudUnavailableError, match=r"beyond the catalogue's 40 \(item 999\)") as raised:
             client.candidates([np.array([1, 2, 3])])
         assert "longer than K" not in str(raised.value)  # the one condition that failed, not a list of three
+
+
+def test_a_long_history_is_sent_as_its_newest_items_and_the_older_ones_as_exclusions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = CloudClient("http://127.0.0.1:9", k=2, retries=0)
+    sent = []
+
+    def recorded(request: object) -> None:
+        sent.append(request)
+        raise CloudUnavailableError("recorded")
+
+    monkeypatch.setattr(client, "_post", recorded)
+    with pytest.raises(CloudUnavailableError, match="recorded"):
+        list(client.chunks([np.arange(1, MAX_HISTORY + 11)]))
+    [request] = sent
+    assert request.histories == [list(range(11, MAX_HISTORY + 11))] and request.exclude == [
+        list(range(1, 11))
+    ]
+
+
+def test_hard_negatives_are_the_lists_items_without_padding_or_the_examples_input() -> None:
+    lists = CandidateLists(np.array([[7, 1, 0], [0, 0, 0]]), np.full((2, 3), -1.0), np.zeros(2, dtype=bool))
+    rows, hard = lists.hard_negatives([np.array([1]), np.array([2])])
+    assert rows.tolist() == [0] and [h.tolist() for h in hard] == [[7]]  # an all-padding row is dropped
 
 
 def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:

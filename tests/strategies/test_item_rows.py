@@ -64,12 +64,13 @@ def test_item_rows_reach_fedavgm_as_its_pseudo_gradient() -> None:
     np.testing.assert_allclose(aggregated[ROWS].numpy()[:, 1], want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bad", [[0.0, 5.0, -1.0], [0.0, 5.0]], ids=["negative", "one-row-short"])
 def test_missing_or_bad_counts_get_the_smoothing_weight_and_unknown_records_are_rejected(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, bad: list[float]
 ) -> None:
     strategy = weighted(FedAvg(min_available_nodes=1, min_train_nodes=1))
     replies = [
-        reply(11, 1.0, 10, [0.0, 5.0, -1.0]),  # a negative count: invalid
+        reply(11, 1.0, 10, bad),  # a negative count, or counts for other rows: invalid
         reply(12, 3.0, 10, [0.0, 5.0, 5.0]),
         reply(13, 9.0, 10, [1.0, 1.0, 1.0], extra="surprise"),  # an ArrayRecord nobody asked for
     ]
