@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from lsc4rec.data import TemporalSplit
-from lsc4rec.floors import ItemTransition, MostPopular
+from lsc4rec.floors import ItemTransition, MostPopular, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.scoring import full_catalogue_ranks
 from tests.conftest import make_dataset
@@ -37,3 +37,9 @@ def test_full_catalogue_ranks_exclude_history() -> None:
     # user 1: history [5,2,4,1], last 1 -> 1->2 (excluded); remaining {3}: rank 0
     assert ranks.tolist() == [0.0, 0.0]
     assert metrics_from_ranks(ranks)["ndcg@10"] == 1.0
+
+
+def test_the_floors_are_fitted_without_the_test_targets() -> None:
+    """4 -> 5 is each user's test transition (lag 0): fitted on whole sequences, the floor would rank 5 first."""
+    split = TemporalSplit(make_dataset([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]), lag=0)
+    assert reference_floors(split, 50)["item-transition"]["fresh"]["hr@5"] == 0.0

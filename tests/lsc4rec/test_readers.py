@@ -24,7 +24,10 @@ def write(path: Path, text: str) -> Path:
 
 def test_movielens_reads_ratings_and_titles(tmp_path: Path) -> None:
     write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,5\n1,20,3.0,3\n2,10,5.0,1\n")
-    write(tmp_path / "movies.csv", 'movieId,title,genres\n10,"Heat (1995)",Action\n20,Up (2009),Animation\n')
+    # a blank line between two rows (an edited file) is skipped, not the end of the titles
+    write(
+        tmp_path / "movies.csv", 'movieId,title,genres\n10,"Heat (1995)",Action\n\n20,Up (2009),Animation\n'
+    )
     raw = read_movielens(tmp_path)
     assert raw.users.tolist() == ["1", "1", "2"]
     assert raw.times.tolist() == [5.0, 3.0, 1.0]

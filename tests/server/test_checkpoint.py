@@ -9,7 +9,14 @@ from flwr.app import ArrayRecord
 from clients.srm import build_srm
 from lsc4rec.config import RunConfig
 from lsc4rec.errors import DataFormatError
-from server.checkpoint import complete_checkpoints, latest_checkpoint, load_global_srm, save_checkpoint
+from server.checkpoint import (
+    PRIVACY_LEDGER,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_global_srm,
+    read_ledger,
+    save_checkpoint,
+)
 
 
 def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path) -> None:
@@ -39,6 +46,15 @@ def test_rounds_load_back_and_incomplete_checkpoints_are_skipped(tmp_path: Path)
         load_global_srm(cfg, 12, tmp_path, 3)
     with pytest.raises(FileNotFoundError, match="run the federation first"):
         load_global_srm(cfg, 12, tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match="Missing key"):  # a deeper SRM than saved: no layer left random
+        load_global_srm(cfg.override(["srm.layers=2"]), 12, tmp_path)
+
+
+def test_a_ledger_that_is_no_object_is_named(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / PRIVACY_LEDGER).write_text("[1]")
+    with pytest.raises(DataFormatError, match=r"is not a privacy ledger \(a list, not an object\)"):
+        read_ledger(tmp_path)
 
 
 @pytest.mark.parametrize(
