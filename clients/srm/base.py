@@ -58,10 +58,6 @@ class SequentialRecommender(nn.Module, ABC):
         lets one forward pass train on every position at once.
         """
 
-    def encode(self, history: Tensor) -> Tensor:
-        """User representation after the newest item: ``[B, T]`` -> ``[B, D]``."""
-        return self.encode_all(history)[:, -1]
-
     def score(self, history: Tensor, candidates: Tensor) -> Tensor:
         """Scores of ``candidates`` ``[B, K]`` as the next item after ``history`` ``[B, T]`` -> ``[B, K]``."""
         return self._score_states(self._last_states(history), candidates)

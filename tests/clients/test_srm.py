@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clients.srm import DIN, GRU4Rec, SASRec, SequentialRecommender, SRMConfig, build_srm
 
@@ -57,7 +58,6 @@ def test_score_shapes_and_padding_column(name: str) -> None:
     history = histories()
     candidates = torch.randint(1, NUM_ITEMS + 1, (4, 7))
     assert model.score(history, candidates).shape == (4, 7)
-    assert model.encode(history).shape == (4, 16)
     scores = model.score_all(history)
     assert scores.shape == (4, NUM_ITEMS + 1)
     assert torch.isneginf(scores[:, 0]).all()
@@ -152,6 +152,38 @@ def test_hard_negative_equal_to_target_is_ignored(name: str, loss: str, num_nega
     torch.testing.assert_close(seeded_loss(model, {**batch, "hard_negatives": hard}), plain)
     hard[:, 2] = batch["target"][:, -1] % NUM_ITEMS + 1  # a real hard negative adds to the loss
     assert seeded_loss(model, {**batch, "hard_negatives": hard}) > plain
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(("loss", "num_negatives"), [("ce", 0), ("ce", 5), ("bce", 2)])
+def test_padding_and_the_target_in_a_hard_list_add_nothing(name: str, loss: str, num_negatives: int) -> None:
+    model = make_model(name, loss=loss, num_negatives=num_negatives).eval()
+    batch = training_batch()
+    target = batch["target"][:, -1]
+    other = target % NUM_ITEMS + 1
+    short = seeded_loss(model, {**batch, "hard_negatives": other[:, None]})
+    padded = torch.stack([other, torch.zeros_like(other), target], dim=1)
+    torch.testing.assert_close(seeded_loss(model, {**batch, "hard_negatives": padded}), short)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_sampled_negative_equal_to_the_target_never_counts_against_it(name: str) -> None:
+    """A catalogue of one item: every draw is the target. CE is then over the target alone (loss 0), and BCE
+    keeps only its positive term."""
+    batch = {"history": torch.tensor([[0, 0, 1]]), "target": torch.tensor([[0, 0, 1]])}
+    settings = {"model": name, "hidden": 16, "max_len": 24, "dropout": 0.0}
+    torch.manual_seed(0)
+    ce = build_srm(SRMConfig(**settings, loss="ce", num_negatives=5), 1).eval()
+    assert ce.loss(batch).item() == pytest.approx(0.0, abs=1e-6)
+    bce = build_srm(SRMConfig(**settings, loss="bce", num_negatives=3), 1).eval()
+    positive = bce.score(batch["history"], torch.tensor([[1]]))[0, 0]
+    assert bce.loss(batch).item() == pytest.approx(-F.logsigmoid(positive).item(), rel=1e-5)
+
+
+def test_sampled_negatives_are_drawn_from_the_whole_catalogue() -> None:
+    torch.manual_seed(0)
+    drawn = make_model("sasrec", loss="bce")._draw((5000,), torch.device("cpu"))
+    assert set(drawn.tolist()) == set(range(1, NUM_ITEMS + 1))
 
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])

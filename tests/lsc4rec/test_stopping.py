@@ -25,3 +25,10 @@ def test_stops_when_out_of_time(monkeypatch: pytest.MonkeyPatch) -> None:
     stop = EarlyStopping(patience=10, max_minutes=1)
     assert not stop.done and stop.done  # 59 s, then 61 s, of a minute
     assert not EarlyStopping(patience=10, max_minutes=0).done  # 0: no time limit
+
+
+def test_a_new_best_starts_the_patience_over() -> None:
+    stopper = EarlyStopping(patience=2, max_minutes=0)
+    for epoch, score in enumerate((0.1, 0.0, 0.2, 0.1)):
+        stopper.update(score, epoch)
+    assert stopper.stale == 1 and not stopper.done and stopper.best_epoch == 2
