@@ -68,6 +68,7 @@ def test_service_happy_path_returns_the_models_lists(service_url, tiny_checkpoin
         ({"histories": [[-3]], "k": 5}, "histories.0.0"),
         ({"histories": [[1]], "k": 5, "exclude": [[NUM_ITEMS + 7]]}, "exclude.0.0"),
         ({"histories": [[1]], "k": 5, "exclude": [[], []]}, "exclude"),
+        ({"histories": [[1], [2]], "k": 5, "exclude": [[3]]}, "exclude"),
         ({"histories": [[]], "k": 5}, "histories.0"),
         ({"histories": [], "k": 5}, "histories"),
         ({"histories": [[1]], "k": 0}, "k"),
@@ -226,7 +227,16 @@ def test_service_body_that_is_not_utf8_is_400_and_other_paths_are_not_counted(se
     assert errors_total() == before + 1
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": API_KEY},
+        {"Authorization": f"Basic {API_KEY}"},  # the key, under another scheme
+        {"Authorization": f"Bearer {API_KEY[:4]}"},  # a prefix of the key
+    ],
+)
 def test_service_wrong_api_key_is_401(service_url, headers) -> None:
     reply = post(service_url, {"histories": [[1]], "k": 5}, headers=headers)
     assert reply.status_code == 401 and reply.headers["WWW-Authenticate"] == "Bearer"

@@ -2,10 +2,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+import llm_cloud.train
 from llm_cloud.model import ItemTokenLM, build_scratch
 from llm_cloud.train import (
     TRAIN_LOG_FILE,
@@ -13,12 +15,14 @@ from llm_cloud.train import (
     _average_states,
     sequence_loss,
     train_llm,
+    training_examples,
     validation_ndcg10,
     validation_queries,
 )
 from lsc4rec.config import LLMConfig
 from lsc4rec.data import TemporalSplit
 from lsc4rec.errors import LSC4RecError
+from tests.conftest import make_dataset
 
 BATCH_ITEMS = [[3, 1, 4, 1, 5], [9, 2]]
 
@@ -91,6 +95,28 @@ def test_average_states_means_float_tensors_and_keeps_the_rest_from_the_last() -
     averaged = _average_states(states)
     assert torch.equal(averaged["w"], torch.tensor([2.0, 4.0]))
     assert torch.equal(averaged["step"], torch.tensor(4))
+
+
+def test_the_llm_trains_and_validates_on_the_cloud_view_only(
+    tiny_dataset, tiny_config, tmp_path, monkeypatch
+) -> None:
+    """Lag 2 on x_1 … x_7: the cloud holds x_1 … x_3 (x_3 the validation target, as the service is asked for the
+    next item after x_1 x_2); training reads only its sequences, and each window ends at the newest item."""
+    assert validation_queries(TemporalSplit(make_dataset([[1, 2, 3, 4, 5, 6, 7]]), lag=2)) == ([[1, 2]], [3])
+    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1, max_len=10), 12)
+    assert training_examples(lm, [np.array([1, 2, 3])], True) == [lm.template.encode_all([1, 2, 3])]
+    read = []
+
+    def recording(lm, sequences, context_free):
+        read.extend(sequences)
+        return training_examples(lm, sequences, context_free)
+
+    monkeypatch.setattr(llm_cloud.train, "training_examples", recording)
+    config = tiny_config.override(["llm.epochs=1", "llm.refit_epochs=0"])
+    train_llm(config, tiny_dataset, tmp_path / "ckpt", progress=False)
+    split = TemporalSplit(tiny_dataset, config.data.lag)
+    assert len(read) == split.num_users
+    assert all(np.array_equal(seq, split.llm_train_sequence(u)) for u, seq in enumerate(read))
 
 
 def test_the_averaged_weights_are_kept_only_when_validation_prefers_them(

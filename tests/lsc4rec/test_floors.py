@@ -4,7 +4,7 @@ import torch
 from lsc4rec.data import TemporalSplit
 from lsc4rec.floors import ItemTransition, MostPopular, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
-from lsc4rec.scoring import full_catalogue_ranks
+from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from tests.conftest import make_dataset
 
 TRAIN = [np.array([1, 2, 3]), np.array([1, 2, 4]), np.array([2, 4]), np.array([5, 2, 4])]
@@ -43,3 +43,17 @@ def test_the_floors_are_fitted_without_the_test_targets() -> None:
     """4 -> 5 is each user's test transition (lag 0): fitted on whole sequences, the floor would rank 5 first."""
     split = TemporalSplit(make_dataset([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]), lag=0)
     assert reference_floors(split, 50)["item-transition"]["fresh"]["hr@5"] == 0.0
+
+
+def test_full_catalogue_evaluation_queries_the_view_it_is_asked_for_in_any_batch_size() -> None:
+    """Lag 1: the device view ends 3 -> 4 and the test target is 5; the cloud view ends at 3, a step behind."""
+    split = TemporalSplit(make_dataset([[1, 2, 3, 4, 5], [1, 2, 3, 5, 4], [2, 3, 4, 5, 1]]), lag=1)
+    floor = ItemTransition([np.array([1, 2, 3, 4, 5, 1, 2])], num_items=5)
+    fresh = evaluate_full(floor, split, "test", 50, np.array([0]), side="device", cutoffs=(1,))
+    stale = evaluate_full(floor, split, "test", 50, np.array([0]), side="cloud", cutoffs=(1,))
+    assert (fresh["hr@1"], stale["hr@1"]) == (1.0, 0.0)
+    histories, targets = split.views("test", "device"), split.targets("test")
+    np.testing.assert_array_equal(
+        full_catalogue_ranks(floor, histories, targets, 50, batch_size=1),
+        full_catalogue_ranks(floor, histories, targets, 50),
+    )

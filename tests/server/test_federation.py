@@ -114,6 +114,10 @@ def test_federation_trains_checkpoints_and_reports(
     assert max(curve["valid"]) == pytest.approx(curve["valid"][chosen])  # α is validation's best
     fused = next(r for r in final["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
     assert curve["test"][chosen] == pytest.approx(fused["ndcg@10"])
+    assert final["valid"]["fused ndcg@10"] == pytest.approx(curve["valid"][chosen])
+    assert sorted((r["ranking"], r["list"]) for r in final["rankings"]) == [
+        (name, lst) for name in ("LLM-only", "SRM-only", "fused") for lst in ("fresh", "stale")
+    ]
     # measure "auto": every signal is evaluated, the gate starts on drift and follows validation's choice
     assert final["request signal"] in MEASURES and history[0]["request-signal"] == "drift"
     assert [(r["signal"], r["budget"]) for r in final["signals"]] == [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from flwr.proto.task_pb2 import Task
 from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.serverapp.strategy import strategy_utils
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
@@ -32,6 +34,7 @@ from server.fleet import (
     check_partitions,
     in_flight_window,
     receive,
+    seeded_node_sampling,
     wait_for_nodes,
 )
 
@@ -170,6 +173,20 @@ def test_a_simulations_replies_are_handed_on_in_partition_order_before_all_are_i
             answered_by_then.append(fleet.answered)
     assert handed == list(range(len(fleet.nodes)))
     assert answered_by_then[0] <= 2 * window < len(fleet.nodes)
+
+
+def test_replies_come_in_partition_order_whatever_order_the_messages_went_in() -> None:
+    with SimulatedFleet(nodes=4) as fleet:
+        partitions = {node: len(fleet.nodes) - 1 - i for i, node in enumerate(fleet.nodes)}
+        grid = fleet.ordered(partitions)
+        replies = grid.ordered_replies(fleet.messages(), timeout=60)  # sent in node order: partitions 3 to 0
+        assert [partitions[reply.metadata.src_node_id] for reply in replies] == [0, 1, 2, 3]
+
+
+def test_the_node_sampler_draws_from_the_runs_seed() -> None:
+    with seeded_node_sampling(5):
+        drawn = strategy_utils.random.sample(range(100), 10)
+    assert drawn == random.Random(5).sample(range(100), 10)
 
 
 def test_replies_held_back_by_a_node_that_never_answers_are_handed_on_at_the_timeout() -> None:
