@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -84,6 +85,23 @@ def test_next_item_loss_with_label_smoothing_matches_torch_cross_entropy(lm_and_
             labels.append(ids[0, 1:] - lm.template.first_item_token)
         want = F.cross_entropy(torch.cat(logits), torch.cat(labels), label_smoothing=0.1)
         got = sequence_loss(lm, batch, 0.1, window=1, context_free=True)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_under_a_titles_template_only_the_item_tokens_are_labels() -> None:
+    """A title's text tokens follow each item token: the loss reads the positions before an item token only."""
+    torch.manual_seed(0)
+    lm = build_scratch(LLMConfig(hidden=64, heads=1, layers=1, max_len=10), 12)
+    lm.model.eval()
+    text = lm.template.first_item_token - 1  # below the item range (here the only one): a title's text
+    lm.template = dataclasses.replace(lm.template, kind="titles", title_tokens=[[text]] * 12)
+    example = lm.template.encode_all([3, 1, 4])  # prefix, item 3, text, item 1, text, item 4, text
+    with torch.no_grad():
+        ids = torch.tensor([example])
+        hidden = lm.hidden_states(ids[:, :-1], torch.ones_like(ids[:, :-1]))[0]
+        positions, items = torch.tensor([0, 2, 4]), torch.tensor([3, 1, 4])
+        want = F.cross_entropy(lm.item_logits(hidden[positions]).float(), items - 1)
+        got = sequence_loss(lm, [example], 0.0, window=1, context_free=True)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
 
 
