@@ -63,7 +63,7 @@ class Outages:
         self._lock = threading.Lock()
 
     def skip_until(self, url: str) -> float | None:
-        """The monotonic time until which ``url`` is skipped; None when it has not failed here since it last answered."""
+        """The monotonic time until which ``url`` is skipped; None unless it failed here since it last answered."""
         with self._lock:
             failed = self._failed.get(url)
         return None if failed is None else failed[0] + failed[1]
@@ -155,8 +155,7 @@ class CloudClient:
     are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at once, a reply with the
     wrong number of lists, lists longer than K or items outside the catalogue (a foreign service).
     ``timeout_s`` bounds each HTTP request (an attempt's first also asks ``/healthz`` for the catalogue), headers
-    and body, not only each read: a server that trickles its reply
-    cannot hold a device. The bearer key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable
+    and body, not only each read: a server that trickles its reply cannot hold a device. The bearer key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable
     ``lsc4rec llm serve`` reads its key from).
     An https service is verified against ``ca_file``, else ``$LSC4REC_SERVICE_CA``, else the public CAs; a
     certificate that fails verification is a ``ProtocolError`` at once, as a wrong key is, because no retry

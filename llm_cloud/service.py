@@ -5,10 +5,11 @@
 is a JSON body ``{"error": {"field": ..., "message": ...}}``; the exception-to-status table is
 :data:`STATUS`: malformed JSON 400, wrong API key 401, unknown path 404, wrong method 405, no Content-Length
 (or a chunked body) 411, a body over :data:`~lsc4rec.protocol.MAX_BODY_BYTES` 413, a body that is not declared
-JSON 415, schema or item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a candidate request beyond the
-``max_in_flight`` the service holds at once. The size is judged from Content-Length before the body is read, so
-an oversized request costs the service no memory (which is why a body without a length is refused), and the
-bound on requests in flight bounds what their bodies can take together (a device retries a 503, then falls back).
+JSON 415, schema or item-id violations 422, engine failure 503, and 503 with ``Retry-After`` to a candidate
+request beyond the ``max_in_flight`` the service holds at once. The size is judged from Content-Length before
+the body is read, so an oversized request costs the service no memory (which is why a body without a length is
+refused), and the bound on requests in flight bounds what their bodies can take together (a device retries a
+503, then falls back).
 A body that has not arrived within ``body_timeout_s`` of its head is answered 408 and its place freed.
 Client input never gets a 500.
 

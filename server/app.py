@@ -535,11 +535,10 @@ def _final_gate(
     """Calibrate the gate on the final model: τ from every connected node's histogram of ``measure``.
 
     The rounds' τ comes from a sample of users, under the model of a round or two before, so the rate it
-    realizes strays from the budget (at 5 % on the default run, τ from the last two rounds would have realized 2.1
-    to 7.0 %: README, ``benchmarks/gate_window.py``). The signal reads no label,
-    so before serving, the fleet bins it under the model it will serve (``query.signals``, into
-    ``FINAL_GATE_BINS`` bins), and the server sets τ on the sum: the rate the final evaluation realizes is then
-    the budget up to the coin flips of τ's bin.
+    realizes strays from the budget (at 5 % on the default run, τ from the last two rounds would have realized
+    2.1 to 7.0 %: README, ``benchmarks/gate_window.py``). The signal reads no label, so before serving, the fleet
+    bins it under the model it will serve (``query.signals``, into ``FINAL_GATE_BINS`` bins), and the server sets
+    τ on the sum: the rate the final evaluation realizes is then the budget up to the coin flips of τ's bin.
     """
     counts, fallbacks = fleet_signal_counts(grid, arrays, measure, FINAL_GATE_BINS, fleet)
     tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), fed.budget)

@@ -316,14 +316,15 @@ def _register_node(public_key: Path, control_env: dict[str, str]) -> None:
 
 
 def _venv_bin(program: str = "") -> str:
-    """A program of this interpreter's environment, Flower's here (the environment's bin folder when none is named)."""
+    """A program of this interpreter's environment, Flower's here (its bin folder when none is named)."""
     return str(Path(sys.executable).parent / program)
 
 
 def _flower_env(tls: TLSFiles | None = None) -> dict[str, str]:
     """What Flower's processes need: this repository importable, ``flower-superexec`` on PATH, one thread each.
 
-    One OpenMP thread: the small models of many nodes share the machine's cores. With ``tls``, also the CA that the nodes' ClientApps verify the candidate service against.
+    One OpenMP thread: the small models of many nodes share the machine's cores. With ``tls``, also the CA that
+    the nodes' ClientApps verify the candidate service against.
     """
     return {
         "OMP_NUM_THREADS": "1",
