@@ -552,9 +552,10 @@ def _parse_pairs(pairs: typing.Iterable[str]) -> dict[str, str]:
     """``key=value`` strings as a flat mapping (values stay strings until the field's type parses them)."""
     flat: dict[str, str] = {}
     for pair in pairs:
-        if "=" not in pair:
+        key, sep, value = pair.partition("=")
+        if not sep:
             raise ConfigError(pair, "an override must look like key=value, for example srm.hidden=64.")
-        flat[set_key(pair)] = pair.partition("=")[2].strip()
+        flat[key.strip()] = value.strip()
     return flat
 
 
