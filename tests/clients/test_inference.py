@@ -209,9 +209,9 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
     np.testing.assert_allclose(outcome.bin_stale_ndcg.sum(1), outcome.stale_ndcg)
     # the gate reads τ on the bins it was calibrated on (the final gate's 20), not on the report's 4
     for tau in (0.05, 0.1, 0.15, 0.3, 0.35, 0.6, 0.65):
-        outcome = infer(model, targets, (0.0, 1.0), ("displacement",), bins=4, tau=tau, gate_bins=20)
+        gated = infer(model, targets, (0.0, 1.0), ("displacement",), bins=4, tau=tau, gate_bins=20)
         assert (
-            outcome["displacement"].requests
+            gated["displacement"].requests
             == gate(score, tau, signal_bin_edges(20), np.random.default_rng(0)).sum()
         )
 
