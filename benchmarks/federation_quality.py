@@ -414,6 +414,7 @@ def main() -> None:
             "data.dataset": "name the datasets with --datasets",
             "federation.service_url": "it starts its own candidate service (--checkpoint picks the LLM)",
             "out_dir": "use --out",
+            "federation.fresh_lists": "its checks compare request policies on every user's fresh list",
         },
     )
     if args.report_only and (args.datasets or args.checkpoint or args.overrides or args.out):

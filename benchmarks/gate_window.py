@@ -29,7 +29,7 @@ from server.report import SIGNAL_HISTOGRAMS, read_final, read_rounds
 def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[float]]]:
     """(the final evaluation's histogram, each evaluate round's) of the signal the run's final gate used."""
     try:
-        final = read_final(run_dir, (SIGNAL_HISTOGRAMS, "live gate signal"))
+        final = read_final(run_dir, (SIGNAL_HISTOGRAMS, "live gate signal"), curves=False)
     except DataFormatError:
         final = {}
     if SIGNAL_HISTOGRAMS not in final:

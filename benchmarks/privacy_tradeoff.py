@@ -88,6 +88,7 @@ def main() -> None:
             "federation.dp_delta": "use --delta",
             "federation.service_url": "it starts its own candidate service",
             "federation.run_dir": "use --out",
+            "federation.fresh_lists": "its figures compare request policies on every user's fresh list",
         },
     )
     base = load_config(None, [f"data.dataset={args.dataset}", *args.overrides])

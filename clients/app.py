@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients.cloud import OUTAGES, CandidateLists, CloudClient, ListCache
-from clients.inference import collaborative_inference, request_signals, served_list
+from clients.inference import collaborative_inference, held_list_signal, seeded_gate
 from clients.node import NodeData, load_node
 from clients.srm import SequentialRecommender, build_srm
 from clients.training import adapt, load_optimizer_arrays, local_train, optimizer_arrays
@@ -131,10 +131,15 @@ def signals(msg: Message, context: Context) -> Message:
     personal = _personal(cfg, node, model, "test", msg, context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
-    held = served_list(
-        personal, device, torch.from_numpy(stale.items), torch.from_numpy(stale.scores), cfg.srm.max_len
+    score = held_list_signal(
+        personal,
+        device,
+        cloud,
+        torch.from_numpy(stale.items),
+        torch.from_numpy(stale.scores),
+        measure,
+        cfg.srm.max_len,
     )
-    score = request_signals(personal, device, cloud, held, (measure,), cfg.srm.max_len)[measure]
     edges = signal_bin_edges(_gate_bins(config, cfg.federation))
     counts = np.bincount(signal_bins(score, edges), minlength=len(edges) - 1).astype(float)
     _keep_held_lists(context, cache)
@@ -289,24 +294,27 @@ def _collaborative_inference(
 
     Fallbacks: a stale list the cloud never delivered is the SRM's own (:func:`_stale_lists`); a fresh list
     that cannot be had is the stale list again. The gate reads the ``live`` signal against ``tau``, calibrated on
-    ``gate_bins`` bins; ``seed`` seeds its coin flips.
+    ``gate_bins`` bins; ``seed`` seeds its coin flips. With ``federation.fresh_lists = gated`` only the users
+    the gate sends ask the cloud (:func:`_asking`); the others' fresh list is their stale one, so the fresh
+    sums are what the fleet served under its gate.
     """
+    fed = cfg.federation
     device, cloud, targets = node.views(stage)
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
-    fresh = _fetch(cfg, node, cache, [int(u) for u in node.users], device)
-    fresh.items[fresh.missing], fresh.scores[fresh.missing] = (
-        stale.items[fresh.missing],
-        stale.scores[fresh.missing],
-    )
-    fed = cfg.federation
+    asks = _asking(cfg, personal, device, cloud, stale, live, tau, gate_bins, seed)
+    rows = np.flatnonzero(asks)
+    got = _fetch(cfg, node, cache, [int(node.users[r]) for r in rows], [device[r] for r in rows])
+    fresh_items, fresh_scores = stale.items.copy(), stale.scores.copy()
+    kept = rows[~got.missing]  # a fresh list that cannot be had stays the stale one
+    fresh_items[kept], fresh_scores[kept] = got.items[~got.missing], got.scores[~got.missing]
     return collaborative_inference(
         personal,
         device,
         cloud,
         torch.from_numpy(stale.items),
         torch.from_numpy(stale.scores),
-        torch.from_numpy(fresh.items),
-        torch.from_numpy(fresh.scores),
+        torch.from_numpy(fresh_items),
+        torch.from_numpy(fresh_scores),
         targets,
         alphas,
         fed.bins,
@@ -318,6 +326,37 @@ def _collaborative_inference(
         seed=seed,
         gate_bins=gate_bins,
     )
+
+
+def _asking(
+    cfg: RunConfig,
+    personal: SequentialRecommender,
+    device: list[np.ndarray],
+    cloud: list[np.ndarray],
+    stale: CandidateLists,
+    live: str,
+    tau: float,
+    gate_bins: int,
+    seed: int,
+) -> np.ndarray:
+    """Which users ask the cloud for a fresh list [B]: all, or those the live gate sends.
+
+    Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on the
+    same users; with ``gated`` only those the live gate sends, as a deployment would. The gated users are the ones :func:`clients.inference.collaborative_inference` then counts as requests: the
+    same signal of the same held lists, the same seeded gate.
+    """
+    if cfg.federation.fresh_lists == "all":
+        return np.ones(len(device), bool)
+    score = held_list_signal(
+        personal,
+        device,
+        cloud,
+        torch.from_numpy(stale.items),
+        torch.from_numpy(stale.scores),
+        live,
+        cfg.srm.max_len,
+    )
+    return seeded_gate(score, tau, gate_bins, seed)
 
 
 def _stale_lists(

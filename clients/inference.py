@@ -7,7 +7,8 @@ SRM's orders of the list, such as the paper's consistency) exceeds the fleet thr
 list (:func:`gate`). Here both lists are evaluated
 for every user, and binned by every signal asked for, so that one pass yields every request policy's curve
 (``lsc4rec.outcomes``) and the fleet can choose its signal: evaluation fetches every user's fresh list (the
-device view goes to the cloud whatever the gate decides; README, privacy).
+device view goes to the cloud whatever the gate decides; README, privacy), unless the run says
+``federation.fresh_lists = gated``, where only the users the live gate sends ask for one.
 Shape letters: B users, T history length, K candidates, A alphas.
 """
 
@@ -174,6 +175,15 @@ def gate(scores: np.ndarray, tau: float, bin_edges: np.ndarray, rng: np.random.G
     return rng.random(chance.shape) < chance
 
 
+def seeded_gate(scores: np.ndarray, tau: float, bins: int, seed: int) -> np.ndarray:
+    """:func:`gate` on ``bins`` equal bins, its coin flips seeded by ``seed``: the same users for the same call.
+
+    The node's gate in both places it runs: before the fresh lists are fetched (``federation.fresh_lists =
+    gated``) and when its requests are counted, which must name the same users.
+    """
+    return gate(scores, tau, signal_bin_edges(bins), np.random.default_rng(seed))
+
+
 def served_list(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
@@ -207,6 +217,24 @@ def request_signals(
     }
 
 
+def held_list_signal(
+    model: SequentialRecommender,
+    histories: Sequence[np.ndarray],
+    cloud_histories: Sequence[np.ndarray],
+    items: torch.Tensor,
+    llm_scores: torch.Tensor,
+    measure: str,
+    max_len: int,
+) -> np.ndarray:
+    """The request signal ``measure`` [B] of the cloud list ``items`` [B, K] the device holds, label-free.
+
+    What a device reads before it decides whether to ask for a fresh list: the held list as it serves it
+    (:func:`served_list`), then :func:`request_signals`.
+    """
+    held = served_list(model, histories, items, llm_scores, max_len)
+    return request_signals(model, histories, cloud_histories, held, (measure,), max_len)[measure]
+
+
 def collaborative_inference(
     model: SequentialRecommender,
     histories: Sequence[np.ndarray],
@@ -237,7 +265,8 @@ def collaborative_inference(
     stale_items, stale_scores
         [B, K] the list the cloud made from its stale view, with the LLM's scores (``-inf`` at padding).
     fresh_items, fresh_scores
-        [B, K] the list a request would bring (made from the device view).
+        [B, K] the list a request would bring (made from the device view); with ``federation.fresh_lists =
+        gated`` the node passes it for the users its live gate sent only, and the stale list for the rest.
     targets
         [B] the next item of each user; a target outside a list is a miss (ranking is over the list).
     alphas
@@ -271,7 +300,6 @@ def collaborative_inference(
         )
     targets = np.asarray(targets, dtype=np.int64)
     edges = signal_bin_edges(bins)  # [bins + 1]
-    gate_edges = signal_bin_edges(gate_bins or bins)
     lists = {
         "stale": served_list(model, histories, stale_items, stale_scores, max_len),
         "fresh": served_list(model, histories, fresh_items, fresh_scores, max_len),
@@ -300,9 +328,7 @@ def collaborative_inference(
             name: np.stack([np.bincount(bin_of, weights=g, minlength=bins) for g in ndcg])
             for name, ndcg in per_user.items()
         }
-        requests = (
-            int(gate(score, tau, gate_edges, np.random.default_rng(seed)).sum()) if measure == live else 0
-        )
+        requests = int(seeded_gate(score, tau, gate_bins or bins, seed).sum()) if measure == live else 0
         outcomes[measure] = StageOutcome(
             alphas=tuple(float(a) for a in alphas),
             bin_edges=edges,

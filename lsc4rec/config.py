@@ -30,6 +30,8 @@ SERVER_LR = {"fedadam": 0.01, "fedavgm": 1.0}
 MAX_BIN_ALPHA_SUMS = 2000
 # score normalisations before fusion (lsc4rec.ranking.normalize)
 NORMALIZATIONS = ("minmax", "softmax", "rank")
+# who asks the cloud for a fresh list at evaluation (FederationConfig.fresh_lists)
+FRESH_LISTS = ("all", "gated")
 # the signals read from the SRM's scores of the whole catalogue (clients.inference.catalogue_signals); the
 # others compare the LLM's and the SRM's orders of the list (lsc4rec.ranking.disagreement)
 CATALOGUE_SIGNALS = ("drift", "confidence")
@@ -241,6 +243,11 @@ class FederationConfig:
     # the server gates on the one that beats random requests by most on validation, summed over the budget,
     # its double and its quadruple (lsc4rec.outcomes.choose_measure; which one wins depends on the SRM)
     measure: str = "auto"
+    # who asks the cloud for a fresh list at evaluation: all (every evaluated user, whatever the gate decides, so
+    # that the report compares every request policy on the same users) | gated (only the users the live gate
+    # sends, as a deployment that keeps its fresh items from the cloud would; the report then has the live gate's
+    # row alone, and needs one request signal, not auto: README, "Privacy of the cloud's side")
+    fresh_lists: str = "all"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
     # the candidate service (`lsc4rec llm serve` on this host)
@@ -281,6 +288,19 @@ class FederationConfig:
             self.measure in (*MEASURES, "auto"),
             "federation.measure",
             "must be " + "|".join((*MEASURES, "auto")),
+            self.measure,
+        )
+        _check(
+            self.fresh_lists in FRESH_LISTS,
+            "federation.fresh_lists",
+            "must be " + "|".join(FRESH_LISTS),
+            self.fresh_lists,
+        )
+        _check(
+            self.fresh_lists == "all" or self.measure != "auto",
+            "federation.measure",
+            "must name one request signal with fresh_lists = gated (auto chooses by comparing every user's fresh "
+            "list, which a gated fleet does not fetch), such as " + MEASURES[0],
             self.measure,
         )
         _check(

@@ -244,8 +244,13 @@ def _final_report(
         extra["DP noised rounds"] = privacy.releases
     extra["users the floors cover"] = split.num_users if reported is None else len(reported)
     floors = reference_floors(split, cfg.srm.max_len, reported)
-    figures = final_figures(valid[measure], test[measure], floors, extra)
-    figures["signals"] = signal_comparison(valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2}))
+    if fed.fresh_lists == "gated":
+        figures = final_figures(valid[measure], test[measure], floors, extra, live_budget=fed.budget)
+    else:
+        figures = final_figures(valid[measure], test[measure], floors, extra)
+        figures["signals"] = signal_comparison(
+            valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2})
+        )
     figures["request signal"] = measure
     figures["live gate signal"] = strategy.measure
     figures[SIGNAL_HISTOGRAMS] = {m: test[m].bin_count.tolist() for m in fed.measures}
@@ -707,6 +712,9 @@ def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
         "fusion": f"α·LLM + (1 - α)·SRM on {fed.norm}-normalised lists",
         "budget": fed.budget,
         "measure": fed.measure,
+        "fresh lists": (
+            "every evaluated user's" if fed.fresh_lists == "all" else "only where the live gate asked"
+        ),
         "differential privacy": (
             f"central, per node: clip {fed.dp_clip:g}, noise multiplier {fed.dp_noise:g}, δ {fed.dp_delta:g}, "
             "zero-out neighbours"

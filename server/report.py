@@ -31,6 +31,8 @@ ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round
 # per round and in final.json: users by bin of each request signal over the test-time lists, {signal: [bins]}
 SIGNAL_HISTOGRAMS = "test-signal-histograms"
 
+# the list a run of federation.fresh_lists = gated serves: the fresh one where the live gate asked, else the stale
+GATED_LIST = "gated"
 # the two queries of lsc4rec.floors.reference_floors, as the report names them
 FLOOR_VIEWS = {"stale": "cloud view", "fresh": "device view"}
 
@@ -95,12 +97,13 @@ _FINISHED = "Pass the folder of a run that finished, or finish it: ./run_federat
 
 
 def read_final(
-    run_dir: Path, needed: tuple[str, ...] = ("protocol", "rankings", "policies")
+    run_dir: Path, needed: tuple[str, ...] = ("protocol", "rankings", "policies"), curves: bool = True
 ) -> dict[str, Any]:
     """A finished run's ``final.json``, or a ``DataFormatError`` naming it when it is not one holding ``needed``.
 
     The benchmark scripts re-read run folders a user names; a damaged or foreign file is one line, before any
-    evaluation starts.
+    evaluation starts. With ``curves`` the run must have compared every request policy, which a run that
+    fetched the live gate's fresh lists only (``federation.fresh_lists = gated``) did not.
     """
     path = run_dir / FINAL_FILE
     try:
@@ -110,6 +113,12 @@ def read_final(
     missing = [key for key in needed if key not in final] if isinstance(final, dict) else list(needed)
     if missing:
         raise DataFormatError(path, f"is not a finished run's report (no {', '.join(missing)}). {_FINISHED}")
+    if curves and final.get("fresh lists") == GATED_LIST:
+        raise DataFormatError(
+            path,
+            "is the report of a run with federation.fresh_lists = gated: it holds the live gate's policy only, "
+            "not the request policies at every budget this reads. Pass a run made with fresh_lists = all.",
+        )
     return final
 
 
@@ -118,8 +127,14 @@ def final_figures(
     test: StageOutcome,
     floors: dict[str, dict[str, dict[str, float]]],
     extra: dict[str, float],
+    live_budget: float | None = None,
 ) -> dict[str, Any]:
-    """The report's numbers: rankings at the validation-chosen α and every request policy at each budget."""
+    """The report's numbers: rankings at the validation-chosen α and every request policy at each budget.
+
+    With ``live_budget`` (a run of ``federation.fresh_lists = gated``) only the live gate's users fetched a
+    fresh list, so ``test``'s fresh sums are the lists the fleet served under its gate (list ``gated``), and
+    the policies are what such a run can show: nobody asking, and the live gate at that budget.
+    """
     best = valid.best_alpha()
     means = test.means()
     alphas = list(test.alphas)
@@ -132,23 +147,19 @@ def final_figures(
         for query in FLOOR_VIEWS
     }
 
-    def row(name: str, lst: str, index: int) -> dict[str, Any]:
+    def row(name: str, lst: str, sums: str, index: int) -> dict[str, Any]:
         return {
             "ranking": name,
             "list": lst,
             "alpha": alphas[index],
-            "ndcg@10": float(means[f"{lst}-ndcg"][index]),
-            "hr@10": float(means[f"{lst}-hr"][index]),
+            "ndcg@10": float(means[f"{sums}-ndcg"][index]),
+            "hr@10": float(means[f"{sums}-hr"][index]),
             **both_views,
         }
 
-    rows = []
-    for lst in ("stale", "fresh"):
-        rows += [row("LLM-only", lst, LLM_ONLY), row("SRM-only", lst, SRM_ONLY), row("fused", lst, best)]
-    policies = []
-    for budget in BUDGETS:
-        point = budget_point(test, best, budget)
-        floor_at = {  # a floor served by the cloud, refreshed by random requests at the budget; then on the device
+    def floor_at(budget: float) -> dict[str, float]:
+        """A floor served by the cloud, refreshed by random requests at ``budget``; then on the device."""
+        return {
             **{
                 f"{floor} floor (cloud at budget)": (1 - budget) * v["stale"]["ndcg@10"]
                 + budget * v["fresh"]["ndcg@10"]
@@ -156,6 +167,32 @@ def final_figures(
             },
             **{floor_column(floor, "fresh"): v["fresh"]["ndcg@10"] for floor, v in floors.items()},
         }
+
+    asked = "fresh" if live_budget is None else GATED_LIST
+    rows = []
+    for lst, sums in (("stale", "stale"), (asked, "fresh")):
+        rows += [
+            row("LLM-only", lst, sums, LLM_ONLY),
+            row("SRM-only", lst, sums, SRM_ONLY),
+            row("fused", lst, sums, best),
+        ]
+    policies = []
+    if live_budget is not None:
+        for budget, tau, rate, lst in (
+            (0.0, 1.0, 0.0, "stale"),
+            (live_budget, extra["live gate tau"], extra["live gate realized request rate"], "fresh"),
+        ):
+            policies.append(
+                {
+                    "budget": budget,
+                    "gate tau": tau,
+                    "gated rate": rate,
+                    "gated ndcg@10": float(means[f"{lst}-ndcg"][best]),
+                    **floor_at(budget),
+                }
+            )
+    for budget in BUDGETS if live_budget is None else ():
+        point = budget_point(test, best, budget)
         policies.append(
             {
                 "budget": budget,
@@ -166,14 +203,15 @@ def final_figures(
                 "random ndcg@10 at gated rate": point.random,
                 # what random requests spread by at that rate: gated - random is evidence only well beyond it
                 "random sd at gated rate": point.spread,
-                **floor_at,
+                **floor_at(budget),
             }
         )
     return {
+        "fresh lists": "all" if live_budget is None else GATED_LIST,
         "alpha": alphas[best],
         "alphas": alphas,
         "users": test.users,
-        "recall@k": {"stale": test.stale_recall / test.users, "fresh": test.fresh_recall / test.users},
+        "recall@k": {"stale": test.stale_recall / test.users, asked: test.fresh_recall / test.users},
         "valid": {"fused ndcg@10": float(valid.means()["stale-ndcg"][best])},
         # the whole α curve of the stale list, to see how flat the choice was (α is picked on validation only)
         "fused ndcg@10 by alpha": {
@@ -244,8 +282,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
         f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}"
         f"{_missing_users(figures)}. "
-        f"Recall@K of the stale list {figures['recall@k']['stale']:.4f}, of the fresh list "
-        f"{figures['recall@k']['fresh']:.4f} (the ceiling of any reranking).{_fallback_note(figures)}",
+        f"Recall@K of the stale list {figures['recall@k']['stale']:.4f}, {_second_recall(figures)} "
+        f"(the ceiling of any reranking).{_fallback_note(figures)}",
         "",
         "## Rankings (test, over the candidate list; the floors rank the full catalogue, fitted on the training "
         "sequences, from the cloud view, ℓ items behind, which the LLM's stale list is made from, and from the "
@@ -255,6 +293,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     ]
     lines += _markdown_table(figures["rankings"])
     lines += _margins(figures)
+    if figures.get("fresh lists") == GATED_LIST:
+        return "\n".join(lines + _live_gate_only(figures)) + "\n"
     lines += [
         "",
         "## Request policies (test, fused at α; random is the expectation, gated uses the τ "
@@ -279,11 +319,41 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
     ]
     lines += _markdown_table([{c: row[c] for c in columns} for row in figures["signals"]])
+    return "\n".join(lines + _other_figures(figures)) + "\n"
+
+
+def _live_gate_only(figures: dict[str, Any]) -> list[str]:
+    """The policies of a run that fetched the live gate's fresh lists only, and its other figures."""
+    lines = [
+        "",
+        "## Request policies (test, fused at α): nobody asking, and the live gate",
+        "",
+        "This run fetched a fresh list only for the users its live gate sent (`federation.fresh_lists = gated`), "
+        f"by {figures['live gate signal']}{_live_gate_basis(figures)}. The `gated` rows above rank what the fleet "
+        "served: the fresh list where the gate asked, the stale one elsewhere. Random requests and the other "
+        "budgets need every user's fresh list: a run with `fresh_lists = all` compares them.",
+        "",
+    ]
+    return lines + _markdown_table(figures["policies"]) + _other_figures(figures)
+
+
+def _other_figures(figures: dict[str, Any]) -> list[str]:
+    """The report's single figures (counts, the SRM over the catalogue, the live gate), one line each."""
     extra = {k: v for k, v in figures.items() if isinstance(v, int | float) and k not in ("alpha", "users")}
-    if extra:
-        heading = "## Other figures (the federated SRM's full-catalogue figures compare with the device-view floors)"
-        lines += ["", heading, ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
+    if not extra:
+        return []
+    heading = (
+        "## Other figures (the federated SRM's full-catalogue figures compare with the device-view floors)"
+    )
+    return ["", heading, ""] + [f"- {k}: {_cell(v)}" for k, v in extra.items()]
+
+
+def _second_recall(figures: dict[str, Any]) -> str:
+    """The recall@K of the fresh lists, or in a gated run of the lists the fleet served."""
+    recall = figures["recall@k"]
+    if GATED_LIST in recall:
+        return f"of the lists served under the live gate {recall[GATED_LIST]:.4f}"
+    return f"of the fresh list {recall['fresh']:.4f}"
 
 
 def resolved_protocol(protocol: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
@@ -406,18 +476,23 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
 
 
 def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
+    """NDCG@10 against the request rate: gated, and random with its spread where the run measured it."""
     policies = figures["policies"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(
-        [p["budget"] for p in policies], [p["random ndcg@10"] for p in policies], marker="o", label="random"
-    )
-    ax.plot(
-        [p["gated rate"] for p in policies], [p["gated ndcg@10"] for p in policies], marker="s", label="gated"
-    )
     rates = [p["gated rate"] for p in policies]
-    mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
-    sd = np.array([p["random sd at gated rate"] for p in policies])
-    ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")
+    random = "random ndcg@10" in policies[0]  # not in a run that fetched the live gate's fresh lists only
+    if random:
+        ax.plot(
+            [p["budget"] for p in policies],
+            [p["random ndcg@10"] for p in policies],
+            marker="o",
+            label="random",
+        )
+    ax.plot(rates, [p["gated ndcg@10"] for p in policies], marker="s", label="gated")
+    if random:
+        mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
+        sd = np.array([p["random sd at gated rate"] for p in policies])
+        ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")
     # the stronger floor only: most-popular's, far below, would squash the gap between gated and random
     level = figures["floors"]["item-transition"]["fresh"]["ndcg@10"]
     ax.axhline(

@@ -110,6 +110,24 @@ def test_private_runs_take_only_settings_their_guarantee_holds_for(pairs: list[s
         RunConfig().override(pairs)
 
 
+@pytest.mark.parametrize(
+    ("pairs", "match"),
+    [
+        (["federation.fresh_lists=some"], "federation.fresh_lists: must be all|gated, got 'some'"),
+        # auto compares the signals on every user's fresh list, which a gated fleet does not fetch
+        (
+            ["federation.fresh_lists=gated"],
+            "federation.measure: must name one request signal with fresh_lists",
+        ),
+    ],
+)
+def test_a_gated_fleet_needs_one_named_request_signal(pairs: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RunConfig().override(pairs)
+    fed = RunConfig().override(["federation.fresh_lists=gated", "federation.measure=drift"]).federation
+    assert (fed.fresh_lists, fed.measures) == ("gated", ("drift",))
+
+
 def test_a_private_fedprox_run_is_accepted() -> None:
     assert RunConfig().override(["federation.dp_noise=1", "federation.strategy=fedprox"]).federation.private
 

@@ -29,7 +29,7 @@ from lsc4rec.credentials import make_loopback_tls
 from lsc4rec.data.partition import partition_users
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
-from lsc4rec.errors import ConfigError, LSC4RecError
+from lsc4rec.errors import ConfigError, DataFormatError, LSC4RecError
 from lsc4rec.floors import reference_floors
 from lsc4rec.outcomes import requested_share, signal_bin_edges, threshold_for_budget
 from lsc4rec.protocol import API_KEY_ENV, SERVICE_CA_ENV
@@ -52,7 +52,7 @@ from server.checkpoint import (
 )
 from server.fleet import PartitionOrderedGrid
 from server.inprocess import FIRST_NODE_ID, InProcessGrid, run_in_process
-from server.report import REPORT_FILES, ROUNDS_FILE, SIGNAL_HISTOGRAMS
+from server.report import REPORT_FILES, ROUNDS_FILE, SIGNAL_HISTOGRAMS, read_final
 from strategies.privacy import FleetPrivacy
 from tests.conftest import NODES, silent_server
 
@@ -289,6 +289,101 @@ def test_nodes_keep_their_personal_copy_unless_told_not_to(
         else:
             assert kept == [None] * NODES
     assert dict(results[True]) == dict(results[False])
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(user, history length) of every history the nodes ask the cloud for: the real cache, its misses recorded.
+
+    Recorded by user, as the node's cache keys its lists: the synthetic users' histories overlap item for item.
+    """
+    keys: list[tuple[int, int]] = []
+    fetch = clients.app.ListCache.fetch
+
+    def recording(
+        self: clients.app.ListCache,
+        client: clients.app.CloudClient,
+        users: list[int],
+        prefixes: list[np.ndarray],
+    ) -> clients.app.CandidateLists:
+        keys.extend(
+            k for k in ((int(u), len(p)) for u, p in zip(users, prefixes, strict=True)) if k not in self.lists
+        )
+        return fetch(self, client, users, prefixes)
+
+    monkeypatch.setattr(clients.app.ListCache, "fetch", recording)
+    return keys
+
+
+def view_keys(cfg: RunConfig, side: str, stages: tuple[str, ...] = ("valid", "test")) -> set[tuple[int, int]]:
+    """(user, length) of every user's ``side`` view at ``stages``."""
+    split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
+    return {(u, len(h)) for stage in stages for u, h in enumerate(split.views(stage, side))}
+
+
+@pytest.mark.parametrize(("fresh_lists", "budget"), [("gated", 0.0), ("gated", 0.5), ("all", 0.5)])
+def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
+    federation_config: RunConfig, service: str, sent: list[tuple[int, int]], fresh_lists: str, budget: float
+) -> None:
+    """``federation.fresh_lists = gated``: the cloud gets a user's device view only when the live gate sends it.
+
+    The final evaluation's test requests are exactly the device views the cloud received at test; every other
+    history it got is a cloud view or a validation-time device view. With ``all`` every user's view goes.
+    """
+    cfg = federation_config.override(
+        [
+            f"federation.service_url={service}",
+            f"federation.fresh_lists={fresh_lists}",
+            "federation.measure=confidence",
+        ]
+    )
+    grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
+    counts, _ = fleet_signal_counts(grid, arrays, "confidence", FINAL_GATE_BINS, NODES)
+    tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), budget)
+    sent.clear()  # the calibration pass asked for the cloud views' lists only
+    summed, _ = _final_evaluation(grid, arrays, tau, "confidence", 1, NODES)
+    requests = int(summed[records.REQUESTS])
+    asked = [key for key in sent if key in view_keys(cfg, "device", ("test",))]
+    assert len(asked) == len(set(asked))  # each user asked at most once
+    assert 0 < requests < 24 if budget else requests == 0
+    assert len(asked) == (requests if fresh_lists == "gated" else 24)
+    assert set(sent) <= view_keys(cfg, "cloud") | view_keys(cfg, "device")
+    if fresh_lists == "gated" and not budget:
+        assert set(sent) <= view_keys(cfg, "cloud")  # no fresh item of any user reached the cloud
+
+
+def test_a_gated_run_reports_what_its_fleet_served(
+    federation_config: RunConfig, service: str, tmp_path: Path
+) -> None:
+    """A gated run's report: the stale and the served (``gated``) rows, nobody asking and the live gate."""
+    run(
+        federation_config,
+        tmp_path,
+        service,
+        "federation.rounds=2",
+        "federation.fresh_lists=gated",
+        "federation.measure=confidence",
+        "federation.budget=0.5",
+    )
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["fresh lists"] == "gated" and "signals" not in final
+    assert final["protocol"]["fresh lists"] == "only where the live gate asked"
+    assert [r["list"] for r in final["rankings"]] == ["stale"] * 3 + ["gated"] * 3
+    fused = {r["list"]: r["ndcg@10"] for r in final["rankings"] if r["ranking"] == "fused"}
+    never, live = final["policies"]
+    assert (never["budget"], never["gated rate"], never["gated ndcg@10"]) == (0.0, 0.0, fused["stale"])
+    assert (live["budget"], live["gated ndcg@10"]) == (0.5, fused["gated"])
+    assert live["gated rate"] == final["live gate realized request rate"] and 0 < live["gated rate"] < 1
+    assert set(final["recall@k"]) == {"stale", "gated"}
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        "of the lists served under the live gate" in summary and "`federation.fresh_lists = gated`" in summary
+    )
+    assert "Every request signal" not in summary and "- live gate tau:" in summary
+    assert all((tmp_path / name).is_file() for name in REPORT_FILES)
+    with pytest.raises(DataFormatError, match="fresh_lists = gated"):  # the benchmarks need every policy
+        read_final(tmp_path)
+    assert read_final(tmp_path, curves=False)["live gate signal"] == "confidence"
 
 
 @pytest.fixture
