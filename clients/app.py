@@ -341,9 +341,10 @@ def _asking(
 ) -> np.ndarray:
     """Which users ask the cloud for a fresh list [B]: all, or those the live gate sends.
 
-    Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on the
-    same users; with ``gated`` only those the live gate sends, as a deployment would. The gated users are the ones :func:`clients.inference.collaborative_inference` then counts as requests: the
-    same signal of the same held lists, the same seeded gate.
+    Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on
+    the same users; with ``gated`` only those the live gate sends, as a deployment would. They are the users
+    :func:`clients.inference.collaborative_inference` then counts as requests: the same signal of the same held
+    lists, the same seeded gate.
     """
     if cfg.federation.fresh_lists == "all":
         return np.ones(len(device), bool)
