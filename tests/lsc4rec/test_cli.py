@@ -320,6 +320,11 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             ["--set", "federation.dp_noise=1"],
             "error: --set federation.dp_noise: this script sets it for each run; use --noise",
         ),
+        (  # its checks compare random and gated requests, which a gated fleet cannot measure
+            "federation_quality.py",
+            ["--set", "federation.fresh_lists=gated"],
+            "error: --set federation.fresh_lists: this script sets it for each run; its checks compare request",
+        ),
         (
             "gate_window.py",
             [".", "--budgets", "0"],
