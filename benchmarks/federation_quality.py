@@ -59,7 +59,8 @@ def run_dataset(
     central_by_dataset: dict[str, list[dict]],
 ) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder, wall time and central SRM."""
-    cfg = load_config(recipe(dataset), [f"data.dataset={dataset}", *overrides])
+    # every user's fresh list: the checks compare request policies (a recipe's gated fleet could not)
+    cfg = load_config(recipe(dataset), [f"data.dataset={dataset}", "federation.fresh_lists=all", *overrides])
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     central = central_row(central_by_dataset.get(dataset, []), cfg, split.num_users)  # warns before the run
     split.check_trainable("SRM")  # as the launcher does before it trains anything

@@ -91,7 +91,7 @@ def main() -> None:
             "federation.fresh_lists": "its figures compare request policies on every user's fresh list",
         },
     )
-    base = load_config(None, [f"data.dataset={args.dataset}", *args.overrides])
+    base = load_config(None, [f"data.dataset={args.dataset}", "federation.fresh_lists=all", *args.overrides])
     # noise 0 is plain FedAvg, which takes no clip or δ
     private = [f"federation.dp_clip={args.clip}", f"federation.dp_delta={args.delta}"]
     configs = {

@@ -301,7 +301,7 @@ def _collaborative_inference(
     fed = cfg.federation
     device, cloud, targets = node.views(stage)
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
-    asks = _asking(cfg, personal, device, cloud, stale, live, tau, gate_bins, seed)
+    asks = _asking(cfg, personal, stage, device, cloud, stale, live, tau, gate_bins, seed)
     rows = np.flatnonzero(asks)
     got = _fetch(cfg, node, cache, [int(node.users[r]) for r in rows], [device[r] for r in rows])
     fresh_items, fresh_scores = stale.items.copy(), stale.scores.copy()
@@ -331,6 +331,7 @@ def _collaborative_inference(
 def _asking(
     cfg: RunConfig,
     personal: SequentialRecommender,
+    stage: Stage,
     device: list[np.ndarray],
     cloud: list[np.ndarray],
     stale: CandidateLists,
@@ -342,12 +343,15 @@ def _asking(
     """Which users ask the cloud for a fresh list [B]: all, or those the live gate sends.
 
     Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on
-    the same users; with ``gated`` only those the live gate sends, as a deployment would. They are the users
-    :func:`clients.inference.collaborative_inference` then counts as requests: the same signal of the same held
-    lists, the same seeded gate.
+    the same users. With ``gated`` only those the live gate sends at test, as a deployment would: the users
+    :func:`clients.inference.collaborative_inference` then counts as requests (the same signal of the same held
+    lists, the same seeded gate); at validation none, whose fresh lists nothing in a gated run reads (α is
+    chosen on the stale list, the signal is named) and whose device views would reach the cloud uncounted.
     """
     if cfg.federation.fresh_lists == "all":
         return np.ones(len(device), bool)
+    if stage == "valid":
+        return np.zeros(len(device), bool)
     score = held_list_signal(
         personal,
         device,

@@ -245,9 +245,9 @@ class FederationConfig:
     measure: str = "auto"
     # who asks the cloud for a fresh list at evaluation: all (every evaluated user, whatever the gate decides,
     # so that the report compares every request policy on the same users) | gated (only the users the live gate
-    # sends, as a deployment that keeps its fresh items from the cloud would; the report then has the live
-    # gate's row alone, and needs one named request signal, not auto; README, "Keeping the devices' fresh items
-    # from the cloud")
+    # sends at test, as a deployment that keeps its fresh items from the cloud would; the report then has two
+    # policies, nobody asking and the live gate, and needs one named request signal, not auto; README, "Keeping
+    # the devices' fresh items from the cloud")
     fresh_lists: str = "all"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1

@@ -406,13 +406,16 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
 
 # the federation settings a resumed run keeps: the fleet, and the shapes of the sums its checkpoint holds
 SHAPING = ("federation.num_nodes", "federation.measure", "federation.bins", "federation.alpha_steps")
+# what the run's report says the cloud saw: a gated run resumed from rounds that sent every user's view would lie
+PROMISED = ("federation.fresh_lists",)
 
 
 def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
     """A resumed run keeps the data, SRM, LLM, seed and fleet its ``config.json`` says it was trained with.
 
     So too the request signals, histogram bins and α steps: the request budget's window in the checkpoint holds
-    sums of those shapes (another signal was a KeyError at start-up, other bins a crash a round later).
+    sums of those shapes (another signal was a KeyError at start-up, other bins a crash a round later); and who
+    asked the cloud for fresh lists, which the report states for the whole run.
     Checked before anything else (the data's preparation, the memory check, the checkpoint's shapes), so that
     a changed setting is named as such, not as the symptom it would cause further on.
     """
@@ -421,7 +424,9 @@ def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
         return
     saved, now = RunConfig.load(saved_file).to_flat(), cfg.to_flat()
     fixed = ("srm.", "data.", "llm.")
-    keys = [k for k in now if k in ("seed", *SHAPING) or (k.startswith(fixed) and k != "data.data_dir")]
+    keys = [
+        k for k in now if k in ("seed", *SHAPING, *PROMISED) or (k.startswith(fixed) and k != "data.data_dir")
+    ]
     differing = [k for k in keys if saved.get(k) != now[k]]
     if differing:
         key = differing[0]  # named as set (--seed, or config seed), so that the user sees what to drop

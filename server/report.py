@@ -326,7 +326,8 @@ def _live_gate_only(figures: dict[str, Any]) -> list[str]:
     """The policies of a run that fetched the live gate's fresh lists only, and its other figures."""
     lines = [
         "",
-        "## Request policies (test, fused at α): nobody asking, and the live gate",
+        "## Request policies (test, fused at α): nobody asking, and the live gate (beside them a floor served by "
+        "the cloud, refreshed by random requests at the budget, and the floor run on the device from its own view)",
         "",
         "This run fetched a fresh list only for the users its live gate sent (`federation.fresh_lists = gated`), "
         f"by {figures['live gate signal']}{_live_gate_basis(figures)}. The `gated` rows above rank what the fleet "

@@ -326,6 +326,11 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
             "error: --set federation.fresh_lists: this script sets it for each run; its checks compare request",
         ),
         (
+            "privacy_tradeoff.py",
+            ["--set", "federation.fresh_lists=gated"],
+            "error: --set federation.fresh_lists: this script sets it for each run; its figures compare request",
+        ),
+        (
             "gate_window.py",
             [".", "--budgets", "0"],
             "argument --budgets: must be comma-separated shares in (0, 1]",

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg, strategy_utils
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 import clients.app
+import clients.inference
 import server.inprocess as inprocess
 from clients.app import app as client_app
 from clients.cloud import OUTAGES
@@ -321,14 +322,33 @@ def view_keys(cfg: RunConfig, side: str, stages: tuple[str, ...] = ("valid", "te
     return {(u, len(h)) for stage in stages for u, h in enumerate(split.views(stage, side))}
 
 
+@pytest.fixture
+def gates(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, np.ndarray]]:
+    """Each mask the nodes' gate draws, in order: ``ask`` before a fetch (gated), ``count`` for ``requests``."""
+    drawn: list[tuple[str, np.ndarray]] = []
+    for module, use in ((clients.app, "ask"), (clients.inference, "count")):
+
+        def recording(*args: object, real: Callable = module.seeded_gate, use: str = use) -> np.ndarray:
+            drawn.append((use, real(*args)))
+            return drawn[-1][1]
+
+        monkeypatch.setattr(module, "seeded_gate", recording)
+    return drawn
+
+
 @pytest.mark.parametrize(("fresh_lists", "budget"), [("gated", 0.0), ("gated", 0.5), ("all", 0.5)])
 def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
-    federation_config: RunConfig, service: str, sent: list[tuple[int, int]], fresh_lists: str, budget: float
+    federation_config: RunConfig,
+    service: str,
+    sent: list[tuple[int, int]],
+    gates: list[tuple[str, np.ndarray]],
+    fresh_lists: str,
+    budget: float,
 ) -> None:
     """``federation.fresh_lists = gated``: the cloud gets a user's device view only when the live gate sends it.
 
-    The final evaluation's test requests are exactly the device views the cloud received at test; every other
-    history it got is a cloud view or a validation-time device view. With ``all`` every user's view goes.
+    The users who ask are the users counted as requests, mask for mask; the device views the cloud received at
+    test are exactly as many; at validation nobody asks. With ``all`` every user's views go.
     """
     cfg = federation_config.override(
         [
@@ -339,15 +359,23 @@ def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
     )
     grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
     counts, _ = fleet_signal_counts(grid, arrays, "confidence", FINAL_GATE_BINS, NODES)
+    assert set(sent) == view_keys(cfg, "cloud", ("test",))  # the calibration: the lists the devices hold
     tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), budget)
-    sent.clear()  # the calibration pass asked for the cloud views' lists only
+    sent.clear()
     summed, _ = _final_evaluation(grid, arrays, tau, "confidence", 1, NODES)
     requests = int(summed[records.REQUESTS])
-    asked = [key for key in sent if key in view_keys(cfg, "device", ("test",))]
-    assert len(asked) == len(set(asked))  # each user asked at most once
     assert 0 < requests < 24 if budget else requests == 0
+    asked = set(sent) & view_keys(cfg, "device", ("test",))
     assert len(asked) == (requests if fresh_lists == "gated" else 24)
     assert set(sent) <= view_keys(cfg, "cloud") | view_keys(cfg, "device")
+    at_validation = set(sent) & view_keys(cfg, "device", ("valid",))
+    assert len(at_validation) == (0 if fresh_lists == "gated" else 24)
+    if fresh_lists == "gated":  # each node's test users: the gate that fetched, then the same mask counted
+        asks = [i for i, (use, _) in enumerate(gates) if use == "ask"]
+        assert len(asks) == NODES and all(gates[i + 1][0] == "count" for i in asks)
+        assert all(np.array_equal(gates[i][1], gates[i + 1][1]) for i in asks)
+    else:
+        assert {use for use, _ in gates} == {"count"}
     if fresh_lists == "gated" and not budget:
         assert set(sent) <= view_keys(cfg, "cloud")  # no fresh item of any user reached the cloud
 

@@ -336,6 +336,11 @@ def test_resume_refuses_other_model_or_data_settings(federation_config: RunConfi
         key = change.split("=")[0]
         with pytest.raises(ConfigError, match=rf"^config {key}: must stay .* to resume {done}, which was"):
             run_folder(resumed.override([change]))
+    # the report says who sent the cloud fresh lists for the whole run: rounds that sent every user's view stay
+    named = resumed.override(["federation.measure=confidence"])
+    named.save(done / "config.json")
+    with pytest.raises(ConfigError, match=r"^config federation\.fresh_lists: must stay 'all' to resume"):
+        run_folder(named.override(["federation.fresh_lists=gated"]))
 
 
 def test_a_resume_names_a_changed_setting_before_its_symptoms(
