@@ -18,6 +18,7 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 import clients.app
 import clients.inference
+import server.app
 import server.inprocess as inprocess
 from clients.app import app as client_app
 from clients.cloud import OUTAGES
@@ -342,6 +343,7 @@ def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
     service: str,
     sent: list[tuple[int, int]],
     gates: list[tuple[str, np.ndarray]],
+    monkeypatch: pytest.MonkeyPatch,
     fresh_lists: str,
     budget: float,
 ) -> None:
@@ -357,10 +359,14 @@ def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
             "federation.measure=confidence",
         ]
     )
+    # coarse gate bins, so that tau's bin holds several users and its coin flips decide who asks
+    monkeypatch.setattr(server.app, "FINAL_GATE_BINS", 4)
     grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
-    counts, _ = fleet_signal_counts(grid, arrays, "confidence", FINAL_GATE_BINS, NODES)
+    counts, _ = fleet_signal_counts(grid, arrays, "confidence", 4, NODES)
     assert set(sent) == view_keys(cfg, "cloud", ("test",))  # the calibration: the lists the devices hold
-    tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), budget)
+    tau = threshold_for_budget(counts, signal_bin_edges(4), budget)
+    share = requested_share(signal_bin_edges(4), tau)[counts > 0]  # of each bin that holds users
+    assert ((share > 0) & (share < 1)).any() or not budget
     sent.clear()
     summed, _ = _final_evaluation(grid, arrays, tau, "confidence", 1, NODES)
     requests = int(summed[records.REQUESTS])
