@@ -131,15 +131,7 @@ def signals(msg: Message, context: Context) -> Message:
     personal = _personal(cfg, node, model, "test", msg, context)
     device, cloud, _ = node.views("test")
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
-    score = held_list_signal(
-        personal,
-        device,
-        cloud,
-        torch.from_numpy(stale.items),
-        torch.from_numpy(stale.scores),
-        measure,
-        cfg.srm.max_len,
-    )
+    score = _held_signal(cfg, personal, device, cloud, stale, measure)
     edges = signal_bin_edges(_gate_bins(config, cfg.federation))
     counts = np.bincount(signal_bins(score, edges), minlength=len(edges) - 1).astype(float)
     _keep_held_lists(context, cache)
@@ -352,16 +344,21 @@ def _asking(
         return np.ones(len(device), bool)
     if stage == "valid":
         return np.zeros(len(device), bool)
-    score = held_list_signal(
-        personal,
-        device,
-        cloud,
-        torch.from_numpy(stale.items),
-        torch.from_numpy(stale.scores),
-        live,
-        cfg.srm.max_len,
-    )
+    score = _held_signal(cfg, personal, device, cloud, stale, live)
     return seeded_gate(score, tau, gate_bins, seed)
+
+
+def _held_signal(
+    cfg: RunConfig,
+    personal: SequentialRecommender,
+    device: list[np.ndarray],
+    cloud: list[np.ndarray],
+    stale: CandidateLists,
+    measure: str,
+) -> np.ndarray:
+    """The request signal ``measure`` [B] of the stale lists the node's users hold (label-free)."""
+    items, scores = torch.from_numpy(stale.items), torch.from_numpy(stale.scores)
+    return held_list_signal(personal, device, cloud, items, scores, measure, cfg.srm.max_len)
 
 
 def _stale_lists(
