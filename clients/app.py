@@ -282,7 +282,7 @@ def _collaborative_inference(
     gate_bins: int,
     seed: int,
 ) -> dict[str, StageOutcome]:
-    """Stale list (held since the cloud last saw the user) and fresh list (a request) for every user.
+    """Stale list (held since the cloud last saw the user) for every user, fresh list (a request) for those who ask.
 
     Fallbacks: a stale list the cloud never delivered is the SRM's own (:func:`_stale_lists`); a fresh list
     that cannot be had is the stale list again. The gate reads the ``live`` signal against ``tau``, calibrated on

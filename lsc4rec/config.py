@@ -301,7 +301,7 @@ class FederationConfig:
             self.fresh_lists == "all" or self.measure != "auto",
             "federation.measure",
             "must name one request signal with fresh_lists = gated (auto chooses by comparing every user's fresh "
-            "list, which a gated fleet does not fetch), such as " + MEASURES[0],
+            "list, which a gated fleet does not fetch), such as confidence",
             self.measure,
         )
         _check(

@@ -133,7 +133,8 @@ def final_figures(
 
     With ``live_budget`` (a run of ``federation.fresh_lists = gated``) only the live gate's users fetched a
     fresh list, so ``test``'s fresh sums are the lists the fleet served under its gate (list ``gated``), and
-    the policies are what such a run can show: nobody asking, and the live gate at that budget.
+    the policies are what such a run can show: nobody asking, and the live gate at that budget, whose τ and
+    rate are ``extra``'s ``live gate tau`` and ``live gate realized request rate`` (the server's figures).
     """
     best = valid.best_alpha()
     means = test.means()
@@ -191,21 +192,22 @@ def final_figures(
                     **floor_at(budget),
                 }
             )
-    for budget in BUDGETS if live_budget is None else ():
-        point = budget_point(test, best, budget)
-        policies.append(
-            {
-                "budget": budget,
-                "random ndcg@10": random_policy(test, best, budget),
-                "gate tau": point.tau,
-                "gated rate": point.rate,
-                "gated ndcg@10": point.gated,
-                "random ndcg@10 at gated rate": point.random,
-                # what random requests spread by at that rate: gated - random is evidence only well beyond it
-                "random sd at gated rate": point.spread,
-                **floor_at(budget),
-            }
-        )
+    else:
+        for budget in BUDGETS:
+            point = budget_point(test, best, budget)
+            policies.append(
+                {
+                    "budget": budget,
+                    "random ndcg@10": random_policy(test, best, budget),
+                    "gate tau": point.tau,
+                    "gated rate": point.rate,
+                    "gated ndcg@10": point.gated,
+                    "random ndcg@10 at gated rate": point.random,
+                    # what random requests spread by at that rate: gated - random is evidence only well beyond it
+                    "random sd at gated rate": point.spread,
+                    **floor_at(budget),
+                }
+            )
     return {
         "fresh lists": "all" if live_budget is None else GATED_LIST,
         "alpha": alphas[best],
@@ -481,8 +483,8 @@ def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
     policies = figures["policies"]
     fig, ax = plt.subplots(figsize=(6, 4))
     rates = [p["gated rate"] for p in policies]
-    random = "random ndcg@10" in policies[0]  # not in a run that fetched the live gate's fresh lists only
-    if random:
+    measured = "random ndcg@10" in policies[0]  # not in a run that fetched the live gate's fresh lists only
+    if measured:
         ax.plot(
             [p["budget"] for p in policies],
             [p["random ndcg@10"] for p in policies],
@@ -490,7 +492,7 @@ def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
             label="random",
         )
     ax.plot(rates, [p["gated ndcg@10"] for p in policies], marker="s", label="gated")
-    if random:
+    if measured:
         mid = np.array([p["random ndcg@10 at gated rate"] for p in policies])
         sd = np.array([p["random sd at gated rate"] for p in policies])
         ax.fill_between(rates, mid - sd, mid + sd, alpha=0.2, label="random ± 1 sd")

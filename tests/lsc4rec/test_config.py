@@ -113,7 +113,7 @@ def test_private_runs_take_only_settings_their_guarantee_holds_for(pairs: list[s
 @pytest.mark.parametrize(
     ("pairs", "match"),
     [
-        (["federation.fresh_lists=some"], "federation.fresh_lists: must be all|gated, got 'some'"),
+        (["federation.fresh_lists=some"], r"federation\.fresh_lists: must be all\|gated, got 'some'"),
         # auto compares the signals on every user's fresh list, which a gated fleet does not fetch
         (
             ["federation.fresh_lists=gated"],
@@ -124,6 +124,9 @@ def test_private_runs_take_only_settings_their_guarantee_holds_for(pairs: list[s
 def test_a_gated_fleet_needs_one_named_request_signal(pairs: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RunConfig().override(pairs)
+
+
+def test_a_gated_fleet_with_a_named_signal_is_accepted() -> None:
     fed = RunConfig().override(["federation.fresh_lists=gated", "federation.measure=drift"]).federation
     assert (fed.fresh_lists, fed.measures) == ("gated", ("drift",))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 from rich.markdown import Markdown
@@ -12,6 +13,7 @@ from rich.markdown import Markdown
 import server.report as report
 from lsc4rec.errors import DataFormatError
 from server.report import ROUNDS_FILE, _cell, _plain, append_round, read_rounds, resolved_protocol
+from tests.conftest import outcome_from_users
 
 
 def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
@@ -113,3 +115,35 @@ def test_a_figure_below_a_thousandth_keeps_two_significant_digits() -> None:
         "3",
         "drift",
     ]
+
+
+def test_a_gated_runs_report_has_the_live_gate_and_no_curve_it_cannot_measure(tmp_path: Path) -> None:
+    """``final_figures(live_budget=...)``: the fresh sums are what the fleet served; no random or signal table."""
+    score = np.linspace(0.0, 1.0, 8)
+    stale = np.full((8, 3), 0.1)  # [users, α]
+    served = stale.copy()
+    served[6:] = 0.5  # the two users the gate sent got a better list
+    outcome = outcome_from_users(score, stale, served, bins=4)
+    floors = {"item-transition": {"stale": {"ndcg@10": 0.02}, "fresh": {"ndcg@10": 0.05}}}
+    extra = {
+        "live gate tau": 0.7,
+        "live gate realized request rate": 0.25,
+        "live gate tau calibrated on users": 8,
+        "users missing from the final evaluation": 0,
+    }
+    figures = report.final_figures(outcome, outcome, floors, extra, live_budget=0.2)
+    never, live = figures["policies"]
+    assert (never["budget"], never["gated rate"], never["gated ndcg@10"]) == (0.0, 0.0, pytest.approx(0.1))
+    assert (live["budget"], live["gate tau"], live["gated rate"]) == (0.2, 0.7, 0.25)
+    assert live["gated ndcg@10"] == pytest.approx((6 * 0.1 + 2 * 0.5) / 8)
+    assert live["item-transition floor (cloud at budget)"] == pytest.approx(0.8 * 0.02 + 0.2 * 0.05)
+    assert not any(key.startswith("random") for p in figures["policies"] for key in p)
+    assert {r["list"] for r in figures["rankings"]} == {"stale", "gated"}
+    assert figures["recall@k"] == {"stale": 1.0, "gated": 1.0} and figures["fresh lists"] == "gated"
+    figures.update({"request signal": "confidence", "live gate signal": "confidence"})
+    summary = report.write_report(tmp_path, figures, [], {"budget": 0.2, "measure": "confidence"}).read_text()
+    assert "nobody asking, and the live gate" in summary and "Every request signal" not in summary
+    assert (
+        "of the lists served under the live gate 1.0000" in summary and "- live gate tau: 0.7000" in summary
+    )
+    assert all((tmp_path / name).is_file() for name in report.REPORT_FILES)
