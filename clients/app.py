@@ -317,6 +317,9 @@ def _collaborative_inference(
         norm=fed.norm,
         seed=seed,
         gate_bins=gate_bins,
+        asked=asks
+        if fed.fresh_lists == "gated"
+        else None,  # with all, everyone fetched: the gate only counts
     )
 
 
@@ -335,10 +338,10 @@ def _asking(
     """Which users ask the cloud for a fresh list [B]: all, or those the live gate sends.
 
     Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on
-    the same users. With ``gated`` only those the live gate sends at test, as a deployment would: the users
-    :func:`clients.inference.collaborative_inference` then counts as requests (the same signal of the same held
-    lists, the same seeded gate); at validation none, whose fresh lists nothing in a gated run reads (α is
-    chosen on the stale list, the signal is named) and whose device views would reach the cloud uncounted.
+    the same users. With ``gated`` only those the live gate sends at test, as a deployment would (the mask is
+    what :func:`clients.inference.collaborative_inference` then counts as requests); at validation none, whose
+    fresh lists nothing in a gated run reads (α is chosen on the stale list, the signal is named) and whose
+    device views would reach the cloud uncounted.
     """
     if cfg.federation.fresh_lists == "all":
         return np.ones(len(device), bool)

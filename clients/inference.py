@@ -178,8 +178,8 @@ def gate(scores: np.ndarray, tau: float, bin_edges: np.ndarray, rng: np.random.G
 def seeded_gate(scores: np.ndarray, tau: float, bins: int, seed: int) -> np.ndarray:
     """:func:`gate` on ``bins`` equal bins, its coin flips seeded by ``seed``: the same users for the same call.
 
-    The node's gate in both places it runs: before the fresh lists are fetched (``federation.fresh_lists =
-    gated``) and when its requests are counted, which must name the same users.
+    The node's gate wherever it runs: before the fresh lists are fetched (``federation.fresh_lists = gated``,
+    whose mask is then counted) or, where every user fetched, when the requests are counted (``all``).
     """
     return gate(scores, tau, signal_bin_edges(bins), np.random.default_rng(seed))
 
@@ -253,6 +253,7 @@ def collaborative_inference(
     norm: str = "minmax",
     seed: int = 0,
     gate_bins: int | None = None,
+    asked: np.ndarray | None = None,
 ) -> dict[str, StageOutcome]:
     """Evaluate fused ranking with the stale and the fresh list for every user and alpha, binned by each signal.
 
@@ -279,6 +280,9 @@ def collaborative_inference(
         The live gate: ``requests`` counts the users :func:`gate` sends to the cloud by their ``live`` signal
         (default: the first), its coin flips seeded by ``seed``, with the edges of the ``gate_bins`` bins tau was
         calibrated on (default: ``bins``).
+    asked
+        [B] the users who did ask, where the node drew its gate before fetching (``federation.fresh_lists =
+        gated``): ``requests`` counts them instead of drawing the gate again.
     norm
         How both models' scores are normalised before fusion (:func:`lsc4rec.ranking.normalize`).
 
@@ -328,7 +332,12 @@ def collaborative_inference(
             name: np.stack([np.bincount(bin_of, weights=g, minlength=bins) for g in ndcg])
             for name, ndcg in per_user.items()
         }
-        requests = int(seeded_gate(score, tau, gate_bins or bins, seed).sum()) if measure == live else 0
+        if measure != live:
+            requests = 0
+        elif asked is not None:
+            requests = int(asked.sum())
+        else:
+            requests = int(seeded_gate(score, tau, gate_bins or bins, seed).sum())
         outcomes[measure] = StageOutcome(
             alphas=tuple(float(a) for a in alphas),
             bin_edges=edges,

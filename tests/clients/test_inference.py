@@ -216,6 +216,17 @@ def test_collaborative_inference_bins_stale_disagreement_and_counts_requests(
         )
 
 
+def test_requests_are_the_users_who_asked_where_the_node_drew_its_gate_first(
+    model: SequentialRecommender,
+) -> None:
+    """``asked`` (a gated fleet's fetch mask) is counted as drawn, whatever τ would draw; only the live signal."""
+    targets = np.array([5, 15, 25, 39])
+    asked = np.array([True, False, True, True])
+    for tau in (-1.0, 1.0):  # everyone, nobody: neither is what the node drew
+        outcomes = infer(model, targets, measures=("displacement", "topk"), tau=tau, live="topk", asked=asked)
+        assert (outcomes["topk"].requests, outcomes["displacement"].requests) == (3, 0)
+
+
 def test_a_hit_at_10_counts_ranks_0_to_9(model: SequentialRecommender) -> None:
     """User 3's stale list is items 6 to 17 in the LLM's order: item 15 sits at rank 9, item 16 at rank 10."""
     for target, hit in ((15, 1.0), (16, 0.0)):
