@@ -299,6 +299,7 @@ def _collaborative_inference(
     fresh_items, fresh_scores = stale.items.copy(), stale.scores.copy()
     kept = rows[~got.missing]  # a fresh list that cannot be had stays the stale one
     fresh_items[kept], fresh_scores[kept] = got.items[~got.missing], got.scores[~got.missing]
+    counted = asks if fed.fresh_lists == "gated" else None  # with all, everyone fetched: the gate only counts
     return collaborative_inference(
         personal,
         device,
@@ -317,9 +318,7 @@ def _collaborative_inference(
         norm=fed.norm,
         seed=seed,
         gate_bins=gate_bins,
-        asked=asks
-        if fed.fresh_lists == "gated"
-        else None,  # with all, everyone fetched: the gate only counts
+        asked=counted,
     )
 
 
