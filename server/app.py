@@ -236,6 +236,8 @@ def _final_report(
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
         "updates with no training example": sum(int(r.get(f"train-{EMPTY_UPDATES}", 0)) for r in rounds),
         "failed training replies": sum(int(r.get(f"train-{FAILED}", 0)) for r in rounds),
+        # what the live gate sent in the rounds' samples: with fresh_lists = gated, fresh lists the cloud was asked
+        "requests in the rounds": sum(int(r.get(records.REQUESTS, 0)) for r in rounds),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
@@ -504,7 +506,13 @@ def _round_record(
         record["valid-fused-ndcg@10"] = float(valid.means()["stale-ndcg"][valid.best_alpha()])
         record["valid-users"] = valid.users
         record[records.MEASURE] = measure
-        for key in (records.TAU, records.NEXT_TAU, records.REALIZED_RATE, records.FALLBACKS):
+        for key in (
+            records.TAU,
+            records.NEXT_TAU,
+            records.REQUESTS,
+            records.REALIZED_RATE,
+            records.FALLBACKS,
+        ):
             if key in evaluation:
                 record[key] = evaluation[key]
         if records.NEXT_TAU in record:

@@ -410,6 +410,12 @@ def test_a_gated_run_reports_what_its_fleet_served(
     assert (live["budget"], live["gated ndcg@10"]) == (0.5, fused["gated"])
     assert live["gated rate"] == final["live gate realized request rate"] and 0 < live["gated rate"] < 1
     assert set(final["recall@k"]) == {"stale", "gated"}
+    # each round's requests beside its rate, and the run's sum of them in the report
+    history = rounds(tmp_path)
+    assert [r["requests"] for r in history] == [
+        pytest.approx(r["realized-request-rate"] * r["valid-users"]) for r in history
+    ]
+    assert final["requests in the rounds"] == sum(r["requests"] for r in history) > 0
     summary = (tmp_path / "summary.md").read_text()
     assert (
         "of the lists served under the live gate" in summary and "`federation.fresh_lists = gated`" in summary
