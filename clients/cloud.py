@@ -155,8 +155,8 @@ class CloudClient:
     are retried ``retries`` times, then raised as ``CloudUnavailableError``; so is, at once, a reply with the
     wrong number of lists, lists longer than K or items outside the catalogue (a foreign service).
     ``timeout_s`` bounds each HTTP request (an attempt's first also asks ``/healthz`` for the catalogue), headers
-    and body, not only each read: a server that trickles its reply cannot hold a device. The bearer key is ``api_key``, else ``$LSC4REC_API_KEY`` (the variable
-    ``lsc4rec llm serve`` reads its key from).
+    and body, not only each read: a server that trickles its reply cannot hold a device. The bearer key is
+    ``api_key``, else ``$LSC4REC_API_KEY`` (the variable ``lsc4rec llm serve`` reads its key from).
     An https service is verified against ``ca_file``, else ``$LSC4REC_SERVICE_CA``, else the public CAs; a
     certificate that fails verification is a ``ProtocolError`` at once, as a wrong key is, because no retry
     and no fallback list can fix a device's settings.

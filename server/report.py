@@ -113,7 +113,7 @@ def read_final(
     missing = [key for key in needed if key not in final] if isinstance(final, dict) else list(needed)
     if missing:
         raise DataFormatError(path, f"is not a finished run's report (no {', '.join(missing)}). {_FINISHED}")
-    if curves and final.get("fresh lists") == GATED_LIST:
+    if curves and _gated(final):
         raise DataFormatError(
             path,
             "is the report of a run with federation.fresh_lists = gated: it holds the live gate's policy only, "
@@ -295,7 +295,7 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
     ]
     lines += _markdown_table(figures["rankings"])
     lines += _margins(figures)
-    if figures.get("fresh lists") == GATED_LIST:
+    if _gated(figures):
         return "\n".join(lines + _live_gate_only(figures)) + "\n"
     lines += [
         "",
@@ -354,9 +354,14 @@ def _other_figures(figures: dict[str, Any]) -> list[str]:
 def _second_recall(figures: dict[str, Any]) -> str:
     """The recall@K of the fresh lists, or in a gated run of the lists the fleet served."""
     recall = figures["recall@k"]
-    if GATED_LIST in recall:
+    if _gated(figures):
         return f"of the lists served under the live gate {recall[GATED_LIST]:.4f}"
     return f"of the fresh list {recall['fresh']:.4f}"
+
+
+def _gated(figures: dict[str, Any]) -> bool:
+    """Whether the report is a gated run's (``federation.fresh_lists``); reports before the setting are not."""
+    return figures.get("fresh lists") == GATED_LIST
 
 
 def resolved_protocol(protocol: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
