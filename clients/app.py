@@ -92,13 +92,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     alphas = np.array(fed.alphas)
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
+        records.FRESH_SENT: 0,
         **_equal_weight(fed),
     }
     for stage in ("valid", "test"):
         personal = _personal(cfg, node, model, stage, msg, context)
-        outcomes = _collaborative_inference(
+        outcomes, sent = _collaborative_inference(
             cfg, node, cache, personal, stage, alphas, live, tau, gate_bins, _round_seed(cfg, msg, context)
         )
+        metrics[records.FRESH_SENT] += sent
         # per signal: validation picks the fleet's signal, the test histograms (live lists) calibrate its tau
         for measure, outcome in outcomes.items():
             metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
@@ -281,7 +283,7 @@ def _collaborative_inference(
     tau: float,
     gate_bins: int,
     seed: int,
-) -> dict[str, StageOutcome]:
+) -> tuple[dict[str, StageOutcome], int]:
     """Stale list (held since the cloud last saw the user) for every user, fresh list (a request) for those who ask.
 
     Fallbacks: a stale list the cloud never delivered is the SRM's own (:func:`_stale_lists`); a fresh list
@@ -289,18 +291,23 @@ def _collaborative_inference(
     ``gate_bins`` bins; ``seed`` seeds its coin flips. With ``federation.fresh_lists = gated`` only the users
     the gate sends ask the cloud (:func:`_asking`); the others' fresh list is their stale one, so the fresh
     sums are what the fleet served under its gate.
+
+    Returns the outcomes, and how many device views went to the cloud (or were tried): those asked for whose
+    list the node did not hold already (a user asked again for the same view is served the list it holds).
     """
     fed = cfg.federation
     device, cloud, targets = node.views(stage)
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
     asks = _asking(cfg, personal, stage, device, cloud, stale, live, tau, gate_bins, seed)
     rows = np.flatnonzero(asks)
-    got = _fetch(cfg, node, cache, [int(node.users[r]) for r in rows], [device[r] for r in rows])
+    users = [int(node.users[r]) for r in rows]
+    sent = len({(u, len(device[r])) for u, r in zip(users, rows, strict=True)} - cache.lists.keys())
+    got = _fetch(cfg, node, cache, users, [device[r] for r in rows])
     fresh_items, fresh_scores = stale.items.copy(), stale.scores.copy()
     kept = rows[~got.missing]  # a fresh list that cannot be had stays the stale one
     fresh_items[kept], fresh_scores[kept] = got.items[~got.missing], got.scores[~got.missing]
     counted = asks if fed.fresh_lists == "gated" else None  # with all, everyone fetched: the gate only counts
-    return collaborative_inference(
+    outcomes = collaborative_inference(
         personal,
         device,
         cloud,
@@ -320,6 +327,7 @@ def _collaborative_inference(
         gate_bins=gate_bins,
         asked=counted,
     )
+    return outcomes, sent
 
 
 def _asking(

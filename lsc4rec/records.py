@@ -25,9 +25,13 @@ TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round
 # node metric: test users the gate sent to the cloud (a signal above tau, or in tau's bin and won its coin flip)
 REQUESTS = "requests"
+# node metric: device views sent to the cloud for a fresh list (or tried), at both stages; a list the node
+# already held for that view is served again without a send, so this can be lower than the requests
+FRESH_SENT = "fresh-views-sent"
 USERS = "users"  # metric of the request budget's aggregate: the fleet's users under this round's tau
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
-NEXT_TAU = "next-request-tau"  # metric: the tau calibrated from this round, sent with the next one
+# metric: the tau calibrated from this round, sent with the next one (a gated fleet's is calibrated on its sample)
+NEXT_TAU = "next-request-tau"
 NEXT_MEASURE = "next-request-signal"  # metrics.jsonl: the signal NEXT_TAU is a threshold of (auto may switch)
 SIGNALS_ACTION = "signals"  # the query ("query.signals") for one request signal's test-time histogram
 SIGNAL_COUNTS = "signal-bin-count"  # its reply: users per signal bin (GATE_BINS of them), label-free

@@ -84,6 +84,10 @@ PROGRESS_NODES = 20
 # how long a round waits for the nodes that joined to tell their partitions (a box that misses it is then listed
 # as one of its own): a query the ClientApp answers from its node config, while the round's fleet waits on it
 ROUND_QUERY_TIMEOUT_S = 120.0
+# how long the server waits for the replies to a round's messages or to a final question
+REPLY_TIMEOUT_S = 3600.0
+# the label-free question that calibrates a gate: a node's histogram of a request signal under a model
+SIGNALS = f"{MessageType.QUERY}.{records.SIGNALS_ACTION}"
 
 
 class _ShortLines(logging.Filter):
@@ -153,6 +157,7 @@ def main(grid: Grid, context: Context) -> None:
         initial_measure=start.measure if start.measure in fed.measures else None,
         window=fed.budget_window,
         initial_window=resumed.get(BUDGET_WINDOW, ()),
+        sample_counts=_sample_signal_counts(grid, fed) if fed.fresh_lists == "gated" else None,
     )
     started = time.perf_counter() - float(resumed.get(SECONDS, 0.0))  # the rounds before a resume count too
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
@@ -181,7 +186,7 @@ def main(grid: Grid, context: Context) -> None:
                 grid,
                 arrays,
                 num_rounds=fed.rounds - start_round,
-                timeout=3600,
+                timeout=REPLY_TIMEOUT_S,
                 evaluate_fn=_after_round(run_dir, recorded, strategy, privacy, server_state),
             )
         if len(result.arrays):  # Flower leaves it empty when no round had a single update to aggregate
@@ -236,8 +241,11 @@ def _final_report(
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
         "updates with no training example": sum(int(r.get(f"train-{EMPTY_UPDATES}", 0)) for r in rounds),
         "failed training replies": sum(int(r.get(f"train-{FAILED}", 0)) for r in rounds),
-        # what the live gate sent in the rounds' samples: with fresh_lists = gated, fresh lists the cloud was asked
+        # the users the live gate sent in the rounds' samples (in an `all` fleet, counted only: everyone fetched)
         "requests in the rounds": sum(int(r.get(records.REQUESTS, 0)) for r in rounds),
+        # device views that reached the cloud (a view once sent, the node serves the list it holds)
+        "fresh views sent in the rounds": sum(int(r.get(records.FRESH_SENT, 0)) for r in rounds),
+        "fresh views sent in the final evaluation": int(final[records.FRESH_SENT]),
         "users missing from the final evaluation": split.num_users - test[measure].users,
         "federation seconds": time.perf_counter() - started,
     }
@@ -511,6 +519,7 @@ def _round_record(
             records.NEXT_TAU,
             records.REQUESTS,
             records.REALIZED_RATE,
+            records.FRESH_SENT,
             records.FALLBACKS,
         ):
             if key in evaluation:
@@ -573,15 +582,57 @@ def fleet_signal_counts(
 
     Also how many stale lists the nodes could not get from the cloud to bin it.
     """
-    config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: bins})
-    content = RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
     sums = MetricSums()
     for reply in _ask_fleet(
-        grid, content, f"{MessageType.QUERY}.{records.SIGNALS_ACTION}", fleet, "gate calibration"
+        grid, _signals_question(arrays, measure, bins), SIGNALS, fleet, "gate calibration"
     ):
         sums.add(reply.content)
     summed = sums.result()
     return np.asarray(summed[records.SIGNAL_COUNTS], dtype=float), int(summed[records.FALLBACKS])
+
+
+def _sample_signal_counts(
+    grid: PartitionOrderedGrid, fed: FederationConfig
+) -> Callable[[list[int], ArrayRecord, str], np.ndarray | None]:
+    """A round's gate calibration for a gated fleet: the sampled nodes' histogram of a signal under the round's model.
+
+    ``RequestBudget``'s ``sample_counts``. In a gated fleet the rounds' requests reach the cloud, so each
+    round's τ is calibrated as the final gate is, on the model it gates with, but over the round's sample and
+    on the rounds' ``federation.bins``. A node that fails is left out (with a warning); ``None`` when none answered.
+    """
+
+    def sample_counts(nodes: list[int], arrays: ArrayRecord, measure: str) -> np.ndarray | None:
+        content = _signals_question(arrays, measure, fed.bins)
+        messages = [Message(content, dst_node_id=node, message_type=SIGNALS) for node in nodes]
+        sums, usable, reasons = MetricSums(), 0, []
+        for reply in grid.ordered_replies(messages, REPLY_TIMEOUT_S):
+            if (reason := _unusable(reply)) is None:
+                sums.add(reply.content)
+                usable += 1
+            else:
+                reasons.append(reason)
+        if failed := len(messages) - usable:
+            log(
+                WARNING,
+                "the round's gate calibration: %d of %d sampled nodes failed (the first: %s)",
+                failed,
+                len(messages),
+                reasons[0] if reasons else "no reply before the timeout",
+            )
+        summed = sums.result()
+        return (
+            np.asarray(summed[records.SIGNAL_COUNTS], dtype=float)
+            if records.SIGNAL_COUNTS in summed
+            else None
+        )
+
+    return sample_counts
+
+
+def _signals_question(arrays: ArrayRecord, measure: str, bins: int) -> RecordDict:
+    """The content of ``query.signals``: bin ``measure`` into ``bins`` bins under the model ``arrays``."""
+    config = ConfigRecord({records.MEASURE: measure, records.GATE_BINS: bins})
+    return RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
 
 
 def _ask_fleet(
@@ -624,7 +675,7 @@ def _ask_fleet(
             else:
                 reasons.append(reason)
 
-    yield from sound(grid.ordered_replies(messages, 3600, arrived))
+    yield from sound(grid.ordered_replies(messages, REPLY_TIMEOUT_S, arrived))
     failed = len(messages) - usable
     first = reasons[0] if reasons else "no reply before the timeout"
     if not usable:

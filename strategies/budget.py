@@ -14,7 +14,7 @@ the one whose gate beats random requests by most on the validation outcomes
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any, NamedTuple
 
@@ -62,16 +62,24 @@ class RequestBudget(StrategyWrapper):
     initial_window
         A window saved by :meth:`window_state` (a round's checkpoint): a resumed run calibrates on the rounds
         the uninterrupted run would have.
+    sample_counts
+        Optional: given the node ids an evaluate round sampled, the model sent and the live signal, the
+        sample's label-free histogram of that signal under that model (``bins`` bins), or ``None`` when it could
+        not be had. When given, each round's tau is calibrated on its own sample before the messages go, and
+        the window's tau only stands in when the histogram cannot be had. For a fleet whose gate decides what
+        reaches the cloud (``federation.fresh_lists = gated``): the window's tau describes a model a round or
+        more old, and let through 0 to 36 % of a round's sample at a 5 % budget on the default run.
 
     Attributes
     ----------
     tau, measure
-        The threshold and signal sent with the next messages.
+        The threshold and signal sent with the next messages (with ``sample_counts``, the threshold is first
+        calibrated again on the next round's sample).
     measures_used
         The signal each evaluate round's gate read (its realized rate is the round's ``records.REALIZED_RATE``).
     calibration_users, calibration_rounds
-        How many users' histograms ``tau`` was calibrated on, from how many evaluate rounds (0 before the first
-        calibration), logged each round: with few users the budget's quantile is a rough estimate, so the next
+        How many users' histograms the window's tau was calibrated on, from how many evaluate rounds (0 before
+        the first calibration), logged each round: with few users the budget's quantile is a rough estimate, so the next
         round's realized rate can stray from the budget. The final evaluation's gate is calibrated afresh on
         every node, under the final model (``server/app.py``).
     """
@@ -86,6 +94,7 @@ class RequestBudget(StrategyWrapper):
         initial_measure: str | None = None,
         window: int = 1,
         initial_window: Sequence[Mapping[str, Any]] = (),
+        sample_counts: Callable[[list[int], ArrayRecord, str], np.ndarray | None] | None = None,
     ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")
@@ -104,6 +113,7 @@ class RequestBudget(StrategyWrapper):
         self.measures_used: dict[int, str] = {}
         self.calibration_users = 0
         self.calibration_rounds = 0
+        self.sample_counts = sample_counts
         self._recent: deque[_Reported] = deque(
             (self._restored(saved) for saved in initial_window), maxlen=window
         )
@@ -127,11 +137,31 @@ class RequestBudget(StrategyWrapper):
     ) -> Iterable[Message]:
         """Send the current gate with every evaluation message: the nodes gate their requests with it.
 
-        Training messages go without it: local training reads the lists the device holds, never the gate.
+        With ``sample_counts`` the gate is first calibrated on the sampled nodes under ``arrays``. Training
+        messages go without it: local training reads the lists the device holds, never the gate.
         """
         config[records.TAU] = self.tau
         config[records.MEASURE] = self.measure
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        if self.sample_counts is None or not messages:
+            return messages
+        nodes = [message.metadata.dst_node_id for message in messages]
+        counts = self.sample_counts(nodes, arrays, self.measure)
+        if counts is None or counts.sum() <= 0:
+            log(WARNING, "request budget: round %d gates with the window's tau %.4f", server_round, self.tau)
+            return messages
+        self.tau = threshold_for_budget(counts, self.bin_edges, self.budget)
+        for message in messages:  # the inner strategy may have built one config per message
+            message.content[records.CONFIG][records.TAU] = self.tau
+        log(
+            INFO,
+            "request budget: round %d, %s tau %.4f calibrated on the %d users of its sample",
+            server_round,
+            self.measure,
+            self.tau,
+            int(counts.sum()),
+        )
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Delegate; merge the outcomes by addition, pool the window's, recalibrate the gate, report the rate.

@@ -39,6 +39,7 @@ from lsc4rec.scoring import evaluate_full
 from server.app import (
     DP_EPSILON,
     FINAL_GATE_BINS,
+    SIGNALS,
     _final_evaluation,
     _privacy,
     _protocol,
@@ -377,6 +378,9 @@ def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
     assert set(sent) <= view_keys(cfg, "cloud") | view_keys(cfg, "device")
     at_validation = set(sent) & view_keys(cfg, "device", ("valid",))
     assert len(at_validation) == (0 if fresh_lists == "gated" else 24)
+    assert summed[records.FRESH_SENT] == len(asked | at_validation)  # what the nodes say they sent
+    again, _ = _final_evaluation(grid, arrays, tau, "confidence", 1, NODES)
+    assert (again[records.REQUESTS], again[records.FRESH_SENT]) == (requests, 0)  # the lists they hold
     # one gate per node and stage it runs at: gated, the one that fetched at test, whose mask is counted as drawn
     drawn = {"gated": ["ask"], "all": ["count", "count"]}[fresh_lists] * NODES
     assert [use for use, _ in gates] == drawn
@@ -390,7 +394,11 @@ def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
 def test_a_gated_run_reports_what_its_fleet_served(
     federation_config: RunConfig, service: str, tmp_path: Path
 ) -> None:
-    """A gated run's report: the stale and the served (``gated``) rows, nobody asking and the live gate."""
+    """A gated run's report: the stale and the served (``gated``) rows, nobody asking and the live gate.
+
+    Each round gates with a τ calibrated on its own sample under its own model: the histogram the round's
+    evaluation then bins (the first round's too, which an uncalibrated gate would have closed).
+    """
     run(
         federation_config,
         tmp_path,
@@ -412,10 +420,19 @@ def test_a_gated_run_reports_what_its_fleet_served(
     assert set(final["recall@k"]) == {"stale", "gated"}
     # each round's requests beside its rate, and the run's sum of them in the report
     history = rounds(tmp_path)
+    edges = signal_bin_edges(federation_config.federation.bins)
+    assert [r[records.TAU] for r in history] == [
+        threshold_for_budget(np.asarray(r[SIGNAL_HISTOGRAMS]["confidence"], float), edges, 0.5)
+        for r in history
+    ]
+    assert history[0]["requests"] > 0
     assert [r["requests"] for r in history] == [
         pytest.approx(r["realized-request-rate"] * r["valid-users"]) for r in history
     ]
     assert final["requests in the rounds"] == sum(r["requests"] for r in history) > 0
+    sent = sum(r[records.FRESH_SENT] for r in history)
+    assert 0 < final["fresh views sent in the rounds"] == sent <= final["requests in the rounds"]
+    assert final["fresh views sent in the final evaluation"] <= final["live gate realized request rate"] * 24
     summary = (tmp_path / "summary.md").read_text()
     assert (
         "of the lists served under the live gate" in summary and "`federation.fresh_lists = gated`" in summary
@@ -943,7 +960,7 @@ def test_boxes_that_rejoin_under_new_ids_count_their_users_once(
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
             kind = messages[0].metadata.message_type
-            if users < 24 and kind == FINAL_GATE_QUERY:  # another box goes offline
+            if users < 24 and kind == SIGNALS:  # the first of the final questions  # another box goes offline
                 self.down.add(FIRST_NODE_ID + NODES - 1)
             replies = super().send_and_receive(messages, timeout=timeout)
             if self.rejoined < 2 and kind == (MessageType.TRAIN, MessageType.EVALUATE)[self.rejoined]:
@@ -992,7 +1009,6 @@ def test_boxes_that_rejoin_under_new_ids_count_their_users_once(
 
 
 REJOINED = 5000
-FINAL_GATE_QUERY = f"{MessageType.QUERY}.{records.SIGNALS_ACTION}"  # the first of the final questions
 
 
 def test_a_serverapp_given_no_run_folder_names_it_as_the_launcher_does(

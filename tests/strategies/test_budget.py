@@ -157,6 +157,33 @@ def test_request_budget_sends_current_tau_and_signal_in_evaluate_config() -> Non
     assert len(training) == 2 and all(records.TAU not in m.content["config"] for m in training)
 
 
+def test_a_budget_given_the_samples_histogram_gates_each_round_on_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``sample_counts`` (a gated fleet): τ from the sampled nodes' histogram under the round's model, sent with
+    the round's messages and reported as its τ; the window's τ when the histogram cannot be had."""
+    asked: list[tuple[list[int], str]] = []
+    histogram: list[np.ndarray | None] = [np.full(BINS, 1.0)]
+
+    def sample_counts(nodes: list[int], arrays: ArrayRecord, measure: str) -> np.ndarray | None:
+        asked.append((nodes, measure))
+        return histogram[0]
+
+    strategy = RequestBudget(FedAvg(min_available_nodes=1), 0.2, BINS, sample_counts=sample_counts)
+    messages = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid()))
+    assert asked == [([11, 12], "drift")]  # the sampled nodes, before any message went
+    assert all(m.content["config"][records.TAU] == pytest.approx(0.8) for m in messages)
+    lower = np.zeros(BINS)
+    lower[: BINS // 2] = 1.0  # the window: every user in the lower half, so its τ is 0.4
+    metrics = strategy.aggregate_evaluate(1, [evaluate_reply(11, lower, 0, 1)])
+    assert metrics[records.TAU] == pytest.approx(0.8) and metrics[records.NEXT_TAU] == pytest.approx(0.4)
+    histogram[0] = None
+    with caplog.at_level(logging.WARNING):
+        messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), grid()))
+    assert all(m.content["config"][records.TAU] == pytest.approx(0.4) for m in messages)
+    assert "round 2 gates with the window's tau 0.4000" in caplog.text
+
+
 def test_request_budget_reports_realized_rate_of_the_round() -> None:
     strategy = budget(0.1)
     replies = [evaluate_reply(11, np.full(BINS, 1.0), 7, 1), evaluate_reply(12, np.full(BINS, 1.0), 3, 1)]
