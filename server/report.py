@@ -179,10 +179,12 @@ def final_figures(
         ]
     policies = []
     if live_budget is not None:
-        for budget, tau, rate, lst in (
-            (0.0, 1.0, 0.0, "stale"),
-            (live_budget, extra["live gate tau"], extra["live gate realized request rate"], "fresh"),
-        ):
+        gates = [(0.0, 1.0, 0.0, "stale")]  # nobody asking
+        if live_budget > 0:  # a live gate at budget 0 is the row above
+            gates.append(
+                (live_budget, extra["live gate tau"], extra["live gate realized request rate"], "fresh")
+            )
+        for budget, tau, rate, lst in gates:
             policies.append(
                 {
                     "budget": budget,

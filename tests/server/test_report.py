@@ -147,3 +147,10 @@ def test_a_gated_runs_report_has_the_live_gate_and_no_curve_it_cannot_measure(tm
         "of the lists served under the live gate 1.0000" in summary and "- live gate tau: 0.7000" in summary
     )
     assert all((tmp_path / name).is_file() for name in report.REPORT_FILES)
+    # at budget 0 the live gate asks nobody: one row, not the same policy twice
+    nothing = {**extra, "live gate tau": 1.0, "live gate realized request rate": 0.0}
+    alone = report.final_figures(outcome, outcome, floors, nothing, live_budget=0.0)
+    assert [(p["budget"], p["gated rate"]) for p in alone["policies"]] == [(0.0, 0.0)]
+    alone.update({"request signal": "confidence", "live gate signal": "confidence"})
+    report.write_report(tmp_path / "zero", alone, [], {"budget": 0.0, "measure": "confidence"})
+    assert all((tmp_path / "zero" / name).is_file() for name in report.REPORT_FILES)
