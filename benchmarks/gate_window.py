@@ -1,12 +1,14 @@
 """Replay the rounds' gate calibration from finished runs: how close each window of rounds comes to the budget.
 
-During training the live gate's τ is calibrated on the test-time histograms of the request signal from the last
-``federation.budget_window`` evaluate rounds (strategies/budget.py) and sent with the next round. One round's
-sample is small; older rounds describe an SRM that has trained since. (The final evaluation requests with a τ
-calibrated afresh on every node under the final model, server/app.py.) Every run records each round's
-histograms (``metrics.jsonl``) and the final evaluation's (``final.json``), so this script recomputes, for each
-window W, the τ those rounds give and the rate it would realize, in expectation, over the final evaluation's
-users, on the signal the run's final gate used. The signal reads no label, so no test target is involved.
+During training the live gate's τ is calibrated on the test-time histograms of the request signal from the
+last ``federation.budget_window`` evaluate rounds (strategies/budget.py) and sent with the next round (in a
+fleet of ``federation.fresh_lists = all``, the default; a gated fleet calibrates each round on its own
+sample). One round's sample is small; older rounds describe an SRM that has trained since. (The final
+evaluation requests with a τ calibrated afresh on every node under the final model, server/app.py.) Every run
+records each round's histograms (``metrics.jsonl``) and the final evaluation's (``final.json``), so this
+script recomputes, for each window W, the τ those rounds give and the rate it would realize, in expectation,
+over the final evaluation's users, on the signal the run's final gate used. The signal reads no label, so no
+test target is involved.
 Example, three seeds of the default run:
 
     for s in 0 1 2; do ./run_federation.sh --seed $s --out runs/gate; done

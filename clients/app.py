@@ -4,7 +4,7 @@
 hard negatives. ``evaluate``: adaptive re-training of a personal copy, then collaborative inference (rerank, fuse,
 gate) on validation and test, replied as mergeable sums (``lsc4rec.outcomes``). Two queries: the node's
 partition (the server orders and checks the fleet by it), and ``signals``, the label-free histogram the server
-calibrates the final gate on.
+calibrates the final gate on (and, in a gated fleet, each round's).
 """
 
 from __future__ import annotations
@@ -92,15 +92,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     alphas = np.array(fed.alphas)
     metrics: dict[str, float | list[float]] = {
         records.NUM_EXAMPLES: len(node.users),
-        records.FRESH_SENT: 0,
         **_equal_weight(fed),
     }
+    sent = 0
     for stage in ("valid", "test"):
         personal = _personal(cfg, node, model, stage, msg, context)
-        outcomes, sent = _collaborative_inference(
+        outcomes, stage_sent = _collaborative_inference(
             cfg, node, cache, personal, stage, alphas, live, tau, gate_bins, _round_seed(cfg, msg, context)
         )
-        metrics[records.FRESH_SENT] += sent
+        sent += stage_sent
         # per signal: validation picks the fleet's signal, the test histograms (live lists) calibrate its tau
         for measure, outcome in outcomes.items():
             metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
@@ -109,13 +109,14 @@ def evaluate(msg: Message, context: Context) -> Message:
             metrics[records.GLOBAL_NDCG] = _full_catalogue_ndcg_sum(model, node, stage)
             metrics[records.PERSONAL_NDCG] = _full_catalogue_ndcg_sum(personal, node, stage)
     metrics[records.FALLBACKS] = cache.fallbacks
+    metrics[records.FRESH_SENT] = sent
     _keep_held_lists(context, cache)
     return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 @app.query(records.SIGNALS_ACTION)
 def signals(msg: Message, context: Context) -> Message:
-    """The histogram of one request signal over the node's test-time users, for the server's last calibration.
+    """The histogram of one request signal over the node's test-time users, on which the server sets a gate.
 
     Label-free: the node adapts its personal copy of the received model as the evaluation after this will
     (the same data and seed; with ``federation.keep_personal`` the evaluation serves this very copy), and bins
@@ -184,7 +185,8 @@ def _personal(
     With ``federation.keep_personal`` the test-time copy stays in the node's state, tagged with the content id
     of the global model it was adapted from (Flower's hash of its arrays). The final model reaches a node up to
     three times (the last round's evaluation if the node is sampled, the gate's calibration, the final
-    evaluation); each time after the first, the kept copy is served (the same one: ``adapt`` depends on its
+    evaluation; in a gated fleet a sampled node is asked to calibrate each round's gate before its evaluation
+    too); each time after the first, the kept copy is served (the same one: ``adapt`` depends on its
     arguments only) instead of being adapted again. The model is all the tag needs: the node's data and the
     adaptation's settings are fixed for a run, and a node's state lasts one run (a resume is a new Flower run).
     """
@@ -292,17 +294,17 @@ def _collaborative_inference(
     the gate sends ask the cloud (:func:`_asking`); the others' fresh list is their stale one, so the fresh
     sums are what the fleet served under its gate.
 
-    Returns the outcomes, and how many device views went to the cloud (or were tried): those asked for whose
-    list the node did not hold already (a user asked again for the same view is served the list it holds).
+    Returns the outcomes, and how many device views were sent to the cloud: those asked for whose list the
+    node did not hold already (a user asked again for the same view is served the list it holds), in the
+    requests the node made (``CloudClient.posted``: none while the service is skipped after an outage).
     """
     fed = cfg.federation
     device, cloud, targets = node.views(stage)
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
     asks = _asking(cfg, personal, stage, device, cloud, stale, live, tau, gate_bins, seed)
     rows = np.flatnonzero(asks)
-    users = [int(node.users[r]) for r in rows]
-    sent = len({(u, len(device[r])) for u, r in zip(users, rows, strict=True)} - cache.lists.keys())
-    got = _fetch(cfg, node, cache, users, [device[r] for r in rows])
+    posted = cache.sent
+    got = _fetch(cfg, node, cache, [int(node.users[r]) for r in rows], [device[r] for r in rows])
     fresh_items, fresh_scores = stale.items.copy(), stale.scores.copy()
     kept = rows[~got.missing]  # a fresh list that cannot be had stays the stale one
     fresh_items[kept], fresh_scores[kept] = got.items[~got.missing], got.scores[~got.missing]
@@ -327,7 +329,7 @@ def _collaborative_inference(
         gate_bins=gate_bins,
         asked=counted,
     )
-    return outcomes, sent
+    return outcomes, cache.sent - posted
 
 
 def _asking(

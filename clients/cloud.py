@@ -168,6 +168,9 @@ class CloudClient:
 
     ``cooldown_s > 0`` records a service that failed every attempt in :data:`OUTAGES`, and the clients of this
     process then skip it for that long (``CloudUnavailableError`` at once); 0 keeps no record and skips nothing.
+
+    ``posted`` counts the histories this client has sent the service, each request once however many attempts
+    it took, answered or not: what the service may have received (a request skipped in a cooldown is not).
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class CloudClient:
         self.ca_file = ca_file if ca_file is not None else os.environ.get(SERVICE_CA_ENV) or None
         self.headers = bearer_headers(api_key)
         self.http = self._connect()
+        self.posted = 0
 
     def _connect(self) -> httpx.Client:
         # replies uncompressed: a kilobyte of nested gzip would otherwise inflate to gigabytes before any bound
@@ -283,10 +287,12 @@ class CloudClient:
                 )
             retries = 0  # a probe: one attempt, and a success forgets the outage
         delay = 0.5
+        unsent = len(request.histories)  # counted in ``posted`` at the first attempt that sends them
         for attempt in range(retries + 1):
             busy = None  # seconds a service that is up but full asks us to wait (503 with Retry-After)
             try:
                 self._check_catalogue()
+                self.posted, unsent = self.posted + unsent, 0
                 status, body, headers = self._send(
                     "POST",
                     self.url,
@@ -409,6 +415,8 @@ class ListCache:
     # lists that could not be had from the cloud since this cache was made or loaded: the handler's reply counts
     # them, and the state does not keep them (the server sums the replies)
     fallbacks: int = 0
+    # histories sent to the cloud for lists it lacked, since it was made or loaded (``CloudClient.posted``)
+    sent: int = 0
 
     def fetch(
         self, client: CloudClient, users: Sequence[int], prefixes: Sequence[np.ndarray]
@@ -422,7 +430,7 @@ class ListCache:
         keys = [(int(u), len(p)) for u, p in zip(users, prefixes, strict=True)]
         out = CandidateLists.empty(len(keys), client.k)
         todo = {key: prefix for key, prefix in zip(keys, prefixes, strict=True) if key not in self.lists}
-        asked, answered = list(todo), 0
+        asked, answered, posted = list(todo), 0, client.posted
         try:
             for start, items, scores in client.chunks(list(todo.values())):
                 for row, key in enumerate(asked[start : start + len(items)]):
@@ -431,6 +439,7 @@ class ListCache:
         except CloudUnavailableError as exc:
             log.warning("%s; serving %d lists from fallbacks", exc, len(asked) - answered)
             self.fallbacks += len(asked) - answered
+        self.sent += client.posted - posted
         for i, key in enumerate(keys):
             if key in self.lists:
                 cached_items, cached_scores = self.lists[key]

@@ -65,6 +65,7 @@ from server.report import (
     write_report,
 )
 from strategies import ItemWeighting, RequestBudget, UpdateGuard
+from strategies.budget import SampleCounts
 from strategies.guards import EMPTY_UPDATES, FAILED, REASONS
 from strategies.privacy import FleetPrivacy
 from strategies.sums import MetricSums, sum_metrics, train_metrics
@@ -231,9 +232,16 @@ def _final_report(
         "live gate tau": gate.tau,
         "live gate realized request rate": final[records.REQUESTS] / users,
         "live gate tau calibrated on users": gate.users,
-        "tau of the last round": strategy.tau,  # what the rounds' window calibrated, for comparison
-        "expected rate of the last round's tau": expected_rate(
-            test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
+        # what the rounds' window calibrated, for comparison (a gated fleet's rounds gate on their samples)
+        **(
+            {}
+            if fed.fresh_lists == "gated"
+            else {
+                "tau of the last round": strategy.tau,
+                "expected rate of the last round's tau": expected_rate(
+                    test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
+                ),
+            }
         ),
         "cloud fallbacks (gate calibration)": gate.fallbacks,
         "cloud fallbacks (final evaluation)": int(final[records.FALLBACKS]),
@@ -556,11 +564,12 @@ def _final_gate(
 ) -> FinalGate:
     """Calibrate the gate on the final model: τ from every connected node's histogram of ``measure``.
 
-    The rounds' τ comes from a sample of users, under the model of a round or two before, so the rate it
-    realizes strays from the budget (at 5 % on the default run, τ from the last two rounds would have realized
-    2.1 to 7.0 %: README, ``benchmarks/gate_window.py``). The signal reads no label, so before serving, the fleet
-    bins it under the model it will serve (``query.signals``, into ``FINAL_GATE_BINS`` bins), and the server sets
-    τ on the sum: the rate the final evaluation realizes is then the budget up to the coin flips of τ's bin.
+    An ``all`` fleet's rounds gate with a τ from a sample of users, under the model of a round or two before,
+    so the rate it realizes strays from the budget (at 5 % on the default run, τ from the last two rounds
+    would have realized 2.1 to 7.0 %: README, ``benchmarks/gate_window.py``). The signal reads no label, so
+    before serving, the fleet bins it under the model it will serve (``query.signals``, into
+    ``FINAL_GATE_BINS`` bins), and the server sets τ on the sum: the rate the final evaluation realizes is
+    then the budget up to the coin flips of τ's bin.
     """
     counts, fallbacks = fleet_signal_counts(grid, arrays, measure, FINAL_GATE_BINS, fleet)
     tau = threshold_for_budget(counts, signal_bin_edges(FINAL_GATE_BINS), fed.budget)
@@ -591,40 +600,30 @@ def fleet_signal_counts(
     return np.asarray(summed[records.SIGNAL_COUNTS], dtype=float), int(summed[records.FALLBACKS])
 
 
-def _sample_signal_counts(
-    grid: PartitionOrderedGrid, fed: FederationConfig
-) -> Callable[[list[int], ArrayRecord, str], np.ndarray | None]:
+def _sample_signal_counts(grid: PartitionOrderedGrid, fed: FederationConfig) -> SampleCounts:
     """A round's gate calibration for a gated fleet: the sampled nodes' histogram of a signal under the round's model.
 
     ``RequestBudget``'s ``sample_counts``. In a gated fleet the rounds' requests reach the cloud, so each
     round's τ is calibrated as the final gate is, on the model it gates with, but over the round's sample and
-    on the rounds' ``federation.bins``. A node that fails is left out (with a warning); ``None`` when none answered.
+    on the rounds' ``federation.bins``. A node that fails is left out, and a stale list a node could not get
+    is binned by the SRM's own list that stands in for it, each with a warning; ``None`` when none answered.
     """
+    what = "the round's gate calibration"
 
     def sample_counts(nodes: list[int], arrays: ArrayRecord, measure: str) -> np.ndarray | None:
         content = _signals_question(arrays, measure, fed.bins)
         messages = [Message(content, dst_node_id=node, message_type=SIGNALS) for node in nodes]
         sums, usable, reasons = MetricSums(), 0, []
-        for reply in grid.ordered_replies(messages, REPLY_TIMEOUT_S):
-            if (reason := _unusable(reply)) is None:
-                sums.add(reply.content)
-                usable += 1
-            else:
-                reasons.append(reason)
-        if failed := len(messages) - usable:
-            log(
-                WARNING,
-                "the round's gate calibration: %d of %d sampled nodes failed (the first: %s)",
-                failed,
-                len(messages),
-                reasons[0] if reasons else "no reply before the timeout",
-            )
+        for reply in _usable(grid.ordered_replies(messages, REPLY_TIMEOUT_S), reasons):
+            sums.add(reply.content)
+            usable += 1
         summed = sums.result()
-        return (
-            np.asarray(summed[records.SIGNAL_COUNTS], dtype=float)
-            if records.SIGNAL_COUNTS in summed
-            else None
-        )
+        _warn_of_failures(what, len(messages), usable, reasons, "τ is calibrated on the rest")
+        if fallbacks := int(summed.get(records.FALLBACKS, 0)):
+            log(WARNING, "%s: %d stale lists did not come from the candidate service", what, fallbacks)
+        if records.SIGNAL_COUNTS not in summed:
+            return None
+        return np.asarray(summed[records.SIGNAL_COUNTS], dtype=float)
 
     return sample_counts
 
@@ -666,38 +665,53 @@ def _ask_fleet(
         if asked >= PROGRESS_NODES and count < asked and count * 10 // asked > (count - 1) * 10 // asked:
             log(INFO, "%s: %d of %d nodes answered", what, count, asked)
 
-    def sound(replies: Iterable[Message]) -> Iterator[Message]:
-        nonlocal usable
-        for reply in replies:
-            if (reason := _unusable(reply)) is None:
-                usable += 1
-                yield reply
-            else:
-                reasons.append(reason)
-
-    yield from sound(grid.ordered_replies(messages, REPLY_TIMEOUT_S, arrived))
-    failed = len(messages) - usable
-    first = reasons[0] if reasons else "no reply before the timeout"
+    for reply in _usable(grid.ordered_replies(messages, REPLY_TIMEOUT_S, arrived), reasons):
+        usable += 1
+        yield reply
     if not usable:
-        who = f"all {len(messages)} nodes failed (the first: {first})" if messages else "no node is connected"
+        who = (
+            f"all {len(messages)} nodes failed (the first: {_first(reasons)})"
+            if messages
+            else "no node is connected"
+        )
         raise LSC4RecError(
             f"{what}: {who}, so there is no report to write. Fix that and resume the run from its last "
             "checkpoint."
         )
-    if failed:
-        log(
-            WARNING,
-            "%s: %d of %d nodes failed (the first: %s); the report covers the rest",
-            what,
-            failed,
-            len(messages),
-            first,
-        )
+    _warn_of_failures(what, len(messages), usable, reasons, "the report covers the rest")
+
+
+def _usable(replies: Iterable[Message], reasons: list[str]) -> Iterator[Message]:
+    """The replies whose sums can be added, in order; why each other one cannot is appended to ``reasons``."""
+    for reply in replies:
+        if (reason := _unusable(reply)) is None:
+            yield reply
+        else:
+            reasons.append(reason)
 
 
 def _unusable(reply: Message) -> str | None:
-    """Why a node's reply to the final questions cannot be summed (its error, a sum not finite and >= 0), or None."""
+    """Why a node's reply to the server cannot be summed (its error, a sum not finite and >= 0), or None."""
     return reply.error.reason if reply.has_error() else records.unsound_reply(reply)
+
+
+def _first(reasons: list[str]) -> str:
+    """The first failure's reason, for a message; a node that never replied gave none."""
+    return reasons[0] if reasons else "no reply before the timeout"
+
+
+def _warn_of_failures(what: str, asked: int, usable: int, reasons: list[str], then: str) -> None:
+    """Warn when some of the ``asked`` nodes gave no usable reply to ``what``, naming the first reason."""
+    if failed := asked - usable:
+        log(
+            WARNING,
+            "%s: %d of %d nodes failed (the first: %s); %s",
+            what,
+            failed,
+            asked,
+            _first(reasons),
+            then,
+        )
 
 
 def _final_evaluation(

@@ -462,7 +462,8 @@ def _plot_rounds(path: Path, rounds: list[dict[str, Any]], figures: dict[str, An
     )
     ax.grid(alpha=0.3)
     if rates:
-        gate.plot(*zip(*rates, strict=True), marker="o", label="sampled nodes, τ set the round before")
+        when = "on the round's own sample" if _gated(figures) else "the round before"
+        gate.plot(*zip(*rates, strict=True), marker="o", label=f"sampled nodes, τ set {when}")
     last = max((r["round"] for r in rounds), default=0)
     gate.plot(  # at the last round: the final evaluation serves its model, with no round of its own
         [last],

@@ -28,6 +28,10 @@ from lsc4rec import records
 from lsc4rec.outcomes import StageOutcome, choose_measure, signal_bin_edges, threshold_for_budget
 from strategies.wrapper import StrategyWrapper
 
+# given the node ids an evaluate round sampled, the model sent and the live signal: the sample's histogram of
+# that signal under that model, or None when it could not be had (``RequestBudget``'s ``sample_counts``)
+SampleCounts = Callable[[list[int], ArrayRecord, str], "np.ndarray | None"]
+
 
 class _Reported(NamedTuple):
     """What one evaluate round adds to the window: its validation outcomes and its label-free test histograms."""
@@ -68,7 +72,8 @@ class RequestBudget(StrategyWrapper):
         not be had. When given, each round's tau is calibrated on its own sample before the messages go, and
         the window's tau only stands in when the histogram cannot be had. For a fleet whose gate decides what
         reaches the cloud (``federation.fresh_lists = gated``): the window's tau describes a model a round or
-        more old, and let through 0 to 36 % of a round's sample at a 5 % budget on the default run.
+        more old, and let through 0 to 36 % of a round's sample at a 5 % budget on the default run with
+        ``confidence`` named.
 
     Attributes
     ----------
@@ -94,7 +99,7 @@ class RequestBudget(StrategyWrapper):
         initial_measure: str | None = None,
         window: int = 1,
         initial_window: Sequence[Mapping[str, Any]] = (),
-        sample_counts: Callable[[list[int], ArrayRecord, str], np.ndarray | None] | None = None,
+        sample_counts: SampleCounts | None = None,
     ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")

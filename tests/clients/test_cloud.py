@@ -66,8 +66,10 @@ def test_cloud_client_real_service_lists_and_caching(service: str) -> None:
     assert not lists.missing.any() and lists.items.shape == (2, 5)
     assert not set(lists.items[0]) & {1, 2, 3}  # the cloud never returns history items
     assert (np.diff(lists.scores, axis=1) <= 1e-6).all()  # ranked best first
+    assert (client.posted, cache.sent) == (2, 2)
     again = cache.fetch(CloudClient(f"http://127.0.0.1:{free_port()}", k=5, retries=0), [0, 1], histories)
     assert np.array_equal(again.items, lists.items) and cache.fallbacks == 0  # cached: no request needed
+    assert cache.sent == 2  # nothing sent again
 
 
 def test_cloud_client_refuses_a_service_that_numbers_items_otherwise(
@@ -288,20 +290,24 @@ def test_the_catalogue_check_is_part_of_the_first_attempt() -> None:
         with pytest.raises(CloudUnavailableError, match="after 1 attempts"):
             client.candidates([np.array([1, 2, 3])])
         assert len(connections) == 1  # the /healthz probe, which failed the attempt: no POST after it
+        assert client.posted == 0  # so no history left the device
 
 
 def test_a_hung_service_is_skipped_for_the_cooldown_then_probed_once() -> None:
     """Every node of a process would otherwise pay (retries + 1) x timeout_s against a service that hangs."""
     with silent_server() as (url, connections):
+        first = CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0)
         with pytest.raises(CloudUnavailableError, match="after 2 attempts"):
-            CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([1, 2])])
-        assert len(connections) == 2
+            first.candidates([np.array([1, 2])])
+        assert len(connections) == 2 and first.posted == 1  # two attempts at one history
         started = time.monotonic()
+        skipping = CloudClient(url, k=2, timeout_s=5.0, retries=1, cooldown_s=1.0)
         with pytest.raises(
             CloudUnavailableError, match=r"skipped: it failed here \(this process or this node\)"
         ):
-            CloudClient(url, k=2, timeout_s=5.0, retries=1, cooldown_s=1.0).candidates([np.array([3])])
+            skipping.candidates([np.array([3])])
         assert time.monotonic() - started < 2.0 and len(connections) == 2  # no attempt (one would take 5 s)
+        assert skipping.posted == 0
         time.sleep(1.0)
         with pytest.raises(CloudUnavailableError, match="after 1 attempts"):  # a probe, without retries
             CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([3])])
@@ -368,6 +374,7 @@ def test_the_chunks_answered_before_a_failure_are_kept() -> None:
         lists = cache.fetch(CloudClient(url, k=2, retries=0), users, [np.array([1, 2])] * len(users))
     assert not lists.missing[:MAX_BATCH].any() and lists.missing[MAX_BATCH:].all()
     assert cache.fallbacks == 3 and len(cache.lists) == MAX_BATCH
+    assert cache.sent == MAX_BATCH + 3  # the refused request's histories were sent too
 
 
 def test_a_health_page_that_fails_fails_the_attempt_instead_of_skipping_the_catalogue_check() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -432,7 +433,10 @@ def test_a_gated_run_reports_what_its_fleet_served(
     assert final["requests in the rounds"] == sum(r["requests"] for r in history) > 0
     sent = sum(r[records.FRESH_SENT] for r in history)
     assert 0 < final["fresh views sent in the rounds"] == sent <= final["requests in the rounds"]
-    assert final["fresh views sent in the final evaluation"] <= final["live gate realized request rate"] * 24
+    assert (
+        0 < final["fresh views sent in the final evaluation"] <= final["live gate realized request rate"] * 24
+    )
+    assert "tau of the last round" not in final  # the rounds' window's τ, which a gated run never sent
     summary = (tmp_path / "summary.md").read_text()
     assert (
         "of the lists served under the live gate" in summary and "`federation.fresh_lists = gated`" in summary
@@ -442,6 +446,28 @@ def test_a_gated_run_reports_what_its_fleet_served(
     with pytest.raises(DataFormatError, match="fresh_lists = gated"):  # the benchmarks need every policy
         read_final(tmp_path)
     assert read_final(tmp_path, curves=False)["live gate signal"] == "confidence"
+
+
+def test_a_rounds_gate_calibration_leaves_out_a_failed_node_and_gives_none_when_all_fail(
+    federation_config: RunConfig, service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gated fleet's round calibrates on the sample's replies that came; with none, the window's τ stands."""
+    cfg = federation_config.override(
+        [f"federation.service_url={service}", "federation.fresh_lists=gated", "federation.measure=confidence"]
+    )
+    grid, arrays = fresh_fleet(cfg), untrained_srm(cfg)
+    sample_counts = server.app._sample_signal_counts(grid, cfg.federation)
+    nodes = sorted(grid.get_node_ids())
+    whole = sample_counts(nodes, arrays, "confidence")
+    assert whole is not None and len(whole) == cfg.federation.bins and whole.sum() == 24
+    first_users = len(partition_users(24, NODES, cfg.seed)[grid.partitions[nodes[0]]])
+    grid.grid.down = {nodes[0]}
+    with caplog.at_level(logging.WARNING):
+        part = sample_counts(nodes, arrays, "confidence")
+    assert part is not None and part.sum() == 24 - first_users
+    assert f"the round's gate calibration: 1 of {NODES} nodes failed" in caplog.text
+    grid.grid.down = set(nodes)
+    assert sample_counts(nodes, arrays, "confidence") is None
 
 
 @pytest.fixture
@@ -967,7 +993,7 @@ def test_boxes_that_rejoin_under_new_ids_count_their_users_once(
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
             kind = messages[0].metadata.message_type
-            if users < 24 and kind == SIGNALS:  # the first of the final questions  # another box goes offline
+            if users < 24 and kind == SIGNALS:  # at the first final question, another box goes offline
                 self.down.add(FIRST_NODE_ID + NODES - 1)
             replies = super().send_and_receive(messages, timeout=timeout)
             if self.rejoined < 2 and kind == (MessageType.TRAIN, MessageType.EVALUATE)[self.rejoined]:

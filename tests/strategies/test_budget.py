@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from lsc4rec import records
@@ -157,31 +158,53 @@ def test_request_budget_sends_current_tau_and_signal_in_evaluate_config() -> Non
     assert len(training) == 2 and all(records.TAU not in m.content["config"] for m in training)
 
 
+class ConfigPerMessage(FedAvg):
+    """FedAvg whose evaluation messages each hold a config of their own (FedAvg's share one)."""
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        return [
+            Message(
+                RecordDict(
+                    {"arrays": m.content["arrays"], "config": ConfigRecord(dict(m.content["config"]))}
+                ),
+                dst_node_id=m.metadata.dst_node_id,
+                message_type=m.metadata.message_type,
+            )
+            for m in super().configure_evaluate(server_round, arrays, config, grid)
+        ]
+
+
 def test_a_budget_given_the_samples_histogram_gates_each_round_on_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``sample_counts`` (a gated fleet): τ from the sampled nodes' histogram under the round's model, sent with
-    the round's messages and reported as its τ; the window's τ when the histogram cannot be had."""
-    asked: list[tuple[list[int], str]] = []
+    each of the round's messages and reported as its τ; the window's τ when the histogram cannot be had."""
+    asked: list[tuple[list[int], ArrayRecord, str]] = []
     histogram: list[np.ndarray | None] = [np.full(BINS, 1.0)]
 
     def sample_counts(nodes: list[int], arrays: ArrayRecord, measure: str) -> np.ndarray | None:
-        asked.append((nodes, measure))
+        asked.append((nodes, arrays, measure))
         return histogram[0]
 
-    strategy = RequestBudget(FedAvg(min_available_nodes=1), 0.2, BINS, sample_counts=sample_counts)
-    messages = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid()))
-    assert [(sorted(nodes), measure) for nodes, measure in asked] == [([11, 12], "drift")]  # the sample
-    assert all(m.content["config"][records.TAU] == pytest.approx(0.8) for m in messages)
+    strategy = RequestBudget(ConfigPerMessage(min_available_nodes=1), 0.2, BINS, sample_counts=sample_counts)
+    model = ArrayRecord()
+    messages = list(strategy.configure_evaluate(1, model, ConfigRecord(), grid()))
+    [(nodes, sent, measure)] = asked
+    assert (sorted(nodes), measure) == ([11, 12], "drift") and sent is model  # the sample, the round's model
+    assert [m.content["config"][records.TAU] for m in messages] == [pytest.approx(0.8)] * 2
     lower = np.zeros(BINS)
     lower[: BINS // 2] = 1.0  # the window: every user in the lower half, so its τ is 0.4
     metrics = strategy.aggregate_evaluate(1, [evaluate_reply(11, lower, 0, 1)])
     assert metrics[records.TAU] == pytest.approx(0.8) and metrics[records.NEXT_TAU] == pytest.approx(0.4)
-    histogram[0] = None
-    with caplog.at_level(logging.WARNING):
-        messages = list(strategy.configure_evaluate(2, ArrayRecord(), ConfigRecord(), grid()))
-    assert all(m.content["config"][records.TAU] == pytest.approx(0.4) for m in messages)
-    assert "round 2 gates with the window's tau 0.4000" in caplog.text
+    for missing in (None, np.zeros(BINS)):  # no node answered; nobody to calibrate on
+        histogram[0] = missing
+        with caplog.at_level(logging.WARNING):
+            messages = list(strategy.configure_evaluate(2, model, ConfigRecord(), grid()))
+        assert [m.content["config"][records.TAU] for m in messages] == [pytest.approx(0.4)] * 2
+        assert "round 2 gates with the window's tau 0.4000" in caplog.text
+        caplog.clear()
 
 
 def test_request_budget_reports_realized_rate_of_the_round() -> None:
