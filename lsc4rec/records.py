@@ -30,7 +30,7 @@ REQUESTS = "requests"
 FRESH_SENT = "fresh-views-sent"
 USERS = "users"  # metric of the request budget's aggregate: the fleet's users under this round's tau
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau
-# metric: the tau calibrated from this round, sent with the next one (a gated fleet's is calibrated on its sample)
+# metric: the tau calibrated from this round, sent with the next (a gated fleet's next is set on its sample)
 NEXT_TAU = "next-request-tau"
 NEXT_MEASURE = "next-request-signal"  # metrics.jsonl: the signal NEXT_TAU is a threshold of (auto may switch)
 SIGNALS_ACTION = "signals"  # the query ("query.signals") for one request signal's test-time histogram

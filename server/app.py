@@ -249,9 +249,9 @@ def _final_report(
         "rejected updates": sum(int(r.get(f"train-{reason}", 0)) for r in rounds for reason in REASONS),
         "updates with no training example": sum(int(r.get(f"train-{EMPTY_UPDATES}", 0)) for r in rounds),
         "failed training replies": sum(int(r.get(f"train-{FAILED}", 0)) for r in rounds),
-        # the users the live gate sent in the rounds' samples (in an `all` fleet, counted only: everyone fetched)
+        # the users the live gate sent in the rounds' samples (an `all` fleet only counts them: all fetched)
         "requests in the rounds": sum(int(r.get(records.REQUESTS, 0)) for r in rounds),
-        # device views that reached the cloud (a view once sent, the node serves the list it holds)
+        # device views sent to the cloud for a fresh list (one sent once, the node serves the list it holds)
         "fresh views sent in the rounds": sum(int(r.get(records.FRESH_SENT, 0)) for r in rounds),
         "fresh views sent in the final evaluation": int(final[records.FRESH_SENT]),
         "users missing from the final evaluation": split.num_users - test[measure].users,
@@ -601,7 +601,7 @@ def fleet_signal_counts(
 
 
 def _sample_signal_counts(grid: PartitionOrderedGrid, fed: FederationConfig) -> SampleCounts:
-    """A round's gate calibration for a gated fleet: the sampled nodes' histogram of a signal under the round's model.
+    """A gated fleet's round calibration: the sampled nodes' histogram of a signal under the round's model.
 
     ``RequestBudget``'s ``sample_counts``. In a gated fleet the rounds' requests reach the cloud, so each
     round's τ is calibrated as the final gate is, on the model it gates with, but over the round's sample and

@@ -68,12 +68,12 @@ class RequestBudget(StrategyWrapper):
         the uninterrupted run would have.
     sample_counts
         Optional: given the node ids an evaluate round sampled, the model sent and the live signal, the
-        sample's label-free histogram of that signal under that model (``bins`` bins), or ``None`` when it could
-        not be had. When given, each round's tau is calibrated on its own sample before the messages go, and
-        the window's tau only stands in when the histogram cannot be had. For a fleet whose gate decides what
-        reaches the cloud (``federation.fresh_lists = gated``): the window's tau describes a model a round or
-        more old, and let through 0 to 36 % of a round's sample at a 5 % budget on the default run with
-        ``confidence`` named.
+        sample's label-free histogram of that signal under that model (``bins`` bins), or ``None`` when it
+        could not be had. When given, each round's tau is calibrated on its own sample before the messages go,
+        and the window's tau only stands in when the histogram cannot be had. For a fleet whose gate decides
+        what reaches the cloud (``federation.fresh_lists = gated``): the window's tau describes a model a
+        round or more old, and let through 0 to 36 % of a round's sample at a 5 % budget on the default run
+        with ``confidence`` named.
 
     Attributes
     ----------
@@ -84,9 +84,9 @@ class RequestBudget(StrategyWrapper):
         The signal each evaluate round's gate read (its realized rate is the round's ``records.REALIZED_RATE``).
     calibration_users, calibration_rounds
         How many users' histograms the window's tau was calibrated on, from how many evaluate rounds (0 before
-        the first calibration), logged each round: with few users the budget's quantile is a rough estimate, so the next
-        round's realized rate can stray from the budget. The final evaluation's gate is calibrated afresh on
-        every node, under the final model (``server/app.py``).
+        the first calibration), logged each round: with few users the budget's quantile is a rough estimate,
+        so the next round's realized rate can stray from the budget. The final evaluation's gate is calibrated
+        afresh on every node, under the final model (``server/app.py``).
     """
 
     def __init__(

@@ -451,7 +451,7 @@ def test_a_gated_run_reports_what_its_fleet_served(
 def test_a_rounds_gate_calibration_leaves_out_a_failed_node_and_gives_none_when_all_fail(
     federation_config: RunConfig, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A gated fleet's round calibrates on the sample's replies that came; with none, the window's τ stands."""
+    """A gated round calibrates on the sample's replies that came; with none, the window's τ stands."""
     cfg = federation_config.override(
         [f"federation.service_url={service}", "federation.fresh_lists=gated", "federation.measure=confidence"]
     )

@@ -179,8 +179,8 @@ class ConfigPerMessage(FedAvg):
 def test_a_budget_given_the_samples_histogram_gates_each_round_on_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """``sample_counts`` (a gated fleet): τ from the sampled nodes' histogram under the round's model, sent with
-    each of the round's messages and reported as its τ; the window's τ when the histogram cannot be had."""
+    """``sample_counts`` (a gated fleet): τ from the sampled nodes' histogram under the round's model, sent
+    with each of the round's messages and reported as its τ; the window's τ when the histogram cannot be had."""
     asked: list[tuple[list[int], ArrayRecord, str]] = []
     histogram: list[np.ndarray | None] = [np.full(BINS, 1.0)]
 
