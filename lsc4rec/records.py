@@ -25,8 +25,9 @@ TAU = "request-tau"  # config sent to nodes, and metric: the threshold the nodes
 MEASURE = "request-signal"  # config sent to nodes: the request signal their gate reads this round
 # node metric: test users the gate sent to the cloud (a signal above tau, or in tau's bin and won its coin flip)
 REQUESTS = "requests"
-# node metric: device views sent to the cloud for a fresh list (or tried), at both stages; a list the node
-# already held for that view is served again without a send, so this can be lower than the requests
+# node metric: device views posted to the cloud for a fresh list, answered or not, at both stages; a list the
+# node already holds for a view is served without a send (a gated fleet's is at most its requests; an `all`
+# fleet's is every evaluated user's views not yet held)
 FRESH_SENT = "fresh-views-sent"
 USERS = "users"  # metric of the request budget's aggregate: the fleet's users under this round's tau
 REALIZED_RATE = "realized-request-rate"  # metric: fleet requests / users under this round's tau

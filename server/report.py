@@ -419,10 +419,14 @@ def _live_gate_basis(figures: dict[str, Any]) -> str:
     users = figures["live gate tau calibrated on users"]
     if not users:
         return ""
+    beside = (
+        ", beside the τ of the last round and the rate that τ would have had"
+        if "tau of the last round" in figures  # an `all` run's: a gated run's rounds gated on their samples
+        else ""
+    )
     return (
         f", with τ calibrated on the {users} users' label-free signals under the final model, in a pass before "
-        "the evaluation; its realized rate is under Other figures, beside the τ of the last round and the rate "
-        "that τ would have had"
+        f"the evaluation; its realized rate is under Other figures{beside}"
     )
 
 

@@ -131,6 +131,7 @@ def test_federation_trains_checkpoints_and_reports(
     assert summed[final["request signal"]] == max(summed.values())  # validation's choice over 5, 10, 20 %
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor (device view)" in summary
+    assert "beside the τ of the last round" in summary  # an `all` run's window τ, kept for comparison
     assert "did not deliver" not in summary  # the service answered every request
     assert "did not come from the candidate service" not in caplog.text  # so no round warned of fallbacks
     assert "[ROUND 4/4]" in caplog.text  # where Flower's own lines are captured too
@@ -442,6 +443,7 @@ def test_a_gated_run_reports_what_its_fleet_served(
         "of the lists served under the live gate" in summary and "`federation.fresh_lists = gated`" in summary
     )
     assert "Every request signal" not in summary and "- live gate tau:" in summary
+    assert "realized rate is under Other figures" in summary and "τ of the last round" not in summary
     assert all((tmp_path / name).is_file() for name in REPORT_FILES)
     with pytest.raises(DataFormatError, match="fresh_lists = gated"):  # the benchmarks need every policy
         read_final(tmp_path)
