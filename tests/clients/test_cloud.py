@@ -70,6 +70,9 @@ def test_cloud_client_real_service_lists_and_caching(service: str) -> None:
     again = cache.fetch(CloudClient(f"http://127.0.0.1:{free_port()}", k=5, retries=0), [0, 1], histories)
     assert np.array_equal(again.items, lists.items) and cache.fallbacks == 0  # cached: no request needed
     assert cache.sent == 2  # nothing sent again
+    other = ListCache()  # the same client for another cache: each counts what it sent itself
+    other.fetch(client, [0, 2], [histories[0], np.array([4, 5])])
+    assert (client.posted, other.sent, cache.sent) == (4, 2, 2)
 
 
 def test_cloud_client_refuses_a_service_that_numbers_items_otherwise(
@@ -308,6 +311,9 @@ def test_a_hung_service_is_skipped_for_the_cooldown_then_probed_once() -> None:
             skipping.candidates([np.array([3])])
         assert time.monotonic() - started < 2.0 and len(connections) == 2  # no attempt (one would take 5 s)
         assert skipping.posted == 0
+        cache = ListCache()  # a cache asking through a skipping client: a fallback, and nothing sent
+        cache.fetch(CloudClient(url, k=2, timeout_s=5.0, retries=1, cooldown_s=1.0), [1], [np.array([3])])
+        assert (cache.fallbacks, cache.sent) == (1, 0)
         time.sleep(1.0)
         with pytest.raises(CloudUnavailableError, match="after 1 attempts"):  # a probe, without retries
             CloudClient(url, k=2, timeout_s=0.3, retries=1, cooldown_s=1.0).candidates([np.array([3])])

@@ -132,6 +132,9 @@ def test_federation_trains_checkpoints_and_reports(
     summary = (tmp_path / "summary.md").read_text()
     assert "| fused | stale |" in summary and "item-transition floor (device view)" in summary
     assert "beside the τ of the last round" in summary  # an `all` run's window τ, kept for comparison
+    # an `all` fleet sends every user's test and validation view once, in a round or in the final evaluation
+    assert final["fresh views sent in the rounds"] + final["fresh views sent in the final evaluation"] == 48
+    assert final["fresh views sent in the rounds"] == sum(r["fresh-views-sent"] for r in history) > 0
     assert "did not deliver" not in summary  # the service answered every request
     assert "did not come from the candidate service" not in caplog.text  # so no round warned of fallbacks
     assert "[ROUND 4/4]" in caplog.text  # where Flower's own lines are captured too
@@ -462,14 +465,29 @@ def test_a_rounds_gate_calibration_leaves_out_a_failed_node_and_gives_none_when_
     nodes = sorted(grid.get_node_ids())
     whole = sample_counts(nodes, arrays, "confidence")
     assert whole is not None and len(whole) == cfg.federation.bins and whole.sum() == 24
-    first_users = len(partition_users(24, NODES, cfg.seed)[grid.partitions[nodes[0]]])
-    grid.grid.down = {nodes[0]}
+    down = nodes[:2]
+    parts = partition_users(24, NODES, cfg.seed)
+    grid.grid.down = set(down)
     with caplog.at_level(logging.WARNING):
         part = sample_counts(nodes, arrays, "confidence")
-    assert part is not None and part.sum() == 24 - first_users
-    assert f"the round's gate calibration: 1 of {NODES} nodes failed" in caplog.text
+    assert part is not None and part.sum() == 24 - sum(len(parts[grid.partitions[n]]) for n in down)
+    first = min(down, key=grid.partitions.__getitem__)  # the replies come in partition order
+    assert (
+        f"the round's gate calibration: 2 of {NODES} nodes failed (the first: ConnectionError: node {first} "
+        "is down); τ is calibrated on the rest"
+    ) in caplog.text
     grid.grid.down = set(nodes)
     assert sample_counts(nodes, arrays, "confidence") is None
+    dead = cfg.override([f"federation.service_url=http://127.0.0.1:{free_port()}", "federation.retries=0"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # stale lists that never came: the SRM's own lists are binned
+        binned = server.app._sample_signal_counts(fresh_fleet(dead), dead.federation)(
+            nodes, arrays, "confidence"
+        )
+    assert binned is not None and binned.sum() == 24
+    assert (
+        "the round's gate calibration: 24 stale lists did not come from the candidate service" in caplog.text
+    )
 
 
 @pytest.fixture
@@ -768,6 +786,9 @@ def test_federation_survives_dead_service_and_crashed_node(
     lists = final["cloud fallbacks (final evaluation)"]
     assert f"The cloud did not deliver {lists} lists" in (tmp_path / "summary.md").read_text()
     assert 0 < final["users"] < 24  # the crashed node's users are missing, the rest are reported
+    logged = [r.getMessage() for r in caplog.records]
+    assert "final evaluation: 1 of 4 nodes failed (the first: ConnectionError: node " in "\n".join(logged)
+    assert any(m.endswith("; the report covers the rest") for m in logged)
     assert [r["round"] for r in rounds(tmp_path)] == [1, 2]
     # the server's log says so from the first round the service was down, not only the summary at the end
     warned = [

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.axes
 import numpy as np
 import pytest
 from rich.console import Console
 from rich.markdown import Markdown
 
 import server.report as report
+from lsc4rec import records
 from lsc4rec.errors import DataFormatError
 from server.report import ROUNDS_FILE, _cell, _plain, append_round, read_rounds, resolved_protocol
 from tests.conftest import outcome_from_users
@@ -154,3 +156,24 @@ def test_a_gated_runs_report_has_the_live_gate_and_no_curve_it_cannot_measure(tm
     alone.update({"request signal": "confidence", "live gate signal": "confidence"})
     report.write_report(tmp_path / "zero", alone, [], {"budget": 0.0, "measure": "confidence"})
     assert all((tmp_path / "zero" / name).is_file() for name in report.REPORT_FILES)
+
+
+@pytest.mark.parametrize(
+    ("fresh", "when"), [("gated", "on the round's own sample"), ("all", "the round before")]
+)
+def test_the_rounds_rate_curve_says_what_its_tau_was_set_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh: str, when: str
+) -> None:
+    """A gated fleet's rounds gate on their own samples; an `all` fleet's on the window of the rounds before."""
+    labels: list[str | None] = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recording(self: matplotlib.axes.Axes, *args: object, **kwargs: object) -> object:
+        labels.append(kwargs.get("label"))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording)
+    lines = [{"round": 1, records.REALIZED_RATE: 0.3}, {"round": 2, records.REALIZED_RATE: 0.2}]
+    figures = {"fresh lists": fresh, "live gate realized request rate": 0.25}
+    report._plot_rounds(tmp_path / "rounds.png", lines, figures, 0.2)
+    assert f"sampled nodes, τ set {when}" in labels

@@ -198,6 +198,8 @@ def test_a_budget_given_the_samples_histogram_gates_each_round_on_it(
     lower[: BINS // 2] = 1.0  # the window: every user in the lower half, so its τ is 0.4
     metrics = strategy.aggregate_evaluate(1, [evaluate_reply(11, lower, 0, 1)])
     assert metrics[records.TAU] == pytest.approx(0.8) and metrics[records.NEXT_TAU] == pytest.approx(0.4)
+    nobody = RequestBudget(FedAvg(fraction_evaluate=0.0), 0.2, BINS, sample_counts=sample_counts)
+    assert list(nobody.configure_evaluate(1, model, ConfigRecord(), grid())) == [] and len(asked) == 1
     for missing in (None, np.zeros(BINS)):  # no node answered; nobody to calibrate on
         histogram[0] = missing
         with caplog.at_level(logging.WARNING):
