@@ -301,7 +301,7 @@ def _collaborative_inference(
     fed = cfg.federation
     device, cloud, targets = node.views(stage)
     stale = _stale_lists(cfg, node, cache, personal, device, cloud)
-    asks = _asking(cfg, personal, stage, device, cloud, stale, live, tau, gate_bins, seed)
+    asks, live_signal = _asking(cfg, personal, stage, device, cloud, stale, live, tau, gate_bins, seed)
     rows = np.flatnonzero(asks)
     posted = cache.sent
     got = _fetch(cfg, node, cache, [int(node.users[r]) for r in rows], [device[r] for r in rows])
@@ -328,6 +328,7 @@ def _collaborative_inference(
         seed=seed,
         gate_bins=gate_bins,
         asked=counted,
+        live_signal=live_signal,
     )
     return outcomes, cache.sent - posted
 
@@ -343,21 +344,22 @@ def _asking(
     tau: float,
     gate_bins: int,
     seed: int,
-) -> np.ndarray:
-    """Which users ask the cloud for a fresh list [B]: all, or those the live gate sends.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which users ask the cloud for a fresh list [B] (all, or those the live gate sends), and the signal read.
 
-    Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on
+    The live signal read to draw the gate [B] (``None`` where none was drawn) is binned by the evaluation
+    rather than read again. Every one with ``federation.fresh_lists = all``, so that the report can compare every request policy on
     the same users. With ``gated`` only those the live gate sends at test, as a deployment would (the mask is
     what :func:`clients.inference.collaborative_inference` then counts as requests); at validation none, whose
     fresh lists nothing in a gated run reads (α is chosen on the stale list, the signal is named) and whose
     device views would reach the cloud uncounted.
     """
     if cfg.federation.fresh_lists == "all":
-        return np.ones(len(device), bool)
+        return np.ones(len(device), bool), None
     if stage == "valid":
-        return np.zeros(len(device), bool)
+        return np.zeros(len(device), bool), None
     score = _held_signal(cfg, personal, device, cloud, stale, live)
-    return seeded_gate(score, tau, gate_bins, seed)
+    return seeded_gate(score, tau, gate_bins, seed), score
 
 
 def _held_signal(

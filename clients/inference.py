@@ -254,6 +254,7 @@ def collaborative_inference(
     seed: int = 0,
     gate_bins: int | None = None,
     asked: np.ndarray | None = None,
+    live_signal: np.ndarray | None = None,
 ) -> dict[str, StageOutcome]:
     """Evaluate fused ranking with the stale and the fresh list for every user and alpha, binned by each signal.
 
@@ -283,6 +284,9 @@ def collaborative_inference(
     asked
         [B] the users who did ask, where the node drew its gate before fetching (``federation.fresh_lists =
         gated``): ``requests`` counts them instead of drawing the gate again.
+    live_signal
+        [B] the ``live`` signal as the node read it to draw that gate (:func:`held_list_signal`, the same
+        computation): binned as it is instead of computed again.
     norm
         How both models' scores are normalised before fusion (:func:`lsc4rec.ranking.normalize`).
 
@@ -324,7 +328,10 @@ def collaborative_inference(
         name: float(np.isfinite(scored_list_ranks(llm, items, targets).numpy()).sum())
         for name, (items, llm, _) in lists.items()
     }
-    signals = request_signals(model, histories, cloud_histories, lists["stale"], measures, max_len)
+    known = {} if live_signal is None else {live: live_signal}
+    others = [m for m in measures if m not in known]
+    computed = request_signals(model, histories, cloud_histories, lists["stale"], others, max_len)
+    signals = {m: known[m] if m in known else computed[m] for m in measures}
     outcomes = {}
     for measure, score in signals.items():
         bin_of = signal_bins(score, edges)  # [B]

@@ -14,6 +14,7 @@ from clients.inference import (
     collaborative_inference,
     drop_seen,
     gate,
+    held_list_signal,
     srm_list_scores,
 )
 from clients.node import load_node
@@ -225,6 +226,29 @@ def test_requests_are_the_users_who_asked_where_the_node_drew_its_gate_first(
     for tau in (-1.0, 1.0):  # everyone, nobody: neither is what the node drew
         outcomes = infer(model, targets, measures=("displacement", "topk"), tau=tau, live="topk", asked=asked)
         assert (outcomes["topk"].requests, outcomes["displacement"].requests) == (3, 0)
+
+
+def test_a_live_signal_read_to_gate_is_binned_as_it_is_not_read_again(
+    model: SequentialRecommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gated node read the live signal of the lists it holds to draw its gate: the evaluation bins that one."""
+    targets = np.array([5, 15, 25, 39])
+    read = held_list_signal(model, histories(), cloud_views(), *llm_list(3), "confidence", MAX_LEN)
+    again = infer(model, targets, measures=("confidence", "topk"), live="confidence")
+    asked: list[list[str]] = []
+    real = clients.inference.request_signals
+
+    def recording(*args: object) -> dict[str, np.ndarray]:
+        asked.append(list(args[4]))
+        return real(*args)
+
+    monkeypatch.setattr(clients.inference, "request_signals", recording)
+    given = infer(model, targets, measures=("confidence", "topk"), live="confidence", live_signal=read)
+    assert asked == [["topk"]]  # the other signals only
+    for measure in ("confidence", "topk"):  # the same computation: the same bins
+        assert np.array_equal(given[measure].bin_count, again[measure].bin_count)
+    shifted = infer(model, targets, measures=("confidence",), live="confidence", live_signal=np.full(4, 0.99))
+    assert shifted["confidence"].bin_count[-1] == 4  # the signal given is the one binned
 
 
 def test_a_hit_at_10_counts_ranks_0_to_9(model: SequentialRecommender) -> None:

@@ -375,7 +375,17 @@ def test_a_gated_fleet_sends_its_fresh_views_only_where_its_gate_asks(
     share = requested_share(signal_bin_edges(4), tau)[counts > 0]  # of each bin that holds users
     assert ((share > 0) & (share < 1)).any() or not budget
     sent.clear()
+    read: list[list[str]] = []  # the signals each call computes
+    computing = clients.inference.request_signals
+
+    def recording(*args: object) -> dict[str, np.ndarray]:
+        read.append(list(args[4]))
+        return computing(*args)
+
+    monkeypatch.setattr(clients.inference, "request_signals", recording)
     summed, _ = _final_evaluation(grid, arrays, tau, "confidence", 1, NODES)
+    # once per node and stage: a gated node bins at test the signal it read to gate its fetch
+    assert sum(measures == ["confidence"] for measures in read) == 2 * NODES
     requests = int(summed[records.REQUESTS])
     assert 0 < requests < 24 if budget else requests == 0
     asked = set(sent) & view_keys(cfg, "device", ("test",))
