@@ -495,7 +495,7 @@ def _plot_policies(path: Path, figures: dict[str, Any]) -> None:
     policies = figures["policies"]
     fig, ax = plt.subplots(figsize=(6, 4))
     rates = [p["gated rate"] for p in policies]
-    measured = "random ndcg@10" in policies[0]  # not in a run that fetched the live gate's fresh lists only
+    measured = not _gated(figures)  # a run that fetched the live gate's fresh lists only has no random curve
     if measured:
         ax.plot(
             [p["budget"] for p in policies],
