@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from clients.app import app as client_app
 from clients.central import evaluation_users, load_central_srm
 from clients.srm import SequentialRecommender
-from lsc4rec.config import RunConfig, load_config
+from lsc4rec.config import RunConfig, load_config, set_key
 from lsc4rec.data.partition import fleet_size
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
@@ -35,13 +35,15 @@ from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
 from server.launch import candidate_service, llm_checkpoint, run_folder
-from server.report import FINAL_FILE, FLOOR_VIEWS, read_final, resolved_protocol
+from server.report import FINAL_FILE, FINAL_SUMS_FILE, FLOOR_VIEWS, read_final, refigure, resolved_protocol
 
 log = logging.getLogger(__name__)
 
 # Per-dataset settings, shared with the README's commands: configs/bench-DATASET.toml (10 edge boxes, each
 # dataset's LLM recipe). A dataset without one runs on the code defaults.
 RECIPES = Path(__file__).resolve().parents[1] / "configs"
+# what --report-only may --set: the settings its figures are computed with from the run's saved sums
+REPORT_SETTINGS = ("federation.alpha_margin_se",)
 
 
 def recipe(dataset: str) -> Path | None:
@@ -387,7 +389,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--report-only",
-        help="RUN_DIR of a finished federation: recompute its table only (with --central, --select-users, --json)",
+        help="RUN_DIR of a finished federation: recompute its table only (with --central, --select-users, --json, "
+        "and --set federation.alpha_margin_se=M to choose α by another rule)",
     )
     parser.add_argument(
         "--checkpoint", action="append", default=[], help="DATASET=CKPT: an LLM checkpoint to use"
@@ -418,9 +421,12 @@ def main() -> None:
             "federation.fresh_lists": "its checks compare request policies on every user's fresh list",
         },
     )
-    if args.report_only and (args.datasets or args.checkpoint or args.overrides or args.out):
+    if args.report_only and (args.datasets or args.checkpoint or args.out):
+        parser.error("--report-only reads a finished run: drop --datasets, --checkpoint and --out")
+    if args.report_only and (changed := sorted({set_key(p) for p in args.overrides} - set(REPORT_SETTINGS))):
         parser.error(
-            "--report-only reads a finished run as it is: drop --datasets, --checkpoint, --set and --out"
+            f"--set {changed[0]}: --report-only can change only what the report is computed with "
+            f"({', '.join(REPORT_SETTINGS)}), not the run"
         )
     args.datasets = [] if args.report_only else args.datasets or ["ml-latest-small", "beauty"]
     args.out = args.out or "runs/bench"
@@ -438,8 +444,17 @@ def main() -> None:
                 "--report-only",
                 f"must be a finished federation's run folder (with config.json and {FINAL_FILE}), got {run_dir}.",
             )
-        cfg = RunConfig.load(run_dir / "config.json")
+        cfg = RunConfig.load(run_dir / "config.json").override(args.overrides)
         final = read_final(run_dir)
+        if (
+            run_dir / FINAL_SUMS_FILE
+        ).is_file():  # the report computed again, under the settings --set changed
+            figures, protocol = refigure(run_dir, cfg.federation)
+            final = {**final, "protocol": protocol, **figures}
+        elif args.overrides:
+            raise ConfigError(
+                "--set", f"needs the run's {FINAL_SUMS_FILE}, which runs before 2026-12-07 did not save."
+            )
         split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
         row = central_row(central.get(cfg.data.dataset, []), cfg, split.num_users)
         final["global SRM, central protocol"] = global_srm_figures(

@@ -32,6 +32,7 @@ from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.outcomes import signal_comparison
 from lsc4rec.tables import non_negative_int, parse_args, report
 from server.checkpoint import load_global_srm
+from server.report import alpha_rule
 
 
 class StageLists(NamedTuple):
@@ -106,7 +107,7 @@ def main() -> None:
         )
         for stage, got in lists.items()
     }
-    rows = signal_comparison(outcomes["valid"], outcomes["test"])
+    rows = signal_comparison(outcomes["valid"], outcomes["test"], cfg.federation.alpha_margin_se)
     columns = ["signal", "budget", "alpha"] + [
         f"{s} {c}" for s in ("valid", "test") for c in ("rate", "gated", "random", "gain", "random sd")
     ]
@@ -119,6 +120,7 @@ def main() -> None:
         if args.srm
         else f"{cfg.srm.model}, final global checkpoint of {run_dir}, no adaptation",
         "ranking": "over the list; NDCG@10; tau from each stage's label-free signal histogram",
+        "α choice": alpha_rule(cfg.federation),
     }
     report(
         f"Request signals on {cfg.data.dataset}: gated vs random requests (NDCG@10)",

@@ -251,6 +251,11 @@ class FederationConfig:
     fresh_lists: str = "all"
     norm: str = "minmax"  # score normalisation before fusion: minmax | softmax | rank
     alpha_steps: int = 10  # fusion weights α searched on validation: 0, 1/steps, ..., 1
+    # validation's best α is served only where it beats the better single model (SRM-only or LLM-only) by more
+    # than this many paired standard errors, else that model is: a blend picked from noise can serve users
+    # worse than either model (the one-standard-error rule; lsc4rec.outcomes.StageOutcome.chosen_alpha). 0
+    # serves validation's best α, as runs before 2026-12-07 did
+    alpha_margin_se: float = 1.0
     # the candidate service (`lsc4rec llm serve` on this host)
     service_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     timeout_s: float = 20.0  # per HTTP request to the service: the whole answer, not each read
@@ -332,6 +337,7 @@ class FederationConfig:
         _check(self.local_lr > 0, "federation.local_lr", "must be > 0", self.local_lr)
         _check(self.timeout_s > 0, "federation.timeout_s", "must be > 0", self.timeout_s)
         _check(self.alpha_steps >= 1, "federation.alpha_steps", "must be >= 1", self.alpha_steps)
+        _check(self.alpha_margin_se >= 0, "federation.alpha_margin_se", "must be >= 0", self.alpha_margin_se)
         # each node's evaluation reply holds, per signal and stage, two sums per α for each bin: 50 bins and 11
         # α by default (about 0.4 MiB a node); a product 4 times that keeps the replies a round holds until its last
         # near 1 GiB for 610 nodes sampled (a simulation sums the final questions' replies as they come)

@@ -143,6 +143,24 @@ class StageOutcome:
         """
         return int(np.argmax(self.stale_ndcg))
 
+    def chosen_alpha(self, margin_se: float) -> int:
+        """Index of the α to serve: the best stale-list NDCG@10 (the first on ties), held to a margin.
+
+        Where the best α blends both models, it must beat the better single model (SRM-only or LLM-only, SRM-only
+        on a tie) by more than ``margin_se`` paired standard errors (:func:`paired_se`), else that model is
+        served: on a few hundred users an interior best is often noise, and a blend chosen from noise can serve
+        users worse than either model. 0 takes the best α as it is; so does a run that did not record the
+        squares the standard error needs. Call it on the VALIDATION outcome only and apply the index to test:
+        choosing on test leaks.
+        """
+        best = self.best_alpha()
+        single = SRM_ONLY if self.stale_ndcg[SRM_ONLY] >= self.stale_ndcg[LLM_ONLY] else LLM_ONLY
+        if margin_se <= 0 or best == single % len(self.alphas):
+            return best
+        margin = (self.stale_ndcg[best] - self.stale_ndcg[single]) / self.users
+        se = paired_se(self, best, single)
+        return single % len(self.alphas) if margin <= margin_se * se else best  # NaN se: False, the best
+
 
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}-{name.replace('_', '-')}"
@@ -282,18 +300,19 @@ def budget_point(outcome: StageOutcome, alpha_index: int, budget: float) -> Budg
 def signal_comparison(
     valid: Mapping[str, StageOutcome],
     test: Mapping[str, StageOutcome],
+    margin_se: float,
     budgets: Iterable[float] = (0.05, 0.1, 0.2),
 ) -> list[dict[str, str | float]]:
     """Every signal's gate against random requests at each budget, on validation and on test, one row each.
 
     ``valid`` and ``test`` map each signal to its outcome (the same users and lists, binned by that signal).
-    α is validation's, τ each stage's label-free calibration (:func:`budget_point`). Validation is what
+    α is validation's (:meth:`StageOutcome.chosen_alpha` with ``margin_se``), τ each stage's label-free calibration (:func:`budget_point`). Validation is what
     chooses a signal (:func:`choose_measure`); the test columns show how that choice carried over, and how the
     signals not chosen would have fared, for reading only: choosing by them would tune on the test target.
     """
     rows: list[dict[str, str | float]] = []
     for measure, v in valid.items():
-        alpha = v.best_alpha()
+        alpha = v.chosen_alpha(margin_se)
         for budget in budgets:
             row: dict[str, str | float] = {"signal": measure, "budget": budget, "alpha": v.alphas[alpha]}
             for stage, outcome in (("valid", v), ("test", test[measure])):
@@ -312,7 +331,7 @@ def choice_budgets(budget: float) -> tuple[float, ...]:
     return tuple(sorted({min(budget * factor, 1.0) for factor in (1, 2, 4)}))
 
 
-def choose_measure(valid: Mapping[str, StageOutcome], budget: float) -> str:
+def choose_measure(valid: Mapping[str, StageOutcome], budget: float, margin_se: float) -> str:
     """The request signal whose gate beats random requests by most around ``budget``, on VALIDATION outcomes.
 
     ``valid`` maps each signal to its validation outcome (the same users and lists, binned by that signal).
@@ -320,12 +339,13 @@ def choose_measure(valid: Mapping[str, StageOutcome], budget: float) -> str:
     from its own reports instead of a fixed setting. The gains are summed over :func:`choice_budgets`: at one
     budget a few hundred users' gain is about as large as its noise (:func:`random_spread`), and a signal that
     ranks the whole head of the fleet well, not only the users at one cut, is the one that carries over to
-    new users. Ties (e.g. budget 0) go to the first signal.
+    new users. Each signal's gate is read at the α validation serves (``margin_se``: :meth:`StageOutcome.chosen_alpha`).
+    Ties (e.g. budget 0) go to the first signal.
     """
     if not valid:
         raise ValueError("choose_measure needs at least one signal's outcome, got none.")
     gains = {
-        m: sum(budget_point(o, o.best_alpha(), b).gain for b in choice_budgets(budget))
+        m: sum(budget_point(o, o.chosen_alpha(margin_se), b).gain for b in choice_budgets(budget))
         for m, o in valid.items()
     }
     return max(gains, key=lambda m: gains[m])

@@ -36,11 +36,8 @@ from lsc4rec.outcomes import (
     LLM_ONLY,
     SRM_ONLY,
     StageOutcome,
-    choice_budgets,
-    choose_measure,
     expected_rate,
     signal_bin_edges,
-    signal_comparison,
     threshold_for_budget,
 )
 from lsc4rec.runs import new_federation_dir, seed_everything
@@ -58,9 +55,12 @@ from server.fleet import PartitionOrderedGrid, sampler_state, seeded_node_sampli
 from server.report import (
     ROUNDS_FILE,
     SIGNAL_HISTOGRAMS,
+    alpha_rule,
     append_round,
-    final_figures,
+    final_outcomes,
     read_rounds,
+    report_figures,
+    save_final_sums,
     set_aside_report,
     write_report,
 )
@@ -159,6 +159,7 @@ def main(grid: Grid, context: Context) -> None:
         window=fed.budget_window,
         initial_window=resumed.get(BUDGET_WINDOW, ()),
         sample_counts=_sample_signal_counts(grid, fed) if fed.fresh_lists == "gated" else None,
+        margin_se=fed.alpha_margin_se,
     )
     started = time.perf_counter() - float(resumed.get(SECONDS, 0.0))  # the rounds before a resume count too
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
@@ -217,13 +218,10 @@ def _final_report(
     fed = cfg.federation
     gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
     final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
-    valid, test = (
-        {m: StageOutcome.from_metrics(final, records.outcome_prefix(stage, m)) for m in fed.measures}
-        for stage in ("valid", "test")
-    )
-    measure = choose_measure(valid, fed.budget)  # on validation, as α; a single configured signal is kept
-    users = max(test[measure].users, 1)
-    reported = _reported_users(grid, answered, nodes, cfg.seed, split.num_users, test[measure].users)
+    test = final_outcomes(final, fed.measures)[1]
+    evaluated = test[strategy.measure].users  # every signal's outcome sums the same users
+    users = max(evaluated, 1)
+    reported = _reported_users(grid, answered, nodes, cfg.seed, split.num_users, evaluated)
     rounds = read_rounds(run_dir)  # every round's line, those before a resume too
     extra = {
         "federated SRM full-catalogue ndcg@10 (global)": final[records.GLOBAL_NDCG] / users,
@@ -254,7 +252,7 @@ def _final_report(
         # device views sent to the cloud for a fresh list (one sent once, the node serves the list it holds)
         "fresh views sent in the rounds": sum(int(r.get(records.FRESH_SENT, 0)) for r in rounds),
         "fresh views sent in the final evaluation": int(final[records.FRESH_SENT]),
-        "users missing from the final evaluation": split.num_users - test[measure].users,
+        "users missing from the final evaluation": split.num_users - evaluated,
         "federation seconds": time.perf_counter() - started,
     }
     if privacy is not None:
@@ -262,17 +260,10 @@ def _final_report(
         extra["DP noised rounds"] = privacy.releases
     extra["users the floors cover"] = split.num_users if reported is None else len(reported)
     floors = reference_floors(split, cfg.srm.max_len, reported)
-    if fed.fresh_lists == "gated":
-        figures = final_figures(valid[measure], test[measure], floors, extra, live_budget=fed.budget)
-    else:
-        figures = final_figures(valid[measure], test[measure], floors, extra)
-        figures["signals"] = signal_comparison(
-            valid, test, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2})
-        )
-    figures["request signal"] = measure
-    figures["live gate signal"] = strategy.measure
-    figures[SIGNAL_HISTOGRAMS] = {m: test[m].bin_count.tolist() for m in fed.measures}
-    return write_report(run_dir, figures, rounds, _protocol(cfg, nodes))
+    protocol = _protocol(cfg, nodes)
+    save_final_sums(run_dir, final, floors, extra, strategy.measure, protocol)
+    figures = report_figures(final, fed, floors, extra, strategy.measure)
+    return write_report(run_dir, figures, rounds, protocol)
 
 
 def _starting_point(cfg: RunConfig, run_dir: Path, num_items: int) -> Checkpoint:
@@ -783,6 +774,7 @@ def _protocol(cfg: RunConfig, nodes: int) -> dict[str, Any]:
             f"{fed.adapt_steps} steps on the newest {cfg.srm.max_len + 1} items" if fed.adapt_steps else "off"
         ),
         "fusion": f"α·LLM + (1 - α)·SRM on {fed.norm}-normalised lists",
+        "α choice": alpha_rule(fed),
         "budget": fed.budget,
         "measure": fed.measure,
         "fresh lists": (

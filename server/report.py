@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,28 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from lsc4rec import records
+from lsc4rec.config import FederationConfig
 from lsc4rec.errors import DataFormatError
-from lsc4rec.outcomes import LLM_ONLY, SRM_ONLY, StageOutcome, budget_point, paired_se, random_policy
+from lsc4rec.outcomes import (
+    LLM_ONLY,
+    SRM_ONLY,
+    StageOutcome,
+    budget_point,
+    choice_budgets,
+    choose_measure,
+    paired_se,
+    random_policy,
+    signal_comparison,
+)
 from lsc4rec.runs import json_line, write_json
 
 BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round ends
 # per round and in final.json: users by bin of each request signal over the test-time lists, {signal: [bins]}
 SIGNAL_HISTOGRAMS = "test-signal-histograms"
+FINAL_SUMS_FILE = (
+    "final-sums.json"  # the final evaluation's fleet sums and what else the report is computed from
+)
 
 # the list a run of federation.fresh_lists = gated serves: the fresh one where the live gate asked, else the stale
 GATED_LIST = "gated"
@@ -122,21 +137,102 @@ def read_final(
     return final
 
 
+def final_outcomes(
+    sums: Mapping[str, Any], measures: Iterable[str]
+) -> tuple[dict[str, StageOutcome], dict[str, StageOutcome]]:
+    """The final evaluation's validation and test outcomes under each request signal, from the fleet's sums."""
+    valid, test = (
+        {m: StageOutcome.from_metrics(sums, records.outcome_prefix(stage, m)) for m in measures}
+        for stage in ("valid", "test")
+    )
+    return valid, test
+
+
+def alpha_rule(fed: FederationConfig) -> str:
+    """How the report's α was chosen, for its protocol line (no commas: the line is comma-separated)."""
+    if fed.alpha_margin_se == 0:
+        return "validation's best"
+    return f"validation's best unless within {fed.alpha_margin_se:g} paired se of the better single model"
+
+
+def report_figures(
+    sums: Mapping[str, Any],
+    fed: FederationConfig,
+    floors: dict[str, dict[str, dict[str, float]]],
+    extra: dict[str, Any],
+    live_measure: str,
+) -> dict[str, Any]:
+    """The report's figures from the final evaluation's fleet sums: every choice made on validation by ``fed``.
+
+    The request signal and α are chosen here, not on the devices, so a finished run's report can be computed
+    again from its saved sums (:func:`refigure`) under another rule for α without asking a device again.
+    ``live_measure`` is the signal the fleet's live gate served with (chosen in the rounds).
+    """
+    valid, test = final_outcomes(sums, fed.measures)
+    measure = choose_measure(valid, fed.budget, fed.alpha_margin_se)  # on validation, as α
+    live_budget = fed.budget if fed.fresh_lists == "gated" else None
+    figures = final_figures(valid[measure], test[measure], floors, extra, fed.alpha_margin_se, live_budget)
+    if live_budget is None:
+        figures["signals"] = signal_comparison(
+            valid, test, fed.alpha_margin_se, sorted({*choice_budgets(fed.budget), 0.05, 0.1, 0.2})
+        )
+    figures["request signal"] = measure
+    figures["live gate signal"] = live_measure
+    figures[SIGNAL_HISTOGRAMS] = {m: test[m].bin_count.tolist() for m in fed.measures}
+    return figures
+
+
+def save_final_sums(
+    run_dir: Path,
+    sums: Mapping[str, Any],
+    floors: dict[str, dict[str, dict[str, float]]],
+    extra: dict[str, Any],
+    live_measure: str,
+    protocol: dict[str, Any],
+) -> None:
+    """Keep what :func:`report_figures` reads, and the protocol, so that :func:`refigure` can compute it again."""
+    saved = {"sums": dict(sums), "floors": floors, "extra": extra, "live_measure": live_measure}
+    write_json(run_dir / FINAL_SUMS_FILE, {**saved, "protocol": protocol}, atomic=True)
+
+
+def refigure(run_dir: Path, fed: FederationConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A finished run's report figures and protocol computed again from its saved sums, under ``fed``'s rules.
+
+    With the run's own settings they are its ``final.json``'s; with another ``federation.alpha_margin_se`` they
+    show what that rule would have served. A ``DataFormatError`` for a run from before 2026-12-07, which saved
+    no sums.
+    """
+    path = run_dir / FINAL_SUMS_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        sums, floors, extra, live = (saved[k] for k in ("sums", "floors", "extra", "live_measure"))
+        protocol = {**saved["protocol"], "α choice": alpha_rule(fed)}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataFormatError(
+            path, f"cannot be read as a run's final sums ({exc!r}). Runs before 2026-12-07 saved none."
+        ) from None
+    return report_figures(sums, fed, floors, extra, live), protocol
+
+
 def final_figures(
     valid: StageOutcome,
     test: StageOutcome,
     floors: dict[str, dict[str, dict[str, float]]],
     extra: dict[str, float],
+    margin_se: float,
     live_budget: float | None = None,
 ) -> dict[str, Any]:
     """The report's numbers: rankings at the validation-chosen α and every request policy at each budget.
+
+    α is validation's best held to ``margin_se`` paired standard errors over the better single model
+    (:meth:`StageOutcome.chosen_alpha`).
 
     With ``live_budget`` (a run of ``federation.fresh_lists = gated``) only the live gate's users fetched a
     fresh list, so ``test``'s fresh sums are the lists the fleet served under its gate (list ``gated``), and
     the policies are what such a run can show: nobody asking, and the live gate at that budget, whose τ and
     rate are ``extra``'s ``live gate tau`` and ``live gate realized request rate`` (the server's figures).
     """
-    best = valid.best_alpha()
+    best = valid.chosen_alpha(margin_se)
     means = test.means()
     alphas = list(test.alphas)
 
@@ -262,7 +358,7 @@ def set_aside_report(run_dir: Path, server_round: int) -> Path | None:
     old one would sit, after a crash on the way, beside the newer rounds' checkpoints and metrics as if it
     described them.
     """
-    found = [run_dir / name for name in REPORT_FILES if (run_dir / name).exists()]
+    found = [run_dir / name for name in (*REPORT_FILES, FINAL_SUMS_FILE) if (run_dir / name).exists()]
     if not found:
         return None
     folder = run_dir / f"report-round-{server_round:04d}"

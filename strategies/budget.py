@@ -74,6 +74,9 @@ class RequestBudget(StrategyWrapper):
         what reaches the cloud (``federation.fresh_lists = gated``): the window's tau describes a model a
         round or more old, and let through 0 to 36 % of a round's sample at a 5 % budget on the default run
         with ``confidence`` named.
+    margin_se
+        The α each signal's gate is read at when the signal is chosen: validation's best, held to this many
+        paired standard errors over the better single model (:meth:`lsc4rec.outcomes.StageOutcome.chosen_alpha`).
 
     Attributes
     ----------
@@ -100,6 +103,7 @@ class RequestBudget(StrategyWrapper):
         window: int = 1,
         initial_window: Sequence[Mapping[str, Any]] = (),
         sample_counts: SampleCounts | None = None,
+        margin_se: float = 1.0,
     ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")
@@ -119,6 +123,7 @@ class RequestBudget(StrategyWrapper):
         self.calibration_users = 0
         self.calibration_rounds = 0
         self.sample_counts = sample_counts
+        self.margin_se = margin_se
         self._recent: deque[_Reported] = deque(
             (self._restored(saved) for saved in initial_window), maxlen=window
         )
@@ -185,7 +190,7 @@ class RequestBudget(StrategyWrapper):
         valid = [r.valid for r in self._recent if r.valid]
         if len(self.measures) > 1 and valid:
             pooled = {m: StageOutcome.sum(v[m] for v in valid) for m in self.measures}
-            self.measure = choose_measure(pooled, self.budget)
+            self.measure = choose_measure(pooled, self.budget, self.margin_se)
         pooled_counts = np.sum([r.counts[self.measure] for r in self._recent], axis=0)
         self.tau = threshold_for_budget(pooled_counts, self.bin_edges, self.budget)
         self.calibration_users = int(pooled_counts.sum())

@@ -287,7 +287,13 @@ def test_benchmark_with_an_unwritable_json_path_stops_before_any_work(tmp_path: 
         (  # the options a finished run's report does not read are refused, not ignored
             "federation_quality.py",
             ["--report-only", ".", "--datasets", "beauty"],
-            "error: --report-only reads a finished run as it is: drop --datasets, --checkpoint, --set and --out",
+            "error: --report-only reads a finished run: drop --datasets, --checkpoint and --out",
+        ),
+        (  # a finished run's report can be computed again only under the settings it is computed with
+            "federation_quality.py",
+            ["--report-only", ".", "--set", "federation.alpha_margin_se=0", "--set", "srm.hidden=8"],
+            "error: --set srm.hidden: --report-only can change only what the report is computed with "
+            "(federation.alpha_margin_se), not the run",
         ),
         (  # a typo in the dataset would train that dataset's LLM instead
             "federation_quality.py",

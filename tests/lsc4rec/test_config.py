@@ -39,6 +39,7 @@ def test_flat_roundtrip_matches_flower_run_config() -> None:
         ("srm.model=bert", "srm.model: must be sasrec|gru4rec|din"),
         ("data.numbering=alphabetic", "data.numbering"),
         ("federation.collab_weight=-0.5", "federation.collab_weight: must be >= 0"),
+        ("federation.alpha_margin_se=-1", "federation.alpha_margin_se: must be >= 0"),
         ("llm.refit_epochs=-1", "llm.refit_epochs: must be >= 0"),
         ("llm.target_window=-1", "llm.target_window: must be >= 0"),
         ("srm.hidden", "must look like key=value"),

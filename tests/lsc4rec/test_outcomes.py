@@ -1,5 +1,6 @@
 """Tests of the mergeable collaborative-inference outcome and the request-policy curves drawn from it."""
 
+from dataclasses import replace
 from itertools import combinations
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 from flwr.app import MetricRecord
 
 from lsc4rec.outcomes import (
+    LLM_ONLY,
+    SRM_ONLY,
     StageOutcome,
     budget_point,
     choice_budgets,
@@ -18,7 +21,7 @@ from lsc4rec.outcomes import (
     signal_comparison,
     threshold_for_budget,
 )
-from tests.conftest import ALPHAS, outcome_from_users
+from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, outcome_from_users
 
 
 def random_users(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,6 +165,38 @@ def test_stage_outcome_means_and_best_alpha_use_stale_ndcg() -> None:
     assert outcome.best_alpha() == 1
 
 
+def test_chosen_alpha_serves_a_blend_only_where_it_beats_the_better_model_beyond_the_margin() -> None:
+    """Four users; the blend (α 0.5) beats the better single model by 0.1 with a paired se of 0.129."""
+    score, fresh = np.full(4, 0.5), np.zeros((4, len(ALPHAS)))
+    srm_wins = outcome_from_users(score, BLEND_WITHIN_A_SE, fresh, bins=2)
+    llm_wins = outcome_from_users(score, BLEND_WITHIN_A_SE[:, ::-1], fresh, bins=2)
+    for outcome, single, against in ((srm_wins, 0, SRM_ONLY), (llm_wins, 2, LLM_ONLY)):
+        assert outcome.best_alpha() == 1
+        assert paired_se(outcome, 1, against) == pytest.approx(np.sqrt(0.2 / 3 / 4))  # 0.1291
+        assert outcome.chosen_alpha(1.0) == single  # 0.1 is within one se: the better single model
+        assert outcome.chosen_alpha(0.7) == 1  # beyond 0.7 se (0.0904): the blend
+        assert outcome.chosen_alpha(0.0) == 1  # no margin: validation's best
+        unrecorded = replace(outcome, pair_sq_first=np.full(3, np.nan), pair_sq_last=np.full(3, np.nan))
+        assert unrecorded.chosen_alpha(1.0) == 1  # a run without the squares: its best, as it chose then
+    # the best a single model: served whatever the margin
+    alone = outcome_from_users(score, BLEND_WITHIN_A_SE[:, [0, 2, 1]], fresh, bins=2)
+    assert alone.chosen_alpha(1.0) == alone.chosen_alpha(5.0) == 2
+    # the signals are read at the α served: a fresh list helps user 1 under SRM-only, user 0 under the blend
+    stale = BLEND_WITHIN_A_SE
+    fresh = stale + np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3])
+    ranks_0_first, ranks_1_first = (
+        np.array([0.875, 0.125, 0.375, 0.625]),
+        np.array([0.125, 0.875, 0.375, 0.625]),
+    )
+    valid = {
+        m: outcome_from_users(x, stale, fresh, bins=4)
+        for m, x in (("0", ranks_0_first), ("1", ranks_1_first))
+    }
+    assert choose_measure(valid, 0.25, 1.0) == "1" and choose_measure(valid, 0.25, 0.0) == "0"
+    assert [r["alpha"] for r in signal_comparison(valid, valid, 1.0, budgets=(0.25,))] == [0.0, 0.0]
+    assert [r["alpha"] for r in signal_comparison(valid, valid, 0.0, budgets=(0.25,))] == [0.5, 0.5]
+
+
 def test_budget_point_is_gate_at_label_free_tau_against_random_at_its_rate() -> None:
     """Ten users, one per bin; a fresh list helps the two with the highest signal (0.9 and 0.7 over 0.1)."""
     score = np.arange(10) / 10 + 0.05  # 0.05, 0.15, ..., 0.95
@@ -193,11 +228,13 @@ def test_choose_measure_picks_the_signal_that_ranks_the_gainers_first() -> None:
         name: outcome_from_users(score, stale, fresh, bins=50)
         for name, score in (("bad", bad), ("good", good))
     }
-    assert choose_measure(valid, 0.1) == "good"
+    assert choose_measure(valid, 0.1, 1.0) == "good"
     assert budget_point(valid["good"], 0, 0.1).gain > 0 > budget_point(valid["bad"], 0, 0.1).gain
-    assert choose_measure(valid, 0.0) == "bad"  # no requests: every signal gains nothing, the first one stays
+    assert (
+        choose_measure(valid, 0.0, 1.0) == "bad"
+    )  # no requests: every signal gains nothing, the first one stays
     with pytest.raises(ValueError, match="at least one signal"):
-        choose_measure({}, 0.1)
+        choose_measure({}, 0.1, 1.0)
 
 
 def test_choose_measure_sums_the_budget_its_double_and_quadruple() -> None:
@@ -243,7 +280,7 @@ def test_choose_measure_sums_the_budget_its_double_and_quadruple() -> None:
         [0.03, 0.07, 0.14]
     )
     assert gain["lucky"][0] > gain["broad"][0]  # at the budget alone "lucky" wins ...
-    assert choose_measure(valid, 0.05) == "broad"  # ... but not across the budgets around it
+    assert choose_measure(valid, 0.05, 1.0) == "broad"  # ... but not across the budgets around it
 
 
 def test_signal_comparison_puts_each_signal_at_each_budget_on_both_stages() -> None:
@@ -253,7 +290,7 @@ def test_signal_comparison_puts_each_signal_at_each_budget_on_both_stages() -> N
     test = {
         m: outcome_from_users(1.0 - s, fresh, stale, bins=20) for m, s in (("a", score), ("b", 1.0 - score))
     }
-    rows = signal_comparison(valid, test, budgets=(0.1, 0.2))
+    rows = signal_comparison(valid, test, 0.0, budgets=(0.1, 0.2))
     assert [(r["signal"], r["budget"]) for r in rows] == [("a", 0.1), ("a", 0.2), ("b", 0.1), ("b", 0.2)]
     alpha = valid["a"].best_alpha()  # validation's α, applied to test too
     for row in rows:

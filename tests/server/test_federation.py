@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import re
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -56,9 +57,16 @@ from server.checkpoint import (
 )
 from server.fleet import PartitionOrderedGrid
 from server.inprocess import FIRST_NODE_ID, InProcessGrid, run_in_process
-from server.report import REPORT_FILES, ROUNDS_FILE, SIGNAL_HISTOGRAMS, read_final
+from server.report import (
+    FINAL_SUMS_FILE,
+    REPORT_FILES,
+    ROUNDS_FILE,
+    SIGNAL_HISTOGRAMS,
+    read_final,
+    refigure,
+)
 from strategies.privacy import FleetPrivacy
-from tests.conftest import NODES, silent_server
+from tests.conftest import NODES, load_benchmark, silent_server
 
 
 def run(
@@ -73,7 +81,11 @@ def rounds(run_dir: Path) -> list[dict]:
 
 
 def test_federation_trains_checkpoints_and_reports(
-    federation_config: RunConfig, service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    federation_config: RunConfig,
+    service: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     grid = run(
         federation_config,
@@ -115,7 +127,27 @@ def test_federation_trains_checkpoints_and_reports(
     spread = [p["random sd at gated rate"] for p in final["policies"]]
     assert spread[0] == 0.0 and spread[-1] == pytest.approx(0.0) and all(s >= 0 for s in spread)
     curve, chosen = final["fused ndcg@10 by alpha"], final["alphas"].index(final["alpha"])
-    assert max(curve["valid"]) == pytest.approx(curve["valid"][chosen])  # α is validation's best
+    # α is validation's best held to one paired se (federation.alpha_margin_se): that α or a single model's
+    best = curve["valid"].index(max(curve["valid"]))
+    assert chosen in (best, 0, len(curve["valid"]) - 1)
+    # the report computed again from the saved sums: the same figures under the run's own settings ...
+    cfg = RunConfig.load(tmp_path / "config.json")
+    assert cfg.federation.alpha_margin_se == 1.0
+    again = refigure(tmp_path, cfg.federation)
+    assert json.loads(json.dumps({"protocol": again[1], **again[0]})) == final
+    # ... and validation's best α with no margin, every figure of the stale list read at it
+    best_figures, protocol = refigure(tmp_path, cfg.override(["federation.alpha_margin_se=0"]).federation)
+    assert best_figures["alpha"] == final["alphas"][best] and protocol["α choice"] == "validation's best"
+    assert best_figures["fused ndcg@10 by alpha"] == curve and best_figures["users"] == final["users"]
+    assert final["protocol"]["α choice"].startswith("validation's best unless within 1 paired se")
+    # the benchmark's table of the finished run under the other rule, computed from the saved sums
+    table = tmp_path / "table.json"
+    argv = ["--report-only", str(tmp_path), "--set", "federation.alpha_margin_se=0", "--json", str(table)]
+    monkeypatch.setattr(sys, "argv", ["federation_quality.py", *argv])
+    load_benchmark("federation_quality").main()
+    fused_row = next(r for r in json.loads(table.read_text())["rows"] if r["row"] == "fused (stale list)")
+    assert fused_row["alpha"] == best_figures["alpha"]
+    assert fused_row["ndcg@10"] == pytest.approx(curve["test"][best])
     fused = next(r for r in final["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
     assert curve["test"][chosen] == pytest.approx(fused["ndcg@10"])
     assert final["valid"]["fused ndcg@10"] == pytest.approx(curve["valid"][chosen])
@@ -637,13 +669,14 @@ def test_a_finished_run_extended_sets_its_report_aside_until_the_new_one_is_writ
                 raise ServerCrash("the ServerApp died in round 3")
 
     run(federation_config, tmp_path, service, "federation.rounds=2")
-    before = {name: (tmp_path / name).read_bytes() for name in REPORT_FILES}
+    written = (*REPORT_FILES, FINAL_SUMS_FILE)  # the report and the sums it can be computed again from
+    before = {name: (tmp_path / name).read_bytes() for name in written}
     monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInItsFirstRound)
     with pytest.raises(ServerCrash):
         run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
     aside = tmp_path / "report-round-0002"
-    assert not any((tmp_path / name).exists() for name in REPORT_FILES)
-    assert {name: (aside / name).read_bytes() for name in REPORT_FILES} == before
+    assert not any((tmp_path / name).exists() for name in written)
+    assert {name: (aside / name).read_bytes() for name in written} == before
     monkeypatch.setattr(inprocess, "InProcessGrid", InProcessGrid)
     run(federation_config, tmp_path, service, "federation.rounds=3", "federation.resume=true")
     assert json.loads((tmp_path / "final.json").read_text())["protocol"]["rounds"] == 3

@@ -13,9 +13,10 @@ from rich.markdown import Markdown
 
 import server.report as report
 from lsc4rec import records
+from lsc4rec.config import FederationConfig
 from lsc4rec.errors import DataFormatError
 from server.report import ROUNDS_FILE, _cell, _plain, append_round, read_rounds, resolved_protocol
-from tests.conftest import outcome_from_users
+from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, outcome_from_users
 
 
 def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
@@ -104,6 +105,41 @@ def test_a_damaged_final_report_is_named_before_any_evaluation(
     assert report.read_final(tmp_path)["rankings"] == []
 
 
+def test_the_report_serves_a_blend_only_beyond_its_margin_over_the_better_model() -> None:
+    """Validation's best blend within one paired se of SRM-only: the report's α is SRM-only's, at every row."""
+    outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE + 0.1, bins=2)
+    sums = {
+        key: value
+        for stage in ("valid", "test")
+        for key, value in outcome.to_metrics(records.outcome_prefix(stage, "drift")).items()
+    }
+    floors = {"item-transition": {"stale": {"ndcg@10": 0.02}, "fresh": {"ndcg@10": 0.05}}}
+    for margin, alpha in ((1.0, 0.0), (0.7, 0.5), (0.0, 0.5)):
+        fed = FederationConfig(measure="drift", alpha_margin_se=margin)
+        figures = report.report_figures(sums, fed, floors, {}, "drift")
+        assert figures["alpha"] == alpha and {r["alpha"] for r in figures["signals"]} == {alpha}
+        fused = next(r for r in figures["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
+        assert fused["ndcg@10"] == pytest.approx(BLEND_WITHIN_A_SE[:, ALPHAS.index(alpha)].mean())
+    assert report.alpha_rule(fed) == "validation's best"
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "No such file"),  # a run from before the sums were saved
+        ("{", "Expecting property name"),
+        ('{"sums": {}, "floors": {}, "extra": {}}', "'live_measure'"),
+    ],
+)
+def test_a_run_without_readable_sums_is_named_before_its_report_is_computed_again(
+    tmp_path: Path, content: str | None, said: str
+) -> None:
+    if content is not None:
+        (tmp_path / report.FINAL_SUMS_FILE).write_text(content)
+    with pytest.raises(DataFormatError, match=f"final-sums.json: cannot be read .*{said}.*before 2026-12-07"):
+        report.refigure(tmp_path, FederationConfig())
+
+
 def test_a_figure_below_a_thousandth_keeps_two_significant_digits() -> None:
     """The random spread (about 0.0002) is what gains are read against: 0.00017 printed as 0.0002 at four decimals."""
     values = (0.00017, -0.00015, 0.000009, 2.7e-17, 0.0016, 0.0, 3, "drift")
@@ -133,7 +169,7 @@ def test_a_gated_runs_report_has_the_live_gate_and_no_curve_it_cannot_measure(tm
         "live gate tau calibrated on users": 8,
         "users missing from the final evaluation": 0,
     }
-    figures = report.final_figures(outcome, outcome, floors, extra, live_budget=0.2)
+    figures = report.final_figures(outcome, outcome, floors, extra, 1.0, live_budget=0.2)
     never, live = figures["policies"]
     assert (never["budget"], never["gated rate"], never["gated ndcg@10"]) == (0.0, 0.0, pytest.approx(0.1))
     assert (live["budget"], live["gate tau"], live["gated rate"]) == (0.2, 0.7, 0.25)
@@ -151,7 +187,7 @@ def test_a_gated_runs_report_has_the_live_gate_and_no_curve_it_cannot_measure(tm
     assert all((tmp_path / name).is_file() for name in report.REPORT_FILES)
     # at budget 0 the live gate asks nobody: one row, not the same policy twice
     nothing = {**extra, "live gate tau": 1.0, "live gate realized request rate": 0.0}
-    alone = report.final_figures(outcome, outcome, floors, nothing, live_budget=0.0)
+    alone = report.final_figures(outcome, outcome, floors, nothing, 1.0, live_budget=0.0)
     assert [(p["budget"], p["gated rate"]) for p in alone["policies"]] == [(0.0, 0.0)]
     alone.update({"request signal": "confidence", "live gate signal": "confidence"})
     report.write_report(tmp_path / "zero", alone, [], {"budget": 0.0, "measure": "confidence"})
