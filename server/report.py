@@ -380,7 +380,8 @@ def summary_markdown(figures: dict[str, Any], protocol: dict[str, Any]) -> str:
         "",
         "Protocol: " + ", ".join(f"{k} {_plain(v)}" for k, v in resolved_protocol(protocol, figures).items()),
         "",
-        f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation). Users: {figures['users']}"
+        f"Fusion weight α = {figures['alpha']:.2f} (chosen on validation{_held_alpha(figures)}). "
+        f"Users: {figures['users']}"
         f"{_missing_users(figures)}. "
         f"Recall@K of the stale list {figures['recall@k']['stale']:.4f}, {_second_recall(figures)} "
         f"(the ceiling of any reranking).{_fallback_note(figures)}",
@@ -496,6 +497,16 @@ def _fallback_note(figures: dict[str, Any]) -> str:
         f" The cloud did not deliver {lists} lists in the final evaluation: a missing stale list is the SRM's own "
         "top-K, in the SRM's order in every row (LLM-only included), and a missing fresh list is the stale one."
     )
+
+
+def _held_alpha(figures: dict[str, Any]) -> str:
+    """A note when validation's best α was a blend held back by the margin; "" when the best α is served."""
+    curve = figures["fused ndcg@10 by alpha"]["valid"]
+    best = figures["alphas"][int(np.argmax(curve))]
+    if best == figures["alpha"]:
+        return ""
+    single = "SRM-only" if figures["alpha"] == 0 else "LLM-only"
+    return f"; its best blend, α = {best:.2f}, beat {single} by no more than the margin the protocol names"
 
 
 def _missing_users(figures: dict[str, Any]) -> str:

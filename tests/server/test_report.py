@@ -15,7 +15,15 @@ import server.report as report
 from lsc4rec import records
 from lsc4rec.config import FederationConfig
 from lsc4rec.errors import DataFormatError
-from server.report import ROUNDS_FILE, _cell, _plain, append_round, read_rounds, resolved_protocol
+from server.report import (
+    ROUNDS_FILE,
+    _cell,
+    _held_alpha,
+    _plain,
+    append_round,
+    read_rounds,
+    resolved_protocol,
+)
 from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, outcome_from_users
 
 
@@ -120,6 +128,8 @@ def test_the_report_serves_a_blend_only_beyond_its_margin_over_the_better_model(
         assert figures["alpha"] == alpha and {r["alpha"] for r in figures["signals"]} == {alpha}
         fused = next(r for r in figures["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
         assert fused["ndcg@10"] == pytest.approx(BLEND_WITHIN_A_SE[:, ALPHAS.index(alpha)].mean())
+        held = "; its best blend, α = 0.50, beat SRM-only by no more than the margin the protocol names"
+        assert _held_alpha(figures) == (held if alpha == 0.0 else "")  # the summary's note beside α
     assert report.alpha_rule(fed) == "validation's best"
 
 
