@@ -455,6 +455,8 @@ def main() -> None:
             raise ConfigError(
                 "--set", f"needs the run's {FINAL_SUMS_FILE}, which runs before 2026-12-07 did not save."
             )
+        else:  # such a run served validation's best α, which its config.json (no margin yet) does not say
+            cfg = cfg.override(["federation.alpha_margin_se=0"])
         split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
         row = central_row(central.get(cfg.data.dataset, []), cfg, split.num_users)
         final["global SRM, central protocol"] = global_srm_figures(

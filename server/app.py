@@ -53,6 +53,7 @@ from server.checkpoint import (
 )
 from server.fleet import PartitionOrderedGrid, sampler_state, seeded_node_sampling, wait_for_nodes
 from server.report import (
+    FINAL_SUMS_FILE,
     ROUNDS_FILE,
     SIGNAL_HISTOGRAMS,
     alpha_rule,
@@ -120,7 +121,7 @@ def _sum_and_report(replies: list[RecordDict], weighted_by_key: str) -> MetricRe
         best = valid.best_alpha()
         log(
             INFO,
-            "validation on %d sampled users: fused NDCG@10 %.4f (α %.1f), LLM-only %.4f, SRM-only %.4f",
+            "validation on %d sampled users: fused NDCG@10 %.4f (its best α %.1f), LLM-only %.4f, SRM-only %.4f",
             valid.users,
             valid.means()["stale-ndcg"][best],
             valid.alphas[best],
@@ -165,6 +166,8 @@ def main(grid: Grid, context: Context) -> None:
     if start_round == 0:  # a fresh run in a used folder: the earlier run's lines do not describe this one
         (run_dir / ROUNDS_FILE).unlink(missing_ok=True)
         ledger_path(run_dir).unlink(missing_ok=True)
+        # nor its sums: computed again under this run's config.json, they would pass for this run's report
+        (run_dir / FINAL_SUMS_FILE).unlink(missing_ok=True)
     if fed.rounds > start_round:
         if start_round > 0 and (aside := set_aside_report(run_dir, start_round)) is not None:
             log(

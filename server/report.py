@@ -206,12 +206,14 @@ def refigure(run_dir: Path, fed: FederationConfig) -> tuple[dict[str, Any], dict
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         sums, floors, extra, live = (saved[k] for k in ("sums", "floors", "extra", "live_measure"))
-        protocol = {**saved["protocol"], "α choice": alpha_rule(fed)}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return report_figures(sums, fed, floors, extra, live), {
+            **saved["protocol"],
+            "α choice": alpha_rule(fed),
+        }
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:  # a damaged file, or another run's
         raise DataFormatError(
             path, f"cannot be read as a run's final sums ({exc!r}). Runs before 2026-12-07 saved none."
         ) from None
-    return report_figures(sums, fed, floors, extra, live), protocol
 
 
 def final_figures(

@@ -76,7 +76,8 @@ class RequestBudget(StrategyWrapper):
         with ``confidence`` named.
     margin_se
         The α each signal's gate is read at when the signal is chosen: validation's best, held to this many
-        paired standard errors over the better single model (:meth:`lsc4rec.outcomes.StageOutcome.chosen_alpha`).
+        paired standard errors over the better single model (:meth:`lsc4rec.outcomes.StageOutcome.chosen_alpha`;
+        ``federation.alpha_margin_se``, required so that the fleet's rule cannot be left out by accident).
 
     Attributes
     ----------
@@ -103,7 +104,8 @@ class RequestBudget(StrategyWrapper):
         window: int = 1,
         initial_window: Sequence[Mapping[str, Any]] = (),
         sample_counts: SampleCounts | None = None,
-        margin_se: float = 1.0,
+        *,
+        margin_se: float,
     ) -> None:
         if not 0.0 <= budget <= 1.0:
             raise ValueError(f"budget must be in [0, 1], got {budget!r}. It is a share of users.")

@@ -247,6 +247,17 @@ _BETTER, _GAIN = np.full(4, 0.2), np.array([0.4, -0.2, 0.2, 0.0])
 BLEND_WITHIN_A_SE = np.stack([_BETTER, _BETTER + _GAIN, _BETTER - 0.1], 1)  # [users, α]
 
 
+def two_signals(bins: int) -> dict[str, StageOutcome]:
+    """The four users of ``BLEND_WITHIN_A_SE`` under request signals "0" and "1", which rank user 0 resp. 1 first.
+
+    A fresh list helps user 1 under SRM-only and user 0 under the blend, so at a budget of one user in four the
+    signal to gate on is "1" read at SRM-only (what a margin of one se serves) and "0" read at the blend.
+    """
+    fresh = BLEND_WITHIN_A_SE + np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3])
+    scores = {"0": [0.875, 0.125, 0.375, 0.625], "1": [0.125, 0.875, 0.375, 0.625]}
+    return {m: outcome_from_users(np.array(x), BLEND_WITHIN_A_SE, fresh, bins) for m, x in scores.items()}
+
+
 def outcome_from_users(score: np.ndarray, stale: np.ndarray, fresh: np.ndarray, bins: int) -> StageOutcome:
     """Outcome of users with request signal ``score`` [U] and per-alpha NDCG@10 ``stale``/``fresh`` [U, A]."""
     edges = np.linspace(0.0, 1.0, bins + 1)

@@ -1,5 +1,6 @@
 """benchmarks/federation_quality.py: the issue's checks and the floors beside each row, on a hand-made report."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from clients.srm import build_srm
 from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
+from lsc4rec.errors import ConfigError
 from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from server.checkpoint import save_checkpoint
@@ -219,3 +221,15 @@ def test_check_three_shows_its_paired_margin_when_computed() -> None:
         "federated SRM, full catalogue (round 12, best validation)"
     ]
     assert (row["margin"], row["paired se"], row["pass"]) == (0.0007, 0.0011, True)
+
+
+def test_another_margin_needs_the_runs_saved_sums(tmp_path, monkeypatch) -> None:
+    """A run from before final-sums.json: its table cannot be computed under another margin, and says so."""
+    RunConfig().save(tmp_path / "config.json")
+    (tmp_path / "final.json").write_text(json.dumps(report(0.1, 0.03)))
+    bench = load_benchmark("federation_quality")
+    monkeypatch.setattr(
+        "sys.argv", ["f", "--report-only", str(tmp_path), "--set", "federation.alpha_margin_se=0"]
+    )
+    with pytest.raises(ConfigError, match=r"--set: needs the run's final-sums\.json"):
+        bench.main()

@@ -21,7 +21,7 @@ from lsc4rec.outcomes import (
     signal_comparison,
     threshold_for_budget,
 )
-from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, outcome_from_users
+from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, outcome_from_users, two_signals
 
 
 def random_users(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,17 +181,8 @@ def test_chosen_alpha_serves_a_blend_only_where_it_beats_the_better_model_beyond
     # the best a single model: served whatever the margin
     alone = outcome_from_users(score, BLEND_WITHIN_A_SE[:, [0, 2, 1]], fresh, bins=2)
     assert alone.chosen_alpha(1.0) == alone.chosen_alpha(5.0) == 2
-    # the signals are read at the α served: a fresh list helps user 1 under SRM-only, user 0 under the blend
-    stale = BLEND_WITHIN_A_SE
-    fresh = stale + np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3])
-    ranks_0_first, ranks_1_first = (
-        np.array([0.875, 0.125, 0.375, 0.625]),
-        np.array([0.125, 0.875, 0.375, 0.625]),
-    )
-    valid = {
-        m: outcome_from_users(x, stale, fresh, bins=4)
-        for m, x in (("0", ranks_0_first), ("1", ranks_1_first))
-    }
+    # the signals are read at the α served
+    valid = two_signals(bins=4)
     assert choose_measure(valid, 0.25, 1.0) == "1" and choose_measure(valid, 0.25, 0.0) == "0"
     assert [r["alpha"] for r in signal_comparison(valid, valid, 1.0, budgets=(0.25,))] == [0.0, 0.0]
     assert [r["alpha"] for r in signal_comparison(valid, valid, 0.0, budgets=(0.25,))] == [0.5, 0.5]

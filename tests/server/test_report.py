@@ -131,6 +131,29 @@ def test_the_report_serves_a_blend_only_beyond_its_margin_over_the_better_model(
         held = "; its best blend, α = 0.50, beat SRM-only by no more than the margin the protocol names"
         assert _held_alpha(figures) == (held if alpha == 0.0 else "")  # the summary's note beside α
     assert report.alpha_rule(fed) == "validation's best"
+    llm_wins = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE[:, ::-1], BLEND_WITHIN_A_SE, bins=2)
+    figures = report.final_figures(llm_wins, llm_wins, floors, {}, 1.0)
+    assert figures["alpha"] == 1.0 and "beat LLM-only by no more" in _held_alpha(figures)
+
+
+def test_a_finished_runs_report_is_computed_again_from_its_saved_sums(tmp_path: Path) -> None:
+    """``refigure``: the saved sums under another margin, the protocol saying which; the rest as saved."""
+    outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE + 0.1, bins=2)
+    sums = {
+        key: value
+        for stage in ("valid", "test")
+        for key, value in outcome.to_metrics(records.outcome_prefix(stage, "drift")).items()
+    }
+    floors = {"item-transition": {"stale": {"ndcg@10": 0.02}, "fresh": {"ndcg@10": 0.05}}}
+    report.save_final_sums(tmp_path, sums, floors, {"federation seconds": 9.0}, "drift", {"dataset": "d"})
+    for margin, alpha, rule in ((1.0, 0.0, "validation's best unless within 1 paired se"), (0.0, 0.5, "")):
+        figures, protocol = report.refigure(
+            tmp_path, FederationConfig(measure="drift", alpha_margin_se=margin)
+        )
+        assert figures["alpha"] == alpha and figures["federation seconds"] == 9.0
+        assert protocol["dataset"] == "d" and protocol["α choice"].startswith(rule or "validation's best")
+    with pytest.raises(DataFormatError, match=r"final-sums\.json: cannot be read .*'valid-topk-alphas'"):
+        report.refigure(tmp_path, FederationConfig(measure="topk"))  # a signal the run did not evaluate
 
 
 @pytest.mark.parametrize(

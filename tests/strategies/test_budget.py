@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import FedAvg
 from lsc4rec import records
 from server.app import _unusable
 from strategies.budget import RequestBudget
-from tests.conftest import ALPHAS, outcome_from_users
+from tests.conftest import ALPHAS, outcome_from_users, two_signals
 from tests.strategies.conftest import answer, grid
 
 BINS = 50
@@ -59,7 +59,22 @@ def budget(value: float = 0.05, measures: tuple[str, ...] = ("drift",), window: 
         bins=BINS,
         measures=measures,
         window=window,
+        margin_se=1.0,
     )
+
+
+@pytest.mark.parametrize(("margin", "chosen"), [(1.0, "1"), (0.0, "0")])
+def test_the_budget_chooses_its_signal_at_the_alpha_the_fleet_serves(margin: float, chosen: str) -> None:
+    """Validation's best blend is within one se of SRM-only; at each α a different signal gates best."""
+    strategy = RequestBudget(FedAvg(), budget=0.25, bins=BINS, measures=("0", "1"), margin_se=margin)
+    metrics: dict = {records.REQUESTS: 0, "num-examples": 4}
+    for stage in ("valid", "test"):
+        for measure, outcome in two_signals(BINS).items():
+            metrics.update(outcome.to_metrics(records.outcome_prefix(stage, measure)))
+    strategy.aggregate_evaluate(
+        1, [answer(11, RecordDict({"metrics": MetricRecord(metrics)}), MessageType.EVALUATE)]
+    )
+    assert strategy.measure == chosen
 
 
 def test_request_budget_uniform_histogram_gives_tau_meeting_budget() -> None:
@@ -137,7 +152,9 @@ def test_a_saved_window_calibrates_a_resumed_budget_as_the_uninterrupted_one() -
     first = budget(0.1, measures=measures, window=2)
     first.aggregate_evaluate(1, [evaluate_reply(11, hist, 0, 1, measures, helped_first)])
     saved = json.loads(json.dumps(first.window_state()))
-    resumed = RequestBudget(FedAvg(), 0.1, BINS, measures, first.tau, first.measure, 2, initial_window=saved)
+    resumed = RequestBudget(
+        FedAvg(), 0.1, BINS, measures, first.tau, first.measure, 2, initial_window=saved, margin_se=1.0
+    )
     for strategy in (first, resumed):
         strategy.aggregate_evaluate(2, [evaluate_reply(11, hist, 0, 1, measures, helped_second)])
     assert resumed.measure == first.measure == "kendall"  # a window started afresh would pick drift
@@ -188,7 +205,9 @@ def test_a_budget_given_the_samples_histogram_gates_each_round_on_it(
         asked.append((nodes, arrays, measure))
         return histogram[0]
 
-    strategy = RequestBudget(ConfigPerMessage(min_available_nodes=1), 0.2, BINS, sample_counts=sample_counts)
+    strategy = RequestBudget(
+        ConfigPerMessage(min_available_nodes=1), 0.2, BINS, sample_counts=sample_counts, margin_se=1.0
+    )
     model = ArrayRecord()
     messages = list(strategy.configure_evaluate(1, model, ConfigRecord(), grid()))
     [(nodes, sent, measure)] = asked
@@ -198,7 +217,9 @@ def test_a_budget_given_the_samples_histogram_gates_each_round_on_it(
     lower[: BINS // 2] = 1.0  # the window: every user in the lower half, so its τ is 0.4
     metrics = strategy.aggregate_evaluate(1, [evaluate_reply(11, lower, 0, 1)])
     assert metrics[records.TAU] == pytest.approx(0.8) and metrics[records.NEXT_TAU] == pytest.approx(0.4)
-    nobody = RequestBudget(FedAvg(fraction_evaluate=0.0), 0.2, BINS, sample_counts=sample_counts)
+    nobody = RequestBudget(
+        FedAvg(fraction_evaluate=0.0), 0.2, BINS, sample_counts=sample_counts, margin_se=1.0
+    )
     assert list(nobody.configure_evaluate(1, model, ConfigRecord(), grid())) == [] and len(asked) == 1
     for missing in (None, np.zeros(BINS)):  # no node answered; nobody to calibrate on
         histogram[0] = missing
@@ -240,7 +261,7 @@ def test_request_budget_skips_replies_with_other_bins_and_keeps_tau_without_outc
     assert (
         strategy.tau == 1.0 and metrics["loss"] == pytest.approx(0.5) and records.REALIZED_RATE not in metrics
     )
-    other = RequestBudget(FedAvg(min_available_nodes=1), budget=0.1, bins=10)
+    other = RequestBudget(FedAvg(min_available_nodes=1), budget=0.1, bins=10, margin_se=1.0)
     assert other.aggregate_evaluate(1, [evaluate_reply(11, np.full(BINS, 1.0), 0, 1)]) is not None
     assert other.tau == 1.0  # 50 bins where 10 were expected: skipped
 
@@ -280,6 +301,6 @@ def test_the_final_questions_leave_out_a_reply_of_unsound_sums_as_a_failed_one()
 
 def test_request_budget_rejects_an_initial_signal_it_does_not_evaluate() -> None:
     with pytest.raises(ValueError, match="initial_measure 'topk' must be one of"):
-        RequestBudget(FedAvg(), budget=0.1, measures=("drift",), initial_measure="topk")
+        RequestBudget(FedAvg(), budget=0.1, measures=("drift",), initial_measure="topk", margin_se=1.0)
     with pytest.raises(ValueError, match="window must be >= 1"):
-        RequestBudget(FedAvg(), budget=0.1, window=0)
+        RequestBudget(FedAvg(), budget=0.1, window=0, margin_se=1.0)
