@@ -85,6 +85,29 @@ def run_dataset(
     }
 
 
+def finished_report(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dict]:
+    """A finished run's settings and report, the report computed again from its saved sums under ``overrides``.
+
+    A run from before 2026-12-07 saved no sums: its ``final.json`` is read as it is, and its settings say the
+    rule it chose α by (validation's best), which its ``config.json`` predates.
+    """
+    if not (run_dir / FINAL_FILE).is_file() or not (run_dir / "config.json").is_file():
+        raise ConfigError(
+            "--report-only",
+            f"must be a finished federation's run folder (with config.json and {FINAL_FILE}), got {run_dir}.",
+        )
+    cfg = RunConfig.load(run_dir / "config.json").override(overrides)
+    final = read_final(run_dir)
+    if (run_dir / FINAL_SUMS_FILE).is_file():
+        figures, protocol = refigure(run_dir, cfg.federation)
+        return cfg, {**final, "protocol": protocol, **figures}
+    if overrides:
+        raise ConfigError(
+            "--set", f"needs the run's {FINAL_SUMS_FILE}, which runs before 2026-12-07 did not save."
+        )
+    return cfg.override(["federation.alpha_margin_se=0"]), final
+
+
 def global_srm_figures(
     cfg: RunConfig, split: TemporalSplit, run_dir: Path, select_users: int, central: dict | None = None
 ) -> dict[str, float]:
@@ -439,24 +462,7 @@ def main() -> None:
     rows, runs = [], {}
     if args.report_only:  # a finished run: read its report and evaluate its final checkpoint
         run_dir = Path(args.report_only)
-        if not (run_dir / FINAL_FILE).is_file() or not (run_dir / "config.json").is_file():
-            raise ConfigError(
-                "--report-only",
-                f"must be a finished federation's run folder (with config.json and {FINAL_FILE}), got {run_dir}.",
-            )
-        cfg = RunConfig.load(run_dir / "config.json").override(args.overrides)
-        final = read_final(run_dir)
-        if (
-            run_dir / FINAL_SUMS_FILE
-        ).is_file():  # the report computed again, under the settings --set changed
-            figures, protocol = refigure(run_dir, cfg.federation)
-            final = {**final, "protocol": protocol, **figures}
-        elif args.overrides:
-            raise ConfigError(
-                "--set", f"needs the run's {FINAL_SUMS_FILE}, which runs before 2026-12-07 did not save."
-            )
-        else:  # such a run served validation's best α, which its config.json (no margin yet) does not say
-            cfg = cfg.override(["federation.alpha_margin_se=0"])
+        cfg, final = finished_report(run_dir, args.overrides)
         split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
         row = central_row(central.get(cfg.data.dataset, []), cfg, split.num_users)
         final["global SRM, central protocol"] = global_srm_figures(

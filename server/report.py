@@ -480,12 +480,16 @@ def _margins(figures: dict[str, Any]) -> list[str]:
     margins = figures.get("fused margins")
     if not margins:
         return []
+    itself = {0.0: "over SRM-only", 1.0: "over LLM-only"}.get(figures["alpha"])  # fused is that model
     said = "; ".join(
-        f"{name} {m['ndcg@10']:+.4f} (paired se {m['paired se']:.4f})" for name, m in margins.items()
+        f"{name} {m['ndcg@10']:+.4f} (paired se {m['paired se']:.4f})"
+        for name, m in margins.items()
+        if name != itself
     )
+    alone = f" (at α = {figures['alpha']:.0f} fused is {itself.removeprefix('over ')})" if itself else ""
     return [
         "",
-        f"Fused NDCG@10 on the stale list, {said}: a margin within about two standard errors of 0 is not "
+        f"Fused NDCG@10 on the stale list{alone}, {said}: a margin within about two standard errors of 0 is not "
         "evidence either way.",
     ]
 

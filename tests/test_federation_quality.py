@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord
 from safetensors.torch import save_file
 
 from clients.srm import build_srm
+from lsc4rec import records
 from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
@@ -17,7 +18,8 @@ from lsc4rec.errors import ConfigError
 from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from server.checkpoint import save_checkpoint
-from tests.conftest import load_benchmark
+from server.report import save_final_sums
+from tests.conftest import BLEND_WITHIN_A_SE, load_benchmark, outcome_from_users
 
 
 def report(alpha: float, gated_at_5: float) -> dict:
@@ -223,13 +225,24 @@ def test_check_three_shows_its_paired_margin_when_computed() -> None:
     assert (row["margin"], row["paired se"], row["pass"]) == (0.0007, 0.0011, True)
 
 
-def test_another_margin_needs_the_runs_saved_sums(tmp_path, monkeypatch) -> None:
-    """A run from before final-sums.json: its table cannot be computed under another margin, and says so."""
-    RunConfig().save(tmp_path / "config.json")
-    (tmp_path / "final.json").write_text(json.dumps(report(0.1, 0.03)))
+def test_a_finished_runs_table_is_computed_from_its_saved_sums_under_the_margin_set(tmp_path) -> None:
+    """Validation's best blend is within one paired se of SRM-only: served at margin 1, not at 0."""
+    RunConfig().override(["federation.measure=drift"]).save(tmp_path / "config.json")
+    (tmp_path / "final.json").write_text(json.dumps(report(0.1, 0.03)))  # as written, α 0.1
+    outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE, bins=50)
+    sums = {
+        key: value
+        for stage in ("valid", "test")
+        for key, value in outcome.to_metrics(records.outcome_prefix(stage, "drift")).items()
+    }
+    save_final_sums(tmp_path, sums, report(0.1, 0.03)["floors"], {}, "drift", {"dataset": "d"})
     bench = load_benchmark("federation_quality")
-    monkeypatch.setattr(
-        "sys.argv", ["f", "--report-only", str(tmp_path), "--set", "federation.alpha_margin_se=0"]
-    )
+    for overrides, margin, alpha in (([], 1.0, 0.0), (["federation.alpha_margin_se=0"], 0.0, 0.5)):
+        cfg, final = bench.finished_report(tmp_path, overrides)
+        assert cfg.federation.alpha_margin_se == margin and final["alpha"] == alpha
+    # a run from before the sums: read as it was written, by the rule it chose with, and no other margin
+    (tmp_path / "final-sums.json").unlink()
+    cfg, final = bench.finished_report(tmp_path, [])
+    assert cfg.federation.alpha_margin_se == 0.0 and final["alpha"] == 0.1
     with pytest.raises(ConfigError, match=r"--set: needs the run's final-sums\.json"):
-        bench.main()
+        bench.finished_report(tmp_path, ["federation.alpha_margin_se=1"])

@@ -136,6 +136,23 @@ def test_the_report_serves_a_blend_only_beyond_its_margin_over_the_better_model(
     assert figures["alpha"] == 1.0 and "beat LLM-only by no more" in _held_alpha(figures)
 
 
+@pytest.mark.parametrize(
+    ("alpha", "said", "left_out"), [(0.0, "SRM-only", "LLM-only"), (1.0, "LLM-only", "SRM-only")]
+)
+def test_a_single_model_served_has_no_margin_over_itself(alpha: float, said: str, left_out: str) -> None:
+    margins = {
+        f"over {name}": {"ndcg@10": 0.0 if name == said else 0.002, "paired se": 0.001}
+        for name in (said, left_out)
+    }
+    line = report._margins({"alpha": alpha, "fused margins": margins})[1]
+    assert line.startswith(
+        f"Fused NDCG@10 on the stale list (at α = {alpha:.0f} fused is {said}), over {left_out} +0.0020"
+    )
+    assert f"over {said}" not in line
+    blend = report._margins({"alpha": 0.5, "fused margins": margins})[1]
+    assert "over SRM-only" in blend and "over LLM-only" in blend and "fused is" not in blend
+
+
 def test_a_finished_runs_report_is_computed_again_from_its_saved_sums(tmp_path: Path) -> None:
     """``refigure``: the saved sums under another margin, the protocol saying which; the rest as saved."""
     outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE + 0.1, bins=2)
