@@ -178,6 +178,10 @@ def test_chosen_alpha_serves_a_blend_only_where_it_beats_the_better_model_beyond
         assert outcome.chosen_alpha(0.0) == 1  # no margin: validation's best
         unrecorded = replace(outcome, pair_sq_first=np.full(3, np.nan), pair_sq_last=np.full(3, np.nan))
         assert unrecorded.chosen_alpha(1.0) == 1  # a run without the squares: its best, as it chose then
+    # the two single models level: SRM-only, the first α, as the best α takes the first on a tie
+    level = BLEND_WITHIN_A_SE.copy()
+    level[:, 2] = level[:, 0]
+    assert outcome_from_users(score, level, fresh, bins=2).chosen_alpha(1.0) == 0
     # the best a single model: served whatever the margin
     alone = outcome_from_users(score, BLEND_WITHIN_A_SE[:, [0, 2, 1]], fresh, bins=2)
     assert alone.chosen_alpha(1.0) == alone.chosen_alpha(5.0) == 2
