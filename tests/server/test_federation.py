@@ -684,6 +684,24 @@ def test_a_finished_run_extended_sets_its_report_aside_until_the_new_one_is_writ
     assert json.loads((aside / "final.json").read_text())["protocol"]["rounds"] == 2
 
 
+def test_a_fresh_run_in_a_used_folder_leaves_no_earlier_sums_to_compute_its_report_from(
+    federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The earlier run's sums, computed again under the new run's config.json, would pass for the new report."""
+
+    class CrashesInItsFirstRound(EventGrid):
+        def at_call(self, n: int) -> None:
+            if n == 2:  # the partition query, then the first training
+                raise ServerCrash("the ServerApp died in round 1")
+
+    run(federation_config, tmp_path, service, "federation.rounds=1")
+    assert (tmp_path / FINAL_SUMS_FILE).is_file() and (tmp_path / ROUNDS_FILE).is_file()
+    monkeypatch.setattr(inprocess, "InProcessGrid", CrashesInItsFirstRound)
+    with pytest.raises(ServerCrash):
+        run(federation_config, tmp_path, service, "federation.rounds=1", "seed=1")
+    assert not (tmp_path / FINAL_SUMS_FILE).exists() and not (tmp_path / ROUNDS_FILE).exists()
+
+
 def test_a_fedavgm_run_with_server_momentum_resumes(
     federation_config: RunConfig, service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
