@@ -17,6 +17,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ import torch
 from clients.cloud import OUTAGES
 from llm_cloud.processes import free_port, start_service
 from llm_cloud.train import train_llm
+from lsc4rec import records
 from lsc4rec.config import RunConfig
 from lsc4rec.data.dataset import SequenceDataset
 from lsc4rec.data.prepared import load_or_prepare
@@ -245,6 +247,15 @@ ALPHAS = (0.0, 0.5, 1.0)  # fusion weights of the hand-built outcomes
 # paired se of 0.129 (per-user gains 0.4, -0.2, 0.2, 0: mean 0.1, variance 0.2 / 3); SRM-only better than LLM-only
 _BETTER, _GAIN = np.full(4, 0.2), np.array([0.4, -0.2, 0.2, 0.0])
 BLEND_WITHIN_A_SE = np.stack([_BETTER, _BETTER + _GAIN, _BETTER - 0.1], 1)  # [users, α]
+
+
+def final_sums(outcome: StageOutcome, measure: str = "drift") -> dict[str, Any]:
+    """The fleet's sums of a final evaluation whose validation and test outcomes are both ``outcome``."""
+    return {
+        key: value
+        for stage in ("valid", "test")
+        for key, value in outcome.to_metrics(records.outcome_prefix(stage, measure)).items()
+    }
 
 
 def two_signals(bins: int) -> dict[str, StageOutcome]:

@@ -10,7 +10,6 @@ from flwr.app import ArrayRecord
 from safetensors.torch import save_file
 
 from clients.srm import build_srm
-from lsc4rec import records
 from lsc4rec.config import RunConfig
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.data.split import TemporalSplit
@@ -19,7 +18,7 @@ from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
 from server.checkpoint import save_checkpoint
 from server.report import save_final_sums
-from tests.conftest import BLEND_WITHIN_A_SE, load_benchmark, outcome_from_users
+from tests.conftest import BLEND_WITHIN_A_SE, final_sums, load_benchmark, outcome_from_users
 
 
 def report(alpha: float, gated_at_5: float) -> dict:
@@ -230,11 +229,7 @@ def test_a_finished_runs_table_is_computed_from_its_saved_sums_under_the_margin_
     RunConfig().override(["federation.measure=drift"]).save(tmp_path / "config.json")
     (tmp_path / "final.json").write_text(json.dumps(report(0.1, 0.03)))  # as written, α 0.1
     outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE, bins=50)
-    sums = {
-        key: value
-        for stage in ("valid", "test")
-        for key, value in outcome.to_metrics(records.outcome_prefix(stage, "drift")).items()
-    }
+    sums = final_sums(outcome)
     save_final_sums(tmp_path, sums, report(0.1, 0.03)["floors"], {}, "drift", {"dataset": "d"})
     bench = load_benchmark("federation_quality")
     for overrides, margin, alpha in (([], 1.0, 0.0), (["federation.alpha_margin_se=0"], 0.0, 0.5)):

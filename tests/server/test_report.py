@@ -24,7 +24,7 @@ from server.report import (
     read_rounds,
     resolved_protocol,
 )
-from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, outcome_from_users
+from tests.conftest import ALPHAS, BLEND_WITHIN_A_SE, final_sums, outcome_from_users
 
 
 def test_a_line_torn_by_a_crash_is_redone_and_the_file_stays_readable(tmp_path: Path) -> None:
@@ -116,11 +116,7 @@ def test_a_damaged_final_report_is_named_before_any_evaluation(
 def test_the_report_serves_a_blend_only_beyond_its_margin_over_the_better_model() -> None:
     """Validation's best blend within one paired se of SRM-only: the report's α is SRM-only's, at every row."""
     outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE + 0.1, bins=2)
-    sums = {
-        key: value
-        for stage in ("valid", "test")
-        for key, value in outcome.to_metrics(records.outcome_prefix(stage, "drift")).items()
-    }
+    sums = final_sums(outcome)
     floors = {"item-transition": {"stale": {"ndcg@10": 0.02}, "fresh": {"ndcg@10": 0.05}}}
     for margin, alpha in ((1.0, 0.0), (0.7, 0.5), (0.0, 0.5)):
         fed = FederationConfig(measure="drift", alpha_margin_se=margin)
@@ -156,11 +152,7 @@ def test_a_single_model_served_has_no_margin_over_itself(alpha: float, said: str
 def test_a_finished_runs_report_is_computed_again_from_its_saved_sums(tmp_path: Path) -> None:
     """``refigure``: the saved sums under another margin, the protocol saying which; the rest as saved."""
     outcome = outcome_from_users(np.full(4, 0.5), BLEND_WITHIN_A_SE, BLEND_WITHIN_A_SE + 0.1, bins=2)
-    sums = {
-        key: value
-        for stage in ("valid", "test")
-        for key, value in outcome.to_metrics(records.outcome_prefix(stage, "drift")).items()
-    }
+    sums = final_sums(outcome)
     floors = {"item-transition": {"stale": {"ndcg@10": 0.02}, "fresh": {"ndcg@10": 0.05}}}
     report.save_final_sums(tmp_path, sums, floors, {"federation seconds": 9.0}, "drift", {"dataset": "d"})
     for margin, alpha, rule in ((1.0, 0.0, "validation's best unless within 1 paired se"), (0.0, 0.5, "")):
