@@ -58,7 +58,6 @@ from server.report import (
     SIGNAL_HISTOGRAMS,
     alpha_rule,
     append_round,
-    final_outcomes,
     read_rounds,
     report_figures,
     save_final_sums,
@@ -221,8 +220,9 @@ def _final_report(
     fed = cfg.federation
     gate = _final_gate(grid, arrays, strategy.measure, fed, nodes)
     final, answered = _final_evaluation(grid, arrays, gate.tau, strategy.measure, fed.rounds, nodes)
-    test = final_outcomes(final, fed.measures)[1]
-    evaluated = test[strategy.measure].users  # every signal's outcome sums the same users
+    # the live signal's test outcome: its users (every signal's outcome sums the same) and its histogram
+    live = StageOutcome.from_metrics(final, records.outcome_prefix("test", strategy.measure))
+    evaluated = live.users
     users = max(evaluated, 1)
     reported = _reported_users(grid, answered, nodes, cfg.seed, split.num_users, evaluated)
     rounds = read_rounds(run_dir)  # every round's line, those before a resume too
@@ -240,7 +240,7 @@ def _final_report(
             else {
                 "tau of the last round": strategy.tau,
                 "expected rate of the last round's tau": expected_rate(
-                    test[strategy.measure].bin_count, test[strategy.measure].bin_edges, strategy.tau
+                    live.bin_count, live.bin_edges, strategy.tau
                 ),
             }
         ),

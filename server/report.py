@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,8 @@ BUDGETS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 ROUNDS_FILE = "metrics.jsonl"  # one JSON line per round, appended as each round ends
 # per round and in final.json: users by bin of each request signal over the test-time lists, {signal: [bins]}
 SIGNAL_HISTOGRAMS = "test-signal-histograms"
-FINAL_SUMS_FILE = (
-    "final-sums.json"  # the final evaluation's fleet sums and what else the report is computed from
-)
+# the final evaluation's fleet sums and what else the report is computed from (server.report.refigure)
+FINAL_SUMS_FILE = "final-sums.json"
 
 # the list a run of federation.fresh_lists = gated serves: the fresh one where the live gate asked, else the stale
 GATED_LIST = "gated"
@@ -137,17 +136,6 @@ def read_final(
     return final
 
 
-def final_outcomes(
-    sums: Mapping[str, Any], measures: Iterable[str]
-) -> tuple[dict[str, StageOutcome], dict[str, StageOutcome]]:
-    """The final evaluation's validation and test outcomes under each request signal, from the fleet's sums."""
-    valid, test = (
-        {m: StageOutcome.from_metrics(sums, records.outcome_prefix(stage, m)) for m in measures}
-        for stage in ("valid", "test")
-    )
-    return valid, test
-
-
 def alpha_rule(fed: FederationConfig) -> str:
     """How the report's α was chosen, for its protocol line (no commas: the line is comma-separated)."""
     if fed.alpha_margin_se == 0:
@@ -168,7 +156,10 @@ def report_figures(
     again from its saved sums (:func:`refigure`) under another rule for α without asking a device again.
     ``live_measure`` is the signal the fleet's live gate served with (chosen in the rounds).
     """
-    valid, test = final_outcomes(sums, fed.measures)
+    valid, test = (
+        {m: StageOutcome.from_metrics(sums, records.outcome_prefix(stage, m)) for m in fed.measures}
+        for stage in ("valid", "test")
+    )
     measure = choose_measure(valid, fed.budget, fed.alpha_margin_se)  # on validation, as α
     live_budget = fed.budget if fed.fresh_lists == "gated" else None
     figures = final_figures(valid[measure], test[measure], floors, extra, fed.alpha_margin_se, live_budget)
