@@ -143,23 +143,30 @@ class StageOutcome:
         """
         return int(np.argmax(self.stale_ndcg))
 
-    def chosen_alpha(self, margin_se: float) -> int:
-        """Index of the α to serve: the best stale-list NDCG@10 (the first on ties), held to a margin.
+    def best_lead(self) -> tuple[int, int, float, float]:
+        """The best α's index, the better single model's, the best's lead over it, and that lead's paired se.
 
-        Where the best α blends both models, it must beat the better single model (SRM-only or LLM-only, SRM-only
-        on a tie) by more than ``margin_se`` paired standard errors (:func:`paired_se`), else that model is
-        served: on a few hundred users an interior best is often noise, and a blend chosen from noise can serve
-        users worse than either model. 0 takes the best α as it is; so does a run that did not record the
-        squares the standard error needs. Call it on the VALIDATION outcome only and apply the index to test:
-        choosing on test leaks.
+        SRM-only is the better one on a tie; the se is :func:`paired_se`'s, NaN where a run did not record the
+        squares it needs.
         """
         best = self.best_alpha()
         single = SRM_ONLY if self.stale_ndcg[SRM_ONLY] >= self.stale_ndcg[LLM_ONLY] else LLM_ONLY
-        if margin_se <= 0 or best == single % len(self.alphas):
+        lead = float(self.stale_ndcg[best] - self.stale_ndcg[single]) / max(self.users, 1)
+        return best, single % len(self.alphas), lead, paired_se(self, best, single)
+
+    def chosen_alpha(self, margin_se: float) -> int:
+        """Index of the α to serve: the best stale-list NDCG@10 (the first on ties), held to a margin.
+
+        Where the best α blends both models, it must lead the better single model (:meth:`best_lead`) by more
+        than ``margin_se`` paired standard errors, else that model is served: on a few hundred users an
+        interior best is often noise, and a blend chosen from noise can serve users worse than either model. 0
+        takes the best α as it is; so does a run that did not record the squares the standard error needs. Call
+        it on the VALIDATION outcome only and apply the index to test: choosing on test leaks.
+        """
+        best, single, lead, se = self.best_lead()
+        if margin_se <= 0 or best == single:
             return best
-        margin = (self.stale_ndcg[best] - self.stale_ndcg[single]) / self.users
-        se = paired_se(self, best, single)
-        return single % len(self.alphas) if margin <= margin_se * se else best  # NaN se: False, the best
+        return single if lead <= margin_se * se else best  # NaN se: False, the best
 
 
 def _key(prefix: str, name: str) -> str:

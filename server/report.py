@@ -305,7 +305,7 @@ def final_figures(
         "alphas": alphas,
         "users": test.users,
         "recall@k": {"stale": test.stale_recall / test.users, asked: test.fresh_recall / test.users},
-        "valid": {"fused ndcg@10": float(valid.means()["stale-ndcg"][best])},
+        "valid": {"fused ndcg@10": float(valid.means()["stale-ndcg"][best]), **_validation_lead(valid)},
         # the whole α curve of the stale list, to see how flat the choice was (α is picked on validation only)
         "fused ndcg@10 by alpha": {
             "valid": valid.means()["stale-ndcg"].tolist(),
@@ -494,6 +494,18 @@ def _fallback_note(figures: dict[str, Any]) -> str:
         f" The cloud did not deliver {lists} lists in the final evaluation: a missing stale list is the SRM's own "
         "top-K, in the SRM's order in every row (LLM-only included), and a missing fresh list is the stale one."
     )
+
+
+def _validation_lead(valid: StageOutcome) -> dict[str, float]:
+    """What the α margin decided on: validation's best α and its lead over the better single model."""
+    best, single, lead, se = valid.best_lead()
+    alphas = valid.alphas
+    return {
+        "best alpha": alphas[best],
+        "better single alpha": alphas[single],
+        "best lead": lead,
+        "lead paired se": se,
+    }
 
 
 def _held_alpha(figures: dict[str, Any]) -> str:

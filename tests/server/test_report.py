@@ -122,6 +122,10 @@ def test_the_report_serves_a_blend_only_beyond_its_margin_over_the_better_model(
         fed = FederationConfig(measure="drift", alpha_margin_se=margin)
         figures = report.report_figures(sums, fed, floors, {}, "drift")
         assert figures["alpha"] == alpha and {r["alpha"] for r in figures["signals"]} == {alpha}
+        # what the margin decided on, in final.json whatever it decided
+        lead = {"best alpha": 0.5, "better single alpha": 0.0, "best lead": pytest.approx(0.1)}
+        assert lead.items() <= figures["valid"].items()
+        assert figures["valid"]["lead paired se"] == pytest.approx(np.sqrt(0.2 / 3 / 4))
         fused = next(r for r in figures["rankings"] if (r["ranking"], r["list"]) == ("fused", "stale"))
         assert fused["ndcg@10"] == pytest.approx(BLEND_WITHIN_A_SE[:, ALPHAS.index(alpha)].mean())
         held = "; its best blend, α = 0.50, beat SRM-only by no more than the margin the protocol names"
