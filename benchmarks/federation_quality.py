@@ -30,7 +30,7 @@ from lsc4rec.data.split import TemporalSplit
 from lsc4rec.errors import ConfigError, run_main
 from lsc4rec.metrics import ndcg_per_user
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
-from lsc4rec.tables import dataset_name, non_negative_int, parse_args, report
+from lsc4rec.tables import bench_settings, dataset_name, non_negative_int, parse_args, report
 from server.app import app as server_app
 from server.checkpoint import complete_checkpoints, load_global_srm
 from server.inprocess import run_in_process
@@ -39,17 +39,8 @@ from server.report import FINAL_FILE, FINAL_SUMS_FILE, FLOOR_VIEWS, read_final, 
 
 log = logging.getLogger(__name__)
 
-# Per-dataset settings, shared with the README's commands: configs/bench-DATASET.toml (10 edge boxes, each
-# dataset's LLM recipe). A dataset without one runs on the code defaults.
-RECIPES = Path(__file__).resolve().parents[1] / "configs"
 # what --report-only may --set: the settings its figures are computed with from the run's saved sums
 REPORT_SETTINGS = ("federation.alpha_margin_se",)
-
-
-def recipe(dataset: str) -> Path | None:
-    """The settings file this benchmark runs ``dataset`` with, if there is one."""
-    path = RECIPES / f"bench-{dataset}.toml"
-    return path if path.is_file() else None
 
 
 def run_dataset(
@@ -62,7 +53,9 @@ def run_dataset(
 ) -> dict:
     """One federation on ``dataset``; returns its final figures with the run folder, wall time and central SRM."""
     # every user's fresh list: the checks compare request policies (a recipe's gated fleet could not)
-    cfg = load_config(recipe(dataset), [f"data.dataset={dataset}", "federation.fresh_lists=all", *overrides])
+    cfg = load_config(
+        bench_settings(dataset), [f"data.dataset={dataset}", "federation.fresh_lists=all", *overrides]
+    )
     split = TemporalSplit(load_or_prepare(cfg.data, cfg.seed), cfg.data.lag)
     central = central_row(central_by_dataset.get(dataset, []), cfg, split.num_users)  # warns before the run
     split.check_trainable("SRM")  # as the launcher does before it trains anything

@@ -1,7 +1,9 @@
 """LLM-only quality on the paper protocol, beside the two reference floors.
 
-For each dataset (5-core, random numbering, lag 2, K = 50 unless ``--set``): train the scratch item-token LLM on
-the cloud view (or reuse a checkpoint already in the output folder), then report NDCG@10, HR@10 and recall@K for
+For each dataset (5-core, random numbering, lag 2, K = 50; its settings file configs/bench-DATASET.toml where there
+is one, then ``--set``): take the scratch item-token LLM trained on the cloud view with those settings (the
+launcher's cached one, which run_federation.sh and benchmarks/federation_quality.py serve, trained on first use;
+with ``--out-dir``, for trials, the one in that folder), then report NDCG@10, HR@10 and recall@K for
 the stale query (cloud view at test) and the fresh query (device view at test). The LLM is ranked over its
 K-list; the floors (MostPopular, ItemTransition fitted on the SRM training sequences) over the full catalogue with
 history items excluded. For NDCG/HR@10 the two coincide (the list is the top-K of the same exclusion-masked ranking).
@@ -10,10 +12,12 @@ x_{n-1}, never a training target of the LLM): compare LLM settings there, not on
 
 The floors are fitted on the SRM training sequences (x_1 … x_{n-2}), data the cloud never sees. With
 ``--same-data`` two more rows are fitted on exactly the cloud's data (x_1 … x_{n-2-ℓ}: the LLM's training
-sequence and its held-out item, which it also learns from when ``llm.refit_epochs`` > 0): ItemTransition, and SASRec with the central SRM recipe (cross-entropy, early stopping
-on the LLM's own held-out item). They separate what the model achieves from what the cloud's stale data allows.
+sequence and its held-out item, which it also learns from when ``llm.refit_epochs`` > 0): ItemTransition, and
+SASRec with the central SRM recipe (cross-entropy, early stopping on the LLM's own held-out item). They separate
+what the model achieves from what the cloud's stale data allows.
 
     PYTHONPATH=. .venv/bin/python benchmarks/llm_quality.py --json runs/bench/llm_quality.json
+    PYTHONPATH=. .venv/bin/python benchmarks/llm_quality.py --datasets beauty --set seed=1  # another numbering
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from llm_cloud.engines import make_engine
 from llm_cloud.evaluate import evaluate_engine
 from llm_cloud.train import TRAIN_RESULT_FILE, TRAINING_RECIPE, kept_weights, train_llm
 from lsc4rec.config import RunConfig, load_config
-from lsc4rec.data import TemporalSplit
+from lsc4rec.data import SequenceDataset, TemporalSplit
 from lsc4rec.data.batching import windows
 from lsc4rec.data.prepared import load_or_prepare
 from lsc4rec.errors import ConfigError, run_main
@@ -41,7 +45,8 @@ from lsc4rec.floors import ItemTransition, reference_floors
 from lsc4rec.metrics import metrics_from_ranks
 from lsc4rec.runs import output_path, write_json
 from lsc4rec.scoring import evaluate_full, full_catalogue_ranks
-from lsc4rec.tables import dataset_names, parse_args
+from lsc4rec.tables import bench_settings, dataset_names, parse_args
+from server.launch import llm_checkpoint
 
 RANKING = "the LLM's rows over its K-list; the floors and the cloud's-data rows over the full catalogue"
 
@@ -117,17 +122,28 @@ def check_same_settings(checkpoint: Path, config: RunConfig, recipe: int) -> Non
         )
 
 
-def run_dataset(name: str, out_dir: Path, overrides: list[str], same_data: bool) -> dict:
-    config = load_config(
-        None, [f"data.dataset={name}", "data.kcore=5", "data.numbering=random", "data.lag=2", *overrides]
-    )
-    dataset = load_or_prepare(config.data, config.seed)
-    checkpoint = out_dir / f"{name}-scratch"
+def trial_checkpoint(config: RunConfig, dataset: SequenceDataset, out_dir: Path) -> Path:
+    """The LLM in ``out_dir`` for these settings: trained there on first use, reused after, refused if other."""
+    checkpoint = out_dir / f"{Path(config.data.dataset).name}-scratch"
     if not (checkpoint / TRAIN_RESULT_FILE).exists():
         train_llm(config, dataset, checkpoint)
     check_same_items(checkpoint, dataset)  # a folder reused from other settings is refused, not evaluated
     trained = json.loads((checkpoint / TRAIN_RESULT_FILE).read_text())
     check_same_settings(checkpoint, config, trained.get("recipe", 1))
+    return checkpoint
+
+
+def dataset_config(name: str, overrides: list[str]) -> RunConfig:
+    """The settings ``name`` is run with: the paper's protocol on its settings file, then ``--set``."""
+    protocol = [f"data.dataset={name}", "data.kcore=5", "data.numbering=random", "data.lag=2"]
+    return load_config(bench_settings(name), [*protocol, *overrides])
+
+
+def run_dataset(name: str, out_dir: Path | None, overrides: list[str], same_data: bool) -> dict:
+    config = dataset_config(name, overrides)
+    dataset = load_or_prepare(config.data, config.seed)
+    checkpoint = llm_checkpoint(config) if out_dir is None else trial_checkpoint(config, dataset, out_dir)
+    trained = json.loads((checkpoint / TRAIN_RESULT_FILE).read_text())
     engine = make_engine("transformers", checkpoint)
     rows = {}
     for stage, row in (("test", "LLM (scratch, over its list)"), ("valid", VALID_ROW)):
@@ -175,7 +191,12 @@ def print_table(results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", type=dataset_names, default=["ml-latest-small", "beauty"])
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/bench-llm-quality"))
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help="train and keep the LLMs in this folder (trials of --set llm.*); default: the launcher's cache, "
+        "the LLMs the federation serves",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="training key=value")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument(
@@ -183,7 +204,8 @@ def main() -> None:
     )
     args = parse_args(parser, {"data.dataset": "name the datasets with --datasets"})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output_path(args.out_dir, "--out-dir", folder=True)
+    if args.out_dir is not None:
+        output_path(args.out_dir, "--out-dir", folder=True)
     results = [run_dataset(name, args.out_dir, args.overrides, args.same_data) for name in args.datasets]
     print_table(results)
     if args.json:

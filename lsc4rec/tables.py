@@ -54,6 +54,17 @@ def dataset_name(text: str) -> str:
     return text
 
 
+# Per-dataset settings of the benchmarks, shared with the README's commands: configs/bench-DATASET.toml (10 edge
+# boxes, each dataset's LLM recipe). A dataset without one runs on the code defaults.
+BENCH_SETTINGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def bench_settings(dataset: str) -> Path | None:
+    """The settings file the benchmarks run ``dataset`` with, if there is one (the LLM the federation uses)."""
+    path = BENCH_SETTINGS / f"bench-{dataset}.toml"
+    return path if path.is_file() else None
+
+
 def dataset_names(text: str) -> list[str]:
     """An argparse type: a comma-separated list of :func:`dataset_name`, such as ``ml-latest-small,beauty``."""
     return [dataset_name(part) for part in text.split(",")]

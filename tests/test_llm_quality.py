@@ -56,3 +56,15 @@ def test_a_checkpoint_trained_with_other_settings_is_refused_not_reported(tmp_pa
         module.check_same_settings(tmp_path / "ckpt", cfg.override(["llm.hidden=32", "seed=3"]), recipe)
     with pytest.raises(ConfigError, match=r"other training code \(recipe 1, now \d+\) than asked for"):
         module.check_same_settings(tmp_path / "ckpt", cfg, 1)  # a result of older code holds no recipe: 1
+
+
+def test_each_dataset_runs_on_its_settings_file_so_the_federations_llm_is_the_one_measured() -> None:
+    """Beauty's LLM recipe lives in configs/bench-beauty.toml; without it this would train another LLM."""
+    from lsc4rec.config import RunConfig
+
+    module = load_benchmark("llm_quality")
+    beauty = module.dataset_config("beauty", ["seed=1"])
+    assert (beauty.llm.hidden, beauty.llm.dropout, beauty.llm.refit_epochs, beauty.seed) == (64, 0.5, 0, 1)
+    assert beauty.data.lag == 2 and beauty.data.numbering == "random"
+    # a dataset without a settings file keeps the code's defaults
+    assert module.dataset_config("toys-nosuch", []).llm == RunConfig().llm
