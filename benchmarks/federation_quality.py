@@ -82,7 +82,7 @@ def finished_report(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dic
     """A finished run's settings and report, the report computed again from its saved sums under ``overrides``.
 
     A run from before 2026-12-07 saved no sums: its ``final.json`` is read as it is, and its settings say the
-    rule it chose α by (validation's best), which its ``config.json`` predates.
+    rule it chose α by (validation's best: its ``config.json`` predates the margin, see ``config.PREDATED``).
     """
     if not (run_dir / FINAL_FILE).is_file() or not (run_dir / "config.json").is_file():
         raise ConfigError(
@@ -98,7 +98,7 @@ def finished_report(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dic
         raise ConfigError(
             "--set", f"needs the run's {FINAL_SUMS_FILE}, which runs before 2026-12-07 did not save."
         )
-    return cfg.override(["federation.alpha_margin_se=0"]), final
+    return cfg, final
 
 
 def global_srm_figures(

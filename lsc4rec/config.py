@@ -445,6 +445,12 @@ class FederationConfig:
         return MEASURES if self.measure == "auto" else (self.measure,)
 
 
+# settings added after runs had been made under another value than their default: a saved config without one was
+# written before it existed, and reads as the value its run behaved by, so that a run resumed, or its report
+# computed again, goes on by the rule its earlier rounds used
+PREDATED = {"federation.alpha_margin_se": 0.0}  # validation's best α was served (before 2026-12-07)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The whole run: seed, output folder, and one sub-config per component."""
@@ -494,7 +500,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        """Read a config written by :meth:`save`; a missing or damaged file is a DataFormatError naming it."""
+        """Read a config written by :meth:`save`; a missing or damaged file is a DataFormatError naming it.
+
+        A setting the file predates reads as :data:`PREDATED` says, not as today's default.
+        """
         try:
             tree = json.loads(Path(path).read_text(encoding="utf-8"))
         except PermissionError as exc:  # whole, but not this user's to read
@@ -510,7 +519,7 @@ class RunConfig:
                 path, "must hold a JSON object of config sections (a run config written by lsc4rec)."
             )
         try:
-            return cls.from_flat(_flatten(tree))
+            return cls.from_flat({**PREDATED, **_flatten(tree)})
         except ConfigError as exc:  # the file's, not the user's command line: say which file
             raise DataFormatError(
                 path,

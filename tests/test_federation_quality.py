@@ -235,8 +235,12 @@ def test_a_finished_runs_table_is_computed_from_its_saved_sums_under_the_margin_
     for overrides, margin, alpha in (([], 1.0, 0.0), (["federation.alpha_margin_se=0"], 0.0, 0.5)):
         cfg, final = bench.finished_report(tmp_path, overrides)
         assert cfg.federation.alpha_margin_se == margin and final["alpha"] == alpha
-    # a run from before the sums: read as it was written, by the rule it chose with, and no other margin
+    # a run from before the sums (and the margin, which its config.json lacks): read as it was written, by the
+    # rule it chose with, and no other margin
     (tmp_path / "final-sums.json").unlink()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["federation"]["alpha_margin_se"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
     cfg, final = bench.finished_report(tmp_path, [])
     assert cfg.federation.alpha_margin_se == 0.0 and final["alpha"] == 0.1
     with pytest.raises(ConfigError, match=r"--set: needs the run's final-sums\.json"):

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,18 @@ def test_a_saved_config_that_is_refused_names_its_file(tmp_path: Path) -> None:
         DataFormatError, match=r"config\.json: holds a setting that is refused \(config data\.typo"
     ):
         RunConfig.load(saved)
+
+
+def test_a_saved_config_that_predates_a_setting_reads_the_value_its_run_went_by(tmp_path: Path) -> None:
+    """A run begun before the α margin chose validation's best α: resumed, it must not switch rules midway."""
+    saved = tmp_path / "config.json"
+    RunConfig().override(["federation.alpha_margin_se=2"]).save(saved)
+    assert RunConfig.load(saved).federation.alpha_margin_se == 2.0  # written with it: kept
+    tree = json.loads(saved.read_text())
+    del tree["federation"]["alpha_margin_se"]
+    saved.write_text(json.dumps(tree))
+    assert RunConfig.load(saved).federation.alpha_margin_se == 0.0  # today's default is 1
+    assert RunConfig.load(saved).override(["federation.alpha_margin_se=1"]).federation.alpha_margin_se == 1.0
 
 
 def test_flower_run_config_in_pyproject_matches_code_defaults() -> None:
