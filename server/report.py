@@ -510,8 +510,7 @@ def _validation_lead(valid: StageOutcome) -> dict[str, float]:
 
 def _held_alpha(figures: dict[str, Any]) -> str:
     """A note when validation's best α was a blend held back by the margin; "" when the best α is served."""
-    curve = figures["fused ndcg@10 by alpha"]["valid"]
-    best = figures["alphas"][int(np.argmax(curve))]
+    best = figures["valid"]["best alpha"]
     if best == figures["alpha"]:
         return ""
     single = "SRM-only" if figures["alpha"] == 0 else "LLM-only"
